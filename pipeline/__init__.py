@@ -1,0 +1,1 @@
+"""Reusable parts the stages compose: data sources, transforms, models, loaders, distributed helpers."""

@@ -1,0 +1,73 @@
+"""torch.distributed under torchrun: rank and world from the environment, gloo on CPU, nccl on GPU."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from ..errors import W2SError
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def dist_info() -> DistInfo:
+    return DistInfo(
+        rank=int(os.environ.get("RANK", 0)),
+        world_size=int(os.environ.get("WORLD_SIZE", 1)),
+        local_rank=int(os.environ.get("LOCAL_RANK", 0)),
+    )
+
+
+def pick_device(requested: str, local_rank: int = 0):
+    """`auto` is this rank's GPU when there is one, else the CPU."""
+    import torch
+
+    if requested == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise W2SError(f"--device {requested!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise W2SError(f"--device {requested} asked for, but no CUDA GPU is available")
+        if device.index is None:
+            device = torch.device(f"cuda:{local_rank}")
+    return device
+
+
+def init_distributed(device) -> DistInfo:
+    import torch.distributed as dist
+
+    info = dist_info()
+    if info.world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            import torch
+
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend=backend)
+    return info
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def shutdown() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,70 @@
+"""The labelling loader: worker processes decode and transform whole shards into batches.
+
+Each batch holds samples of one shard only, in the shard's order, so the writer can fill a
+shard's contiguous rows without sorting. A shard ends with an `end` item carrying its count.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from ..errors import W2SError
+from .shards import iter_samples, url_name
+from .transforms import decode_image, decode_label
+
+
+class ShardBatches(IterableDataset):
+    def __init__(self, shards: list[tuple[int, str]], *, transform, batch_size: int, image_fields, label_field,
+                 label_required: bool = False, storage_options: dict | None = None):
+        self.shards = shards  # (position in the data source, url)
+        self.transform = transform
+        self.batch_size = batch_size
+        self.image_fields = tuple(image_fields)
+        self.label_field = label_field
+        self.label_required = label_required
+        self.storage_options = storage_options
+
+    def __iter__(self):
+        info = get_worker_info()
+        mine = self.shards[info.id :: info.num_workers] if info else self.shards
+        for position, url in mine:
+            try:
+                yield from self._shard(position, url)
+            except W2SError as exc:
+                # Passed as data, not raised: the main process reports it on one line.
+                yield {"error": str(exc)}
+                return
+
+    def _shard(self, position: int, url: str):
+        name = url_name(url)
+        images, keys, labels = [], [], []
+        count = 0
+        for sample in iter_samples(url, self.storage_options):
+            images.append(self.transform(decode_image(sample, self.image_fields, name)))
+            keys.append(sample["__key__"])
+            labels.append(decode_label(sample, self.label_field, name, self.label_required))
+            if len(images) == self.batch_size:
+                yield self._batch(position, count, images, keys, labels)
+                count += len(images)
+                images, keys, labels = [], [], []
+        if images:
+            yield self._batch(position, count, images, keys, labels)
+            count += len(images)
+        yield {"shard": position, "end": True, "count": count}
+
+    @staticmethod
+    def _batch(position, start, images, keys, labels):
+        has_labels = all(label is not None for label in labels)
+        return {
+            "shard": position,
+            "start": start,
+            "images": torch.stack(images),
+            "keys": keys,
+            "labels": torch.tensor(labels, dtype=torch.int32) if has_labels else None,
+        }
+
+
+def label_loader(dataset: ShardBatches, workers: int, pin_memory: bool) -> DataLoader:
+    kwargs = {"prefetch_factor": 4, "persistent_workers": False} if workers > 0 else {}
+    return DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=pin_memory, **kwargs)

@@ -1,0 +1,155 @@
+"""timm models by name or alias, with weights from a checkpoint or timm's pretrained weights."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+from ..errors import W2SError
+from .checkpoint import FORMAT, file_sha256, load_checkpoint
+from .transforms import data_config_for
+
+# Short names users type; every value is a timm model name.
+ALIASES = {
+    "r18": "resnet18",
+    "r50": "resnet50",
+    "vit_t16": "vit_tiny_patch16_224",
+    "vit_s16": "vit_small_patch16_224",
+    "vit_b16": "vit_base_patch16_224",
+    "vit_l16": "vit_large_patch16_224",
+    "convnext_t": "convnext_tiny",
+    "convnext_b": "convnext_base",
+    "deit_s": "deit_small_patch16_224",
+    "deit_b": "deit_base_patch16_224",
+}
+
+
+def resolve_model_name(name: str) -> str:
+    import timm
+
+    resolved = ALIASES.get(name, name)
+    if timm.is_model(resolved):
+        return resolved
+    candidates = list(ALIASES) + timm.list_models()
+    close = difflib.get_close_matches(name, candidates, n=3)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    raise W2SError(f"unknown model {name!r}; {hint}give a timm model name (timm.list_models()) or an alias ({', '.join(ALIASES)})")
+
+
+def create_model(name: str, num_classes: int, img_size: int | None = None, pretrained: bool = False):
+    """A timm model; `img_size` is passed to models that take it (ViTs), others are size-agnostic."""
+    import timm
+
+    kwargs = {"num_classes": num_classes}
+    if img_size:
+        try:
+            return timm.create_model(name, pretrained=pretrained, img_size=img_size, **kwargs)
+        except TypeError:  # CNNs take no img_size argument and need none
+            pass
+    return timm.create_model(name, pretrained=pretrained, **kwargs)
+
+
+def head_classes(model_name: str, state_dict: dict) -> int | None:
+    """Number of classes of a state dict's classifier, found through the model's default config."""
+    import timm
+
+    classifier = timm.models.get_pretrained_cfg(model_name)
+    classifier = getattr(classifier, "classifier", None) or "head"
+    names = classifier if isinstance(classifier, (list, tuple)) else [classifier]
+    for n in names:
+        weight = state_dict.get(f"{n}.weight")
+        if weight is not None and weight.ndim >= 1:
+            return int(weight.shape[0])
+    return None
+
+
+@dataclass
+class LoadedModel:
+    model: object  # torch.nn.Module
+    name: str
+    num_classes: int
+    data_config: dict
+    checkpoint: str | None
+    checkpoint_sha256: str  # of the checkpoint file, or "timm-pretrained:<hub id>"
+    class_names: list[str] | None = None
+
+
+def load_model(
+    name: str | None,
+    *,
+    checkpoint: str | None,
+    num_classes: int | None,
+    img_size: int | None = None,
+    option: str = "--weak",
+) -> LoadedModel:
+    """Build a model from a checkpoint this tool wrote, a plain state dict, or timm's pretrained weights.
+
+    `num_classes` is the dataset's (None when unknown): a checkpoint with another head is an error.
+    """
+    user_img_size = img_size
+    if checkpoint:
+        ckpt = load_checkpoint(checkpoint)
+        tool = ckpt.get("format") == FORMAT
+        if tool:
+            ckpt_name = ckpt["model_name"]
+            if name and resolve_model_name(name) != ckpt_name:
+                raise W2SError(f"{option} {name} does not match checkpoint {checkpoint}, which holds a {ckpt_name}")
+            name = ckpt_name
+            ckpt_classes = int(ckpt["num_classes"])
+            img_size = img_size or (ckpt.get("data_config") or {}).get("input_size", [None, None])[-1]
+        else:
+            if not name:
+                raise W2SError(f"checkpoint {checkpoint} is a plain state dict: name its model with {option}")
+            name = resolve_model_name(name)
+            ckpt_classes = head_classes(name, ckpt["state_dict"])
+        if num_classes is not None and ckpt_classes is not None and ckpt_classes != num_classes:
+            raise W2SError(f"checkpoint {checkpoint} has {ckpt_classes} classes but the dataset has {num_classes}")
+        classes = num_classes or ckpt_classes
+        if classes is None:
+            raise W2SError(f"cannot tell the number of classes of checkpoint {checkpoint}; pass --num-classes")
+        model = create_model(name, classes, img_size)
+        _load_state(model, ckpt["state_dict"], checkpoint)
+        if tool and ckpt.get("data_config"):
+            # The preprocessing the model was trained with, unless the user resizes it.
+            config = dict(ckpt["data_config"])
+            if user_img_size:
+                config["input_size"] = [3, int(user_img_size), int(user_img_size)]
+        else:
+            config = data_config_for(model, img_size)
+        return LoadedModel(model, name, classes, config, checkpoint, file_sha256(checkpoint),
+                           ckpt.get("class_names") if tool else None)
+
+    import timm
+
+    name = resolve_model_name(name)
+    pretrained_cfg = timm.models.get_pretrained_cfg(name)
+    pretrained_classes = int(getattr(pretrained_cfg, "num_classes", 0) or 0)
+    if num_classes is not None and pretrained_classes and pretrained_classes != num_classes:
+        raise W2SError(
+            f"timm's pretrained {name} predicts {pretrained_classes} classes but the dataset has {num_classes}; "
+            f"pass {option}-checkpoint PATH with a model trained on it (e.g. from `w2s-pipe train --loss gt`)"
+        )
+    try:
+        model = create_model(name, pretrained_classes or num_classes or 1000, img_size, pretrained=True)
+    except Exception as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise W2SError(
+            f"cannot fetch timm's pretrained weights for {name} ({reason[:200]}); pass {option}-checkpoint PATH "
+            "with a local checkpoint or state dict"
+        ) from None
+    hub = model.pretrained_cfg.get("hf_hub_id") or model.pretrained_cfg.get("url") or name
+    return LoadedModel(model, name, int(model.num_classes), data_config_for(model, img_size), None, f"timm-pretrained:{hub}")
+
+
+def _load_state(model, state_dict: dict, checkpoint: str) -> None:
+    own = model.state_dict()
+    for key, value in state_dict.items():
+        if key in own and tuple(own[key].shape) != tuple(value.shape):
+            raise W2SError(f"checkpoint {checkpoint}: {key} has shape {tuple(value.shape)}, the model expects {tuple(own[key].shape)}")
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    if missing or unexpected:
+        what = f"missing {missing[0]}" + (f" and {len(missing) - 1} more" if len(missing) > 1 else "") if missing else ""
+        what += ("; " if what else "") + (f"unexpected {unexpected[0]}" if unexpected else "")
+        raise W2SError(f"checkpoint {checkpoint} does not fit {type(model).__name__}: {what}")
+    model.load_state_dict(state_dict, strict=True)

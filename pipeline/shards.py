@@ -1,0 +1,209 @@
+"""WebDataset shards: expand patterns, count samples, fingerprint, read and write tar shards.
+
+A shard's samples are grouped exactly as webdataset groups them (files sharing a key prefix), so
+a count made here equals the number of samples a WebDataset pipeline yields.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tarfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Iterable, Iterator
+
+import braceexpand
+import fsspec
+from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_iterator
+
+from ..errors import W2SError
+from ..storage.fsutil import atomic_write, get_fs, is_local
+
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = "w2s-pipe-shards/1"
+_META = ("__", "__")
+
+
+@dataclass(frozen=True)
+class Shard:
+    url: str
+    name: str  # the file name; unique within a data source
+    count: int  # samples
+    bytes: int
+
+
+def expand_pattern(pattern: str, storage_options: dict | None = None, where: str = "") -> list[str]:
+    """Shard URLs for a brace pattern (`a-{000..009}.tar`), a glob (`a-*.tar`) or a comma list.
+
+    Every shard a brace pattern names must exist; an error says where they were looked for.
+    """
+    where = f"{where}: " if where else ""
+    urls: list[str] = []
+    for part in [p.strip() for p in pattern.split(",") if p.strip()]:
+        for candidate in braceexpand.braceexpand(part):
+            if any(c in candidate for c in "*?["):
+                fs, path = get_fs(candidate, storage_options)
+                matches = sorted(fs.glob(path))
+                urls.extend(_unstrip(candidate, fs, m) for m in matches)
+            else:
+                urls.append(candidate)
+    if not urls:
+        raise W2SError(f"{where}no shards match {pattern}")
+    missing = _missing(urls, storage_options)
+    if missing:
+        raise W2SError(
+            f"{where}{len(missing)} of {len(urls)} shards not found, first {missing[0]} (looked for {pattern})"
+        )
+    names = [url_name(u) for u in urls]
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise W2SError(f"{where}two shards share the file name {dup!r}; shard names must be unique")
+    return urls
+
+
+def _unstrip(template: str, fs, path: str) -> str:
+    """fsspec's glob returns protocol-less paths; put the protocol back for remote URLs."""
+    if "://" in template and not is_local(fs):
+        return f"{template.split('://', 1)[0]}://{path}"
+    return path
+
+
+def _missing(urls: list[str], storage_options: dict | None) -> list[str]:
+    by_dir: dict[str, list[str]] = {}
+    for u in urls:
+        by_dir.setdefault(u.rsplit("/", 1)[0] if "/" in u else ".", []).append(u)
+    missing = []
+    for directory, members in by_dir.items():
+        fs, dpath = get_fs(directory, storage_options)
+        try:
+            present = {p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(dpath, detail=False)}
+        except (FileNotFoundError, NotADirectoryError):
+            present = set()
+        missing.extend(u for u in members if url_name(u) not in present)
+    return missing
+
+
+def url_name(url: str) -> str:
+    return url.rstrip("/").rsplit("/", 1)[-1]
+
+
+def count_samples(url: str, storage_options: dict | None = None) -> int:
+    """Samples in one shard, read from tar headers only where the file is seekable (local)."""
+    fs, path = get_fs(url, storage_options)
+    count, last = 0, None
+    try:
+        with fs.open(path, "rb") as f:
+            with tarfile.open(fileobj=f, mode="r:*" if is_local(fs) else "r|*") as tar:
+                for info in tar:
+                    name = info.name
+                    if not info.isreg() or ("/" not in name and name.startswith(_META[0]) and name.endswith(_META[1])):
+                        continue
+                    prefix, _ = base_plus_ext(name)
+                    if prefix is not None and prefix != last:
+                        count, last = count + 1, prefix
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise W2SError(f"shard {url}: cannot read it as a tar file ({exc})") from None
+    return count
+
+
+def read_manifest(directory: str, storage_options: dict | None = None) -> dict | None:
+    """The manifest.json beside a set of shards (format, num_classes, class_names, splits), if any."""
+    fs, path = get_fs(directory, storage_options)
+    mpath = f"{path.rstrip('/')}/{MANIFEST}"
+    if not fs.exists(mpath):
+        return None
+    try:
+        manifest = json.loads(fs.cat_file(mpath))
+        if not isinstance(manifest.get("splits"), dict):
+            raise ValueError("no 'splits' table")
+        return manifest
+    except (ValueError, AttributeError) as exc:
+        raise W2SError(f"{directory}/{MANIFEST}: not a w2s-pipe shard manifest ({exc})") from None
+
+
+def load_manifest(directory: str, storage_options: dict | None = None) -> dict[str, dict]:
+    """name -> {count, bytes} from a manifest.json beside the shards, or {} if there is none."""
+    manifest = read_manifest(directory, storage_options) or {"splits": {}}
+    try:
+        return {s["name"]: s for split in manifest["splits"].values() for s in split}
+    except (KeyError, TypeError) as exc:
+        raise W2SError(f"{directory}/{MANIFEST}: malformed shard entry ({exc})") from None
+
+
+def describe_shards(urls: list[str], storage_options: dict | None = None, threads: int = 16) -> list[Shard]:
+    """Name, size and sample count of each shard.
+
+    Counts come from a manifest.json beside the shards when its byte size still matches the file;
+    otherwise the tar headers are read (in parallel threads, which is I/O bound).
+    """
+    def directory(url: str) -> str:
+        return url.rsplit("/", 1)[0] if "/" in url else "."
+
+    manifests = {d: load_manifest(d, storage_options) for d in {directory(u) for u in urls}}
+
+    def one(url: str) -> Shard:
+        fs, path = get_fs(url, storage_options)
+        size = int(fs.info(path)["size"])
+        entry = manifests[directory(url)].get(url_name(url))
+        count = int(entry["count"]) if entry and int(entry.get("bytes", -1)) == size else count_samples(url, storage_options)
+        return Shard(url=url, name=url_name(url), count=count, bytes=size)
+    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(urls)))) as pool:
+        return list(pool.map(one, urls))
+
+
+def fingerprint(shards: Iterable[Shard]) -> str:
+    """sha256 over the shards' names, sizes and counts: changes when the data source does."""
+    h = hashlib.sha256()
+    for s in shards:
+        h.update(f"{s.name}\t{s.bytes}\t{s.count}\n".encode())
+    return h.hexdigest()
+
+
+def iter_samples(url: str, storage_options: dict | None = None) -> Iterator[dict]:
+    """The samples of one shard as webdataset dicts (`__key__`, `__url__`, one entry per field)."""
+    fs, path = get_fs(url, storage_options)
+    try:
+        with fs.open(path, "rb") as f:
+            files = ({**d, "__url__": url} for d in tar_file_iterator(f))
+            yield from group_by_keys(files)
+    except (tarfile.TarError, EOFError) as exc:
+        raise W2SError(f"shard {url}: broken tar file ({exc})") from None
+    except ValueError as exc:
+        raise W2SError(f"shard {url}: {exc.args[0] if exc.args else exc}") from None
+
+
+def write_shard(path: str, samples: Iterable[dict]) -> Shard:
+    """Write samples (dicts of `__key__` and field -> bytes) as one tar shard, atomically."""
+    import io
+
+    from webdataset import TarWriter
+
+    buf = io.BytesIO()
+    count = 0
+    # A fixed mtime makes the same samples give byte-identical shards.
+    with TarWriter(buf, mtime=0) as sink:
+        for sample in samples:
+            sink.write(sample)
+            count += 1
+    data = buf.getvalue()
+    fs, fpath = get_fs(path)
+    atomic_write(fs, fpath, data)
+    return Shard(url=path, name=url_name(path), count=count, bytes=len(data))
+
+
+def write_manifest(directory: str, splits: dict[str, list[Shard]], **extra) -> str:
+    """Write (or update: other splits already listed are kept) the manifest of a shard directory."""
+    old = read_manifest(directory) or {}
+    listed = {**old.get("splits", {}),
+              **{split: [{"name": s.name, "count": s.count, "bytes": s.bytes} for s in shards] for split, shards in splits.items()}}
+    manifest = {"format": MANIFEST_FORMAT, **extra, "splits": listed}
+    path = os.path.join(directory, MANIFEST)
+    fs, fpath = get_fs(path)
+    atomic_write(fs, fpath, json.dumps(manifest, indent=1).encode())
+    return path
+
+
+def shards_as_dicts(shards: list[Shard]) -> list[dict]:
+    return [asdict(s) for s in shards]

@@ -1,0 +1,1 @@
+"""One module per command; each has a frozen config dataclass and one entry function."""

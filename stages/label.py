@@ -1,0 +1,251 @@
+"""Stage one: run a weak timm model over WebDataset shards and write its outputs to a label store.
+
+    w2s-pipe label --weak resnet18 --data imagenet
+
+Under torchrun, rank r labels shards r, r+W, ...; each shard is written by one rank, and any rank
+that finds every shard done writes the index. Re-running the same command labels only the
+shards that have no completion marker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .. import __version__
+from ..errors import W2SError
+from ..pipeline import distributed
+from ..pipeline.datasets import resolve_data
+from ..pipeline.shards import describe_shards, fingerprint, shards_as_dicts
+from ..pipeline.workspace import default_store_path
+from ..storage import schema
+from ..storage.writer import StoreWriter
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+
+
+@dataclass(frozen=True)
+class LabelConfig:
+    weak: str | None
+    data: str
+    split: str | None = None
+    labels: str | None = None  # store path or URL; default: <workspace>/stores/<data>-<split>-<weak>
+    weak_checkpoint: str | None = None
+    num_classes: int | None = None
+    img_size: int | None = None
+    batch_size: int = 256
+    workers: int | None = None  # None: one per spare core, at most 8
+    precision: str = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    device: str = "auto"
+    topk: int | None = None
+    compile: bool = False
+    overwrite: bool = False
+    max_shards: int | None = None  # label at most this many shards per rank in this run
+    workspace: str | None = None
+    progress: bool = True
+
+    def __post_init__(self):
+        def bad(option, value, valid):
+            raise W2SError(f"{option} {value!r} is invalid: {valid}")
+
+        if not self.weak and not self.weak_checkpoint:
+            raise W2SError("give --weak MODEL (a timm name or alias) or --weak-checkpoint PATH")
+        if self.batch_size < 1:
+            bad("--batch-size", self.batch_size, "must be at least 1")
+        if self.workers is not None and self.workers < 0:
+            bad("--workers", self.workers, "must be 0 or more")
+        if self.precision not in PRECISIONS:
+            bad("--precision", self.precision, f"choose one of {', '.join(PRECISIONS)}")
+        if self.topk is not None and self.topk < 1:
+            bad("--topk", self.topk, "must be at least 1")
+        if self.img_size is not None and self.img_size < 8:
+            bad("--img-size", self.img_size, "must be at least 8 pixels")
+        if self.max_shards is not None and self.max_shards < 1:
+            bad("--max-shards", self.max_shards, "must be at least 1")
+
+
+@dataclass
+class LabelResult:
+    store: str
+    complete: bool
+    samples: int  # labelled by this process in this run
+    shards: int  # labelled by this process in this run
+    shards_total: int
+    samples_total: int
+    seconds: float  # from the first batch to the last write
+    images_per_s: float
+    size_bytes: int | None = None
+
+
+def _resolve_precision(precision: str, device) -> str:
+    if precision == "auto":
+        # bf16 autocast on GPUs; on CPUs it only pays off with native bf16 units, so fp32 there.
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision
+
+
+def _default_workers() -> int:
+    import os
+
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+def run_label(cfg: LabelConfig) -> LabelResult:
+    import torch
+
+    from ..pipeline.loader import ShardBatches, label_loader
+    from ..pipeline.models import load_model
+    from ..pipeline.stats import unstorable_rows, weak_outputs
+    from ..pipeline.transforms import eval_transform
+
+    info = distributed.dist_info()
+    device = distributed.pick_device(cfg.device, info.local_rank)
+    info = distributed.init_distributed(device)
+    try:
+        source = resolve_data(cfg.data, cfg.split, workspace=cfg.workspace, num_classes=cfg.num_classes)
+        loaded = load_model(cfg.weak, checkpoint=cfg.weak_checkpoint, num_classes=source.num_classes, img_size=cfg.img_size)
+        num_classes = source.num_classes or loaded.num_classes
+        if num_classes < 2:
+            raise W2SError(f"the weak model has {num_classes} output; labelling needs at least 2 classes")
+        if cfg.topk is not None and cfg.topk >= num_classes:
+            raise W2SError(f"--topk {cfg.topk} must be smaller than the number of classes ({num_classes})")
+        precision = _resolve_precision(cfg.precision, device)
+        data_name = source.name if source.name != "shards" else "shards-" + hashlib.sha1(source.pattern.encode()).hexdigest()[:8]
+        url = cfg.labels or default_store_path(cfg.workspace, data_name, source.split, loaded.name, cfg.topk)
+
+        if info.is_main:
+            shards = describe_shards(list(source.urls))
+            empty = [s.url for s in shards if s.count == 0]
+            if empty:
+                raise W2SError(f"shard {empty[0]} holds no samples")
+            capacity = max(s.count for s in shards)
+            attrs = {
+                "weak": {"model": loaded.name, "checkpoint": loaded.checkpoint, "checkpoint_sha256": loaded.checkpoint_sha256},
+                "num_classes": num_classes,
+                "class_names": list(source.class_names or loaded.class_names or []) or None,
+                "preprocessing": loaded.data_config,
+                "precision": precision,
+                "data": {
+                    "name": source.name,
+                    "split": source.split,
+                    "pattern": source.pattern,
+                    "image_field": ";".join(source.image_fields),
+                    "label_field": source.label_field,
+                    "fingerprint": fingerprint(shards),
+                    "shards": shards_as_dicts(shards),
+                },
+                "layout": {"capacity": capacity, "rows": capacity * len(shards), "topk": cfg.topk},
+                "tool_version": __version__,
+                "config": {k: v for k, v in asdict(cfg).items() if k not in ("progress",)},
+            }
+            writer = StoreWriter.create(url, attrs, overwrite=cfg.overwrite)
+            distributed.barrier()
+        else:
+            distributed.barrier()
+            writer = StoreWriter(url)
+
+        done = writer.done_shards()
+        todo = [i for i in range(info.rank, len(writer.shards), info.world_size) if i not in done]
+        if cfg.max_shards:
+            todo = todo[: cfg.max_shards]
+        samples_todo = sum(writer.shards[i]["count"] for i in todo)
+
+        model = loaded.model.to(device).eval()
+        if device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        if cfg.compile:
+            model = torch.compile(model)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+
+        dataset = ShardBatches(
+            [(i, writer.shards[i]["url"]) for i in todo],
+            transform=eval_transform(loaded.data_config),
+            batch_size=cfg.batch_size,
+            image_fields=source.image_fields,
+            label_field=source.label_field,
+            label_required=source.label_required,
+        )
+        workers = cfg.workers if cfg.workers is not None else _default_workers()
+        loader = label_loader(dataset, min(workers, max(1, len(todo))) if workers else 0, device.type == "cuda")
+
+        from tqdm import tqdm
+
+        bar = tqdm(total=samples_todo, unit="img", disable=not (cfg.progress and info.is_main) or not todo,
+                   desc=f"label {loaded.name}", dynamic_ncols=True)
+        pending: dict[int, dict] = {}
+        writes: list[Future] = []
+        start = None
+        labelled = 0
+        with ThreadPoolExecutor(max_workers=1) as io_pool, torch.inference_mode():
+            for item in loader if todo else ():
+                if "error" in item:
+                    raise W2SError(item["error"])
+                i = item["shard"]
+                if item.get("end"):
+                    writes.append(io_pool.submit(_write_shard, writer, i, pending.pop(i, None), item["count"]))
+                    _raise_failed(writes)
+                    continue
+                if start is None:
+                    start = time.perf_counter()
+                x = item["images"].to(device, non_blocking=True)
+                if device.type == "cuda":
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(device_type=device.type, dtype=dtype, enabled=precision != "fp32"):
+                    logits = model(x)
+                bad = unstorable_rows(logits)
+                if bool(bad.any()):
+                    key = item["keys"][int(bad.nonzero()[0, 0])]
+                    raise W2SError(
+                        f"shard {writer.shards[i]['name']}, key {key!r}: the weak model's logits are not finite or exceed "
+                        f"float16's range; nothing was stored for this shard (try --precision fp32, or check the checkpoint)"
+                    )
+                out = {k: v.cpu().numpy() for k, v in weak_outputs(logits, cfg.topk).items()}
+                buf = pending.setdefault(i, {"keys": [], "labels": [], "out": []})
+                buf["keys"].extend(item["keys"])
+                buf["labels"].append(None if item["labels"] is None else item["labels"].numpy())
+                buf["out"].append(out)
+                labelled += len(item["keys"])
+                bar.update(len(item["keys"]))
+            for f in writes:
+                f.result()
+        bar.close()
+        seconds = time.perf_counter() - start if start is not None else 0.0
+        complete = writer.finalize()
+        distributed.barrier()
+        if info.is_main and not complete:
+            complete = writer.finalize()
+        return LabelResult(
+            store=url,
+            complete=complete,
+            samples=labelled,
+            shards=len(todo),
+            shards_total=len(writer.shards),
+            samples_total=sum(s["count"] for s in writer.shards),
+            seconds=seconds,
+            images_per_s=labelled / seconds if seconds > 0 else 0.0,
+        )
+    finally:
+        distributed.shutdown()
+
+
+def _raise_failed(writes: list[Future]) -> None:
+    for f in writes:
+        if f.done() and f.exception() is not None:
+            f.result()
+
+
+def _write_shard(writer: StoreWriter, index: int, buf: dict | None, count: int) -> None:
+    if buf is None:  # the shard yielded no sample
+        raise W2SError(f"shard {writer.shards[index]['url']} holds no samples")
+    if len(buf["keys"]) != count:
+        raise RuntimeError(f"shard {index}: {len(buf['keys'])} rows buffered, {count} read")
+    out = {k: np.concatenate([o[k] for o in buf["out"]]) for k in buf["out"][0]}
+    labels = None if any(lab is None for lab in buf["labels"]) else np.concatenate(buf["labels"])
+    writer.write_shard(index, buf["keys"], labels, out)
+
+
+__all__ = ["LabelConfig", "LabelResult", "run_label"]

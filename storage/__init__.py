@@ -1,0 +1,6 @@
+"""The pseudo-label store: schema (defined once in schema.py), writer, reader. Knows nothing of torch."""
+
+from .reader import LabelStore, open_store
+from .schema import SCHEMA_VERSION
+
+__all__ = ["LabelStore", "open_store", "SCHEMA_VERSION"]

@@ -1,0 +1,41 @@
+"""Small fsspec helpers so that the store works the same on a local disk and on object storage."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import fsspec
+
+
+def get_fs(url: str, storage_options: dict | None = None):
+    """(filesystem, path) for a local path or an fsspec URL such as s3://bucket/store."""
+    fs, path = fsspec.core.url_to_fs(str(url), **(storage_options or {}))
+    return fs, path
+
+
+def is_local(fs) -> bool:
+    protocol = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    return "file" in protocol or "local" in protocol
+
+
+def join(path: str, *parts: str) -> str:
+    return "/".join([path.rstrip("/"), *parts])
+
+
+def atomic_write(fs, path: str, data: bytes) -> None:
+    """Write a whole file so that readers see either nothing or all of it.
+
+    Local files go through a temporary name and os.replace; an object store's PUT is already
+    all-or-nothing.
+    """
+    if is_local(fs):
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    else:
+        fs.pipe_file(path, data)

@@ -1,0 +1,141 @@
+"""Read a store: attributes, the index as an Arrow table, one shard's rows, dask arrays.
+
+Stage two reads one shard's rows as a block and joins by position; `report` and `inspect` use
+the index table and the dask arrays.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import zarr
+
+from ..errors import W2SError
+from . import schema
+from .fsutil import get_fs, join
+from .writer import _zarr_store, done_shards
+
+
+@dataclass
+class ShardRows:
+    """One shard's stored rows, in the shard's sample order."""
+
+    name: str
+    keys: list[str]
+    arrays: dict[str, np.ndarray]  # logits (n, C) or topk_values/topk_indices (n, K); pred, confidence, ...
+    labels: np.ndarray | None
+
+
+class LabelStore:
+    def __init__(self, url: str, storage_options: dict | None = None):
+        self.url = str(url)
+        self.storage_options = storage_options
+        self.fs, self.path = get_fs(self.url, storage_options)
+        if not self.fs.exists(join(self.path, "zarr.json")):
+            raise W2SError(f"no pseudo-label store at {self.url} (run `w2s-pipe label` first, or check --labels)")
+        self.group = zarr.open_group(store=_zarr_store(self.url, storage_options, read_only=True), mode="r")
+        self.attrs = dict(self.group.attrs)
+        self._validate()
+        self.num_classes = int(self.attrs["num_classes"])
+        self.topk = self.attrs["layout"].get("topk")
+        self.capacity = int(self.attrs["layout"]["capacity"])
+        self.shards = self.attrs["data"]["shards"]
+        self._shard_pos = {s["name"]: i for i, s in enumerate(self.shards)}
+        self._index = None
+
+    def _validate(self):
+        a = self.attrs
+        if a.get("format") != schema.FORMAT:
+            raise W2SError(f"store {self.url}: attribute 'format' is {a.get('format')!r}, expected {schema.FORMAT!r}")
+        if a.get("schema_version") != schema.SCHEMA_VERSION:
+            raise W2SError(
+                f"store {self.url}: attribute 'schema_version' is {a.get('schema_version')!r}, this tool reads "
+                f"{schema.SCHEMA_VERSION}; re-label with this version"
+            )
+        for key in schema.REQUIRED_ATTRS:
+            if key not in a:
+                raise W2SError(f"store {self.url}: attribute {key!r} is missing")
+        rows = int(a["layout"]["rows"])
+        for name, (dtype, row_shape) in schema.all_arrays(int(a["num_classes"]), a["layout"].get("topk")).items():
+            if name not in self.group:
+                raise W2SError(f"store {self.url}: array {name!r} is missing")
+            arr = self.group[name]
+            if str(arr.dtype) != dtype or tuple(arr.shape) != (rows, *row_shape):
+                raise W2SError(
+                    f"store {self.url}: array {name!r} is {arr.dtype}{tuple(arr.shape)}, expected {dtype}{(rows, *row_shape)}"
+                )
+
+    # -- completeness -------------------------------------------------------------------------
+    def done_shards(self) -> set[int]:
+        return done_shards(self.fs, self.path)
+
+    def missing_shards(self) -> list[str]:
+        done = self.done_shards()
+        return [s["name"] for i, s in enumerate(self.shards) if i not in done]
+
+    @property
+    def complete(self) -> bool:
+        return self.fs.exists(join(self.path, schema.INDEX_FILE)) and not self.missing_shards()
+
+    def require_complete(self):
+        missing = self.missing_shards()
+        if missing or not self.fs.exists(join(self.path, schema.INDEX_FILE)):
+            what = f"{len(missing)} of {len(self.shards)} shards unlabelled (first: {missing[0]})" if missing else "no index.parquet"
+            raise W2SError(f"store {self.url} is incomplete: {what}; re-run the same `w2s-pipe label` command to finish it")
+
+    # -- reading ------------------------------------------------------------------------------
+    @property
+    def num_samples(self) -> int:
+        return sum(int(s["count"]) for s in self.shards)
+
+    def index(self) -> pa.Table:
+        """All index rows in shard order (key, shard, row, pred, confidence, margin, entropy[, label])."""
+        if self._index is None:
+            self.require_complete()
+            with self.fs.open(join(self.path, schema.INDEX_FILE), "rb") as f:
+                self._index = pq.read_table(f)
+        return self._index
+
+    def shard_position(self, shard: str | int) -> int:
+        if isinstance(shard, int):
+            return shard
+        try:
+            return self._shard_pos[shard]
+        except KeyError:
+            raise W2SError(f"store {self.url} has no shard named {shard!r}") from None
+
+    def shard_rows(self, shard: str | int) -> ShardRows:
+        """One shard's rows as one block read per array (never row by row)."""
+        i = self.shard_position(shard)
+        if i not in self.done_shards():
+            raise W2SError(f"store {self.url}: shard {self.shards[i]['name']} is not labelled yet")
+        with self.fs.open(schema.shard_file(join(self.path, schema.PARTS_DIR), i, ".parquet"), "rb") as f:
+            part = pq.read_table(f)
+        n = part.num_rows
+        start = i * self.capacity
+        names = schema.all_arrays(self.num_classes, self.topk)
+        arrays = {name: self.group[name][start : start + n] for name in names}
+        labels = part.column("label").to_numpy() if "label" in part.column_names else None
+        return ShardRows(self.shards[i]["name"], part.column("key").to_pylist(), arrays, labels)
+
+    def dask_arrays(self) -> dict:
+        """Each array as a dask array over the labelled rows only (padding dropped), in shard order."""
+        import dask.array as da
+
+        out = {}
+        for name in schema.all_arrays(self.num_classes, self.topk):
+            full = da.from_zarr(self.group[name])
+            out[name] = da.concatenate(
+                [full[i * self.capacity : i * self.capacity + int(s["count"])] for i, s in enumerate(self.shards)]
+            )
+        return out
+
+    def size_bytes(self) -> int:
+        return int(self.fs.du(self.path))
+
+
+def open_store(url: str, storage_options: dict | None = None) -> LabelStore:
+    return LabelStore(url, storage_options)

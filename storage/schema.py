@@ -1,0 +1,108 @@
+"""The pseudo-label store's schema, defined once: array names, dtypes, index columns, attributes.
+
+Layout of a store (a directory or fsspec URL):
+
+    zarr.json, <array>/...      Zarr v3 group; every array has R = n_shards * capacity rows
+    parts/<shard:06d>.parquet   one shard's index rows, written before its marker
+    done/<shard:06d>.json       the shard's completion marker, written last
+    index.parquet               all index rows in shard order, written once every shard is done
+
+Shard i owns rows [i * capacity, i * capacity + count_i): contiguous, in shard order, and one
+Zarr chunk per shard, so writers of different shards never touch the same chunk. Rows past a
+shard's count are padding (pred == -1, statistics NaN) and never appear in the index.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+FORMAT = "w2s-pipe-store"
+SCHEMA_VERSION = 1
+
+INDEX_FILE = "index.parquet"
+PARTS_DIR = "parts"
+DONE_DIR = "done"
+
+# Per-sample statistics of the weak model's softmax, computed in float32 from the stored logits.
+STAT_ARRAYS = {"pred": "int32", "confidence": "float32", "margin": "float32", "entropy": "float32"}
+STAT_FILL = {"pred": -1, "confidence": float("nan"), "margin": float("nan"), "entropy": float("nan")}
+
+LOGITS_DTYPE = "float16"
+FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+
+def topk_index_dtype(num_classes: int) -> str:
+    return "int16" if num_classes <= np.iinfo(np.int16).max else "int32"
+
+
+def tensor_arrays(num_classes: int, topk: int | None) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Name -> (dtype, per-row shape) of the weak-output arrays: full logits, or top-k."""
+    if topk:
+        return {
+            "topk_values": (LOGITS_DTYPE, (topk,)),
+            "topk_indices": (topk_index_dtype(num_classes), (topk,)),
+        }
+    return {"logits": (LOGITS_DTYPE, (num_classes,))}
+
+
+def all_arrays(num_classes: int, topk: int | None) -> dict[str, tuple[str, tuple[int, ...]]]:
+    arrays = tensor_arrays(num_classes, topk)
+    arrays.update({name: (dtype, ()) for name, dtype in STAT_ARRAYS.items()})
+    return arrays
+
+
+def index_schema(with_label: bool) -> pa.Schema:
+    fields = [
+        pa.field("key", pa.string()),
+        pa.field("shard", pa.string()),
+        pa.field("row", pa.int64()),
+        pa.field("pred", pa.int32()),
+        pa.field("confidence", pa.float32()),
+        pa.field("margin", pa.float32()),
+        pa.field("entropy", pa.float32()),
+    ]
+    if with_label:
+        fields.append(pa.field("label", pa.int32()))
+    return pa.schema(fields)
+
+
+# Attributes every store carries (zarr group attributes). Nested keys are documented in the README.
+REQUIRED_ATTRS = (
+    "format",
+    "schema_version",
+    "weak",  # {model, checkpoint, checkpoint_sha256}
+    "num_classes",
+    "class_names",
+    "preprocessing",  # timm data config: input_size, interpolation, mean, std, crop_pct, crop_mode
+    "precision",
+    "data",  # {name, split, pattern, image_field, label_field, fingerprint, shards: [{name, url, count, bytes}]}
+    "layout",  # {capacity, rows, topk}
+    "tool_version",
+    "created",
+)
+
+# The attributes that make two label runs "the same job": a re-run may only fill in missing
+# shards of a store whose identity matches; anything else needs --overwrite.
+IDENTITY_FIELDS = (
+    "weak.model",
+    "weak.checkpoint_sha256",
+    "num_classes",
+    "preprocessing",
+    "precision",
+    "data.fingerprint",
+    "layout.topk",
+)
+
+
+def get_field(attrs: dict, dotted: str):
+    value = attrs
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def shard_file(directory: str, shard_index: int, suffix: str) -> str:
+    return f"{directory}/{shard_index:06d}{suffix}"

@@ -1,0 +1,185 @@
+"""Create a store, write one shard at a time (rows, then index part, then marker), finalize it.
+
+Safe for many writers at once as long as each shard has one writer (torchrun ranks take disjoint
+shards): no two shards share a Zarr chunk, every shard's files are its own, and only the creator
+writes group metadata. A crash loses at most the shards whose markers were not yet written.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import json
+import warnings
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import zarr
+
+from ..errors import W2SError
+from . import schema
+from .fsutil import atomic_write, get_fs, is_local, join
+
+
+def _zarr_store(url: str, storage_options: dict | None, read_only: bool = False):
+    fs, path = get_fs(url, storage_options)
+    if is_local(fs):
+        return zarr.storage.LocalStore(path, read_only=read_only)
+    return zarr.storage.FsspecStore.from_url(str(url), storage_options=storage_options or {}, read_only=read_only)
+
+
+def _table_bytes(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(table, sink)
+    return sink.getvalue()
+
+
+def identity_mismatch(existing: dict, wanted: dict) -> str | None:
+    """The first identity field on which two stores' attributes differ, described for the user."""
+    for field in schema.IDENTITY_FIELDS:
+        old, new = schema.get_field(existing, field), schema.get_field(wanted, field)
+        if json.dumps(old, sort_keys=True) != json.dumps(new, sort_keys=True):
+            if field == "data.fingerprint":
+                return "the data source differs (shard names or sizes changed)"
+            return f"{field} is {json.dumps(old)} in the store but {json.dumps(new)} in this run"
+    return None
+
+
+def done_shards(fs, path: str) -> set[int]:
+    """Positions of the shards whose completion marker exists."""
+    done_dir = join(path, schema.DONE_DIR)
+    if not fs.exists(done_dir):
+        return set()
+    names = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(done_dir, detail=False)]
+    return {int(n[:-5]) for n in names if n.endswith(".json") and n[:-5].isdigit()}
+
+
+class StoreWriter:
+    """Writes shards into a store whose arrays were preallocated by `create`."""
+
+    def __init__(self, url: str, storage_options: dict | None = None):
+        self.url = str(url)
+        self.storage_options = storage_options
+        self.fs, self.path = get_fs(self.url, storage_options)
+        self.group = zarr.open_group(store=_zarr_store(self.url, storage_options), mode="r+")
+        self.attrs = dict(self.group.attrs)
+        layout = self.attrs["layout"]
+        self.capacity = int(layout["capacity"])
+        self.shards = self.attrs["data"]["shards"]
+        self.arrays = schema.all_arrays(int(self.attrs["num_classes"]), layout.get("topk"))
+
+    @classmethod
+    def create(cls, url: str, attrs: dict, *, overwrite: bool = False, storage_options: dict | None = None):
+        """Open the store at `url` for this job, creating and preallocating it if needed.
+
+        `attrs` must hold every schema.REQUIRED_ATTRS entry except format, schema_version and
+        created. An existing store is reused only if its identity matches; else it is an error
+        unless `overwrite`, which deletes it first.
+        """
+        fs, path = get_fs(url, storage_options)
+        attrs = {"format": schema.FORMAT, "schema_version": schema.SCHEMA_VERSION, **attrs}
+        if fs.exists(path):
+            if fs.exists(join(path, "zarr.json")) and not overwrite:
+                existing = dict(zarr.open_group(store=_zarr_store(url, storage_options, True), mode="r").attrs)
+                if existing.get("format") != schema.FORMAT:
+                    raise W2SError(f"{url} is a Zarr group but not a w2s-pipe store; choose another --labels")
+                problem = identity_mismatch(existing, attrs)
+                if problem:
+                    raise W2SError(f"store {url} was made by another job: {problem}; pass --overwrite to replace it")
+                return cls(url, storage_options)
+            if overwrite:
+                fs.rm(path, recursive=True)
+            elif fs.ls(path):
+                raise W2SError(f"{url} exists and is not a w2s-pipe store; choose another --labels or remove it")
+        attrs["created"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        missing = [k for k in schema.REQUIRED_ATTRS if k not in attrs]
+        if missing:
+            raise ValueError(f"store attributes missing: {missing}")
+        layout = attrs["layout"]
+        rows, capacity = int(layout["rows"]), int(layout["capacity"])
+        group = zarr.open_group(store=_zarr_store(url, storage_options), mode="w")
+        for name, (dtype, row_shape) in schema.all_arrays(int(attrs["num_classes"]), layout.get("topk")).items():
+            group.create_array(
+                name,
+                shape=(rows, *row_shape),
+                chunks=(capacity, *row_shape),
+                dtype=dtype,
+                # Logits are near-incompressible (zstd 1.09x) and uncompressed chunks read 2-3x
+                # faster (DESIGN.md; bench/store.py measures it again): no codec.
+                compressors=None,
+                fill_value=schema.STAT_FILL.get(name, 0),
+            )
+        # Attributes last: a group without them is recognisably unfinished and is rebuilt.
+        group.attrs.update(attrs)
+        for directory in (schema.PARTS_DIR, schema.DONE_DIR):
+            if is_local(fs):
+                fs.makedirs(join(path, directory), exist_ok=True)
+        return cls(url, storage_options)
+
+    def done_shards(self) -> set[int]:
+        return done_shards(self.fs, self.path)
+
+    def write_shard(self, index: int, keys: list[str], labels: np.ndarray | None, arrays: dict[str, np.ndarray]):
+        """Write shard `index`'s rows (in the shard's sample order), its index part, then its marker."""
+        shard = self.shards[index]
+        n = len(keys)
+        if n != shard["count"]:
+            raise W2SError(
+                f"shard {shard['url']}: read {n} samples but the data source lists {shard['count']}; "
+                "the shard changed since it was counted (re-run prepare, or label into a new store)"
+            )
+        if len(set(keys)) != n:
+            seen, dup = set(), None
+            for k in keys:
+                if k in seen:
+                    dup = k
+                    break
+                seen.add(k)
+            raise W2SError(f"shard {shard['url']}: key {dup!r} appears more than once")
+        if set(arrays) != set(self.arrays):
+            raise ValueError(f"write_shard needs arrays {sorted(self.arrays)}, got {sorted(arrays)}")
+        start = index * self.capacity
+        digest = hashlib.sha256("\n".join(keys).encode())
+        for name, (dtype, row_shape) in self.arrays.items():
+            values = np.asarray(arrays[name])
+            if values.shape != (n, *row_shape):
+                raise ValueError(f"array {name}: shape {values.shape}, expected {(n, *row_shape)}")
+            block = np.full((self.capacity, *row_shape), schema.STAT_FILL.get(name, 0), dtype=dtype)
+            block[:n] = values
+            # Whole-chunk write: no read-modify-write, and the chunk is this shard's alone.
+            self.group[name][start : start + self.capacity] = block
+            digest.update(np.ascontiguousarray(block[:n]).tobytes())
+        columns = {
+            "key": pa.array(keys, pa.string()),
+            "shard": pa.array([shard["name"]] * n, pa.string()),
+            "row": pa.array(np.arange(start, start + n, dtype=np.int64)),
+            **{name: pa.array(np.asarray(arrays[name], dtype=dt_)) for name, dt_ in schema.STAT_ARRAYS.items()},
+        }
+        with_label = labels is not None
+        if with_label:
+            columns["label"] = pa.array(np.asarray(labels, dtype=np.int32))
+        table = pa.table(columns, schema=schema.index_schema(with_label))
+        atomic_write(self.fs, schema.shard_file(join(self.path, schema.PARTS_DIR), index, ".parquet"), _table_bytes(table))
+        marker = {"shard": shard["name"], "start": start, "count": n, "sha256": digest.hexdigest()}
+        atomic_write(self.fs, schema.shard_file(join(self.path, schema.DONE_DIR), index, ".json"), json.dumps(marker).encode())
+
+    def finalize(self) -> bool:
+        """Write index.parquet and consolidate metadata if every shard is done; True if complete."""
+        if len(self.done_shards()) < len(self.shards):
+            return False
+        parts_dir = join(self.path, schema.PARTS_DIR)
+        paths = [schema.shard_file(parts_dir, i, ".parquet") for i in range(len(self.shards))]
+        blobs = self.fs.cat(paths)
+        tables = [pq.read_table(pa.BufferReader(blobs[p])) for p in paths]
+        with_label = all("label" in t.column_names for t in tables)
+        tables = [t.select(schema.index_schema(with_label).names) for t in tables]
+        index = pa.concat_tables(tables)
+        atomic_write(self.fs, join(self.path, schema.INDEX_FILE), _table_bytes(index))
+        with warnings.catch_warnings():
+            # zarr warns that parts/, done/ and index.parquet are not Zarr nodes (by design), and
+            # that consolidated metadata is not yet in the v3 spec.
+            warnings.simplefilter("ignore", category=UserWarning)
+            zarr.consolidate_metadata(_zarr_store(self.url, self.storage_options))
+        return True

@@ -1,0 +1,62 @@
+"""Shared fixtures: real digits shards, a tiny timm weak model saved as a real checkpoint."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# No test may reach a model hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+TINY_MODEL = "test_resnet"  # timm's 0.37M-parameter test network
+TINY_SIZE = 32
+
+
+@pytest.fixture(autouse=True)
+def _workspace(tmp_path, monkeypatch):
+    """Every test gets its own workspace and data root; nothing leaks between tests."""
+    monkeypatch.setenv("W2S_HOME", str(tmp_path / "ws"))
+    monkeypatch.delenv("W2S_DATA", raising=False)
+    monkeypatch.delenv("W2S_DATASETS", raising=False)
+
+
+@pytest.fixture(scope="session")
+def digits_dir(tmp_path_factory):
+    from w2s_pipe.stages.prepare import prepare_digits
+
+    out = tmp_path_factory.mktemp("data") / "digits"
+    prepare_digits(str(out), shard_size=256)
+    return out
+
+
+@pytest.fixture
+def digits_data(digits_dir, monkeypatch):
+    """Point W2S_DATA at the session's prepared digits so `--data digits` finds them."""
+    monkeypatch.setenv("W2S_DATA", str(digits_dir.parent))
+    return digits_dir
+
+
+def make_checkpoint(path, *, num_classes=10, model=TINY_MODEL, img_size=TINY_SIZE, seed=0, plain=False, nan=False):
+    import timm
+    import torch
+
+    from w2s_pipe.pipeline.checkpoint import save_checkpoint
+    from w2s_pipe.pipeline.transforms import data_config_for
+
+    torch.manual_seed(seed)
+    net = timm.create_model(model, num_classes=num_classes)
+    if nan:
+        with torch.no_grad():
+            net.get_classifier().bias.fill_(float("nan"))
+    if plain:
+        torch.save(net.state_dict(), path)
+    else:
+        save_checkpoint(str(path), net.state_dict(), model_name=model, num_classes=num_classes,
+                        data_config=data_config_for(net, img_size))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def weak_ckpt(tmp_path_factory):
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "weak.pt")
