@@ -24,6 +24,7 @@ from ..storage.fsutil import atomic_write, get_fs, is_local
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "w2s-pipe-shards/1"
 _META = ("__", "__")
+_DIGEST_SPAN = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,21 @@ class Shard:
     name: str  # the file name; unique within a data source
     count: int  # samples
     bytes: int
+    digest: str = ""  # quick_digest: size plus the first and last 64 KiB
+
+
+def quick_digest(fs, path: str, size: int) -> str:
+    """A cheap content check: sha256 of the size and the file's first and last 64 KiB.
+
+    Size alone is too weak: tar pads to 10 KiB records, so a rewritten small shard keeps its size.
+    """
+    h = hashlib.sha256(str(size).encode())
+    with fs.open(path, "rb") as f:
+        h.update(f.read(_DIGEST_SPAN))
+        if size > _DIGEST_SPAN:
+            f.seek(max(_DIGEST_SPAN, size - _DIGEST_SPAN))
+            h.update(f.read(_DIGEST_SPAN))
+    return h.hexdigest()[:32]
 
 
 def expand_pattern(pattern: str, storage_options: dict | None = None, where: str = "") -> list[str]:
@@ -90,12 +106,16 @@ def url_name(url: str) -> str:
 
 
 def count_samples(url: str, storage_options: dict | None = None) -> int:
-    """Samples in one shard, read from tar headers only where the file is seekable (local)."""
+    """Samples in one shard, from its tar headers (the data is skipped by seeking).
+
+    Python's tarfile stops silently at a truncated header, which would make a truncated shard
+    look short but valid; so the archive must end with its zero end-of-archive block.
+    """
     fs, path = get_fs(url, storage_options)
     count, last = 0, None
     try:
         with fs.open(path, "rb") as f:
-            with tarfile.open(fileobj=f, mode="r:*" if is_local(fs) else "r|*") as tar:
+            with tarfile.open(fileobj=f, mode="r:*") as tar:
                 for info in tar:
                     name = info.name
                     if not info.isreg() or ("/" not in name and name.startswith(_META[0]) and name.endswith(_META[1])):
@@ -103,6 +123,11 @@ def count_samples(url: str, storage_options: dict | None = None) -> int:
                     prefix, _ = base_plus_ext(name)
                     if prefix is not None and prefix != last:
                         count, last = count + 1, prefix
+                end = tar.offset
+                tar.fileobj.seek(end)
+                block = tar.fileobj.read(tarfile.BLOCKSIZE)
+            if len(block) < tarfile.BLOCKSIZE or any(block):
+                raise tarfile.ReadError(f"truncated or corrupt after byte {end}, no end-of-archive block")
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise W2SError(f"shard {url}: cannot read it as a tar file ({exc})") from None
     return count
@@ -124,7 +149,7 @@ def read_manifest(directory: str, storage_options: dict | None = None) -> dict |
 
 
 def load_manifest(directory: str, storage_options: dict | None = None) -> dict[str, dict]:
-    """name -> {count, bytes} from a manifest.json beside the shards, or {} if there is none."""
+    """name -> {count, bytes, digest} from a manifest.json beside the shards, or {} if there is none."""
     manifest = read_manifest(directory, storage_options) or {"splits": {}}
     try:
         return {s["name"]: s for split in manifest["splits"].values() for s in split}
@@ -135,8 +160,8 @@ def load_manifest(directory: str, storage_options: dict | None = None) -> dict[s
 def describe_shards(urls: list[str], storage_options: dict | None = None, threads: int = 16) -> list[Shard]:
     """Name, size and sample count of each shard.
 
-    Counts come from a manifest.json beside the shards when its byte size still matches the file;
-    otherwise the tar headers are read (in parallel threads, which is I/O bound).
+    Counts come from a manifest.json beside the shards when the file still matches its size and
+    digest; otherwise the tar headers are read (in parallel threads: it is I/O bound).
     """
     def directory(url: str) -> str:
         return url.rsplit("/", 1)[0] if "/" in url else "."
@@ -146,18 +171,20 @@ def describe_shards(urls: list[str], storage_options: dict | None = None, thread
     def one(url: str) -> Shard:
         fs, path = get_fs(url, storage_options)
         size = int(fs.info(path)["size"])
+        digest = quick_digest(fs, path, size)
         entry = manifests[directory(url)].get(url_name(url))
-        count = int(entry["count"]) if entry and int(entry.get("bytes", -1)) == size else count_samples(url, storage_options)
-        return Shard(url=url, name=url_name(url), count=count, bytes=size)
+        trusted = entry and int(entry.get("bytes", -1)) == size and entry.get("digest") == digest
+        count = int(entry["count"]) if trusted else count_samples(url, storage_options)
+        return Shard(url=url, name=url_name(url), count=count, bytes=size, digest=digest)
     with ThreadPoolExecutor(max_workers=max(1, min(threads, len(urls)))) as pool:
         return list(pool.map(one, urls))
 
 
 def fingerprint(shards: Iterable[Shard]) -> str:
-    """sha256 over the shards' names, sizes and counts: changes when the data source does."""
+    """sha256 over the shards' names, sizes, digests and counts: changes when the data source does."""
     h = hashlib.sha256()
     for s in shards:
-        h.update(f"{s.name}\t{s.bytes}\t{s.count}\n".encode())
+        h.update(f"{s.name}\t{s.bytes}\t{s.digest}\t{s.count}\n".encode())
     return h.hexdigest()
 
 
@@ -190,14 +217,14 @@ def write_shard(path: str, samples: Iterable[dict]) -> Shard:
     data = buf.getvalue()
     fs, fpath = get_fs(path)
     atomic_write(fs, fpath, data)
-    return Shard(url=path, name=url_name(path), count=count, bytes=len(data))
+    return Shard(url=path, name=url_name(path), count=count, bytes=len(data), digest=quick_digest(fs, fpath, len(data)))
 
 
 def write_manifest(directory: str, splits: dict[str, list[Shard]], **extra) -> str:
     """Write (or update: other splits already listed are kept) the manifest of a shard directory."""
     old = read_manifest(directory) or {}
     listed = {**old.get("splits", {}),
-              **{split: [{"name": s.name, "count": s.count, "bytes": s.bytes} for s in shards] for split, shards in splits.items()}}
+              **{split: [{"name": s.name, "count": s.count, "bytes": s.bytes, "digest": s.digest} for s in shards] for split, shards in splits.items()}}
     manifest = {"format": MANIFEST_FORMAT, **extra, "splits": listed}
     path = os.path.join(directory, MANIFEST)
     fs, fpath = get_fs(path)

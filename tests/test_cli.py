@@ -1,0 +1,104 @@
+"""The command line: bad input gives one line and a non-zero exit; --help documents every option."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from conftest import make_checkpoint
+from w2s_pipe.cli import cli
+
+
+def run(*args):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def one_line_error(result, *fragments):
+    assert result.exit_code != 0, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def test_unknown_model(digits_data):
+    one_line_error(run("label", "--weak", "resnet181", "--data", "digits"), "unknown model 'resnet181'", "resnet18")
+
+
+def test_unknown_dataset():
+    one_line_error(run("label", "--weak", "resnet18", "--data", "imagenett"), "unknown dataset 'imagenett'")
+
+
+def test_pattern_matching_no_shard(tmp_path):
+    pattern = str(tmp_path / "train-{000000..000003}.tar")
+    one_line_error(run("label", "--weak", "resnet18", "--data", pattern), "4 of 4 shards not found", "train-000000.tar")
+
+
+def test_checkpoint_for_other_classes(tmp_path, digits_data):
+    ckpt = make_checkpoint(tmp_path / "c7.pt", num_classes=7)
+    one_line_error(run("label", "--weak-checkpoint", ckpt, "--data", "digits"),
+                   "c7.pt has 7 classes but the dataset has 10")
+
+
+def test_imagenet_absent_says_where(tmp_path, monkeypatch):
+    monkeypatch.setenv("W2S_DATA", str(tmp_path))
+    one_line_error(run("label", "--weak", "resnet18", "--data", "imagenet"),
+                   str(tmp_path / "imagenet" / "imagenet-train-{000000..001281}.tar"))
+
+
+def test_bad_option_value(digits_data):
+    one_line_error(run("label", "--weak", "resnet18", "--batch-size", "0"), "--batch-size 0 is invalid")
+
+
+def test_prepare_then_label_through_the_real_executable(tmp_path, weak_ckpt):
+    """The installed console script, as a user runs it: exit codes and output on a real terminal path."""
+    exe = os.path.join(os.path.dirname(sys.executable), "w2s-pipe")
+    env = {**os.environ, "W2S_HOME": str(tmp_path / "ws")}
+    env.pop("W2S_DATA", None)
+    ok = subprocess.run([exe, "prepare", "digits"], env=env, capture_output=True, text=True)
+    assert ok.returncode == 0 and "wrote 1797 samples" in ok.stdout
+    out = subprocess.run([exe, "label", "--weak-checkpoint", weak_ckpt, "--quiet", "--workers", "1"],
+                         env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "labelled 897 samples in 4 shards" in out.stdout and "complete, 897 samples" in out.stdout
+    bad = subprocess.run([exe, "label", "--weak", "nosuchmodel"], env=env, capture_output=True, text=True)
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "unknown model 'nosuchmodel'" in bad.stderr
+
+
+def commands(group, path=()):
+    for name, cmd in group.commands.items():
+        yield (*path, name), cmd
+        if isinstance(cmd, click.Group):
+            yield from commands(cmd, (*path, name))
+
+
+@pytest.mark.parametrize("path,cmd", list(commands(cli)), ids=lambda p: " ".join(p) if isinstance(p, tuple) else "")
+def test_help_explains_every_option(path, cmd):
+    result = run(*path, "--help")
+    assert result.exit_code == 0
+    for param in cmd.params:
+        if isinstance(param, click.Option):
+            assert param.help, f"{' '.join(path)} {param.opts[0]} has no help text"
+            assert param.opts[0] in result.output
+
+
+def test_label_options_are_frozen():
+    """Renaming or dropping an option breaks users' scripts: change this list deliberately."""
+    names = sorted(p.opts[0] for p in cli.commands["label"].params if isinstance(p, click.Option))
+    assert names == sorted([
+        "--weak", "--data", "--split", "--labels", "--weak-checkpoint", "--num-classes", "--img-size", "--batch-size",
+        "--workers", "--precision", "--device", "--topk", "--compile", "--overwrite", "--max-shards", "--quiet",
+    ])
+
+
+def test_help_is_fast():
+    """`w2s-pipe --help` must not import torch, timm or zarr."""
+    code = "import sys, w2s_pipe.cli; assert not {'torch', 'timm', 'zarr'} & set(sys.modules), sys.modules.keys()"
+    subprocess.run([sys.executable, "-c", code], check=True)
