@@ -39,7 +39,7 @@ class LabelConfig:
     img_size: int | None = None
     batch_size: int = 256
     workers: int | None = None  # None: one per spare core, at most 8
-    precision: str = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    precision: str = "auto"  # auto: bf16 on GPU and on CPUs with native bf16, else fp32
     device: str = "auto"
     topk: int | None = None
     compile: bool = False
@@ -83,8 +83,7 @@ class LabelResult:
 
 def _resolve_precision(precision: str, device) -> str:
     if precision == "auto":
-        # bf16 autocast on GPUs; on CPUs it only pays off with native bf16 units, so fp32 there.
-        return "bf16" if device.type == "cuda" else "fp32"
+        return "bf16" if device.type == "cuda" or distributed.cpu_has_bf16() else "fp32"
     return precision
 
 

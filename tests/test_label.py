@@ -18,6 +18,7 @@ from w2s_pipe.storage import open_store
 
 def label(tmp_path, ckpt, name="store", **kw):
     kw.setdefault("workers", 0)
+    kw.setdefault("precision", "fp32")
     cfg = LabelConfig(weak=None, weak_checkpoint=ckpt, data="digits", labels=str(tmp_path / name), batch_size=100,
                       progress=False, **kw)
     return run_label(cfg)
@@ -43,7 +44,7 @@ def read_all(store):
 
 
 def test_stored_logits_equal_a_direct_forward(tmp_path, digits_data, weak_ckpt):
-    result = label(tmp_path, weak_ckpt, precision="fp32")
+    result = label(tmp_path, weak_ckpt)
     assert result.complete and result.samples == 897 and result.shards == 4
     store = open_store(result.store)
     keys, logits, labels = direct_forward(weak_ckpt, [s["url"] for s in store.shards])
@@ -90,7 +91,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, digits_data, we
 def test_workers_and_batch_size_do_not_change_the_store(tmp_path, digits_data, weak_ckpt):
     a = open_store(label(tmp_path, weak_ckpt, "a", workers=0).store)
     b = open_store(run_label(LabelConfig(weak=None, weak_checkpoint=weak_ckpt, data="digits", labels=str(tmp_path / "b"),
-                                         batch_size=37, workers=2, progress=False)).store)
+                                         batch_size=37, workers=2, precision="fp32", progress=False)).store)
     assert a.index().equals(b.index())
     np.testing.assert_array_equal(read_all(a)["logits"], read_all(b)["logits"])
 
