@@ -1,0 +1,120 @@
+"""The weak-to-strong losses: small pure functions of logits, registered by name.
+
+Shapes: student and weak logits (B, C), any float dtype (computed in float32); labels (B,) int.
+Each returns (loss, parts): a scalar to minimise and a dict of detached scalars to log.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+LossOut = tuple[torch.Tensor, dict[str, torch.Tensor]]
+
+
+def kd_per_sample(student: torch.Tensor, weak: torch.Tensor, temperature: float) -> torch.Tensor:
+    """(B,) T^2 * KL(softmax(w/T) || softmax(s/T)), summed over classes."""
+    t = float(temperature)
+    log_ps = F.log_softmax(student.float() / t, dim=1)
+    log_pw = F.log_softmax(weak.float() / t, dim=1)
+    return (log_pw.exp() * (log_pw - log_ps)).sum(dim=1) * t * t
+
+
+def hard(student: torch.Tensor, weak: torch.Tensor) -> LossOut:
+    """Cross-entropy on the weak model's argmax: naive weak-to-strong."""
+    loss = F.cross_entropy(student.float(), weak.argmax(dim=1))
+    return loss, {"ce_weak": loss.detach()}
+
+
+def kd(student: torch.Tensor, weak: torch.Tensor, temperature: float = 1.0) -> LossOut:
+    """T^2-scaled KL divergence to the temperature-softened weak distribution, batch mean."""
+    loss = kd_per_sample(student, weak, temperature).mean()
+    return loss, {"kd": loss.detach()}
+
+
+def augconf(student: torch.Tensor, weak: torch.Tensor, alpha: float, temperature: float = 1.0) -> LossOut:
+    """(1 - alpha) * KD + alpha * CE(s, argmax s): the auxiliary confidence loss (AugConf).
+
+    alpha is a number fixed by the schedule (see `objective`), so it carries no gradient.
+    """
+    kd_term = kd_per_sample(student, weak, temperature).mean()
+    s = student.float()
+    self_term = F.cross_entropy(s, s.argmax(dim=1).detach())
+    loss = (1 - alpha) * kd_term + alpha * self_term
+    return loss, {"kd": kd_term.detach(), "self": self_term.detach(), "alpha": torch.tensor(float(alpha))}
+
+
+def adaptconf(student: torch.Tensor, weak: torch.Tensor, threshold: float, temperature: float = 1.0,
+              beta_scale: float = 1.0) -> LossOut:
+    """The adaptive confidence loss of Guo et al. (2024), per sample, averaged over the batch.
+
+    beta = exp(CE(s, argmax s)/tau) / (exp(CE(s, argmax s)/tau) + exp(CE(s, argmax w)/tau)), detached;
+    loss = (1 - beta) * T^2 * KL(softmax(w/T) || softmax(s/T)) + beta * CE(s, argmax s).
+    beta <= 1/2, with equality where student and teacher agree. `beta_scale` (0..1) is the optional
+    warm-up factor of the official few-shot and noisy-label code.
+    """
+    s = student.float()
+    self_pred = s.argmax(dim=1)
+    ce_self = F.cross_entropy(s, self_pred, reduction="none")
+    ce_weak = F.cross_entropy(s, weak.argmax(dim=1), reduction="none")
+    # exp(a/t) / (exp(a/t) + exp(b/t)) == sigmoid((a - b)/t), without overflow for large CE/t.
+    beta = (torch.sigmoid((ce_self - ce_weak) / float(threshold)) * beta_scale).detach()
+    kd_term = kd_per_sample(s, weak, temperature)
+    loss = ((1 - beta) * kd_term + beta * ce_self).mean()
+    return loss, {"kd": kd_term.mean().detach(), "self": ce_self.mean().detach(), "beta": beta.mean()}
+
+
+def gt(student: torch.Tensor, labels: torch.Tensor) -> LossOut:
+    """Ground-truth cross-entropy: the weak model itself, and the strong ceiling."""
+    loss = F.cross_entropy(student.float(), labels.long())
+    return loss, {"ce_gt": loss.detach()}
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    needs_weak: bool
+    summary: str
+
+
+LOSSES = {
+    "adaptconf": LossSpec(True, "adaptive confidence loss (Guo et al. 2024), per-sample beta"),
+    "augconf": LossSpec(True, "(1-alpha) KD + alpha CE(s, argmax s), alpha ramped over --warmup-frac"),
+    "kd": LossSpec(True, "T^2-scaled KL to the weak soft labels"),
+    "hard": LossSpec(True, "cross-entropy on the weak argmax"),
+    "gt": LossSpec(False, "ground-truth cross-entropy (weak model, strong ceiling)"),
+}
+
+
+def objective(name: str, *, temperature: float = 1.0, threshold: float = 0.5, warmup_frac: float = 0.2,
+              beta_warmup_frac: float = 0.0, gt_weight: float = 0.0) -> Callable[..., LossOut]:
+    """The training objective: loss `name` with its schedule, plus `gt_weight` * CE(s, y).
+
+    Returns f(student, weak, labels, progress) with progress the fraction of training done (0..1).
+    """
+    if name not in LOSSES:
+        raise KeyError(name)
+
+    def ramp(progress: float, frac: float) -> float:
+        return 1.0 if frac <= 0 else min(1.0, max(0.0, progress / frac))
+
+    def f(student, weak, labels, progress: float) -> LossOut:
+        if name == "gt":
+            loss, parts = gt(student, labels)
+        elif name == "hard":
+            loss, parts = hard(student, weak)
+        elif name == "kd":
+            loss, parts = kd(student, weak, temperature)
+        elif name == "augconf":
+            loss, parts = augconf(student, weak, threshold * ramp(progress, warmup_frac), temperature)
+        else:
+            loss, parts = adaptconf(student, weak, threshold, temperature, ramp(progress, beta_warmup_frac))
+        if gt_weight and name != "gt":
+            ce = F.cross_entropy(student.float(), labels.long())
+            loss = loss + gt_weight * ce
+            parts = {**parts, "ce_gt": ce.detach()}
+        return loss, {"loss": loss.detach(), **parts}
+
+    return f
