@@ -31,6 +31,7 @@ def cli(ctx, workspace):
     \b
       w2s-pipe prepare digits                       # embedded data set -> WebDataset shards
       w2s-pipe label --weak resnet18 --data imagenet  # weak logits -> a reusable label store
+      w2s-pipe train --strong vit_b16                # strong model from shards + store
     """
     ctx.obj = {"workspace": workspace}
 
@@ -125,6 +126,96 @@ def label(ctx, weak, data, split, labels, weak_checkpoint, num_classes, img_size
                    f"{size / 1024:.0f} KiB ({size / max(1, result.samples_total):.0f} B/sample)")
     else:
         click.echo(f"store {result.store}: incomplete; re-run the same command to finish it")
+
+
+@cli.command()
+@click.option("--strong", required=True, help="Strong timm model name or alias (vit_b16, resnet50, ...).")
+@click.option("--loss", default="adaptconf", show_default=True,
+              type=click.Choice(["adaptconf", "augconf", "kd", "hard", "gt"]),
+              help="adaptconf: adaptive confidence loss (Guo et al. 2024); augconf: (1-a) KD + a CE(s, argmax s); "
+                   "kd: T^2-scaled KL to the weak soft labels; hard: CE on the weak argmax; gt: ground-truth CE.")
+@click.option("--labels", default=None, help="Label store path or URL [default: the workspace's most recent complete store].")
+@click.option("--data", default=None, help="Data set or shard pattern; needed with --loss gt and no store, else it must match the store.")
+@click.option("--split", default=None, help="Split of --data [default: the data set's labelling split].")
+@click.option("--val-data", default=None, help="Validation data set or shard pattern [default: the data set's validation split].")
+@click.option("--val-split", default=None, help="Validation split of the data set [default: its val split].")
+@click.option("--no-eval", is_flag=True, help="Skip validation (no best.pt).")
+@click.option("--img-size", type=int, default=None, help="Input size in pixels [default: the model's data config].")
+@click.option("--pretrained", is_flag=True, help="Start from timm's pretrained weights (needs the model hub or its cache).")
+@click.option("--strong-checkpoint", type=click.Path(dir_okay=False), default=None,
+              help="Start from a local checkpoint or state dict (e.g. an MAE ViT-B); its head is replaced.")
+@click.option("--linear-probe", is_flag=True, help="Freeze the backbone and train only the classifier head.")
+@click.option("--threshold", type=float, default=0.5, show_default=True,
+              help="adaptconf's tau (0.5 in the paper's CIFAR runs, 4.0 in its ImageNet transfer); augconf's final alpha.")
+@click.option("--kd-temperature", type=float, default=1.0, show_default=True, help="Temperature T of the KD term.")
+@click.option("--warmup-frac", type=float, default=0.2, show_default=True, help="augconf: fraction of training over which alpha ramps up from 0.")
+@click.option("--beta-warmup-frac", type=float, default=0.0, show_default=True,
+              help="adaptconf: fraction of training over which beta is scaled up from 0 (0: off).")
+@click.option("--gt-weight", type=float, default=0.0, show_default=True,
+              help="Add this weight times ground-truth CE to any loss (the paper's distillation setting).")
+@click.option("--skip-missing", is_flag=True, help="Train without samples that have no row in the store instead of stopping.")
+@click.option("--opt", default="adamw", show_default=True, help="timm optimizer: adamw, sgd (Nesterov), momentum, adam, lamb, lion.")
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="Peak learning rate.")
+@click.option("--weight-decay", type=float, default=0.05, show_default=True, help="Weight decay (not on biases and norms).")
+@click.option("--sched", default="cosine", show_default=True, help="Learning-rate schedule: cosine, step or const.")
+@click.option("--warmup-epochs", type=int, default=0, show_default=True, help="Linear warm-up epochs before the schedule.")
+@click.option("--epochs", type=int, default=10, show_default=True, help="Epochs (an epoch is samples / (ranks x batch) steps).")
+@click.option("--steps-per-epoch", type=int, default=None, help="Override the steps in an epoch.")
+@click.option("--batch-size", type=int, default=128, show_default=True, help="Images per step on each rank.")
+@click.option("--workers", type=int, default=None, help="Data-loading processes per rank [default: CPU cores - 1, at most 8].")
+@click.option("--precision", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default="auto", show_default=True,
+              help="Autocast precision; auto is bf16 on GPU and on CPUs with native bf16, else fp32.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--clip-grad", type=float, default=None, help="Clip the gradient norm to this value.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for initialisation and data order.")
+@click.option("--hflip", type=float, default=0.5, show_default=True, help="Horizontal flip probability.")
+@click.option("--color-jitter", type=float, default=0.0, show_default=True, help="Colour jitter strength.")
+@click.option("--crop-scale", type=float, default=0.08, show_default=True, help="Smallest area fraction of the random resized crop.")
+@click.option("--shuffle-buffer", type=int, default=1000, show_default=True, help="Samples in the shuffle buffer of each loader.")
+@click.option("--run", default=None, help="Run name under <workspace>/runs (or a path) [default: <model>-<loss>-<time>].")
+@click.option("--resume", is_flag=True, help="Continue the run named by --run from its last.pt.")
+@click.option("--max-steps", type=int, default=None, help="Stop after this many steps in this invocation; --resume continues.")
+@click.option("--log-every", type=int, default=20, show_default=True, help="Steps per metrics.jsonl record.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.pass_context
+def train(ctx, quiet, **options):
+    """Stage two: train a strong model from the data set's shards joined with the weak model's
+    stored labels. Writes <workspace>/runs/<run>/ with config.json, metrics.jsonl, last.pt and
+    best.pt. The weak model never runs again.
+
+    \b
+      w2s-pipe train --strong resnet18 --data digits --split weak --loss gt   # a weak model
+      w2s-pipe train --strong vit_b16 --loss adaptconf --threshold 4.0
+    """
+    from .pipeline.distributed import dist_info
+    from .stages.train import TrainConfig, run_train
+
+    cfg = TrainConfig(**options, workspace=ctx.obj["workspace"], progress=not quiet)
+    result = run_train(cfg)
+    if not dist_info().is_main:
+        return
+    val = f", val top-1 {result.val_top1:.4f} top-5 {result.val_top5:.4f}" if result.val_top1 is not None else ""
+    best = f" (best {result.best_top1:.4f})" if result.best_top1 is not None else ""
+    state = "finished" if result.finished else "stopped (continue with --resume)"
+    click.echo(f"{state} at step {result.step}, epoch {result.epoch}{val}{best} in {result.seconds:.0f} s")
+    click.echo(f"run {result.run_dir}")
+
+
+@cli.command("eval")
+@click.option("--run", default=None, help="Run name or directory; evaluates its best.pt (else last.pt).")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None, help="A checkpoint written by `train`.")
+@click.option("--data", default=None, help="Data set or shard pattern [default: what the run trained on].")
+@click.option("--split", default=None, help="Split [default: the data set's validation split].")
+@click.option("--batch-size", type=int, default=256, show_default=True, help="Images per forward pass.")
+@click.option("--workers", type=int, default=None, help="Data-loading processes [default: CPU cores - 1, at most 8].")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.pass_context
+def eval_cmd(ctx, **options):
+    """Top-1 and top-5 accuracy of a trained model on a validation split."""
+    from .stages.evaluate import EvalConfig, run_eval
+
+    r = run_eval(EvalConfig(**options, workspace=ctx.obj["workspace"]))
+    click.echo(f"{r['data']} {r['split']}: top-1 {r['top1']:.4f}  top-5 {r['top5']:.4f}  ({r['samples']} samples, {r['checkpoint']})")
 
 
 @cli.command()

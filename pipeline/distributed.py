@@ -59,6 +59,19 @@ def cpu_has_bf16() -> bool:
     return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
+def resolve_precision(precision: str, device) -> str:
+    """`auto` is bf16 on GPUs and on CPUs with native bf16, else fp32."""
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" or cpu_has_bf16() else "fp32"
+    return precision
+
+
+def autocast_dtype(precision: str):
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+
+
 def init_distributed(device) -> DistInfo:
     import torch.distributed as dist
 

@@ -65,6 +65,13 @@ class ShardBatches(IterableDataset):
         }
 
 
+def default_workers() -> int:
+    """One loading process per spare core, at most 8."""
+    import os
+
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
 def label_loader(dataset: ShardBatches, workers: int, pin_memory: bool) -> DataLoader:
     kwargs = {"prefetch_factor": 4, "persistent_workers": False} if workers > 0 else {}
     return DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=pin_memory, **kwargs)

@@ -153,3 +153,44 @@ def _load_state(model, state_dict: dict, checkpoint: str) -> None:
         what += ("; " if what else "") + (f"unexpected {unexpected[0]}" if unexpected else "")
         raise W2SError(f"checkpoint {checkpoint} does not fit {type(model).__name__}: {what}")
     model.load_state_dict(state_dict, strict=True)
+
+
+def build_strong(name: str, num_classes: int, *, img_size: int | None = None, pretrained: bool = False,
+                 checkpoint: str | None = None):
+    """The strong model, its head sized for the data set: from scratch, timm pretrained weights,
+    or a local checkpoint (a backbone such as an MAE ViT: its own head, if any, is dropped).
+    Returns (model, eval data config)."""
+    name = resolve_model_name(name)
+    if checkpoint:
+        model = create_model(name, num_classes, img_size)
+        state = load_checkpoint(checkpoint)["state_dict"]
+        own = model.state_dict()
+        prefixes = tuple(f"{c}." for c in _classifiers(model))
+        head = {k for k in own if k.startswith(prefixes)}
+        fitting = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+        missing = [k for k in own if k not in fitting and k not in head]
+        if missing:
+            raise W2SError(f"--strong-checkpoint {checkpoint} does not fit {name}: no weights for {missing[0]}"
+                           + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
+        model.load_state_dict(fitting, strict=False)
+        return model, data_config_for(model, img_size)
+    if pretrained:
+        try:
+            model = create_model(name, num_classes, img_size, pretrained=True)
+        except Exception as exc:
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise W2SError(f"cannot fetch timm's pretrained weights for {name} ({reason[:200]}); "
+                           "pass --strong-checkpoint PATH, or drop --pretrained to train from scratch") from None
+        return model, data_config_for(model, img_size)
+    model = create_model(name, num_classes, img_size)
+    return model, data_config_for(model, img_size)
+
+
+def _classifiers(model) -> list[str]:
+    classifier = model.pretrained_cfg.get("classifier") or "head"
+    return list(classifier) if isinstance(classifier, (list, tuple)) else [classifier]
+
+
+def head_parameters(model):
+    """The classifier's parameters, the only ones a linear probe trains."""
+    return list(model.get_classifier().parameters())

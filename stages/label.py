@@ -81,22 +81,10 @@ class LabelResult:
     size_bytes: int | None = None
 
 
-def _resolve_precision(precision: str, device) -> str:
-    if precision == "auto":
-        return "bf16" if device.type == "cuda" or distributed.cpu_has_bf16() else "fp32"
-    return precision
-
-
-def _default_workers() -> int:
-    import os
-
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
-
-
 def run_label(cfg: LabelConfig) -> LabelResult:
     import torch
 
-    from ..pipeline.loader import ShardBatches, label_loader
+    from ..pipeline.loader import ShardBatches, default_workers, label_loader
     from ..pipeline.models import load_model
     from ..pipeline.stats import unstorable_rows, weak_outputs
     from ..pipeline.transforms import eval_transform
@@ -112,7 +100,7 @@ def run_label(cfg: LabelConfig) -> LabelResult:
             raise W2SError(f"the weak model has {num_classes} output; labelling needs at least 2 classes")
         if cfg.topk is not None and cfg.topk >= num_classes:
             raise W2SError(f"--topk {cfg.topk} must be smaller than the number of classes ({num_classes})")
-        precision = _resolve_precision(cfg.precision, device)
+        precision = distributed.resolve_precision(cfg.precision, device)
         data_name = source.name if source.name != "shards" else "shards-" + hashlib.sha1(source.pattern.encode()).hexdigest()[:8]
         url = cfg.labels or default_store_path(cfg.workspace, data_name, source.split, loaded.name, cfg.topk)
 
@@ -158,7 +146,7 @@ def run_label(cfg: LabelConfig) -> LabelResult:
             model = model.to(memory_format=torch.channels_last)
         if cfg.compile:
             model = torch.compile(model)
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+        dtype = distributed.autocast_dtype(precision)
 
         dataset = ShardBatches(
             [(i, writer.shards[i]["url"]) for i in todo],
@@ -168,7 +156,7 @@ def run_label(cfg: LabelConfig) -> LabelResult:
             label_field=source.label_field,
             label_required=source.label_required,
         )
-        workers = cfg.workers if cfg.workers is not None else _default_workers()
+        workers = cfg.workers if cfg.workers is not None else default_workers()
         loader = label_loader(dataset, min(workers, max(1, len(todo))) if workers else 0, device.type == "cuda")
 
         from tqdm import tqdm

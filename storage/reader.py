@@ -28,6 +28,24 @@ class ShardRows:
     arrays: dict[str, np.ndarray]  # logits (n, C) or topk_values/topk_indices (n, K); pred, confidence, ...
     labels: np.ndarray | None
 
+    def dense_logits(self, num_classes: int) -> np.ndarray:
+        """(n, C) weak logits; from a top-k store, log-probabilities rebuilt from the top k.
+
+        The top-k probabilities are exact: p_i = confidence * exp(v_i - v_1), since confidence is
+        the top-1 probability of the full softmax. The remaining mass is spread evenly over the
+        other C - k classes. Log-probabilities are logits up to a constant, which softmax ignores.
+        """
+        if "logits" in self.arrays:
+            return self.arrays["logits"]
+        values = self.arrays["topk_values"].astype(np.float32)
+        indices = self.arrays["topk_indices"].astype(np.int64)
+        n, k = values.shape
+        p_top = self.arrays["confidence"].astype(np.float32)[:, None] * np.exp(values - values[:, :1])
+        rest = np.maximum(1.0 - p_top.sum(axis=1), 1e-8) / max(1, num_classes - k)
+        out = np.repeat(np.log(rest)[:, None], num_classes, axis=1).astype(np.float32)
+        np.put_along_axis(out, indices, np.log(np.maximum(p_top, 1e-30)), axis=1)
+        return out
+
 
 class LabelStore:
     def __init__(self, url: str, storage_options: dict | None = None):
@@ -139,3 +157,18 @@ class LabelStore:
 
 def open_store(url: str, storage_options: dict | None = None) -> LabelStore:
     return LabelStore(url, storage_options)
+
+
+def latest_store(stores_dir: str) -> str | None:
+    """The most recently completed store under a workspace's stores/ directory, if any."""
+    fs, path = get_fs(stores_dir)
+    if not fs.exists(path):
+        return None
+    best, best_time = None, None
+    for entry in fs.ls(path, detail=True):
+        index = join(entry["name"], schema.INDEX_FILE)
+        if entry.get("type") == "directory" and fs.exists(index):
+            mtime = fs.info(index).get("mtime") or fs.info(index).get("LastModified")
+            if best_time is None or mtime > best_time:
+                best, best_time = entry["name"], mtime
+    return best

@@ -1,0 +1,72 @@
+"""The join: samples in, the same samples out with their stored weak logits attached.
+
+Samples arrive in a shard's tar order, so the j-th sample of a shard is the store's j-th row for
+that shard: the join reads the shard's rows once and matches by position, checking every key,
+and falls back to a key lookup only when the order differs (a sample missing from the shards).
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from ..errors import W2SError
+from ..storage.reader import LabelStore
+from .shards import url_name
+
+
+class StoreJoin:
+    """Picklable: each DataLoader worker opens the store itself on first use."""
+
+    def __init__(self, store_url: str, *, skip_missing: bool = False, storage_options: dict | None = None):
+        self.store_url = store_url
+        self.skip_missing = skip_missing
+        self.storage_options = storage_options
+        self._store: LabelStore | None = None
+        self.skipped = 0
+
+    def __getstate__(self):
+        return {**self.__dict__, "_store": None}
+
+    @property
+    def store(self) -> LabelStore:
+        if self._store is None:
+            self._store = LabelStore(self.store_url, self.storage_options)
+        return self._store
+
+    def shard(self, name: str) -> tuple[list[str], np.ndarray] | None:
+        """(keys, weak logits (n, C)) of one shard, or None if the store lacks it and skipping is on."""
+        store = self.store
+        if name not in store._shard_pos:
+            if self.skip_missing:
+                return None
+            raise W2SError(f"shard {name} is not in store {self.store_url} (it labelled {store.attrs['data']['pattern']})")
+        rows = store.shard_rows(name)
+        return rows.keys, rows.dense_logits(store.num_classes)
+
+    def __call__(self, samples: Iterable[dict]) -> Iterator[dict]:
+        current, keys, weak, lookup, pos = None, [], None, None, 0
+        for sample in samples:
+            name, key = url_name(sample["__url__"]), sample["__key__"]
+            if name != current:
+                current, pos, lookup = name, 0, None
+                loaded = self.shard(name)
+                keys, weak = loaded if loaded else ([], None)
+            if pos < len(keys) and keys[pos] == key:
+                row = pos
+            else:
+                if lookup is None:
+                    lookup = {k: i for i, k in enumerate(keys)}
+                row = lookup.get(key)
+                if row is None:
+                    if self.skip_missing:
+                        self.skipped += 1
+                        continue
+                    raise W2SError(
+                        f"shard {name}, key {key!r} has no row in store {self.store_url}; "
+                        "re-label the shards, or pass --skip-missing to train without such samples"
+                    )
+            pos = row + 1
+            sample["weak"] = weak[row]
+            yield sample

@@ -1,0 +1,105 @@
+"""Top-1/top-5 of a model on a data set's validation shards; shared by `train` and `eval`.
+
+    w2s-pipe eval --run RUN
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import W2SError
+from ..pipeline import distributed
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    run: str | None = None  # run directory or name in the workspace; its best.pt (else last.pt)
+    checkpoint: str | None = None
+    data: str | None = None  # default: the data the run trained on
+    split: str | None = None  # default: that data set's validation split
+    batch_size: int = 256
+    workers: int | None = None
+    device: str = "auto"
+    workspace: str | None = None
+
+    def __post_init__(self):
+        if bool(self.run) == bool(self.checkpoint):
+            raise W2SError("give exactly one of --run RUN or --checkpoint PATH")
+        if self.batch_size < 1:
+            raise W2SError(f"--batch-size {self.batch_size!r} is invalid: must be at least 1")
+
+
+def evaluate(model, urls, data_config: dict, *, image_fields, label_field, batch_size: int, workers: int,
+             device, precision: str = "fp32") -> dict:
+    """{"top1", "top5", "samples"} over `urls`; under DDP each rank takes shards r, r+W, ... and
+    the counts are summed, so every rank returns the same numbers."""
+    import torch
+
+    from ..pipeline.loader import ShardBatches, label_loader
+    from ..pipeline.transforms import eval_transform
+
+    info = distributed.dist_info()
+    mine = [(i, u) for i, u in enumerate(urls) if i % info.world_size == info.rank]
+    dataset = ShardBatches(mine, transform=eval_transform(data_config), batch_size=batch_size,
+                           image_fields=image_fields, label_field=label_field, label_required=True)
+    loader = label_loader(dataset, min(workers, len(mine)) if mine else 0, device.type == "cuda")
+    counts = torch.zeros(3, dtype=torch.float64, device=device)  # top1, top5, n
+    dtype = distributed.autocast_dtype(precision)
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode():
+        for item in loader if mine else ():
+            if "error" in item:
+                raise W2SError(item["error"])
+            if item.get("end"):
+                continue
+            x = item["images"].to(device, non_blocking=True)
+            y = item["labels"].to(device).long()
+            with torch.autocast(device_type=device.type, dtype=dtype, enabled=precision != "fp32"):
+                logits = model(x)
+            k = min(5, logits.shape[1])
+            top = logits.float().topk(k, dim=1).indices
+            counts[0] += (top[:, 0] == y).sum()
+            counts[1] += (top == y[:, None]).any(dim=1).sum()
+            counts[2] += len(y)
+    model.train(was_training)
+    if info.world_size > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(counts)
+    n = max(1.0, float(counts[2]))
+    return {"top1": float(counts[0]) / n, "top5": float(counts[1]) / n, "samples": int(counts[2])}
+
+
+def run_eval(cfg: EvalConfig) -> dict:
+    import json
+    import os
+
+    from ..pipeline.datasets import resolve_data
+    from ..pipeline.models import load_model
+    from .train import find_run
+
+    checkpoint = cfg.checkpoint
+    trained_on = {}
+    if cfg.run:
+        run_dir = find_run(cfg.run, cfg.workspace)
+        checkpoint = next((os.path.join(run_dir, f) for f in ("best.pt", "last.pt") if os.path.exists(os.path.join(run_dir, f))), None)
+        if checkpoint is None:
+            raise W2SError(f"run {run_dir} has no checkpoint yet (best.pt or last.pt)")
+        with open(os.path.join(run_dir, "config.json")) as f:
+            trained_on = json.load(f).get("data_source", {})
+    loaded = load_model(None, checkpoint=checkpoint, num_classes=None, option="--strong")
+    data = cfg.data or trained_on.get("name")
+    if not data or data == "shards":
+        raise W2SError("give --data (a dataset name or validation shard pattern) to evaluate this checkpoint on")
+    source = resolve_data(data, None, workspace=cfg.workspace)
+    split = cfg.split or (source.val_split if source.entry else source.split)
+    if split != source.split:
+        source = resolve_data(data, split, workspace=cfg.workspace)
+    device = distributed.pick_device(cfg.device)
+    from ..pipeline.loader import default_workers
+
+    result = evaluate(loaded.model.to(device), list(source.urls), loaded.data_config, image_fields=source.image_fields,
+                      label_field=source.label_field, batch_size=cfg.batch_size,
+                      workers=cfg.workers if cfg.workers is not None else default_workers(), device=device)
+    return {**result, "checkpoint": checkpoint, "data": source.name, "split": source.split}
