@@ -172,8 +172,10 @@ def label(ctx, weak, data, split, labels, weak_checkpoint, num_classes, img_size
 @click.option("--color-jitter", type=float, default=0.0, show_default=True, help="Colour jitter strength.")
 @click.option("--crop-scale", type=float, default=0.08, show_default=True, help="Smallest area fraction of the random resized crop.")
 @click.option("--shuffle-buffer", type=int, default=1000, show_default=True, help="Samples in the shuffle buffer of each loader.")
-@click.option("--run", default=None, help="Run name under <workspace>/runs (or a path) [default: <model>-<loss>-<time>].")
-@click.option("--resume", is_flag=True, help="Continue the run named by --run from its last.pt.")
+@click.option("--run-name", "run", default=None,
+              help="Run name under <workspace>/runs, or a path [default: <model>-<loss>-<time>]. (Not --run: torchrun "
+                   "would read that as its own --run-path.)")
+@click.option("--resume", is_flag=True, help="Continue the run named by --run-name from its last.pt.")
 @click.option("--max-steps", type=int, default=None, help="Stop after this many steps in this invocation; --resume continues.")
 @click.option("--log-every", type=int, default=20, show_default=True, help="Steps per metrics.jsonl record.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")

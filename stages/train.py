@@ -103,7 +103,7 @@ class TrainConfig:
         if self.pretrained and self.strong_checkpoint:
             raise W2SError("give --pretrained or --strong-checkpoint, not both")
         if self.resume and not self.run:
-            raise W2SError("--resume needs --run NAME: the run to continue")
+            raise W2SError("--resume needs --run-name NAME: the run to continue")
         if self.workers is not None and self.workers < 0:
             bad("--workers", self.workers, "must be 0 or more")
 
@@ -180,6 +180,8 @@ def resolve_inputs(cfg: TrainConfig) -> Inputs:
         entry_source = resolve_data(data_name, split, workspace=cfg.workspace) if data_name != "shards" else None
         source_for_val = entry_source
     else:
+        if not cfg.data:
+            raise W2SError("--loss gt needs --data (and --split), or a label store whose shards carry labels")
         source = resolve_data(cfg.data, cfg.split, workspace=cfg.workspace)
         if source.num_classes is None:
             raise W2SError(f"cannot tell the number of classes of {cfg.data}; use a registry dataset or a manifest")
@@ -315,7 +317,7 @@ def run_train(cfg: TrainConfig) -> TrainResult:
         if cfg.resume and not os.path.exists(last_path):
             raise W2SError(f"--resume: run {run_dir} has no last.pt to continue from")
         if not cfg.resume and os.path.exists(os.path.join(run_dir, "config.json")):
-            raise W2SError(f"run {run_dir} exists; pass --resume to continue it, or choose another --run")
+            raise W2SError(f"run {run_dir} exists; pass --resume to continue it, or choose another --run-name")
         log = MetricsLog(os.path.join(run_dir, "metrics.jsonl"), info.is_main)
 
         # -- model, optimizer, schedule ------------------------------------------------------
@@ -391,6 +393,14 @@ def run_train(cfg: TrainConfig) -> TrainResult:
         autocast = torch.autocast(device_type=device.type, dtype=distributed.autocast_dtype(precision),
                                   enabled=precision != "fp32")
 
+        def sync_norm_stats():
+            # DDP keeps parameters equal, but each rank's BatchNorm running statistics follow its own
+            # batches: average them so that every rank evaluates and saves the same model.
+            if info.world_size > 1:
+                import timm.utils
+
+                timm.utils.distribute_bn(model, info.world_size, reduce=True)
+
         def evaluate_now():
             if inputs.val is None:
                 return None
@@ -451,6 +461,7 @@ def run_train(cfg: TrainConfig) -> TrainResult:
                 window, window_steps, window_start, window_images = {}, 0, time.perf_counter(), 0
             if step % steps_per_epoch == 0:
                 epoch = step // steps_per_epoch
+                sync_norm_stats()
                 result_val = evaluate_now()
                 record = {"kind": "epoch", "step": step, "epoch": epoch}
                 if result_val:
@@ -465,6 +476,7 @@ def run_train(cfg: TrainConfig) -> TrainResult:
                 checkpoint(last_path, epoch)
         bar.close()
         if step % steps_per_epoch:  # stopped mid-epoch by --max-steps
+            sync_norm_stats()
             checkpoint(last_path, step // steps_per_epoch)
         finished = step >= total_steps
         if finished:
