@@ -15,7 +15,6 @@ from dataclasses import asdict, dataclass
 from typing import Iterable, Iterator
 
 import braceexpand
-import fsspec
 from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_iterator
 
 from ..errors import W2SError

@@ -77,7 +77,7 @@ def run_eval(cfg: EvalConfig) -> dict:
 
     from ..pipeline.datasets import resolve_data
     from ..pipeline.models import load_model
-    from .train import find_run
+    from ..pipeline.runs import find_run
 
     checkpoint = cfg.checkpoint
     trained_on = {}

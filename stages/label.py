@@ -22,7 +22,6 @@ from ..pipeline import distributed
 from ..pipeline.datasets import resolve_data
 from ..pipeline.shards import describe_shards, fingerprint, shards_as_dicts
 from ..pipeline.workspace import default_store_path
-from ..storage import schema
 from ..storage.writer import StoreWriter
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")

@@ -10,7 +10,6 @@ atomic checkpoint per epoch. Under torchrun the model is wrapped in DDP (gloo on
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import os
 import time
@@ -19,7 +18,9 @@ from dataclasses import asdict, dataclass
 from .. import __version__
 from ..errors import W2SError
 from ..pipeline import distributed
+from ..pipeline.inputs import Inputs, resolve_inputs
 from ..pipeline.losses import LOSSES
+from ..pipeline.runs import MetricsLog, weights_digest
 from ..pipeline.workspace import slug, workspace_dir
 
 OPTIMIZERS = ("adamw", "sgd", "momentum", "adam", "lamb", "lion")
@@ -128,87 +129,6 @@ class TrainResult:
 
 
 # ---------------------------------------------------------------------------------------------
-def find_run(run: str, workspace=None) -> str:
-    path = run if os.path.sep in run or os.path.isdir(run) else str(workspace_dir(workspace) / "runs" / run)
-    if not os.path.isdir(path):
-        raise W2SError(f"no run {run!r} (looked for {path})")
-    return path
-
-
-@dataclass
-class Inputs:
-    urls: list[str]
-    image_fields: tuple[str, ...]
-    label_field: str | None
-    num_classes: int
-    class_names: list | None
-    store_url: str | None
-    record: dict  # what config.json says about the data
-    val: object | None  # DataSource
-
-
-def resolve_inputs(cfg: TrainConfig) -> Inputs:
-    """The store (unless --loss gt without one), the training shards and the validation shards."""
-    from ..pipeline.datasets import resolve_data
-    from ..storage.reader import latest_store, open_store
-
-    needs_weak = LOSSES[cfg.loss].needs_weak
-    store_url = cfg.labels or (latest_store(str(workspace_dir(cfg.workspace) / "stores")) if (needs_weak or not cfg.data) else None)
-    if needs_weak and not store_url:
-        raise W2SError(f"no label store found in {workspace_dir(cfg.workspace) / 'stores'}; run `w2s-pipe label` "
-                       "first or pass --labels PATH")
-    store = open_store(store_url) if store_url else None
-    if store is not None:
-        store.require_complete()
-        a = store.attrs["data"]
-        if cfg.data and (cfg.data != a["name"] or (cfg.split and cfg.split != a["split"])) and needs_weak:
-            raise W2SError(f"store {store_url} labelled {a['name']} split {a['split']}, not --data {cfg.data}"
-                           + (f" --split {cfg.split}" if cfg.split else "") + "; label that data first or pick its store")
-    if needs_weak or (store is not None and not cfg.data):
-        a = store.attrs["data"]
-        urls = [s["url"] for s in a["shards"]]
-        image_fields = tuple(a["image_field"].split(";"))
-        label_field = a.get("label_field")
-        num_classes, class_names = store.num_classes, store.attrs.get("class_names")
-        data_name, split, pattern = a["name"], a["split"], a["pattern"]
-        if cfg.loss == "gt" or cfg.gt_weight:
-            if "label" not in store.index().column_names:
-                raise W2SError(f"--{'loss gt' if cfg.loss == 'gt' else 'gt-weight'} needs ground-truth labels, but the "
-                               f"shards of store {store_url} carry none (field {label_field!r})")
-        record = {"name": data_name, "split": split, "pattern": pattern, "store": store_url,
-                  "store_id": store_identity(store.attrs), "weak": store.attrs["weak"]["model"]}
-        entry_source = resolve_data(data_name, split, workspace=cfg.workspace) if data_name != "shards" else None
-        source_for_val = entry_source
-    else:
-        if not cfg.data:
-            raise W2SError("--loss gt needs --data (and --split), or a label store whose shards carry labels")
-        source = resolve_data(cfg.data, cfg.split, workspace=cfg.workspace)
-        if source.num_classes is None:
-            raise W2SError(f"cannot tell the number of classes of {cfg.data}; use a registry dataset or a manifest")
-        urls, image_fields, label_field = list(source.urls), source.image_fields, source.label_field
-        num_classes, class_names = source.num_classes, list(source.class_names or []) or None
-        record = {"name": source.name, "split": source.split, "pattern": source.pattern, "store": None}
-        source_for_val = source
-        store_url = None
-    val = None
-    if not cfg.no_eval:
-        if cfg.val_data:
-            val = resolve_data(cfg.val_data, cfg.val_split, workspace=cfg.workspace, num_classes=num_classes)
-        elif source_for_val is not None and (cfg.val_split or source_for_val.val_split):
-            val = resolve_data(source_for_val.name, cfg.val_split or source_for_val.val_split, workspace=cfg.workspace)
-        else:
-            raise W2SError("no validation split known for this data: pass --val-data PATTERN or --no-eval")
-        if val.label_field is None:
-            raise W2SError(f"validation data {val.pattern} carries no labels")
-    return Inputs(urls, image_fields, label_field, num_classes, class_names, store_url, record, val)
-
-
-def store_identity(attrs: dict) -> str:
-    keep = {k: attrs.get(k) for k in ("weak", "num_classes", "preprocessing", "precision", "layout", "created")}
-    keep["data"] = attrs["data"]["fingerprint"]
-    return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
-
-
 def train_step(model, batch: dict, optimizer, objective, *, progress: float, scaler=None, clip_grad=None,
                autocast=None) -> dict:
     """One optimisation step on one batch (already on the device). Returns detached metrics."""
@@ -235,49 +155,6 @@ def train_step(model, batch: dict, optimizer, objective, *, progress: float, sca
     if batch.get("weak") is not None:
         parts["agree"] = (logits.detach().argmax(1) == batch["weak"].argmax(1)).float().mean()
     return parts
-
-
-class MetricsLog:
-    """metrics.jsonl: one JSON object per line, each written with one append, so a crash can cut
-    at most the last line, which `truncate_after` drops on resume with any later records."""
-
-    def __init__(self, path: str, enabled: bool):
-        self.path, self.enabled = path, enabled
-
-    def write(self, record: dict) -> None:
-        if not self.enabled:
-            return
-        line = (json.dumps(record) + "\n").encode()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, line)
-        finally:
-            os.close(fd)
-
-    def truncate_after(self, step: int) -> None:
-        if not self.enabled or not os.path.exists(self.path):
-            return
-        kept = []
-        with open(self.path) as f:
-            for line in f:
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    break  # a line cut by a crash, and nothing after it counts
-                if record.get("step", 0) <= step:
-                    kept.append(line if line.endswith("\n") else line + "\n")
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
-            f.writelines(kept)
-        os.replace(tmp, self.path)
-
-
-def weights_digest(model) -> str:
-    h = hashlib.sha256()
-    for k, v in sorted(model.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -510,4 +387,4 @@ def _count(inputs: Inputs, cfg: TrainConfig) -> int:
     return sum(s.count for s in describe_shards(inputs.urls))
 
 
-__all__ = ["TrainConfig", "TrainResult", "run_train", "train_step", "find_run"]
+__all__ = ["TrainConfig", "TrainResult", "run_train", "train_step"]

@@ -3,7 +3,6 @@ and several workers; a key the store lacks is reported (or skipped when asked)."
 
 from __future__ import annotations
 
-import io
 import itertools
 
 import numpy as np

@@ -1,0 +1,88 @@
+"""What a training run reads: the label store, the training shards and the validation shards."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+from ..errors import W2SError
+from .datasets import resolve_data
+from .losses import LOSSES
+from .workspace import workspace_dir
+
+
+@dataclass
+class Inputs:
+    urls: list[str]
+    image_fields: tuple[str, ...]
+    label_field: str | None
+    num_classes: int
+    class_names: list | None
+    store_url: str | None
+    record: dict  # what config.json says about the data
+    val: object | None  # DataSource
+
+
+def resolve_inputs(cfg) -> Inputs:
+    """The store (unless --loss gt without one), the training shards and the validation shards.
+
+    `cfg` is a stages.train.TrainConfig.
+    """
+    from ..storage.reader import latest_store, open_store
+
+    needs_weak = LOSSES[cfg.loss].needs_weak
+    store_url = cfg.labels or (latest_store(str(workspace_dir(cfg.workspace) / "stores")) if (needs_weak or not cfg.data) else None)
+    if needs_weak and not store_url:
+        raise W2SError(f"no label store found in {workspace_dir(cfg.workspace) / 'stores'}; run `w2s-pipe label` "
+                       "first or pass --labels PATH")
+    store = open_store(store_url) if store_url else None
+    if store is not None:
+        store.require_complete()
+        a = store.attrs["data"]
+        if cfg.data and (cfg.data != a["name"] or (cfg.split and cfg.split != a["split"])) and needs_weak:
+            raise W2SError(f"store {store_url} labelled {a['name']} split {a['split']}, not --data {cfg.data}"
+                           + (f" --split {cfg.split}" if cfg.split else "") + "; label that data first or pick its store")
+    if needs_weak or (store is not None and not cfg.data):
+        a = store.attrs["data"]
+        urls = [s["url"] for s in a["shards"]]
+        image_fields = tuple(a["image_field"].split(";"))
+        label_field = a.get("label_field")
+        num_classes, class_names = store.num_classes, store.attrs.get("class_names")
+        data_name, split, pattern = a["name"], a["split"], a["pattern"]
+        if cfg.loss == "gt" or cfg.gt_weight:
+            if "label" not in store.index().column_names:
+                raise W2SError(f"--{'loss gt' if cfg.loss == 'gt' else 'gt-weight'} needs ground-truth labels, but the "
+                               f"shards of store {store_url} carry none (field {label_field!r})")
+        record = {"name": data_name, "split": split, "pattern": pattern, "store": store_url,
+                  "store_id": store_identity(store.attrs), "weak": store.attrs["weak"]["model"]}
+        entry_source = resolve_data(data_name, split, workspace=cfg.workspace) if data_name != "shards" else None
+        source_for_val = entry_source
+    else:
+        if not cfg.data:
+            raise W2SError("--loss gt needs --data (and --split), or a label store whose shards carry labels")
+        source = resolve_data(cfg.data, cfg.split, workspace=cfg.workspace)
+        if source.num_classes is None:
+            raise W2SError(f"cannot tell the number of classes of {cfg.data}; use a registry dataset or a manifest")
+        urls, image_fields, label_field = list(source.urls), source.image_fields, source.label_field
+        num_classes, class_names = source.num_classes, list(source.class_names or []) or None
+        record = {"name": source.name, "split": source.split, "pattern": source.pattern, "store": None}
+        source_for_val = source
+        store_url = None
+    val = None
+    if not cfg.no_eval:
+        if cfg.val_data:
+            val = resolve_data(cfg.val_data, cfg.val_split, workspace=cfg.workspace, num_classes=num_classes)
+        elif source_for_val is not None and (cfg.val_split or source_for_val.val_split):
+            val = resolve_data(source_for_val.name, cfg.val_split or source_for_val.val_split, workspace=cfg.workspace)
+        else:
+            raise W2SError("no validation split known for this data: pass --val-data PATTERN or --no-eval")
+        if val.label_field is None:
+            raise W2SError(f"validation data {val.pattern} carries no labels")
+    return Inputs(urls, image_fields, label_field, num_classes, class_names, store_url, record, val)
+
+
+def store_identity(attrs: dict) -> str:
+    keep = {k: attrs.get(k) for k in ("weak", "num_classes", "preprocessing", "precision", "layout", "created")}
+    keep["data"] = attrs["data"]["fingerprint"]
+    return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
