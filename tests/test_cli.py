@@ -98,6 +98,18 @@ def test_label_options_are_frozen():
     ])
 
 
+def test_train_options_are_frozen():
+    names = sorted(p.opts[0] for p in cli.commands["train"].params if isinstance(p, click.Option))
+    assert names == sorted([
+        "--strong", "--loss", "--labels", "--data", "--split", "--val-data", "--val-split", "--no-eval", "--img-size",
+        "--pretrained", "--strong-checkpoint", "--linear-probe", "--threshold", "--kd-temperature", "--warmup-frac",
+        "--beta-warmup-frac", "--gt-weight", "--skip-missing", "--opt", "--lr", "--weight-decay", "--sched",
+        "--warmup-epochs", "--epochs", "--steps-per-epoch", "--batch-size", "--workers", "--precision", "--device",
+        "--clip-grad", "--seed", "--hflip", "--color-jitter", "--crop-scale", "--shuffle-buffer", "--run-name",
+        "--resume", "--max-steps", "--log-every", "--quiet",
+    ])
+
+
 def test_help_is_fast():
     """`w2s-pipe --help` must not import torch, timm or zarr."""
     code = "import sys, w2s_pipe.cli; assert not {'torch', 'timm', 'zarr'} & set(sys.modules), sys.modules.keys()"

@@ -37,6 +37,14 @@ def test_gt_training_lowers_the_loss_and_its_checkpoint_labels(tmp_path, digits_
     assert result.best_top1 == max(e["val_top1"] for e in epochs)
     config = json.load(open(os.path.join(result.run_dir, "config.json")))
     assert config["data_source"]["split"] == "weak" and config["strong"] == "test_resnet"
+    # `eval --run` re-measures the best checkpoint on the validation split.
+    from w2s_pipe.stages.evaluate import EvalConfig, run_eval
+
+    again = run_eval(EvalConfig(run="weak", workers=0))
+    assert again["split"] == "val" and again["samples"] == 300
+    assert again["top1"] == pytest.approx(result.best_top1, abs=1e-9)
+    with pytest.raises(W2SError, match="no run 'nope'"):
+        run_eval(EvalConfig(run="nope"))
     # A `train --loss gt` checkpoint is a valid --weak-checkpoint for `label`.
     labelled = run_label(LabelConfig(weak=None, weak_checkpoint=os.path.join(result.run_dir, "best.pt"), data="digits",
                                      labels=str(tmp_path / "s"), workers=0, progress=False))
