@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -315,17 +316,19 @@ def run_train(cfg: TrainConfig) -> TrainResult:
             parts = train_step(net, batch, optimizer, objective, progress=step / total_steps, scaler=scaler,
                                clip_grad=cfg.clip_grad, autocast=autocast)
             step += 1
-            if not torch.isfinite(parts["loss"]):
-                raise W2SError(f"the loss is {parts['loss'].item()} at step {step} (epoch {(step - 1) // steps_per_epoch + 1}); "
+            # One device-to-host copy per step for all the metrics (loss first).
+            values = dict(zip(parts, torch.stack([v.float().reshape(()) for v in parts.values()]).tolist()))
+            if not math.isfinite(values["loss"]):
+                raise W2SError(f"the loss is {values['loss']} at step {step} (epoch {(step - 1) // steps_per_epoch + 1}); "
                                "lower --lr, set --clip-grad, or use --precision fp32")
             if scheduler is not None:
                 scheduler.step_update(num_updates=step)
-            for k, v in parts.items():
-                window[k] = window.get(k, 0.0) + float(v)
+            for k, v in values.items():
+                window[k] = window.get(k, 0.0) + v
             window_steps += 1
             window_images += len(batch["image"]) * info.world_size
-            if "agree" in parts:
-                epoch_agree += float(parts["agree"])
+            if "agree" in values:
+                epoch_agree += values["agree"]
             epoch_steps += 1
             bar.update(1)
             if step % cfg.log_every == 0 or step == stop_at:

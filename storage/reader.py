@@ -63,6 +63,7 @@ class LabelStore:
         self.shards = self.attrs["data"]["shards"]
         self._shard_pos = {s["name"]: i for i, s in enumerate(self.shards)}
         self._index = None
+        self._all_done = None
 
     def _validate(self):
         a = self.attrs
@@ -88,7 +89,14 @@ class LabelStore:
 
     # -- completeness -------------------------------------------------------------------------
     def done_shards(self) -> set[int]:
-        return done_shards(self.fs, self.path)
+        # Completion only grows, so once every shard is done the listing need not be repeated
+        # (it is one LIST request per shard read on object storage otherwise).
+        if self._all_done is None:
+            done = done_shards(self.fs, self.path)
+            if len(done) < len(self.shards):
+                return done
+            self._all_done = done
+        return self._all_done
 
     def missing_shards(self) -> list[str]:
         done = self.done_shards()
