@@ -37,16 +37,41 @@ def resolve_model_name(name: str) -> str:
 
 
 def create_model(name: str, num_classes: int, img_size: int | None = None, pretrained: bool = False):
-    """A timm model; `img_size` is passed to models that take it (ViTs), others are size-agnostic."""
+    """A timm model; `img_size` is passed to models that take it (ViTs), others are size-agnostic.
+
+    An explicit `img_size` is checked with a one-image forward pass, so that a size the
+    architecture cannot take (not a multiple of a ViT's patch, too small for a CNN's strides)
+    is a one-line error here rather than a traceback mid-run.
+    """
     import timm
+    import torch
 
     kwargs = {"num_classes": num_classes}
+    model = None
     if img_size:
         try:
-            return timm.create_model(name, pretrained=pretrained, img_size=img_size, **kwargs)
+            model = timm.create_model(name, pretrained=pretrained, img_size=img_size, **kwargs)
         except TypeError:  # CNNs take no img_size argument and need none
             pass
-    return timm.create_model(name, pretrained=pretrained, **kwargs)
+        except (AssertionError, ValueError, RuntimeError) as exc:
+            if pretrained:  # hub errors (some are ValueErrors) are the caller's to explain
+                raise
+            raise W2SError(f"{name} cannot be built for --img-size {img_size}: {_first_line(exc)}") from None
+    if model is None:
+        model = timm.create_model(name, pretrained=pretrained, **kwargs)
+    if img_size:
+        was_training = model.training
+        try:
+            with torch.no_grad():
+                model.eval()(torch.zeros(1, 3, img_size, img_size))
+        except (AssertionError, ValueError, RuntimeError) as exc:
+            raise W2SError(f"{name} cannot take --img-size {img_size}: {_first_line(exc)}") from None
+        model.train(was_training)
+    return model
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
 
 
 def head_classes(model_name: str, state_dict: dict) -> int | None:

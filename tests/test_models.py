@@ -63,3 +63,11 @@ def test_pretrained_unreachable_suggests_checkpoint(monkeypatch):
         load_model(TINY_MODEL, checkpoint=None, num_classes=1000)
     with pytest.raises(W2SError, match="predicts 1000 classes but the dataset has 10"):
         load_model(TINY_MODEL, checkpoint=None, num_classes=10)
+
+
+def test_img_size_the_model_cannot_take():
+    from w2s_pipe.pipeline.models import create_model
+
+    with pytest.raises(W2SError, match="test_vit cannot take --img-size 24: .*divisible by patch size"):
+        create_model("test_vit", 10, 24)
+    assert create_model("test_vit", 10, 32).patch_embed.img_size == (32, 32)
