@@ -221,6 +221,69 @@ def eval_cmd(ctx, **options):
 
 
 @cli.command()
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="The demo's own workspace [default: <workspace>/demo]; an earlier demo there is replaced.")
+@click.option("--seeds", type=int, default=3, show_default=True, help="Seeds per configuration; tables show mean ± std.")
+@click.option("--quick", is_flag=True, help="A smoke-sized version (tiny models, a few steps) that finishes in about a minute.")
+@click.pass_context
+def demo(ctx, out, seeds, quick):
+    """The whole weak-to-strong study on digits in one command (about ten minutes on two CPU
+    cores): a weak model, its labels, the strong ceiling, and a strong model trained from the
+    labels with each loss, with and without ground truth, over several seeds; then `report`."""
+    from .pipeline.workspace import workspace_dir
+    from .stages.demo import DemoConfig, run_demo
+    from .stages.report import markdown_table
+
+    out = out or str(workspace_dir(ctx.obj["workspace"]) / "demo")
+    cfg = DemoConfig.quick(out, seeds=seeds) if quick else DemoConfig(out=out, seeds=seeds)
+    report = run_demo(cfg, echo=click.echo)
+    click.echo("")
+    click.echo(markdown_table(report))
+    click.echo(f"\ndemo finished in {report['seconds'] / 60:.1f} min; report {report['markdown']}")
+
+
+@cli.command()
+@click.argument("workspace", required=False, type=click.Path(file_okay=False))
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Where report.md, report.json and the PNGs go [default: <workspace>/report].")
+@click.option("--format", "fmt", type=click.Choice(["md", "json"]), default="md", show_default=True,
+              help="What to print: the Markdown table, or the whole report as JSON for scripts.")
+@click.option("--no-plots", is_flag=True, help="Skip the figures.")
+@click.pass_context
+def report(ctx, workspace, out, fmt, no_plots):
+    """Weak model, strong ceiling and every weak-to-strong run of a workspace (default: the current
+    one) with validation top-1 and performance gap recovered, PGR = (w2s - weak) / (ceiling - weak);
+    figures: accuracy per method, the weak labels' calibration, beta/alpha over training, curves."""
+    import json
+
+    from .stages.report import ReportConfig, markdown_table, run_report
+
+    result = run_report(ReportConfig(workspace=workspace or ctx.obj["workspace"], out=out, format=fmt, plots=not no_plots))
+    if fmt == "json":
+        click.echo(json.dumps(result, default=str))
+    else:
+        click.echo(markdown_table(result))
+        click.echo(f"\nreport {result['markdown']}")
+
+
+@cli.command()
+@click.argument("store")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Where the figures go [default: <workspace>/inspect/<store>].")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True, help="Output format.")
+@click.option("--no-plots", is_flag=True, help="Skip the figures.")
+@click.pass_context
+def inspect(ctx, store, out, fmt, no_plots):
+    """Statistics of a label store of any size, computed with dask: samples, classes, confidence
+    and margin distributions, per-class prediction counts, and accuracy and calibration (ECE)
+    against ground truth where the shards carry it."""
+    import json
+
+    from .stages.inspect import InspectConfig, format_text, run_inspect
+
+    stats = run_inspect(InspectConfig(store=store, out=out, workspace=ctx.obj["workspace"], plots=not no_plots))
+    click.echo(json.dumps(stats) if fmt == "json" else format_text(stats))
+
+
+@cli.command()
 @click.pass_context
 def datasets(ctx):
     """List the datasets the registry knows (built-in and the user's TOML file)."""

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from ..errors import W2SError
 from .datasets import resolve_data
 from .losses import LOSSES
+from ..storage.fsutil import absolute
 from .workspace import workspace_dir
 
 
@@ -36,6 +37,7 @@ def resolve_inputs(cfg) -> Inputs:
     if needs_weak and not store_url:
         raise W2SError(f"no label store found in {workspace_dir(cfg.workspace) / 'stores'}; run `w2s-pipe label` "
                        "first or pass --labels PATH")
+    store_url = absolute(store_url) if store_url else None
     store = open_store(store_url) if store_url else None
     if store is not None:
         store.require_complete()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import os
 from dataclasses import dataclass
 
 from ..errors import W2SError
@@ -113,6 +114,7 @@ def load_model(
     """
     user_img_size = img_size
     if checkpoint:
+        checkpoint = os.path.abspath(checkpoint)
         ckpt = load_checkpoint(checkpoint)
         tool = ckpt.get("format") == FORMAT
         if tool:

@@ -22,6 +22,7 @@ from ..pipeline import distributed
 from ..pipeline.datasets import resolve_data
 from ..pipeline.shards import describe_shards, fingerprint, shards_as_dicts
 from ..pipeline.workspace import default_store_path
+from ..storage.fsutil import absolute
 from ..storage.writer import StoreWriter
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
@@ -101,7 +102,7 @@ def run_label(cfg: LabelConfig) -> LabelResult:
             raise W2SError(f"--topk {cfg.topk} must be smaller than the number of classes ({num_classes})")
         precision = distributed.resolve_precision(cfg.precision, device)
         data_name = source.name if source.name != "shards" else "shards-" + hashlib.sha1(source.pattern.encode()).hexdigest()[:8]
-        url = cfg.labels or default_store_path(cfg.workspace, data_name, source.split, loaded.name, cfg.topk)
+        url = absolute(cfg.labels or default_store_path(cfg.workspace, data_name, source.split, loaded.name, cfg.topk))
 
         if info.is_main:
             shards = describe_shards(list(source.urls))

@@ -14,6 +14,13 @@ def get_fs(url: str, storage_options: dict | None = None):
     return fs, path
 
 
+def absolute(url: str) -> str:
+    """Local paths made absolute (recorded paths must not depend on the directory a command ran in)."""
+    import os
+
+    return url if "://" in str(url) else os.path.abspath(url)
+
+
 def is_local(fs) -> bool:
     protocol = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
     return "file" in protocol or "local" in protocol

@@ -1,0 +1,282 @@
+"""`w2s-pipe report [WORKSPACE]`: weak model, strong ceiling and weak-to-strong runs side by side,
+with the performance gap recovered, and figures. Works on any workspace, digits or ImageNet.
+
+A run's role comes from what it is, not from its name:
+* weak: its checkpoint is the weak model of a store in the workspace;
+* weak-to-strong: it trained from a store;
+* ceiling: ground-truth training on the data and split a store labelled.
+Accuracies are each run's final validation top-1 (never a best-of-epochs pick, which would select
+on the validation split). PGR = (w2s - weak) / (ceiling - weak), paired by seed where possible.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+from dataclasses import dataclass
+
+from ..errors import W2SError
+from ..pipeline.losses import LOSSES
+from ..pipeline.metrics import mean_std, pgr, reliability
+from ..pipeline.workspace import slug, workspace_dir
+
+LOSS_ORDER = [name for name in LOSSES if name != "gt"][::-1]  # hard, kd, augconf, adaptconf
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    workspace: str | None = None
+    out: str | None = None  # default <workspace>/report
+    format: str = "md"
+    plots: bool = True
+
+    def __post_init__(self):
+        if self.format not in ("md", "json"):
+            raise W2SError(f"--format {self.format!r} is invalid: choose md or json")
+
+
+def load_run(run_dir: str) -> dict | None:
+    try:
+        with open(os.path.join(run_dir, "config.json")) as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        return None
+    records = []
+    if os.path.exists(os.path.join(run_dir, "metrics.jsonl")):
+        with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+            for line in f:
+                try:
+                    records.append(json.loads(line))
+                except ValueError:
+                    break
+    epochs = [r for r in records if r.get("kind") == "epoch" and "val_top1" in r]
+    steps = [r for r in records if r.get("kind") == "step"]
+    schedule = "beta" if config.get("loss") == "adaptconf" else "alpha" if config.get("loss") == "augconf" else None
+    return {
+        "dir": os.path.realpath(run_dir),
+        "name": os.path.basename(run_dir.rstrip("/")),
+        "strong": config.get("strong"),
+        "loss": config.get("loss"),
+        "gt_weight": float(config.get("gt_weight") or 0),
+        "seed": config.get("seed"),
+        "data": config.get("data_source") or {},
+        "finished": any(r.get("kind") == "end" for r in records),
+        "top1": epochs[-1]["val_top1"] if epochs else None,
+        "top5": epochs[-1]["val_top5"] if epochs else None,
+        "curve": [(r["epoch"], r["val_top1"]) for r in epochs],
+        "schedule_name": schedule,
+        "schedule": [(r["step"], r[schedule]) for r in steps if schedule and schedule in r],
+        "steps_per_epoch": config.get("steps_per_epoch"),
+    }
+
+
+def load_store(url: str) -> dict | None:
+    from ..storage import open_store
+
+    try:
+        store = open_store(url)
+        index = store.index()
+    except W2SError:
+        return None
+    out = {
+        "url": os.path.realpath(url),
+        "name": os.path.basename(url.rstrip("/")),
+        "weak_model": store.attrs["weak"]["model"],
+        "weak_checkpoint": store.attrs["weak"].get("checkpoint"),
+        "data": store.attrs["data"]["name"],
+        "split": store.attrs["data"]["split"],
+        "samples": index.num_rows,
+    }
+    conf = index.column("confidence").to_numpy()
+    if "label" in index.column_names:
+        right = index.column("pred").to_numpy() == index.column("label").to_numpy()
+        out["weak_label_accuracy"] = float(right.mean())
+        out["reliability"] = reliability(conf, right)
+        out["ece"] = out["reliability"]["ece"]
+    else:
+        import numpy as np
+
+        out["reliability"] = reliability(conf, np.full(conf.shape, np.nan))
+        out["reliability"]["accuracy"] = None
+    return out
+
+
+def build_report(workspace) -> dict:
+    ws = workspace_dir(workspace)
+    runs_dir, stores_dir = ws / "runs", ws / "stores"
+    runs = [r for r in (load_run(str(p)) for p in sorted(runs_dir.glob("*")) if p.is_dir()) if r] if runs_dir.is_dir() else []
+    stores = [s for s in (load_store(str(p)) for p in sorted(stores_dir.glob("*")) if p.is_dir()) if s] if stores_dir.is_dir() else []
+    if not runs and not stores:
+        raise W2SError(f"nothing to report in {ws}: no runs/ and no stores/ (run `w2s-pipe demo`, or pass the workspace)")
+    weak_store = {}
+    for s in stores:
+        if s["weak_checkpoint"]:
+            weak_store[os.path.realpath(os.path.dirname(s["weak_checkpoint"]))] = s
+    by_url = {s["url"]: s for s in stores}
+    labelled = {(s["data"], s["split"]) for s in stores}
+    run_by_dir = {r["dir"]: r for r in runs}
+
+    for r in runs:
+        if r["dir"] in weak_store:
+            r["role"] = "weak"
+        elif r["data"].get("store"):
+            r["role"] = "w2s"
+            store = by_url.get(os.path.realpath(r["data"]["store"]))
+            r["store"] = store["name"] if store else None
+            r["weak_run"] = None
+            if store and store["weak_checkpoint"]:
+                weak_run = run_by_dir.get(os.path.realpath(os.path.dirname(store["weak_checkpoint"])))
+                r["weak_run"] = weak_run["name"] if weak_run else None
+                r["weak_top1"] = weak_run["top1"] if weak_run else None
+            r["weak_model"] = store["weak_model"] if store else r["data"].get("weak")
+        elif r["loss"] == "gt" and (r["data"].get("name"), r["data"].get("split")) in labelled:
+            r["role"] = "ceiling"
+        else:
+            r["role"] = "other"
+
+    ceilings = defaultdict(list)
+    for r in runs:
+        if r["role"] == "ceiling" and r["top1"] is not None:
+            ceilings[r["strong"]].append(r)
+    for r in runs:
+        if r["role"] != "w2s" or r["top1"] is None:
+            continue
+        same_seed = [c["top1"] for c in ceilings[r["strong"]] if c["seed"] == r["seed"]]
+        ceiling = same_seed[0] if same_seed else mean_std(c["top1"] for c in ceilings[r["strong"]])[0]
+        r["ceiling_top1"] = ceiling
+        if r["gt_weight"] > 0:
+            r["delta_vs_ceiling"] = None if ceiling is None else r["top1"] - ceiling
+        elif r.get("weak_top1") is not None and ceiling is not None:
+            r["pgr"] = pgr(r["weak_top1"], ceiling, r["top1"])
+
+    groups = defaultdict(list)
+    for r in runs:
+        if r["role"] == "weak":
+            key = ("weak", r["strong"], "", "", False)
+        elif r["role"] == "ceiling":
+            key = ("ceiling", r["strong"], "", "", False)
+        elif r["role"] == "w2s":
+            key = ("w2s", r["strong"], r.get("weak_model") or "?", r["loss"], r["gt_weight"] > 0)
+        else:
+            key = ("other", r["strong"], r["data"].get("split", ""), r["loss"], r["gt_weight"] > 0)
+        groups[key].append(r)
+
+    def order(key):
+        role, model, weak, loss, gt = key
+        rank = {"weak": 0, "ceiling": 1, "w2s": 2, "other": 4}[role] + (1 if gt else 0)
+        return (rank, model, weak, LOSS_ORDER.index(loss) if loss in LOSS_ORDER else 9)
+
+    rows = []
+    for key in sorted(groups, key=order):
+        role, model, weak, loss, gt = key
+        members = groups[key]
+        top1 = mean_std(r["top1"] for r in members)
+        row = {
+            "role": role, "model": model, "loss": loss or "gt", "gt_weight": bool(gt), "weak_model": weak or None,
+            "setting": {"weak": "weak model", "ceiling": "strong ceiling", "other": "other"}.get(
+                role, "distillation (+gt)" if gt else "weak-to-strong"),
+            "label": _label(role, model, weak, loss, gt, members),
+            "runs": [r["name"] for r in members], "seeds": sorted({r["seed"] for r in members if r["seed"] is not None}),
+            "top1_mean": top1[0], "top1_std": top1[1], "n": top1[2],
+        }
+        if role == "w2s" and not gt:
+            row["pgr_mean"], row["pgr_std"], row["pgr_n"] = mean_std(r.get("pgr") for r in members)
+        if role == "w2s" and gt:
+            row["delta_mean"], row["delta_std"], row["delta_n"] = mean_std(r.get("delta_vs_ceiling") for r in members)
+        rows.append(row)
+    return {"workspace": str(ws), "rows": rows, "runs": runs, "stores": stores}
+
+
+def _label(role, model, weak, loss, gt, members) -> str:
+    if role == "weak":
+        return f"weak {model}"
+    if role == "ceiling":
+        return f"ceiling {model} (ground truth)"
+    if role == "w2s":
+        return f"{model} from {weak}: {loss}" + (" + gt" if gt else "")
+    return f"{model} {loss} on {members[0]['data'].get('split', '?')}"
+
+
+def _pct(mean, std, signed=False) -> str:
+    if mean is None:
+        return "n/a"
+    fmt = "{:+.2f}" if signed else "{:.2f}"
+    return fmt.format(100 * mean) + (f" ± {100 * std:.2f}" if std is not None else "")
+
+
+def _num(mean, std) -> str:
+    return "n/a" if mean is None else f"{mean:.3f}" + (f" ± {std:.3f}" if std is not None else "")
+
+
+def markdown_table(report: dict) -> str:
+    lines = ["| method | setting | seeds | top-1 (%) | PGR | vs ceiling (points) |", "|---|---|---|---|---|---|"]
+    def partial(row, key):  # a PGR is undefined for seeds whose ceiling does not beat the weak model
+        n = row.get(f"{key}_n")
+        return f" (n={n})" if n is not None and n < row["n"] else ""
+
+    for row in report["rows"]:
+        pgr_cell = _num(row.get("pgr_mean"), row.get("pgr_std")) + partial(row, "pgr") if "pgr_mean" in row else ""
+        delta_cell = (_pct(row.get("delta_mean"), row.get("delta_std"), signed=True) + partial(row, "delta")
+                      if "delta_mean" in row else "")
+        lines.append(f"| {row['label']} | {row['setting']} | {row['n']} | {_pct(row['top1_mean'], row['top1_std'])} | "
+                     f"{pgr_cell} | {delta_cell} |")
+    return "\n".join(lines)
+
+
+def write_plots(report: dict, out: str) -> list[str]:
+    from ..pipeline import plots
+
+    files = []
+    palette = {"weak": "#c44e52", "ceiling": "#55a868", "w2s": "#4c72b0", "other": "#8c8c8c"}
+    bars = [{"label": r["label"], "mean": r["top1_mean"], "std": r["top1_std"],
+             "color": "#8172b2" if r["gt_weight"] and r["role"] == "w2s" else palette[r["role"]]}
+            for r in report["rows"] if r["top1_mean"] is not None]
+    if bars:
+        files.append(plots.accuracy_bars(bars, os.path.join(out, "accuracy.png")))
+    for s in report["stores"]:
+        files.append(plots.calibration(s["reliability"], os.path.join(out, f"calibration-{slug(s['name'])}.png"),
+                                       f"weak labels: {s['weak_model']} on {s['data']} {s['split']}"))
+    by_name = {r["name"]: r for r in report["runs"]}
+    schedule = {}
+    for row in report["rows"]:
+        points = _mean_series([by_name[n]["schedule"] for n in row["runs"]])
+        if points and by_name[row["runs"][0]]["schedule_name"]:
+            schedule[f"{row['label']} ({by_name[row['runs'][0]]['schedule_name']})"] = points
+    if schedule:
+        files.append(plots.curves(schedule, os.path.join(out, "beta-alpha.png"), xlabel="step",
+                                  ylabel="mean beta (adaptconf) / alpha (augconf)", title="confidence weight over training"))
+    curves = {row["label"]: _mean_series([by_name[n]["curve"] for n in row["runs"]]) for row in report["rows"]}
+    curves = {k: v for k, v in curves.items() if v}
+    if curves:
+        files.append(plots.curves(curves, os.path.join(out, "curves.png"), xlabel="epoch", ylabel="validation top-1",
+                                  title="training curves (mean over seeds)"))
+    return files
+
+
+def _mean_series(series: list[list]) -> list[tuple[float, float]]:
+    acc = defaultdict(list)
+    for points in series:
+        for x, y in points:
+            acc[x].append(y)
+    return [(x, sum(ys) / len(ys)) for x, ys in sorted(acc.items())]
+
+
+def run_report(cfg: ReportConfig) -> dict:
+    report = build_report(cfg.workspace)
+    out = cfg.out or str(workspace_dir(cfg.workspace) / "report")
+    os.makedirs(out, exist_ok=True)
+    files = write_plots(report, out) if cfg.plots else []
+    report["files"] = files
+    md = [f"# w2s-pipe report: {report['workspace']}", "", markdown_table(report), ""]
+    for s in report["stores"]:
+        acc = f", weak-label accuracy {100 * s['weak_label_accuracy']:.2f}%, ECE {s['ece']:.4f}" if "ece" in s else ""
+        md.append(f"- store `{s['name']}`: {s['weak_model']} on {s['data']} {s['split']}, {s['samples']} samples{acc}")
+    md += ["", "PGR = (weak-to-strong - weak) / (ceiling - weak), per seed; accuracies are final-epoch validation top-1.", ""]
+    md += [f"![{os.path.basename(f)}]({os.path.basename(f)})" for f in files]
+    with open(os.path.join(out, "report.md"), "w") as f:
+        f.write("\n".join(md) + "\n")
+    with open(os.path.join(out, "report.json"), "w") as f:
+        json.dump(report, f, indent=1, default=str)
+    report["markdown"] = os.path.join(out, "report.md")
+    return report

@@ -1,0 +1,133 @@
+"""demo --quick end to end, report's numbers read back from the runs, inspect on known contents."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from w2s_pipe.cli import cli
+from w2s_pipe.errors import W2SError
+from w2s_pipe.pipeline.metrics import pgr
+from w2s_pipe.stages.demo import DemoConfig, run_demo
+from w2s_pipe.stages.inspect import InspectConfig, run_inspect
+from w2s_pipe.stages.report import ReportConfig, run_report
+from w2s_pipe.storage.writer import StoreWriter
+
+
+def final_top1(run_dir):
+    """Read independently of the report code: the last epoch record's val_top1."""
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        epochs = [r for r in map(json.loads, f) if r["kind"] == "epoch"]
+    return epochs[-1]["val_top1"]
+
+
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("demo") / "ws")
+    lines = []
+    report = run_demo(DemoConfig.quick(out), echo=lines.append)
+    return out, report, lines
+
+
+def test_demo_quick_runs_everything(quick_demo):
+    out, report, lines = quick_demo
+    runs = sorted(os.listdir(os.path.join(out, "runs")))
+    assert len(runs) == 2 * (2 + 8) and len(os.listdir(os.path.join(out, "stores"))) == 2
+    assert lines[-1].startswith("[22/22]")
+    roles = {r["name"]: r["role"] for r in report["runs"]}
+    assert roles["s0-weak"] == "weak" and roles["s1-ceiling"] == "ceiling" and roles["s0-adaptconf-gt"] == "w2s"
+    labels = [row["label"] for row in report["rows"]]
+    assert labels[:2] == ["weak test_vit", "ceiling test_resnet (ground truth)"]
+    assert len(labels) == 10 and all(row["n"] == 2 for row in report["rows"])
+    for f in ("report.md", "report.json", "accuracy.png", "curves.png", "beta-alpha.png"):
+        assert os.path.exists(os.path.join(out, "report", f)), f
+
+
+def test_report_numbers_are_the_runs_numbers(quick_demo):
+    out, report, _ = quick_demo
+    top1 = {name: final_top1(os.path.join(out, "runs", name)) for name in os.listdir(os.path.join(out, "runs"))}
+    rows = {row["label"]: row for row in report["rows"]}
+    weak = [top1["s0-weak"], top1["s1-weak"]]
+    assert rows["weak test_vit"]["top1_mean"] == pytest.approx(np.mean(weak))
+    assert rows["weak test_vit"]["top1_std"] == pytest.approx(np.std(weak, ddof=1))
+    row = rows["test_resnet from test_vit: adaptconf"]
+    assert row["top1_mean"] == pytest.approx(np.mean([top1["s0-adaptconf"], top1["s1-adaptconf"]]))
+    # PGR paired by seed: each seed's run against that seed's weak model and ceiling.
+    per_seed = [pgr(top1[f"s{s}-weak"], top1[f"s{s}-ceiling"], top1[f"s{s}-adaptconf"]) for s in (0, 1)]
+    defined = [p for p in per_seed if p is not None]
+    assert row.get("pgr_n", 0) == len(defined)
+    if defined:
+        assert row["pgr_mean"] == pytest.approx(np.mean(defined))
+    gt_row = rows["test_resnet from test_vit: kd + gt"]
+    deltas = [top1[f"s{s}-kd-gt"] - top1[f"s{s}-ceiling"] for s in (0, 1)]
+    assert gt_row["delta_mean"] == pytest.approx(np.mean(deltas))
+
+
+def test_report_cli_json_and_demo_never_deletes_other_data(quick_demo):
+    out, _, _ = quick_demo
+    result = CliRunner().invoke(cli, ["report", out, "--format", "json", "--no-plots"])
+    assert result.exit_code == 0
+    data = json.loads(result.output)
+    assert {row["setting"] for row in data["rows"]} == {"weak model", "strong ceiling", "weak-to-strong", "distillation (+gt)"}
+    other = os.path.join(os.path.dirname(out), "precious")
+    os.makedirs(other)
+    open(os.path.join(other, "notes.txt"), "w").close()
+    with pytest.raises(W2SError, match="precious exists and is not a demo workspace"):
+        run_demo(DemoConfig.quick(other))
+    assert os.path.exists(os.path.join(other, "notes.txt"))
+
+
+def test_report_on_an_empty_workspace(tmp_path):
+    with pytest.raises(W2SError, match="nothing to report"):
+        run_report(ReportConfig(workspace=str(tmp_path / "empty")))
+
+
+def known_store(path, confidences, correct, labels=True):
+    """A store whose index has exactly these confidences, with pred right where `correct`."""
+    n = len(confidences)
+    counts = [n // 2, n - n // 2]
+    attrs = {
+        "weak": {"model": "m", "checkpoint": None, "checkpoint_sha256": "x"}, "num_classes": 4, "class_names": None,
+        "preprocessing": {}, "precision": "fp32",
+        "data": {"name": "t", "split": "s", "pattern": "p", "image_field": "png", "label_field": "cls", "fingerprint": "f",
+                 "shards": [{"name": f"s{i}.tar", "url": f"/x/s{i}.tar", "count": c, "bytes": 1} for i, c in enumerate(counts)]},
+        "layout": {"capacity": max(counts), "rows": 2 * max(counts), "topk": None}, "tool_version": "t",
+    }
+    w = StoreWriter.create(str(path), attrs)
+    label = np.arange(n) % 4
+    pred = np.where(correct, label, (label + 1) % 4).astype(np.int32)
+    start = 0
+    for i, c in enumerate(counts):
+        sl = slice(start, start + c)
+        w.write_shard(i, [f"k{j}" for j in range(start, start + c)], label[sl] if labels else None, {
+            "logits": np.zeros((c, 4), np.float16), "pred": pred[sl],
+            "confidence": np.asarray(confidences[sl], np.float32), "margin": np.full(c, 0.5, np.float32),
+            "entropy": np.full(c, 0.25, np.float32)})
+        start += c
+    w.finalize()
+    return str(path), pred, label
+
+
+def test_inspect_known_contents(tmp_path):
+    # 0.9-confident samples right 9 times in 10, 0.6-confident right 6 in 10: perfectly calibrated.
+    conf = np.array([0.9] * 10 + [0.6] * 10)
+    correct = np.array([True] * 9 + [False] + [True] * 6 + [False] * 4)
+    url, pred, label = known_store(tmp_path / "a", conf, correct)
+    stats = run_inspect(InspectConfig(store=url, out=str(tmp_path / "figs")))
+    assert stats["samples"] == 20 and stats["classes"] == 4 and stats["shards"] == 2
+    assert stats["accuracy"] == pytest.approx(0.75) and stats["ece"] == pytest.approx(0.0, abs=1e-6)
+    assert stats["pred_counts"] == np.bincount(pred, minlength=4).tolist()
+    assert stats["label_counts"] == np.bincount(label, minlength=4).tolist()
+    assert stats["confidence"]["mean"] == pytest.approx(0.75) and stats["margin"]["mean"] == pytest.approx(0.5)
+    assert stats["entropy_mean"] == pytest.approx(0.25)
+    assert os.path.exists(tmp_path / "figs" / "calibration.png")
+    # Over-confident: 0.95 everywhere, half right -> ECE 0.45.
+    url, _, _ = known_store(tmp_path / "b", np.full(20, 0.95), np.arange(20) % 2 == 0)
+    assert run_inspect(InspectConfig(store=url, plots=False))["ece"] == pytest.approx(0.45, abs=1e-6)
+    url, _, _ = known_store(tmp_path / "c", conf, correct, labels=False)
+    stats = run_inspect(InspectConfig(store=url, plots=False))
+    assert not stats["has_labels"] and "accuracy" not in stats
