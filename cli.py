@@ -124,6 +124,10 @@ def label(ctx, weak, data, split, labels, weak_checkpoint, num_classes, img_size
         size = open_store(result.store).size_bytes()
         click.echo(f"store {result.store}: complete, {result.samples_total} samples, {result.shards_total} shards, "
                    f"{size / 1024:.0f} KiB ({size / max(1, result.samples_total):.0f} B/sample)")
+    elif result.claimed_elsewhere:
+        holders = sorted({f"pid {c['pid']} on {c['host']}" for c in result.claimed_elsewhere})
+        click.echo(f"store {result.store}: {len(result.claimed_elsewhere)} shards are being labelled by another process "
+                   f"({', '.join(holders)}); it will finish the store")
     else:
         click.echo(f"store {result.store}: incomplete; re-run the same command to finish it")
 

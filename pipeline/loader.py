@@ -16,7 +16,7 @@ from .transforms import decode_image, decode_label
 
 class ShardBatches(IterableDataset):
     def __init__(self, shards: list[tuple[int, str]], *, transform, batch_size: int, image_fields, label_field,
-                 label_required: bool = False, storage_options: dict | None = None):
+                 label_required: bool = False, storage_options: dict | None = None, claims=None):
         self.shards = shards  # (position in the data source, url)
         self.transform = transform
         self.batch_size = batch_size
@@ -24,11 +24,15 @@ class ShardBatches(IterableDataset):
         self.label_field = label_field
         self.label_required = label_required
         self.storage_options = storage_options
+        self.claims = claims  # storage.claims.ShardClaims: skip shards another process is labelling
 
     def __iter__(self):
         info = get_worker_info()
         mine = self.shards[info.id :: info.num_workers] if info else self.shards
         for position, url in mine:
+            if self.claims is not None and not self.claims.claim(position):
+                yield {"shard": position, "claimed_elsewhere": True}
+                continue
             try:
                 yield from self._shard(position, url)
             except W2SError as exc:

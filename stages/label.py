@@ -10,6 +10,7 @@ shards that have no completion marker.
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -22,6 +23,7 @@ from ..pipeline import distributed
 from ..pipeline.datasets import resolve_data
 from ..pipeline.shards import describe_shards, fingerprint, shards_as_dicts
 from ..pipeline.workspace import default_store_path
+from ..storage.claims import ShardClaims
 from ..storage.fsutil import absolute
 from ..storage.writer import StoreWriter
 
@@ -78,7 +80,7 @@ class LabelResult:
     samples_total: int
     seconds: float  # from the first batch to the last write
     images_per_s: float
-    size_bytes: int | None = None
+    claimed_elsewhere: list = None  # live claims of other processes on unfinished shards
 
 
 def run_label(cfg: LabelConfig) -> LabelResult:
@@ -148,6 +150,7 @@ def run_label(cfg: LabelConfig) -> LabelResult:
             model = torch.compile(model)
         dtype = distributed.autocast_dtype(precision)
 
+        claims = ShardClaims(url, os.getpid())
         dataset = ShardBatches(
             [(i, writer.shards[i]["url"]) for i in todo],
             transform=eval_transform(loaded.data_config),
@@ -155,6 +158,7 @@ def run_label(cfg: LabelConfig) -> LabelResult:
             image_fields=source.image_fields,
             label_field=source.label_field,
             label_required=source.label_required,
+            claims=claims,
         )
         workers = cfg.workers if cfg.workers is not None else default_workers()
         loader = label_loader(dataset, min(workers, max(1, len(todo))) if workers else 0, device.type == "cuda")
@@ -166,14 +170,18 @@ def run_label(cfg: LabelConfig) -> LabelResult:
         pending: dict[int, dict] = {}
         writes: list[Future] = []
         start = None
-        labelled = 0
+        labelled = labelled_elsewhere = 0
         with ThreadPoolExecutor(max_workers=1) as io_pool, torch.inference_mode():
             for item in loader if todo else ():
                 if "error" in item:
                     raise W2SError(item["error"])
                 i = item["shard"]
+                if item.get("claimed_elsewhere"):
+                    labelled_elsewhere += writer.shards[i]["count"]
+                    bar.total = samples_todo - labelled_elsewhere
+                    continue
                 if item.get("end"):
-                    writes.append(io_pool.submit(_write_shard, writer, i, pending.pop(i, None), item["count"]))
+                    writes.append(io_pool.submit(_write_shard, writer, claims, i, pending.pop(i, None), item["count"]))
                     _raise_failed(writes)
                     continue
                 if start is None:
@@ -207,6 +215,7 @@ def run_label(cfg: LabelConfig) -> LabelResult:
             complete = writer.finalize()
         return LabelResult(
             store=url,
+            claimed_elsewhere=[] if complete else claims.held_by_others(writer.done_shards()),
             complete=complete,
             samples=labelled,
             shards=len(todo),
@@ -225,7 +234,7 @@ def _raise_failed(writes: list[Future]) -> None:
             f.result()
 
 
-def _write_shard(writer: StoreWriter, index: int, buf: dict | None, count: int) -> None:
+def _write_shard(writer: StoreWriter, claims, index: int, buf: dict | None, count: int) -> None:
     if buf is None:  # the shard yielded no sample
         raise W2SError(f"shard {writer.shards[index]['url']} holds no samples")
     if len(buf["keys"]) != count:
@@ -233,6 +242,7 @@ def _write_shard(writer: StoreWriter, index: int, buf: dict | None, count: int) 
     out = {k: np.concatenate([o[k] for o in buf["out"]]) for k in buf["out"][0]}
     labels = None if any(lab is None for lab in buf["labels"]) else np.concatenate(buf["labels"])
     writer.write_shard(index, buf["keys"], labels, out)
+    claims.release(index)
 
 
 __all__ = ["LabelConfig", "LabelResult", "run_label"]

@@ -5,6 +5,7 @@ Layout of a store (a directory or fsspec URL):
     zarr.json, <array>/...      Zarr v3 group; every array has R = n_shards * capacity rows
     parts/<shard:06d>.parquet   one shard's index rows, written before its marker
     done/<shard:06d>.json       the shard's completion marker, written last
+    claims/<shard:06d>.json     while a process labels the shard: its host and pid
     index.parquet               all index rows in shard order, written once every shard is done
 
 Shard i owns rows [i * capacity, i * capacity + count_i): contiguous, in shard order, and one
@@ -23,6 +24,7 @@ SCHEMA_VERSION = 1
 INDEX_FILE = "index.parquet"
 PARTS_DIR = "parts"
 DONE_DIR = "done"
+CLAIMS_DIR = "claims"  # a live labelling process's claim on a shard (local stores)
 
 # Per-sample statistics of the weak model's softmax, computed in float32 from the stored logits.
 STAT_ARRAYS = {"pred": "int32", "confidence": "float32", "margin": "float32", "entropy": "float32"}

@@ -83,6 +83,11 @@ class StoreWriter:
         if fs.exists(path):
             if fs.exists(join(path, "zarr.json")) and not overwrite:
                 existing = dict(zarr.open_group(store=_zarr_store(url, storage_options, True), mode="r").attrs)
+                if not existing:
+                    # A group without attributes is a creation cut short (attributes are written
+                    # last, and no shard can have been labelled before them): start it again.
+                    fs.rm(path, recursive=True)
+                    return cls.create(url, attrs, overwrite=False, storage_options=storage_options)
                 if existing.get("format") != schema.FORMAT:
                     raise W2SError(f"{url} is a Zarr group but not a w2s-pipe store; choose another --labels")
                 problem = identity_mismatch(existing, attrs)

@@ -16,9 +16,29 @@ def test_softmax_stats_match_formulas():
     srt = np.sort(p, 1)
     got = {k: v.numpy() for k, v in softmax_stats(torch.tensor(x, dtype=torch.float32)).items()}
     np.testing.assert_array_equal(got["pred"], x.argmax(1))
-    np.testing.assert_allclose(got["confidence"], srt[:, -1], rtol=1e-5)
-    np.testing.assert_allclose(got["margin"], srt[:, -1] - srt[:, -2], rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(got["entropy"], -(p * np.log(p)).sum(1), rtol=1e-4, atol=1e-6)
+    # float64 inside, one rounding to float32: equal to the float64 formula rounded to float32.
+    x32 = x.astype(np.float32).astype(np.float64)
+    p = np.exp(x32 - x32.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    srt = np.sort(p, 1)
+    np.testing.assert_allclose(got["confidence"], srt[:, -1].astype(np.float32), rtol=1e-7)
+    np.testing.assert_allclose(got["margin"], (srt[:, -1] - srt[:, -2]).astype(np.float32), rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(got["entropy"], (-(p * np.log(p)).sum(1)).astype(np.float32), rtol=1e-6, atol=1e-12)
+
+
+def test_stats_do_not_depend_on_batch_or_threads():
+    x = torch.randn(997, 1000) * 4
+    whole = softmax_stats(x)
+    parts = [softmax_stats(x[i : i + 37]) for i in range(0, 997, 37)]
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        single = softmax_stats(x)
+    finally:
+        torch.set_num_threads(threads)
+    for k in whole:
+        assert torch.equal(whole[k], torch.cat([p[k] for p in parts])), k
+        assert torch.equal(whole[k], single[k]), k
 
 
 def test_limits():

@@ -1,0 +1,118 @@
+"""Atomic per-shard claims, so that label processes started by hand on one store share its shards.
+
+A claim is `claims/<shard>.json` created with O_CREAT|O_EXCL (atomic on a local or network file
+system) holding the owner's host and pid. A claim whose process is gone (same host) is stale and
+is taken over; a claim from another host is respected until its shard is done. Object stores have
+no exclusive create here, so claims always succeed there: run one labelling job per store (any
+number of torchrun ranks, which split the shards among themselves).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+
+from . import schema
+from .fsutil import get_fs, is_local, join
+
+FRESH_S = 30.0  # an unreadable claim younger than this is being written, not abandoned
+
+
+class ShardClaims:
+    def __init__(self, url: str, owner_pid: int, storage_options: dict | None = None):
+        fs, path = get_fs(url, storage_options)
+        self.enabled = is_local(fs)
+        self.dir = join(path, schema.CLAIMS_DIR)
+        self.done_dir = join(path, schema.DONE_DIR)
+        self.owner_pid = owner_pid
+        self.host = socket.gethostname()
+
+    def _path(self, index: int) -> str:
+        return schema.shard_file(self.dir, index, ".json")
+
+    def claim(self, index: int) -> bool:
+        """True if this owner now holds shard `index` and it still needs labelling.
+
+        A shard finished by another process since this one listed its work is not taken: the
+        marker is written before a claim is released, so checking it after claiming is race-free.
+        """
+        if not self._claim(index):
+            return False
+        if os.path.exists(schema.shard_file(self.done_dir, index, ".json")):
+            self.release(index)
+            return False
+        return True
+
+    def _claim(self, index: int) -> bool:
+        if not self.enabled:
+            return True
+        os.makedirs(self.dir, exist_ok=True)
+        path = self._path(index)
+        for _ in range(3):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = _read(path)
+                if holder is not None and holder.get("host") == self.host and holder.get("pid") == self.owner_pid:
+                    return True
+                if not self._stale(path, holder):
+                    return False
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump({"host": self.host, "pid": self.owner_pid, "time": time.time()}, f)
+            return True
+        return False
+
+    def _stale(self, path: str, holder: dict | None) -> bool:
+        if holder is None:
+            try:
+                return time.time() - os.path.getmtime(path) > FRESH_S
+            except FileNotFoundError:
+                return True
+        return holder.get("host") == self.host and not _alive(holder.get("pid"))
+
+    def release(self, index: int) -> None:
+        if self.enabled:
+            try:
+                os.unlink(self._path(index))
+            except FileNotFoundError:
+                pass
+
+    def held_by_others(self, done: set[int]) -> list[dict]:
+        """Live claims of other processes on shards not yet done."""
+        if not self.enabled or not os.path.isdir(self.dir):
+            return []
+        out = []
+        for name in sorted(os.listdir(self.dir)):
+            stem = name[:-5]
+            if not name.endswith(".json") or not stem.isdigit() or int(stem) in done:
+                continue
+            path = os.path.join(self.dir, name)
+            holder = _read(path)
+            if holder is not None and holder.get("pid") != self.owner_pid and not self._stale(path, holder):
+                out.append({"shard": int(stem), **holder})
+        return out
+
+
+def _read(path: str) -> dict | None:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, TypeError, ValueError):
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
