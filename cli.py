@@ -288,6 +288,29 @@ def inspect(ctx, store, out, fmt, no_plots):
 
 
 @cli.command()
+@click.argument("store")
+@click.option("--recompute", type=int, default=0, show_default=True,
+              help="Re-run the weak model (recorded checkpoint and preprocessing) on this many random samples and compare.")
+@click.option("--no-data", is_flag=True, help="Skip reading the shards (the one-row-per-sample check).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed choosing the --recompute samples.")
+@click.option("--device", default="auto", show_default=True, help="Device for --recompute: auto, cpu, cuda or cuda:N.")
+def verify(store, recompute, no_data, seed, device):
+    """Check a label store: attributes, completeness, markers against rows, one row per sample of
+    the data, finite values, statistics against logits, index against arrays; exit status 1 on
+    any problem, each reported with its shard and key."""
+    from .stages.verify import VerifyConfig, run_verify
+
+    report = run_verify(VerifyConfig(store=store, recompute=recompute, check_data=not no_data, seed=seed, device=device))
+    for check, found in report.checks:
+        click.echo(f"{'ok' if not found else 'FAIL'}  {check}" + (f": {found} problems" if found else ""))
+    for problem in report.problems:
+        click.echo(f"  {problem}")
+    if not report.ok:
+        raise SystemExit(1)
+    click.echo(f"store {store}: no problems found")
+
+
+@cli.command()
 @click.pass_context
 def datasets(ctx):
     """List the datasets the registry knows (built-in and the user's TOML file)."""

@@ -104,14 +104,14 @@ def url_name(url: str) -> str:
     return url.rstrip("/").rsplit("/", 1)[-1]
 
 
-def count_samples(url: str, storage_options: dict | None = None) -> int:
-    """Samples in one shard, from its tar headers (the data is skipped by seeking).
+def list_keys(url: str, storage_options: dict | None = None) -> list[str]:
+    """The keys of a shard's samples in order, from its tar headers (the data is skipped by seeking).
 
     Python's tarfile stops silently at a truncated header, which would make a truncated shard
     look short but valid; so the archive must end with its zero end-of-archive block.
     """
     fs, path = get_fs(url, storage_options)
-    count, last = 0, None
+    keys: list[str] = []
     try:
         with fs.open(path, "rb") as f:
             with tarfile.open(fileobj=f, mode="r:*") as tar:
@@ -120,8 +120,8 @@ def count_samples(url: str, storage_options: dict | None = None) -> int:
                     if not info.isreg() or ("/" not in name and name.startswith(_META[0]) and name.endswith(_META[1])):
                         continue
                     prefix, _ = base_plus_ext(name)
-                    if prefix is not None and prefix != last:
-                        count, last = count + 1, prefix
+                    if prefix is not None and (not keys or prefix != keys[-1]):
+                        keys.append(prefix)
                 end = tar.offset
                 tar.fileobj.seek(end)
                 block = tar.fileobj.read(tarfile.BLOCKSIZE)
@@ -129,7 +129,12 @@ def count_samples(url: str, storage_options: dict | None = None) -> int:
                 raise tarfile.ReadError(f"truncated or corrupt after byte {end}, no end-of-archive block")
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise W2SError(f"shard {url}: cannot read it as a tar file ({exc})") from None
-    return count
+    return keys
+
+
+def count_samples(url: str, storage_options: dict | None = None) -> int:
+    """Samples in one shard, as webdataset groups them."""
+    return len(list_keys(url, storage_options))
 
 
 def read_manifest(directory: str, storage_options: dict | None = None) -> dict | None:

@@ -106,5 +106,15 @@ def get_field(attrs: dict, dotted: str):
     return value
 
 
+def shard_digest(keys: list[str], arrays: dict) -> str:
+    """sha256 of a shard's keys and its rows of every array, in `all_arrays` order (the marker's)."""
+    import hashlib
+
+    h = hashlib.sha256("\n".join(keys).encode())
+    for name in arrays:
+        h.update(np.ascontiguousarray(arrays[name]).tobytes())
+    return h.hexdigest()
+
+
 def shard_file(directory: str, shard_index: int, suffix: str) -> str:
     return f"{directory}/{shard_index:06d}{suffix}"

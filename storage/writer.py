@@ -8,7 +8,6 @@ writes group metadata. A crash loses at most the shards whose markers were not y
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import io
 import json
 import warnings
@@ -146,7 +145,7 @@ class StoreWriter:
         if set(arrays) != set(self.arrays):
             raise ValueError(f"write_shard needs arrays {sorted(self.arrays)}, got {sorted(arrays)}")
         start = index * self.capacity
-        digest = hashlib.sha256("\n".join(keys).encode())
+        rows = {}
         for name, (dtype, row_shape) in self.arrays.items():
             values = np.asarray(arrays[name])
             if values.shape != (n, *row_shape):
@@ -155,7 +154,7 @@ class StoreWriter:
             block[:n] = values
             # Whole-chunk write: no read-modify-write, and the chunk is this shard's alone.
             self.group[name][start : start + self.capacity] = block
-            digest.update(np.ascontiguousarray(block[:n]).tobytes())
+            rows[name] = block[:n]
         columns = {
             "key": pa.array(keys, pa.string()),
             "shard": pa.array([shard["name"]] * n, pa.string()),
@@ -167,7 +166,7 @@ class StoreWriter:
             columns["label"] = pa.array(np.asarray(labels, dtype=np.int32))
         table = pa.table(columns, schema=schema.index_schema(with_label))
         atomic_write(self.fs, schema.shard_file(join(self.path, schema.PARTS_DIR), index, ".parquet"), _table_bytes(table))
-        marker = {"shard": shard["name"], "start": start, "count": n, "sha256": digest.hexdigest()}
+        marker = {"shard": shard["name"], "start": start, "count": n, "sha256": schema.shard_digest(keys, rows)}
         atomic_write(self.fs, schema.shard_file(join(self.path, schema.DONE_DIR), index, ".json"), json.dumps(marker).encode())
 
     def finalize(self) -> bool:

@@ -1,0 +1,238 @@
+"""`w2s-pipe verify STORE`: check a label store against its data and itself; exit non-zero on any problem.
+
+Checks, each problem reported with its shard and key:
+* attributes complete and of this schema version; every shard complete;
+* each shard's marker matches its rows (count, row range, sha256 of keys and arrays);
+* the data: every sample of each shard has exactly one row, in order (tar headers are read, the
+  images are not), and the shard files are the ones the store labelled;
+* no non-finite values; pred / confidence / margin / entropy agree with the stored logits;
+  the index agrees with the arrays; padding rows are padding;
+* with --recompute N: the weak model, rebuilt from the recorded checkpoint and preprocessing, is
+  run again on N random samples and its logits compared with the stored ones.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import W2SError
+from ..storage import schema
+from ..storage.fsutil import join
+
+MAX_LISTED = 20  # problems listed per check; the count is always exact
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    store: str
+    recompute: int = 0
+    check_data: bool = True
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self):
+        if self.recompute < 0:
+            raise W2SError(f"--recompute {self.recompute} is invalid: must be 0 or more")
+
+
+@dataclass
+class VerifyReport:
+    store: str
+    checks: list[tuple[str, int]] = field(default_factory=list)  # (check, problems found)
+    problems: list[str] = field(default_factory=list)
+
+    def add(self, check: str, found: list[str]) -> None:
+        self.checks.append((check, len(found)))
+        self.problems.extend(found[:MAX_LISTED])
+        if len(found) > MAX_LISTED:
+            self.problems.append(f"... and {len(found) - MAX_LISTED} more problems of: {check}")
+
+    @property
+    def ok(self) -> bool:
+        return all(n == 0 for _, n in self.checks)
+
+
+def _softmax_stats64(logits: np.ndarray) -> dict[str, np.ndarray]:
+    x = logits.astype(np.float64)
+    z = x - x.max(axis=1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    p = np.exp(logp)
+    top2 = -np.sort(-p, axis=1)[:, :2]
+    return {"confidence": top2[:, 0], "margin": top2[:, 0] - top2[:, 1], "entropy": -(p * logp).sum(axis=1)}
+
+
+def run_verify(cfg: VerifyConfig) -> VerifyReport:
+    from ..storage import open_store
+
+    report = VerifyReport(cfg.store)
+    try:
+        store = open_store(cfg.store)
+    except W2SError as exc:
+        report.add("attributes and arrays", [str(exc)])
+        return report
+    report.add("attributes and arrays", [])
+    missing = store.missing_shards()
+    index_ok = store.fs.exists(join(store.path, schema.INDEX_FILE))
+    report.add("every shard labelled", [f"shard {name}: not labelled (no completion marker)" for name in missing]
+               + ([] if index_ok or missing else ["index.parquet is missing"]))
+
+    index = store.index() if not missing and index_ok else None
+    offsets, position = {}, 0
+    if index is not None:
+        for s in store.shards:
+            offsets[s["name"]] = position
+            position += int(s["count"])
+        if index.num_rows != position:
+            report.add("index rows", [f"index.parquet has {index.num_rows} rows, the shards {position} samples"])
+            index = None
+    marker_problems, value_problems, index_problems, data_problems = [], [], [], []
+    arrays_spec = schema.all_arrays(store.num_classes, store.topk)
+    done = store.done_shards()
+    for i, s in enumerate(store.shards):
+        if i not in done:
+            continue
+        name, count = s["name"], int(s["count"])
+        rows = store.shard_rows(i)
+        with store.fs.open(schema.shard_file(join(store.path, schema.DONE_DIR), i, ".json"), "rb") as f:
+            marker = json.load(f)
+        if marker.get("count") != count or marker.get("start") != i * store.capacity:
+            marker_problems.append(f"shard {name}: marker says {marker.get('count')} rows from {marker.get('start')}, "
+                                   f"the store {count} from {i * store.capacity}")
+        if len(rows.keys) != count:
+            marker_problems.append(f"shard {name}: {len(rows.keys)} index rows for {count} samples")
+            continue
+        if marker.get("sha256") != schema.shard_digest(rows.keys, {k: rows.arrays[k] for k in arrays_spec}):
+            marker_problems.append(f"shard {name}: rows differ from what was written (sha256 mismatch)")
+        # Values: finite, statistics consistent with the stored logits.
+        tensor = rows.arrays["logits"] if "logits" in rows.arrays else rows.arrays["topk_values"]
+        bad = ~np.isfinite(tensor.astype(np.float32)).all(axis=1)
+        value_problems += [f"shard {name}, key {rows.keys[j]!r}: non-finite logits" for j in np.nonzero(bad)[0]]
+        pred = rows.arrays["pred"]
+        if "logits" in rows.arrays:
+            logits = rows.arrays["logits"].astype(np.float32)
+            best = logits.max(axis=1)
+            wrong_pred = logits[np.arange(count), np.clip(pred, 0, store.num_classes - 1)] != best
+            value_problems += [f"shard {name}, key {rows.keys[j]!r}: pred {pred[j]} is not the argmax of the logits"
+                               for j in np.nonzero(wrong_pred & ~bad)[0]]
+            expected = _softmax_stats64(np.where(bad[:, None], 0, logits))
+            for stat, values in expected.items():
+                off = np.abs(rows.arrays[stat].astype(np.float64) - values) > 1e-5
+                value_problems += [f"shard {name}, key {rows.keys[j]!r}: {stat} {rows.arrays[stat][j]:.6g} disagrees "
+                                   f"with the logits ({values[j]:.6g})" for j in np.nonzero(off & ~bad)[0]]
+        else:
+            off = pred != rows.arrays["topk_indices"][:, 0]
+            value_problems += [f"shard {name}, key {rows.keys[j]!r}: pred is not the top-1 index" for j in np.nonzero(off)[0]]
+        padding = store.group["pred"][i * store.capacity + count : (i + 1) * store.capacity]
+        if (padding != -1).any():
+            value_problems.append(f"shard {name}: padding rows after row {count} hold values")
+        # The index agrees with the arrays.
+        if index is not None:
+            part = index.slice(offsets[name], count)
+            if part.column("key").to_pylist() != rows.keys or set(part.column("shard").to_pylist()) != {name}:
+                index_problems.append(f"shard {name}: index.parquet keys differ from the shard's rows")
+            expected_rows = np.arange(i * store.capacity, i * store.capacity + count)
+            if not np.array_equal(part.column("row").to_numpy(), expected_rows):
+                index_problems.append(f"shard {name}: index.parquet row numbers are not its row range")
+            for stat in schema.STAT_ARRAYS:
+                if not np.array_equal(part.column(stat).to_numpy(), rows.arrays[stat], equal_nan=True):
+                    index_problems.append(f"shard {name}: index column {stat} differs from the {stat} array")
+        # The data: exactly one row per sample, in order, and the same files.
+        if cfg.check_data:
+            data_problems += _check_shard_data(s, rows.keys)
+    report.add("markers match rows", marker_problems)
+    report.add("values finite and consistent", value_problems)
+    if index is not None:
+        report.add("index agrees with arrays", index_problems)
+    if cfg.check_data:
+        report.add("one row per sample of the data", data_problems)
+    if cfg.recompute and not missing:
+        report.add(f"recomputed {cfg.recompute} samples with the weak model", _recompute(store, cfg))
+    return report
+
+
+def _check_shard_data(shard: dict, stored: list[str]) -> list[str]:
+    from ..pipeline.shards import list_keys, quick_digest
+    from ..storage.fsutil import get_fs
+
+    name, url = shard["name"], shard["url"]
+    try:
+        fs, path = get_fs(url)
+        size = int(fs.info(path)["size"])
+        keys = list_keys(url)
+    except (W2SError, FileNotFoundError, OSError) as exc:
+        return [f"shard {name}: cannot read {url} ({exc})"]
+    problems = []
+    if size != shard["bytes"] or (shard.get("digest") and quick_digest(fs, path, size) != shard["digest"]):
+        problems.append(f"shard {name}: {url} changed since it was labelled")
+    seen = set()
+    for key in keys:
+        if key in seen:
+            problems.append(f"shard {name}, key {key!r}: appears more than once in the shard")
+        seen.add(key)
+    stored_set = set(stored)
+    problems += [f"shard {name}, key {k!r}: in the data, no row in the store" for k in keys if k not in stored_set]
+    problems += [f"shard {name}, key {k!r}: a row in the store, not in the data" for k in stored if k not in seen]
+    if not problems and keys != stored:
+        problems.append(f"shard {name}: rows are not in the shard's sample order")
+    return problems
+
+
+def _recompute(store, cfg: VerifyConfig) -> list[str]:
+    import torch
+
+    from ..pipeline import distributed
+    from ..pipeline.models import load_model
+    from ..pipeline.shards import iter_samples
+    from ..pipeline.transforms import decode_image, eval_transform
+
+    weak = store.attrs["weak"]
+    if weak.get("checkpoint"):
+        from ..pipeline.checkpoint import file_sha256
+
+        try:
+            if file_sha256(weak["checkpoint"]) != weak["checkpoint_sha256"]:
+                return [f"checkpoint {weak['checkpoint']} changed since labelling (sha256 differs); cannot recompute"]
+        except FileNotFoundError:
+            return [f"checkpoint {weak['checkpoint']} is gone; cannot recompute"]
+    loaded = load_model(weak["model"], checkpoint=weak.get("checkpoint"), num_classes=store.num_classes)
+    device = distributed.pick_device(cfg.device)
+    model = loaded.model.to(device).eval()
+    transform = eval_transform(store.attrs["preprocessing"])
+    precision = store.attrs["precision"]
+    image_fields = tuple(store.attrs["data"]["image_field"].split(";"))
+    rng = random.Random(cfg.seed)
+    everything = [(i, j) for i, s in enumerate(store.shards) for j in range(int(s["count"]))]
+    chosen = sorted(rng.sample(everything, min(cfg.recompute, len(everything))))
+    problems = []
+    by_shard: dict[int, set[int]] = {}
+    for i, j in chosen:
+        by_shard.setdefault(i, set()).add(j)
+    tol = 1e-2 if precision == "fp32" else 0.1  # fp16 storage; bf16/fp16 inference varies with batch layout
+    for i, wanted in by_shard.items():
+        rows = store.shard_rows(i)
+        logits = rows.dense_logits(store.num_classes).astype(np.float32)
+        for j, sample in enumerate(iter_samples(store.shards[i]["url"])):
+            if j not in wanted:
+                continue
+            x = transform(decode_image(sample, image_fields, store.shards[i]["name"]))[None].to(device)
+            with torch.inference_mode(), torch.autocast(device.type, dtype=distributed.autocast_dtype(precision),
+                                                        enabled=precision != "fp32"):
+                fresh = model(x).float().cpu().numpy()[0]
+            key = sample["__key__"]
+            if key != rows.keys[j]:
+                problems.append(f"shard {rows.name}, row {j}: key {rows.keys[j]!r} but the data has {key!r} there")
+                continue
+            if store.topk:
+                top = rows.arrays["topk_indices"][j].astype(np.int64)
+                stored_vals, fresh_vals = rows.arrays["topk_values"][j].astype(np.float32), fresh[top]
+            else:
+                stored_vals, fresh_vals = logits[j], fresh
+            scale = max(1.0, float(np.abs(fresh_vals).max()))
+            diff = float(np.abs(stored_vals - fresh_vals).max())
+            if diff > tol * scale:
+                problems.append(f"shard {rows.name}, key {key!r}: stored logits differ from a fresh forward by {diff:.4g}")
+    return problems
