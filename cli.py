@@ -95,10 +95,14 @@ def prepare_folder_cmd(src, out, split, shard_size, seed, prefix):
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the weak model.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store made by a different job (model, checkpoint, data, ...).")
 @click.option("--max-shards", type=int, default=None, help="Label at most this many shards (per rank) and stop; re-run to continue.")
+@click.option("--on-bad-sample", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
+              help="fail: stop at a bad sample (undecodable image, no image field, non-integer label, repeated key) "
+                   "naming shard, key and reason; skip: record it in skipped.parquet and go on (an unreadable or empty "
+                   "shard is recorded whole).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
 def label(ctx, weak, data, split, labels, weak_checkpoint, num_classes, img_size, batch_size, workers, precision,
-          device, topk, compile_, overwrite, max_shards, quiet):
+          device, topk, compile_, overwrite, max_shards, on_bad_sample, quiet):
     """Stage one: run a weak model over a data set's shards once and store its logits and
     confidences (Zarr arrays + index.parquet) for every later `train` run.
 
@@ -111,13 +115,16 @@ def label(ctx, weak, data, split, labels, weak_checkpoint, num_classes, img_size
     cfg = LabelConfig(
         weak=weak, data=data, split=split, labels=labels, weak_checkpoint=weak_checkpoint, num_classes=num_classes,
         img_size=img_size, batch_size=batch_size, workers=workers, precision=precision, device=device, topk=topk,
-        compile=compile_, overwrite=overwrite, max_shards=max_shards, workspace=ctx.obj["workspace"], progress=not quiet,
+        compile=compile_, overwrite=overwrite, max_shards=max_shards, on_bad_sample=on_bad_sample,
+        workspace=ctx.obj["workspace"], progress=not quiet,
     )
     result = run_label(cfg)
     if not dist_info().is_main:
         return
     click.echo(f"labelled {result.samples} samples in {result.shards} shards at {result.images_per_s:.0f} img/s "
                f"({result.seconds:.1f} s)")
+    if result.skipped:
+        click.echo(f"skipped {result.skipped} bad samples or shards; see skipped.parquet in the store for keys and reasons")
     if result.complete:
         from .storage import open_store
 

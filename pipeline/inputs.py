@@ -47,7 +47,8 @@ def resolve_inputs(cfg) -> Inputs:
                            + (f" --split {cfg.split}" if cfg.split else "") + "; label that data first or pick its store")
     if needs_weak or (store is not None and not cfg.data):
         a = store.attrs["data"]
-        urls = [s["url"] for s in a["shards"]]
+        # Shards with no labelled row (unreadable or empty, skipped at labelling) are not read.
+        urls = [s["url"] for s, n in zip(a["shards"], store.labelled_counts) if n > 0]
         image_fields = tuple(a["image_field"].split(";"))
         label_field = a.get("label_field")
         num_classes, class_names = store.num_classes, store.attrs.get("class_names")

@@ -35,31 +35,34 @@ class StoreJoin:
             self._store = LabelStore(self.store_url, self.storage_options)
         return self._store
 
-    def shard(self, name: str) -> tuple[list[str], np.ndarray] | None:
-        """(keys, weak logits (n, C)) of one shard, or None if the store lacks it and skipping is on."""
+    def shard(self, name: str) -> tuple[list[str], np.ndarray, set] | None:
+        """(keys, weak logits (n, C), keys skipped as bad at labelling) of one shard, or None if
+        the store lacks the shard and skipping is on."""
         store = self.store
         if name not in store._shard_pos:
             if self.skip_missing:
                 return None
             raise W2SError(f"shard {name} is not in store {self.store_url} (it labelled {store.attrs['data']['pattern']})")
         rows = store.shard_rows(name)
-        return rows.keys, rows.dense_logits(store.num_classes)
+        return rows.keys, rows.dense_logits(store.num_classes), store.skipped_keys(name)
 
     def __call__(self, samples: Iterable[dict]) -> Iterator[dict]:
-        current, keys, weak, lookup, pos = None, [], None, None, 0
+        current, keys, weak, absent, lookup, pos, used = None, [], None, set(), None, 0, set()
         for sample in samples:
             name, key = url_name(sample["__url__"]), sample["__key__"]
             if name != current:
-                current, pos, lookup = name, 0, None
+                current, pos, lookup, used = name, 0, None, set()
                 loaded = self.shard(name)
-                keys, weak = loaded if loaded else ([], None)
-            if pos < len(keys) and keys[pos] == key:
+                keys, weak, absent = loaded if loaded else ([], None, set())
+            if pos < len(keys) and keys[pos] == key and pos not in used:
                 row = pos
             else:
                 if lookup is None:
                     lookup = {k: i for i, k in enumerate(keys)}
                 row = lookup.get(key)
                 if row is None:
+                    if key in absent or None in absent:  # left out as bad when labelling: known, not missing
+                        continue
                     if self.skip_missing:
                         self.skipped += 1
                         continue
@@ -67,6 +70,11 @@ class StoreJoin:
                         f"shard {name}, key {key!r} has no row in store {self.store_url}; "
                         "re-label the shards, or pass --skip-missing to train without such samples"
                     )
+            if row in used:  # a key repeated in the shard: its row belongs to the first sample
+                if key in absent:  # recorded as skipped at labelling
+                    continue
+                raise W2SError(f"shard {name}, key {key!r} appears more than once in the shard; the store holds one row")
+            used.add(row)
             pos = row + 1
             sample["weak"] = weak[row]
             yield sample

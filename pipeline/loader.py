@@ -16,7 +16,8 @@ from .transforms import decode_image, decode_label
 
 class ShardBatches(IterableDataset):
     def __init__(self, shards: list[tuple[int, str]], *, transform, batch_size: int, image_fields, label_field,
-                 label_required: bool = False, storage_options: dict | None = None, claims=None):
+                 label_required: bool = False, storage_options: dict | None = None, claims=None,
+                 skip_bad: bool = False):
         self.shards = shards  # (position in the data source, url)
         self.transform = transform
         self.batch_size = batch_size
@@ -25,6 +26,7 @@ class ShardBatches(IterableDataset):
         self.label_required = label_required
         self.storage_options = storage_options
         self.claims = claims  # storage.claims.ShardClaims: skip shards another process is labelling
+        self.skip_bad = skip_bad  # record bad samples and go on, instead of stopping
 
     def __iter__(self):
         info = get_worker_info()
@@ -43,11 +45,23 @@ class ShardBatches(IterableDataset):
     def _shard(self, position: int, url: str):
         name = url_name(url)
         images, keys, labels = [], [], []
-        count = 0
+        count, seen, skipped = 0, set(), []
         for sample in iter_samples(url, self.storage_options):
-            images.append(self.transform(decode_image(sample, self.image_fields, name)))
-            keys.append(sample["__key__"])
-            labels.append(decode_label(sample, self.label_field, name, self.label_required))
+            key = sample["__key__"]
+            try:
+                if key in seen:
+                    raise W2SError(f"shard {name}, key {key!r}: appears more than once in the shard")
+                seen.add(key)
+                image = self.transform(decode_image(sample, self.image_fields, name))
+                label = decode_label(sample, self.label_field, name, self.label_required)
+            except W2SError as exc:
+                if not self.skip_bad:
+                    raise W2SError(f"{exc} (or pass --on-bad-sample skip)") from None
+                skipped.append({"key": key, "reason": str(exc).split(": ", 1)[-1]})
+                continue
+            images.append(image)
+            keys.append(key)
+            labels.append(label)
             if len(images) == self.batch_size:
                 yield self._batch(position, count, images, keys, labels)
                 count += len(images)
@@ -55,7 +69,7 @@ class ShardBatches(IterableDataset):
         if images:
             yield self._batch(position, count, images, keys, labels)
             count += len(images)
-        yield {"shard": position, "end": True, "count": count}
+        yield {"shard": position, "end": True, "count": count, "skipped": skipped}
 
     @staticmethod
     def _batch(position, start, images, keys, labels):

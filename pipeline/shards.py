@@ -33,6 +33,7 @@ class Shard:
     count: int  # samples
     bytes: int
     digest: str = ""  # quick_digest: size plus the first and last 64 KiB
+    error: str = ""  # why the shard cannot be read (only with tolerate=True in describe_shards)
 
 
 def quick_digest(fs, path: str, size: int) -> str:
@@ -161,7 +162,8 @@ def load_manifest(directory: str, storage_options: dict | None = None) -> dict[s
         raise W2SError(f"{directory}/{MANIFEST}: malformed shard entry ({exc})") from None
 
 
-def describe_shards(urls: list[str], storage_options: dict | None = None, threads: int = 16) -> list[Shard]:
+def describe_shards(urls: list[str], storage_options: dict | None = None, threads: int = 16,
+                    tolerate: bool = False) -> list[Shard]:
     """Name, size and sample count of each shard.
 
     Counts come from a manifest.json beside the shards when the file still matches its size and
@@ -178,7 +180,12 @@ def describe_shards(urls: list[str], storage_options: dict | None = None, thread
         digest = quick_digest(fs, path, size)
         entry = manifests[directory(url)].get(url_name(url))
         trusted = entry and int(entry.get("bytes", -1)) == size and entry.get("digest") == digest
-        count = int(entry["count"]) if trusted else count_samples(url, storage_options)
+        try:
+            count = int(entry["count"]) if trusted else count_samples(url, storage_options)
+        except W2SError as exc:
+            if not tolerate:
+                raise
+            return Shard(url=url, name=url_name(url), count=0, bytes=size, digest=digest, error=str(exc).split(": ", 1)[-1])
         return Shard(url=url, name=url_name(url), count=count, bytes=size, digest=digest)
     with ThreadPoolExecutor(max_workers=max(1, min(threads, len(urls)))) as pool:
         return list(pool.map(one, urls))

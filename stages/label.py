@@ -47,6 +47,7 @@ class LabelConfig:
     compile: bool = False
     overwrite: bool = False
     max_shards: int | None = None  # label at most this many shards per rank in this run
+    on_bad_sample: str = "fail"  # or "skip": record bad samples (and unreadable shards) and go on
     workspace: str | None = None
     progress: bool = True
 
@@ -68,6 +69,8 @@ class LabelConfig:
             bad("--img-size", self.img_size, "must be at least 8 pixels")
         if self.max_shards is not None and self.max_shards < 1:
             bad("--max-shards", self.max_shards, "must be at least 1")
+        if self.on_bad_sample not in ("fail", "skip"):
+            bad("--on-bad-sample", self.on_bad_sample, "choose fail or skip")
 
 
 @dataclass
@@ -81,6 +84,7 @@ class LabelResult:
     seconds: float  # from the first batch to the last write
     images_per_s: float
     claimed_elsewhere: list = None  # live claims of other processes on unfinished shards
+    skipped: int = 0  # bad samples (or unreadable shards) recorded and left out in this run
 
 
 def run_label(cfg: LabelConfig) -> LabelResult:
@@ -107,10 +111,13 @@ def run_label(cfg: LabelConfig) -> LabelResult:
         url = absolute(cfg.labels or default_store_path(cfg.workspace, data_name, source.split, loaded.name, cfg.topk))
 
         if info.is_main:
-            shards = describe_shards(list(source.urls))
-            empty = [s.url for s in shards if s.count == 0]
-            if empty:
-                raise W2SError(f"shard {empty[0]} holds no samples")
+            skip_bad = cfg.on_bad_sample == "skip"
+            shards = describe_shards(list(source.urls), tolerate=skip_bad)
+            empty = [s.url for s in shards if s.count == 0 and not s.error]
+            if empty and not skip_bad:
+                raise W2SError(f"shard {empty[0]} holds no samples (or pass --on-bad-sample skip)")
+            if not any(s.count for s in shards):
+                raise W2SError(f"no readable samples in {source.pattern}")
             capacity = max(s.count for s in shards)
             attrs = {
                 "weak": {"model": loaded.name, "checkpoint": loaded.checkpoint, "checkpoint_sha256": loaded.checkpoint_sha256},
@@ -151,6 +158,15 @@ def run_label(cfg: LabelConfig) -> LabelResult:
         dtype = distributed.autocast_dtype(precision)
 
         claims = ShardClaims(url, os.getpid())
+        skipped_count = 0
+        for i in [i for i in todo if writer.shards[i]["count"] == 0]:
+            # Unreadable or empty (with --on-bad-sample skip): recorded whole, nothing to read.
+            if claims.claim(i):
+                reason = writer.shards[i].get("error") or "empty shard"
+                writer.write_shard(i, [], None, _empty_outputs(writer), skipped=[{"key": None, "reason": reason}])
+                claims.release(i)
+                skipped_count += 1
+        todo = [i for i in todo if writer.shards[i]["count"] > 0]
         dataset = ShardBatches(
             [(i, writer.shards[i]["url"]) for i in todo],
             transform=eval_transform(loaded.data_config),
@@ -159,6 +175,7 @@ def run_label(cfg: LabelConfig) -> LabelResult:
             label_field=source.label_field,
             label_required=source.label_required,
             claims=claims,
+            skip_bad=cfg.on_bad_sample == "skip",
         )
         workers = cfg.workers if cfg.workers is not None else default_workers()
         loader = label_loader(dataset, min(workers, max(1, len(todo))) if workers else 0, device.type == "cuda")
@@ -181,7 +198,10 @@ def run_label(cfg: LabelConfig) -> LabelResult:
                     bar.total = samples_todo - labelled_elsewhere
                     continue
                 if item.get("end"):
-                    writes.append(io_pool.submit(_write_shard, writer, claims, i, pending.pop(i, None), item["count"]))
+                    skipped_count += len(item["skipped"])
+                    bar.update(len(item["skipped"]))
+                    writes.append(io_pool.submit(_write_shard, writer, claims, i, pending.pop(i, None), item["count"],
+                                                 item["skipped"]))
                     _raise_failed(writes)
                     continue
                 if start is None:
@@ -216,6 +236,7 @@ def run_label(cfg: LabelConfig) -> LabelResult:
         return LabelResult(
             store=url,
             claimed_elsewhere=[] if complete else claims.held_by_others(writer.done_shards()),
+            skipped=skipped_count,
             complete=complete,
             samples=labelled,
             shards=len(todo),
@@ -234,14 +255,18 @@ def _raise_failed(writes: list[Future]) -> None:
             f.result()
 
 
-def _write_shard(writer: StoreWriter, claims, index: int, buf: dict | None, count: int) -> None:
-    if buf is None:  # the shard yielded no sample
-        raise W2SError(f"shard {writer.shards[index]['url']} holds no samples")
+def _empty_outputs(writer: StoreWriter) -> dict[str, np.ndarray]:
+    return {name: np.zeros((0, *shape), dtype=dtype) for name, (dtype, shape) in writer.arrays.items()}
+
+
+def _write_shard(writer: StoreWriter, claims, index: int, buf: dict | None, count: int, skipped: list) -> None:
+    if buf is None:  # every sample of the shard was skipped as bad
+        buf = {"keys": [], "labels": [None], "out": [_empty_outputs(writer)]}
     if len(buf["keys"]) != count:
         raise RuntimeError(f"shard {index}: {len(buf['keys'])} rows buffered, {count} read")
     out = {k: np.concatenate([o[k] for o in buf["out"]]) for k in buf["out"][0]}
     labels = None if any(lab is None for lab in buf["labels"]) else np.concatenate(buf["labels"])
-    writer.write_shard(index, buf["keys"], labels, out)
+    writer.write_shard(index, buf["keys"], labels, out, skipped=skipped)
     claims.release(index)
 
 

@@ -83,9 +83,9 @@ def run_verify(cfg: VerifyConfig) -> VerifyReport:
     index = store.index() if not missing and index_ok else None
     offsets, position = {}, 0
     if index is not None:
-        for s in store.shards:
+        for s, n in zip(store.shards, store.labelled_counts):
             offsets[s["name"]] = position
-            position += int(s["count"])
+            position += n
         if index.num_rows != position:
             report.add("index rows", [f"index.parquet has {index.num_rows} rows, the shards {position} samples"])
             index = None
@@ -95,13 +95,15 @@ def run_verify(cfg: VerifyConfig) -> VerifyReport:
     for i, s in enumerate(store.shards):
         if i not in done:
             continue
-        name, count = s["name"], int(s["count"])
+        name = s["name"]
         rows = store.shard_rows(i)
         with store.fs.open(schema.shard_file(join(store.path, schema.DONE_DIR), i, ".json"), "rb") as f:
             marker = json.load(f)
-        if marker.get("count") != count or marker.get("start") != i * store.capacity:
-            marker_problems.append(f"shard {name}: marker says {marker.get('count')} rows from {marker.get('start')}, "
-                                   f"the store {count} from {i * store.capacity}")
+        count, skipped = int(marker.get("count", -1)), marker.get("skipped", [])
+        whole = any(k["key"] is None for k in skipped)
+        if (not whole and count + len(skipped) != int(s["count"])) or marker.get("start") != i * store.capacity:
+            marker_problems.append(f"shard {name}: marker says {count} rows and {len(skipped)} skipped from "
+                                   f"{marker.get('start')}, the data source {s['count']} samples from {i * store.capacity}")
         if len(rows.keys) != count:
             marker_problems.append(f"shard {name}: {len(rows.keys)} index rows for {count} samples")
             continue
@@ -132,7 +134,7 @@ def run_verify(cfg: VerifyConfig) -> VerifyReport:
         # The index agrees with the arrays.
         if index is not None:
             part = index.slice(offsets[name], count)
-            if part.column("key").to_pylist() != rows.keys or set(part.column("shard").to_pylist()) != {name}:
+            if part.column("key").to_pylist() != rows.keys or set(part.column("shard").to_pylist()) - {name}:
                 index_problems.append(f"shard {name}: index.parquet keys differ from the shard's rows")
             expected_rows = np.arange(i * store.capacity, i * store.capacity + count)
             if not np.array_equal(part.column("row").to_numpy(), expected_rows):
@@ -141,8 +143,8 @@ def run_verify(cfg: VerifyConfig) -> VerifyReport:
                 if not np.array_equal(part.column(stat).to_numpy(), rows.arrays[stat], equal_nan=True):
                     index_problems.append(f"shard {name}: index column {stat} differs from the {stat} array")
         # The data: exactly one row per sample, in order, and the same files.
-        if cfg.check_data:
-            data_problems += _check_shard_data(s, rows.keys)
+        if cfg.check_data and not whole:
+            data_problems += _check_shard_data(s, rows.keys, {k["key"] for k in skipped})
     report.add("markers match rows", marker_problems)
     report.add("values finite and consistent", value_problems)
     if index is not None:
@@ -154,7 +156,7 @@ def run_verify(cfg: VerifyConfig) -> VerifyReport:
     return report
 
 
-def _check_shard_data(shard: dict, stored: list[str]) -> list[str]:
+def _check_shard_data(shard: dict, stored: list[str], skipped: set) -> list[str]:
     from ..pipeline.shards import list_keys, quick_digest
     from ..storage.fsutil import get_fs
 
@@ -170,13 +172,14 @@ def _check_shard_data(shard: dict, stored: list[str]) -> list[str]:
         problems.append(f"shard {name}: {url} changed since it was labelled")
     seen = set()
     for key in keys:
-        if key in seen:
+        if key in seen and key not in skipped:
             problems.append(f"shard {name}, key {key!r}: appears more than once in the shard")
         seen.add(key)
     stored_set = set(stored)
-    problems += [f"shard {name}, key {k!r}: in the data, no row in the store" for k in keys if k not in stored_set]
+    problems += [f"shard {name}, key {k!r}: in the data, no row in the store" for k in keys
+                 if k not in stored_set and k not in skipped]
     problems += [f"shard {name}, key {k!r}: a row in the store, not in the data" for k in stored if k not in seen]
-    if not problems and keys != stored:
+    if not problems and [k for k in keys if k in stored_set][: len(stored)] != stored:
         problems.append(f"shard {name}: rows are not in the shard's sample order")
     return problems
 
@@ -205,7 +208,7 @@ def _recompute(store, cfg: VerifyConfig) -> list[str]:
     precision = store.attrs["precision"]
     image_fields = tuple(store.attrs["data"]["image_field"].split(";"))
     rng = random.Random(cfg.seed)
-    everything = [(i, j) for i, s in enumerate(store.shards) for j in range(int(s["count"]))]
+    everything = [(i, j) for i, n in enumerate(store.labelled_counts) for j in range(n)]
     chosen = sorted(rng.sample(everything, min(cfg.recompute, len(everything))))
     problems = []
     by_shard: dict[int, set[int]] = {}
@@ -215,17 +218,16 @@ def _recompute(store, cfg: VerifyConfig) -> list[str]:
     for i, wanted in by_shard.items():
         rows = store.shard_rows(i)
         logits = rows.dense_logits(store.num_classes).astype(np.float32)
-        for j, sample in enumerate(iter_samples(store.shards[i]["url"])):
-            if j not in wanted:
+        wanted_keys = {rows.keys[j]: j for j in wanted}  # by key: skipped samples shift positions
+        for sample in iter_samples(store.shards[i]["url"]):
+            j = wanted_keys.pop(sample["__key__"], None)
+            if j is None:
                 continue
             x = transform(decode_image(sample, image_fields, store.shards[i]["name"]))[None].to(device)
             with torch.inference_mode(), torch.autocast(device.type, dtype=distributed.autocast_dtype(precision),
                                                         enabled=precision != "fp32"):
                 fresh = model(x).float().cpu().numpy()[0]
             key = sample["__key__"]
-            if key != rows.keys[j]:
-                problems.append(f"shard {rows.name}, row {j}: key {rows.keys[j]!r} but the data has {key!r} there")
-                continue
             if store.topk:
                 top = rows.arrays["topk_indices"][j].astype(np.int64)
                 stored_vals, fresh_vals = rows.arrays["topk_values"][j].astype(np.float32), fresh[top]
@@ -235,4 +237,5 @@ def _recompute(store, cfg: VerifyConfig) -> list[str]:
             diff = float(np.abs(stored_vals - fresh_vals).max())
             if diff > tol * scale:
                 problems.append(f"shard {rows.name}, key {key!r}: stored logits differ from a fresh forward by {diff:.4g}")
+        problems += [f"shard {rows.name}, key {k!r}: not found in the data" for k in wanted_keys]
     return problems

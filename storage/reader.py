@@ -16,7 +16,7 @@ import zarr
 from ..errors import W2SError
 from . import schema
 from .fsutil import get_fs, join
-from .writer import _zarr_store, done_shards
+from .writer import _zarr_store, done_shards, read_markers
 
 
 @dataclass
@@ -64,6 +64,8 @@ class LabelStore:
         self._shard_pos = {s["name"]: i for i, s in enumerate(self.shards)}
         self._index = None
         self._all_done = None
+        self._counts = None
+        self._markers = None
 
     def _validate(self):
         a = self.attrs
@@ -114,8 +116,31 @@ class LabelStore:
 
     # -- reading ------------------------------------------------------------------------------
     @property
+    def labelled_counts(self) -> list[int]:
+        """Rows of each shard: its samples less those skipped as bad (from the completion markers)."""
+        if self._counts is None:
+            self.require_complete()
+            self._markers = read_markers(self.fs, self.path, len(self.shards))
+            self._counts = [int(m["count"]) for m in self._markers]
+        return self._counts
+
+    @property
     def num_samples(self) -> int:
-        return sum(int(s["count"]) for s in self.shards)
+        return sum(self.labelled_counts)
+
+    def skipped_keys(self, shard: str | int) -> set:
+        """Keys of one shard recorded as skipped (None stands for the whole shard)."""
+        self.labelled_counts  # loads the markers
+        return {s["key"] for s in self._markers[self.shard_position(shard)].get("skipped", [])}
+
+    def skipped(self) -> pa.Table:
+        """Samples left out as bad (key, shard, reason); key is null for a whole unreadable shard."""
+        self.require_complete()
+        path = join(self.path, schema.SKIPPED_FILE)
+        if not self.fs.exists(path):
+            return pa.Table.from_pylist([], schema=schema.SKIPPED_SCHEMA)
+        with self.fs.open(path, "rb") as f:
+            return pq.read_table(f)
 
     def index(self) -> pa.Table:
         """All index rows in shard order (key, shard, row, pred, confidence, margin, entropy[, label])."""
@@ -155,7 +180,7 @@ class LabelStore:
         for name in schema.all_arrays(self.num_classes, self.topk):
             full = da.from_zarr(self.group[name])
             out[name] = da.concatenate(
-                [full[i * self.capacity : i * self.capacity + int(s["count"])] for i, s in enumerate(self.shards)]
+                [full[i * self.capacity : i * self.capacity + n] for i, n in enumerate(self.labelled_counts)]
             )
         return out
 

@@ -7,8 +7,10 @@ Layout of a store (a directory or fsspec URL):
     done/<shard:06d>.json       the shard's completion marker, written last
     claims/<shard:06d>.json     while a process labels the shard: its host and pid
     index.parquet               all index rows in shard order, written once every shard is done
+    skipped.parquet             samples left out (--on-bad-sample skip): key, shard, reason
 
-Shard i owns rows [i * capacity, i * capacity + count_i): contiguous, in shard order, and one
+Shard i owns rows [i * capacity, i * capacity + n_i), n_i its labelled samples (its marker's count:
+all of its samples but those skipped as bad): contiguous, in shard order, and one
 Zarr chunk per shard, so writers of different shards never touch the same chunk. Rows past a
 shard's count are padding (pred == -1, statistics NaN) and never appear in the index.
 """
@@ -22,6 +24,7 @@ FORMAT = "w2s-pipe-store"
 SCHEMA_VERSION = 1
 
 INDEX_FILE = "index.parquet"
+SKIPPED_FILE = "skipped.parquet"  # key, shard, reason: samples left out by --on-bad-sample skip
 PARTS_DIR = "parts"
 DONE_DIR = "done"
 CLAIMS_DIR = "claims"  # a live labelling process's claim on a shard (local stores)
@@ -52,6 +55,9 @@ def all_arrays(num_classes: int, topk: int | None) -> dict[str, tuple[str, tuple
     arrays = tensor_arrays(num_classes, topk)
     arrays.update({name: (dtype, ()) for name, dtype in STAT_ARRAYS.items()})
     return arrays
+
+
+SKIPPED_SCHEMA = pa.schema([pa.field("key", pa.string()), pa.field("shard", pa.string()), pa.field("reason", pa.string())])
 
 
 def index_schema(with_label: bool) -> pa.Schema:

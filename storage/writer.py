@@ -55,6 +55,12 @@ def done_shards(fs, path: str) -> set[int]:
     return {int(n[:-5]) for n in names if n.endswith(".json") and n[:-5].isdigit()}
 
 
+def read_markers(fs, path: str, n_shards: int) -> list[dict]:
+    paths = [schema.shard_file(join(path, schema.DONE_DIR), i, ".json") for i in range(n_shards)]
+    blobs = fs.cat(paths)
+    return [json.loads(blobs[p]) for p in paths]
+
+
 class StoreWriter:
     """Writes shards into a store whose arrays were preallocated by `create`."""
 
@@ -125,13 +131,20 @@ class StoreWriter:
     def done_shards(self) -> set[int]:
         return done_shards(self.fs, self.path)
 
-    def write_shard(self, index: int, keys: list[str], labels: np.ndarray | None, arrays: dict[str, np.ndarray]):
-        """Write shard `index`'s rows (in the shard's sample order), its index part, then its marker."""
+    def write_shard(self, index: int, keys: list[str], labels: np.ndarray | None, arrays: dict[str, np.ndarray],
+                    skipped: list[dict] | None = None):
+        """Write shard `index`'s rows (in the shard's sample order), its index part, then its marker.
+
+        `skipped`: {"key", "reason"} of samples left out as bad; with the rows they make up the
+        shard's sample count (a whole unreadable shard is one entry with key None).
+        """
         shard = self.shards[index]
+        skipped = skipped or []
         n = len(keys)
-        if n != shard["count"]:
+        whole_shard = any(s["key"] is None for s in skipped)
+        if not whole_shard and n + len(skipped) != shard["count"]:
             raise W2SError(
-                f"shard {shard['url']}: read {n} samples but the data source lists {shard['count']}; "
+                f"shard {shard['url']}: read {n + len(skipped)} samples but the data source lists {shard['count']}; "
                 "the shard changed since it was counted (re-run prepare, or label into a new store)"
             )
         if len(set(keys)) != n:
@@ -166,8 +179,13 @@ class StoreWriter:
             columns["label"] = pa.array(np.asarray(labels, dtype=np.int32))
         table = pa.table(columns, schema=schema.index_schema(with_label))
         atomic_write(self.fs, schema.shard_file(join(self.path, schema.PARTS_DIR), index, ".parquet"), _table_bytes(table))
-        marker = {"shard": shard["name"], "start": start, "count": n, "sha256": schema.shard_digest(keys, rows)}
+        marker = {"shard": shard["name"], "start": start, "count": n, "sha256": schema.shard_digest(keys, rows),
+                  "skipped": skipped}
         atomic_write(self.fs, schema.shard_file(join(self.path, schema.DONE_DIR), index, ".json"), json.dumps(marker).encode())
+
+    def markers(self) -> list[dict]:
+        """Every shard's completion marker, in shard order (all shards must be done)."""
+        return read_markers(self.fs, self.path, len(self.shards))
 
     def finalize(self) -> bool:
         """Write index.parquet and consolidate metadata if every shard is done; True if complete."""
@@ -177,9 +195,14 @@ class StoreWriter:
         paths = [schema.shard_file(parts_dir, i, ".parquet") for i in range(len(self.shards))]
         blobs = self.fs.cat(paths)
         tables = [pq.read_table(pa.BufferReader(blobs[p])) for p in paths]
-        with_label = all("label" in t.column_names for t in tables)
-        tables = [t.select(schema.index_schema(with_label).names) for t in tables]
+        with_label = all("label" in t.column_names for t in tables if t.num_rows) and any(t.num_rows for t in tables)
+        target = schema.index_schema(with_label)
+        tables = [t.select(target.names).cast(target) if t.num_rows else target.empty_table() for t in tables]
         index = pa.concat_tables(tables)
+        markers = self.markers()
+        skipped = [{"key": s["key"], "shard": m["shard"], "reason": s["reason"]} for m in markers for s in m.get("skipped", [])]
+        atomic_write(self.fs, join(self.path, schema.SKIPPED_FILE),
+                     _table_bytes(pa.Table.from_pylist(skipped, schema=schema.SKIPPED_SCHEMA)))
         atomic_write(self.fs, join(self.path, schema.INDEX_FILE), _table_bytes(index))
         with warnings.catch_warnings():
             # zarr warns that parts/, done/ and index.parquet are not Zarr nodes (by design), and

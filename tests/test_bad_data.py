@@ -1,0 +1,105 @@
+"""Bad data: each kind stops `label` with shard, key and reason, or with --on-bad-sample skip is
+recorded in the store, counted, and known to `train`'s join as absent rather than missing."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+
+import pytest
+from PIL import Image
+
+from w2s_pipe.errors import W2SError
+from w2s_pipe.pipeline.shards import iter_samples, write_shard
+from w2s_pipe.stages.label import LabelConfig, run_label
+from w2s_pipe.stages.train import TrainConfig, run_train
+from w2s_pipe.stages.verify import VerifyConfig, run_verify
+from w2s_pipe.storage import open_store
+
+
+def png(value=128):
+    buf = io.BytesIO()
+    Image.new("L", (8, 8), value).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def good(n, prefix):
+    return [{"__key__": f"{prefix}{i:03d}", "png": png(i * 20 % 255), "cls": i % 10} for i in range(n)]
+
+
+BAD = {
+    "truncated image": lambda: {"png": png()[:40], "cls": 1},
+    "non-image payload": lambda: {"png": b"this is not an image at all", "cls": 1},
+    "no image field": lambda: {"cls": 1},
+    "non-integer label": lambda: {"png": png(), "cls": b"seven"},
+}
+
+
+def write(directory, name, samples):
+    directory.mkdir(exist_ok=True)
+    return write_shard(str(directory / name), samples)
+
+
+def label(tmp_path, ckpt, pattern, **kw):
+    return run_label(LabelConfig(weak=None, weak_checkpoint=ckpt, data=pattern, num_classes=10, labels=str(tmp_path / "store"),
+                                 workers=0, precision="fp32", progress=False, **kw))
+
+
+@pytest.mark.parametrize("kind", sorted(BAD))
+def test_each_bad_sample_stops_the_run_with_shard_key_and_reason(tmp_path, weak_ckpt, kind):
+    write(tmp_path / "d", "x-000000.tar", good(5, "a") + [{"__key__": "bad", **BAD[kind]()}] + good(5, "b"))
+    with pytest.raises(W2SError, match=r"shard x-000000.tar, key 'bad': .*--on-bad-sample skip"):
+        label(tmp_path, weak_ckpt, str(tmp_path / "d" / "x-*.tar"))
+
+
+def test_repeated_key_empty_shard_and_truncated_tar_fail(tmp_path, weak_ckpt):
+    write(tmp_path / "r", "x-000000.tar", good(3, "a") + good(2, "a"))
+    with pytest.raises(W2SError, match="key 'a000': appears more than once"):
+        label(tmp_path, weak_ckpt, str(tmp_path / "r" / "x-*.tar"))
+    write(tmp_path / "e", "x-000000.tar", good(3, "a"))
+    write(tmp_path / "e", "x-000001.tar", [])
+    with pytest.raises(W2SError, match="x-000001.tar holds no samples"):
+        label(tmp_path, weak_ckpt, str(tmp_path / "e" / "x-*.tar"))
+    data = write(tmp_path / "t", "x-000000.tar", good(20, "a"))
+    raw = open(data.url, "rb").read()
+    open(data.url, "wb").write(raw[: len(raw) // 2])
+    with pytest.raises(W2SError, match="x-000000.tar: cannot read it as a tar file"):
+        label(tmp_path, weak_ckpt, str(tmp_path / "t" / "x-*.tar"))
+
+
+def test_skip_records_everything_and_train_knows_it(tmp_path, weak_ckpt):
+    d = tmp_path / "mixed"
+    bad = [{"__key__": f"bad-{k.replace(' ', '-')}", **make()} for k, make in sorted(BAD.items())]
+    write(d, "x-000000.tar", good(6, "a") + bad[:2] + good(6, "b") + [good(1, "b")[0]])  # b000 twice
+    write(d, "x-000001.tar", good(5, "c") + bad[2:] + good(5, "d"))
+    write(d, "x-000002.tar", [])
+    truncated = write(d, "x-000003.tar", good(20, "e"))
+    raw = open(truncated.url, "rb").read()
+    open(truncated.url, "wb").write(raw[: len(raw) // 2])
+    result = label(tmp_path, weak_ckpt, str(d / "x-*.tar"), on_bad_sample="skip")
+    assert result.complete and result.skipped == 4 + 1 + 2  # bad samples, a repeat, two whole shards
+    store = open_store(result.store)
+    assert store.num_samples == 12 + 10 and store.labelled_counts == [12, 10, 0, 0]
+    rows = store.skipped().to_pylist()
+    by_key = {r["key"]: r["reason"] for r in rows if r["key"]}
+    whole = {r["shard"]: r["reason"] for r in rows if r["key"] is None}
+    assert "cannot decode" in by_key["bad-non-image-payload"] and "cannot decode" in by_key["bad-truncated-image"]
+    assert "no image field" in by_key["bad-no-image-field"]
+    assert "not an integer" in by_key["bad-non-integer-label"]
+    assert "more than once" in by_key["b000"]
+    assert whole == {"x-000002.tar": "empty shard", "x-000003.tar": whole["x-000003.tar"]}
+    assert "truncated" in whole["x-000003.tar"]
+    index_keys = store.index().column("key").to_pylist()
+    assert not any(k.startswith("bad") for k in index_keys) and index_keys.count("b000") == 1
+    assert run_verify(VerifyConfig(store=result.store)).ok
+    # Training reads the shards again; skipped samples are known to be absent, not missing.
+    run = run_train(TrainConfig.tiny(labels=result.store, no_eval=True, run="t", epochs=1, batch_size=4))
+    assert run.finished
+    # The join gives each sample exactly its row: the repeat of b000 (a different image) is left out.
+    from w2s_pipe.pipeline.join import StoreJoin
+
+    joined = list(StoreJoin(result.store)(iter_samples(str(d / "x-000000.tar"))))
+    assert [s["__key__"] for s in joined] == [f"a{i:03d}" for i in range(6)] + [f"b{i:03d}" for i in range(6)]
+    rows = store.shard_rows("x-000000.tar")
+    for s, logits in zip(joined, rows.arrays["logits"]):
+        assert (s["weak"] == logits).all()
