@@ -49,6 +49,8 @@ def identity_mismatch(existing: dict, wanted: dict) -> str | None:
 def done_shards(fs, path: str) -> set[int]:
     """Positions of the shards whose completion marker exists."""
     done_dir = join(path, schema.DONE_DIR)
+    # Other processes write markers: a cached listing (s3fs keeps them) would hide theirs.
+    fs.invalidate_cache(done_dir)
     if not fs.exists(done_dir):
         return set()
     names = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(done_dir, detail=False)]
