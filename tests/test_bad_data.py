@@ -27,8 +27,15 @@ def good(n, prefix):
     return [{"__key__": f"{prefix}{i:03d}", "png": png(i * 20 % 255), "cls": i % 10} for i in range(n)]
 
 
+def jpeg():
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
 BAD = {
     "truncated image": lambda: {"png": png()[:40], "cls": 1},
+    "truncated jpeg": lambda: {"jpg": jpeg()[: len(jpeg()) // 2], "cls": 1},
     "non-image payload": lambda: {"png": b"this is not an image at all", "cls": 1},
     "no image field": lambda: {"cls": 1},
     "non-integer label": lambda: {"png": png(), "cls": b"seven"},
@@ -77,13 +84,14 @@ def test_skip_records_everything_and_train_knows_it(tmp_path, weak_ckpt):
     raw = open(truncated.url, "rb").read()
     open(truncated.url, "wb").write(raw[: len(raw) // 2])
     result = label(tmp_path, weak_ckpt, str(d / "x-*.tar"), on_bad_sample="skip")
-    assert result.complete and result.skipped == 4 + 1 + 2  # bad samples, a repeat, two whole shards
+    assert result.complete and result.skipped == 5 + 1 + 2  # bad samples, a repeat, two whole shards
     store = open_store(result.store)
     assert store.num_samples == 12 + 10 and store.labelled_counts == [12, 10, 0, 0]
     rows = store.skipped().to_pylist()
     by_key = {r["key"]: r["reason"] for r in rows if r["key"]}
     whole = {r["shard"]: r["reason"] for r in rows if r["key"] is None}
     assert "cannot decode" in by_key["bad-non-image-payload"] and "cannot decode" in by_key["bad-truncated-image"]
+    assert "cannot decode 'jpg'" in by_key["bad-truncated-jpeg"]
     assert "no image field" in by_key["bad-no-image-field"]
     assert "not an integer" in by_key["bad-non-integer-label"]
     assert "more than once" in by_key["b000"]
