@@ -12,7 +12,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from ..errors import W2SError
-from ..storage.reader import LabelStore
+from ..storage.reader import LabelStore, ShardRows
 from .shards import url_name
 
 
@@ -43,7 +43,7 @@ class StoreJoin:
             if self.skip_missing:
                 return None
             raise W2SError(f"shard {name} is not in store {self.store_url} (it labelled {store.attrs['data']['pattern']})")
-        rows = store.shard_rows(name)
+        rows = store.shard_rows(name, arrays=ShardRows.WEAK_ARRAYS["topk" if store.topk else "full"])
         return rows.keys, rows.dense_logits(store.num_classes), store.skipped_keys(name)
 
     def __call__(self, samples: Iterable[dict]) -> Iterator[dict]:

@@ -80,7 +80,9 @@ class TrainStream(IterableDataset):
         out = {"image": self.transform(decode_image(sample, self.image_fields, shard)),
                "label": -1 if label is None else label, "key": (shard, sample["__key__"])}
         if self.join is not None:
-            out["weak"] = torch.from_numpy(np.asarray(sample["weak"], dtype=np.float32))
+            # A numpy row in the stored precision (float16 logits): stacked once per batch in
+            # `collate`, half the bytes between processes; the losses compute in float32.
+            out["weak"] = sample["weak"]
         return out
 
 
@@ -92,7 +94,7 @@ def collate(samples: list[dict]) -> dict:
              "label": torch.tensor([s["label"] for s in samples], dtype=torch.long),
              "key": [s["key"] for s in samples]}
     if "weak" in samples[0]:
-        batch["weak"] = torch.stack([s["weak"] for s in samples])
+        batch["weak"] = torch.from_numpy(np.stack([s["weak"] for s in samples]))
     return batch
 
 

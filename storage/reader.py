@@ -28,6 +28,8 @@ class ShardRows:
     arrays: dict[str, np.ndarray]  # logits (n, C) or topk_values/topk_indices (n, K); pred, confidence, ...
     labels: np.ndarray | None
 
+    WEAK_ARRAYS = {"full": ("logits",), "topk": ("topk_values", "topk_indices", "confidence")}
+
     def dense_logits(self, num_classes: int) -> np.ndarray:
         """(n, C) weak logits; from a top-k store, log-probabilities rebuilt from the top k.
 
@@ -158,8 +160,9 @@ class LabelStore:
         except KeyError:
             raise W2SError(f"store {self.url} has no shard named {shard!r}") from None
 
-    def shard_rows(self, shard: str | int) -> ShardRows:
-        """One shard's rows as one block read per array (never row by row)."""
+    def shard_rows(self, shard: str | int, arrays: tuple[str, ...] | None = None) -> ShardRows:
+        """One shard's rows as one block read per array (never row by row); `arrays` limits the
+        arrays read (the training join needs only the logits)."""
         i = self.shard_position(shard)
         if i not in self.done_shards():
             raise W2SError(f"store {self.url}: shard {self.shards[i]['name']} is not labelled yet")
@@ -167,10 +170,10 @@ class LabelStore:
             part = pq.read_table(f)
         n = part.num_rows
         start = i * self.capacity
-        names = schema.all_arrays(self.num_classes, self.topk)
-        arrays = {name: self.group[name][start : start + n] for name in names}
+        names = arrays or tuple(schema.all_arrays(self.num_classes, self.topk))
+        blocks = {name: self.group[name][start : start + n] for name in names}
         labels = part.column("label").to_numpy() if "label" in part.column_names else None
-        return ShardRows(self.shards[i]["name"], part.column("key").to_pylist(), arrays, labels)
+        return ShardRows(self.shards[i]["name"], part.column("key").to_pylist(), blocks, labels)
 
     def dask_arrays(self) -> dict:
         """Each array as a dask array over the labelled rows only (padding dropped), in shard order."""
