@@ -89,7 +89,7 @@ def prepare_folder_cmd(src, out, split, shard_size, seed, prefix):
 @click.option("--batch-size", type=int, default=256, show_default=True, help="Images per forward pass.")
 @click.option("--workers", type=int, default=None, help="Data-loading processes [default: CPU cores - 1, at most 8; 0 loads in the main process].")
 @click.option("--precision", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default="auto", show_default=True,
-              help="Autocast precision; auto is bf16 on GPU and on CPUs with native bf16, else fp32. Statistics are float32.")
+              help="Autocast precision; auto is bf16 on GPU and on CPUs with native bf16, else fp32. Statistics are computed in float64.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--topk", type=int, default=None, help="Store only the top K logits per sample (values and indices) instead of all.")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the weak model.")

@@ -4,7 +4,6 @@ recorded in the store, counted, and known to `train`'s join as absent rather tha
 from __future__ import annotations
 
 import io
-import tarfile
 
 import pytest
 from PIL import Image
