@@ -13,6 +13,7 @@ import datetime as dt
 import json
 import math
 import os
+import random
 import time
 from dataclasses import asdict, dataclass
 
@@ -160,6 +161,7 @@ def train_step(model, batch: dict, optimizer, objective, *, progress: float, sca
 
 # ---------------------------------------------------------------------------------------------
 def run_train(cfg: TrainConfig) -> TrainResult:
+    import numpy as np
     import timm.data
     import timm.optim
     import timm.scheduler
@@ -200,6 +202,10 @@ def run_train(cfg: TrainConfig) -> TrainResult:
 
         # -- model, optimizer, schedule ------------------------------------------------------
         torch.manual_seed(cfg.seed)
+        # timm's training transforms draw from Python's `random`; in-process loading (--workers 0)
+        # would leave augmentation unseeded (loader workers are seeded by torch from the above).
+        random.seed(cfg.seed * 1000 + info.rank)
+        np.random.seed((cfg.seed * 1000 + info.rank) % 2**32)
         model, data_config = build_strong(strong, inputs.num_classes, img_size=cfg.img_size,
                                           pretrained=cfg.pretrained, checkpoint=cfg.strong_checkpoint)
         model.to(device)

@@ -157,3 +157,14 @@ def test_torchrun_two_ranks_end_with_identical_weights(store, tmp_path):
     assert end["step"] == 6 and len(end["weights_sha256"]) == 2
     assert end["weights_sha256"][0] == end["weights_sha256"][1]
     assert out.stdout.count("finished at step 6") == 1
+
+
+def test_same_seed_same_run(digits_data):
+    """--seed fixes everything, augmentation included (timm's transforms draw from Python's random)."""
+    runs = [run_train(TrainConfig.tiny(loss="gt", data="digits", split="weak", epochs=1, run=f"seed{i}", hflip=0.5,
+                                       no_eval=True)) for i in range(2)]
+    losses = [[r["loss"] for r in records(run.run_dir, "step")] for run in runs]
+    assert losses[0] == losses[1]
+    other = run_train(TrainConfig.tiny(loss="gt", data="digits", split="weak", epochs=1, run="seed-other", hflip=0.5,
+                                       no_eval=True, seed=1))
+    assert [r["loss"] for r in records(other.run_dir, "step")] != losses[0]
