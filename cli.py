@@ -268,7 +268,7 @@ def report(ctx, workspace, out, fmt, no_plots):
 
     from .stages.report import ReportConfig, markdown_table, run_report
 
-    result = run_report(ReportConfig(workspace=workspace or ctx.obj["workspace"], out=out, format=fmt, plots=not no_plots))
+    result = run_report(ReportConfig(workspace=workspace or ctx.obj["workspace"], out=out, plots=not no_plots))
     if fmt == "json":
         click.echo(json.dumps(result, default=str))
     else:

@@ -78,7 +78,7 @@ class LabelResult:
     store: str
     complete: bool
     samples: int  # labelled by this process in this run
-    shards: int  # labelled by this process in this run
+    shards: int  # labelled by this process in this run (not those another process claimed)
     shards_total: int
     samples_total: int
     seconds: float  # from the first batch to the last write
@@ -187,7 +187,7 @@ def run_label(cfg: LabelConfig) -> LabelResult:
         pending: dict[int, dict] = {}
         writes: list[Future] = []
         start = None
-        labelled = labelled_elsewhere = 0
+        labelled = labelled_elsewhere = written = 0  # shards another process claimed are not ours
         with ThreadPoolExecutor(max_workers=1) as io_pool, torch.inference_mode():
             for item in loader if todo else ():
                 if "error" in item:
@@ -198,6 +198,7 @@ def run_label(cfg: LabelConfig) -> LabelResult:
                     bar.total = samples_todo - labelled_elsewhere
                     continue
                 if item.get("end"):
+                    written += 1
                     skipped_count += len(item["skipped"])
                     bar.update(len(item["skipped"]))
                     writes.append(io_pool.submit(_write_shard, writer, claims, i, pending.pop(i, None), item["count"],
@@ -239,7 +240,7 @@ def run_label(cfg: LabelConfig) -> LabelResult:
             skipped=skipped_count,
             complete=complete,
             samples=labelled,
-            shards=len(todo),
+            shards=written,
             shards_total=len(writer.shards),
             samples_total=sum(s["count"] for s in writer.shards),
             seconds=seconds,

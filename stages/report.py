@@ -27,13 +27,8 @@ LOSS_ORDER = [name for name in LOSSES if name != "gt"][::-1]  # hard, kd, augcon
 @dataclass(frozen=True)
 class ReportConfig:
     workspace: str | None = None
-    out: str | None = None  # default <workspace>/report
-    format: str = "md"
+    out: str | None = None  # default <workspace>/report; report.md and report.json are both written
     plots: bool = True
-
-    def __post_init__(self):
-        if self.format not in ("md", "json"):
-            raise W2SError(f"--format {self.format!r} is invalid: choose md or json")
 
 
 def load_run(run_dir: str) -> dict | None:

@@ -125,8 +125,10 @@ def test_two_labellers_started_by_hand_share_the_shards(tmp_path, many_shards, w
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err[-2000:]
     counts = [int(out.split("labelled ")[1].split(" samples")[0]) for out, _ in outs]
-    # Every remaining shard labelled exactly once between the two processes.
-    assert sum(counts) == 897 - 32
+    shards = [int(out.split(" samples in ")[1].split(" shards")[0]) for out, _ in outs]
+    # Every remaining shard labelled exactly once between the two processes, and each reports
+    # only the shards it labelled itself.
+    assert sum(counts) == 897 - 32 and sum(shards) == 28
     assert min(counts) > 0, counts
     same_store(reference, store)
     assert not os.listdir(os.path.join(store, "claims"))
