@@ -11,15 +11,15 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..errors import W2SError
 from .shards import iter_samples, url_name
-from .transforms import decode_image, decode_label
+from .transforms import decode_label
 
 
 class ShardBatches(IterableDataset):
-    def __init__(self, shards: list[tuple[int, str]], *, transform, batch_size: int, image_fields, label_field,
+    def __init__(self, shards: list[tuple[int, str]], *, prepare, batch_size: int, image_fields, label_field,
                  label_required: bool = False, storage_options: dict | None = None, claims=None,
                  skip_bad: bool = False):
         self.shards = shards  # (position in the data source, url)
-        self.transform = transform
+        self.prepare = prepare  # transforms.Preprocess: sample -> uint8 crop (or raw bytes, for GPU decoding)
         self.batch_size = batch_size
         self.image_fields = tuple(image_fields)
         self.label_field = label_field
@@ -52,7 +52,7 @@ class ShardBatches(IterableDataset):
                 if key in seen:
                     raise W2SError(f"shard {name}, key {key!r}: appears more than once in the shard")
                 seen.add(key)
-                image = self.transform(decode_image(sample, self.image_fields, name))
+                image = self.prepare(sample, self.image_fields, name)
                 label = decode_label(sample, self.label_field, name, self.label_required)
             except W2SError as exc:
                 if not self.skip_bad:
@@ -74,10 +74,11 @@ class ShardBatches(IterableDataset):
     @staticmethod
     def _batch(position, start, images, keys, labels):
         has_labels = all(label is not None for label in labels)
+        raw = isinstance(images[0], bytes)  # decoded on the device by the main process
         return {
             "shard": position,
             "start": start,
-            "images": torch.stack(images),
+            "blobs" if raw else "images": images if raw else torch.stack(images),
             "keys": keys,
             "labels": torch.tensor(labels, dtype=torch.int32) if has_labels else None,
         }

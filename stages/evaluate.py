@@ -36,13 +36,14 @@ def evaluate(model, urls, data_config: dict, *, image_fields, label_field, batch
     import torch
 
     from ..pipeline.loader import ShardBatches, label_loader
-    from ..pipeline.transforms import eval_transform
+    from ..pipeline.transforms import DeviceNormalize, Preprocess
 
     info = distributed.dist_info()
     mine = [(i, u) for i, u in enumerate(urls) if i % info.world_size == info.rank]
-    dataset = ShardBatches(mine, transform=eval_transform(data_config), batch_size=batch_size,
+    dataset = ShardBatches(mine, prepare=Preprocess(data_config, "cpu"), batch_size=batch_size,
                            image_fields=image_fields, label_field=label_field, label_required=True)
     loader = label_loader(dataset, min(workers, len(mine)) if mine else 0, device.type == "cuda")
+    normalize = DeviceNormalize(data_config, device)
     counts = torch.zeros(3, dtype=torch.float64, device=device)  # top1, top5, n
     dtype = distributed.autocast_dtype(precision)
     was_training = model.training
@@ -53,7 +54,7 @@ def evaluate(model, urls, data_config: dict, *, image_fields, label_field, batch
                 raise W2SError(item["error"])
             if item.get("end"):
                 continue
-            x = item["images"].to(device, non_blocking=True)
+            x = normalize(item["images"])
             y = item["labels"].to(device).long()
             with torch.autocast(device_type=device.type, dtype=dtype, enabled=precision != "fp32"):
                 logits = model(x)

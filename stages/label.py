@@ -22,6 +22,7 @@ from ..errors import W2SError
 from ..pipeline import distributed
 from ..pipeline.datasets import resolve_data
 from ..pipeline.shards import describe_shards, fingerprint, shards_as_dicts
+from ..pipeline.transforms import DECODERS
 from ..pipeline.workspace import default_store_path
 from ..storage.claims import ShardClaims
 from ..storage.fsutil import absolute
@@ -44,6 +45,7 @@ class LabelConfig:
     precision: str = "auto"  # auto: bf16 on GPU and on CPUs with native bf16, else fp32
     device: str = "auto"
     topk: int | None = None
+    decode: str = "cpu"  # cpu (torchvision/libjpeg-turbo in workers), pil (timm's reference), gpu (nvJPEG)
     compile: bool = False
     overwrite: bool = False
     max_shards: int | None = None  # label at most this many shards per rank in this run
@@ -71,6 +73,8 @@ class LabelConfig:
             bad("--max-shards", self.max_shards, "must be at least 1")
         if self.on_bad_sample not in ("fail", "skip"):
             bad("--on-bad-sample", self.on_bad_sample, "choose fail or skip")
+        if self.decode not in DECODERS:
+            bad("--decode", self.decode, f"choose one of {', '.join(DECODERS)}")
 
 
 @dataclass
@@ -93,7 +97,7 @@ def run_label(cfg: LabelConfig) -> LabelResult:
     from ..pipeline.loader import ShardBatches, default_workers, label_loader
     from ..pipeline.models import load_model
     from ..pipeline.stats import unstorable_rows, weak_outputs
-    from ..pipeline.transforms import eval_transform
+    from ..pipeline.transforms import DeviceNormalize, Preprocess, TensorGeometry, check_decoder
 
     info = distributed.dist_info()
     device = distributed.pick_device(cfg.device, info.local_rank)
@@ -107,6 +111,9 @@ def run_label(cfg: LabelConfig) -> LabelResult:
         if cfg.topk is not None and cfg.topk >= num_classes:
             raise W2SError(f"--topk {cfg.topk} must be smaller than the number of classes ({num_classes})")
         precision = distributed.resolve_precision(cfg.precision, device)
+        check_decoder(cfg.decode, loaded.data_config)
+        if cfg.decode == "gpu" and device.type != "cuda":
+            raise W2SError(f"--decode gpu needs a CUDA device, and this run uses {device}; use --decode cpu")
         data_name = source.name if source.name != "shards" else "shards-" + hashlib.sha1(source.pattern.encode()).hexdigest()[:8]
         url = absolute(cfg.labels or default_store_path(cfg.workspace, data_name, source.split, loaded.name, cfg.topk))
 
@@ -123,7 +130,7 @@ def run_label(cfg: LabelConfig) -> LabelResult:
                 "weak": {"model": loaded.name, "checkpoint": loaded.checkpoint, "checkpoint_sha256": loaded.checkpoint_sha256},
                 "num_classes": num_classes,
                 "class_names": list(source.class_names or loaded.class_names or []) or None,
-                "preprocessing": loaded.data_config,
+                "preprocessing": {**loaded.data_config, "decode": cfg.decode},
                 "precision": precision,
                 "data": {
                     "name": source.name,
@@ -169,7 +176,7 @@ def run_label(cfg: LabelConfig) -> LabelResult:
         todo = [i for i in todo if writer.shards[i]["count"] > 0]
         dataset = ShardBatches(
             [(i, writer.shards[i]["url"]) for i in todo],
-            transform=eval_transform(loaded.data_config),
+            prepare=Preprocess(loaded.data_config, cfg.decode),
             batch_size=cfg.batch_size,
             image_fields=source.image_fields,
             label_field=source.label_field,
@@ -184,10 +191,35 @@ def run_label(cfg: LabelConfig) -> LabelResult:
 
         bar = tqdm(total=samples_todo, unit="img", disable=not (cfg.progress and info.is_main) or not todo,
                    desc=f"label {loaded.name}", dynamic_ncols=True)
-        pending: dict[int, dict] = {}
+        pending: dict[int, dict] = {}  # shard -> rows read back from the device so far
+        dropped: dict[int, list] = {}  # shard -> samples the device decoder could not read (gpu, skip)
         writes: list[Future] = []
+        normalize = DeviceNormalize(loaded.data_config, device)
+        geometry = TensorGeometry(loaded.data_config) if cfg.decode == "gpu" else None
+        skip_bad = cfg.on_bad_sample == "skip"
+        inflight = None  # the last batch's outputs, on their way to the host
         start = None
         labelled = labelled_elsewhere = written = 0  # shards another process claimed are not ours
+
+        def land(batch) -> None:
+            """Wait for a batch's outputs on the host, check them, and buffer them for its shard."""
+            nonlocal labelled
+            i, keys, labels, out, bad, done = batch
+            if done is not None:
+                done.synchronize()
+            if bool(bad.any()):
+                key = keys[int(bad.nonzero()[0, 0])]
+                raise W2SError(
+                    f"shard {writer.shards[i]['name']}, key {key!r}: the weak model's logits are not finite or exceed "
+                    f"float16's range; nothing was stored for this shard (try --precision fp32, or check the checkpoint)"
+                )
+            buf = pending.setdefault(i, {"keys": [], "labels": [], "out": []})
+            buf["keys"].extend(keys)
+            buf["labels"].append(labels)
+            buf["out"].append({k: v.numpy() for k, v in out.items()})
+            labelled += len(keys)
+            bar.update(len(keys))
+
         with ThreadPoolExecutor(max_workers=1) as io_pool, torch.inference_mode():
             for item in loader if todo else ():
                 if "error" in item:
@@ -198,34 +230,43 @@ def run_label(cfg: LabelConfig) -> LabelResult:
                     bar.total = samples_todo - labelled_elsewhere
                     continue
                 if item.get("end"):
+                    if inflight is not None:
+                        land(inflight)
+                        inflight = None
                     written += 1
-                    skipped_count += len(item["skipped"])
-                    bar.update(len(item["skipped"]))
-                    writes.append(io_pool.submit(_write_shard, writer, claims, i, pending.pop(i, None), item["count"],
-                                                 item["skipped"]))
+                    skipped = item["skipped"] + dropped.pop(i, [])
+                    skipped_count += len(skipped)
+                    bar.update(len(skipped))
+                    count = item["count"] - (len(skipped) - len(item["skipped"]))
+                    writes.append(io_pool.submit(_write_shard, writer, claims, i, pending.pop(i, None), count, skipped))
                     _raise_failed(writes)
                     continue
                 if start is None:
                     start = time.perf_counter()
-                x = item["images"].to(device, non_blocking=True)
-                if device.type == "cuda":
-                    x = x.contiguous(memory_format=torch.channels_last)
+                if "blobs" in item:
+                    images, keys, labels, bad = decode_on_device(item, geometry, device, writer.shards[i]["name"], skip_bad)
+                    dropped.setdefault(i, []).extend(bad)
+                    if images is None:
+                        continue
+                else:
+                    images, keys, labels = item["images"], item["keys"], item["labels"]
+                x = normalize(images)
                 with torch.autocast(device_type=device.type, dtype=dtype, enabled=precision != "fp32"):
                     logits = model(x)
-                bad = unstorable_rows(logits)
-                if bool(bad.any()):
-                    key = item["keys"][int(bad.nonzero()[0, 0])]
-                    raise W2SError(
-                        f"shard {writer.shards[i]['name']}, key {key!r}: the weak model's logits are not finite or exceed "
-                        f"float16's range; nothing was stored for this shard (try --precision fp32, or check the checkpoint)"
-                    )
-                out = {k: v.cpu().numpy() for k, v in weak_outputs(logits, cfg.topk).items()}
-                buf = pending.setdefault(i, {"keys": [], "labels": [], "out": []})
-                buf["keys"].extend(item["keys"])
-                buf["labels"].append(None if item["labels"] is None else item["labels"].numpy())
-                buf["out"].append(out)
-                labelled += len(item["keys"])
-                bar.update(len(item["keys"]))
+                # Outputs go to the host asynchronously; the batch before lands meanwhile, so the
+                # device always has the next batch queued (one wait per batch, no other sync).
+                on_device = {"bad": unstorable_rows(logits), **weak_outputs(logits, cfg.topk)}
+                on_host = {k: v.to("cpu", non_blocking=True) for k, v in on_device.items()}
+                done = None
+                if device.type == "cuda":
+                    done = torch.cuda.Event()
+                    done.record()
+                batch = (i, keys, None if labels is None else labels.numpy(), on_host, on_host.pop("bad"), done)
+                if inflight is not None:
+                    land(inflight)
+                inflight = batch
+            if inflight is not None:
+                land(inflight)
             for f in writes:
                 f.result()
         bar.close()
@@ -248,6 +289,26 @@ def run_label(cfg: LabelConfig) -> LabelResult:
         )
     finally:
         distributed.shutdown()
+
+
+def decode_on_device(item: dict, geometry, device, shard: str, skip_bad: bool):
+    """A batch of raw images from the loader, decoded and cropped on `device` (--decode gpu).
+
+    Returns (images or None when none is left, keys, labels, skipped records). A bad image stops
+    the run naming shard and key, or under skip is left out and recorded.
+    """
+    from ..pipeline.transforms import decode_batch
+
+    keys, labels = item["keys"], item["labels"]
+    where = [f"shard {shard}, key {k!r}: cannot decode the image" for k in keys]
+    images, bad = decode_batch(item["blobs"], geometry, device, where)
+    if not bad:
+        return images, keys, labels, []
+    if not skip_bad:
+        raise W2SError(f"{bad[min(bad)]} (or pass --on-bad-sample skip)")
+    keep = [j for j in range(len(keys)) if j not in bad]
+    skipped = [{"key": keys[j], "reason": bad[j].split(": ", 1)[-1]} for j in sorted(bad)]
+    return images, [keys[j] for j in keep], None if labels is None else labels[keep], skipped
 
 
 def _raise_failed(writes: list[Future]) -> None:

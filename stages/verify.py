@@ -190,7 +190,7 @@ def _recompute(store, cfg: VerifyConfig) -> list[str]:
     from ..pipeline import distributed
     from ..pipeline.models import load_model
     from ..pipeline.shards import iter_samples
-    from ..pipeline.transforms import decode_image, eval_transform
+    from ..pipeline.transforms import DeviceNormalize, Preprocess, TensorGeometry, decode_batch
 
     weak = store.attrs["weak"]
     if weak.get("checkpoint"):
@@ -204,7 +204,11 @@ def _recompute(store, cfg: VerifyConfig) -> list[str]:
     loaded = load_model(weak["model"], checkpoint=weak.get("checkpoint"), num_classes=store.num_classes)
     device = distributed.pick_device(cfg.device)
     model = loaded.model.to(device).eval()
-    transform = eval_transform(store.attrs["preprocessing"])
+    preprocessing = {"decode": "pil", **store.attrs["preprocessing"]}  # stores before --decode: PIL
+    decoder = preprocessing["decode"]
+    prepare = Preprocess(preprocessing, decoder)  # under gpu: the raw bytes, for decode_batch
+    geometry = TensorGeometry(preprocessing)
+    normalize = DeviceNormalize(preprocessing, device)
     precision = store.attrs["precision"]
     image_fields = tuple(store.attrs["data"]["image_field"].split(";"))
     rng = random.Random(cfg.seed)
@@ -215,6 +219,8 @@ def _recompute(store, cfg: VerifyConfig) -> list[str]:
     for i, j in chosen:
         by_shard.setdefault(i, set()).add(j)
     tol = 1e-2 if precision == "fp32" else 0.1  # fp16 storage; bf16/fp16 inference varies with batch layout
+    if decoder == "gpu" and device.type != "cuda":
+        tol = max(tol, 0.1)  # nvJPEG's IDCT and the GPU resize differ from the CPU's by a grey level or so
     for i, wanted in by_shard.items():
         rows = store.shard_rows(i)
         logits = rows.dense_logits(store.num_classes).astype(np.float32)
@@ -223,7 +229,16 @@ def _recompute(store, cfg: VerifyConfig) -> list[str]:
             j = wanted_keys.pop(sample["__key__"], None)
             if j is None:
                 continue
-            x = transform(decode_image(sample, image_fields, store.shards[i]["name"]))[None].to(device)
+            if decoder == "gpu":
+                blob = prepare(sample, image_fields, store.shards[i]["name"])
+                where = f"shard {store.shards[i]['name']}, key {sample['__key__']!r}: cannot decode the image"
+                x, bad = decode_batch([blob], geometry, device, [where])
+                if bad:
+                    problems.append(bad[0])
+                    continue
+            else:
+                x = prepare(sample, image_fields, store.shards[i]["name"])[None]
+            x = normalize(x)
             with torch.inference_mode(), torch.autocast(device.type, dtype=distributed.autocast_dtype(precision),
                                                         enabled=precision != "fp32"):
                 fresh = model(x).float().cpu().numpy()[0]

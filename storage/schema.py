@@ -82,7 +82,7 @@ REQUIRED_ATTRS = (
     "weak",  # {model, checkpoint, checkpoint_sha256}
     "num_classes",
     "class_names",
-    "preprocessing",  # timm data config: input_size, interpolation, mean, std, crop_pct, crop_mode
+    "preprocessing",  # timm data config (input_size, interpolation, mean, std, crop_pct, crop_mode) and decode
     "precision",
     "data",  # {name, split, pattern, image_field, label_field, fingerprint, shards: [{name, url, count, bytes}]}
     "layout",  # {capacity, rows, topk}

@@ -95,7 +95,7 @@ def test_label_options_are_frozen():
     assert names == sorted([
         "--weak", "--data", "--split", "--labels", "--weak-checkpoint", "--num-classes", "--img-size", "--batch-size",
         "--workers", "--precision", "--device", "--topk", "--compile", "--overwrite", "--max-shards", "--quiet",
-        "--on-bad-sample",
+        "--on-bad-sample", "--decode",
     ])
 
 

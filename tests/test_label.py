@@ -44,7 +44,7 @@ def read_all(store):
 
 
 def test_stored_logits_equal_a_direct_forward(tmp_path, digits_data, weak_ckpt):
-    result = label(tmp_path, weak_ckpt)
+    result = label(tmp_path, weak_ckpt, decode="pil")  # timm's own eval transform, to the pixel
     assert result.complete and result.samples == 897 and result.shards == 4
     store = open_store(result.store)
     keys, logits, labels = direct_forward(weak_ckpt, [s["url"] for s in store.shards])
@@ -136,6 +136,50 @@ def test_other_job_refused_unless_overwrite(tmp_path, digits_data, weak_ckpt):
     assert result.complete and result.shards == 4
 
 
+def test_decoders_agree_are_recorded_and_never_mixed(tmp_path, digits_data, weak_ckpt):
+    pil = open_store(label(tmp_path, weak_ckpt, "pil", decode="pil").store)
+    first = label(tmp_path, weak_ckpt, "cpu", max_shards=1)  # the default decoder
+    with pytest.raises(W2SError, match=r'preprocessing is .*"decode": "cpu".* but .*"decode": "pil"'):
+        label(tmp_path, weak_ckpt, "cpu", decode="pil")  # a store is finished with the decoder it began with
+    cpu = open_store(label(tmp_path, weak_ckpt, "cpu").store)
+    assert first.shards == 1 and cpu.attrs["preprocessing"]["decode"] == "cpu" and pil.attrs["preprocessing"]["decode"] == "pil"
+    assert cpu.index().column("key").equals(pil.index().column("key"))
+    a, b = read_all(pil), read_all(cpu)
+    logits_a, logits_b = a["logits"].astype(np.float32), b["logits"].astype(np.float32)
+    assert 0 < np.abs(logits_a - logits_b).max() < 0.02 * np.abs(logits_a).max()  # resize rounding only
+    assert (a["pred"] == b["pred"]).mean() > 0.99
+
+
+def test_gpu_decoding_needs_a_cuda_device(tmp_path, digits_data, weak_ckpt):
+    with pytest.raises(W2SError, match="--decode gpu needs a CUDA device, and this run uses cpu; use --decode cpu"):
+        label(tmp_path, weak_ckpt, decode="gpu", device="cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="nvJPEG decoding needs a CUDA GPU; the CPU path is tested above")
+def test_gpu_decoding_matches_cpu_decoding_and_skips_bad_jpegs(tmp_path, weak_ckpt):
+    from test_decode import encode, picture
+
+    from w2s_pipe.pipeline.shards import write_shard
+
+    (tmp_path / "j").mkdir()
+    shard = [{"__key__": f"k{i:03d}", "jpg": encode(picture(i, (60, 45)), "JPEG", quality=90), "cls": i % 10}
+             for i in range(40)]
+    shard[7]["jpg"] = shard[7]["jpg"][:200]
+    write_shard(str(tmp_path / "j" / "j-000000.tar"), shard)
+    stores = {}
+    for decode in ("cpu", "gpu"):
+        result = run_label(LabelConfig(weak=None, weak_checkpoint=weak_ckpt, data=str(tmp_path / "j" / "j-*.tar"),
+                                       num_classes=10, labels=str(tmp_path / decode), batch_size=16, workers=1,
+                                       precision="fp32", decode=decode, on_bad_sample="skip", progress=False))
+        assert result.complete and result.samples == 39 and result.skipped == 1
+        stores[decode] = open_store(result.store)
+    assert stores["gpu"].skipped_keys(0) == {"k007"} and stores["gpu"].attrs["preprocessing"]["decode"] == "gpu"
+    cpu, gpu = read_all(stores["cpu"]), read_all(stores["gpu"])
+    assert stores["cpu"].index().column("key").equals(stores["gpu"].index().column("key"))
+    scale = np.abs(cpu["logits"].astype(np.float32)).max()
+    assert np.abs(cpu["logits"].astype(np.float32) - gpu["logits"].astype(np.float32)).max() < 0.05 * scale
+
+
 def test_default_store_lives_in_the_workspace(tmp_path, digits_data, weak_ckpt):
     result = run_label(LabelConfig(weak=None, weak_checkpoint=weak_ckpt, data="digits", workers=0, progress=False))
     assert result.store == str(tmp_path / "ws" / "stores" / "digits-transfer-test_resnet")
@@ -147,6 +191,7 @@ def test_default_store_lives_in_the_workspace(tmp_path, digits_data, weak_ckpt):
     ("precision", "fp8", "--precision 'fp8' is invalid"),
     ("topk", 0, "--topk 0 is invalid"),
     ("weak", None, "give --weak MODEL"),
+    ("decode", "nvjpeg", "--decode 'nvjpeg' is invalid: choose one of cpu, gpu, pil"),
 ])
 def test_config_validation(field, value, match):
     kw = {"weak": "resnet18", "data": "digits", field: value}

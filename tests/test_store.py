@@ -134,3 +134,13 @@ def test_refuses_a_directory_that_is_not_a_store(tmp_path):
     (tmp_path / "d" / "precious.txt").write_text("x")
     with pytest.raises(W2SError, match="not a w2s-pipe store"):
         StoreWriter.create(str(tmp_path / "d"), attrs())
+
+
+def test_stores_from_before_decode_was_recorded_count_as_pil():
+    from w2s_pipe.storage.writer import identity_mismatch
+
+    old = attrs()
+    assert "decode" not in old["preprocessing"]
+    assert identity_mismatch(old, {**old, "preprocessing": {**old["preprocessing"], "decode": "pil"}}) is None
+    cpu = {**old, "preprocessing": {**old["preprocessing"], "decode": "cpu"}}
+    assert '"decode": "cpu"' in identity_mismatch(old, cpu)

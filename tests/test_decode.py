@@ -1,0 +1,135 @@
+"""The decoders behind `label --decode`: each against timm's reference eval transform, the PIL
+fallback, and the batched device decoder (run here on the CPU; on a GPU by test_label)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from w2s_pipe.errors import W2SError
+from w2s_pipe.pipeline.loader import ShardBatches
+from w2s_pipe.pipeline.shards import write_shard
+from w2s_pipe.pipeline.transforms import (
+    DeviceNormalize, Preprocess, TensorGeometry, decode_batch, decode_image, decode_tensor, eval_transform,
+)
+from w2s_pipe.stages.label import decode_on_device
+
+CPU = torch.device("cpu")
+CONFIGS = {
+    "center-bicubic": {"input_size": [3, 64, 64], "interpolation": "bicubic", "mean": [0.485, 0.456, 0.406],
+                       "std": [0.229, 0.224, 0.225], "crop_pct": 0.95, "crop_mode": "center"},
+    "center-bilinear": {"input_size": [3, 48, 48], "interpolation": "bilinear", "mean": [0.5] * 3, "std": [0.5] * 3,
+                        "crop_pct": 0.875, "crop_mode": "center"},
+    "squash": {"input_size": [3, 56, 56], "interpolation": "bicubic", "mean": [0.5] * 3, "std": [0.25] * 3,
+               "crop_pct": 0.9, "crop_mode": "squash"},
+    "border": {"input_size": [3, 40, 40], "interpolation": "bilinear", "mean": [0.5] * 3, "std": [0.5] * 3,
+               "crop_pct": 0.9, "crop_mode": "border"},
+}
+
+
+def picture(seed, size=(150, 110)):
+    """A photo-like RGB array: smooth structure plus noise, so resampling differences show."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([np.sin(xx / rng.uniform(5, 30) + c) * np.cos(yy / rng.uniform(5, 30)) for c in range(3)], -1)
+    return np.clip(base * 80 + 128 + rng.normal(0, 10, base.shape), 0, 255).astype(np.uint8)
+
+
+def encode(array, fmt, **kw):
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def samples(n=6):
+    out = [{"__key__": f"j{i}", "jpg": encode(picture(i), "JPEG", quality=90)} for i in range(n)]
+    out.append({"__key__": "p0", "jpg": encode(picture(99, (90, 130)), "PNG")})  # a PNG in the jpg field
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_cpu_decoder_is_within_one_grey_level_of_timms_reference(name):
+    cfg = CONFIGS[name]
+    cpu, pil = Preprocess(cfg, "cpu"), Preprocess(cfg, "pil")
+    diffs = []
+    for s in samples():
+        a, b = cpu(s, ("jpg",), "x"), pil(s, ("jpg",), "x")
+        assert a.dtype == b.dtype == torch.uint8 and a.shape == b.shape == (3, *cfg["input_size"][1:])
+        diffs.append((a.int() - b.int()).abs())
+    d = torch.stack(diffs).float()
+    assert d.max() <= 1 and d.mean() < 0.5  # the resize rounds differently; decoding is the same libjpeg
+    if cfg["crop_mode"] == "border":
+        assert d.max() == 0  # no tensor route for timm's padded border mode: PIL throughout
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_pil_decoder_with_device_normalisation_is_timms_eval_transform(name):
+    cfg = CONFIGS[name]
+    prepare, reference, normalize = Preprocess(cfg, "pil"), eval_transform(cfg), DeviceNormalize(cfg, CPU)
+    for s in samples(3):
+        ours = normalize(prepare(s, ("jpg",), "x")[None])[0]
+        theirs = reference(decode_image(s, ("jpg",), "x"))
+        assert ours.dtype == torch.float32
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+
+
+def test_decode_tensor_falls_back_to_pil_and_names_what_it_cannot_read():
+    rgb = picture(3, (40, 30))
+    for fmt in ("BMP", "TIFF"):  # torchvision does not read these: PIL does, exactly
+        assert torch.equal(decode_tensor(encode(rgb, fmt), "w"), torch.from_numpy(rgb).permute(2, 0, 1))
+    grey = encode(rgb[..., 0], "JPEG")
+    cmyk = io.BytesIO()
+    Image.fromarray(rgb).convert("CMYK").save(cmyk, format="JPEG")
+    for blob in (grey, cmyk.getvalue()):
+        assert decode_tensor(blob, "w").shape == (3, 30, 40)
+    jpg = encode(rgb, "JPEG")
+    for broken in (jpg[: len(jpg) // 2], b"", b"not an image"):
+        with pytest.raises(W2SError, match=r"^shard s, key 'k': cannot decode 'jpg' \("):
+            decode_tensor(broken, "shard s, key 'k': cannot decode 'jpg'")
+
+
+def test_decode_batch_equals_the_worker_path_and_reports_bad_images():
+    cfg = CONFIGS["center-bicubic"]
+    good = samples(4)
+    blobs = [s["jpg"] for s in good]
+    blobs.insert(2, blobs[0][:500])  # a truncated JPEG among them
+    images, bad = decode_batch(blobs, TensorGeometry(cfg), CPU, [f"image {i}" for i in range(len(blobs))])
+    assert list(bad) == [2] and bad[2].startswith("image 2 (")
+    worker = Preprocess(cfg, "cpu")
+    expected = torch.stack([worker(s, ("jpg",), "x") for s in good])
+    assert images.dtype == torch.uint8 and torch.equal(images, expected)
+    none, all_bad = decode_batch([b"junk"], TensorGeometry(cfg), CPU, ["only"])
+    assert none is None and list(all_bad) == [0]
+
+
+def test_gpu_mode_loader_ships_bytes_and_the_device_step_skips_or_stops(tmp_path):
+    cfg = CONFIGS["center-bilinear"]
+    good = samples(4)
+    shard = [{**s, "cls": i} for i, s in enumerate(good)]
+    shard.insert(1, {"__key__": "broken", "jpg": good[0]["jpg"][:300], "cls": 7})
+    url = write_shard(str(tmp_path / "g-000000.tar"), shard).url
+    loader = ShardBatches([(0, url)], prepare=Preprocess(cfg, "gpu"), batch_size=16, image_fields=("jpg",),
+                          label_field="cls")
+    batch, end = list(loader)
+    assert batch["blobs"][1] == shard[1]["jpg"] and "images" not in batch and end["count"] == 6  # bad only on the device
+
+    images, keys, labels, skipped = decode_on_device(batch, TensorGeometry(cfg), CPU, "g-000000.tar", skip_bad=True)
+    assert keys == ["j0", "j1", "j2", "j3", "p0"] and labels.tolist() == [0, 1, 2, 3, 4]  # broken (7) left out
+    assert skipped == [{"key": "broken", "reason": skipped[0]["reason"]}]
+    assert skipped[0]["reason"].startswith("cannot decode the image (")
+    worker = Preprocess(cfg, "cpu")
+    assert torch.equal(images, torch.stack([worker(s, ("jpg",), "x") for s in good]))
+    with pytest.raises(W2SError, match=r"^shard g-000000.tar, key 'broken': cannot decode the image .*--on-bad-sample skip"):
+        decode_on_device(batch, TensorGeometry(cfg), CPU, "g-000000.tar", skip_bad=False)
+
+
+def test_gpu_decoding_refuses_timms_border_mode():
+    with pytest.raises(W2SError, match="--decode gpu cannot apply crop_mode 'border'"):
+        Preprocess(CONFIGS["border"], "gpu")
+    with pytest.raises(W2SError, match="--decode 'nvjpeg' is invalid"):
+        Preprocess(CONFIGS["squash"], "nvjpeg")
