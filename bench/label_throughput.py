@@ -1,10 +1,12 @@
 """Benchmark 1: `label` end to end against (a) the model alone and (b) the loader alone.
 
     python bench/label_throughput.py [--model resnet18] [--samples 512] [--batch-size 64] [--workers N]
+                                     [--decode cpu,pil]
 
 (a) forward passes on pre-decoded batches already in memory (and on the device); (b) the labelling
-loader (tar reading, JPEG decoding, the model's eval transform, batching) with no model. Prints
-images/s of each and label / min(a, b); 1.0 means the pipeline adds nothing to its slowest part.
+loader (tar reading, decoding, the model's eval resize and crop, batching) with no model. Prints
+images/s of each and label / min(a, b) for each decoder; 1.0 means the pipeline adds nothing to its
+slowest part. `--decode gpu` needs CUDA; its loader only reads bytes, so (b) is not its limit.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ def main():
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--precision", default="auto")
+    ap.add_argument("--decode", default="cpu,pil", help="comma-separated decoders to measure: cpu, pil, gpu")
     ap.add_argument("--data", default=os.path.join(tempfile.gettempdir(), "w2s-bench-jpeg"))
     args = ap.parse_args()
 
@@ -33,7 +36,7 @@ def main():
     from w2s_pipe.pipeline.loader import ShardBatches, default_workers, label_loader
     from w2s_pipe.pipeline.models import load_model
     from w2s_pipe.pipeline.shards import expand_pattern
-    from w2s_pipe.pipeline.transforms import eval_transform
+    from w2s_pipe.pipeline.transforms import DeviceNormalize, Preprocess
     from w2s_pipe.stages.label import LabelConfig, run_label
 
     pattern = _util.jpeg_shards(os.path.join(args.data, str(args.samples)), args.samples)
@@ -44,25 +47,30 @@ def main():
     loaded = load_model(None, checkpoint=ckpt, num_classes=1000)
     urls = expand_pattern(pattern)
 
-    # (b) the loader alone
-    def loader():
-        ds = ShardBatches(list(enumerate(urls)), transform=eval_transform(loaded.data_config), batch_size=args.batch_size,
+    decoders = args.decode.split(",")
+
+    # (b) the loader alone, per decoder
+    def loader(decode):
+        ds = ShardBatches(list(enumerate(urls)), prepare=Preprocess(loaded.data_config, decode), batch_size=args.batch_size,
                           image_fields=("jpg",), label_field="cls")
         return label_loader(ds, workers, device.type == "cuda")
 
-    t, n, batches = time.perf_counter(), 0, []
-    for item in loader():
-        if "images" in item:
-            n += len(item["images"])
-            if len(batches) < 3:
-                batches.append(item["images"])
-    loader_ips = n / (time.perf_counter() - t)
+    loader_ips, batches = {}, []
+    for decode in decoders:
+        t, n = time.perf_counter(), 0
+        for item in loader(decode):
+            if "images" in item or "blobs" in item:
+                n += len(item["keys"])
+                if "images" in item and len(batches) < 3:
+                    batches.append(item["images"])
+        loader_ips[decode] = n / (time.perf_counter() - t)
 
-    # (a) the model alone, on batches already decoded and on the device
+    # (a) the model alone, on batches already decoded, normalised and on the device
     model = loaded.model.to(device).eval()
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    xs = [b.to(device) for b in batches]
+    normalize = DeviceNormalize(loaded.data_config, device)
+    xs = [normalize(b) for b in batches]
     dtype = distributed.autocast_dtype(precision)
     with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=precision != "fp32"):
         model(xs[0])  # warm-up
@@ -77,17 +85,23 @@ def main():
             torch.cuda.synchronize()
     model_ips = n / (time.perf_counter() - t)
 
-    # label, end to end
-    with tempfile.TemporaryDirectory() as tmp:
-        result = run_label(LabelConfig(weak=None, weak_checkpoint=ckpt, data=pattern, labels=os.path.join(tmp, "store"),
-                                       batch_size=args.batch_size, workers=workers, precision=precision, progress=False))
-    label_ips = result.images_per_s
-    ratio = label_ips / min(model_ips, loader_ips)
+    # label, end to end, per decoder
+    label_ips, ratio = {}, {}
+    for decode in decoders:
+        with tempfile.TemporaryDirectory() as tmp:
+            result = run_label(LabelConfig(weak=None, weak_checkpoint=ckpt, data=pattern, labels=os.path.join(tmp, "store"),
+                                           batch_size=args.batch_size, workers=workers, precision=precision,
+                                           decode=decode, progress=False))
+        label_ips[decode] = result.images_per_s
+        ratio[decode] = label_ips[decode] / min(model_ips, loader_ips[decode])
     print(f"{args.model}, {args.samples} JPEGs 500x375, batch {args.batch_size}, {workers} workers, {precision}, {device}")
-    print(f"model alone   {model_ips:8.1f} img/s")
-    print(f"loader alone  {loader_ips:8.1f} img/s")
-    print(f"label         {label_ips:8.1f} img/s")
-    print(f"label / min(model, loader) = {ratio:.3f}")
+    print(f"model alone            {model_ips:8.1f} img/s")
+    for decode in decoders:
+        print(f"loader alone ({decode:3s})     {loader_ips[decode]:8.1f} img/s")
+        print(f"label (--decode {decode:3s})   {label_ips[decode]:8.1f} img/s   "
+              f"label / min(model, loader) = {ratio[decode]:.3f}")
+    if "cpu" in decoders and "pil" in decoders:
+        print(f"label cpu / label pil = {label_ips['cpu'] / label_ips['pil']:.2f}x")
     print("results:", _util.save("label_throughput", {"args": vars(args), "workers": workers, "precision": precision,
                                                        "model_ips": model_ips, "loader_ips": loader_ips,
                                                        "label_ips": label_ips, "ratio": ratio}))
