@@ -7,6 +7,8 @@
 loader (tar reading, decoding, the model's eval resize and crop, batching) with no model. Prints
 images/s of each and label / min(a, b) for each decoder; 1.0 means the pipeline adds nothing to its
 slowest part. `--decode gpu` needs CUDA; its loader only reads bytes, so (b) is not its limit.
+The measurements alternate over --rounds rounds and each figure is the best of its rounds: on a
+shared machine the least disturbed run is the one that measures the code.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ def main():
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--decode", default="cpu,pil", help="comma-separated decoders to measure: cpu, pil, gpu")
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--data", default=os.path.join(tempfile.gettempdir(), "w2s-bench-jpeg"))
     args = ap.parse_args()
 
@@ -48,53 +51,62 @@ def main():
     urls = expand_pattern(pattern)
 
     decoders = args.decode.split(",")
-
-    # (b) the loader alone, per decoder
-    def loader(decode):
-        ds = ShardBatches(list(enumerate(urls)), prepare=Preprocess(loaded.data_config, decode), batch_size=args.batch_size,
-                          image_fields=("jpg",), label_field="cls")
-        return label_loader(ds, workers, device.type == "cuda")
-
-    loader_ips, batches = {}, []
-    for decode in decoders:
-        t, n = time.perf_counter(), 0
-        for item in loader(decode):
-            if "images" in item or "blobs" in item:
-                n += len(item["keys"])
-                if "images" in item and len(batches) < 3:
-                    batches.append(item["images"])
-        loader_ips[decode] = n / (time.perf_counter() - t)
-
-    # (a) the model alone, on batches already decoded, normalised and on the device
     model = loaded.model.to(device).eval()
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     normalize = DeviceNormalize(loaded.data_config, device)
-    xs = [normalize(b) for b in batches]
     dtype = distributed.autocast_dtype(precision)
-    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=precision != "fp32"):
-        model(xs[0])  # warm-up
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t, n = time.perf_counter(), 0
-        while n < args.samples:
-            for x in xs:
-                model(x)
-                n += len(x)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-    model_ips = n / (time.perf_counter() - t)
 
-    # label, end to end, per decoder
-    label_ips, ratio = {}, {}
-    for decode in decoders:
+    def loader_alone(decode):
+        """(b): tar reading, decoding, resize and crop, batching; no model."""
+        ds = ShardBatches(list(enumerate(urls)), prepare=Preprocess(loaded.data_config, decode), batch_size=args.batch_size,
+                          image_fields=("jpg",), label_field="cls")
+        t, n = time.perf_counter(), 0
+        for item in label_loader(ds, workers, device.type == "cuda"):
+            if "images" in item or "blobs" in item:
+                n += len(item["keys"])
+                if "images" in item and len(batches) < 3:
+                    batches.append(normalize(item["images"]))
+        return n / (time.perf_counter() - t)
+
+    def model_alone():
+        """(a): forward passes on batches already decoded, normalised and on the device."""
+        with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=precision != "fp32"):
+            model(batches[0])  # warm-up
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t, n = time.perf_counter(), 0
+            while n < args.samples:
+                for x in batches:
+                    model(x)
+                    n += len(x)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+        return n / (time.perf_counter() - t)
+
+    def label(decode):
         with tempfile.TemporaryDirectory() as tmp:
-            result = run_label(LabelConfig(weak=None, weak_checkpoint=ckpt, data=pattern, labels=os.path.join(tmp, "store"),
-                                           batch_size=args.batch_size, workers=workers, precision=precision,
-                                           decode=decode, progress=False))
-        label_ips[decode] = result.images_per_s
-        ratio[decode] = label_ips[decode] / min(model_ips, loader_ips[decode])
+            return run_label(LabelConfig(weak=None, weak_checkpoint=ckpt, data=pattern, labels=os.path.join(tmp, "store"),
+                                         batch_size=args.batch_size, workers=workers, precision=precision,
+                                         decode=decode, progress=False)).images_per_s
+
+    batches: list = []
+    rounds = {"model": [], **{f"loader {d}": [] for d in decoders}, **{f"label {d}": [] for d in decoders}}
+    for _ in range(args.rounds):
+        for decode in decoders:
+            rounds[f"loader {decode}"].append(loader_alone(decode))
+        if not batches:  # --decode gpu alone: the model still needs decoded batches
+            loader_alone("cpu")
+        rounds["model"].append(model_alone())
+        for decode in decoders:
+            rounds[f"label {decode}"].append(label(decode))
+    best = {k: max(v) for k, v in rounds.items()}
+    model_ips = best["model"]
+    loader_ips = {d: best[f"loader {d}"] for d in decoders}
+    label_ips = {d: best[f"label {d}"] for d in decoders}
+    ratio = {d: label_ips[d] / min(model_ips, loader_ips[d]) for d in decoders}
     print(f"{args.model}, {args.samples} JPEGs 500x375, batch {args.batch_size}, {workers} workers, {precision}, {device}")
+    print(f"best of {args.rounds} rounds each (all rounds in the JSON)")
     print(f"model alone            {model_ips:8.1f} img/s")
     for decode in decoders:
         print(f"loader alone ({decode:3s})     {loader_ips[decode]:8.1f} img/s")
@@ -104,7 +116,7 @@ def main():
         print(f"label cpu / label pil = {label_ips['cpu'] / label_ips['pil']:.2f}x")
     print("results:", _util.save("label_throughput", {"args": vars(args), "workers": workers, "precision": precision,
                                                        "model_ips": model_ips, "loader_ips": loader_ips,
-                                                       "label_ips": label_ips, "ratio": ratio}))
+                                                       "label_ips": label_ips, "ratio": ratio, "rounds": rounds}))
 
 
 if __name__ == "__main__":
