@@ -234,10 +234,11 @@ def run_label(cfg: LabelConfig) -> LabelResult:
                         land(inflight)
                         inflight = None
                     written += 1
-                    skipped = item["skipped"] + dropped.pop(i, [])
+                    lost = dropped.pop(i, [])  # read by the worker, undecodable on the device
+                    skipped = item["skipped"] + lost
                     skipped_count += len(skipped)
                     bar.update(len(skipped))
-                    count = item["count"] - (len(skipped) - len(item["skipped"]))
+                    count = item["count"] - len(lost)
                     writes.append(io_pool.submit(_write_shard, writer, claims, i, pending.pop(i, None), count, skipped))
                     _raise_failed(writes)
                     continue
