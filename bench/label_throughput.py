@@ -51,6 +51,8 @@ def main():
     urls = expand_pattern(pattern)
 
     decoders = args.decode.split(",")
+    if "gpu" in decoders and device.type != "cuda":
+        raise SystemExit(f"--decode gpu needs a CUDA device; this machine has {device}")
     model = loaded.model.to(device).eval()
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
