@@ -54,6 +54,13 @@ def decode_image(sample: dict, image_fields: tuple[str, ...], shard: str):
     return _pil_rgb(data, f"shard {shard}, key {sample.get('__key__')!r}: cannot decode {name!r}")
 
 
+def _quiet_torchvision() -> None:
+    """torchvision 0.29 deprecates its image decoders in favour of TorchCodec's and warns on every
+    call; frombuffer warns that the bytes are read-only, and nothing writes to them."""
+    warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision")
+    warnings.filterwarnings("ignore", message="The given buffer is not writable")
+
+
 def decode_tensor(data: bytes, where: str):
     """(3, H, W) uint8 RGB. torchvision's decoders (JPEG, PNG, WebP, GIF) first; PIL for anything
     they refuse (TIFF, BMP, odd JPEGs), so an image PIL reads is never lost. `where` prefixes the error."""
@@ -63,10 +70,8 @@ def decode_tensor(data: bytes, where: str):
     try:
         from torchvision.io import ImageReadMode, decode_image as tv_decode
 
-        with warnings.catch_warnings():
-            # torchvision 0.29 deprecates its decoders for TorchCodec's; the buffer is read-only but never written.
-            warnings.simplefilter("ignore")
-            return tv_decode(torch.frombuffer(data, dtype=torch.uint8), mode=ImageReadMode.RGB)
+        _quiet_torchvision()
+        return tv_decode(torch.frombuffer(data, dtype=torch.uint8), mode=ImageReadMode.RGB)
     except (ImportError, RuntimeError, ValueError):
         pass  # a torchvision without its decoders, or an image it refuses: PIL decides
     array = np.asarray(_pil_rgb(data, where))
@@ -139,24 +144,29 @@ class TensorGeometry:
     """
 
     def __init__(self, data_config: dict):
-        import torchvision.io  # noqa: F401  imported here, so forked loading processes inherit it
-        from torchvision.transforms.v2 import functional  # noqa: F401
+        import importlib
+        from functools import partial
 
-        self.steps = list(eval_geometry(data_config).transforms)
-
-    def __call__(self, x):
         from timm.data.transforms import MaybePILToTensor
         from torchvision import transforms as v1
         from torchvision.transforms.v2 import functional as F
 
-        for step in self.steps:
+        importlib.import_module("torchvision.io")  # here, so that forked loading processes inherit it
+        self.steps = []
+        for step in eval_geometry(data_config).transforms:
             if isinstance(step, v1.Resize):
                 size = [step.size] if isinstance(step.size, int) else list(step.size)
-                x = F.resize(x, size, interpolation=step.interpolation, max_size=step.max_size, antialias=True)
+                step = partial(F.resize, size=size, interpolation=step.interpolation, max_size=step.max_size,
+                               antialias=True)
             elif isinstance(step, v1.CenterCrop):
-                x = F.center_crop(x, list(step.size))
-            elif not isinstance(step, MaybePILToTensor):
-                x = step(x)
+                step = partial(F.center_crop, output_size=list(step.size))
+            elif isinstance(step, MaybePILToTensor):
+                continue
+            self.steps.append(step)
+
+    def __call__(self, x):
+        for step in self.steps:
+            x = step(x)
         return x
 
 
@@ -214,7 +224,7 @@ def decode_batch(blobs: list[bytes], geometry, device, where: list[str]):
         from torchvision.io import ImageReadMode, decode_jpeg
     except ImportError:
         raise W2SError("--decode gpu needs torchvision's decode_jpeg, which this torchvision lacks; use --decode cpu") from None
-    warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision")
+    _quiet_torchvision()
     images: list = [None] * len(blobs)
     bad: dict[int, str] = {}
     jpegs = [i for i, b in enumerate(blobs) if b[:3] == JPEG_MAGIC]

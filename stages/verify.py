@@ -204,7 +204,7 @@ def _recompute(store, cfg: VerifyConfig) -> list[str]:
     loaded = load_model(weak["model"], checkpoint=weak.get("checkpoint"), num_classes=store.num_classes)
     device = distributed.pick_device(cfg.device)
     model = loaded.model.to(device).eval()
-    preprocessing = {"decode": "pil", **store.attrs["preprocessing"]}  # stores before --decode: PIL
+    preprocessing = schema.preprocessing(store.attrs)
     decoder = preprocessing["decode"]
     prepare = Preprocess(preprocessing, decoder)  # under gpu: the raw bytes, for decode_batch
     geometry = TensorGeometry(preprocessing)

@@ -103,6 +103,11 @@ IDENTITY_FIELDS = (
 )
 
 
+def preprocessing(attrs: dict) -> dict:
+    """A store's preprocessing record; stores written before `decode` was recorded used PIL."""
+    return {"decode": "pil", **(attrs.get("preprocessing") or {})}
+
+
 def get_field(attrs: dict, dotted: str):
     value = attrs
     for part in dotted.split("."):

@@ -38,9 +38,10 @@ def _table_bytes(table: pa.Table) -> bytes:
 def identity_mismatch(existing: dict, wanted: dict) -> str | None:
     """The first identity field on which two stores' attributes differ, described for the user."""
     for field in schema.IDENTITY_FIELDS:
-        old, new = schema.get_field(existing, field), schema.get_field(wanted, field)
-        if field == "preprocessing":  # stores made before --decode existed were decoded with PIL
-            old, new = ({"decode": "pil", **(v or {})} for v in (old, new))
+        if field == "preprocessing":
+            old, new = schema.preprocessing(existing), schema.preprocessing(wanted)
+        else:
+            old, new = schema.get_field(existing, field), schema.get_field(wanted, field)
         if json.dumps(old, sort_keys=True) != json.dumps(new, sort_keys=True):
             if field == "data.fingerprint":
                 return "the data source differs (shard names or sizes changed)"

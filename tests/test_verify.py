@@ -89,3 +89,22 @@ def test_recompute_refuses_a_changed_checkpoint(store, tmp_path):
     make_checkpoint(tmp_path / "weak.pt", seed=5)  # same path, other weights
     report = run_verify(VerifyConfig(store=store, recompute=5, check_data=False))
     assert any("changed since labelling" in p for p in report.problems)
+
+
+@pytest.mark.parametrize("recorded", ["gpu", None])
+def test_recompute_uses_the_recorded_decoder(store, recorded):
+    """A store labelled on a GPU machine (decode gpu) is verified here through the same batched
+    decoder on the CPU, and one from before `decode` was recorded through PIL: both run clean on
+    intact rows and both still find shifted ones."""
+    group = zarr.open_group(store, mode="r+")
+    attrs = dict(group.attrs)
+    preprocessing = {k: v for k, v in attrs["preprocessing"].items() if k != "decode"}
+    if recorded:
+        preprocessing["decode"] = recorded
+    group.attrs.update({"preprocessing": preprocessing})
+    report = run_verify(VerifyConfig(store=store, recompute=40))
+    assert report.ok, report.problems
+    logits = group["logits"][:]
+    logits[:, 0] += 0.5  # beyond both tolerances: a recompute that looked at nothing would still pass
+    group["logits"][:] = logits
+    assert "recomputed 40 samples with the weak model" in failed(run_verify(VerifyConfig(store=store, recompute=40)))
