@@ -93,7 +93,7 @@ def prepare_folder_cmd(src, out, split, shard_size, seed, prefix):
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--topk", type=int, default=None, help="Store only the top K logits per sample (values and indices) instead of all.")
 @click.option("--decode", type=click.Choice(["cpu", "gpu", "pil"]), default="cpu", show_default=True,
-              help="Where images are decoded and resized. cpu: libjpeg-turbo/libpng in the loading processes (2.5x less CPU "
+              help="Where images are decoded and resized. cpu: libjpeg-turbo/libpng in the loading processes (2.7x less CPU "
                    "than pil); pil: PIL, timm's reference eval transform to the pixel; gpu: each batch's JPEGs in one "
                    "nvJPEG call on the GPU (needs CUDA). Recorded in the store; a store is finished with the decoder it began with.")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the weak model.")

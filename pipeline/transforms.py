@@ -5,7 +5,7 @@ float conversion and normalisation happen on the device, batched (`DeviceNormali
 batch is a quarter of a float one through shared memory and across PCIe.
 
 Decoders (`--decode`):
-  cpu  libjpeg-turbo/libpng through torchvision, resized as tensors (default; 2.5x less CPU per
+  cpu  libjpeg-turbo/libpng through torchvision, resized as tensors (default; 2.7x less CPU per
        ImageNet-sized JPEG than pil, measured in bench/decode_cost.py)
   pil  PIL decoding and PIL resizing: timm's reference eval transform, to the pixel (cpu is within
        one grey level of it)
