@@ -1,4 +1,5 @@
-"""The labelling loader: worker processes decode and transform whole shards into batches.
+"""The labelling loader: worker processes turn whole shards into batches of uint8 crops (or, for
+`--decode gpu`, of raw image bytes that the main process decodes on the device).
 
 Each batch holds samples of one shard only, in the shard's order, so the writer can fill a
 shard's contiguous rows without sorting. A shard ends with an `end` item carrying its count.
@@ -71,10 +72,9 @@ class ShardBatches(IterableDataset):
             count += len(images)
         yield {"shard": position, "end": True, "count": count, "skipped": skipped}
 
-    @staticmethod
-    def _batch(position, start, images, keys, labels):
+    def _batch(self, position, start, images, keys, labels):
         has_labels = all(label is not None for label in labels)
-        raw = isinstance(images[0], bytes)  # decoded on the device by the main process
+        raw = self.prepare.decoder == "gpu"  # bytes, decoded on the device by the main process
         return {
             "shard": position,
             "start": start,
