@@ -44,7 +44,7 @@ def augconf(student: torch.Tensor, weak: torch.Tensor, alpha: float, temperature
     s = student.float()
     self_term = F.cross_entropy(s, s.argmax(dim=1).detach())
     loss = (1 - alpha) * kd_term + alpha * self_term
-    return loss, {"kd": kd_term.detach(), "self": self_term.detach(), "alpha": torch.tensor(float(alpha))}
+    return loss, {"kd": kd_term.detach(), "self": self_term.detach(), "alpha": s.new_tensor(float(alpha))}
 
 
 def adaptconf(student: torch.Tensor, weak: torch.Tensor, threshold: float, temperature: float = 1.0,

@@ -111,3 +111,22 @@ def test_objective_adds_ground_truth_and_beta_warmup():
     half = L.objective("adaptconf", beta_warmup_frac=0.2)(torch.tensor(s), torch.tensor(w), None, 0.1)[1]["beta"].item()
     assert half == pytest.approx(full / 2)
     assert set(L.LOSSES) == {"hard", "kd", "augconf", "adaptconf", "gt"}
+
+
+DEVICES = ["cpu", "meta"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", list(L.LOSSES))
+def test_every_part_lives_on_the_logits_device(name, device):
+    """The trainer stacks a step's parts into one tensor: each must be on the logits' device (augconf's
+    alpha was a CPU tensor and crashed on CUDA). `meta` shows it on a CPU-only machine."""
+    from w2s_pipe.pipeline.runs import MetricWindow
+
+    student = torch.randn(4, 5, device=device)
+    weak, labels = torch.randn(4, 5, device=device), torch.tensor([0, 1, 2, 3], device=device)
+    loss, parts = L.objective(name, gt_weight=0.5)(student, weak, labels, 0.5)
+    assert {p.device.type for p in parts.values()} == {torch.device(device).type}
+    window = MetricWindow()
+    window.add(1, parts, images=4)
+    assert window.sums.device.type == torch.device(device).type and window.sums.shape == (len(parts),)
