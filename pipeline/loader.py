@@ -93,4 +93,6 @@ def default_workers() -> int:
 
 def label_loader(dataset: ShardBatches, workers: int, pin_memory: bool) -> DataLoader:
     kwargs = {"prefetch_factor": 4, "persistent_workers": False} if workers > 0 else {}
-    return DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=pin_memory, **kwargs)
+    # An own generator, so that evaluating inside a training run draws nothing from the run's.
+    return DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=pin_memory,
+                      generator=torch.Generator(), **kwargs)
