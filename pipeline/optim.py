@@ -1,0 +1,78 @@
+"""The optimizer and the learning-rate schedule of a training run, built with timm.
+
+The schedule is a function of the step alone: step k (counting from 0) trains with `lr_at(k)`,
+set just before it, so a resumed run needs no scheduler state and the logged rate is the rate used.
+Warm-up counts inside the run's steps (as the paper's official configs do): it ramps linearly from
+`warmup_lr` over the first `warmup_steps`, and the cosine then reaches `min_lr` exactly at the last
+step. The step schedule multiplies the rate by `decay_rate` every `decay_steps`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import W2SError
+
+OPTIMIZERS = ("adamw", "sgd", "momentum", "adam", "lamb", "lion")
+SCHEDULES = ("cosine", "step", "const")
+
+
+def build_optimizer(model, *, opt: str, lr: float, weight_decay: float):
+    """timm's optimizer over the model's trainable parameters. Given the module (not a list of its
+    parameters), timm puts biases, norms and every other 1-d parameter (ViT's pos_embed and
+    cls_token through the model's `no_weight_decay()`) in a group without weight decay."""
+    import timm.optim
+
+    if not any(p.requires_grad for p in model.parameters()):
+        raise W2SError("the model has no trainable parameters")
+    return timm.optim.create_optimizer_v2(model, opt=opt, lr=lr, weight_decay=weight_decay)
+
+
+def decay_groups(optimizer) -> list[tuple[float, int]]:
+    """(weight decay, number of tensors) of each parameter group, for logs and tests."""
+    return [(float(g.get("weight_decay", 0.0)), len(g["params"])) for g in optimizer.param_groups]
+
+
+@dataclass(frozen=True)
+class ScheduleSpec:
+    sched: str = "cosine"
+    total_steps: int = 1
+    warmup_steps: int = 0
+    warmup_lr: float = 0.0
+    min_lr: float = 0.0
+    decay_steps: int = 1  # step schedule: the rate is multiplied by decay_rate every decay_steps
+    decay_rate: float = 0.1
+
+    def __post_init__(self):
+        if self.sched not in SCHEDULES:
+            raise W2SError(f"--sched {self.sched!r} is invalid: choose one of {', '.join(SCHEDULES)}")
+        if self.warmup_steps and self.warmup_steps >= self.total_steps:
+            raise W2SError(f"the warm-up ({self.warmup_steps} steps) must be shorter than the run "
+                           f"({self.total_steps} steps): lower --warmup-epochs or raise --epochs")
+
+
+class Schedule:
+    """timm's scheduler, driven by step: `apply(k)` sets the rate of step k on every group (timm
+    scales it by a group's `lr_scale` where there is one) and returns the base group's rate."""
+
+    def __init__(self, optimizer, spec: ScheduleSpec):
+        from timm.scheduler import CosineLRScheduler, StepLRScheduler
+
+        self.spec, self.optimizer = spec, optimizer
+        warmup = {"warmup_t": spec.warmup_steps, "warmup_lr_init": spec.warmup_lr, "warmup_prefix": False,
+                  "t_in_epochs": False}
+        if spec.sched == "cosine":
+            # The cosine reaches its floor at t_initial; the last step is total_steps - 1.
+            self.timm = CosineLRScheduler(optimizer, t_initial=max(1, spec.total_steps - 1), lr_min=spec.min_lr,
+                                          **warmup)
+        else:
+            rate = spec.decay_rate if spec.sched == "step" else 1.0
+            self.timm = StepLRScheduler(optimizer, decay_t=max(1, spec.decay_steps), decay_rate=rate, **warmup)
+
+    def apply(self, step: int) -> float:
+        self.timm.step_update(num_updates=step)
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def lr_at(self, step: int) -> float:
+        """The base rate of step `step`, without touching the optimizer."""
+        return float(self.timm._get_values(step, on_epoch=False)[0])
