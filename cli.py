@@ -168,29 +168,52 @@ def label(ctx, weak, data, split, labels, weak_checkpoint, num_classes, img_size
               help="adaptconf: fraction of training over which beta is scaled up from 0 (0: off).")
 @click.option("--gt-weight", type=float, default=0.0, show_default=True,
               help="Add this weight times ground-truth CE to any loss (the paper's distillation setting).")
-@click.option("--skip-missing", is_flag=True, help="Train without samples that have no row in the store instead of stopping.")
+@click.option("--skip-missing", is_flag=True,
+              help="Train without samples that have no row in the store instead of stopping; each epoch's count is logged.")
+@click.option("--skip-shard-check", is_flag=True,
+              help="Train even on shards whose size or contents (first and last 64 KiB) changed since they were labelled; "
+                   "by default such a shard stops the run, since its stored labels belong to other images.")
 @click.option("--opt", default="adamw", show_default=True, help="timm optimizer: adamw, sgd (Nesterov), momentum, adam, lamb, lion.")
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Peak learning rate.")
-@click.option("--weight-decay", type=float, default=0.05, show_default=True, help="Weight decay (not on biases and norms).")
-@click.option("--sched", default="cosine", show_default=True, help="Learning-rate schedule: cosine, step or const.")
-@click.option("--warmup-epochs", type=int, default=0, show_default=True, help="Linear warm-up epochs before the schedule.")
+@click.option("--weight-decay", type=float, default=0.05, show_default=True,
+              help="Weight decay; not on biases, norms or other 1-d parameters, nor on a ViT's position embedding and "
+                   "class token (timm's groups).")
+@click.option("--sched", default="cosine", show_default=True,
+              help="Learning-rate schedule: cosine (to --min-lr at the last step), step (x --decay-rate every "
+                   "--decay-epochs) or const.")
+@click.option("--min-lr", type=float, default=0.0, show_default=True, help="cosine: the rate of the last step.")
+@click.option("--warmup-epochs", type=int, default=0, show_default=True,
+              help="Epochs of linear warm-up from --warmup-lr to --lr, counted inside --epochs.")
+@click.option("--warmup-lr", type=float, default=1e-5, show_default=True, help="The rate of the first warm-up step.")
+@click.option("--decay-epochs", type=int, default=None, help="step: epochs between decays [default: a third of --epochs].")
+@click.option("--decay-rate", type=float, default=0.1, show_default=True, help="step: the factor of each decay.")
 @click.option("--epochs", type=int, default=10, show_default=True, help="Epochs (an epoch is samples / (ranks x batch) steps).")
 @click.option("--steps-per-epoch", type=int, default=None, help="Override the steps in an epoch.")
 @click.option("--batch-size", type=int, default=128, show_default=True, help="Images per step on each rank.")
 @click.option("--workers", type=int, default=None, help="Data-loading processes per rank [default: CPU cores - 1, at most 8].")
 @click.option("--precision", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default="auto", show_default=True,
               help="Autocast precision; auto is bf16 on GPU and on CPUs with native bf16, else fp32.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--device", default="auto", show_default=True,
+              help="auto, cpu, cuda or cuda:N; under torchrun each process takes the GPU of its local rank.")
+@click.option("--deterministic", is_flag=True,
+              help="Deterministic GPU kernels only, so that the same command gives the same weights on a GPU too "
+                   "(slower). On the CPU a run is reproducible without it, for a fixed thread count.")
 @click.option("--clip-grad", type=float, default=None, help="Clip the gradient norm to this value.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for initialisation and data order.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of initialisation, data order and augmentation: a sample's view is a function of (seed, shard, "
+                   "key, pass), the same whatever the ranks, workers or batch size.")
 @click.option("--hflip", type=float, default=0.5, show_default=True, help="Horizontal flip probability.")
 @click.option("--color-jitter", type=float, default=0.0, show_default=True, help="Colour jitter strength.")
 @click.option("--crop-scale", type=float, default=0.08, show_default=True, help="Smallest area fraction of the random resized crop.")
-@click.option("--shuffle-buffer", type=int, default=1000, show_default=True, help="Samples in the shuffle buffer of each loader.")
+@click.option("--shuffle-buffer", type=int, default=1000, show_default=True,
+              help="Encoded samples in the shuffle buffer of each loading process (decoded only as they leave it).")
 @click.option("--run-name", "run", default=None,
               help="Run name under <workspace>/runs, or a path [default: <model>-<loss>-<time>]. (Not --run: torchrun "
                    "would read that as its own --run-path.)")
-@click.option("--resume", is_flag=True, help="Continue the run named by --run-name from its last.pt.")
+@click.option("--resume", is_flag=True,
+              help="Continue the run named by --run-name from its last.pt, exactly where it stopped (same samples, views "
+                   "and generators; on the CPU, the uninterrupted run's weights). Any setting other than --max-steps, "
+                   "--log-every and --quiet must be the same; a difference is refused by name.")
 @click.option("--max-steps", type=int, default=None, help="Stop after this many steps in this invocation; --resume continues.")
 @click.option("--log-every", type=int, default=20, show_default=True, help="Steps per metrics.jsonl record.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -219,20 +242,29 @@ def train(ctx, quiet, **options):
 
 
 @cli.command("eval")
-@click.option("--run", default=None, help="Run name or directory; evaluates its best.pt (else last.pt).")
+@click.option("--run", default=None, help="Run name or directory; evaluates its final weights (last.pt).")
+@click.option("--pick", type=click.Choice(["last", "best"]), default="last", show_default=True,
+              help="With --run: last.pt (the final weights) or best.pt (the epoch with the best val top-1; picked on the "
+                   "validation split, so its figure there is optimistic).")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None, help="A checkpoint written by `train`.")
 @click.option("--data", default=None, help="Data set or shard pattern [default: what the run trained on].")
 @click.option("--split", default=None, help="Split [default: the data set's validation split].")
 @click.option("--batch-size", type=int, default=256, show_default=True, help="Images per forward pass.")
 @click.option("--workers", type=int, default=None, help="Data-loading processes [default: CPU cores - 1, at most 8].")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--precision", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default=None,
+              help="Autocast precision [default: the one the checkpoint was trained in, as training's own evaluation "
+                   "used; fp32 for a checkpoint that does not say].")
 @click.pass_context
 def eval_cmd(ctx, **options):
-    """Top-1 and top-5 accuracy of a trained model on a validation split."""
+    """Top-1 and top-5 accuracy of a trained model on a validation split, with the checkpoint, its
+    step and the precision each figure is for."""
     from .stages.evaluate import EvalConfig, run_eval
 
     r = run_eval(EvalConfig(**options, workspace=ctx.obj["workspace"]))
-    click.echo(f"{r['data']} {r['split']}: top-1 {r['top1']:.4f}  top-5 {r['top5']:.4f}  ({r['samples']} samples, {r['checkpoint']})")
+    at = f"step {r['step']}, epoch {r['epoch']}, " if r["step"] is not None else ""
+    click.echo(f"{r['data']} {r['split']}: top-1 {r['top1']:.4f}  top-5 {r['top5']:.4f}  ({r['samples']} samples)")
+    click.echo(f"checkpoint {r['checkpoint']} ({at}{r['picked']}), {r['precision']}")
 
 
 @cli.command()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -32,7 +33,10 @@ def pick_device(requested: str, local_rank: int = 0):
     import torch
 
     if requested == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        check_gpu_count(local_rank, torch.cuda.device_count())
+        return torch.device(f"cuda:{local_rank}")
     try:
         device = torch.device(requested)
     except RuntimeError:
@@ -41,8 +45,44 @@ def pick_device(requested: str, local_rank: int = 0):
         if not torch.cuda.is_available():
             raise W2SError(f"--device {requested} asked for, but no CUDA GPU is available")
         if device.index is None:
+            check_gpu_count(local_rank, torch.cuda.device_count())
             device = torch.device(f"cuda:{local_rank}")
+        elif device.index >= torch.cuda.device_count():
+            raise W2SError(f"--device {requested}: this machine has {torch.cuda.device_count()} GPUs (cuda:0 .. "
+                           f"cuda:{torch.cuda.device_count() - 1})")
     return device
+
+
+def check_gpu_count(local_rank: int, gpus: int) -> None:
+    """One GPU per process: torchrun's local rank r takes cuda:r, so it needs more than r GPUs."""
+    if local_rank >= gpus:
+        raise W2SError(f"local rank {local_rank} has no GPU: this machine has {gpus} GPU{'s' if gpus != 1 else ''} "
+                       f"and torchrun started more processes per node; use --nproc-per-node {gpus} "
+                       "(one process per GPU), or --device cpu")
+
+
+@contextlib.contextmanager
+def deterministic_mode(enabled: bool):
+    """Deterministic kernels only, while the block runs (`--deterministic`): the same run gives the
+    same weights on a GPU too, at some cost in speed; an operation without a deterministic kernel
+    then raises, naming itself. On the CPU the kernels this tool uses are deterministic already for
+    a fixed thread count. The previous settings come back after the block."""
+    import torch
+
+    if not enabled:
+        yield
+        return
+    before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark,
+              torch.backends.cudnn.deterministic)
+    # cuBLAS reads this when it starts: before the first GPU matrix product of the process.
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = before[1], before[2]
 
 
 def cpu_has_bf16() -> bool:

@@ -48,7 +48,10 @@ def resolve_inputs(cfg) -> Inputs:
     if needs_weak or (store is not None and not cfg.data):
         a = store.attrs["data"]
         # Shards with no labelled row (unreadable or empty, skipped at labelling) are not read.
-        urls = [s["url"] for s, n in zip(a["shards"], store.labelled_counts) if n > 0]
+        read = [s for s, n in zip(a["shards"], store.labelled_counts) if n > 0]
+        urls = [s["url"] for s in read]
+        if not cfg.skip_shard_check:
+            _check_unchanged(read, store_url)
         image_fields = tuple(a["image_field"].split(";"))
         label_field = a.get("label_field")
         num_classes, class_names = store.num_classes, store.attrs.get("class_names")
@@ -83,6 +86,18 @@ def resolve_inputs(cfg) -> Inputs:
         if val.label_field is None:
             raise W2SError(f"validation data {val.pattern} carries no labels")
     return Inputs(urls, image_fields, label_field, num_classes, class_names, store_url, record, val)
+
+
+def _check_unchanged(shards: list[dict], store_url: str) -> None:
+    """Weak labels joined by key to other images are silently wrong labels: refuse shards that
+    changed since the store was made (size and the first and last 64 KiB, as recorded)."""
+    from .shards import changed_shards
+
+    changed = changed_shards(shards)
+    if changed:
+        more = f" (and {len(changed) - 1} more shards)" if len(changed) > 1 else ""
+        raise W2SError(f"{changed[0]}{more}: the store {store_url} labelled other data. Re-label the shards, or pass "
+                       "--skip-shard-check to train on them anyway")
 
 
 def store_identity(attrs: dict) -> str:

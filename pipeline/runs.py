@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import time
 
 from ..errors import W2SError
 from .workspace import workspace_dir
@@ -51,6 +53,60 @@ class MetricsLog:
         with open(tmp, "w") as f:
             f.writelines(kept)
         os.replace(tmp, self.path)
+
+
+class MetricWindow:
+    """The metrics of the steps since the last record, summed where they are (on the GPU, no wait
+    per step). `flush` copies them to the host once, after one all-reduce under DDP (so a record is
+    the mean over ranks, and every rank sees a non-finite loss at the same step), and raises with
+    the first step whose loss was not finite."""
+
+    def __init__(self):
+        self.names, self.sums, self.losses, self.dropped = None, None, [], 0
+        self.first_step, self.images, self.started = None, 0, time.perf_counter()
+
+    def add(self, step: int, parts: dict, images: int, dropped: int = 0) -> None:
+        import torch
+
+        values = torch.stack([v.detach().float().reshape(()) for v in parts.values()])
+        if self.names is None:
+            self.names, self.sums, self.first_step = list(parts), values, step
+        else:
+            self.sums = self.sums + values
+        self.losses.append(values[0])  # the objective is the first part
+        self.images += images
+        self.dropped += dropped
+
+    @property
+    def steps(self) -> int:
+        return len(self.losses)
+
+    def flush(self, world_size: int = 1) -> dict:
+        """{"means": {name: mean over steps (and ranks)}, "sums", "steps", "images", "seconds", "dropped"}."""
+        import torch
+
+        n = self.steps
+        packed = torch.cat([self.sums, torch.stack(self.losses), self.sums.new_tensor([float(self.dropped)])])
+        if world_size > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(packed)
+            packed[: len(self.names) + n] /= world_size
+        host = packed.tolist()  # the one host copy
+        for i, loss in enumerate(host[len(self.names): len(self.names) + n]):
+            if not math.isfinite(loss):
+                raise NonFiniteLoss(self.first_step + i, loss)
+        sums = dict(zip(self.names, host[: len(self.names)]))
+        out = {"means": {k: v / n for k, v in sums.items()}, "sums": sums, "steps": n, "images": self.images,
+               "seconds": time.perf_counter() - self.started, "dropped": int(round(host[-1]))}
+        self.__init__()
+        return out
+
+
+class NonFiniteLoss(Exception):
+    def __init__(self, step: int, value: float):
+        super().__init__(f"the loss is {value} at step {step}")
+        self.step, self.value = step, value
 
 
 def weights_digest(model) -> str:

@@ -191,6 +191,27 @@ def describe_shards(urls: list[str], storage_options: dict | None = None, thread
         return list(pool.map(one, urls))
 
 
+def changed_shards(recorded: list[dict], storage_options: dict | None = None, threads: int = 16) -> list[str]:
+    """'shard NAME: why' for each recorded shard ({url, name, bytes, digest}) that is gone or whose
+    size or quick digest differs now; at most 128 KiB read per shard."""
+    def one(shard: dict) -> str | None:
+        try:
+            fs, path = get_fs(shard["url"], storage_options)
+            size = int(fs.info(path)["size"])
+            if size != int(shard["bytes"]):
+                return f"shard {shard['name']}: {shard['url']} has {size} bytes, {shard['bytes']} when labelled"
+            if shard.get("digest") and quick_digest(fs, path, size) != shard["digest"]:
+                return f"shard {shard['name']}: {shard['url']} has other contents than when labelled (same size)"
+        except (FileNotFoundError, OSError) as exc:
+            return f"shard {shard['name']}: cannot read {shard['url']} ({exc})"
+        return None
+
+    if not recorded:
+        return []
+    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(recorded)))) as pool:
+        return [p for p in pool.map(one, recorded) if p]
+
+
 def fingerprint(shards: Iterable[Shard]) -> str:
     """sha256 over the shards' names, sizes, digests and counts: changes when the data source does."""
     h = hashlib.sha256()

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import math
 import os
-import random
 import time
 from dataclasses import asdict, dataclass
 
@@ -22,11 +20,11 @@ from ..errors import W2SError
 from ..pipeline import distributed
 from ..pipeline.inputs import Inputs, resolve_inputs
 from ..pipeline.losses import LOSSES
+from ..pipeline.optim import OPTIMIZERS, SCHEDULES
+from ..pipeline.resume import INVOCATION_ONLY
 from ..pipeline.runs import MetricsLog, weights_digest
 from ..pipeline.workspace import slug, workspace_dir
 
-OPTIMIZERS = ("adamw", "sgd", "momentum", "adam", "lamb", "lion")
-SCHEDULES = ("cosine", "step", "const")
 
 
 @dataclass(frozen=True)
@@ -49,17 +47,23 @@ class TrainConfig:
     beta_warmup_frac: float = 0.0
     gt_weight: float = 0.0
     skip_missing: bool = False
+    skip_shard_check: bool = False
     opt: str = "adamw"
     lr: float = 1e-3
     weight_decay: float = 0.05
     sched: str = "cosine"
+    min_lr: float = 0.0
     warmup_epochs: int = 0
+    warmup_lr: float = 1e-5
+    decay_epochs: int | None = None  # step schedule; default: a third of the epochs
+    decay_rate: float = 0.1
     epochs: int = 10
     steps_per_epoch: int | None = None  # default: samples // (world size * batch size)
     batch_size: int = 128
     workers: int | None = None
     precision: str = "auto"
     device: str = "auto"
+    deterministic: bool = False
     clip_grad: float | None = None
     seed: int = 0
     hflip: float = 0.5
@@ -93,16 +97,22 @@ class TrainConfig:
             if not value > 0:
                 bad(option, value, "must be positive")
         for option, value in (("--warmup-frac", self.warmup_frac), ("--beta-warmup-frac", self.beta_warmup_frac),
-                              ("--hflip", self.hflip), ("--crop-scale", self.crop_scale)):
+                              ("--hflip", self.hflip), ("--crop-scale", self.crop_scale), ("--decay-rate", self.decay_rate)):
             if not 0 <= value <= 1:
                 bad(option, value, "must be between 0 and 1")
-        if self.gt_weight < 0 or self.weight_decay < 0 or self.warmup_epochs < 0:
-            bad("--gt-weight/--weight-decay/--warmup-epochs", (self.gt_weight, self.weight_decay, self.warmup_epochs),
-                "must not be negative")
-        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
-            bad("--steps-per-epoch", self.steps_per_epoch, "must be at least 1")
-        if self.max_steps is not None and self.max_steps < 1:
-            bad("--max-steps", self.max_steps, "must be at least 1")
+        for option, value in (("--gt-weight", self.gt_weight), ("--weight-decay", self.weight_decay),
+                              ("--warmup-epochs", self.warmup_epochs), ("--min-lr", self.min_lr),
+                              ("--warmup-lr", self.warmup_lr)):
+            if value < 0:
+                bad(option, value, "must not be negative")
+        if self.min_lr > self.lr:
+            bad("--min-lr", self.min_lr, f"must not exceed --lr {self.lr}")
+        if self.warmup_epochs >= self.epochs:
+            bad("--warmup-epochs", self.warmup_epochs, f"must be less than --epochs {self.epochs} (warm-up counts inside them)")
+        for option, value in (("--steps-per-epoch", self.steps_per_epoch), ("--max-steps", self.max_steps),
+                              ("--decay-epochs", self.decay_epochs)):
+            if value is not None and value < 1:
+                bad(option, value, "must be at least 1")
         if self.pretrained and self.strong_checkpoint:
             raise W2SError("give --pretrained or --strong-checkpoint, not both")
         if self.resume and not self.run:
@@ -161,10 +171,24 @@ def train_step(model, batch: dict, optimizer, objective, *, progress: float, sca
 
 # ---------------------------------------------------------------------------------------------
 def run_train(cfg: TrainConfig) -> TrainResult:
-    import numpy as np
+    info = distributed.dist_info()
+    device = distributed.pick_device(cfg.device, info.local_rank)
+    with distributed.deterministic_mode(cfg.deterministic):
+        info = distributed.init_distributed(device)
+        try:
+            return _train(cfg, info, device)
+        except RuntimeError as exc:
+            if cfg.deterministic and "does not have a deterministic implementation" in str(exc):
+                op = str(exc).split(" does not have", 1)[0].strip()
+                raise W2SError(f"--deterministic: {op} has no deterministic kernel on {device}, so this model cannot "
+                               "train deterministically there; drop --deterministic (runs then differ slightly)") from None
+            raise
+        finally:
+            distributed.shutdown()
+
+
+def _train(cfg: TrainConfig, info, device) -> TrainResult:
     import timm.data
-    import timm.optim
-    import timm.scheduler
     import torch
     from tqdm import tqdm
 
@@ -173,219 +197,207 @@ def run_train(cfg: TrainConfig) -> TrainResult:
     from ..pipeline.loader import default_workers
     from ..pipeline.losses import objective as make_objective
     from ..pipeline.models import build_strong, head_parameters, resolve_model_name
+    from ..pipeline.optim import Schedule, ScheduleSpec, build_optimizer
+    from ..pipeline.resume import (check_resumable, gather_rank_states, rank_state, restore_rank_state,
+                                   seed_everything)
+    from ..pipeline.runs import MetricWindow, NonFiniteLoss
     from ..pipeline.train_loader import TrainStream, train_loader
+    from ..pipeline.views import view_seed
     from .evaluate import evaluate
 
-    info = distributed.dist_info()
-    device = distributed.pick_device(cfg.device, info.local_rank)
-    info = distributed.init_distributed(device)
-    try:
-        inputs = resolve_inputs(cfg)
-        strong = resolve_model_name(cfg.strong)
-        precision = distributed.resolve_precision(cfg.precision, device)
+    inputs = resolve_inputs(cfg)
+    strong = resolve_model_name(cfg.strong)
+    precision = distributed.resolve_precision(cfg.precision, device)
+    workers = cfg.workers if cfg.workers is not None else default_workers()
 
-        # -- run directory -------------------------------------------------------------------
-        name = cfg.run or f"{slug(strong)}-{cfg.loss}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    # -- run directory -----------------------------------------------------------------------
+    name = cfg.run or f"{slug(strong)}-{cfg.loss}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    if info.world_size > 1:
+        import torch.distributed as dist
+
+        shared = [name]
+        dist.broadcast_object_list(shared, src=0)
+        name = shared[0]
+    run_dir = name if os.path.sep in name else str(workspace_dir(cfg.workspace) / "runs" / name)
+    last_path, best_path = os.path.join(run_dir, "last.pt"), os.path.join(run_dir, "best.pt")
+    if cfg.resume and not os.path.exists(last_path):
+        raise W2SError(f"--resume: run {run_dir} has no last.pt to continue from")
+    if not cfg.resume and os.path.exists(os.path.join(run_dir, "config.json")):
+        raise W2SError(f"run {run_dir} exists; pass --resume to continue it, or choose another --run-name")
+    log = MetricsLog(os.path.join(run_dir, "metrics.jsonl"), info.is_main)
+
+    # -- model, optimizer, schedule ----------------------------------------------------------
+    seed_everything(cfg.seed)  # the same initial weights on every rank
+    model, data_config = build_strong(strong, inputs.num_classes, img_size=cfg.img_size,
+                                      pretrained=cfg.pretrained, checkpoint=cfg.strong_checkpoint)
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)  # before DDP, which keeps the layout it is given
+    if cfg.linear_probe:
+        head = {id(p) for p in head_parameters(model)}
+        for p in model.parameters():
+            p.requires_grad_(id(p) in head)
+    optimizer = build_optimizer(model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = cfg.steps_per_epoch or max(1, _count(inputs) // (cfg.batch_size * info.world_size))
+    total_steps = steps_per_epoch * cfg.epochs
+    schedule = Schedule(optimizer, ScheduleSpec(
+        cfg.sched, total_steps, warmup_steps=cfg.warmup_epochs * steps_per_epoch, warmup_lr=cfg.warmup_lr,
+        min_lr=cfg.min_lr, decay_steps=(cfg.decay_epochs or max(1, cfg.epochs // 3)) * steps_per_epoch,
+        decay_rate=cfg.decay_rate))
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+    # Everything that decides what the run computes; --resume refuses any difference by name.
+    settings = {**{k: v for k, v in asdict(cfg).items() if k not in INVOCATION_ONLY}, "strong": strong,
+                "data_source": inputs.record, "precision_resolved": precision, "device_type": device.type,
+                "workers_resolved": workers, "world_size": info.world_size, "steps_per_epoch": steps_per_epoch}
+    # From here each rank draws from its own generators (dropout masks, say); the data's
+    # augmentation draws from none of them (views.py).
+    seed_everything(view_seed(cfg.seed, "train", str(info.rank), 0))
+
+    step, best_top1, sums = 0, None, {"agree": 0.0, "agree_steps": 0, "dropped": 0, "dropped_total": 0}
+    if cfg.resume:
+        ckpt = torch.load(last_path, map_location="cpu", weights_only=True)
+        check_resumable(ckpt.get("settings"), settings, run_dir)
+        model.load_state_dict(ckpt["state_dict"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if scaler is not None and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        step, best_top1 = int(ckpt["step"]), ckpt.get("best_top1")
+        sums = restore_rank_state(model, ckpt["ranks"][info.rank], device)
+        log.truncate_after(step)
+    elif info.is_main:
+        os.makedirs(run_dir, exist_ok=True)
+        config = {**asdict(cfg), **settings, "num_classes": inputs.num_classes, "data_config": data_config,
+                  "tool_version": __version__}
+        with open(os.path.join(run_dir, "config.json"), "w") as f:
+            json.dump(config, f, indent=1)
+
+    net = model
+    if info.world_size > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    # -- data --------------------------------------------------------------------------------
+    transform = timm.data.create_transform(
+        input_size=tuple(data_config["input_size"]), is_training=True, hflip=cfg.hflip,
+        color_jitter=cfg.color_jitter, scale=(cfg.crop_scale, 1.0), interpolation=data_config["interpolation"],
+        mean=tuple(data_config["mean"]), std=tuple(data_config["std"]))
+    join = StoreJoin(inputs.store_url, skip_missing=cfg.skip_missing) if LOSSES[cfg.loss].needs_weak else None
+    stream = TrainStream(inputs.urls, transform=transform, image_fields=inputs.image_fields,
+                         label_field=inputs.label_field, need_labels=cfg.loss == "gt" or cfg.gt_weight > 0, join=join,
+                         seed=cfg.seed, rank=info.rank, world_size=info.world_size, shuffle_buffer=cfg.shuffle_buffer,
+                         batch_size=cfg.batch_size, start_step=step)
+    batches = iter(train_loader(stream, workers, device.type == "cuda"))
+    objective = make_objective(cfg.loss, temperature=cfg.kd_temperature, threshold=cfg.threshold,
+                               warmup_frac=cfg.warmup_frac, beta_warmup_frac=cfg.beta_warmup_frac,
+                               gt_weight=cfg.gt_weight)
+    autocast = torch.autocast(device_type=device.type, dtype=distributed.autocast_dtype(precision),
+                              enabled=precision != "fp32")
+
+    def sync_norm_stats():
+        # DDP keeps parameters equal, but each rank's BatchNorm running statistics follow its own
+        # batches: average them so that every rank evaluates and saves the same model.
+        if info.world_size > 1:
+            import timm.utils
+
+            timm.utils.distribute_bn(model, info.world_size, reduce=True)
+
+    def evaluate_now():
+        if inputs.val is None:
+            return None
+        return evaluate(model, list(inputs.val.urls), data_config, image_fields=inputs.val.image_fields,
+                        label_field=inputs.val.label_field, batch_size=cfg.batch_size, workers=workers,
+                        device=device, precision=precision)
+
+    def checkpoint(path, epoch, ranks=None):
+        if info.is_main:
+            save_checkpoint(
+                path, model.state_dict(), model_name=strong, num_classes=inputs.num_classes,
+                data_config={**data_config}, class_names=inputs.class_names, optimizer=optimizer.state_dict(),
+                scaler=scaler.state_dict() if scaler else None, step=step, epoch=epoch, best_top1=best_top1,
+                precision=precision, config=asdict(cfg), settings=settings, ranks=ranks, data=inputs.record,
+                tool_version=__version__)
+
+    # -- the loop ----------------------------------------------------------------------------
+    net.train()
+    if cfg.linear_probe:
+        net.eval()  # a frozen backbone keeps its normalisation statistics
+    bar = tqdm(total=total_steps, initial=step, unit="step", disable=not (cfg.progress and info.is_main),
+               desc=f"train {strong} ({cfg.loss})", dynamic_ncols=True)
+    stop_at = min(total_steps, step + cfg.max_steps) if cfg.max_steps else total_steps
+    window = MetricWindow()
+    started = time.perf_counter()
+    result_val = None
+    while step < stop_at:
+        batch = next(batches)
+        if "error" in batch:
+            raise W2SError(batch["error"])
+        dropped = int(batch.pop("dropped"))  # a CPU tensor: no device wait
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "key"}
+        if device.type == "cuda":
+            batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
+        lr = schedule.apply(step)  # the rate this step trains with, and the one logged for it
+        parts = train_step(net, batch, optimizer, objective, progress=step / total_steps, scaler=scaler,
+                           clip_grad=cfg.clip_grad, autocast=autocast)
+        step += 1
+        window.add(step, parts, len(batch["image"]) * info.world_size, dropped)
+        bar.update(1)
+        epoch_end = step % steps_per_epoch == 0
+        if step % cfg.log_every == 0 or step == stop_at or epoch_end:
+            try:
+                flushed = window.flush(info.world_size)
+            except NonFiniteLoss as bad:
+                raise W2SError(f"{bad} (epoch {(bad.step - 1) // steps_per_epoch + 1}); lower --lr, set --clip-grad, "
+                               "or use --precision fp32") from None
+            means = flushed["means"]
+            log.write({"kind": "step", "step": step, "epoch": (step - 1) // steps_per_epoch + 1, "lr": lr,
+                       "img_per_s": flushed["images"] / max(flushed["seconds"], 1e-9), **means})
+            bar.set_postfix(loss=f"{means['loss']:.3f}")
+            sums["agree"] += flushed["sums"].get("agree", 0.0)
+            sums["agree_steps"] += flushed["steps"]
+            sums["dropped"] += flushed["dropped"]
+            sums["dropped_total"] += flushed["dropped"]
+        if epoch_end:
+            epoch = step // steps_per_epoch
+            sync_norm_stats()
+            result_val = evaluate_now()
+            record = {"kind": "epoch", "step": step, "epoch": epoch}
+            if result_val:
+                record.update(val_top1=result_val["top1"], val_top5=result_val["top5"])
+                if best_top1 is None or result_val["top1"] > best_top1:
+                    best_top1 = result_val["top1"]
+                    checkpoint(best_path, epoch)
+            if join is not None:
+                record["train_agree"] = sums["agree"] / max(1, sums["agree_steps"])
+                if cfg.skip_missing:
+                    record["dropped_missing"] = sums["dropped"]
+            sums.update(agree=0.0, agree_steps=0, dropped=0)
+            log.write(record)
+            checkpoint(last_path, epoch, gather_rank_states(rank_state(model, device, sums), info.world_size))
+    bar.close()
+    if step % steps_per_epoch:  # stopped mid-epoch by --max-steps
+        ranks = gather_rank_states(rank_state(model, device, sums), info.world_size)  # before the averaging
+        sync_norm_stats()
+        checkpoint(last_path, step // steps_per_epoch, ranks)
+    finished = step >= total_steps
+    if finished:
+        digest = weights_digest(model)
+        digests = [digest]
         if info.world_size > 1:
             import torch.distributed as dist
 
-            shared = [name]
-            dist.broadcast_object_list(shared, src=0)
-            name = shared[0]
-        run_dir = name if os.path.sep in name else str(workspace_dir(cfg.workspace) / "runs" / name)
-        last_path, best_path = os.path.join(run_dir, "last.pt"), os.path.join(run_dir, "best.pt")
-        if cfg.resume and not os.path.exists(last_path):
-            raise W2SError(f"--resume: run {run_dir} has no last.pt to continue from")
-        if not cfg.resume and os.path.exists(os.path.join(run_dir, "config.json")):
-            raise W2SError(f"run {run_dir} exists; pass --resume to continue it, or choose another --run-name")
-        log = MetricsLog(os.path.join(run_dir, "metrics.jsonl"), info.is_main)
-
-        # -- model, optimizer, schedule ------------------------------------------------------
-        torch.manual_seed(cfg.seed)
-        # timm's training transforms draw from Python's `random`; in-process loading (--workers 0)
-        # would leave augmentation unseeded (loader workers are seeded by torch from the above).
-        random.seed(cfg.seed * 1000 + info.rank)
-        np.random.seed((cfg.seed * 1000 + info.rank) % 2**32)
-        model, data_config = build_strong(strong, inputs.num_classes, img_size=cfg.img_size,
-                                          pretrained=cfg.pretrained, checkpoint=cfg.strong_checkpoint)
-        model.to(device)
-        if cfg.linear_probe:
-            head = {id(p) for p in head_parameters(model)}
-            for p in model.parameters():
-                p.requires_grad_(id(p) in head)
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = timm.optim.create_optimizer_v2(params, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        world_batch = cfg.batch_size * info.world_size
-        samples = _count(inputs, cfg)
-        steps_per_epoch = cfg.steps_per_epoch or max(1, samples // world_batch)
-        total_steps = steps_per_epoch * cfg.epochs
-        scheduler = None
-        if cfg.sched != "const":
-            scheduler, _ = timm.scheduler.create_scheduler_v2(
-                optimizer, sched=cfg.sched, num_epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs, warmup_prefix=True,
-                step_on_epochs=False, updates_per_epoch=steps_per_epoch, decay_epochs=max(1, cfg.epochs // 3))
-        scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
-
-        step, best_top1 = 0, None
-        if cfg.resume:
-            ckpt = torch.load(last_path, map_location="cpu", weights_only=True)
-            saved = ckpt.get("config", {})
-            for field in ("strong", "loss", "epochs", "batch_size"):
-                if saved.get(field) != getattr(cfg, field):
-                    raise W2SError(f"--resume: run {run_dir} was started with {field}={saved.get(field)!r}, "
-                                   f"this command has {getattr(cfg, field)!r}")
-            if ckpt.get("data", {}).get("store_id") != inputs.record.get("store_id"):
-                raise W2SError(f"--resume: run {run_dir} trained from another store than {inputs.store_url}")
-            model.load_state_dict(ckpt["state_dict"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            if scheduler is not None and ckpt.get("scheduler"):
-                scheduler.load_state_dict(ckpt["scheduler"])
-            if scaler is not None and ckpt.get("scaler"):
-                scaler.load_state_dict(ckpt["scaler"])
-            step, best_top1 = int(ckpt["step"]), ckpt.get("best_top1")
-            log.truncate_after(step)
-        elif info.is_main:
-            os.makedirs(run_dir, exist_ok=True)
-            config = {**asdict(cfg), "strong": strong, "precision_resolved": precision, "data_source": inputs.record,
-                      "num_classes": inputs.num_classes, "steps_per_epoch": steps_per_epoch, "world_size": info.world_size,
-                      "data_config": data_config, "tool_version": __version__}
-            with open(os.path.join(run_dir, "config.json"), "w") as f:
-                json.dump(config, f, indent=1)
-
-        net = model
-        if info.world_size > 1:
-            net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-        if device.type == "cuda":
-            net = net.to(memory_format=torch.channels_last)
-
-        # -- data ----------------------------------------------------------------------------
-        transform = timm.data.create_transform(
-            input_size=tuple(data_config["input_size"]), is_training=True, hflip=cfg.hflip,
-            color_jitter=cfg.color_jitter, scale=(cfg.crop_scale, 1.0), interpolation=data_config["interpolation"],
-            mean=tuple(data_config["mean"]), std=tuple(data_config["std"]))
-        join = StoreJoin(inputs.store_url, skip_missing=cfg.skip_missing) if LOSSES[cfg.loss].needs_weak else None
-        needs_labels = cfg.loss == "gt" or cfg.gt_weight > 0
-        stream = TrainStream(inputs.urls, transform=transform, image_fields=inputs.image_fields,
-                             label_field=inputs.label_field, need_labels=needs_labels, join=join,
-                             seed=cfg.seed + step, rank=info.rank, world_size=info.world_size,
-                             shuffle_buffer=cfg.shuffle_buffer)
-        workers = cfg.workers if cfg.workers is not None else default_workers()
-        batches = iter(train_loader(stream, cfg.batch_size, workers, device.type == "cuda"))
-        objective = make_objective(cfg.loss, temperature=cfg.kd_temperature, threshold=cfg.threshold,
-                                   warmup_frac=cfg.warmup_frac, beta_warmup_frac=cfg.beta_warmup_frac,
-                                   gt_weight=cfg.gt_weight)
-        autocast = torch.autocast(device_type=device.type, dtype=distributed.autocast_dtype(precision),
-                                  enabled=precision != "fp32")
-
-        def sync_norm_stats():
-            # DDP keeps parameters equal, but each rank's BatchNorm running statistics follow its own
-            # batches: average them so that every rank evaluates and saves the same model.
-            if info.world_size > 1:
-                import timm.utils
-
-                timm.utils.distribute_bn(model, info.world_size, reduce=True)
-
-        def evaluate_now():
-            if inputs.val is None:
-                return None
-            return evaluate(model, list(inputs.val.urls), data_config, image_fields=inputs.val.image_fields,
-                            label_field=inputs.val.label_field, batch_size=cfg.batch_size, workers=workers,
-                            device=device, precision=precision)
-
-        def checkpoint(path, epoch):
-            if info.is_main:
-                save_checkpoint(
-                    path, model.state_dict(), model_name=strong, num_classes=inputs.num_classes,
-                    data_config={**data_config}, class_names=inputs.class_names,
-                    optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict() if scheduler else None,
-                    scaler=scaler.state_dict() if scaler else None, step=step, epoch=epoch, best_top1=best_top1,
-                    config=asdict(cfg), data=inputs.record, tool_version=__version__)
-
-        # -- the loop ------------------------------------------------------------------------
-        net.train()
-        if cfg.linear_probe:
-            net.eval()  # a frozen backbone keeps its normalisation statistics
-        bar = tqdm(total=total_steps, initial=step, unit="step", disable=not (cfg.progress and info.is_main),
-                   desc=f"train {strong} ({cfg.loss})", dynamic_ncols=True)
-        stop_at = min(total_steps, step + cfg.max_steps) if cfg.max_steps else total_steps
-        window, window_steps, window_start, window_images = {}, 0, time.perf_counter(), 0
-        started = time.perf_counter()
-        result_val = None
-        epoch_agree, epoch_steps = 0.0, 0
-        while step < stop_at:
-            batch = next(batches)
-            if "error" in batch:
-                raise W2SError(batch["error"])
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "key"}
-            if device.type == "cuda":
-                batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
-            parts = train_step(net, batch, optimizer, objective, progress=step / total_steps, scaler=scaler,
-                               clip_grad=cfg.clip_grad, autocast=autocast)
-            step += 1
-            # One device-to-host copy per step for all the metrics (loss first).
-            values = dict(zip(parts, torch.stack([v.float().reshape(()) for v in parts.values()]).tolist()))
-            if not math.isfinite(values["loss"]):
-                raise W2SError(f"the loss is {values['loss']} at step {step} (epoch {(step - 1) // steps_per_epoch + 1}); "
-                               "lower --lr, set --clip-grad, or use --precision fp32")
-            if scheduler is not None:
-                scheduler.step_update(num_updates=step)
-            for k, v in values.items():
-                window[k] = window.get(k, 0.0) + v
-            window_steps += 1
-            window_images += len(batch["image"]) * info.world_size
-            if "agree" in values:
-                epoch_agree += values["agree"]
-            epoch_steps += 1
-            bar.update(1)
-            if step % cfg.log_every == 0 or step == stop_at:
-                elapsed = time.perf_counter() - window_start
-                record = {"kind": "step", "step": step, "epoch": (step - 1) // steps_per_epoch + 1,
-                          "lr": optimizer.param_groups[0]["lr"], "img_per_s": window_images / max(elapsed, 1e-9),
-                          **{k: v / window_steps for k, v in window.items()}}
-                log.write(record)
-                bar.set_postfix(loss=f"{record['loss']:.3f}")
-                window, window_steps, window_start, window_images = {}, 0, time.perf_counter(), 0
-            if step % steps_per_epoch == 0:
-                epoch = step // steps_per_epoch
-                sync_norm_stats()
-                result_val = evaluate_now()
-                record = {"kind": "epoch", "step": step, "epoch": epoch}
-                if result_val:
-                    record.update(val_top1=result_val["top1"], val_top5=result_val["top5"])
-                    if best_top1 is None or result_val["top1"] > best_top1:
-                        best_top1 = result_val["top1"]
-                        checkpoint(best_path, epoch)
-                if epoch_steps and join is not None:
-                    record["train_agree"] = epoch_agree / epoch_steps
-                epoch_agree, epoch_steps = 0.0, 0
-                log.write(record)
-                checkpoint(last_path, epoch)
-        bar.close()
-        if step % steps_per_epoch:  # stopped mid-epoch by --max-steps
-            sync_norm_stats()
-            checkpoint(last_path, step // steps_per_epoch)
-        finished = step >= total_steps
-        if finished:
-            digest = weights_digest(model)
-            digests = [digest]
-            if info.world_size > 1:
-                import torch.distributed as dist
-
-                digests = [None] * info.world_size
-                dist.all_gather_object(digests, digest)
-                if len(set(digests)) != 1:
-                    raise W2SError(f"DDP ranks ended with different weights: {digests}")
-            log.write({"kind": "end", "step": step, "epoch": cfg.epochs, "weights_sha256": digests,
-                       "best_val_top1": best_top1, "seconds": time.perf_counter() - started})
-        distributed.barrier()
-        return TrainResult(run_dir, step, step // steps_per_epoch, finished,
-                           result_val["top1"] if result_val else None, result_val["top5"] if result_val else None,
-                           best_top1, time.perf_counter() - started)
-    finally:
-        distributed.shutdown()
+            digests = [None] * info.world_size
+            dist.all_gather_object(digests, digest)
+            if len(set(digests)) != 1:
+                raise W2SError(f"DDP ranks ended with different weights: {digests}")
+        log.write({"kind": "end", "step": step, "epoch": cfg.epochs, "weights_sha256": digests,
+                   "best_val_top1": best_top1, "seconds": time.perf_counter() - started,
+                   **({"dropped_missing": sums["dropped_total"]} if cfg.skip_missing else {})})
+    distributed.barrier()
+    return TrainResult(run_dir, step, step // steps_per_epoch, finished,
+                       result_val["top1"] if result_val else None, result_val["top5"] if result_val else None,
+                       best_top1, time.perf_counter() - started)
 
 
-def _count(inputs: Inputs, cfg: TrainConfig) -> int:
+def _count(inputs: Inputs) -> int:
     """Training samples: from the store's records, else from the shards' manifest or headers."""
     if inputs.store_url:
         from ..storage.reader import open_store

@@ -19,7 +19,8 @@ def torchrun(nproc, args, env):
 
 def test_two_ranks_equal_one_process(tmp_path, digits_data, weak_ckpt):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
-    base = ["label", "--weak-checkpoint", weak_ckpt, "--quiet", "--workers", "1", "--batch-size", "64"]
+    # gloo on the CPU, on a GPU machine too (one GPU cannot hold two ranks)
+    base = ["label", "--weak-checkpoint", weak_ckpt, "--quiet", "--workers", "1", "--batch-size", "64", "--device", "cpu"]
     one = torchrun(1, [*base, "--labels", str(tmp_path / "one")], env)
     assert one.returncode == 0, one.stderr[-3000:]
     two = torchrun(2, [*base, "--labels", str(tmp_path / "two")], env)

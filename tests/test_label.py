@@ -88,12 +88,25 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, digits_data, we
         np.testing.assert_array_equal(read_all(resumed)[name], values)
 
 
-def test_workers_and_batch_size_do_not_change_the_store(tmp_path, digits_data, weak_ckpt):
-    a = open_store(label(tmp_path, weak_ckpt, "a", workers=0).store)
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_workers_and_batch_size_do_not_change_the_store(tmp_path, digits_data, weak_ckpt, device):
+    """Exact on the CPU. On a GPU the kernels chosen depend on the batch size (and fp32 convolutions
+    run in TF32), so the logits agree to 1% of their range and the predictions almost everywhere."""
+    a = open_store(label(tmp_path, weak_ckpt, "a", workers=0, device=device).store)
     b = open_store(run_label(LabelConfig(weak=None, weak_checkpoint=weak_ckpt, data="digits", labels=str(tmp_path / "b"),
-                                         batch_size=37, workers=2, precision="fp32", progress=False)).store)
-    assert a.index().equals(b.index())
-    np.testing.assert_array_equal(read_all(a)["logits"], read_all(b)["logits"])
+                                         batch_size=37, workers=2, precision="fp32", device=device,
+                                         progress=False)).store)
+    if device == "cpu":
+        assert a.index().equals(b.index())
+        np.testing.assert_array_equal(read_all(a)["logits"], read_all(b)["logits"])
+        return
+    assert a.index().column("key").equals(b.index().column("key"))
+    la, lb = read_all(a)["logits"].astype(np.float32), read_all(b)["logits"].astype(np.float32)
+    assert np.abs(la - lb).max() <= 0.01 * (la.max() - la.min())
+    assert (la.argmax(1) == lb.argmax(1)).mean() >= 0.99
 
 
 def test_topk_store(tmp_path, digits_data, weak_ckpt):

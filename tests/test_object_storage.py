@@ -83,7 +83,7 @@ def test_torchrun_ranks_label_into_one_s3_store(s3, tmp_path, weak_ckpt):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "w2s_pipe.cli",
            "label", "--weak-checkpoint", weak_ckpt, "--data", "s3://data/digits/digits-transfer-*.tar",
-           "--labels", "s3://stores/ranks", "--quiet", "--workers", "1", "--precision", "fp32"]
+           "--labels", "s3://stores/ranks", "--quiet", "--workers", "1", "--precision", "fp32", "--device", "cpu"]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "complete, 897 samples" in out.stdout

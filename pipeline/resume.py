@@ -1,0 +1,105 @@
+"""What makes `train --resume` a continuation: the settings a run may not change, and each rank's
+own state (random generators, normalisation buffers, the epoch's running sums) saved with it.
+
+A resumed run must end where the uninterrupted one would have: the weights, the optimizer, the
+schedule (a function of the step), the samples and their views (a function of the step and the
+seed, see train_loader.py) and every rank's generators. Any setting that would change the result
+is compared with the one the run was started with, and a difference is refused by name.
+"""
+
+from __future__ import annotations
+
+import random
+
+from ..errors import W2SError
+
+# TrainConfig fields that only steer this invocation, never what is computed.
+INVOCATION_ONLY = frozenset({"resume", "max_steps", "progress", "log_every", "run", "workspace", "skip_shard_check",
+                             # compared through what they resolve to (see train.py's settings):
+                             "labels", "data", "split", "workers", "device", "precision"})
+
+
+def differences(saved: dict, current: dict) -> list[str]:
+    """'name (then X, now Y)' for every setting that differs; keys missing on one side count."""
+    out = []
+    for key in sorted(set(saved) | set(current)):
+        if saved.get(key) != current.get(key):
+            out.append(f"{key} (started with {saved.get(key)!r}, now {current.get(key)!r})")
+    return out
+
+
+def check_resumable(saved: dict | None, current: dict, run_dir: str) -> None:
+    if saved is None:
+        raise W2SError(f"--resume: run {run_dir} was written by an older w2s-pipe that did not record its settings; "
+                       "it cannot be continued exactly: start a new run")
+    diff = differences(saved, current)
+    if diff:
+        raise W2SError(f"--resume: run {run_dir} cannot continue with other settings: {'; '.join(diff)}. "
+                       "Resume with the settings it was started with, or start a new run (--run-name)")
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state(device) -> dict:
+    """This process's generators, in types `torch.load(weights_only=True)` reads back."""
+    import numpy as np
+    import torch
+
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": [version, list(internal), gauss], "torch": torch.get_rng_state(),
+             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict, device) -> None:
+    import numpy as np
+    import torch
+
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def rank_state(model, device, sums: dict) -> dict:
+    """This rank's part of a checkpoint: generators, buffers (each rank's BatchNorm statistics follow
+    its own batches until the epoch's end averages them) and the epoch's running sums."""
+    return {"rng": rng_state(device), "sums": dict(sums),
+            "buffers": {name: b.detach().cpu().clone() for name, b in model.named_buffers()}}
+
+
+def gather_rank_states(state: dict, world_size: int) -> list[dict]:
+    """Every rank's state on every rank (a collective: all ranks call it)."""
+    if world_size == 1:
+        return [state]
+    import torch.distributed as dist
+
+    states = [None] * world_size
+    dist.all_gather_object(states, state)
+    return states
+
+
+def restore_rank_state(model, state: dict, device) -> dict:
+    """Put a rank's saved state back; returns its epoch sums."""
+    import torch
+
+    with torch.no_grad():
+        buffers = dict(model.named_buffers())
+        for name, value in state["buffers"].items():
+            if name in buffers:
+                buffers[name].copy_(value)
+    set_rng_state(state["rng"], device)
+    return dict(state["sums"])
