@@ -1,6 +1,7 @@
 """Top-1/top-5 of a model on a data set's validation shards; shared by `train` and `eval`.
 
-    w2s-pipe eval --run RUN
+    w2s-pipe eval --run RUN                # the run's final weights, in its training precision
+    w2s-pipe eval --run RUN --pick best    # the epoch picked by its val top-1 (selected on validation)
 """
 
 from __future__ import annotations
@@ -13,18 +14,26 @@ from ..pipeline import distributed
 
 @dataclass(frozen=True)
 class EvalConfig:
-    run: str | None = None  # run directory or name in the workspace; its best.pt (else last.pt)
+    run: str | None = None  # run directory or name in the workspace
+    pick: str = "last"  # with --run: last.pt (the final weights) or best.pt (picked on validation)
     checkpoint: str | None = None
     data: str | None = None  # default: the data the run trained on
     split: str | None = None  # default: that data set's validation split
     batch_size: int = 256
     workers: int | None = None
     device: str = "auto"
+    precision: str | None = None  # default: the precision the checkpoint was trained in, else fp32
     workspace: str | None = None
 
     def __post_init__(self):
         if bool(self.run) == bool(self.checkpoint):
             raise W2SError("give exactly one of --run RUN or --checkpoint PATH")
+        if self.pick not in ("last", "best"):
+            raise W2SError(f"--pick {self.pick!r} is invalid: choose last or best")
+        if self.pick != "last" and not self.run:
+            raise W2SError("--pick chooses among a run's checkpoints: give --run RUN")
+        if self.precision not in (None, "auto", "bf16", "fp16", "fp32"):
+            raise W2SError(f"--precision {self.precision!r} is invalid: choose one of auto, bf16, fp16, fp32")
         if self.batch_size < 1:
             raise W2SError(f"--batch-size {self.batch_size!r} is invalid: must be at least 1")
 
@@ -73,10 +82,15 @@ def evaluate(model, urls, data_config: dict, *, image_fields, label_field, batch
 
 
 def run_eval(cfg: EvalConfig) -> dict:
+    """Top-1 and top-5, with what they were measured on: checkpoint, its step and epoch, how it was
+    picked, the precision, the data and split."""
     import json
     import os
 
+    import torch
+
     from ..pipeline.datasets import resolve_data
+    from ..pipeline.loader import default_workers
     from ..pipeline.models import load_model
     from ..pipeline.runs import find_run
 
@@ -84,12 +98,15 @@ def run_eval(cfg: EvalConfig) -> dict:
     trained_on = {}
     if cfg.run:
         run_dir = find_run(cfg.run, cfg.workspace)
-        checkpoint = next((os.path.join(run_dir, f) for f in ("best.pt", "last.pt") if os.path.exists(os.path.join(run_dir, f))), None)
-        if checkpoint is None:
-            raise W2SError(f"run {run_dir} has no checkpoint yet (best.pt or last.pt)")
+        checkpoint = os.path.join(run_dir, f"{cfg.pick}.pt")
+        if not os.path.exists(checkpoint):
+            why = "it ran without validation" if cfg.pick == "best" else "it has not finished an epoch or a --max-steps stop"
+            raise W2SError(f"run {run_dir} has no {cfg.pick}.pt ({why})")
         with open(os.path.join(run_dir, "config.json")) as f:
             trained_on = json.load(f).get("data_source", {})
     loaded = load_model(None, checkpoint=checkpoint, num_classes=None, option="--strong")
+    meta = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    meta = {k: meta.get(k) for k in ("step", "epoch", "precision", "settings")} if isinstance(meta, dict) else {}
     data = cfg.data or trained_on.get("name")
     if not data or data == "shards":
         raise W2SError("give --data (a dataset name or validation shard pattern) to evaluate this checkpoint on")
@@ -98,9 +115,12 @@ def run_eval(cfg: EvalConfig) -> dict:
     if split != source.split:
         source = resolve_data(data, split, workspace=cfg.workspace)
     device = distributed.pick_device(cfg.device)
-    from ..pipeline.loader import default_workers
-
+    precision = distributed.resolve_precision(cfg.precision or meta.get("precision") or "fp32", device)
     result = evaluate(loaded.model.to(device), list(source.urls), loaded.data_config, image_fields=source.image_fields,
                       label_field=source.label_field, batch_size=cfg.batch_size,
-                      workers=cfg.workers if cfg.workers is not None else default_workers(), device=device)
-    return {**result, "checkpoint": checkpoint, "data": source.name, "split": source.split}
+                      workers=cfg.workers if cfg.workers is not None else default_workers(), device=device,
+                      precision=precision)
+    picked = ("the final weights" if cfg.pick == "last" else
+              "the epoch with the best val top-1: selected on validation, an optimistic figure") if cfg.run else "as given"
+    return {**result, "checkpoint": checkpoint, "step": meta.get("step"), "epoch": meta.get("epoch"), "picked": picked,
+            "precision": precision, "data": source.name, "split": source.split}
