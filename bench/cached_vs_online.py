@@ -62,12 +62,13 @@ def main():
             student = create_model(args.strong, 1000).to(device).train()
             opt = timm.optim.create_optimizer_v2(student, opt="adamw", lr=1e-4)
             stream = TrainStream(expand_pattern(pattern), transform=transform, image_fields=("jpg",), label_field="cls",
-                                 need_labels=False, join=None if online else StoreJoin(store), seed=0, shuffle_buffer=64)
-            batches = iter(train_loader(stream, args.batch_size, workers, device.type == "cuda"))
+                                 need_labels=False, join=None if online else StoreJoin(store), seed=0, shuffle_buffer=64,
+                                 batch_size=args.batch_size)
+            batches = iter(train_loader(stream, workers, device.type == "cuda"))
             timed = 0.0
             for n, batch in enumerate(itertools.islice(batches, args.steps + 2)):
                 t = time.perf_counter()
-                batch = {k: v.to(device) for k, v in batch.items() if k != "key"}
+                batch = {k: v.to(device) for k, v in batch.items() if k not in ("key", "dropped")}
                 if online:
                     with torch.inference_mode(), autocast:
                         batch["weak"] = teacher(batch["image"]).float()

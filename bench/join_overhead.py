@@ -17,10 +17,10 @@ import time
 import _util
 
 
-def rate(stream, batch, workers, batches):
+def rate(stream, workers, batches):
     from w2s_pipe.pipeline.train_loader import train_loader
 
-    it = iter(train_loader(stream, batch, workers, False))
+    it = iter(train_loader(stream, workers, False))
     for b in itertools.islice(it, 3):  # warm-up: workers started, first shards read
         pass
     t = time.perf_counter()
@@ -83,11 +83,11 @@ def main():
         transform = timm.data.create_transform(input_size=(3, args.img_size, args.img_size), is_training=True, hflip=0.5)
         batches = max(4, args.samples // args.batch_size)
         kw = dict(transform=transform, image_fields=("png",), label_field="cls", need_labels=False, seed=0,
-                  shuffle_buffer=1000)
+                  shuffle_buffer=1000, batch_size=args.batch_size)
         plain, joined = [], []
         for _ in range(args.repeats):  # interleaved, so drifting load hits both alike
-            plain.append(rate(TrainStream(urls, join=None, **kw), args.batch_size, workers, batches))
-            joined.append(rate(TrainStream(urls, join=StoreJoin(store), **kw), args.batch_size, workers, batches))
+            plain.append(rate(TrainStream(urls, join=None, **kw), workers, batches))
+            joined.append(rate(TrainStream(urls, join=StoreJoin(store), **kw), workers, batches))
     p, j = float(np.median(plain)), float(np.median(joined))
     print(f"{args.samples} samples, {args.classes} classes, {args.img_size} px, batch {args.batch_size}, {workers} workers")
     print(f"loader without join  {p:9.0f} samples/s")
