@@ -164,7 +164,7 @@ def test_train_killed_then_resumed(tmp_path, digits_data, weak_ckpt):
     run_label(LabelConfig(weak=None, weak_checkpoint=weak_ckpt, data="digits", workers=0, progress=False))
     env = {**os.environ, "W2S_HOME": str(tmp_path / "ws"), "OMP_NUM_THREADS": "1"}
     args = [EXE, "train", "--strong", "test_resnet", "--img-size", "32", "--batch-size", "16", "--epochs", "4",
-            "--workers", "0", "--precision", "fp32", "--quiet", "--log-every", "1", "--run-name", "k"]
+            "--workers", "0", "--precision", "fp32", "--device", "cpu", "--quiet", "--log-every", "1", "--run-name", "k"]
     run_dir = tmp_path / "ws" / "runs" / "k"
     proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 120
@@ -184,3 +184,11 @@ def test_train_killed_then_resumed(tmp_path, digits_data, weak_ckpt):
     steps = [r["step"] for r in records if r["kind"] == "step"]
     assert steps == sorted(set(steps)) and steps[-1] == total
     assert saved["step"] in steps and saved["step"] % (897 // 16) == 0
+    # and it ends where the run that was never killed ends, to the bit (the CPU, one thread each)
+    whole = subprocess.run([*args[:-1], "whole"], env=env, capture_output=True, text=True, timeout=300)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+
+    def end(name):
+        return [json.loads(line) for line in open(tmp_path / "ws" / "runs" / name / "metrics.jsonl")][-1]
+
+    assert end("k")["weights_sha256"] == end("whole")["weights_sha256"]

@@ -28,7 +28,8 @@ def store(tmp_path, digits_data, weak_ckpt):
 
 
 def test_gt_training_lowers_the_loss_and_its_checkpoint_labels(tmp_path, digits_data):
-    result = run_train(TrainConfig.tiny(loss="gt", data="digits", split="weak", epochs=4, run="weak"))
+    # On the CPU, where `eval` must reproduce training's own figures to the bit.
+    result = run_train(TrainConfig.tiny(loss="gt", data="digits", split="weak", epochs=4, run="weak", device="cpu"))
     assert result.finished and result.step == 4 * (600 // 32)
     steps = records(result.run_dir, "step")
     assert steps[-1]["loss"] < steps[0]["loss"] - 0.1
@@ -40,11 +41,11 @@ def test_gt_training_lowers_the_loss_and_its_checkpoint_labels(tmp_path, digits_
     # `eval --run` measures the final weights, in the training precision: the last epoch's figure.
     from w2s_pipe.stages.evaluate import EvalConfig, run_eval
 
-    final = run_eval(EvalConfig(run="weak", workers=0))
+    final = run_eval(EvalConfig(run="weak", workers=0, device="cpu"))
     assert final["split"] == "val" and final["samples"] == 300 and final["precision"] == "fp32"
     assert final["checkpoint"].endswith("last.pt") and final["step"] == result.step
     assert (final["top1"], final["top5"]) == (epochs[-1]["val_top1"], epochs[-1]["val_top5"])
-    best = run_eval(EvalConfig(run="weak", pick="best", workers=0))
+    best = run_eval(EvalConfig(run="weak", pick="best", workers=0, device="cpu"))
     assert best["checkpoint"].endswith("best.pt") and "selected on validation" in best["picked"]
     assert best["top1"] == pytest.approx(result.best_top1, abs=1e-9)
     with pytest.raises(W2SError, match="no run 'nope'"):
@@ -53,7 +54,7 @@ def test_gt_training_lowers_the_loss_and_its_checkpoint_labels(tmp_path, digits_
 
     from w2s_pipe.cli import cli
 
-    printed = CliRunner().invoke(cli, ["eval", "--run", "weak", "--workers", "0"]).output
+    printed = CliRunner().invoke(cli, ["eval", "--run", "weak", "--workers", "0", "--device", "cpu"]).output
     assert f"top-1 {final['top1']:.4f}" in printed
     assert f"last.pt (step {result.step}, epoch 4, the final weights), fp32" in printed
     # A `train --loss gt` checkpoint is a valid --weak-checkpoint for `label`.
@@ -103,7 +104,7 @@ def test_a_resumed_run_is_the_uninterrupted_run(store):
     """On the CPU, 3 steps then --resume to 8 ends with the uninterrupted run's weights, and logs the
     same figures: same samples in the same order, same views, same generators. The stop falls inside
     the first epoch, so its train_agree spans the resume."""
-    options = dict(epochs=2, steps_per_epoch=4, workers=1, hflip=0.5, log_every=1)
+    options = dict(epochs=2, steps_per_epoch=4, workers=1, hflip=0.5, log_every=1, device="cpu")
     whole = run_train(TrainConfig.tiny(run="whole", **options))
     run_train(TrainConfig.tiny(run="split", max_steps=3, **options))
     split = run_train(TrainConfig.tiny(run="split", resume=True, **options))
