@@ -152,22 +152,51 @@ class TensorGeometry:
         from torchvision.transforms.v2 import functional as F
 
         importlib.import_module("torchvision.io")  # here, so that forked loading processes inherit it
-        self.steps = []
+        self.steps, self.resize, self.crop, self.other = [], None, None, []
         for step in eval_geometry(data_config).transforms:
             if isinstance(step, v1.Resize):
                 size = [step.size] if isinstance(step.size, int) else list(step.size)
+                self.resize = (size, step.max_size)
                 step = partial(F.resize, size=size, interpolation=step.interpolation, max_size=step.max_size,
                                antialias=True)
             elif isinstance(step, v1.CenterCrop):
+                self.crop = list(step.size)
                 step = partial(F.center_crop, output_size=list(step.size))
             elif isinstance(step, MaybePILToTensor):
                 continue
+            else:
+                self.other.append(type(step).__name__)
             self.steps.append(step)
 
     def __call__(self, x):
         for step in self.steps:
             x = step(x)
         return x
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        return tuple(self.crop)
+
+    def box(self, height: int, width: int) -> tuple[float, float, float, float]:
+        """The region of a height x width image that the resize and centre crop keep, as (x1, y1, x2,
+        y2) in its own pixel coordinates: resizing that box straight to the output size is the same
+        geometry in one resampling (crops.resized_crops does it for a whole batch)."""
+        if self.other or self.resize is None or self.crop is None:
+            raise W2SError(f"this preprocessing ({', '.join(self.other) or 'no resize and centre crop'}) has no "
+                           "single crop box; use --decode cpu")
+        size, max_size = self.resize
+        if len(size) == 2:
+            rh, rw = size
+        else:  # the shorter side to size, the longer in proportion, as torchvision computes it
+            short, long = sorted((height, width))
+            new_short, new_long = size[0], int(size[0] * long / short)
+            if max_size is not None and new_long > max_size:
+                new_short, new_long = int(max_size * new_short / new_long), max_size
+            rh, rw = (new_short, new_long) if height <= width else (new_long, new_short)
+        ch, cw = self.crop
+        top, left = int(round((rh - ch) / 2.0)), int(round((rw - cw) / 2.0))
+        sy, sx = height / rh, width / rw
+        return left * sx, top * sy, (left + cw) * sx, (top + ch) * sy
 
 
 class Preprocess:
@@ -211,12 +240,13 @@ class DeviceNormalize:
         return (x.float() - self.shift) * self.scale
 
 
-def decode_batch(blobs: list[bytes], geometry, device, where: list[str]):
-    """Decode and crop a batch of images on `device`: every JPEG in one batched nvJPEG call on a
-    GPU, anything else (PNG, a JPEG the batched call refuses) one by one through `decode_tensor`.
+def decode_images(blobs: list[bytes], device, where: list[str]) -> tuple[list, dict[int, str]]:
+    """Decode a batch of images on `device`: every JPEG in one batched nvJPEG call on a GPU (or
+    torchvision's CPU decoder on CPU tensors), anything else (PNG, a JPEG the batched call refuses)
+    one by one through `decode_tensor`, then PIL.
 
-    Returns (uint8 (n, 3, H, W) on `device`, bad) where bad maps a position to its error: the
-    caller stops or skips. `where[i]` prefixes image i's error.
+    Returns (images, bad): uint8 (3, H_i, W_i) tensors on `device`, None where image i could not be
+    decoded, and bad mapping such a position to its error (`where[i]` prefixes it).
     """
     import torch
 
@@ -245,5 +275,22 @@ def decode_batch(blobs: list[bytes], geometry, device, where: list[str]):
                 images[i] = decode_tensor(blob, where[i]).to(device)
             except W2SError as exc:
                 bad[i] = str(exc)
-    good = [geometry(images[i]) for i in range(len(blobs)) if i not in bad]
-    return (torch.stack(good) if good else None), bad
+    return images, bad
+
+
+def decode_batch(blobs: list[bytes], geometry: "TensorGeometry", device, where: list[str]):
+    """Decode a batch (`decode_images`) and apply timm's eval resize and crop to all of it at once
+    (`crops.resized_crops` over each image's crop box).
+
+    Returns (float32 (n, 3, H, W) in 0..255 on `device`, bad): n images, those not in bad.
+    """
+    import torch
+
+    from .crops import resized_crops
+
+    images, bad = decode_images(blobs, device, where)
+    good = [images[i] for i in range(len(blobs)) if i not in bad]
+    if not good:
+        return None, bad
+    boxes = torch.tensor([geometry.box(*im.shape[-2:]) for im in good], dtype=torch.float32)
+    return resized_crops(good, boxes, geometry.output_size), bad

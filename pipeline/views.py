@@ -1,16 +1,22 @@
 """Each training sample's augmented view is a function of (run seed, shard, key, pass), nothing else.
 
-The seed of a view is a hash of those four values (a counter-based generator: no state carried from
-one sample to the next), so a sample gets the same crop and flip whatever the number of ranks,
-loading processes or the batch size, and a resumed run redraws exactly what the uninterrupted run
-drew. `pass` counts the passes over the data (the stream's epochs), so a sample's view changes from
-one pass to the next. Draws come only from the seeded generators, never from process state.
+The seed of a view is a hash of those four values, and its numbers come from a counter-based
+generator (Philox keyed by that hash: no state carried from one sample to the next), so a sample
+gets the same crop and flip whatever the number of ranks, loading processes or the batch size, and
+a resumed run redraws exactly what the uninterrupted run drew. `pass` counts the passes over the
+data (the stream's epochs), so a sample's view changes from one pass to the next.
+
+A view is plain data, `View`: the crop box in the decoded image's pixels and the flip. Every image
+path applies the same view (`--decode pil` with PIL, `cpu` with torchvision in the loading
+processes, `gpu` batched on the device), and a batch carries its views as a tensor.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import random
+from dataclasses import dataclass
 
 
 def view_seed(seed: int, shard: str, key: str, epoch: int) -> int:
@@ -40,3 +46,70 @@ def seeded(fn, seed: int, *args):
             random.setstate(saved[0])
             np.random.set_state(saved[1])
             cpu.set_state(saved[2])
+
+
+# A view's numbers, in order: 10 crop attempts of (area, log-ratio, top, left), then the flip.
+ATTEMPTS = 10
+DRAWS = 4 * ATTEMPTS + 1
+VIEW_FIELDS = ("top", "left", "height", "width", "flip", "image_height", "image_width")
+
+
+@dataclass(frozen=True)
+class View:
+    """Crop rows top..top+height-1 and columns left..left+width-1 of an image_height x image_width
+    image, resize the crop to the output size, then mirror it if flip."""
+
+    top: int
+    left: int
+    height: int
+    width: int
+    flip: bool
+    image_height: int
+    image_width: int
+
+    def as_row(self) -> list[float]:
+        return [float(getattr(self, f)) for f in VIEW_FIELDS]
+
+    def box(self) -> tuple[float, float, float, float]:
+        """(x1, y1, x2, y2) in continuous pixel coordinates (pixel k spans [k, k+1])."""
+        return float(self.left), float(self.top), float(self.left + self.width), float(self.top + self.height)
+
+
+@dataclass(frozen=True)
+class TrainViews:
+    """timm's RandomResizedCrop (area fraction `scale`, aspect ratio `ratio`, 10 attempts, then a
+    centre crop) and a horizontal flip with probability `hflip`, drawn per sample."""
+
+    seed: int
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    hflip: float = 0.5
+
+    def draw(self, shard: str, key: str, epoch: int, height: int, width: int) -> View:
+        import numpy as np
+
+        u = np.random.Generator(np.random.Philox(key=view_seed(self.seed, shard, key, epoch))).random(DRAWS)
+        return crop_box(u, height, width, self.scale, self.ratio, flip=bool(u[-1] < self.hflip))
+
+
+def crop_box(u, height: int, width: int, scale, ratio, flip: bool = False) -> View:
+    """The crop of RandomResizedCrop's algorithm for the uniforms `u` (DRAWS numbers in [0, 1))."""
+    area = height * width
+    log_low, log_high = math.log(ratio[0]), math.log(ratio[1])
+    for a in range(ATTEMPTS):
+        ua, ur, ut, ul = u[4 * a: 4 * a + 4]
+        target = area * (scale[0] + (scale[1] - scale[0]) * ua)
+        aspect = math.exp(log_low + (log_high - log_low) * ur)
+        w, h = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            # uniform integers in [0, height - h] and [0, width - w], both ends included
+            top, left = min(int(ut * (height - h + 1)), height - h), min(int(ul * (width - w + 1)), width - w)
+            return View(top, left, h, w, flip, height, width)
+    aspect = width / height  # no attempt fitted: the largest centred crop within the ratio range
+    if aspect < ratio[0]:
+        w, h = width, int(round(width / ratio[0]))
+    elif aspect > ratio[1]:
+        w, h = int(round(height * ratio[1])), height
+    else:
+        w, h = width, height
+    return View((height - h) // 2, (width - w) // 2, h, w, flip, height, width)
