@@ -202,8 +202,14 @@ def label(ctx, weak, data, split, labels, weak_checkpoint, num_classes, img_size
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of initialisation, data order and augmentation: a sample's view is a function of (seed, shard, "
                    "key, pass), the same whatever the ranks, workers or batch size.")
+@click.option("--decode", type=click.Choice(["auto", "cpu", "gpu", "pil"]), default="auto", show_default=True,
+              help="Where training images are decoded, cropped and flipped. auto: gpu where there is a CUDA device, "
+                   "else cpu. gpu: the loading processes only read bytes; each batch is decoded (nvJPEG) and cropped on "
+                   "the device in a few launches. cpu: libjpeg-turbo and uint8 tensor resizing in the loading processes. "
+                   "pil: PIL, timm's RandomResizedCrop to the pixel. All three draw the same view for a sample.")
 @click.option("--hflip", type=float, default=0.5, show_default=True, help="Horizontal flip probability.")
-@click.option("--color-jitter", type=float, default=0.0, show_default=True, help="Colour jitter strength.")
+@click.option("--color-jitter", type=float, default=0.0, show_default=True,
+              help="Colour jitter strength (brightness, contrast, saturation; with --decode cpu or pil).")
 @click.option("--crop-scale", type=float, default=0.08, show_default=True, help="Smallest area fraction of the random resized crop.")
 @click.option("--shuffle-buffer", type=int, default=1000, show_default=True,
               help="Encoded samples in the shuffle buffer of each loading process (decoded only as they leave it).")
@@ -255,6 +261,9 @@ def train(ctx, quiet, **options):
 @click.option("--precision", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default=None,
               help="Autocast precision [default: the one the checkpoint was trained in, as training's own evaluation "
                    "used; fp32 for a checkpoint that does not say].")
+@click.option("--decode", type=click.Choice(["cpu", "gpu", "pil"]), default=None,
+              help="Image decoder, as `label --decode` [default: the one the run trained with where this device can "
+                   "use it, else cpu].")
 @click.pass_context
 def eval_cmd(ctx, **options):
     """Top-1 and top-5 accuracy of a trained model on a validation split, with the checkpoint, its
@@ -264,7 +273,7 @@ def eval_cmd(ctx, **options):
     r = run_eval(EvalConfig(**options, workspace=ctx.obj["workspace"]))
     at = f"step {r['step']}, epoch {r['epoch']}, " if r["step"] is not None else ""
     click.echo(f"{r['data']} {r['split']}: top-1 {r['top1']:.4f}  top-5 {r['top5']:.4f}  ({r['samples']} samples)")
-    click.echo(f"checkpoint {r['checkpoint']} ({at}{r['picked']}), {r['precision']}")
+    click.echo(f"checkpoint {r['checkpoint']} ({at}{r['picked']}), {r['precision']}, --decode {r['decode']}")
 
 
 @cli.command()

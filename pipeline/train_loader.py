@@ -3,9 +3,11 @@
 of steps per epoch, so every DDP rank runs the same number of steps whatever its shards hold.
 
 What the stream yields is a function of the run's seed, the rank, the worker count and the batch
-size; each sample's augmentation is a function of (seed, shard, key, pass) alone (`views.py`). A
-run resumed at step s skips, without decoding, the samples of the s batches already trained on, so
-it sees the same samples in the same order, with the same views, as the uninterrupted run.
+size; each sample's view is a function of (seed, shard, key, pass) alone (`views.py`), applied by
+`augment` (`augment.TrainAugment`: uint8 crops, or the raw bytes for the device to decode). A batch
+carries its views as a (N, 7) tensor (`views.VIEW_FIELDS`). A run resumed at step s skips, without
+decoding, the samples of the s batches already trained on, so it sees the same samples in the same
+order, with the same views, as the uninterrupted run.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from ..errors import W2SError
 from .join import StoreJoin
 from .shards import iter_samples, url_name
-from .transforms import decode_image, decode_label
-from .views import seeded, view_seed
+from .transforms import decode_label
+from .views import view_seed
 
 
 def batches_before(step: int, worker: int, workers: int) -> int:
@@ -31,11 +33,11 @@ def batches_before(step: int, worker: int, workers: int) -> int:
 
 
 class TrainStream(IterableDataset):
-    def __init__(self, urls: list[str], *, transform, image_fields, label_field, need_labels: bool,
+    def __init__(self, urls: list[str], *, augment, image_fields, label_field, need_labels: bool,
                  join: StoreJoin | None, seed: int, rank: int = 0, world_size: int = 1, shuffle_buffer: int = 1000,
                  batch_size: int = 1, start_step: int = 0, storage_options: dict | None = None):
         self.urls = list(urls)
-        self.transform = transform
+        self.augment = augment  # (sample, image fields, shard, pass) -> (uint8 image or bytes, View)
         self.image_fields = tuple(image_fields)
         self.label_field = label_field
         self.need_labels = need_labels
@@ -92,10 +94,9 @@ class TrainStream(IterableDataset):
     def _decode(self, sample: dict) -> dict:
         shard, key = url_name(sample["__url__"]), sample["__key__"]
         label = decode_label(sample, self.label_field, shard, self.need_labels)
-        image = decode_image(sample, self.image_fields, shard)
-        out = {"image": seeded(self.transform, view_seed(self.seed, shard, key, sample["__pass__"]), image),
-               "label": -1 if label is None else label, "key": (shard, key, sample["__pass__"]),
-               "dropped": sample.get("__dropped__", 0)}
+        image, view = self.augment(sample, self.image_fields, shard, sample["__pass__"])
+        out = {"image": image, "view": view.as_row(), "label": -1 if label is None else label,
+               "key": (shard, key, sample["__pass__"]), "dropped": sample.get("__dropped__", 0)}
         if self.join is not None:
             # A numpy row in the stored precision (float16 logits): stacked once per batch in
             # `collate`, half the bytes between processes; the losses compute in float32.
@@ -104,13 +105,19 @@ class TrainStream(IterableDataset):
 
 
 def collate(samples: list[dict]) -> dict:
+    """A batch: "image" uint8 (N, 3, H, W) or "blobs" (N encoded images, for the device to decode),
+    "view" (N, 7), "label" (N,), "weak" (N, C) in the stored dtype, "dropped", "key"."""
     for s in samples:
         if "error" in s:
             return {"error": s["error"]}
-    batch = {"image": torch.stack([s["image"] for s in samples]),
+    batch = {"view": torch.tensor([s["view"] for s in samples], dtype=torch.float32),
              "label": torch.tensor([s["label"] for s in samples], dtype=torch.long),
              "dropped": torch.tensor(sum(s["dropped"] for s in samples), dtype=torch.long),
              "key": [s["key"] for s in samples]}
+    if isinstance(samples[0]["image"], bytes):
+        batch["blobs"] = [s["image"] for s in samples]
+    else:
+        batch["image"] = torch.stack([s["image"] for s in samples])
     if "weak" in samples[0]:
         batch["weak"] = torch.from_numpy(np.stack([s["weak"] for s in samples]))
     return batch

@@ -23,6 +23,7 @@ class EvalConfig:
     workers: int | None = None
     device: str = "auto"
     precision: str | None = None  # default: the precision the checkpoint was trained in, else fp32
+    decode: str | None = None  # default: the decoder the run trained with where this device can, else cpu
     workspace: str | None = None
 
     def __post_init__(self):
@@ -34,22 +35,26 @@ class EvalConfig:
             raise W2SError("--pick chooses among a run's checkpoints: give --run RUN")
         if self.precision not in (None, "auto", "bf16", "fp16", "fp32"):
             raise W2SError(f"--precision {self.precision!r} is invalid: choose one of auto, bf16, fp16, fp32")
+        if self.decode not in (None, "cpu", "gpu", "pil"):
+            raise W2SError(f"--decode {self.decode!r} is invalid: choose one of cpu, gpu, pil")
         if self.batch_size < 1:
             raise W2SError(f"--batch-size {self.batch_size!r} is invalid: must be at least 1")
 
 
 def evaluate(model, urls, data_config: dict, *, image_fields, label_field, batch_size: int, workers: int,
-             device, precision: str = "fp32") -> dict:
+             device, precision: str = "fp32", decoder: str = "cpu") -> dict:
     """{"top1", "top5", "samples"} over `urls`; under DDP each rank takes shards r, r+W, ... and
-    the counts are summed, so every rank returns the same numbers."""
+    the counts are summed, so every rank returns the same numbers. `decoder` as `label --decode`
+    (a bad image stops the evaluation, naming shard and key)."""
     import torch
 
     from ..pipeline.loader import ShardBatches, label_loader
-    from ..pipeline.transforms import DeviceNormalize, Preprocess
+    from ..pipeline.transforms import DeviceNormalize, Preprocess, TensorGeometry, decode_batch
 
     info = distributed.dist_info()
     mine = [(i, u) for i, u in enumerate(urls) if i % info.world_size == info.rank]
-    dataset = ShardBatches(mine, prepare=Preprocess(data_config, "cpu"), batch_size=batch_size,
+    geometry = TensorGeometry(data_config) if decoder == "gpu" else None
+    dataset = ShardBatches(mine, prepare=Preprocess(data_config, decoder), batch_size=batch_size,
                            image_fields=image_fields, label_field=label_field, label_required=True)
     loader = label_loader(dataset, min(workers, len(mine)) if mine else 0, device.type == "cuda")
     normalize = DeviceNormalize(data_config, device)
@@ -63,7 +68,15 @@ def evaluate(model, urls, data_config: dict, *, image_fields, label_field, batch
                 raise W2SError(item["error"])
             if item.get("end"):
                 continue
-            x = normalize(item["images"])
+            if "blobs" in item:
+                name = urls[item["shard"]].rstrip("/").rsplit("/", 1)[-1]
+                where = [f"shard {name}, key {k!r}: cannot decode the image" for k in item["keys"]]
+                images, bad = decode_batch(item["blobs"], geometry, device, where)
+                if bad:
+                    raise W2SError(bad[min(bad)])
+            else:
+                images = item["images"]
+            x = normalize(images)
             y = item["labels"].to(device).long()
             with torch.autocast(device_type=device.type, dtype=dtype, enabled=precision != "fp32"):
                 logits = model(x)
@@ -116,11 +129,15 @@ def run_eval(cfg: EvalConfig) -> dict:
         source = resolve_data(data, split, workspace=cfg.workspace)
     device = distributed.pick_device(cfg.device)
     precision = distributed.resolve_precision(cfg.precision or meta.get("precision") or "fp32", device)
+    trained_with = (meta.get("settings") or {}).get("decode_resolved", "cpu")
+    decoder = cfg.decode or (trained_with if trained_with != "gpu" or device.type == "cuda" else "cpu")
+    if decoder == "gpu" and device.type != "cuda":
+        raise W2SError(f"--decode gpu needs a CUDA device, and this evaluation is on {device}; use --decode cpu")
     result = evaluate(loaded.model.to(device), list(source.urls), loaded.data_config, image_fields=source.image_fields,
                       label_field=source.label_field, batch_size=cfg.batch_size,
                       workers=cfg.workers if cfg.workers is not None else default_workers(), device=device,
-                      precision=precision)
+                      precision=precision, decoder=decoder)
     picked = ("the final weights" if cfg.pick == "last" else
               "the epoch with the best val top-1: selected on validation, an optimistic figure") if cfg.run else "as given"
     return {**result, "checkpoint": checkpoint, "step": meta.get("step"), "epoch": meta.get("epoch"), "picked": picked,
-            "precision": precision, "data": source.name, "split": source.split}
+            "precision": precision, "decode": decoder, "data": source.name, "split": source.split}

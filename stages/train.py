@@ -66,6 +66,7 @@ class TrainConfig:
     deterministic: bool = False
     clip_grad: float | None = None
     seed: int = 0
+    decode: str = "auto"  # gpu where CUDA is, else cpu (augment.py)
     hflip: float = 0.5
     color_jitter: float = 0.0
     crop_scale: float = 0.08
@@ -89,6 +90,8 @@ class TrainConfig:
             bad("--sched", self.sched, f"choose one of {', '.join(SCHEDULES)}")
         if self.precision not in ("auto", "bf16", "fp16", "fp32"):
             bad("--precision", self.precision, "choose one of auto, bf16, fp16, fp32")
+        if self.decode not in ("auto", "cpu", "pil", "gpu"):
+            bad("--decode", self.decode, "choose one of auto, cpu, pil, gpu")
         for option, value, low in (("--epochs", self.epochs, 1), ("--batch-size", self.batch_size, 1),
                                    ("--log-every", self.log_every, 1), ("--shuffle-buffer", self.shuffle_buffer, 1)):
             if value < low:
@@ -188,10 +191,10 @@ def run_train(cfg: TrainConfig) -> TrainResult:
 
 
 def _train(cfg: TrainConfig, info, device) -> TrainResult:
-    import timm.data
     import torch
     from tqdm import tqdm
 
+    from ..pipeline.augment import DeviceAugment, TrainAugment, resolve_decoder
     from ..pipeline.checkpoint import save_checkpoint
     from ..pipeline.join import StoreJoin
     from ..pipeline.loader import default_workers
@@ -202,12 +205,14 @@ def _train(cfg: TrainConfig, info, device) -> TrainResult:
                                    seed_everything)
     from ..pipeline.runs import MetricWindow, NonFiniteLoss
     from ..pipeline.train_loader import TrainStream, train_loader
-    from ..pipeline.views import view_seed
+    from ..pipeline.transforms import DeviceNormalize
+    from ..pipeline.views import TrainViews, view_seed
     from .evaluate import evaluate
 
     inputs = resolve_inputs(cfg)
     strong = resolve_model_name(cfg.strong)
     precision = distributed.resolve_precision(cfg.precision, device)
+    decoder = resolve_decoder(cfg.decode, device)
     workers = cfg.workers if cfg.workers is not None else default_workers()
 
     # -- run directory -----------------------------------------------------------------------
@@ -248,7 +253,7 @@ def _train(cfg: TrainConfig, info, device) -> TrainResult:
     # Everything that decides what the run computes; --resume refuses any difference by name.
     settings = {**{k: v for k, v in asdict(cfg).items() if k not in INVOCATION_ONLY}, "strong": strong,
                 "data_source": inputs.record, "precision_resolved": precision, "device_type": device.type,
-                "workers_resolved": workers, "world_size": info.world_size, "steps_per_epoch": steps_per_epoch}
+                "decode_resolved": decoder, "workers_resolved": workers, "world_size": info.world_size, "steps_per_epoch": steps_per_epoch}
     # From here each rank draws from its own generators (dropout masks, say); the data's
     # augmentation draws from none of them (views.py).
     seed_everything(view_seed(cfg.seed, "train", str(info.rank), 0))
@@ -276,12 +281,12 @@ def _train(cfg: TrainConfig, info, device) -> TrainResult:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     # -- data --------------------------------------------------------------------------------
-    transform = timm.data.create_transform(
-        input_size=tuple(data_config["input_size"]), is_training=True, hflip=cfg.hflip,
-        color_jitter=cfg.color_jitter, scale=(cfg.crop_scale, 1.0), interpolation=data_config["interpolation"],
-        mean=tuple(data_config["mean"]), std=tuple(data_config["std"]))
+    views = TrainViews(cfg.seed, scale=(cfg.crop_scale, 1.0), hflip=cfg.hflip)
+    augment = TrainAugment(data_config, views, decoder, color_jitter=cfg.color_jitter)
+    on_device = DeviceAugment(data_config, device) if decoder == "gpu" else None
+    normalize = DeviceNormalize(data_config, device)
     join = StoreJoin(inputs.store_url, skip_missing=cfg.skip_missing) if LOSSES[cfg.loss].needs_weak else None
-    stream = TrainStream(inputs.urls, transform=transform, image_fields=inputs.image_fields,
+    stream = TrainStream(inputs.urls, augment=augment, image_fields=inputs.image_fields,
                          label_field=inputs.label_field, need_labels=cfg.loss == "gt" or cfg.gt_weight > 0, join=join,
                          seed=cfg.seed, rank=info.rank, world_size=info.world_size, shuffle_buffer=cfg.shuffle_buffer,
                          batch_size=cfg.batch_size, start_step=step)
@@ -305,7 +310,7 @@ def _train(cfg: TrainConfig, info, device) -> TrainResult:
             return None
         return evaluate(model, list(inputs.val.urls), data_config, image_fields=inputs.val.image_fields,
                         label_field=inputs.val.label_field, batch_size=cfg.batch_size, workers=workers,
-                        device=device, precision=precision)
+                        device=device, precision=precision, decoder=decoder)
 
     def checkpoint(path, epoch, ranks=None):
         if info.is_main:
@@ -331,9 +336,10 @@ def _train(cfg: TrainConfig, info, device) -> TrainResult:
         if "error" in batch:
             raise W2SError(batch["error"])
         dropped = int(batch.pop("dropped"))  # a CPU tensor: no device wait
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "key"}
-        if device.type == "cuda":
-            batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
+        keys, blobs = batch.pop("key"), batch.pop("blobs", None)
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        # uint8 views from the loading processes, or bytes decoded and cropped here (--decode gpu)
+        batch["image"] = normalize(on_device(blobs, batch["view"], keys) if blobs is not None else batch["image"])
         lr = schedule.apply(step)  # the rate this step trains with, and the one logged for it
         parts = train_step(net, batch, optimizer, objective, progress=step / total_steps, scaler=scaler,
                            clip_grad=cfg.clip_grad, autocast=autocast)

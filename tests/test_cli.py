@@ -108,14 +108,14 @@ def test_train_options_are_frozen():
         "--warmup-epochs", "--epochs", "--steps-per-epoch", "--batch-size", "--workers", "--precision", "--device",
         "--clip-grad", "--seed", "--hflip", "--color-jitter", "--crop-scale", "--shuffle-buffer", "--run-name",
         "--resume", "--max-steps", "--log-every", "--quiet", "--skip-shard-check", "--min-lr", "--warmup-lr",
-        "--decay-epochs", "--decay-rate", "--deterministic",
+        "--decay-epochs", "--decay-rate", "--deterministic", "--decode",
     ])
 
 
 def test_eval_options_are_frozen():
     names = sorted(p.opts[0] for p in cli.commands["eval"].params if isinstance(p, click.Option))
     assert names == sorted(["--run", "--pick", "--checkpoint", "--data", "--split", "--batch-size", "--workers",
-                            "--device", "--precision"])
+                            "--device", "--precision", "--decode"])
 
 
 def test_help_is_fast():

@@ -37,9 +37,11 @@ def stored_rows(store):
 @pytest.mark.filterwarnings("ignore:This DataLoader will create")
 @pytest.mark.parametrize("workers", [0, 2, 5])
 def test_every_sample_gets_its_own_row(store, workers):
-    import torchvision.transforms as T
+    from w2s_pipe.pipeline.augment import TrainAugment
+    from w2s_pipe.pipeline.views import TrainViews
 
-    stream = TrainStream([s["url"] for s in store.shards], transform=T.Compose([T.Resize(8), T.ToTensor()]),
+    augment = TrainAugment({"input_size": [3, 8, 8], "interpolation": "bilinear"}, TrainViews(1), "cpu")
+    stream = TrainStream([s["url"] for s in store.shards], augment=augment,
                          image_fields=("png",), label_field="cls", need_labels=True, join=StoreJoin(store.url),
                          seed=1, shuffle_buffer=200, batch_size=64)
     rows = stored_rows(store)

@@ -56,7 +56,7 @@ def test_gt_training_lowers_the_loss_and_its_checkpoint_labels(tmp_path, digits_
 
     printed = CliRunner().invoke(cli, ["eval", "--run", "weak", "--workers", "0", "--device", "cpu"]).output
     assert f"top-1 {final['top1']:.4f}" in printed
-    assert f"last.pt (step {result.step}, epoch 4, the final weights), fp32" in printed
+    assert f"last.pt (step {result.step}, epoch 4, the final weights), fp32, --decode cpu" in printed
     # A `train --loss gt` checkpoint is a valid --weak-checkpoint for `label`.
     labelled = run_label(LabelConfig(weak=None, weak_checkpoint=os.path.join(result.run_dir, "best.pt"), data="digits",
                                      labels=str(tmp_path / "s"), workers=0, progress=False))

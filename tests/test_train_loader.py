@@ -10,28 +10,29 @@ import numpy as np
 import pytest
 import torch
 
+from w2s_pipe.pipeline.augment import TrainAugment
 from w2s_pipe.pipeline.train_loader import TrainStream, batches_before, train_loader
-from w2s_pipe.pipeline.views import seeded, view_seed
+from w2s_pipe.pipeline.views import TrainViews, seeded, view_seed
 
 pytestmark = pytest.mark.filterwarnings("ignore:This DataLoader will create")
 
 
-def draws(image):
-    """A probe transform: what the three global generators give it (timm's transforms use all three)."""
-    return torch.tensor([random.random(), float(np.random.rand()), float(torch.rand(()))], dtype=torch.float64)
+CONFIG = {"input_size": [3, 16, 16], "interpolation": "bicubic", "mean": [0.5] * 3, "std": [0.5] * 3}
 
 
-def stream(digits_dir, transform=draws, **kw):
+def stream(digits_dir, augment=None, seed=3, **kw):
     urls = sorted(str(p) for p in digits_dir.glob("digits-transfer-*.tar"))
-    base = dict(transform=transform, image_fields=("png",), label_field="cls", need_labels=True, join=None, seed=3,
+    augment = augment or TrainAugment(CONFIG, TrainViews(seed), "cpu")
+    base = dict(augment=augment, image_fields=("png",), label_field="cls", need_labels=True, join=None, seed=seed,
                 shuffle_buffer=100, batch_size=16)
     return TrainStream(urls, **{**base, **kw})
 
 
-def views(s: TrainStream, workers: int, batches: int) -> list[tuple[tuple, torch.Tensor]]:
+def views(s: TrainStream, workers: int, batches: int) -> list[tuple[tuple, tuple, torch.Tensor]]:
+    """(shard, key, pass), view row, image of each sample of the first `batches` batches."""
     out = []
     for batch in itertools.islice(train_loader(s, workers, False), batches):
-        out.extend((tuple(k), img) for k, img in zip(batch["key"], batch["image"]))
+        out.extend((tuple(k), tuple(v.tolist()), img) for k, v, img in zip(batch["key"], batch["view"], batch["image"]))
     return out
 
 
@@ -43,54 +44,105 @@ def test_batches_before_follows_the_round_robin():
 
 
 def test_a_view_depends_on_the_sample_not_on_ranks_workers_or_batch_size(digits_dir):
-    """One pass of 897 samples: 2 ranks x 1 worker, 1 rank x 2 workers, in-process with another batch
-    size: every sample drew the same numbers in each, and no two samples drew the same."""
-    one = dict(views(stream(digits_dir, batch_size=13), 0, 100))  # keys are (shard, key, pass)
-    assert len(one) == 1300 and len({k[:2] for k in one}) == 897
+    """In-process at batch 13, 1 rank x 2 workers, 2 ranks x 1 worker: every (sample, pass) got the
+    same view (plain data in the batch) and the same pixels in each."""
+    one = {k: (v, img) for k, v, img in views(stream(digits_dir, batch_size=13), 0, 100)}
+    assert len(one) == 1300 and len({k[:2] for k in one}) == 897 and {k[2] for k in one} == {0, 1}
     two_workers = views(stream(digits_dir), 2, 40)
     ranks = views(stream(digits_dir, rank=0, world_size=2), 1, 20) + views(stream(digits_dir, rank=1, world_size=2), 1, 20)
     for got in (two_workers, ranks):
-        for key, value in got:
-            torch.testing.assert_close(value, one[key], rtol=0, atol=0)
-    drawn = [tuple(v.tolist()) for v in one.values()]
-    assert len(set(drawn)) == len(drawn)  # every sample, and every pass of it, draws its own
-    assert {k[2] for k in one} == {0, 1}
+        for key, view, image in got:
+            assert view == one[key][0] and torch.equal(image, one[key][1]), key
+    # another run seed, other views
+    other = {k: v for k, v, _ in views(stream(digits_dir, seed=4), 0, 20)}
+    assert sum(other[k] == one[k][0] for k in set(other) & set(one)) < 0.3 * len(set(other) & set(one))
 
 
-def test_timm_train_transform_gives_the_same_crop_whatever_the_workers(digits_dir):
-    import timm.data
+def test_views_differ_between_samples_and_passes():
+    """Each (sample, pass) draws its own view: 2000 keys on a 375 x 500 image, all different; and
+    each sample's view changes from one pass to the next."""
+    draw = TrainViews(seed=0).draw
+    first = [draw("s-000001.tar", f"k{i}", 0, 375, 500) for i in range(2000)]
+    assert len(set(first)) == 2000
+    assert sum(draw("s-000001.tar", f"k{i}", 1, 375, 500) == first[i] for i in range(2000)) == 0
+    assert 0.4 < sum(v.flip for v in first) / 2000 < 0.6
+    assert all(0 <= v.top and v.top + v.height <= 375 and 0 <= v.left and v.left + v.width <= 500 for v in first)
 
-    transform = timm.data.create_transform(input_size=(3, 32, 32), is_training=True, hflip=0.5, scale=(0.08, 1.0),
-                                           color_jitter=0.4)
-    a = dict(views(stream(digits_dir, transform, batch_size=16), 0, 10))
-    b = dict(views(stream(digits_dir, transform, batch_size=32), 2, 10))
-    common = set(a) & set(b)
-    assert len(common) > 50
-    for key in common:
-        assert torch.equal(a[key], b[key]), key
-    # and the seed is what decides: another run seed, other crops
-    c = dict(views(stream(digits_dir, transform, seed=4), 0, 10))
-    assert sum(torch.equal(a[k], c[k]) for k in set(a) & set(c)) == 0
+
+def test_crop_box_is_timms_random_resized_crop_for_the_same_draws(monkeypatch):
+    """Fed the same uniform numbers, timm's RandomResizedCropAndInterpolation.get_params and
+    views.crop_box choose the same box: attempts that do not fit, then one that does, and the
+    centre-crop fallback when none fits."""
+    from PIL import Image
+    from timm.data import transforms as timm_transforms
+
+    from w2s_pipe.pipeline.views import DRAWS, crop_box
+
+    rng = np.random.default_rng(0)
+    for height, width, scale in [(375, 500, (0.08, 1.0)), (60, 400, (0.9, 1.0)), (100, 100, (0.5, 1.0))]:
+        for _ in range(200):
+            u = rng.random(DRAWS)
+            stream_of_u = iter(u)
+
+            def uniform(a, b):
+                return a + (b - a) * next(stream_of_u)
+
+            def randint(a, b):
+                return a + min(int(next(stream_of_u) * (b - a + 1)), b - a)
+
+            monkeypatch.setattr(timm_transforms.random, "uniform", uniform)
+            monkeypatch.setattr(timm_transforms.random, "randint", randint)
+            ratio = (3 / 4, 4 / 3)
+            expected = timm_transforms.RandomResizedCropAndInterpolation.get_params(
+                Image.new("RGB", (width, height)), scale, ratio)
+            # timm draws the area, then the log-ratio, then top and left only for a fitting attempt;
+            # crop_box reads the same four numbers of each attempt in the same order.
+            view = crop_box(_reorder(u, height, width, scale, ratio), height, width, scale, ratio)
+            assert (view.top, view.left, view.height, view.width) == expected
+            monkeypatch.undo()
+
+
+def _reorder(u, height, width, scale, ratio):
+    """timm consumes 2 numbers per failed attempt and 4 for the fitting one; crop_box reads attempt a
+    at u[4a:4a+4]. Lay timm's sequence out in crop_box's slots."""
+    import math
+
+    out, it = np.zeros_like(u), iter(u)
+    for a in range(10):
+        area = height * width * (scale[0] + (scale[1] - scale[0]) * (ua := next(it)))
+        aspect = math.exp(math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * (ur := next(it)))
+        w, h = int(round(math.sqrt(area * aspect))), int(round(math.sqrt(area / aspect)))
+        out[4 * a: 4 * a + 2] = ua, ur
+        if w <= width and h <= height:
+            out[4 * a + 2: 4 * a + 4] = next(it), next(it)
+            break
+    return out
 
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_a_stream_started_at_step_s_replays_the_rest(digits_dir, workers):
-    full = [k for k, _ in views(stream(digits_dir), workers, 70)]  # 1120 samples: into the second pass
+    full = [k for k, _, _ in views(stream(digits_dir), workers, 70)]  # 1120 samples: into the second pass
     for start in (1, 5, 56):
-        rest = [k for k, _ in views(stream(digits_dir, start_step=start), workers, 70 - start)]
+        rest = [k for k, _, _ in views(stream(digits_dir, start_step=start), workers, 70 - start)]
         assert rest == full[16 * start:]
 
 
 def test_the_shuffle_buffer_holds_encoded_samples(digits_dir):
     """The first batch of 8 decodes and augments 8 images, not the 500 waiting in the buffer."""
     calls = []
+    real = TrainAugment(CONFIG, TrainViews(0), "cpu")
 
-    def counting(image):
+    def counting(*args):
         calls.append(1)
-        return torch.zeros(1)
+        return real(*args)
 
     next(iter(train_loader(stream(digits_dir, counting, shuffle_buffer=500, batch_size=8), 0, False)))
     assert len(calls) == 8
+
+
+def draws(_):
+    """What the three global generators give (timm's and torchvision's transforms use all three)."""
+    return torch.tensor([random.random(), float(np.random.rand()), float(torch.rand(()))], dtype=torch.float64)
 
 
 def test_seeded_leaves_the_callers_generators_alone():

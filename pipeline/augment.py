@@ -1,0 +1,143 @@
+"""Training views: each sample's crop and flip (`views.View`) applied where the decoder says.
+
+    pil  the loading processes decode with PIL and crop, resize and flip with PIL: timm's
+         RandomResizedCrop + flip for the given view, to the pixel
+    cpu  the loading processes decode with libjpeg-turbo through torchvision and crop, resize
+         (uint8, antialiased) and flip tensors: within 2 grey levels of pil for the same view
+    gpu  the loading processes only read the image's size from its header and draw its view; the
+         main process decodes the batch (nvJPEG) and crops, resizes and flips it on the device in
+         a few launches (`DeviceAugment`, `crops.resized_crops`)
+
+All three ship uint8 (or bytes) and normalise on the device, and draw the same view for a sample.
+"""
+
+from __future__ import annotations
+
+import io
+
+from ..errors import W2SError
+from .transforms import DECODERS, _pil_rgb, _quiet_torchvision, decode_tensor, image_payload
+from .views import TrainViews, View, seeded, view_seed
+
+
+def resolve_decoder(decoder: str, device) -> str:
+    """`auto` is the device path where there is a GPU, else the loading processes' cpu path."""
+    if decoder == "auto":
+        return "gpu" if device.type == "cuda" else "cpu"
+    if decoder not in DECODERS:
+        raise W2SError(f"--decode {decoder!r} is invalid: choose auto, {', '.join(DECODERS)}")
+    if decoder == "gpu" and device.type != "cuda":
+        raise W2SError(f"--decode gpu needs a CUDA device, and this run is on {device}; use --decode cpu")
+    return decoder
+
+
+def _interpolation(name: str):
+    from torchvision.transforms import InterpolationMode
+
+    modes = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC,
+             "nearest": InterpolationMode.NEAREST}
+    if name not in modes:
+        raise W2SError(f"interpolation {name!r} of the model's data config is not supported here; "
+                       f"choose one of {', '.join(modes)}")
+    return modes[name]
+
+
+class TrainAugment:
+    """A loading process's per-sample step: encoded sample -> (uint8 (3, H, W) view, or the raw
+    bytes under gpu; its `View`)."""
+
+    def __init__(self, data_config: dict, views: TrainViews, decoder: str, color_jitter: float = 0.0):
+        if decoder not in DECODERS:
+            raise W2SError(f"--decode {decoder!r} is invalid: choose auto, {', '.join(DECODERS)}")
+        if decoder == "gpu" and color_jitter:
+            raise W2SError("--color-jitter is applied in the loading processes: use --decode cpu or pil with it")
+        self.views, self.decoder = views, decoder
+        self.size = tuple(int(v) for v in data_config["input_size"][1:])
+        self.interpolation = data_config.get("interpolation", "bilinear")
+        _interpolation(self.interpolation)  # refuse an unknown one now, not in a loading process
+        self.jitter = None
+        if color_jitter:
+            from torchvision.transforms import v2
+
+            # timm's training recipe: brightness, contrast and saturation, no hue.
+            self.jitter = v2.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter)
+
+    def __call__(self, sample: dict, image_fields: tuple[str, ...], shard: str, epoch: int):
+        field, data = image_payload(sample, image_fields, shard)
+        key = sample["__key__"]
+        where = f"shard {shard}, key {key!r}: cannot decode {field!r}"
+        if self.decoder == "gpu":
+            height, width = header_size(data, where)
+            return data, self.views.draw(shard, key, epoch, height, width)
+        if self.decoder == "pil":
+            image = _pil_rgb(data, where)
+            view = self.views.draw(shard, key, epoch, image.height, image.width)
+            out = pil_view(image, view, self.size, self.interpolation)
+        else:
+            image = decode_tensor(data, where)
+            view = self.views.draw(shard, key, epoch, *image.shape[-2:])
+            out = tensor_view(image, view, self.size, self.interpolation)
+        if self.jitter is not None:
+            out = seeded(self.jitter, view_seed(self.views.seed, shard, key, epoch) ^ 0x5EED, out)
+        return out, view
+
+
+def header_size(data: bytes, where: str) -> tuple[int, int]:
+    """(height, width) from the image's header alone (PIL reads no pixel data to answer)."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+    except Exception as exc:  # PIL raises many types for bad payloads
+        raise W2SError(f"{where} ({exc})") from None
+    return height, width
+
+
+def pil_view(image, view: View, size: tuple[int, int], interpolation: str):
+    """timm's RandomResizedCrop for the view (PIL crop, then resize) and its flip: uint8 (3, H, W)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    resample = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}[interpolation]
+    left, top, right, bottom = (int(v) for v in view.box())
+    out = image.crop((left, top, right, bottom)).resize((size[1], size[0]), resample)
+    if view.flip:
+        out = out.transpose(Image.FLIP_LEFT_RIGHT)
+    return torch.from_numpy(np.asarray(out).copy()).permute(2, 0, 1).contiguous()
+
+
+def tensor_view(image, view: View, size: tuple[int, int], interpolation: str):
+    """The same on a uint8 (3, H, W) tensor, with torchvision's uint8 antialiased resize."""
+    from torchvision.transforms.v2 import functional as F
+
+    crop = image[:, view.top: view.top + view.height, view.left: view.left + view.width]
+    out = F.resize(crop, list(size), interpolation=_interpolation(interpolation), antialias=True)
+    return out.flip(-1) if view.flip else out
+
+
+class DeviceAugment:
+    """`--decode gpu`'s main-process step: a batch's bytes and views -> float32 (N, 3, H, W) in
+    0..255 on `device`: one nvJPEG call, a few batched crop-resizes, one flip. A bad image stops
+    the run with its shard and key (training has no skip: samples left out at labelling are
+    already absent)."""
+
+    def __init__(self, data_config: dict, device):
+        self.size = tuple(int(v) for v in data_config["input_size"][1:])
+        self.device = device
+        _quiet_torchvision()
+
+    def __call__(self, blobs: list[bytes], views, keys: list):
+        import torch
+
+        from .crops import flip_where, resized_crops
+        from .transforms import decode_images
+
+        where = [f"shard {k[0]}, key {k[1]!r}: cannot decode the image" for k in keys]
+        images, bad = decode_images(blobs, self.device, where)
+        if bad:
+            raise W2SError(bad[min(bad)])
+        left, top, height, width = views[:, 1], views[:, 0], views[:, 2], views[:, 3]
+        boxes = torch.stack([left, top, left + width, top + height], 1)
+        return flip_where(resized_crops(images, boxes, self.size), views[:, 4] > 0)
