@@ -87,15 +87,20 @@ def prepare_folder_cmd(src, out, split, shard_size, seed, prefix):
 @click.option("--num-classes", type=int, default=None, help="Classes, for a shard pattern without a manifest [default: the checkpoint's head].")
 @click.option("--img-size", type=int, default=None, help="Input size in pixels [default: the checkpoint's, else the model's data config].")
 @click.option("--batch-size", type=int, default=256, show_default=True, help="Images per forward pass.")
-@click.option("--workers", type=int, default=None, help="Data-loading processes [default: CPU cores - 1, at most 8; 0 loads in the main process].")
+@click.option("--workers", type=int, default=None,
+              help="Data-loading processes [default: this rank's share of the CPU cores, less one; 0 loads in the main "
+                   "process].")
 @click.option("--precision", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default="auto", show_default=True,
               help="Autocast precision; auto is bf16 on GPU and on CPUs with native bf16, else fp32. Statistics are computed in float64.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--topk", type=int, default=None, help="Store only the top K logits per sample (values and indices) instead of all.")
-@click.option("--decode", type=click.Choice(["cpu", "gpu", "pil"]), default="cpu", show_default=True,
-              help="Where images are decoded and resized. cpu: libjpeg-turbo/libpng in the loading processes (2.7x less CPU "
-                   "than pil); pil: PIL, timm's reference eval transform to the pixel; gpu: each batch's JPEGs in one "
-                   "nvJPEG call on the GPU (needs CUDA). Recorded in the store; a store is finished with the decoder it began with.")
+@click.option("--decode", type=click.Choice(["auto", "cpu", "gpu", "pil"]), default="auto", show_default=True,
+              help="Where images are decoded and resized. auto: the decoder an existing store began with, else gpu where "
+                   "there is a CUDA device, else cpu. gpu: the loading processes only read bytes; each batch's JPEGs are "
+                   "decoded in one nvJPEG call and resized in a few batched launches (within a grey level of pil on "
+                   "average). cpu: libjpeg-turbo/libpng in the loading processes (2.7x less CPU than pil). pil: PIL, timm's "
+                   "reference eval transform to the pixel. Recorded in the store; a store is finished with the decoder it "
+                   "began with.")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the weak model.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store made by a different job (model, checkpoint, data, ...).")
 @click.option("--max-shards", type=int, default=None, help="Label at most this many shards (per rank) and stop; re-run to continue.")
@@ -190,7 +195,8 @@ def label(ctx, weak, data, split, labels, weak_checkpoint, num_classes, img_size
 @click.option("--epochs", type=int, default=10, show_default=True, help="Epochs (an epoch is samples / (ranks x batch) steps).")
 @click.option("--steps-per-epoch", type=int, default=None, help="Override the steps in an epoch.")
 @click.option("--batch-size", type=int, default=128, show_default=True, help="Images per step on each rank.")
-@click.option("--workers", type=int, default=None, help="Data-loading processes per rank [default: CPU cores - 1, at most 8].")
+@click.option("--workers", type=int, default=None,
+              help="Data-loading processes per rank [default: this rank's share of the CPU cores, less one].")
 @click.option("--precision", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default="auto", show_default=True,
               help="Autocast precision; auto is bf16 on GPU and on CPUs with native bf16, else fp32.")
 @click.option("--device", default="auto", show_default=True,
@@ -256,7 +262,7 @@ def train(ctx, quiet, **options):
 @click.option("--data", default=None, help="Data set or shard pattern [default: what the run trained on].")
 @click.option("--split", default=None, help="Split [default: the data set's validation split].")
 @click.option("--batch-size", type=int, default=256, show_default=True, help="Images per forward pass.")
-@click.option("--workers", type=int, default=None, help="Data-loading processes [default: CPU cores - 1, at most 8].")
+@click.option("--workers", type=int, default=None, help="Data-loading processes [default: CPU cores - 1].")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--precision", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default=None,
               help="Autocast precision [default: the one the checkpoint was trained in, as training's own evaluation "

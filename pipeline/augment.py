@@ -134,8 +134,8 @@ class DeviceAugment:
         from .crops import flip_where, resized_crops
         from .transforms import decode_images
 
-        where = [f"shard {k[0]}, key {k[1]!r}: cannot decode the image" for k in keys]
-        images, bad = decode_images(blobs, self.device, where)
+        images, bad = decode_images(blobs, self.device,
+                                    lambda i: f"shard {keys[i][0]}, key {keys[i][1]!r}: cannot decode the image")
         if bad:
             raise W2SError(bad[min(bad)])
         left, top, height, width = views[:, 1], views[:, 0], views[:, 2], views[:, 3]

@@ -85,10 +85,14 @@ class ShardBatches(IterableDataset):
 
 
 def default_workers() -> int:
-    """One loading process per spare core, at most 8."""
+    """One loading process per spare core of this process's share of the machine: cores divided by
+    the processes torchrun started on this node, less one for the process itself. No cap: on an
+    H100 machine's 16 cores, 15 loading processes labelled 3,270 img/s against 2,463 with 8
+    (`--decode cpu`, resnet18; issue 12's measurement)."""
     import os
 
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
+    per_node = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    return max(1, (os.cpu_count() or 2) // per_node - 1)
 
 
 def label_loader(dataset: ShardBatches, workers: int, pin_memory: bool) -> DataLoader:

@@ -240,13 +240,14 @@ class DeviceNormalize:
         return (x.float() - self.shift) * self.scale
 
 
-def decode_images(blobs: list[bytes], device, where: list[str]) -> tuple[list, dict[int, str]]:
+def decode_images(blobs: list[bytes], device, where) -> tuple[list, dict[int, str]]:
     """Decode a batch of images on `device`: every JPEG in one batched nvJPEG call on a GPU (or
     torchvision's CPU decoder on CPU tensors), anything else (PNG, a JPEG the batched call refuses)
     one by one through `decode_tensor`, then PIL.
 
     Returns (images, bad): uint8 (3, H_i, W_i) tensors on `device`, None where image i could not be
-    decoded, and bad mapping such a position to its error (`where[i]` prefixes it).
+    decoded, and bad mapping such a position to its error, prefixed with `where[i]` (a list) or
+    `where(i)` (a function: no string is built per image unless one fails).
     """
     import torch
 
@@ -272,13 +273,13 @@ def decode_images(blobs: list[bytes], device, where: list[str]) -> tuple[list, d
     for i, blob in enumerate(blobs):
         if images[i] is None:
             try:
-                images[i] = decode_tensor(blob, where[i]).to(device)
+                images[i] = decode_tensor(blob, where(i) if callable(where) else where[i]).to(device)
             except W2SError as exc:
                 bad[i] = str(exc)
     return images, bad
 
 
-def decode_batch(blobs: list[bytes], geometry: "TensorGeometry", device, where: list[str]):
+def decode_batch(blobs: list[bytes], geometry: "TensorGeometry", device, where):
     """Decode a batch (`decode_images`) and apply timm's eval resize and crop to all of it at once
     (`crops.resized_crops` over each image's crop box).
 

@@ -70,8 +70,9 @@ def evaluate(model, urls, data_config: dict, *, image_fields, label_field, batch
                 continue
             if "blobs" in item:
                 name = urls[item["shard"]].rstrip("/").rsplit("/", 1)[-1]
-                where = [f"shard {name}, key {k!r}: cannot decode the image" for k in item["keys"]]
-                images, bad = decode_batch(item["blobs"], geometry, device, where)
+                keys = item["keys"]
+                images, bad = decode_batch(item["blobs"], geometry, device,
+                                           lambda i: f"shard {name}, key {keys[i]!r}: cannot decode the image")
                 if bad:
                     raise W2SError(bad[min(bad)])
             else:

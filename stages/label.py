@@ -41,11 +41,11 @@ class LabelConfig:
     num_classes: int | None = None
     img_size: int | None = None
     batch_size: int = 256
-    workers: int | None = None  # None: one per spare core, at most 8
+    workers: int | None = None  # None: loader.default_workers()
     precision: str = "auto"  # auto: bf16 on GPU and on CPUs with native bf16, else fp32
     device: str = "auto"
     topk: int | None = None
-    decode: str = "cpu"  # cpu (torchvision/libjpeg-turbo in workers), pil (timm's reference), gpu (nvJPEG)
+    decode: str = "auto"  # gpu (nvJPEG, batched crops) where CUDA is, else cpu (libjpeg-turbo in workers); pil
     compile: bool = False
     overwrite: bool = False
     max_shards: int | None = None  # label at most this many shards per rank in this run
@@ -73,8 +73,8 @@ class LabelConfig:
             bad("--max-shards", self.max_shards, "must be at least 1")
         if self.on_bad_sample not in ("fail", "skip"):
             bad("--on-bad-sample", self.on_bad_sample, "choose fail or skip")
-        if self.decode not in DECODERS:
-            bad("--decode", self.decode, f"choose one of {', '.join(DECODERS)}")
+        if self.decode not in ("auto", *DECODERS):
+            bad("--decode", self.decode, f"choose one of auto, {', '.join(DECODERS)}")
 
 
 @dataclass
@@ -111,11 +111,15 @@ def run_label(cfg: LabelConfig) -> LabelResult:
         if cfg.topk is not None and cfg.topk >= num_classes:
             raise W2SError(f"--topk {cfg.topk} must be smaller than the number of classes ({num_classes})")
         precision = distributed.resolve_precision(cfg.precision, device)
-        check_decoder(cfg.decode, loaded.data_config)
-        if cfg.decode == "gpu" and device.type != "cuda":
-            raise W2SError(f"--decode gpu needs a CUDA device, and this run uses {device}; use --decode cpu")
         data_name = source.name if source.name != "shards" else "shards-" + hashlib.sha1(source.pattern.encode()).hexdigest()[:8]
         url = absolute(cfg.labels or default_store_path(cfg.workspace, data_name, source.split, loaded.name, cfg.topk))
+        decoder = resolve_label_decoder(cfg.decode, device, loaded.data_config, None if cfg.overwrite else url)
+        check_decoder(decoder, loaded.data_config)
+        if decoder == "gpu" and device.type != "cuda":
+            if cfg.decode == "auto":
+                raise W2SError(f"store {url} was begun with --decode gpu, which needs a CUDA device: finish it on one, "
+                               "or start it again with --overwrite")
+            raise W2SError(f"--decode gpu needs a CUDA device, and this run uses {device}; use --decode cpu")
 
         if info.is_main:
             skip_bad = cfg.on_bad_sample == "skip"
@@ -130,7 +134,7 @@ def run_label(cfg: LabelConfig) -> LabelResult:
                 "weak": {"model": loaded.name, "checkpoint": loaded.checkpoint, "checkpoint_sha256": loaded.checkpoint_sha256},
                 "num_classes": num_classes,
                 "class_names": list(source.class_names or loaded.class_names or []) or None,
-                "preprocessing": {**loaded.data_config, "decode": cfg.decode},
+                "preprocessing": {**loaded.data_config, "decode": decoder},
                 "precision": precision,
                 "data": {
                     "name": source.name,
@@ -176,7 +180,7 @@ def run_label(cfg: LabelConfig) -> LabelResult:
         todo = [i for i in todo if writer.shards[i]["count"] > 0]
         dataset = ShardBatches(
             [(i, writer.shards[i]["url"]) for i in todo],
-            prepare=Preprocess(loaded.data_config, cfg.decode),
+            prepare=Preprocess(loaded.data_config, decoder),
             batch_size=cfg.batch_size,
             image_fields=source.image_fields,
             label_field=source.label_field,
@@ -195,7 +199,7 @@ def run_label(cfg: LabelConfig) -> LabelResult:
         dropped: dict[int, list] = {}  # shard -> samples the device decoder could not read (gpu, skip)
         writes: list[Future] = []
         normalize = DeviceNormalize(loaded.data_config, device)
-        geometry = TensorGeometry(loaded.data_config) if cfg.decode == "gpu" else None
+        geometry = TensorGeometry(loaded.data_config) if decoder == "gpu" else None
         skip_bad = cfg.on_bad_sample == "skip"
         inflight = None  # the last batch's outputs, on their way to the host
         start = None
@@ -292,6 +296,23 @@ def run_label(cfg: LabelConfig) -> LabelResult:
         distributed.shutdown()
 
 
+def resolve_label_decoder(decoder: str, device, data_config: dict, store_url: str | None) -> str:
+    """`auto`: the decoder an existing store at `store_url` began with (a store is finished with the
+    decoder it began with), else gpu where there is a CUDA device and the crop is a plain box, else cpu."""
+    if decoder != "auto":
+        return decoder
+    if store_url:
+        from ..storage import open_store, schema
+
+        try:
+            recorded = schema.preprocessing(open_store(store_url).attrs)["decode"]
+        except W2SError:
+            recorded = None  # no store there yet (or not one this tool can read: creation says why)
+        if recorded:
+            return recorded
+    return "gpu" if device.type == "cuda" and data_config.get("crop_mode") != "border" else "cpu"
+
+
 def decode_on_device(item: dict, geometry, device, shard: str, skip_bad: bool):
     """A batch of raw images from the loader, decoded and cropped on `device` (--decode gpu).
 
@@ -301,8 +322,8 @@ def decode_on_device(item: dict, geometry, device, shard: str, skip_bad: bool):
     from ..pipeline.transforms import decode_batch
 
     keys, labels = item["keys"], item["labels"]
-    where = [f"shard {shard}, key {k!r}: cannot decode the image" for k in keys]
-    images, bad = decode_batch(item["blobs"], geometry, device, where)
+    images, bad = decode_batch(item["blobs"], geometry, device,
+                               lambda i: f"shard {shard}, key {keys[i]!r}: cannot decode the image")
     if not bad:
         return images, keys, labels, []
     if not skip_bad:

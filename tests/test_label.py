@@ -204,9 +204,21 @@ def test_default_store_lives_in_the_workspace(tmp_path, digits_data, weak_ckpt):
     ("precision", "fp8", "--precision 'fp8' is invalid"),
     ("topk", 0, "--topk 0 is invalid"),
     ("weak", None, "give --weak MODEL"),
-    ("decode", "nvjpeg", "--decode 'nvjpeg' is invalid: choose one of cpu, gpu, pil"),
+    ("decode", "nvjpeg", "--decode 'nvjpeg' is invalid: choose one of auto, cpu, gpu, pil"),
 ])
 def test_config_validation(field, value, match):
     kw = {"weak": "resnet18", "data": "digits", field: value}
     with pytest.raises(W2SError, match=match):
         LabelConfig(**kw)
+
+
+def test_auto_decoder_finishes_a_store_with_the_decoder_it_began_with(tmp_path, digits_data, weak_ckpt):
+    """--decode auto is cpu on a CPU machine, but a store begun with pil is finished with pil."""
+    from w2s_pipe.stages.label import resolve_label_decoder
+
+    assert resolve_label_decoder("auto", torch.device("cpu"), {}, None) == "cpu"
+    first = label(tmp_path, weak_ckpt, "p", decode="pil", max_shards=1)
+    assert not first.complete
+    rest = label(tmp_path, weak_ckpt, "p")  # decode left at auto
+    assert rest.complete and open_store(rest.store).attrs["preprocessing"]["decode"] == "pil"
+    assert open_store(label(tmp_path, weak_ckpt, "fresh").store).attrs["preprocessing"]["decode"] == "cpu"
