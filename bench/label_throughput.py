@@ -3,10 +3,11 @@
     python bench/label_throughput.py [--model resnet18] [--samples 512] [--batch-size 64] [--workers N]
                                      [--decode cpu,pil]
 
-(a) forward passes on pre-decoded batches already in memory (and on the device); (b) the labelling
-loader (tar reading, decoding, the model's eval resize and crop, batching) with no model. Prints
-images/s of each and label / min(a, b) for each decoder; 1.0 means the pipeline adds nothing to its
-slowest part. `--decode gpu` needs CUDA; its loader only reads bytes, so (b) is not its limit.
+(a) forward passes on pre-decoded batches already in memory (and on the device); (b) the decoder
+alone: the labelling loader (tar reading, decoding, the model's eval resize and crop, batching)
+with no model, and for `--decode gpu` (needs CUDA) the device's batched decode and crop of what its
+loader ships, synchronised. Prints images/s of each and label / min(a, b) for each decoder; 1.0
+means the pipeline adds nothing to its slowest part.
 The measurements alternate over --rounds rounds and each figure is the best of its rounds: on a
 shared machine the least disturbed run is the one that measures the code.
 """
@@ -39,7 +40,7 @@ def main():
     from w2s_pipe.pipeline.loader import ShardBatches, default_workers, label_loader
     from w2s_pipe.pipeline.models import load_model
     from w2s_pipe.pipeline.shards import expand_pattern
-    from w2s_pipe.pipeline.transforms import DeviceNormalize, Preprocess
+    from w2s_pipe.pipeline.transforms import DeviceNormalize, Preprocess, TensorGeometry, decode_batch
     from w2s_pipe.stages.label import LabelConfig, run_label
 
     pattern = _util.jpeg_shards(os.path.join(args.data, str(args.samples)), args.samples)
@@ -63,12 +64,20 @@ def main():
         """(b): tar reading, decoding, resize and crop, batching; no model."""
         ds = ShardBatches(list(enumerate(urls)), prepare=Preprocess(loaded.data_config, decode), batch_size=args.batch_size,
                           image_fields=("jpg",), label_field="cls")
+        geometry = TensorGeometry(loaded.data_config)
         t, n = time.perf_counter(), 0
         for item in label_loader(ds, workers, device.type == "cuda"):
-            if "images" in item or "blobs" in item:
+            if "blobs" in item:  # --decode gpu: the device's part is the decoder's too
+                images, bad = decode_batch(item["blobs"], geometry, device, lambda i: f"image {i}")
+                if bad:
+                    raise SystemExit(bad[min(bad)])
+                item["images"] = images
+            if "images" in item:
                 n += len(item["keys"])
-                if "images" in item and len(batches) < 3:
+                if len(batches) < 3:
                     batches.append(normalize(item["images"]))
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         return n / (time.perf_counter() - t)
 
     def model_alone():
@@ -97,8 +106,6 @@ def main():
     for _ in range(args.rounds):
         for decode in decoders:
             rounds[f"loader {decode}"].append(loader_alone(decode))
-        if not batches:  # --decode gpu alone: the model still needs decoded batches
-            loader_alone("cpu")
         rounds["model"].append(model_alone())
         for decode in decoders:
             rounds[f"label {decode}"].append(label(decode))
@@ -111,7 +118,7 @@ def main():
     print(f"best of {args.rounds} rounds each (all rounds in the JSON)")
     print(f"model alone            {model_ips:8.1f} img/s")
     for decode in decoders:
-        print(f"loader alone ({decode:3s})     {loader_ips[decode]:8.1f} img/s")
+        print(f"decoder alone ({decode:3s})    {loader_ips[decode]:8.1f} img/s")
         print(f"label (--decode {decode:3s})   {label_ips[decode]:8.1f} img/s   "
               f"label / min(model, loader) = {ratio[decode]:.3f}")
     if "cpu" in decoders and "pil" in decoders:

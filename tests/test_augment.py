@@ -82,3 +82,18 @@ def test_color_jitter_is_part_of_the_view():
     b, _ = TrainAugment(CONFIG, views, "cpu", color_jitter=0.4)(sample, ("jpg",), "s.tar", 0)
     plain, _ = TrainAugment(CONFIG, views, "cpu")(sample, ("jpg",), "s.tar", 0)
     assert torch.equal(a, b) and not torch.equal(a, plain)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="nvJPEG and the device path need a CUDA GPU; the same code "
+                    "runs on CPU tensors above")
+def test_device_path_on_a_gpu_matches_it_on_cpu_tensors():
+    """nvJPEG against libjpeg-turbo differ by a grey level here and there; the crops the same."""
+    views = TrainViews(5, scale=(0.2, 1.0))
+    samples = jpeg_samples()
+    shipped = [TrainAugment(CONFIG, views, "gpu")(s, ("jpg",), "s.tar", 0) for s in samples]
+    blobs, rows = [b for b, _ in shipped], torch.tensor([v.as_row() for _, v in shipped])
+    keys = [("s.tar", s["__key__"]) for s in samples]
+    on_gpu = DeviceAugment(CONFIG, torch.device("cuda"))(blobs, rows.cuda(), keys).cpu()
+    on_cpu = DeviceAugment(CONFIG, CPU)(blobs, rows, keys)
+    d = (on_gpu - on_cpu).abs()
+    assert d.mean() < 1.0 and d.max() <= 12

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -310,3 +311,12 @@ def test_skip_missing_counts_reach_the_log(own_digits):
     epochs, end = records(result.run_dir, "epoch"), records(result.run_dir, "end")[0]
     assert epochs[0]["dropped_missing"] == 1  # the stranger, met once in the first pass
     assert end["dropped_missing"] == sum(e["dropped_missing"] for e in epochs) >= 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="--decode gpu needs a CUDA GPU; its functions run on CPU "
+                    "tensors in test_augment.py")
+def test_training_decodes_on_the_gpu(store):
+    result = run_train(TrainConfig.tiny(run="gpu-decode", epochs=1, decode="gpu", device="cuda"))
+    config = json.load(open(os.path.join(result.run_dir, "config.json")))
+    assert result.finished and config["decode_resolved"] == "gpu"
+    assert all(math.isfinite(r["loss"]) for r in records(result.run_dir, "step"))
