@@ -372,7 +372,7 @@ def verify(store, recompute, no_data, seed, device):
 @click.pass_context
 def datasets(ctx):
     """List the datasets the registry knows (built-in and the user's TOML file)."""
-    from .pipeline.datasets import load_registry, user_registry_path
+    from .pipeline.data.datasets import load_registry, user_registry_path
 
     for name, entry in sorted(load_registry(ctx.obj["workspace"]).items()):
         splits = ", ".join(f"{s}{'*' if s == entry.label_split else ''}" for s in entry.splits)

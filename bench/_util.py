@@ -22,7 +22,7 @@ def jpeg_shards(directory: str, samples: int, per_shard: int = 128, size=(500, 3
     returns a glob pattern. Made once per directory."""
     from PIL import Image
 
-    from w2s_pipe.pipeline.shards import write_shard
+    from w2s_pipe.pipeline.data.shards import write_shard
 
     pattern = os.path.join(directory, "bench-*.tar")
     if os.path.exists(os.path.join(directory, "done")):
@@ -48,8 +48,8 @@ def checkpoint(path: str, model: str, num_classes: int, img_size: int | None = N
     import timm
     import torch
 
-    from w2s_pipe.pipeline.checkpoint import save_checkpoint
-    from w2s_pipe.pipeline.transforms import data_config_for
+    from w2s_pipe.pipeline.train.checkpoint import save_checkpoint
+    from w2s_pipe.pipeline.data.transforms import data_config_for
 
     if not os.path.exists(path):
         torch.manual_seed(0)

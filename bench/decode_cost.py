@@ -28,8 +28,8 @@ def main():
     import torch
 
     from w2s_pipe.pipeline.models import load_model
-    from w2s_pipe.pipeline.shards import expand_pattern, iter_samples
-    from w2s_pipe.pipeline.transforms import Preprocess
+    from w2s_pipe.pipeline.data.shards import expand_pattern, iter_samples
+    from w2s_pipe.pipeline.data.transforms import Preprocess
 
     torch.set_num_threads(1)  # one loading process does one image at a time
     pattern = _util.jpeg_shards(os.path.join(args.data, str(args.samples)), args.samples)

@@ -37,10 +37,10 @@ def main():
     import torch
 
     from w2s_pipe.pipeline import distributed
-    from w2s_pipe.pipeline.loader import ShardBatches, default_workers, label_loader
+    from w2s_pipe.pipeline.data.loader import ShardBatches, default_workers, label_loader
     from w2s_pipe.pipeline.models import load_model
-    from w2s_pipe.pipeline.shards import expand_pattern
-    from w2s_pipe.pipeline.transforms import DeviceNormalize, Preprocess, TensorGeometry, decode_batch
+    from w2s_pipe.pipeline.data.shards import expand_pattern
+    from w2s_pipe.pipeline.data.transforms import DeviceNormalize, Preprocess, TensorGeometry, decode_batch
     from w2s_pipe.stages.label import LabelConfig, run_label
 
     pattern = _util.jpeg_shards(os.path.join(args.data, str(args.samples)), args.samples)

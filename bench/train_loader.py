@@ -30,10 +30,10 @@ def measure(args) -> dict:
     import torch
 
     from w2s_pipe.pipeline import distributed
-    from w2s_pipe.pipeline.augment import DeviceAugment, TrainAugment
-    from w2s_pipe.pipeline.shards import expand_pattern
-    from w2s_pipe.pipeline.train_loader import TrainStream, train_loader
-    from w2s_pipe.pipeline.views import TrainViews
+    from w2s_pipe.pipeline.data.augment import DeviceAugment, TrainAugment
+    from w2s_pipe.pipeline.data.shards import expand_pattern
+    from w2s_pipe.pipeline.data.train_loader import TrainStream, train_loader
+    from w2s_pipe.pipeline.data.views import TrainViews
 
     device = distributed.pick_device("auto")
     pattern = _util.jpeg_shards(os.path.join(args.data, str(args.samples)), args.samples)

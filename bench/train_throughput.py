@@ -44,11 +44,9 @@ def main():
     ap.add_argument("--data", default=os.path.join(tempfile.gettempdir(), "w2s-bench-jpeg"))
     args = ap.parse_args()
 
-    import torch
-
     from w2s_pipe.pipeline import distributed
-    from w2s_pipe.pipeline.augment import resolve_decoder
-    from w2s_pipe.pipeline.loader import default_workers
+    from w2s_pipe.pipeline.data.augment import resolve_decoder
+    from w2s_pipe.pipeline.data.loader import default_workers
     from w2s_pipe.stages.label import LabelConfig, run_label
 
     device = distributed.pick_device("auto")
@@ -107,7 +105,7 @@ class Arms:
         import torch
 
         from w2s_pipe.pipeline.models import create_model
-        from w2s_pipe.pipeline.optim import build_optimizer
+        from w2s_pipe.pipeline.train.optim import build_optimizer
 
         torch.manual_seed(0)
         model = create_model(self.args.strong, 1000).to(self.device).train()
@@ -117,12 +115,12 @@ class Arms:
 
     def batches(self):
         """Batches on the device, as the trainer makes them: (images, weak logits, labels)."""
-        from w2s_pipe.pipeline.augment import DeviceAugment, TrainAugment
-        from w2s_pipe.pipeline.join import StoreJoin
-        from w2s_pipe.pipeline.shards import expand_pattern
-        from w2s_pipe.pipeline.train_loader import TrainStream, train_loader
-        from w2s_pipe.pipeline.transforms import DeviceNormalize
-        from w2s_pipe.pipeline.views import TrainViews
+        from w2s_pipe.pipeline.data.augment import DeviceAugment, TrainAugment
+        from w2s_pipe.pipeline.data.join import StoreJoin
+        from w2s_pipe.pipeline.data.shards import expand_pattern
+        from w2s_pipe.pipeline.data.train_loader import TrainStream, train_loader
+        from w2s_pipe.pipeline.data.transforms import DeviceNormalize
+        from w2s_pipe.pipeline.data.views import TrainViews
         from w2s_pipe.storage import open_store
 
         a = open_store(self.store).attrs
@@ -143,7 +141,7 @@ class Arms:
     def step_alone(self) -> float:
         import torch
 
-        from w2s_pipe.pipeline.losses import objective
+        from w2s_pipe.pipeline.train.losses import objective
         from w2s_pipe.stages.train import train_step
 
         model, opt = self.student()
@@ -175,7 +173,7 @@ class Arms:
         """Loader, device augmentation and the step, weak logits from the store or the teacher."""
         import torch
 
-        from w2s_pipe.pipeline.losses import objective
+        from w2s_pipe.pipeline.train.losses import objective
         from w2s_pipe.stages.train import train_step
 
         model, opt = self.student()

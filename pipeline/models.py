@@ -7,8 +7,8 @@ import os
 from dataclasses import dataclass
 
 from ..errors import W2SError
-from .checkpoint import FORMAT, file_sha256, load_checkpoint
-from .transforms import data_config_for
+from .train.checkpoint import FORMAT, file_sha256, load_checkpoint
+from .data.transforms import data_config_for
 
 # Short names users type; every value is a timm model name.
 ALIASES = {

@@ -48,8 +48,8 @@ def evaluate(model, urls, data_config: dict, *, image_fields, label_field, batch
     (a bad image stops the evaluation, naming shard and key)."""
     import torch
 
-    from ..pipeline.loader import ShardBatches, label_loader
-    from ..pipeline.transforms import DeviceNormalize, Preprocess, TensorGeometry, decode_batch
+    from ..pipeline.data.loader import ShardBatches, label_loader
+    from ..pipeline.data.transforms import DeviceNormalize, Preprocess, TensorGeometry, decode_batch
 
     info = distributed.dist_info()
     mine = [(i, u) for i, u in enumerate(urls) if i % info.world_size == info.rank]
@@ -103,10 +103,10 @@ def run_eval(cfg: EvalConfig) -> dict:
 
     import torch
 
-    from ..pipeline.datasets import resolve_data
-    from ..pipeline.loader import default_workers
+    from ..pipeline.data.datasets import resolve_data
+    from ..pipeline.data.loader import default_workers
     from ..pipeline.models import load_model
-    from ..pipeline.runs import find_run
+    from ..pipeline.train.runs import find_run
 
     checkpoint = cfg.checkpoint
     trained_on = {}

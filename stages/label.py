@@ -20,9 +20,9 @@ import numpy as np
 from .. import __version__
 from ..errors import W2SError
 from ..pipeline import distributed
-from ..pipeline.datasets import resolve_data
-from ..pipeline.shards import describe_shards, fingerprint, shards_as_dicts
-from ..pipeline.transforms import DECODERS
+from ..pipeline.data.datasets import resolve_data
+from ..pipeline.data.shards import describe_shards, fingerprint, shards_as_dicts
+from ..pipeline.data.transforms import DECODERS
 from ..pipeline.workspace import default_store_path
 from ..storage.claims import ShardClaims
 from ..storage.fsutil import absolute
@@ -94,10 +94,10 @@ class LabelResult:
 def run_label(cfg: LabelConfig) -> LabelResult:
     import torch
 
-    from ..pipeline.loader import ShardBatches, default_workers, label_loader
+    from ..pipeline.data.loader import ShardBatches, default_workers, label_loader
     from ..pipeline.models import load_model
     from ..pipeline.stats import unstorable_rows, weak_outputs
-    from ..pipeline.transforms import DeviceNormalize, Preprocess, TensorGeometry, check_decoder
+    from ..pipeline.data.transforms import DeviceNormalize, Preprocess, TensorGeometry, check_decoder
 
     info = distributed.dist_info()
     device = distributed.pick_device(cfg.device, info.local_rank)
@@ -319,7 +319,7 @@ def decode_on_device(item: dict, geometry, device, shard: str, skip_bad: bool):
     Returns (images or None when none is left, keys, labels, skipped records). A bad image stops
     the run naming shard and key, or under skip is left out and recorded.
     """
-    from ..pipeline.transforms import decode_batch
+    from ..pipeline.data.transforms import decode_batch
 
     keys, labels = item["keys"], item["labels"]
     images, bad = decode_batch(item["blobs"], geometry, device,

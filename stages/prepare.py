@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import W2SError
-from ..pipeline.shards import Shard, write_manifest, write_shard
+from ..pipeline.data.shards import Shard, write_manifest, write_shard
 
 # Fixed, seeded split of the 1797 digits: the weak model's ground truth, what it labels, validation.
 DIGITS_SPLITS = (("weak", 600), ("transfer", 897), ("val", 300))

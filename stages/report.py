@@ -17,7 +17,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from ..errors import W2SError
-from ..pipeline.losses import LOSSES
+from ..pipeline.train.losses import LOSSES
 from ..pipeline.metrics import mean_std, pgr, reliability
 from ..pipeline.workspace import slug, workspace_dir
 

@@ -18,11 +18,11 @@ from dataclasses import asdict, dataclass
 from .. import __version__
 from ..errors import W2SError
 from ..pipeline import distributed
-from ..pipeline.inputs import Inputs, resolve_inputs
-from ..pipeline.losses import LOSSES
-from ..pipeline.optim import OPTIMIZERS, SCHEDULES
-from ..pipeline.resume import INVOCATION_ONLY
-from ..pipeline.runs import MetricsLog, weights_digest
+from ..pipeline.data.inputs import Inputs, resolve_inputs
+from ..pipeline.train.losses import LOSSES
+from ..pipeline.train.optim import OPTIMIZERS, SCHEDULES
+from ..pipeline.train.resume import INVOCATION_ONLY
+from ..pipeline.train.runs import MetricsLog, weights_digest
 from ..pipeline.workspace import slug, workspace_dir
 
 
@@ -194,19 +194,19 @@ def _train(cfg: TrainConfig, info, device) -> TrainResult:
     import torch
     from tqdm import tqdm
 
-    from ..pipeline.augment import DeviceAugment, TrainAugment, resolve_decoder
-    from ..pipeline.checkpoint import save_checkpoint
-    from ..pipeline.join import StoreJoin
-    from ..pipeline.loader import default_workers
-    from ..pipeline.losses import objective as make_objective
+    from ..pipeline.data.augment import DeviceAugment, TrainAugment, resolve_decoder
+    from ..pipeline.train.checkpoint import save_checkpoint
+    from ..pipeline.data.join import StoreJoin
+    from ..pipeline.data.loader import default_workers
+    from ..pipeline.train.losses import objective as make_objective
     from ..pipeline.models import build_strong, head_parameters, resolve_model_name
-    from ..pipeline.optim import Schedule, ScheduleSpec, build_optimizer
-    from ..pipeline.resume import (check_resumable, gather_rank_states, rank_state, restore_rank_state,
+    from ..pipeline.train.optim import Schedule, ScheduleSpec, build_optimizer
+    from ..pipeline.train.resume import (check_resumable, gather_rank_states, rank_state, restore_rank_state,
                                    seed_everything)
-    from ..pipeline.runs import MetricWindow, NonFiniteLoss
-    from ..pipeline.train_loader import TrainStream, train_loader
-    from ..pipeline.transforms import DeviceNormalize
-    from ..pipeline.views import TrainViews, view_seed
+    from ..pipeline.train.runs import MetricWindow, NonFiniteLoss
+    from ..pipeline.data.train_loader import TrainStream, train_loader
+    from ..pipeline.data.transforms import DeviceNormalize
+    from ..pipeline.data.views import TrainViews, view_seed
     from .evaluate import evaluate
 
     inputs = resolve_inputs(cfg)
@@ -409,7 +409,7 @@ def _count(inputs: Inputs) -> int:
         from ..storage.reader import open_store
 
         return open_store(inputs.store_url).num_samples
-    from ..pipeline.shards import describe_shards
+    from ..pipeline.data.shards import describe_shards
 
     return sum(s.count for s in describe_shards(inputs.urls))
 

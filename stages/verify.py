@@ -157,7 +157,7 @@ def run_verify(cfg: VerifyConfig) -> VerifyReport:
 
 
 def _check_shard_data(shard: dict, stored: list[str], skipped: set) -> list[str]:
-    from ..pipeline.shards import list_keys, quick_digest
+    from ..pipeline.data.shards import list_keys, quick_digest
     from ..storage.fsutil import get_fs
 
     name, url = shard["name"], shard["url"]
@@ -189,12 +189,12 @@ def _recompute(store, cfg: VerifyConfig) -> list[str]:
 
     from ..pipeline import distributed
     from ..pipeline.models import load_model
-    from ..pipeline.shards import iter_samples
-    from ..pipeline.transforms import DeviceNormalize, Preprocess, TensorGeometry, decode_batch
+    from ..pipeline.data.shards import iter_samples
+    from ..pipeline.data.transforms import DeviceNormalize, Preprocess, TensorGeometry, decode_batch
 
     weak = store.attrs["weak"]
     if weak.get("checkpoint"):
-        from ..pipeline.checkpoint import file_sha256
+        from ..pipeline.train.checkpoint import file_sha256
 
         try:
             if file_sha256(weak["checkpoint"]) != weak["checkpoint_sha256"]:

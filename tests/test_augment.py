@@ -8,8 +8,8 @@ import torch
 
 from test_decode import encode, picture
 from w2s_pipe.errors import W2SError
-from w2s_pipe.pipeline.augment import DeviceAugment, TrainAugment, header_size, resolve_decoder
-from w2s_pipe.pipeline.views import TrainViews, View
+from w2s_pipe.pipeline.data.augment import DeviceAugment, TrainAugment, header_size, resolve_decoder
+from w2s_pipe.pipeline.data.views import TrainViews, View
 
 CONFIG = {"input_size": [3, 40, 40], "interpolation": "bicubic", "mean": [0.5] * 3, "std": [0.5] * 3}
 CPU = torch.device("cpu")

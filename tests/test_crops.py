@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from w2s_pipe.pipeline.crops import flip_where, resized_crops, size_groups
+from w2s_pipe.pipeline.data.crops import flip_where, resized_crops, size_groups
 
 
 def smooth(h, w, seed=0):

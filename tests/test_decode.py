@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 
 from w2s_pipe.errors import W2SError
-from w2s_pipe.pipeline.loader import ShardBatches
-from w2s_pipe.pipeline.shards import write_shard
-from w2s_pipe.pipeline.transforms import (
+from w2s_pipe.pipeline.data.loader import ShardBatches
+from w2s_pipe.pipeline.data.shards import write_shard
+from w2s_pipe.pipeline.data.transforms import (
     DeviceNormalize, Preprocess, TensorGeometry, decode_batch, decode_image, decode_tensor, eval_transform,
 )
 from w2s_pipe.stages.label import decode_on_device

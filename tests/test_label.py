@@ -10,8 +10,8 @@ import torch
 from conftest import make_checkpoint
 from w2s_pipe.errors import W2SError
 from w2s_pipe.pipeline.models import load_model
-from w2s_pipe.pipeline.shards import iter_samples
-from w2s_pipe.pipeline.transforms import decode_image, eval_transform
+from w2s_pipe.pipeline.data.shards import iter_samples
+from w2s_pipe.pipeline.data.transforms import decode_image, eval_transform
 from w2s_pipe.stages.label import LabelConfig, run_label
 from w2s_pipe.storage import open_store
 
@@ -172,7 +172,7 @@ def test_gpu_decoding_needs_a_cuda_device(tmp_path, digits_data, weak_ckpt):
 def test_gpu_decoding_matches_cpu_decoding_and_skips_bad_jpegs(tmp_path, weak_ckpt):
     from test_decode import encode, picture
 
-    from w2s_pipe.pipeline.shards import write_shard
+    from w2s_pipe.pipeline.data.shards import write_shard
 
     (tmp_path / "j").mkdir()
     shard = [{"__key__": f"k{i:03d}", "jpg": encode(picture(i, (60, 45)), "JPEG", quality=90), "cls": i % 10}

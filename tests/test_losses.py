@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from w2s_pipe.pipeline import losses as L
+from w2s_pipe.pipeline.train import losses as L
 
 
 def softmax(x, t=1.0):
@@ -121,7 +121,7 @@ DEVICES = ["cpu", "meta"] + (["cuda"] if torch.cuda.is_available() else [])
 def test_every_part_lives_on_the_logits_device(name, device):
     """The trainer stacks a step's parts into one tensor: each must be on the logits' device (augconf's
     alpha was a CPU tensor and crashed on CUDA). `meta` shows it on a CPU-only machine."""
-    from w2s_pipe.pipeline.runs import MetricWindow
+    from w2s_pipe.pipeline.train.runs import MetricWindow
 
     student = torch.randn(4, 5, device=device)
     weak, labels = torch.randn(4, 5, device=device), torch.tensor([0, 1, 2, 3], device=device)

@@ -11,7 +11,7 @@ import timm
 import torch
 
 from w2s_pipe.errors import W2SError
-from w2s_pipe.pipeline.optim import Schedule, ScheduleSpec, build_optimizer, decay_groups
+from w2s_pipe.pipeline.train.optim import Schedule, ScheduleSpec, build_optimizer, decay_groups
 
 
 def no_decay_names(model, optimizer) -> set[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from w2s_pipe.pipeline.runs import MetricWindow, NonFiniteLoss
+from w2s_pipe.pipeline.train.runs import MetricWindow, NonFiniteLoss
 
 
 def parts(loss, kd):

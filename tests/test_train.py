@@ -164,7 +164,7 @@ def test_bad_inputs(tmp_path, digits_data, store, weak_ckpt):
     with pytest.raises(W2SError, match="--loss 'ce' is invalid"):
         TrainConfig.tiny(loss="ce")
     # Shards without ground truth: a store of them cannot serve --gt-weight.
-    from w2s_pipe.pipeline.shards import iter_samples, write_shard
+    from w2s_pipe.pipeline.data.shards import iter_samples, write_shard
 
     os.makedirs(tmp_path / "nolabel")
     src = sorted((digits_data).glob("digits-val-*.tar"))[0]
@@ -280,7 +280,7 @@ def own_digits(tmp_path, monkeypatch, weak_ckpt):
 
 
 def rewrite_first_transfer_shard(data, change):
-    from w2s_pipe.pipeline.shards import iter_samples, write_shard
+    from w2s_pipe.pipeline.data.shards import iter_samples, write_shard
 
     path = str(sorted(data.glob("digits-transfer-*.tar"))[0])
     samples = [{k: v for k, v in s.items() if k != "__url__"} for s in iter_samples(path)]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from ..errors import W2SError
+from ...errors import W2SError
 from .shards import iter_samples, url_name
 from .transforms import decode_label
 

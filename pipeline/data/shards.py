@@ -17,8 +17,8 @@ from typing import Iterable, Iterator
 import braceexpand
 from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_iterator
 
-from ..errors import W2SError
-from ..storage.fsutil import atomic_write, get_fs, is_local
+from ...errors import W2SError
+from ...storage.fsutil import atomic_write, get_fs, is_local
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "w2s-pipe-shards/1"

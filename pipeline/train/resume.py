@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 
-from ..errors import W2SError
+from ...errors import W2SError
 
 # TrainConfig fields that only steer this invocation, never what is computed.
 INVOCATION_ONLY = frozenset({"resume", "max_steps", "progress", "log_every", "run", "workspace", "skip_shard_check",

@@ -17,7 +17,7 @@ from __future__ import annotations
 import io
 import warnings
 
-from ..errors import W2SError
+from ...errors import W2SError
 
 # Keys of timm's data config that define preprocessing; recorded in the store.
 DATA_CONFIG_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")

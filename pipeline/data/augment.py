@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import io
 
-from ..errors import W2SError
+from ...errors import W2SError
 from .transforms import DECODERS, _pil_rgb, _quiet_torchvision, decode_tensor, image_payload
 from .views import TrainViews, View, seeded, view_seed
 

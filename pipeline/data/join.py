@@ -11,8 +11,8 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from ..errors import W2SError
-from ..storage.reader import LabelStore, ShardRows
+from ...errors import W2SError
+from ...storage.reader import LabelStore, ShardRows
 from .shards import url_name
 
 

@@ -19,9 +19,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import W2SError
+from ...errors import W2SError
 from .shards import expand_pattern, read_manifest
-from .workspace import data_root, workspace_dir
+from ..workspace import data_root, workspace_dir
 
 IMAGE_FIELDS = "jpg;jpeg;png;webp"
 

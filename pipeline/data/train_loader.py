@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from ..errors import W2SError
+from ...errors import W2SError
 from .join import StoreJoin
 from .shards import iter_samples, url_name
 from .transforms import decode_label

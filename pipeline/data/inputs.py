@@ -6,11 +6,11 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from ..errors import W2SError
+from ...errors import W2SError
 from .datasets import resolve_data
-from .losses import LOSSES
-from ..storage.fsutil import absolute
-from .workspace import workspace_dir
+from ..train.losses import LOSSES
+from ...storage.fsutil import absolute
+from ..workspace import workspace_dir
 
 
 @dataclass
@@ -30,7 +30,7 @@ def resolve_inputs(cfg) -> Inputs:
 
     `cfg` is a stages.train.TrainConfig.
     """
-    from ..storage.reader import latest_store, open_store
+    from ...storage.reader import latest_store, open_store
 
     needs_weak = LOSSES[cfg.loss].needs_weak
     store_url = cfg.labels or (latest_store(str(workspace_dir(cfg.workspace) / "stores")) if (needs_weak or not cfg.data) else None)

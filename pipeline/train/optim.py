@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import W2SError
+from ...errors import W2SError
 
 OPTIMIZERS = ("adamw", "sgd", "momentum", "adam", "lamb", "lion")
 SCHEDULES = ("cosine", "step", "const")

@@ -8,8 +8,8 @@ import math
 import os
 import time
 
-from ..errors import W2SError
-from .workspace import workspace_dir
+from ...errors import W2SError
+from ..workspace import workspace_dir
 
 
 def find_run(run: str, workspace=None) -> str:

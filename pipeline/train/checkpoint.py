@@ -6,7 +6,7 @@ import hashlib
 import os
 import uuid
 
-from ..errors import W2SError
+from ...errors import W2SError
 
 FORMAT = "w2s-pipe-checkpoint/1"
 

@@ -1,0 +1,1 @@
+"""Training parts: losses, optimizer and schedule, checkpoints, runs and their resumption."""
