@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 
 from ..errors import W2SError
+from . import cifar  # noqa: F401  (registers the paper's CIFAR networks with timm: cifar_resnet20, ...)
 from .train.checkpoint import FORMAT, file_sha256, load_checkpoint
 from .data.transforms import data_config_for
 
