@@ -58,6 +58,33 @@ def prepare_digits_cmd(ctx, out, shard_size):
     click.echo(f"wrote {result.samples} samples to {result.out}")
 
 
+def _prepare_cifar_command(name: str, classes: int, archive: str):
+    @prepare.command(name, help=f"{name.upper()} ({classes} classes) from the python archive ARCHIVE ({archive}, as "
+                                "downloaded) as PNG shards with a manifest: `train` is the labelling split, `test` the "
+                                "validation split. The pickles are read without running code from them.")
+    @click.argument("archive", type=click.Path(exists=True, dir_okay=False))
+    @click.option("--out", type=click.Path(file_okay=False), default=None,
+                  help=f"Output directory [default: $W2S_DATA/{name}, else <workspace>/data/{name}].")
+    @click.option("--shard-size", type=int, default=1000, show_default=True, help="Samples per shard.")
+    @click.option("--weak-split", type=int, default=0, show_default=True,
+                  help="Carve this many training images (a fixed seeded choice) into a `weak` split for the weak "
+                       "model's ground truth; the rest stay in `train`, which `label` labels.")
+    @click.pass_context
+    def command(ctx, archive, out, shard_size, weak_split):
+        from .stages.prepare import default_data_dir, prepare_cifar
+
+        result = prepare_cifar(name, archive, out or default_data_dir(name, ctx.obj["workspace"]),
+                               shard_size=shard_size, weak_split=weak_split)
+        for split, shards in result.splits.items():
+            click.echo(f"{split}: {sum(s.count for s in shards)} samples in {len(shards)} shards")
+        click.echo(f"wrote {result.samples} samples to {result.out}; use --data {name}")
+    return command
+
+
+for _name, _classes, _archive in (("cifar10", 10, "cifar-10-python.tar.gz"), ("cifar100", 100, "cifar-100-python.tar.gz")):
+    _prepare_cifar_command(_name, _classes, _archive)
+
+
 @prepare.command("folder")
 @click.argument("src", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Output directory for the shards.")

@@ -1,6 +1,8 @@
-"""Turn data into WebDataset shards with a manifest: scikit-learn's digits, or an ImageFolder tree.
+"""Turn data into WebDataset shards with a manifest: scikit-learn's digits, the CIFAR archives, or
+an ImageFolder tree.
 
     w2s-pipe prepare digits
+    w2s-pipe prepare cifar100 ~/Downloads/cifar-100-python.tar.gz --weak-split 10000
     w2s-pipe prepare folder ~/photos --out ~/shards/photos
 """
 
@@ -34,17 +36,24 @@ class PrepareResult:
 
 
 def _png(pixels: np.ndarray) -> bytes:
+    """(H, W) grey or (H, W, 3) RGB uint8 as PNG bytes."""
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(pixels, mode="L").save(buf, format="PNG")
+    Image.fromarray(pixels).save(buf, format="PNG")
     return buf.getvalue()
 
 
-def _write_split(out: Path, prefix: str, samples: list[dict], shard_size: int) -> list[Shard]:
-    shards = []
-    for n, first in enumerate(range(0, len(samples), shard_size)):
-        shards.append(write_shard(str(out / f"{prefix}-{n:06d}.tar"), samples[first : first + shard_size]))
+def _write_split(out: Path, prefix: str, samples, shard_size: int) -> list[Shard]:
+    """Samples (any iterable) in shards of shard_size, one shard's samples in memory at a time."""
+    shards, batch = [], []
+    for sample in samples:
+        batch.append(sample)
+        if len(batch) == shard_size:
+            shards.append(write_shard(str(out / f"{prefix}-{len(shards):06d}.tar"), batch))
+            batch = []
+    if batch:
+        shards.append(write_shard(str(out / f"{prefix}-{len(shards):06d}.tar"), batch))
     return shards
 
 
@@ -127,6 +136,46 @@ def prepare_folder(src: str, out: str, split: str = "train", shard_size: int = 1
 
 
 def default_digits_dir(workspace=None) -> str:
+    return default_data_dir("digits", workspace)
+
+
+def default_data_dir(name: str, workspace=None) -> str:
     from ..pipeline.workspace import data_root
 
-    return os.path.join(data_root(workspace), "digits")
+    return os.path.join(data_root(workspace), name)
+
+
+CIFAR_SEED = 0
+
+
+def prepare_cifar(name: str, archive: str, out: str, shard_size: int = 1000, weak_split: int = 0) -> PrepareResult:
+    """A CIFAR python archive as PNG shards `<name>-<split>-NNNNNN.tar`: train (what the weak model
+    labels) and test (validation), and with `weak_split` N > 0 a `weak` split of N training images
+    (a fixed seeded choice) for the weak model's ground truth, taken out of train. Keys are
+    `<name>_<split>_<index in the archive's split>`; the manifest carries the class names."""
+    from ..pipeline.data.cifar_archive import read_cifar
+
+    if shard_size < 1:
+        raise W2SError(f"--shard-size {shard_size} is invalid: must be at least 1")
+    splits_in, class_names = read_cifar(archive, name)
+    train = splits_in["train"]
+    if not 0 <= weak_split < len(train.labels):
+        raise W2SError(f"--weak-split {weak_split} is invalid: between 0 and {len(train.labels) - 1} of the "
+                       f"{len(train.labels)} training images")
+    chosen = np.sort(np.random.default_rng(CIFAR_SEED).permutation(len(train.labels))[:weak_split])
+    rest = np.setdiff1d(np.arange(len(train.labels)), chosen)
+    plan = {"train": ("train", rest), "test": ("test", np.arange(len(splits_in["test"].labels)))}
+    if weak_split:
+        plan = {"weak": ("train", chosen), **plan}
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.glob(f"{name}-*.tar"):
+        stale.unlink()
+    splits = {}
+    for split, (source, indices) in plan.items():
+        data = splits_in[source]
+        samples = ({"__key__": f"{name}_{source}_{i:05d}", "png": _png(data.images[i]), "cls": int(data.labels[i])}
+                   for i in indices)
+        splits[split] = _write_split(out_dir, f"{name}-{split}", samples, shard_size)
+    write_manifest(str(out_dir), splits, dataset=name, num_classes=len(class_names), class_names=class_names)
+    return PrepareResult(str(out_dir), splits)

@@ -64,6 +64,17 @@ BUILTIN = {
         class_names=tuple(str(d) for d in range(10)),
         hint="run `w2s-pipe prepare digits` first",
     ),
+    **{name: DatasetEntry(
+        name=name,
+        splits={s: "${W2S_DATA}/" + name + "/" + name + "-" + s + "-*.tar" for s in ("weak", "train", "test")},
+        label_split="train",
+        val_split="test",
+        num_classes=classes,
+        image_field="png",
+        label_field="cls",
+        hint=f"run `w2s-pipe prepare {name} {archive}` first (with --weak-split N for the weak split)",
+    ) for name, classes, archive in (("cifar10", 10, "cifar-10-python.tar.gz"),
+                                      ("cifar100", 100, "cifar-100-python.tar.gz"))},
 }
 
 
@@ -153,6 +164,13 @@ def expand_vars(pattern: str, workspace=None) -> str:
     return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", sub, pattern)
 
 
+def _manifest_names(urls: list[str], storage_options: dict | None) -> tuple[str, ...] | None:
+    """Class names from the manifest beside the shards (prepare writes one), if any."""
+    directory = urls[0].rsplit("/", 1)[0] if "/" in urls[0] else "."
+    names = (read_manifest(directory, storage_options) or {}).get("class_names")
+    return tuple(names) if names else None
+
+
 def looks_like_pattern(data: str) -> bool:
     return any(s in data for s in ("/", "://", ".tar", "{", "*")) or os.path.exists(data)
 
@@ -187,7 +205,7 @@ def resolve_data(
             image_fields=tuple(f for f in entry.image_field.split(";") if f),
             label_field=entry.label_field,
             num_classes=entry.num_classes,
-            class_names=entry.class_names,
+            class_names=entry.class_names or _manifest_names(urls, storage_options),
             val_split=entry.val_split,
             label_required=entry.label_field is not None,
             entry=entry,
