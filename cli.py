@@ -175,7 +175,20 @@ def label(ctx, weak, data, split, labels, weak_checkpoint, num_classes, img_size
         click.echo(f"store {result.store}: incomplete; re-run the same command to finish it")
 
 
+def _load_config(ctx, param, value):
+    """--config: the recipe's values become this command's defaults, so the command line wins."""
+    if value:
+        from .pipeline.train.recipes import load_recipe
+
+        options = {p.name for p in ctx.command.params if p.name not in ("config", "quiet")}
+        ctx.default_map = {**(ctx.default_map or {}), **load_recipe(value, options)}  # a W2SError is one line
+    return value
+
+
 @cli.command()
+@click.option("--config", default=None, is_eager=True, expose_value=True, callback=_load_config,
+              help="A recipe: a shipped name (`w2s-pipe recipes`: cifar_v0, demo, ...) or a YAML file of train options. "
+                   "Options given on the command line win; the resolved settings are saved in the run's config.json.")
 @click.option("--strong", required=True, help="Strong timm model name or alias (vit_b16, resnet50, ...).")
 @click.option("--loss", default="adaptconf", show_default=True,
               type=click.Choice(["adaptconf", "augconf", "kd", "hard", "gt"]),
@@ -278,6 +291,15 @@ def train(ctx, quiet, **options):
     state = "finished" if result.finished else "stopped (continue with --resume)"
     click.echo(f"{state} at step {result.step}, epoch {result.epoch}{val}{best} in {result.seconds:.0f} s")
     click.echo(f"run {result.run_dir}")
+
+
+@cli.command()
+def recipes():
+    """The shipped training recipes (`train --config NAME`), each with the command that runs it."""
+    from .pipeline.train.recipes import shipped
+
+    for recipe in shipped():
+        click.echo(f"{recipe.name}\n  {recipe.command}\n  {recipe.about}\n")
 
 
 @cli.command("eval")

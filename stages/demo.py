@@ -3,8 +3,9 @@
 For each seed: train the weak model on the `weak` split's ground truth; label the `transfer` split
 with it (a real store); train the strong model on `transfer`'s ground truth (the ceiling); train the
 strong model from the store with each loss, without ground truth (weak-to-strong) and with
-`--gt-weight 1` (the paper's distillation setting); then `report`. Hyperparameters are fixed
-here, chosen before looking at any result, and the same for every loss: no tuning on `val`.
+`--gt-weight 1` (the paper's distillation setting); then `report`. The training options every run
+shares are the `demo` recipe (pipeline/train/recipes/demo.yaml), fixed before looking at any result
+and the same for every loss: no tuning on `val`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 from ..errors import W2SError
 
@@ -30,13 +31,11 @@ class DemoConfig:
     strong: str = "resnet10t"  # 4.9M-parameter ResNet
     strong_img_size: int = 24
     strong_epochs: int = 8
-    batch_size: int = 64
     steps_per_epoch: int | None = None
     losses: tuple[str, ...] = ("hard", "kd", "augconf", "adaptconf")
-    threshold: float = 0.5  # adaptconf's tau as in the paper's CIFAR runs; augconf's final alpha
-    lr: float = 1e-3
+    recipe: str = "demo"  # the train options every run shares (pipeline/train/recipes/demo.yaml)
+    train_overrides: dict = field(default_factory=dict)  # over the recipe (the quick demo's smaller batches)
     progress: bool = True
-    train_options: dict = field(default_factory=lambda: {"hflip": 0.0, "crop_scale": 0.6, "workers": 0})
 
     def __post_init__(self):
         if self.seeds < 1:
@@ -46,7 +45,7 @@ class DemoConfig:
     def quick(cls, out: str, **overrides) -> "DemoConfig":
         """A smoke-sized demo: tiny models, a few steps, two seeds."""
         base = dict(seeds=2, strong="test_resnet", strong_img_size=32, weak_epochs=1, strong_epochs=1,
-                    batch_size=32, steps_per_epoch=3)
+                    steps_per_epoch=3, train_overrides={"batch_size": 32})
         return cls(out=out, **{**base, **overrides})
 
 
@@ -65,6 +64,7 @@ def run_demo(cfg: DemoConfig, echo=print) -> dict:
     from .label import LabelConfig, run_label
     from .prepare import prepare_digits
     from .report import ReportConfig, run_report
+    from ..pipeline.train.recipes import load_recipe
     from .train import TrainConfig, run_train
 
     _prepare_workspace(cfg)
@@ -76,11 +76,13 @@ def run_demo(cfg: DemoConfig, echo=print) -> dict:
     plan = 3 + 2 * len(cfg.losses)
     total, done = plan * cfg.seeds, 0
 
+    recipe = load_recipe(cfg.recipe, {f.name for f in fields(TrainConfig)})
+    common = {**recipe, **cfg.train_overrides, "steps_per_epoch": cfg.steps_per_epoch, "config": cfg.recipe,
+              "workspace": ws, "progress": False}
+
     def train(run, **options):
         nonlocal done
         t = time.perf_counter()
-        common = dict(batch_size=cfg.batch_size, steps_per_epoch=cfg.steps_per_epoch, lr=cfg.lr, precision="fp32",
-                      workspace=ws, progress=False, log_every=5, threshold=cfg.threshold, **cfg.train_options)
         result = run_train(TrainConfig(run=run, **{**common, **options}))
         done += 1
         echo(f"[{done}/{total}] {run}: top-1 {result.val_top1:.4f} ({time.perf_counter() - t:.0f} s)")

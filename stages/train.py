@@ -31,6 +31,7 @@ from ..pipeline.workspace import slug, workspace_dir
 class TrainConfig:
     strong: str
     loss: str = "adaptconf"
+    config: str | None = None  # the recipe (--config) the other values came from, for the record
     labels: str | None = None  # store; default: the workspace's most recent complete store
     data: str | None = None  # only to override the store's, or with --loss gt
     split: str | None = None

@@ -108,7 +108,7 @@ def test_train_options_are_frozen():
         "--warmup-epochs", "--epochs", "--steps-per-epoch", "--batch-size", "--workers", "--precision", "--device",
         "--clip-grad", "--seed", "--hflip", "--color-jitter", "--crop-scale", "--shuffle-buffer", "--run-name",
         "--resume", "--max-steps", "--log-every", "--quiet", "--skip-shard-check", "--min-lr", "--warmup-lr",
-        "--decay-epochs", "--decay-rate", "--deterministic", "--decode",
+        "--decay-epochs", "--decay-rate", "--deterministic", "--decode", "--config",
     ])
 
 
