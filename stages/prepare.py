@@ -123,14 +123,7 @@ def prepare_folder(src: str, out: str, split: str = "train", shard_size: int = 1
                 "txt": str(path.relative_to(root)),
             }
 
-    shards, batch = [], []
-    for sample in samples():
-        batch.append(sample)
-        if len(batch) == shard_size:
-            shards.append(write_shard(str(out_dir / f"{prefix}-{split}-{len(shards):06d}.tar"), batch))
-            batch = []
-    if batch:
-        shards.append(write_shard(str(out_dir / f"{prefix}-{split}-{len(shards):06d}.tar"), batch))
+    shards = _write_split(out_dir, f"{prefix}-{split}", samples(), shard_size)
     write_manifest(str(out_dir), {split: shards}, dataset=prefix, num_classes=len(classes), class_names=classes)
     return PrepareResult(str(out_dir), {split: shards})
 
