@@ -157,19 +157,14 @@ def run_verify(cfg: VerifyConfig) -> VerifyReport:
 
 
 def _check_shard_data(shard: dict, stored: list[str], skipped: set) -> list[str]:
-    from ..pipeline.data.shards import list_keys, quick_digest
-    from ..storage.fsutil import get_fs
+    from ..pipeline.data.shards import changed_shards, list_keys
 
     name, url = shard["name"], shard["url"]
     try:
-        fs, path = get_fs(url)
-        size = int(fs.info(path)["size"])
         keys = list_keys(url)
     except (W2SError, FileNotFoundError, OSError) as exc:
         return [f"shard {name}: cannot read {url} ({exc})"]
-    problems = []
-    if size != shard["bytes"] or (shard.get("digest") and quick_digest(fs, path, size) != shard["digest"]):
-        problems.append(f"shard {name}: {url} changed since it was labelled")
+    problems = changed_shards([shard], threads=1)
     seen = set()
     for key in keys:
         if key in seen and key not in skipped:
@@ -232,7 +227,7 @@ def _recompute(store, cfg: VerifyConfig) -> list[str]:
             if decoder == "gpu":
                 blob = prepare(sample, image_fields, store.shards[i]["name"])
                 where = f"shard {store.shards[i]['name']}, key {sample['__key__']!r}: cannot decode the image"
-                x, bad = decode_batch([blob], geometry, device, [where])
+                x, bad = decode_batch([blob], geometry, device, lambda i: where)
                 if bad:
                     problems.append(bad[0])
                     continue

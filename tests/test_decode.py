@@ -105,7 +105,7 @@ def test_decode_batch_is_close_to_timms_reference_and_reports_bad_images(name):
     good = samples(6)
     blobs = [s["jpg"] for s in good]
     blobs.insert(2, blobs[0][:500])  # a truncated JPEG among them
-    images, bad = decode_batch(blobs, TensorGeometry(cfg), CPU, [f"image {i}" for i in range(len(blobs))])
+    images, bad = decode_batch(blobs, TensorGeometry(cfg), CPU, lambda i: f"image {i}")
     assert list(bad) == [2] and bad[2].startswith("image 2 (")
     reference = torch.stack([Preprocess(cfg, "pil")(s, ("jpg",), "x") for s in good]).float()
     assert images.dtype == torch.float32 and images.shape == reference.shape
@@ -117,7 +117,7 @@ def test_decode_batch_is_close_to_timms_reference_and_reports_bad_images(name):
     with torch.no_grad():
         ours, theirs = model(normalize(images)), model(normalize(reference))
     assert (ours - theirs).abs().max() < 0.02 * (theirs.max() - theirs.min())
-    none, all_bad = decode_batch([b"junk"], TensorGeometry(cfg), CPU, ["only"])
+    none, all_bad = decode_batch([b"junk"], TensorGeometry(cfg), CPU, lambda i: "only")
     assert none is None and list(all_bad) == [0]
 
 
@@ -136,7 +136,7 @@ def test_gpu_mode_loader_ships_bytes_and_the_device_step_skips_or_stops(tmp_path
     assert keys == ["j0", "j1", "j2", "j3", "p0"] and labels.tolist() == [0, 1, 2, 3, 4]  # broken (7) left out
     assert skipped == [{"key": "broken", "reason": skipped[0]["reason"]}]
     assert skipped[0]["reason"].startswith("cannot decode the image (")
-    expected, _ = decode_batch([s["jpg"] for s in good], TensorGeometry(cfg), CPU, ["x"] * len(good))
+    expected, _ = decode_batch([s["jpg"] for s in good], TensorGeometry(cfg), CPU, lambda i: "x")
     assert torch.equal(images, expected)
     with pytest.raises(W2SError, match=r"^shard g-000000.tar, key 'broken': cannot decode the image .*--on-bad-sample skip"):
         decode_on_device(batch, TensorGeometry(cfg), CPU, "g-000000.tar", skip_bad=False)

@@ -295,7 +295,7 @@ def test_shards_changed_after_labelling_are_refused(own_digits):
         return [{**s, "png": pngs[(i + 1) % len(pngs)]} for i, s in enumerate(samples)]
 
     name = rewrite_first_transfer_shard(own_digits, other_images)
-    with pytest.raises(W2SError, match=f"shard {name}: .* when labelled.*--skip-shard-check"):
+    with pytest.raises(W2SError, match=f"shard {name}: .* changed since it was labelled .*--skip-shard-check"):
         run_train(TrainConfig.tiny(run="changed", max_steps=1))
     assert run_train(TrainConfig.tiny(run="anyway", max_steps=1, skip_shard_check=True)).step == 1
 

@@ -199,9 +199,10 @@ def changed_shards(recorded: list[dict], storage_options: dict | None = None, th
             fs, path = get_fs(shard["url"], storage_options)
             size = int(fs.info(path)["size"])
             if size != int(shard["bytes"]):
-                return f"shard {shard['name']}: {shard['url']} has {size} bytes, {shard['bytes']} when labelled"
+                return f"shard {shard['name']}: {shard['url']} changed since it was labelled ({size} bytes, {shard['bytes']} then)"
             if shard.get("digest") and quick_digest(fs, path, size) != shard["digest"]:
-                return f"shard {shard['name']}: {shard['url']} has other contents than when labelled (same size)"
+                return (f"shard {shard['name']}: {shard['url']} changed since it was labelled (same size, other first or "
+                        "last 64 KiB)")
         except (FileNotFoundError, OSError) as exc:
             return f"shard {shard['name']}: cannot read {shard['url']} ({exc})"
         return None

@@ -4,18 +4,20 @@ Workers turn each image into a uint8 crop (decode, resize, crop: timm's eval geo
 float conversion and normalisation happen on the device, batched (`DeviceNormalize`). A uint8
 batch is a quarter of a float one through shared memory and across PCIe.
 
-Decoders (`--decode`):
-  cpu  libjpeg-turbo/libpng through torchvision, resized as tensors (default; 2.7x less CPU per
-       ImageNet-sized JPEG than pil, measured in bench/decode_cost.py)
+Decoders (`--decode`; auto picks gpu where CUDA is, else cpu):
+  cpu  libjpeg-turbo/libpng through torchvision, resized as tensors in the loading processes (2.7x
+       less CPU per ImageNet-sized JPEG than pil, measured in bench/decode_cost.py)
   pil  PIL decoding and PIL resizing: timm's reference eval transform, to the pixel (cpu is within
        one grey level of it)
-  gpu  the workers only read bytes; each batch's JPEGs are decoded on the GPU (nvJPEG) in one call
+  gpu  the workers only read bytes; each batch's JPEGs are decoded on the device (nvJPEG) in one
+       call and resized in a few batched launches (`decode_batch`, `crops.resized_crops`)
 """
 
 from __future__ import annotations
 
 import io
 import warnings
+from typing import Callable
 
 from ...errors import W2SError
 
@@ -240,14 +242,14 @@ class DeviceNormalize:
         return (x.float() - self.shift) * self.scale
 
 
-def decode_images(blobs: list[bytes], device, where) -> tuple[list, dict[int, str]]:
+def decode_images(blobs: list[bytes], device, where: Callable[[int], str]) -> tuple[list, dict[int, str]]:
     """Decode a batch of images on `device`: every JPEG in one batched nvJPEG call on a GPU (or
     torchvision's CPU decoder on CPU tensors), anything else (PNG, a JPEG the batched call refuses)
     one by one through `decode_tensor`, then PIL.
 
     Returns (images, bad): uint8 (3, H_i, W_i) tensors on `device`, None where image i could not be
-    decoded, and bad mapping such a position to its error, prefixed with `where[i]` (a list) or
-    `where(i)` (a function: no string is built per image unless one fails).
+    decoded, and bad mapping such a position to its error, prefixed with `where(i)` (a function, so
+    that no string is built per image unless one fails).
     """
     import torch
 
@@ -260,7 +262,8 @@ def decode_images(blobs: list[bytes], device, where) -> tuple[list, dict[int, st
     bad: dict[int, str] = {}
     jpegs = [i for i, b in enumerate(blobs) if b[:3] == JPEG_MAGIC]
     if jpegs:
-        data = [torch.frombuffer(bytearray(blobs[i]), dtype=torch.uint8) for i in jpegs]
+        # Read-only views of the bytes (no copy per image): nvJPEG only reads them.
+        data = [torch.frombuffer(blobs[i], dtype=torch.uint8) for i in jpegs]
         try:
             for i, image in zip(jpegs, decode_jpeg(data, mode=ImageReadMode.RGB, device=device)):
                 images[i] = image
@@ -273,13 +276,13 @@ def decode_images(blobs: list[bytes], device, where) -> tuple[list, dict[int, st
     for i, blob in enumerate(blobs):
         if images[i] is None:
             try:
-                images[i] = decode_tensor(blob, where(i) if callable(where) else where[i]).to(device)
+                images[i] = decode_tensor(blob, where(i)).to(device)
             except W2SError as exc:
                 bad[i] = str(exc)
     return images, bad
 
 
-def decode_batch(blobs: list[bytes], geometry: "TensorGeometry", device, where):
+def decode_batch(blobs: list[bytes], geometry: "TensorGeometry", device, where: Callable[[int], str]):
     """Decode a batch (`decode_images`) and apply timm's eval resize and crop to all of it at once
     (`crops.resized_crops` over each image's crop box).
 
