@@ -310,7 +310,10 @@ def resolve_label_decoder(decoder: str, device, data_config: dict, store_url: st
             recorded = None  # no store there yet (or not one this tool can read: creation says why)
         if recorded:
             return recorded
-    return "gpu" if device.type == "cuda" and data_config.get("crop_mode") != "border" else "cpu"
+    from ..pipeline.data.augment import resolve_decoder
+
+    decoder = resolve_decoder("auto", device)  # the same default as train's
+    return "cpu" if decoder == "gpu" and data_config.get("crop_mode") == "border" else decoder
 
 
 def decode_on_device(item: dict, geometry, device, shard: str, skip_bad: bool):

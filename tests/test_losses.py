@@ -129,4 +129,4 @@ def test_every_part_lives_on_the_logits_device(name, device):
     assert {p.device.type for p in parts.values()} == {torch.device(device).type}
     window = MetricWindow()
     window.add(1, parts, images=4)
-    assert window.sums.device.type == torch.device(device).type and window.sums.shape == (len(parts),)
+    assert window.rows[0].device.type == torch.device(device).type and window.rows[0].shape == (len(parts),)

@@ -11,7 +11,12 @@ import timm
 import torch
 
 from w2s_pipe.errors import W2SError
-from w2s_pipe.pipeline.train.optim import Schedule, ScheduleSpec, build_optimizer, decay_groups
+from w2s_pipe.pipeline.train.optim import Schedule, ScheduleSpec, build_optimizer
+
+
+def decay_groups(optimizer) -> list[tuple[float, int]]:
+    """(weight decay, number of tensors) of each parameter group."""
+    return [(float(g.get("weight_decay", 0.0)), len(g["params"])) for g in optimizer.param_groups]
 
 
 def no_decay_names(model, optimizer) -> set[str]:
@@ -46,7 +51,7 @@ def schedule(**spec):
 
 def test_cosine_warms_up_inside_the_run_and_ends_on_min_lr():
     s = schedule(sched="cosine", total_steps=100, warmup_steps=20, warmup_lr=1e-4, min_lr=1e-3)
-    lrs = [s.lr_at(k) for k in range(100)]
+    lrs = [s.apply(k) for k in range(100)]
     assert lrs[0] == pytest.approx(1e-4)
     assert all(a < b for a, b in zip(lrs[:20], lrs[1:20]))  # warm-up rises
     assert all(a >= b for a, b in zip(lrs[20:], lrs[21:]))  # then the cosine falls
@@ -57,13 +62,15 @@ def test_cosine_warms_up_inside_the_run_and_ends_on_min_lr():
 
 def test_step_schedule_decays_every_interval():
     s = schedule(sched="step", total_steps=90, decay_steps=30, decay_rate=0.5)
-    assert [s.lr_at(k) for k in (0, 29, 30, 59, 60, 89)] == pytest.approx([0.1, 0.1, 0.05, 0.05, 0.025, 0.025])
+    assert [s.apply(k) for k in (0, 29, 30, 59, 60, 89)] == pytest.approx([0.1, 0.1, 0.05, 0.05, 0.025, 0.025])
 
 
-def test_apply_sets_the_rate_of_that_step():
+def test_apply_sets_the_rate_of_that_step_whatever_came_before():
     s = schedule(sched="cosine", total_steps=10, warmup_steps=2, warmup_lr=0.0)
-    for k in (0, 5, 9, 3):  # any order: a function of the step alone
-        assert s.apply(k) == s.optimizer.param_groups[0]["lr"] == pytest.approx(s.lr_at(k))
+    in_order = [s.apply(k) for k in range(10)]
+    for k in (9, 0, 5, 3, 5):  # any order: a function of the step alone, as a resumed run needs
+        assert s.apply(k) == s.optimizer.param_groups[0]["lr"] == in_order[k]
+    assert len(set(in_order)) == 9  # steps 0 and 9 both at 0: the warm-up start and the floor
 
 
 def test_warmup_longer_than_the_run_is_refused():

@@ -31,15 +31,15 @@ def resolve_decoder(decoder: str, device) -> str:
     return decoder
 
 
-def _interpolation(name: str):
-    from torchvision.transforms import InterpolationMode
+def _check_interpolation(name: str) -> None:
+    """timm's names (its `str_to_interp_mode` and `str_to_pil_interp` convert them); refuse others now,
+    not in a loading process."""
+    from timm.data.transforms import str_to_interp_mode, str_to_pil_interp
 
-    modes = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC,
-             "nearest": InterpolationMode.NEAREST}
-    if name not in modes:
-        raise W2SError(f"interpolation {name!r} of the model's data config is not supported here; "
-                       f"choose one of {', '.join(modes)}")
-    return modes[name]
+    try:
+        str_to_interp_mode(name), str_to_pil_interp(name)
+    except KeyError:
+        raise W2SError(f"interpolation {name!r} of the model's data config is not supported here") from None
 
 
 class TrainAugment:
@@ -54,7 +54,7 @@ class TrainAugment:
         self.views, self.decoder = views, decoder
         self.size = tuple(int(v) for v in data_config["input_size"][1:])
         self.interpolation = data_config.get("interpolation", "bilinear")
-        _interpolation(self.interpolation)  # refuse an unknown one now, not in a loading process
+        _check_interpolation(self.interpolation)
         self.jitter = None
         if color_jitter:
             from torchvision.transforms import v2
@@ -100,9 +100,10 @@ def pil_view(image, view: View, size: tuple[int, int], interpolation: str):
     import torch
     from PIL import Image
 
-    resample = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}[interpolation]
+    from timm.data.transforms import str_to_pil_interp
+
     left, top, right, bottom = (int(v) for v in view.box())
-    out = image.crop((left, top, right, bottom)).resize((size[1], size[0]), resample)
+    out = image.crop((left, top, right, bottom)).resize((size[1], size[0]), str_to_pil_interp(interpolation))
     if view.flip:
         out = out.transpose(Image.FLIP_LEFT_RIGHT)
     return torch.from_numpy(np.asarray(out).copy()).permute(2, 0, 1).contiguous()
@@ -110,10 +111,11 @@ def pil_view(image, view: View, size: tuple[int, int], interpolation: str):
 
 def tensor_view(image, view: View, size: tuple[int, int], interpolation: str):
     """The same on a uint8 (3, H, W) tensor, with torchvision's uint8 antialiased resize."""
+    from timm.data.transforms import str_to_interp_mode
     from torchvision.transforms.v2 import functional as F
 
     crop = image[:, view.top: view.top + view.height, view.left: view.left + view.width]
-    out = F.resize(crop, list(size), interpolation=_interpolation(interpolation), antialias=True)
+    out = F.resize(crop, list(size), interpolation=str_to_interp_mode(interpolation), antialias=True)
     return out.flip(-1) if view.flip else out
 
 
@@ -129,15 +131,13 @@ class DeviceAugment:
         _quiet_torchvision()
 
     def __call__(self, blobs: list[bytes], views, keys: list):
-        import torch
-
         from .crops import flip_where, resized_crops
         from .transforms import decode_images
+        from .views import view_boxes
 
         images, bad = decode_images(blobs, self.device,
                                     lambda i: f"shard {keys[i][0]}, key {keys[i][1]!r}: cannot decode the image")
         if bad:
             raise W2SError(bad[min(bad)])
-        left, top, height, width = views[:, 1], views[:, 0], views[:, 2], views[:, 3]
-        boxes = torch.stack([left, top, left + width, top + height], 1)
-        return flip_where(resized_crops(images, boxes, self.size), views[:, 4] > 0)
+        boxes, flips = view_boxes(views)
+        return flip_where(resized_crops(images, boxes, self.size), flips)

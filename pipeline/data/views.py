@@ -75,6 +75,15 @@ class View:
         return float(self.left), float(self.top), float(self.left + self.width), float(self.top + self.height)
 
 
+def view_boxes(rows):
+    """`View.box` and `View.flip` of a batch's (N, 7) view rows, as tensors: boxes (N, 4), flips (N,)."""
+    import torch
+
+    top, left, height, width, flip = (rows[:, VIEW_FIELDS.index(f)]
+                                      for f in ("top", "left", "height", "width", "flip"))
+    return torch.stack([left, top, left + width, top + height], 1), flip > 0
+
+
 @dataclass(frozen=True)
 class TrainViews:
     """timm's RandomResizedCrop (area fraction `scale`, aspect ratio `ratio`, 10 attempts, then a

@@ -1,7 +1,7 @@
 """The optimizer and the learning-rate schedule of a training run, built with timm.
 
-The schedule is a function of the step alone: step k (counting from 0) trains with `lr_at(k)`,
-set just before it, so a resumed run needs no scheduler state and the logged rate is the rate used.
+The schedule is a function of the step alone: step k (counting from 0) trains with the rate
+`apply(k)` sets just before it, so a resumed run needs no scheduler state and the logged rate is the rate used.
 Warm-up counts inside the run's steps (as the paper's official configs do): it ramps linearly from
 `warmup_lr` over the first `warmup_steps`, and the cosine then reaches `min_lr` exactly at the last
 step. The step schedule multiplies the rate by `decay_rate` every `decay_steps`.
@@ -26,11 +26,6 @@ def build_optimizer(model, *, opt: str, lr: float, weight_decay: float):
     if not any(p.requires_grad for p in model.parameters()):
         raise W2SError("the model has no trainable parameters")
     return timm.optim.create_optimizer_v2(model, opt=opt, lr=lr, weight_decay=weight_decay)
-
-
-def decay_groups(optimizer) -> list[tuple[float, int]]:
-    """(weight decay, number of tensors) of each parameter group, for logs and tests."""
-    return [(float(g.get("weight_decay", 0.0)), len(g["params"])) for g in optimizer.param_groups]
 
 
 @dataclass(frozen=True)
@@ -72,7 +67,3 @@ class Schedule:
     def apply(self, step: int) -> float:
         self.timm.step_update(num_updates=step)
         return float(self.optimizer.param_groups[0]["lr"])
-
-    def lr_at(self, step: int) -> float:
-        """The base rate of step `step`, without touching the optimizer."""
-        return float(self.timm._get_values(step, on_epoch=False)[0])

@@ -56,50 +56,51 @@ class MetricsLog:
 
 
 class MetricWindow:
-    """The metrics of the steps since the last record, summed where they are (on the GPU, no wait
-    per step). `flush` copies them to the host once, after one all-reduce under DDP (so a record is
-    the mean over ranks, and every rank sees a non-finite loss at the same step), and raises with
-    the first step whose loss was not finite."""
+    """The metrics of the steps since the last record, kept where they are computed (on the GPU, no
+    wait per step): one small vector per step. `flush` copies them to the host once, after one
+    all-reduce under DDP (so a record is the mean over ranks, and every rank sees a non-finite loss
+    at the same step), and raises with the first step whose loss was not finite."""
 
     def __init__(self):
-        self.names, self.sums, self.losses, self.dropped = None, None, [], 0
+        self._reset()
+
+    def _reset(self) -> None:
+        self.names, self.rows, self.dropped = None, [], 0
         self.first_step, self.images, self.started = None, 0, time.perf_counter()
 
     def add(self, step: int, parts: dict, images: int, dropped: int = 0) -> None:
         import torch
 
-        values = torch.stack([v.detach().float().reshape(()) for v in parts.values()])
         if self.names is None:
-            self.names, self.sums, self.first_step = list(parts), values, step
-        else:
-            self.sums = self.sums + values
-        self.losses.append(values[0])  # the objective is the first part
+            self.names, self.first_step = list(parts), step  # the objective ("loss") first
+        self.rows.append(torch.stack([v.detach().float().reshape(()) for v in parts.values()]))
         self.images += images
         self.dropped += dropped
 
     @property
     def steps(self) -> int:
-        return len(self.losses)
+        return len(self.rows)
 
     def flush(self, world_size: int = 1) -> dict:
         """{"means": {name: mean over steps (and ranks)}, "sums", "steps", "images", "seconds", "dropped"}."""
         import torch
 
-        n = self.steps
-        packed = torch.cat([self.sums, torch.stack(self.losses), self.sums.new_tensor([float(self.dropped)])])
+        stacked = torch.stack(self.rows)  # (steps, parts)
+        packed = torch.cat([stacked.flatten(), stacked.new_tensor([float(self.dropped)])])
         if world_size > 1:
             import torch.distributed as dist
 
             dist.all_reduce(packed)
-            packed[: len(self.names) + n] /= world_size
         host = packed.tolist()  # the one host copy
-        for i, loss in enumerate(host[len(self.names): len(self.names) + n]):
-            if not math.isfinite(loss):
-                raise NonFiniteLoss(self.first_step + i, loss)
-        sums = dict(zip(self.names, host[: len(self.names)]))
-        out = {"means": {k: v / n for k, v in sums.items()}, "sums": sums, "steps": n, "images": self.images,
+        n, k = stacked.shape
+        rows = [[v / world_size for v in host[i * k: (i + 1) * k]] for i in range(n)]
+        for i, row in enumerate(rows):
+            if not math.isfinite(row[0]):
+                raise NonFiniteLoss(self.first_step + i, row[0])
+        sums = {name: sum(row[j] for row in rows) for j, name in enumerate(self.names)}
+        out = {"means": {name: v / n for name, v in sums.items()}, "sums": sums, "steps": n, "images": self.images,
                "seconds": time.perf_counter() - self.started, "dropped": int(round(host[-1]))}
-        self.__init__()
+        self._reset()
         return out
 
 
