@@ -147,3 +147,25 @@ def test_gpu_decoding_refuses_timms_border_mode():
         Preprocess(CONFIGS["border"], "gpu")
     with pytest.raises(W2SError, match="--decode 'nvjpeg' is invalid"):
         Preprocess(CONFIGS["squash"], "nvjpeg")
+
+
+def test_evaluation_through_the_device_path_on_cpu_tensors(tmp_path):
+    """`evaluate` with decoder gpu (bytes from the loader, decoded and cropped by decode_batch; here on
+    CPU tensors) counts the same samples and nearly the same accuracy as the cpu decoder, and names
+    a broken image."""
+    import timm
+
+    from w2s_pipe.stages.evaluate import evaluate
+
+    cfg = CONFIGS["center-bilinear"]
+    shard = [{**s, "cls": i % 3} for i, s in enumerate(samples(6))]
+    url = write_shard(str(tmp_path / "e-000000.tar"), shard).url
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet", num_classes=3)
+    kw = dict(image_fields=("jpg",), label_field="cls", batch_size=4, workers=0, device=CPU)
+    cpu, gpu = (evaluate(model, [url], cfg, decoder=d, **kw) for d in ("cpu", "gpu"))
+    assert cpu["samples"] == gpu["samples"] == 7 and abs(cpu["top1"] - gpu["top1"]) <= 1 / 7
+    shard[2]["jpg"] = shard[2]["jpg"][:300]
+    broken = write_shard(str(tmp_path / "b-000000.tar"), shard).url
+    with pytest.raises(W2SError, match=r"^shard b-000000.tar, key 'j2': cannot decode the image"):
+        evaluate(model, [broken], cfg, decoder="gpu", **kw)

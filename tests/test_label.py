@@ -222,3 +222,29 @@ def test_auto_decoder_finishes_a_store_with_the_decoder_it_began_with(tmp_path, 
     rest = label(tmp_path, weak_ckpt, "p")  # decode left at auto
     assert rest.complete and open_store(rest.store).attrs["preprocessing"]["decode"] == "pil"
     assert open_store(label(tmp_path, weak_ckpt, "fresh").store).attrs["preprocessing"]["decode"] == "cpu"
+
+
+def test_a_store_begun_on_a_gpu_asks_for_one(tmp_path, digits_data, weak_ckpt):
+    """--decode auto keeps a store's decoder; a gpu store cannot be finished on this CPU machine,
+    and the error says so rather than mixing decoders."""
+    import zarr
+
+    first = label(tmp_path, weak_ckpt, "g", max_shards=1)
+    group = zarr.open_group(first.store, mode="r+")
+    group.attrs.update({"preprocessing": {**group.attrs["preprocessing"], "decode": "gpu"}})
+    with pytest.raises(W2SError, match="store .* was begun with --decode gpu, which needs a CUDA device"):
+        label(tmp_path, weak_ckpt, "g", device="cpu")
+
+
+def test_default_loading_processes_share_the_cores_between_ranks(monkeypatch):
+    import os
+
+    from w2s_pipe.pipeline.data.loader import default_workers
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert default_workers() == 15  # no cap at 8
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert default_workers() == 3
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert default_workers() == 1
