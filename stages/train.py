@@ -196,18 +196,18 @@ def _train(cfg: TrainConfig, info, device) -> TrainResult:
     from tqdm import tqdm
 
     from ..pipeline.data.augment import DeviceAugment, TrainAugment, resolve_decoder
-    from ..pipeline.train.checkpoint import save_checkpoint
     from ..pipeline.data.join import StoreJoin
     from ..pipeline.data.loader import default_workers
-    from ..pipeline.train.losses import objective as make_objective
-    from ..pipeline.models import build_strong, head_parameters, resolve_model_name
-    from ..pipeline.train.optim import Schedule, ScheduleSpec, build_optimizer
-    from ..pipeline.train.resume import (check_resumable, gather_rank_states, rank_state, restore_rank_state,
-                                   seed_everything)
-    from ..pipeline.train.runs import MetricWindow, NonFiniteLoss
     from ..pipeline.data.train_loader import TrainStream, train_loader
     from ..pipeline.data.transforms import DeviceNormalize
     from ..pipeline.data.views import TrainViews, view_seed
+    from ..pipeline.models import build_strong, head_parameters, resolve_model_name
+    from ..pipeline.train.checkpoint import save_checkpoint
+    from ..pipeline.train.losses import objective as make_objective
+    from ..pipeline.train.optim import Schedule, ScheduleSpec, build_optimizer
+    from ..pipeline.train.resume import (check_resumable, gather_rank_states, rank_state, restore_rank_state,
+                                         seed_everything)
+    from ..pipeline.train.runs import MetricWindow, NonFiniteLoss
     from .evaluate import evaluate
 
     inputs = resolve_inputs(cfg)
@@ -254,7 +254,8 @@ def _train(cfg: TrainConfig, info, device) -> TrainResult:
     # Everything that decides what the run computes; --resume refuses any difference by name.
     settings = {**{k: v for k, v in asdict(cfg).items() if k not in INVOCATION_ONLY}, "strong": strong,
                 "data_source": inputs.record, "precision_resolved": precision, "device_type": device.type,
-                "decode_resolved": decoder, "workers_resolved": workers, "world_size": info.world_size, "steps_per_epoch": steps_per_epoch}
+                "decode_resolved": decoder, "workers_resolved": workers, "world_size": info.world_size,
+                "steps_per_epoch": steps_per_epoch}
     # From here each rank draws from its own generators (dropout masks, say); the data's
     # augmentation draws from none of them (views.py).
     seed_everything(view_seed(cfg.seed, "train", str(info.rank), 0))
