@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import numpy as np
 import pytest
 import torch
@@ -59,3 +61,53 @@ def test_flip_where_mirrors_only_the_chosen():
     x = torch.arange(2 * 1 * 2 * 3, dtype=torch.float32).view(2, 1, 2, 3)
     y = flip_where(x, torch.tensor([True, False]))
     assert torch.equal(y[0], x[0].flip(-1)) and torch.equal(y[1], x[1])
+
+
+def test_erase_boxes_are_drawn_as_timms_random_erasing():
+    """--reprob: the box of each sample's view has timm's RandomErasing distribution (its share of
+    the image and its shape, against timm's own on 3000 images), with the given probability, and
+    leaves the crop and flip as they were."""
+    import dataclasses
+
+    from timm.data.random_erasing import RandomErasing
+
+    from w2s_pipe.pipeline.data.views import TrainViews
+
+    size = (32, 40)
+    views, plain = TrainViews(0, reprob=0.25, hflip=0.5, size=size), TrainViews(0, hflip=0.5, size=size)
+    drawn = [views.draw("s", str(k), 0, 50, 60) for k in range(3000)]
+    assert [dataclasses.replace(v, erase_top=0, erase_left=0, erase_height=0, erase_width=0) for v in drawn[:200]] == \
+        [plain.draw("s", str(k), 0, 50, 60) for k in range(200)]
+    erased = [v for v in drawn if v.erase_height]
+    assert 0.22 < len(erased) / len(drawn) < 0.28
+    assert all(0 <= v.erase_top and v.erase_top + v.erase_height <= size[0] and 0 <= v.erase_left
+               and v.erase_left + v.erase_width <= size[1] for v in erased)
+    ours = torch.tensor([[v.erase_height * v.erase_width / (size[0] * size[1]), v.erase_height / v.erase_width]
+                         for v in erased])
+    timm_erase = RandomErasing(probability=1.0, mode="const", device="cpu")
+    random.seed(0)
+    theirs = []
+    for _ in range(3000):
+        image = timm_erase(torch.ones(3, *size))
+        rows, cols = (image[0] == 0).any(1).sum().item(), (image[0] == 0).any(0).sum().item()
+        theirs.append([rows * cols / (size[0] * size[1]), rows / cols])
+    theirs = torch.tensor(theirs)
+    assert abs(ours[:, 0].mean() - theirs[:, 0].mean()) < 0.01  # mean share of the image, about 0.17
+    assert abs(ours[:, 1].log().mean() - theirs[:, 1].log().mean()) < 0.1  # shape: log aspect about 0
+    assert abs(ours[:, 0].std() - theirs[:, 0].std()) < 0.01
+
+
+def test_erase_where_fills_each_box_with_noise_and_nothing_else():
+    from w2s_pipe.pipeline.data.crops import erase_where
+    from w2s_pipe.pipeline.data.views import View
+
+    rows = torch.tensor([View(0, 0, 1, 1, False, 1, 1).as_row(), View(0, 0, 1, 1, False, 1, 1, 4, 6, 20, 30).as_row()])
+    images = torch.full((2, 3, 32, 40), 7.0)
+    out = erase_where(images, rows, torch.Generator().manual_seed(1))
+    assert torch.equal(out[0], images[0])  # no box
+    inside = torch.zeros(32, 40, dtype=torch.bool)
+    inside[4:24, 6:36] = True
+    assert torch.equal(out[1][:, ~inside], images[1][:, ~inside])
+    noise = out[1][:, inside]
+    assert abs(noise.mean()) < 0.1 and abs(noise.std() - 1) < 0.1  # N(0, 1) in the normalised space, as timm's
+    assert torch.equal(out, erase_where(images, rows, torch.Generator().manual_seed(1)))

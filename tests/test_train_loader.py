@@ -58,6 +58,21 @@ def test_a_view_depends_on_the_sample_not_on_ranks_workers_or_batch_size(digits_
     assert sum(other[k] == one[k][0] for k in set(other) & set(one)) < 0.3 * len(set(other) & set(one))
 
 
+def test_auto_augment_and_erasing_are_part_of_the_view(digits_dir):
+    """With RandAugment and random erasing boxes, in-process and 2 loading processes at other batch
+    sizes give each (sample, pass) the same pixels and the same erase box."""
+    def augment():
+        return TrainAugment(CONFIG, TrainViews(3, reprob=0.5, size=(16, 16)), "cpu", auto_augment="rand-m9-mstd0.5-inc1")
+
+    one = {k: (v, img) for k, v, img in views(stream(digits_dir, augment=augment(), batch_size=10), 0, 20)}
+    plain = {k: img for k, _, img in views(stream(digits_dir, batch_size=10), 0, 20)}
+    assert sum(not torch.equal(one[k][1], plain[k]) for k in one) > 0.5 * len(one)  # the policy changed most
+    assert 0.3 < np.mean([v[-2] > 0 for v, _ in one.values()]) < 0.7  # erase_height: half have a box
+    for key, view, image in views(stream(digits_dir, augment=augment(), batch_size=8), 2, 20):
+        if key in one:
+            assert view == one[key][0] and torch.equal(image, one[key][1]), key
+
+
 def test_views_differ_between_samples_and_passes():
     """Each (sample, pass) draws its own view: 2000 keys on a 375 x 500 image, all different; and
     each sample's view changes from one pass to the next."""

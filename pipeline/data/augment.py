@@ -9,6 +9,9 @@
          a few launches (`DeviceAugment`, `crops.resized_crops`)
 
 All three ship uint8 (or bytes) and normalise on the device, and draw the same view for a sample.
+timm's auto-augment policies (`--aa`: AutoAugment, RandAugment, AugMix) and colour jitter work on
+PIL images, so they run in the loading processes after the crop and flip (timm's order), seeded per
+sample from (seed, shard, key, pass): with them `auto` picks the cpu path, and gpu refuses them.
 """
 
 from __future__ import annotations
@@ -20,10 +23,11 @@ from .transforms import DECODERS, _pil_rgb, _quiet_torchvision, decode_tensor, i
 from .views import TrainViews, View, seeded, view_seed
 
 
-def resolve_decoder(decoder: str, device) -> str:
-    """`auto` is the device path where there is a GPU, else the loading processes' cpu path."""
+def resolve_decoder(decoder: str, device, per_sample_policies: bool = False) -> str:
+    """`auto` is the device path where there is a GPU, else (or when the run has augmentation that
+    only the loading processes apply: `per_sample_policies`) the loading processes' cpu path."""
     if decoder == "auto":
-        return "gpu" if device.type == "cuda" else "cpu"
+        return "gpu" if device.type == "cuda" and not per_sample_policies else "cpu"
     if decoder not in DECODERS:
         raise W2SError(f"--decode {decoder!r} is invalid: choose auto, {', '.join(DECODERS)}")
     if decoder == "gpu" and device.type != "cuda":
@@ -46,11 +50,15 @@ class TrainAugment:
     """A loading process's per-sample step: encoded sample -> (uint8 (3, H, W) view, or the raw
     bytes under gpu; its `View`)."""
 
-    def __init__(self, data_config: dict, views: TrainViews, decoder: str, color_jitter: float = 0.0):
+    def __init__(self, data_config: dict, views: TrainViews, decoder: str, color_jitter: float = 0.0,
+                 auto_augment: str | None = None):
         if decoder not in DECODERS:
             raise W2SError(f"--decode {decoder!r} is invalid: choose auto, {', '.join(DECODERS)}")
-        if decoder == "gpu" and color_jitter:
-            raise W2SError("--color-jitter is applied in the loading processes: use --decode cpu or pil with it")
+        for option, value in (("--color-jitter", color_jitter), ("--aa", auto_augment)):
+            if decoder == "gpu" and value:
+                raise W2SError(f"{option} is applied in the loading processes: use --decode cpu or pil with it")
+        if color_jitter and auto_augment:
+            raise W2SError("give --aa or --color-jitter, not both (timm turns colour jitter off under auto-augment)")
         self.views, self.decoder = views, decoder
         self.size = tuple(int(v) for v in data_config["input_size"][1:])
         self.interpolation = data_config.get("interpolation", "bilinear")
@@ -61,6 +69,7 @@ class TrainAugment:
 
             # timm's training recipe: brightness, contrast and saturation, no hue.
             self.jitter = v2.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter)
+        self.policy = auto_augment_policy(auto_augment, data_config) if auto_augment else None
 
     def __call__(self, sample: dict, image_fields: tuple[str, ...], shard: str, epoch: int):
         field, data = image_payload(sample, image_fields, shard)
@@ -79,7 +88,69 @@ class TrainAugment:
             out = tensor_view(image, view, self.size, self.interpolation)
         if self.jitter is not None:
             out = seeded(self.jitter, view_seed(self.views.seed, shard, key, epoch) ^ 0x5EED, out)
+        if self.policy is not None:
+            out = seeded(_on_pil, view_seed(self.views.seed, shard, key, epoch) ^ 0xAA, self.policy, out)
         return out, view
+
+
+def auto_augment_policy(spec: str, data_config: dict):
+    """timm's policy for an `--aa` string ("rand-m9-mstd0.5-inc1", "original-mstd0.5", "augmix-m5-w4-d2"),
+    with the hyperparameters timm's training transform gives it (translation 45% of the size, the
+    data set's mean as fill colour, the model's interpolation)."""
+    from timm.data.auto_augment import augment_and_mix_transform, auto_augment_transform, rand_augment_transform
+    from timm.data.transforms import str_to_pil_interp
+
+    size = min(int(v) for v in data_config["input_size"][1:])
+    mean = data_config.get("mean", (0.485, 0.456, 0.406))
+    params = {"translate_const": int(size * 0.45), "img_mean": tuple(min(255, round(255 * m)) for m in mean),
+              "interpolation": str_to_pil_interp(data_config.get("interpolation", "bilinear"))}
+    try:
+        if spec.startswith("rand"):
+            policy = rand_augment_transform(spec, params)
+        elif spec.startswith("augmix"):
+            policy = augment_and_mix_transform(spec, {**params, "translate_pct": 0.3})
+        else:
+            policy = auto_augment_transform(spec, params)
+    except (AssertionError, KeyError, ValueError, IndexError) as exc:
+        raise W2SError(f"--aa {spec!r} is not one of timm's auto-augment strings (rand-m9-mstd0.5-inc1, "
+                       f"original-mstd0.5, augmix-m5-w4-d2, ...): {exc or type(exc).__name__}") from None
+    for op in _ops(policy):
+        if op.aug_fn is _timm_posterize():
+            op.aug_fn = _posterize
+    return policy
+
+
+def _ops(policy):
+    """The AugmentOps of a timm policy (RandAugment's and AugMix's `ops`, AutoAugment's sub-policies)."""
+    for item in getattr(policy, "ops", None) or [op for sub in getattr(policy, "policy", []) for op in sub]:
+        if hasattr(item, "aug_fn"):
+            yield item
+
+
+def _timm_posterize():
+    from timm.data import auto_augment
+
+    return auto_augment.posterize
+
+
+def _posterize(image, bits, **kwargs):
+    """timm's posterize, also at 0 bits: magnitude noise (mstd) takes "PosterizeIncreasing" to 0 bits
+    kept, which Pillow up to 12 turned into a black image and Pillow 13 refuses with a ValueError."""
+    if bits <= 0:
+        from PIL import Image
+
+        return Image.new(image.mode, image.size)
+    return _timm_posterize()(image, bits, **kwargs)
+
+
+def _on_pil(policy, image):
+    """A PIL policy applied to a uint8 (3, H, W) tensor."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    out = policy(Image.fromarray(image.permute(1, 2, 0).numpy()))
+    return torch.from_numpy(np.asarray(out).copy()).permute(2, 0, 1).contiguous()
 
 
 def header_size(data: bytes, where: str) -> tuple[int, int]:

@@ -70,3 +70,18 @@ def resized_crops(images: list[torch.Tensor], boxes: torch.Tensor, size: tuple[i
 def flip_where(images: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
     """Mirror (left-right) the images (N, C, H, W) whose `flip` (N,) is true; one launch."""
     return torch.where(flip.to(images.device, torch.bool).view(-1, 1, 1, 1), images.flip(-1), images)
+
+
+def erase_where(images: torch.Tensor, rows: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """timm's RandomErasing in its `pixel` mode, batched: each image's erase box (the view rows'
+    erase_* fields; none where erase_height is 0) filled with N(0, 1) noise per pixel and channel.
+    `images` are normalised (N, C, H, W); the noise comes from `generator` (on their device)."""
+    from .views import VIEW_FIELDS
+
+    top, left, height, width = (rows[:, VIEW_FIELDS.index(f)].to(images.device).view(-1, 1, 1)
+                                for f in ("erase_top", "erase_left", "erase_height", "erase_width"))
+    ys = torch.arange(images.shape[-2], device=images.device).view(1, -1, 1)
+    xs = torch.arange(images.shape[-1], device=images.device).view(1, 1, -1)
+    inside = (ys >= top) & (ys < top + height) & (xs >= left) & (xs < left + width)
+    noise = torch.randn(images.shape, generator=generator, device=images.device, dtype=images.dtype)
+    return torch.where(inside.unsqueeze(1), noise, images)

@@ -5,7 +5,7 @@ of steps per epoch, so every DDP rank runs the same number of steps whatever its
 What the stream yields is a function of the run's seed, the rank, the worker count and the batch
 size; each sample's view is a function of (seed, shard, key, pass) alone (`views.py`), applied by
 `augment` (`augment.TrainAugment`: uint8 crops, or the raw bytes for the device to decode). A batch
-carries its views as a (N, 7) tensor (`views.VIEW_FIELDS`). A run resumed at step s skips, without
+carries its views as a (N, 11) tensor (`views.VIEW_FIELDS`). A run resumed at step s skips, without
 decoding, the samples of the s batches already trained on, so it sees the same samples in the same
 order, with the same views, as the uninterrupted run.
 """
@@ -106,7 +106,7 @@ class TrainStream(IterableDataset):
 
 def collate(samples: list[dict]) -> dict:
     """A batch: "image" uint8 (N, 3, H, W) or "blobs" (N encoded images, for the device to decode),
-    "view" (N, 7), "label" (N,), "weak" (N, C) in the stored dtype, "dropped", "key"."""
+    "view" (N, 11), "label" (N,), "weak" (N, C) in the stored dtype, "dropped", "key"."""
     for s in samples:
         if "error" in s:
             return {"error": s["error"]}

@@ -6,13 +6,16 @@ gets the same crop and flip whatever the number of ranks, loading processes or t
 a resumed run redraws exactly what the uninterrupted run drew. `pass` counts the passes over the
 data (the stream's epochs), so a sample's view changes from one pass to the next.
 
-A view is plain data, `View`: the crop box in the decoded image's pixels and the flip. Every image
-path applies the same view (`--decode pil` with PIL, `cpu` with torchvision in the loading
-processes, `gpu` batched on the device), and a batch carries its views as a tensor.
+A view is plain data, `View`: the crop box in the decoded image's pixels, the flip, and the box that
+random erasing (`--reprob`) fills with noise in the output's pixels. Every image path applies the
+same crop and flip (`--decode pil` with PIL, `cpu` with torchvision in the loading processes, `gpu`
+batched on the device); the erasing is applied to the normalised batch on the device
+(`crops.erase_where`), and a batch carries its views as a tensor.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import random
@@ -48,16 +51,20 @@ def seeded(fn, seed: int, *args):
             cpu.set_state(saved[2])
 
 
-# A view's numbers, in order: 10 crop attempts of (area, log-ratio, top, left), then the flip.
+# A view's numbers, in order: 10 crop attempts of (area, log-ratio, top, left), the flip, then
+# whether to erase and 10 erasing attempts of (area, log-ratio, top, left).
 ATTEMPTS = 10
 DRAWS = 4 * ATTEMPTS + 1
-VIEW_FIELDS = ("top", "left", "height", "width", "flip", "image_height", "image_width")
+ERASE_DRAWS = 1 + 4 * ATTEMPTS
+VIEW_FIELDS = ("top", "left", "height", "width", "flip", "image_height", "image_width",
+               "erase_top", "erase_left", "erase_height", "erase_width")
 
 
 @dataclass(frozen=True)
 class View:
     """Crop rows top..top+height-1 and columns left..left+width-1 of an image_height x image_width
-    image, resize the crop to the output size, then mirror it if flip."""
+    image, resize the crop to the output size, then mirror it if flip; then replace the output's
+    erase_height x erase_width pixels at (erase_top, erase_left) with noise (none if erase_height is 0)."""
 
     top: int
     left: int
@@ -66,6 +73,10 @@ class View:
     flip: bool
     image_height: int
     image_width: int
+    erase_top: int = 0
+    erase_left: int = 0
+    erase_height: int = 0
+    erase_width: int = 0
 
     def as_row(self) -> list[float]:
         return [float(getattr(self, f)) for f in VIEW_FIELDS]
@@ -76,7 +87,7 @@ class View:
 
 
 def view_boxes(rows):
-    """`View.box` and `View.flip` of a batch's (N, 7) view rows, as tensors: boxes (N, 4), flips (N,)."""
+    """`View.box` and `View.flip` of a batch's (N, 11) view rows, as tensors: boxes (N, 4), flips (N,)."""
     import torch
 
     top, left, height, width, flip = (rows[:, VIEW_FIELDS.index(f)]
@@ -87,18 +98,42 @@ def view_boxes(rows):
 @dataclass(frozen=True)
 class TrainViews:
     """timm's RandomResizedCrop (area fraction `scale`, aspect ratio `ratio`, 10 attempts, then a
-    centre crop) and a horizontal flip with probability `hflip`, drawn per sample."""
+    centre crop) and a horizontal flip with probability `hflip`, drawn per sample; with `reprob`,
+    timm's RandomErasing box (one box of 2-33% of the `size` output, aspect 0.3-3.3) with that
+    probability."""
 
     seed: int
     scale: tuple[float, float] = (0.08, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     hflip: float = 0.5
+    reprob: float = 0.0
+    size: tuple[int, int] = (224, 224)  # the output's (height, width), where erasing happens
 
     def draw(self, shard: str, key: str, epoch: int, height: int, width: int) -> View:
         import numpy as np
 
-        u = np.random.Generator(np.random.Philox(key=view_seed(self.seed, shard, key, epoch))).random(DRAWS)
-        return crop_box(u, height, width, self.scale, self.ratio, flip=bool(u[-1] < self.hflip))
+        u = np.random.Generator(np.random.Philox(key=view_seed(self.seed, shard, key, epoch))).random(
+            DRAWS + ERASE_DRAWS)  # the first DRAWS numbers do not depend on how many follow
+        view = crop_box(u[:DRAWS], height, width, self.scale, self.ratio, flip=bool(u[DRAWS - 1] < self.hflip))
+        if self.reprob and u[DRAWS] < self.reprob:
+            box = erase_box(u[DRAWS + 1:], *self.size)
+            if box:
+                view = dataclasses.replace(view, **dict(zip(VIEW_FIELDS[7:], box)))
+        return view
+
+
+def erase_box(u, height: int, width: int, area=(0.02, 1 / 3), aspect=(0.3, 1 / 0.3)) -> tuple | None:
+    """timm's RandomErasing box (one box) for the uniforms `u` (4 per attempt): (top, left, h, w),
+    or None when no attempt fits, as timm then erases nothing."""
+    log_low, log_high = math.log(aspect[0]), math.log(aspect[1])
+    for a in range(ATTEMPTS):
+        ua, ur, ut, ul = u[4 * a: 4 * a + 4]
+        target = (area[0] + (area[1] - area[0]) * ua) * height * width
+        ratio = math.exp(log_low + (log_high - log_low) * ur)
+        h, w = int(round(math.sqrt(target * ratio))), int(round(math.sqrt(target / ratio)))
+        if w < width and h < height:
+            return min(int(ut * (height - h + 1)), height - h), min(int(ul * (width - w + 1)), width - w), h, w
+    return None
 
 
 def crop_box(u, height: int, width: int, scale, ratio, flip: bool = False) -> View:
