@@ -96,9 +96,43 @@ def test_augconf_formula_gradient_and_schedule():
     assert loss.item() == pytest.approx(ref(s), rel=1e-6)
     loss.backward()
     np.testing.assert_allclose(st.grad.numpy(), numeric_grad(ref, s), rtol=1e-3, atol=1e-7)
-    f = L.objective("augconf", threshold=0.8, warmup_frac=0.5)
+    f = L.objective("augconf", threshold=0.8, warmup_frac=0.5, ramp="step")
     alphas = [f(torch.tensor(s), torch.tensor(w), None, p)[1]["alpha"].item() for p in (0.0, 0.25, 0.5, 0.9)]
     assert alphas == pytest.approx([0.0, 0.4, 0.8, 0.8])
+
+
+def test_augconf_ramps_by_epoch_as_the_official_code():
+    """alpha = threshold * epoch / (epochs * rate) while epoch < int(epochs * rate), else threshold
+    (the official superalignment_rate, 0.3 by default): 10 epochs ramp over epochs 0, 1, 2."""
+    s, w = logits(5)
+    f = L.objective("augconf", threshold=0.9, epochs=10)  # the defaults: by epoch, over 0.3 of the run
+    alphas = [f(torch.tensor(s), torch.tensor(w), None, e / 10, e)[1]["alpha"].item() for e in range(5)]
+    assert alphas == pytest.approx([0.0, 0.9 / 3, 0.9 * 2 / 3, 0.9, 0.9])
+    # within an epoch alpha does not move, whatever the step
+    assert f(torch.tensor(s), torch.tensor(w), None, 0.19, 1)[1]["alpha"].item() == pytest.approx(0.3)
+
+
+def test_kd_weight_scales_the_weak_terms_and_not_the_ground_truth():
+    """The official kd_loss_weight multiplies the KD and self-confidence terms; gt_loss_weight the GT term."""
+    s, w = logits(6)
+    y = torch.tensor(np.arange(16) % 7)
+    for name in ("adaptconf", "augconf", "kd", "hard"):
+        weak_only = L.objective(name, epochs=4)(torch.tensor(s), torch.tensor(w), y, 0.5, 2)[0].item()
+        both = L.objective(name, epochs=4, kd_weight=0.25, gt_weight=1.5)(torch.tensor(s), torch.tensor(w), y, 0.5, 2)
+        assert both[0].item() == pytest.approx(0.25 * weak_only + 1.5 * ce(s, y.numpy()).mean(), rel=1e-6), name
+
+
+def test_the_ground_truth_criterion_is_timms():
+    """Smoothing eps: (1 - eps) * CE + eps * mean over classes of -log p (timm's LabelSmoothingCrossEntropy);
+    soft targets (mixup): -sum t log p (SoftTargetCrossEntropy)."""
+    s, _ = logits(7)
+    y = np.arange(16) % 7
+    log_p = s - np.log(np.exp(s).sum(1, keepdims=True))
+    smoothed = L.objective("gt", smoothing=0.1)(torch.tensor(s), None, torch.tensor(y), 0.0)[0].item()
+    assert smoothed == pytest.approx((0.9 * -log_p[np.arange(16), y] - 0.1 * log_p.mean(1)).mean(), rel=1e-6)
+    t = np.random.default_rng(1).dirichlet(np.ones(7), 16).astype(np.float32)
+    soft = L.objective("gt", smoothing=0.1)(torch.tensor(s), None, torch.tensor(t), 0.0)[0].item()
+    assert soft == pytest.approx((-(t * log_p).sum(1)).mean(), rel=1e-6)  # smoothing is already in soft targets
 
 
 def test_objective_adds_ground_truth_and_beta_warmup():

@@ -67,9 +67,20 @@ def adaptconf(student: torch.Tensor, weak: torch.Tensor, threshold: float, tempe
     return loss, {"kd": kd_term.mean().detach(), "self": ce_self.mean().detach(), "beta": beta.mean()}
 
 
-def gt(student: torch.Tensor, labels: torch.Tensor) -> LossOut:
-    """Ground-truth cross-entropy: the weak model itself, and the strong ceiling."""
-    loss = F.cross_entropy(student.float(), labels.long())
+def gt(student: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0) -> LossOut:
+    """Ground-truth cross-entropy: the weak model itself, the strong ceiling, and the optional term
+    added to the other losses. As timm's training criterion: labels (B,) with `smoothing`
+    (timm's LabelSmoothingCrossEntropy), or soft targets (B, C) from mixup, already smoothed
+    (timm's SoftTargetCrossEntropy)."""
+    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+
+    s = student.float()
+    if labels.ndim == 2:
+        loss = SoftTargetCrossEntropy()(s, labels.float())
+    elif smoothing:
+        loss = LabelSmoothingCrossEntropy(smoothing)(s, labels.long())
+    else:
+        loss = F.cross_entropy(s, labels.long())
     return loss, {"ce_gt": loss.detach()}
 
 
@@ -81,40 +92,57 @@ class LossSpec:
 
 LOSSES = {
     "adaptconf": LossSpec(True, "adaptive confidence loss (Guo et al. 2024), per-sample beta"),
-    "augconf": LossSpec(True, "(1-alpha) KD + alpha CE(s, argmax s), alpha ramped over --warmup-frac"),
+    "augconf": LossSpec(True, "(1-alpha) KD + alpha CE(s, argmax s), alpha ramped over --warmup-frac of the run"),
     "kd": LossSpec(True, "T^2-scaled KL to the weak soft labels"),
     "hard": LossSpec(True, "cross-entropy on the weak argmax"),
     "gt": LossSpec(False, "ground-truth cross-entropy (weak model, strong ceiling)"),
 }
 
 
-def objective(name: str, *, temperature: float = 1.0, threshold: float = 0.5, warmup_frac: float = 0.2,
-              beta_warmup_frac: float = 0.0, gt_weight: float = 0.0) -> Callable[..., LossOut]:
-    """The training objective: loss `name` with its schedule, plus `gt_weight` * CE(s, y).
+def objective(name: str, *, temperature: float = 1.0, threshold: float = 0.5, warmup_frac: float = 0.3,
+              ramp: str = "epoch", epochs: int = 1, beta_warmup_frac: float = 0.0, gt_weight: float = 0.0,
+              kd_weight: float = 1.0, smoothing: float = 0.0) -> Callable[..., LossOut]:
+    """The training objective: kd_weight * loss `name` (with its schedule), plus gt_weight * the
+    ground-truth criterion (`gt`: smoothed, or soft targets under mixup), as the official code's
+    kd_loss_weight and gt_loss_weight. With `name` "gt" the objective is the criterion alone.
 
-    Returns f(student, weak, labels, progress) with progress the fraction of training done (0..1).
+    Returns f(student, weak, labels, progress, epoch): progress is the fraction of training done
+    (0..1), epoch the 0-based epoch. augconf's alpha ramps from 0 to `threshold` over `warmup_frac`
+    of the run: by epoch as the official code (alpha = threshold * epoch / (epochs * warmup_frac)
+    while epoch < int(epochs * warmup_frac)), or by step (`ramp="step"`: threshold * progress /
+    warmup_frac). adaptconf's optional beta warm-up is by step.
     """
     if name not in LOSSES:
         raise KeyError(name)
+    if ramp not in ("epoch", "step"):
+        raise ValueError(f"ramp {ramp!r}: epoch or step")
 
-    def ramp(progress: float, frac: float) -> float:
+    def by_step(progress: float, frac: float) -> float:
         return 1.0 if frac <= 0 else min(1.0, max(0.0, progress / frac))
 
-    def f(student, weak, labels, progress: float) -> LossOut:
+    def by_epoch(epoch: int) -> float:
+        ramp_epochs = epochs * warmup_frac
+        return epoch / ramp_epochs if epoch < int(ramp_epochs) else 1.0
+
+    def f(student, weak, labels, progress: float, epoch: int = 0) -> LossOut:
         if name == "gt":
-            loss, parts = gt(student, labels)
-        elif name == "hard":
+            loss, parts = gt(student, labels, smoothing)
+            return loss, {"loss": loss.detach(), **parts}
+        if name == "hard":
             loss, parts = hard(student, weak)
         elif name == "kd":
             loss, parts = kd(student, weak, temperature)
         elif name == "augconf":
-            loss, parts = augconf(student, weak, threshold * ramp(progress, warmup_frac), temperature)
+            alpha = by_epoch(epoch) if ramp == "epoch" else by_step(progress, warmup_frac)
+            loss, parts = augconf(student, weak, threshold * alpha, temperature)
         else:
-            loss, parts = adaptconf(student, weak, threshold, temperature, ramp(progress, beta_warmup_frac))
-        if gt_weight and name != "gt":
-            ce = F.cross_entropy(student.float(), labels.long())
+            loss, parts = adaptconf(student, weak, threshold, temperature, by_step(progress, beta_warmup_frac))
+        if kd_weight != 1.0:
+            loss = kd_weight * loss
+        if gt_weight:
+            ce, gt_parts = gt(student, labels, smoothing)
             loss = loss + gt_weight * ce
-            parts = {**parts, "ce_gt": ce.detach()}
+            parts = {**parts, **gt_parts}
         return loss, {"loss": loss.detach(), **parts}
 
     return f
