@@ -88,19 +88,24 @@ for _name, _classes, _archive in (("cifar10", 10, "cifar-10-python.tar.gz"), ("c
 @prepare.command("folder")
 @click.argument("src", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Output directory for the shards.")
-@click.option("--split", default="train", show_default=True, help="Split name used in the shard names and manifest.")
+@click.option("--split", default="train", show_default=True,
+              help="Split name used in the shard names and manifest (for a single class tree).")
 @click.option("--shard-size", type=int, default=1000, show_default=True, help="Samples per shard.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sample shuffle across shards.")
 @click.option("--prefix", default=None, help="Shard name prefix [default: the folder's name].")
 def prepare_folder_cmd(src, out, split, shard_size, seed, prefix):
     """An ImageFolder-style directory SRC (one sub-folder per class; classes numbered in sorted
-    order) as shuffled shards `<prefix>-<split>-NNNNNN.tar` with a manifest."""
+    order) as shuffled shards `<prefix>-<split>-NNNNNN.tar` with a manifest. A SRC holding a
+    `train/` folder of class folders is the ImageNet layout (`train/` and `val/`, one folder per
+    class in each): every split folder in it is written in one call (--split is then unused), with
+    one class numbering."""
     from .stages.prepare import prepare_folder
 
     result = prepare_folder(src, out, split=split, shard_size=shard_size, seed=seed, prefix=prefix)
-    shards = result.splits[split]
-    click.echo(f"wrote {result.samples} samples in {len(shards)} shards to {result.out}")
-    click.echo(f"use: --data '{result.out}/{shards[0].name.rsplit('-', 1)[0]}-*.tar'")
+    for name, shards in result.splits.items():
+        click.echo(f"{name}: {sum(s.count for s in shards)} samples in {len(shards)} shards; "
+                   f"use --data '{result.out}/{shards[0].name.rsplit('-', 1)[0]}-*.tar'")
+    click.echo(f"wrote {result.samples} samples to {result.out}")
 
 
 @cli.command()
@@ -201,25 +206,46 @@ def _load_config(ctx, param, value):
 @click.option("--val-split", default=None, help="Validation split of the data set [default: its val split].")
 @click.option("--no-eval", is_flag=True, help="Skip validation (no best.pt).")
 @click.option("--img-size", type=int, default=None, help="Input size in pixels [default: the model's data config].")
+@click.option("--crop-pct", type=float, default=None,
+              help="Evaluation's centre crop: resize to size / crop-pct, crop the centre [default: the model's data config]; "
+                   "saved with the checkpoints, so `eval` and `label` use it too.")
 @click.option("--pretrained", is_flag=True, help="Start from timm's pretrained weights (needs the model hub or its cache).")
 @click.option("--strong-checkpoint", type=click.Path(dir_okay=False), default=None,
               help="Start from a local checkpoint or state dict (e.g. an MAE ViT-B); its head is replaced.")
 @click.option("--linear-probe", is_flag=True, help="Freeze the backbone and train only the classifier head.")
+@click.option("--drop-path", type=float, default=None, help="Stochastic depth rate (timm's drop_path_rate), for models that have it.")
+@click.option("--head-init-std", type=float, default=None,
+              help="Re-initialise the classifier: truncated-normal weights with this std, zero biases (MAE fine-tuning: 2e-5).")
 @click.option("--threshold", type=float, default=0.5, show_default=True,
               help="adaptconf's tau (0.5 in the paper's CIFAR runs, 4.0 in its ImageNet transfer); augconf's final alpha.")
 @click.option("--kd-temperature", type=float, default=1.0, show_default=True, help="Temperature T of the KD term.")
-@click.option("--warmup-frac", type=float, default=0.2, show_default=True, help="augconf: fraction of training over which alpha ramps up from 0.")
+@click.option("--warmup-frac", type=float, default=0.3, show_default=True,
+              help="augconf: fraction of training over which alpha ramps up from 0 (the official superalignment_rate).")
+@click.option("--ramp", type=click.Choice(["epoch", "step"]), default="epoch", show_default=True,
+              help="augconf: alpha steps up once per epoch, as the official code (epoch / (epochs x --warmup-frac)), or "
+                   "at every step.")
 @click.option("--beta-warmup-frac", type=float, default=0.0, show_default=True,
               help="adaptconf: fraction of training over which beta is scaled up from 0 (0: off).")
+@click.option("--kd-weight", type=float, default=1.0, show_default=True,
+              help="Weight of the weak-label loss (its KD and self-confidence terms; the official kd_loss_weight).")
 @click.option("--gt-weight", type=float, default=0.0, show_default=True,
-              help="Add this weight times ground-truth CE to any loss (the paper's distillation setting).")
+              help="Add this weight times the ground-truth criterion to any loss (the official gt_loss_weight, 1.0 in "
+                   "every official run; 0 is the paper's weak-to-strong setting).")
+@click.option("--smoothing", type=float, default=0.0, show_default=True,
+              help="Label smoothing of the ground-truth criterion (timm's; with --mixup/--cutmix, of the mixed targets). "
+                   "It touches only --loss gt and the --gt-weight term, never the weak labels.")
 @click.option("--skip-missing", is_flag=True,
               help="Train without samples that have no row in the store instead of stopping; each epoch's count is logged.")
 @click.option("--skip-shard-check", is_flag=True,
               help="Train even on shards whose size or contents (first and last 64 KiB) changed since they were labelled; "
                    "by default such a shard stops the run, since its stored labels belong to other images.")
-@click.option("--opt", default="adamw", show_default=True, help="timm optimizer: adamw, sgd (Nesterov), momentum, adam, lamb, lion.")
+@click.option("--opt", default="adamw", show_default=True,
+              help="Any timm optimizer (timm.optim.list_optimizers()): adamw, sgd (with Nesterov momentum), momentum "
+                   "(without), lamb, lion, ...")
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Peak learning rate.")
+@click.option("--momentum", type=float, default=0.9, show_default=True, help="Momentum of sgd, momentum and the like.")
+@click.option("--layer-decay", type=float, default=None,
+              help="Layer-wise rate decay (timm's): layer group d of L trains at lr x decay^(L - d), the head at lr.")
 @click.option("--weight-decay", type=float, default=0.05, show_default=True,
               help="Weight decay; not on biases, norms or other 1-d parameters, nor on a ViT's position embedding and "
                    "class token (timm's groups).")
@@ -245,6 +271,16 @@ def _load_config(ctx, param, value):
               help="Deterministic GPU kernels only, so that the same command gives the same weights on a GPU too "
                    "(slower). On the CPU a run is reproducible without it, for a fixed thread count.")
 @click.option("--clip-grad", type=float, default=None, help="Clip the gradient norm to this value.")
+@click.option("--grad-accum", type=int, default=1, show_default=True,
+              help="Batches per optimizer step (gradient accumulation): a step sees --batch-size x this many images per "
+                   "rank, and an epoch has that many fewer steps.")
+@click.option("--compile", "compile", is_flag=True, help="torch.compile the student for training (the first steps compile).")
+@click.option("--channels-last/--no-channels-last", default=None,
+              help="Channels-last memory layout for the student [default: on CUDA].")
+@click.option("--model-ema", is_flag=True,
+              help="Keep an exponential moving average of the weights (timm's ModelEmaV3): evaluated each epoch beside "
+                   "the model (val_top1_ema) and saved as ema.pt.")
+@click.option("--model-ema-decay", type=float, default=0.9998, show_default=True, help="Decay of --model-ema per step.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of initialisation, data order and augmentation: a sample's view is a function of (seed, shard, "
                    "key, pass), the same whatever the ranks, workers or batch size.")
@@ -257,6 +293,21 @@ def _load_config(ctx, param, value):
 @click.option("--color-jitter", type=float, default=0.0, show_default=True,
               help="Colour jitter strength (brightness, contrast, saturation; with --decode cpu or pil).")
 @click.option("--crop-scale", type=float, default=0.08, show_default=True, help="Smallest area fraction of the random resized crop.")
+@click.option("--aa", default=None,
+              help="timm's auto-augment policy after the crop and flip: rand-m9-mstd0.5-inc1 (RandAugment), "
+                   "original-mstd0.5 (AutoAugment), augmix-m5-w4-d2, ... Runs in the loading processes (--decode cpu or "
+                   "pil; auto picks cpu), drawn per sample from (seed, shard, key, pass).")
+@click.option("--reprob", type=float, default=0.0, show_default=True,
+              help="Random erasing probability (timm's, pixel mode: one box of 2-33%% of the image filled with normal "
+                   "noise after normalisation); the box is part of each sample's view, applied on the device.")
+@click.option("--mixup", type=float, default=0.0, show_default=True,
+              help="Mixup alpha (timm's, per batch; 0: off). The weak labels are mixed as probabilities with the same "
+                   "lambda and pairing (see the README).")
+@click.option("--cutmix", type=float, default=0.0, show_default=True,
+              help="Cutmix alpha (0: off); the weak labels are mixed with the pasted area's lambda.")
+@click.option("--mixup-prob", type=float, default=1.0, show_default=True, help="Chance that a batch is mixed at all.")
+@click.option("--mixup-switch-prob", type=float, default=0.5, show_default=True,
+              help="Chance of cutmix rather than mixup when both are on.")
 @click.option("--shuffle-buffer", type=int, default=1000, show_default=True,
               help="Encoded samples in the shuffle buffer of each loading process (decoded only as they leave it).")
 @click.option("--run-name", "run", default=None,
@@ -304,9 +355,10 @@ def recipes():
 
 @cli.command("eval")
 @click.option("--run", default=None, help="Run name or directory; evaluates its final weights (last.pt).")
-@click.option("--pick", type=click.Choice(["last", "best"]), default="last", show_default=True,
-              help="With --run: last.pt (the final weights) or best.pt (the epoch with the best val top-1; picked on the "
-                   "validation split, so its figure there is optimistic).")
+@click.option("--pick", type=click.Choice(["last", "best", "ema"]), default="last", show_default=True,
+              help="With --run: last.pt (the final weights), best.pt (the epoch with the best val top-1; picked on the "
+                   "validation split, so its figure there is optimistic) or ema.pt (the moving average of a "
+                   "--model-ema run).")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None, help="A checkpoint written by `train`.")
 @click.option("--data", default=None, help="Data set or shard pattern [default: what the run trained on].")
 @click.option("--split", default=None, help="Split [default: the data set's validation split].")

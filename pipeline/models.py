@@ -38,8 +38,10 @@ def resolve_model_name(name: str) -> str:
     raise W2SError(f"unknown model {name!r}; {hint}give a timm model name (timm.list_models()) or an alias ({', '.join(ALIASES)})")
 
 
-def create_model(name: str, num_classes: int, img_size: int | None = None, pretrained: bool = False):
-    """A timm model; `img_size` is passed to models that take it (ViTs), others are size-agnostic.
+def create_model(name: str, num_classes: int, img_size: int | None = None, pretrained: bool = False,
+                 drop_path: float | None = None):
+    """A timm model; `img_size` is passed to models that take it (ViTs), others are size-agnostic;
+    `drop_path` is timm's stochastic depth rate (`drop_path_rate`), for models that have it.
 
     An explicit `img_size` is checked with a one-image forward pass, so that a size the
     architecture cannot take (not a multiple of a ViT's patch, too small for a CNN's strides)
@@ -48,7 +50,7 @@ def create_model(name: str, num_classes: int, img_size: int | None = None, pretr
     import timm
     import torch
 
-    kwargs = {"num_classes": num_classes}
+    kwargs = {"num_classes": num_classes, **({"drop_path_rate": drop_path} if drop_path else {})}
     model = None
     if img_size:
         try:
@@ -60,7 +62,12 @@ def create_model(name: str, num_classes: int, img_size: int | None = None, pretr
                 raise
             raise W2SError(f"{name} cannot be built for --img-size {img_size}: {_first_line(exc)}") from None
     if model is None:
-        model = timm.create_model(name, pretrained=pretrained, **kwargs)
+        try:
+            model = timm.create_model(name, pretrained=pretrained, **kwargs)
+        except TypeError as exc:
+            if drop_path and "drop_path_rate" in str(exc):
+                raise W2SError(f"--drop-path: {name} has no stochastic depth (timm's drop_path_rate)") from None
+            raise
     if img_size:
         was_training = model.training
         try:
@@ -184,13 +191,14 @@ def _load_state(model, state_dict: dict, checkpoint: str) -> None:
 
 
 def build_strong(name: str, num_classes: int, *, img_size: int | None = None, pretrained: bool = False,
-                 checkpoint: str | None = None):
+                 checkpoint: str | None = None, drop_path: float | None = None, head_init_std: float | None = None):
     """The strong model, its head sized for the data set: from scratch, timm pretrained weights,
     or a local checkpoint (a backbone such as an MAE ViT: its own head, if any, is dropped).
-    Returns (model, eval data config)."""
+    `head_init_std` re-initialises the classifier: weights truncated-normal with that std, biases
+    zero (MAE's fine-tuning: 2e-5). Returns (model, eval data config)."""
     name = resolve_model_name(name)
     if checkpoint:
-        model = create_model(name, num_classes, img_size)
+        model = create_model(name, num_classes, img_size, drop_path=drop_path)
         state = load_checkpoint(checkpoint)["state_dict"]
         own = model.state_dict()
         prefixes = tuple(f"{c}." for c in _classifiers(model))
@@ -201,17 +209,31 @@ def build_strong(name: str, num_classes: int, *, img_size: int | None = None, pr
             raise W2SError(f"--strong-checkpoint {checkpoint} does not fit {name}: no weights for {missing[0]}"
                            + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
         model.load_state_dict(fitting, strict=False)
-        return model, data_config_for(model, img_size)
-    if pretrained:
+    elif pretrained:
         try:
-            model = create_model(name, num_classes, img_size, pretrained=True)
+            model = create_model(name, num_classes, img_size, pretrained=True, drop_path=drop_path)
+        except W2SError:
+            raise
         except Exception as exc:
             reason = (str(exc).splitlines() or [type(exc).__name__])[0]
             raise W2SError(f"cannot fetch timm's pretrained weights for {name} ({reason[:200]}); "
                            "pass --strong-checkpoint PATH, or drop --pretrained to train from scratch") from None
-        return model, data_config_for(model, img_size)
-    model = create_model(name, num_classes, img_size)
+    else:
+        model = create_model(name, num_classes, img_size, drop_path=drop_path)
+    if head_init_std is not None:
+        _init_head(model, head_init_std)
     return model, data_config_for(model, img_size)
+
+
+def _init_head(model, std: float) -> None:
+    import torch
+
+    with torch.no_grad():
+        for module in model.get_classifier().modules():
+            if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+                torch.nn.init.trunc_normal_(module.weight, std=std)
+                if module.bias is not None:
+                    module.bias.zero_()
 
 
 def _classifiers(model) -> list[str]:

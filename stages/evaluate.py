@@ -2,6 +2,7 @@
 
     w2s-pipe eval --run RUN                # the run's final weights, in its training precision
     w2s-pipe eval --run RUN --pick best    # the epoch picked by its val top-1 (selected on validation)
+    w2s-pipe eval --run RUN --pick ema     # the moving average of the weights (train --model-ema)
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from ..pipeline import distributed
 @dataclass(frozen=True)
 class EvalConfig:
     run: str | None = None  # run directory or name in the workspace
-    pick: str = "last"  # with --run: last.pt (the final weights) or best.pt (picked on validation)
+    pick: str = "last"  # with --run: last.pt (the final weights), best.pt (picked on validation) or ema.pt
     checkpoint: str | None = None
     data: str | None = None  # default: the data the run trained on
     split: str | None = None  # default: that data set's validation split
@@ -29,8 +30,8 @@ class EvalConfig:
     def __post_init__(self):
         if bool(self.run) == bool(self.checkpoint):
             raise W2SError("give exactly one of --run RUN or --checkpoint PATH")
-        if self.pick not in ("last", "best"):
-            raise W2SError(f"--pick {self.pick!r} is invalid: choose last or best")
+        if self.pick not in ("last", "best", "ema"):
+            raise W2SError(f"--pick {self.pick!r} is invalid: choose last, best or ema")
         if self.pick != "last" and not self.run:
             raise W2SError("--pick chooses among a run's checkpoints: give --run RUN")
         if self.precision not in (None, "auto", "bf16", "fp16", "fp32"):
@@ -114,7 +115,8 @@ def run_eval(cfg: EvalConfig) -> dict:
         run_dir = find_run(cfg.run, cfg.workspace)
         checkpoint = os.path.join(run_dir, f"{cfg.pick}.pt")
         if not os.path.exists(checkpoint):
-            why = "it ran without validation" if cfg.pick == "best" else "it has not finished an epoch or a --max-steps stop"
+            why = {"best": "it ran without validation", "ema": "it ran without --model-ema, or has not saved yet"}.get(
+                cfg.pick, "it has not finished an epoch or a --max-steps stop")
             raise W2SError(f"run {run_dir} has no {cfg.pick}.pt ({why})")
         with open(os.path.join(run_dir, "config.json")) as f:
             trained_on = json.load(f).get("data_source", {})
@@ -138,7 +140,8 @@ def run_eval(cfg: EvalConfig) -> dict:
                       label_field=source.label_field, batch_size=cfg.batch_size,
                       workers=cfg.workers if cfg.workers is not None else default_workers(), device=device,
                       precision=precision, decoder=decoder)
-    picked = ("the final weights" if cfg.pick == "last" else
-              "the epoch with the best val top-1: selected on validation, an optimistic figure") if cfg.run else "as given"
+    picked = {"last": "the final weights", "ema": "the moving average of the weights (--model-ema)",
+              "best": "the epoch with the best val top-1: selected on validation, an optimistic figure"}[cfg.pick] \
+        if cfg.run else "as given"
     return {**result, "checkpoint": checkpoint, "step": meta.get("step"), "epoch": meta.get("epoch"), "picked": picked,
             "precision": precision, "decode": decoder, "data": source.name, "split": source.split}

@@ -20,7 +20,7 @@ from ..errors import W2SError
 from ..pipeline import distributed
 from ..pipeline.data.inputs import Inputs, resolve_inputs
 from ..pipeline.train.losses import LOSSES
-from ..pipeline.train.optim import OPTIMIZERS, SCHEDULES
+from ..pipeline.train.optim import SCHEDULES, check_optimizer
 from ..pipeline.train.resume import INVOCATION_ONLY
 from ..pipeline.train.runs import MetricsLog, weights_digest
 from ..pipeline.workspace import slug, workspace_dir
@@ -39,19 +39,27 @@ class TrainConfig:
     val_split: str | None = None
     no_eval: bool = False
     img_size: int | None = None
+    crop_pct: float | None = None  # evaluation's centre crop; default: the model's data config
     pretrained: bool = False
     strong_checkpoint: str | None = None
     linear_probe: bool = False
+    drop_path: float | None = None  # timm's stochastic depth rate
+    head_init_std: float | None = None  # re-initialise the classifier (MAE fine-tuning: 2e-5)
     threshold: float = 0.5  # adaptconf's tau; augconf's final alpha
     kd_temperature: float = 1.0
-    warmup_frac: float = 0.2  # augconf's alpha ramp
+    warmup_frac: float = 0.3  # augconf's alpha ramp (the official superalignment_rate)
+    ramp: str = "epoch"  # augconf's ramp steps per epoch (official) or per step
     beta_warmup_frac: float = 0.0
-    gt_weight: float = 0.0
+    kd_weight: float = 1.0  # the official kd_loss_weight: scales the weak-label loss
+    gt_weight: float = 0.0  # the official gt_loss_weight (1.0 there)
+    smoothing: float = 0.0  # label smoothing of the ground-truth term
     skip_missing: bool = False
     skip_shard_check: bool = False
     opt: str = "adamw"
     lr: float = 1e-3
+    momentum: float = 0.9
     weight_decay: float = 0.05
+    layer_decay: float | None = None
     sched: str = "cosine"
     min_lr: float = 0.0
     warmup_epochs: int = 0
@@ -66,11 +74,22 @@ class TrainConfig:
     device: str = "auto"
     deterministic: bool = False
     clip_grad: float | None = None
+    grad_accum: int = 1  # batches per optimizer step
+    compile: bool = False
+    channels_last: bool | None = None  # default: on CUDA
+    model_ema: bool = False
+    model_ema_decay: float = 0.9998
     seed: int = 0
-    decode: str = "auto"  # gpu where CUDA is, else cpu (augment.py)
+    decode: str = "auto"  # gpu where CUDA is (and no --aa/--color-jitter), else cpu (augment.py)
     hflip: float = 0.5
     color_jitter: float = 0.0
     crop_scale: float = 0.08
+    aa: str | None = None  # timm's auto-augment string
+    reprob: float = 0.0  # random erasing probability
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    mixup_prob: float = 1.0
+    mixup_switch_prob: float = 0.5
     shuffle_buffer: int = 1000
     run: str | None = None  # run name (a directory under <workspace>/runs) or path
     resume: bool = False
@@ -85,8 +104,9 @@ class TrainConfig:
 
         if self.loss not in LOSSES:
             bad("--loss", self.loss, f"choose one of {', '.join(LOSSES)}")
-        if self.opt not in OPTIMIZERS:
-            bad("--opt", self.opt, f"choose one of {', '.join(OPTIMIZERS)}")
+        check_optimizer(self.opt)
+        if self.ramp not in ("epoch", "step"):
+            bad("--ramp", self.ramp, "choose epoch or step")
         if self.sched not in SCHEDULES:
             bad("--sched", self.sched, f"choose one of {', '.join(SCHEDULES)}")
         if self.precision not in ("auto", "bf16", "fp16", "fp32"):
@@ -94,21 +114,37 @@ class TrainConfig:
         if self.decode not in ("auto", "cpu", "pil", "gpu"):
             bad("--decode", self.decode, "choose one of auto, cpu, pil, gpu")
         for option, value, low in (("--epochs", self.epochs, 1), ("--batch-size", self.batch_size, 1),
-                                   ("--log-every", self.log_every, 1), ("--shuffle-buffer", self.shuffle_buffer, 1)):
+                                   ("--log-every", self.log_every, 1), ("--shuffle-buffer", self.shuffle_buffer, 1),
+                                   ("--grad-accum", self.grad_accum, 1)):
             if value < low:
                 bad(option, value, f"must be at least {low}")
         for option, value in (("--lr", self.lr), ("--threshold", self.threshold), ("--kd-temperature", self.kd_temperature)):
             if not value > 0:
                 bad(option, value, "must be positive")
         for option, value in (("--warmup-frac", self.warmup_frac), ("--beta-warmup-frac", self.beta_warmup_frac),
-                              ("--hflip", self.hflip), ("--crop-scale", self.crop_scale), ("--decay-rate", self.decay_rate)):
+                              ("--hflip", self.hflip), ("--crop-scale", self.crop_scale), ("--decay-rate", self.decay_rate),
+                              ("--reprob", self.reprob), ("--mixup-prob", self.mixup_prob),
+                              ("--mixup-switch-prob", self.mixup_switch_prob), ("--momentum", self.momentum),
+                              ("--layer-decay", self.layer_decay or 1.0)):
             if not 0 <= value <= 1:
                 bad(option, value, "must be between 0 and 1")
+        for option, value in (("--smoothing", self.smoothing), ("--drop-path", self.drop_path or 0.0),
+                              ("--model-ema-decay", self.model_ema_decay)):
+            if not 0 <= value < 1:
+                bad(option, value, "must be at least 0 and below 1")
         for option, value in (("--gt-weight", self.gt_weight), ("--weight-decay", self.weight_decay),
                               ("--warmup-epochs", self.warmup_epochs), ("--min-lr", self.min_lr),
-                              ("--warmup-lr", self.warmup_lr)):
+                              ("--warmup-lr", self.warmup_lr), ("--kd-weight", self.kd_weight),
+                              ("--mixup", self.mixup), ("--cutmix", self.cutmix)):
             if value < 0:
                 bad(option, value, "must not be negative")
+        if self.crop_pct is not None and not 0 < self.crop_pct <= 1:
+            bad("--crop-pct", self.crop_pct, "must be above 0 and at most 1")
+        if self.head_init_std is not None and not self.head_init_std > 0:
+            bad("--head-init-std", self.head_init_std, "must be positive")
+        if self.mixes and self.batch_size % 2:
+            bad("--batch-size", self.batch_size, "must be even with --mixup or --cutmix (each image is mixed with "
+                "another of its batch)")
         if self.min_lr > self.lr:
             bad("--min-lr", self.min_lr, f"must not exceed --lr {self.lr}")
         if self.warmup_epochs >= self.epochs:
@@ -123,6 +159,10 @@ class TrainConfig:
             raise W2SError("--resume needs --run-name NAME: the run to continue")
         if self.workers is not None and self.workers < 0:
             bad("--workers", self.workers, "must be 0 or more")
+
+    @property
+    def mixes(self) -> bool:
+        return bool(self.mixup or self.cutmix) and self.mixup_prob > 0
 
     @classmethod
     def tiny(cls, **overrides) -> "TrainConfig":
@@ -145,32 +185,41 @@ class TrainResult:
 
 
 # ---------------------------------------------------------------------------------------------
-def train_step(model, batch: dict, optimizer, objective, *, progress: float, scaler=None, clip_grad=None,
-               autocast=None) -> dict:
-    """One optimisation step on one batch (already on the device). Returns detached metrics."""
+def train_step(model, batches: list[dict], optimizer, objective, *, progress: float, epoch: int = 0, scaler=None,
+               clip_grad=None, autocast=None, no_sync=None) -> dict:
+    """One optimisation step on one or more batches (already on the device): each batch's loss is
+    divided by their number and its gradient added (gradient accumulation); under DDP `no_sync`
+    skips the all-reduce of every batch but the last. A batch's "target" is its ground truth (class
+    indices, or soft targets under mixup) and "weak" its weak logits. Returns detached metrics."""
     import contextlib
 
     import torch
 
-    with autocast or contextlib.nullcontext():
-        logits = model(batch["image"])
-    loss, parts = objective(logits, batch.get("weak"), batch["label"], progress)
     optimizer.zero_grad(set_to_none=True)
+    total = {}
+    for i, batch in enumerate(batches):
+        last = i == len(batches) - 1
+        with contextlib.nullcontext() if last or no_sync is None else no_sync():
+            with autocast or contextlib.nullcontext():
+                logits = model(batch["image"])
+            loss, parts = objective(logits, batch.get("weak"), batch.get("target"), progress, epoch)
+            loss = loss / len(batches) if len(batches) > 1 else loss
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+        if batch.get("weak") is not None:
+            parts["agree"] = (logits.detach().argmax(1) == batch["weak"].argmax(1)).float().mean()
+        for name, value in parts.items():
+            total[name] = total[name] + value / len(batches) if name in total else value / len(batches)
     if scaler is not None:
-        scaler.scale(loss).backward()
         if clip_grad:
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
         scaler.step(optimizer)
         scaler.update()
     else:
-        loss.backward()
         if clip_grad:
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
         optimizer.step()
-    if batch.get("weak") is not None:
-        parts["agree"] = (logits.detach().argmax(1) == batch["weak"].argmax(1)).float().mean()
-    return parts
+    return total
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,6 +245,7 @@ def _train(cfg: TrainConfig, info, device) -> TrainResult:
     from tqdm import tqdm
 
     from ..pipeline.data.augment import DeviceAugment, TrainAugment, resolve_decoder
+    from ..pipeline.data.crops import erase_where
     from ..pipeline.data.join import StoreJoin
     from ..pipeline.data.loader import default_workers
     from ..pipeline.data.train_loader import TrainStream, train_loader
@@ -203,7 +253,9 @@ def _train(cfg: TrainConfig, info, device) -> TrainResult:
     from ..pipeline.data.views import TrainViews, view_seed
     from ..pipeline.models import build_strong, head_parameters, resolve_model_name
     from ..pipeline.train.checkpoint import save_checkpoint
+    from ..pipeline.train.ema import build_ema
     from ..pipeline.train.losses import objective as make_objective
+    from ..pipeline.train.mixing import BatchMix
     from ..pipeline.train.optim import Schedule, ScheduleSpec, build_optimizer
     from ..pipeline.train.resume import (check_resumable, gather_rank_states, rank_state, restore_rank_state,
                                          seed_everything)
@@ -213,7 +265,7 @@ def _train(cfg: TrainConfig, info, device) -> TrainResult:
     inputs = resolve_inputs(cfg)
     strong = resolve_model_name(cfg.strong)
     precision = distributed.resolve_precision(cfg.precision, device)
-    decoder = resolve_decoder(cfg.decode, device)
+    decoder = resolve_decoder(cfg.decode, device, per_sample_policies=bool(cfg.aa or cfg.color_jitter))
     workers = cfg.workers if cfg.workers is not None else default_workers()
 
     # -- run directory -----------------------------------------------------------------------
@@ -226,25 +278,33 @@ def _train(cfg: TrainConfig, info, device) -> TrainResult:
         name = shared[0]
     run_dir = name if os.path.sep in name else str(workspace_dir(cfg.workspace) / "runs" / name)
     last_path, best_path = os.path.join(run_dir, "last.pt"), os.path.join(run_dir, "best.pt")
+    ema_path = os.path.join(run_dir, "ema.pt")
     if cfg.resume and not os.path.exists(last_path):
         raise W2SError(f"--resume: run {run_dir} has no last.pt to continue from")
     if not cfg.resume and os.path.exists(os.path.join(run_dir, "config.json")):
         raise W2SError(f"run {run_dir} exists; pass --resume to continue it, or choose another --run-name")
-    log = MetricsLog(os.path.join(run_dir, "metrics.jsonl"), info.is_main)
+    log = MetricsLog(os.path.join(run_dir, "metrics.jsonl"), info.is_main)  # and TensorBoard events
 
     # -- model, optimizer, schedule ----------------------------------------------------------
     seed_everything(cfg.seed)  # the same initial weights on every rank
     model, data_config = build_strong(strong, inputs.num_classes, img_size=cfg.img_size,
-                                      pretrained=cfg.pretrained, checkpoint=cfg.strong_checkpoint)
+                                      pretrained=cfg.pretrained, checkpoint=cfg.strong_checkpoint,
+                                      drop_path=cfg.drop_path, head_init_std=cfg.head_init_std)
+    if cfg.crop_pct:  # evaluation's geometry, saved with every checkpoint for `eval` and `label`
+        data_config = {**data_config, "crop_pct": cfg.crop_pct}
     model.to(device)
-    if device.type == "cuda":
+    channels_last = device.type == "cuda" if cfg.channels_last is None else cfg.channels_last
+    if channels_last:
         model.to(memory_format=torch.channels_last)  # before DDP, which keeps the layout it is given
     if cfg.linear_probe:
         head = {id(p) for p in head_parameters(model)}
         for p in model.parameters():
             p.requires_grad_(id(p) in head)
-    optimizer = build_optimizer(model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = cfg.steps_per_epoch or max(1, _count(inputs) // (cfg.batch_size * info.world_size))
+    optimizer = build_optimizer(model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
+                                layer_decay=cfg.layer_decay)
+    ema = build_ema(model, cfg.model_ema_decay) if cfg.model_ema else None
+    accum = cfg.grad_accum  # batches per optimizer step; a step is one optimizer step
+    steps_per_epoch = cfg.steps_per_epoch or max(1, _count(inputs) // (cfg.batch_size * accum * info.world_size))
     total_steps = steps_per_epoch * cfg.epochs
     schedule = Schedule(optimizer, ScheduleSpec(
         cfg.sched, total_steps, warmup_steps=cfg.warmup_epochs * steps_per_epoch, warmup_lr=cfg.warmup_lr,
@@ -265,11 +325,13 @@ def _train(cfg: TrainConfig, info, device) -> TrainResult:
         ckpt = torch.load(last_path, map_location="cpu", weights_only=True)
         check_resumable(ckpt.get("settings"), settings, run_dir)
         model.load_state_dict(ckpt["state_dict"])
+        if ema is not None:
+            ema.module.load_state_dict(ckpt["ema"])
         optimizer.load_state_dict(ckpt["optimizer"])
         if scaler is not None and ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
         step, best_top1 = int(ckpt["step"]), ckpt.get("best_top1")
-        sums = restore_rank_state(model, ckpt["ranks"][info.rank], device)
+        sums = restore_rank_state(model, ckpt["ranks"][info.rank], device, ema.module if ema is not None else None)
         log.truncate_after(step)
     elif info.is_main:
         os.makedirs(run_dir, exist_ok=True)
@@ -278,26 +340,55 @@ def _train(cfg: TrainConfig, info, device) -> TrainResult:
         with open(os.path.join(run_dir, "config.json"), "w") as f:
             json.dump(config, f, indent=1)
 
+    log.open_board(step)
+    averaged_module = ema.module if ema is not None else None
     net = model
     if info.world_size > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    no_sync = net.no_sync if info.world_size > 1 else None
+    if cfg.compile:
+        net = torch.compile(net)
 
     # -- data --------------------------------------------------------------------------------
-    views = TrainViews(cfg.seed, scale=(cfg.crop_scale, 1.0), hflip=cfg.hflip)
-    augment = TrainAugment(data_config, views, decoder, color_jitter=cfg.color_jitter)
+    size = tuple(int(v) for v in data_config["input_size"][1:])
+    views = TrainViews(cfg.seed, scale=(cfg.crop_scale, 1.0), hflip=cfg.hflip, reprob=cfg.reprob, size=size)
+    augment = TrainAugment(data_config, views, decoder, color_jitter=cfg.color_jitter, auto_augment=cfg.aa)
     on_device = DeviceAugment(data_config, device) if decoder == "gpu" else None
     normalize = DeviceNormalize(data_config, device)
     join = StoreJoin(inputs.store_url, skip_missing=cfg.skip_missing) if LOSSES[cfg.loss].needs_weak else None
+    need_labels = cfg.loss == "gt" or cfg.gt_weight > 0
     stream = TrainStream(inputs.urls, augment=augment, image_fields=inputs.image_fields,
-                         label_field=inputs.label_field, need_labels=cfg.loss == "gt" or cfg.gt_weight > 0, join=join,
+                         label_field=inputs.label_field, need_labels=need_labels, join=join,
                          seed=cfg.seed, rank=info.rank, world_size=info.world_size, shuffle_buffer=cfg.shuffle_buffer,
-                         batch_size=cfg.batch_size, start_step=step)
+                         batch_size=cfg.batch_size, start_step=step * accum)
     batches = iter(train_loader(stream, workers, device.type == "cuda"))
+    mixer = BatchMix(mixup=cfg.mixup, cutmix=cfg.cutmix, prob=cfg.mixup_prob, switch_prob=cfg.mixup_switch_prob,
+                     smoothing=cfg.smoothing, num_classes=inputs.num_classes, seed=cfg.seed) if cfg.mixes else None
+    eraser = torch.Generator(device=device) if cfg.reprob else None
     objective = make_objective(cfg.loss, temperature=cfg.kd_temperature, threshold=cfg.threshold,
-                               warmup_frac=cfg.warmup_frac, beta_warmup_frac=cfg.beta_warmup_frac,
-                               gt_weight=cfg.gt_weight)
+                               warmup_frac=cfg.warmup_frac, ramp=cfg.ramp, epochs=cfg.epochs,
+                               beta_warmup_frac=cfg.beta_warmup_frac, gt_weight=cfg.gt_weight,
+                               kd_weight=cfg.kd_weight, smoothing=cfg.smoothing)
     autocast = torch.autocast(device_type=device.type, dtype=distributed.autocast_dtype(precision),
                               enabled=precision != "fp32")
+
+    def prepare(raw: dict, micro: int) -> dict:
+        """A loader batch -> the step's inputs on the device: decoded (--decode gpu), normalised,
+        erased (--reprob) and mixed (--mixup, --cutmix), each drawn from (seed, rank, step, micro)."""
+        if "error" in raw:
+            raise W2SError(raw["error"])
+        dropped = int(raw.pop("dropped"))  # a CPU tensor: no device wait
+        keys, blobs = raw.pop("key"), raw.pop("blobs", None)
+        batch = {k: v.to(device, non_blocking=True) for k, v in raw.items()}
+        # uint8 views from the loading processes, or bytes decoded and cropped here (--decode gpu)
+        image = normalize(on_device(blobs, batch["view"], keys) if blobs is not None else batch["image"])
+        if eraser is not None:
+            eraser.manual_seed(view_seed(cfg.seed, "erase", f"{info.rank}.{micro}", step))
+            image = erase_where(image, batch["view"], eraser)
+        target, weak = (batch["label"] if need_labels else None), batch.get("weak")
+        if mixer is not None:
+            image, target, weak, _ = mixer(image, target, weak, rank=info.rank, step=step, micro=micro)
+        return {"image": image, "target": target, "weak": weak, "dropped": dropped}
 
     def sync_norm_stats():
         # DDP keeps parameters equal, but each rank's BatchNorm running statistics follow its own
@@ -305,23 +396,27 @@ def _train(cfg: TrainConfig, info, device) -> TrainResult:
         if info.world_size > 1:
             import timm.utils
 
-            timm.utils.distribute_bn(model, info.world_size, reduce=True)
+            for module in (model, averaged_module):
+                if module is not None:
+                    timm.utils.distribute_bn(module, info.world_size, reduce=True)
 
-    def evaluate_now():
+    def evaluate_now(which):
         if inputs.val is None:
             return None
-        return evaluate(model, list(inputs.val.urls), data_config, image_fields=inputs.val.image_fields,
+        return evaluate(which, list(inputs.val.urls), data_config, image_fields=inputs.val.image_fields,
                         label_field=inputs.val.label_field, batch_size=cfg.batch_size, workers=workers,
                         device=device, precision=precision, decoder=decoder)
 
     def checkpoint(path, epoch, ranks=None):
         if info.is_main:
-            save_checkpoint(
-                path, model.state_dict(), model_name=strong, num_classes=inputs.num_classes,
-                data_config={**data_config}, class_names=inputs.class_names, optimizer=optimizer.state_dict(),
-                scaler=scaler.state_dict() if scaler else None, step=step, epoch=epoch, best_top1=best_top1,
-                precision=precision, config=asdict(cfg), settings=settings, ranks=ranks, data=inputs.record,
-                tool_version=__version__)
+            common = dict(model_name=strong, num_classes=inputs.num_classes, data_config={**data_config},
+                          class_names=inputs.class_names, step=step, epoch=epoch, precision=precision,
+                          config=asdict(cfg), settings=settings, data=inputs.record, tool_version=__version__)
+            save_checkpoint(path, model.state_dict(), optimizer=optimizer.state_dict(),
+                            scaler=scaler.state_dict() if scaler else None, best_top1=best_top1,
+                            ranks=ranks, ema=ema.module.state_dict() if ema is not None and path == last_path else None, **common)
+            if ema is not None and path == last_path:
+                save_checkpoint(ema_path, ema.module.state_dict(), averaged=cfg.model_ema_decay, **common)
 
     # -- the loop ----------------------------------------------------------------------------
     net.train()
@@ -334,19 +429,16 @@ def _train(cfg: TrainConfig, info, device) -> TrainResult:
     started = time.perf_counter()
     result_val = None
     while step < stop_at:
-        batch = next(batches)
-        if "error" in batch:
-            raise W2SError(batch["error"])
-        dropped = int(batch.pop("dropped"))  # a CPU tensor: no device wait
-        keys, blobs = batch.pop("key"), batch.pop("blobs", None)
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        # uint8 views from the loading processes, or bytes decoded and cropped here (--decode gpu)
-        batch["image"] = normalize(on_device(blobs, batch["view"], keys) if blobs is not None else batch["image"])
+        micro = [prepare(next(batches), i) for i in range(accum)]
         lr = schedule.apply(step)  # the rate this step trains with, and the one logged for it
-        parts = train_step(net, batch, optimizer, objective, progress=step / total_steps, scaler=scaler,
-                           clip_grad=cfg.clip_grad, autocast=autocast)
+        parts = train_step(net, micro, optimizer, objective, progress=step / total_steps,
+                           epoch=step // steps_per_epoch, scaler=scaler, clip_grad=cfg.clip_grad, autocast=autocast,
+                           no_sync=no_sync)
         step += 1
-        window.add(step, parts, len(batch["image"]) * info.world_size, dropped)
+        if ema is not None:
+            ema.update(model, step=step)
+        window.add(step, parts, sum(len(b["image"]) for b in micro) * info.world_size,
+                   sum(b["dropped"] for b in micro))
         bar.update(1)
         epoch_end = step % steps_per_epoch == 0
         if step % cfg.log_every == 0 or step == stop_at or epoch_end:
@@ -366,8 +458,11 @@ def _train(cfg: TrainConfig, info, device) -> TrainResult:
         if epoch_end:
             epoch = step // steps_per_epoch
             sync_norm_stats()
-            result_val = evaluate_now()
+            result_val = evaluate_now(model)
             record = {"kind": "epoch", "step": step, "epoch": epoch}
+            if ema is not None and result_val:
+                averaged = evaluate_now(ema.module)
+                record.update(val_top1_ema=averaged["top1"], val_top5_ema=averaged["top5"])
             if result_val:
                 record.update(val_top1=result_val["top1"], val_top5=result_val["top5"])
                 if best_top1 is None or result_val["top1"] > best_top1:
@@ -379,10 +474,11 @@ def _train(cfg: TrainConfig, info, device) -> TrainResult:
                     record["dropped_missing"] = sums["dropped"]
             sums.update(agree=0.0, agree_steps=0, dropped=0)
             log.write(record)
-            checkpoint(last_path, epoch, gather_rank_states(rank_state(model, device, sums), info.world_size))
+            checkpoint(last_path, epoch, gather_rank_states(rank_state(model, device, sums, averaged_module),
+                                                            info.world_size))
     bar.close()
     if step % steps_per_epoch:  # stopped mid-epoch by --max-steps
-        ranks = gather_rank_states(rank_state(model, device, sums), info.world_size)  # before the averaging
+        ranks = gather_rank_states(rank_state(model, device, sums, averaged_module), info.world_size)  # before the averaging
         sync_norm_stats()
         checkpoint(last_path, step // steps_per_epoch, ranks)
     finished = step >= total_steps
@@ -399,6 +495,7 @@ def _train(cfg: TrainConfig, info, device) -> TrainResult:
         log.write({"kind": "end", "step": step, "epoch": cfg.epochs, "weights_sha256": digests,
                    "best_val_top1": best_top1, "seconds": time.perf_counter() - started,
                    **({"dropped_missing": sums["dropped_total"]} if cfg.skip_missing else {})})
+    log.close()
     distributed.barrier()
     return TrainResult(run_dir, step, step // steps_per_epoch, finished,
                        result_val["top1"] if result_val else None, result_val["top5"] if result_val else None,

@@ -37,6 +37,16 @@ def digits_data(digits_dir, monkeypatch):
     return digits_dir
 
 
+@pytest.fixture
+def workspace_store(digits_data, weak_ckpt):
+    """The digits transfer split labelled by the tiny weak model, in the test's workspace (where
+    `train` finds it without --labels)."""
+    from w2s_pipe.stages.label import LabelConfig, run_label
+
+    cfg = LabelConfig(weak=None, weak_checkpoint=weak_ckpt, data="digits", workers=0, precision="fp32", progress=False)
+    return run_label(cfg).store
+
+
 def make_checkpoint(path, *, num_classes=10, model=TINY_MODEL, img_size=TINY_SIZE, seed=0, plain=False, nan=False):
     import timm
     import torch

@@ -109,6 +109,10 @@ def test_train_options_are_frozen():
         "--clip-grad", "--seed", "--hflip", "--color-jitter", "--crop-scale", "--shuffle-buffer", "--run-name",
         "--resume", "--max-steps", "--log-every", "--quiet", "--skip-shard-check", "--min-lr", "--warmup-lr",
         "--decay-epochs", "--decay-rate", "--deterministic", "--decode", "--config",
+        # the paper's recipes (issue 13)
+        "--crop-pct", "--drop-path", "--head-init-std", "--ramp", "--kd-weight", "--smoothing", "--momentum",
+        "--layer-decay", "--grad-accum", "--compile", "--channels-last", "--model-ema", "--model-ema-decay", "--aa",
+        "--reprob", "--mixup", "--cutmix", "--mixup-prob", "--mixup-switch-prob",
     ])
 
 

@@ -23,9 +23,8 @@ def records(run_dir, kind=None):
 
 
 @pytest.fixture
-def store(tmp_path, digits_data, weak_ckpt):
-    cfg = LabelConfig(weak=None, weak_checkpoint=weak_ckpt, data="digits", workers=0, precision="fp32", progress=False)
-    return run_label(cfg).store  # in the workspace, where `train` finds it without being told
+def store(workspace_store):
+    return workspace_store
 
 
 def test_gt_training_lowers_the_loss_and_its_checkpoint_labels(tmp_path, digits_data):
@@ -120,6 +119,61 @@ def test_a_resumed_run_is_the_uninterrupted_run(store):
 
     assert figures(split.run_dir) == figures(whole.run_dir)
     assert "train_agree" in records(split.run_dir, "epoch")[0]
+
+
+def test_the_paper_recipes_parts_resume_exactly(store):
+    """A run with everything the recipes add (RandAugment, random erasing, mixup and cutmix with mixed
+    weak labels, the ground-truth term smoothed, drop path, layer decay, gradient accumulation, EMA)
+    stopped mid-epoch and resumed ends, on the CPU, with the uninterrupted run's weights and average."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from w2s_pipe.stages.evaluate import EvalConfig, run_eval
+
+    options = dict(strong="test_vit", epochs=2, steps_per_epoch=3, hflip=0.5, aa="rand-m9-mstd0.5-inc1", reprob=0.5,
+                   mixup=0.8, cutmix=1.0, gt_weight=1.0, smoothing=0.1, drop_path=0.1, layer_decay=0.75, grad_accum=2,
+                   model_ema=True, model_ema_decay=0.9, kd_weight=0.5, log_every=1, device="cpu")
+    whole = run_train(TrainConfig.tiny(run="whole", **options))
+    run_train(TrainConfig.tiny(run="split", max_steps=2, **options))
+    split = run_train(TrainConfig.tiny(run="split", resume=True, **options))
+    assert whole.finished and split.finished and whole.step == 6
+    for name in ("last.pt", "ema.pt"):
+        a = torch.load(os.path.join(whole.run_dir, name), weights_only=True)["state_dict"]
+        b = torch.load(os.path.join(split.run_dir, name), weights_only=True)["state_dict"]
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    last = torch.load(os.path.join(whole.run_dir, "last.pt"), weights_only=True)["state_dict"]
+    assert not all(torch.equal(a[k], last[k]) for k in a)  # the average is not the weights
+    # 2 batches of 32 per step; the EMA is evaluated beside the model, and `eval --pick ema` agrees
+    assert all(r["img_per_s"] > 0 for r in records(whole.run_dir, "step"))
+    epochs = records(whole.run_dir, "epoch")
+    assert all("val_top1_ema" in e for e in epochs)
+    ema = run_eval(EvalConfig(run="whole", pick="ema", workers=0, device="cpu"))
+    assert ema["checkpoint"].endswith("ema.pt") and ema["top1"] == epochs[-1]["val_top1_ema"]
+    # TensorBoard has every logged figure at its step, the resumed run's without repeats
+    for run in (whole, split):
+        board = EventAccumulator(os.path.join(run.run_dir, "tensorboard"))
+        board.Reload()
+        assert [e.step for e in board.Scalars("step/loss")] == [1, 2, 3, 4, 5, 6]
+        assert [e.step for e in board.Scalars("epoch/val_top1_ema")] == [3, 6]
+
+
+def test_gradient_accumulation_adds_up_to_the_whole_batch():
+    """Two batches of 8 accumulated take the step that one batch of 16 takes (a model without
+    batch statistics, so the two are the same computation)."""
+    from w2s_pipe.pipeline.train.losses import objective
+    from w2s_pipe.stages.train import train_step
+
+    torch.manual_seed(0)
+    images, weak, labels = torch.randn(16, 12), torch.randn(16, 5), torch.arange(16) % 5
+    models = [torch.nn.Linear(12, 5) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    optimizers = [torch.optim.SGD(m.parameters(), lr=0.5) for m in models]
+    loss = objective("adaptconf", gt_weight=1.0)
+    whole = train_step(models[0], [{"image": images, "weak": weak, "target": labels}], optimizers[0], loss, progress=0.5)
+    halves = [{"image": images[i:i + 8], "weak": weak[i:i + 8], "target": labels[i:i + 8]} for i in (0, 8)]
+    accumulated = train_step(models[1], halves, optimizers[1], loss, progress=0.5)
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert accumulated["loss"].item() == pytest.approx(whole["loss"].item(), rel=1e-5)
 
 
 def test_resume_refuses_changed_settings_by_name(store):

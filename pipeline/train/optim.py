@@ -13,19 +13,42 @@ from dataclasses import dataclass
 
 from ...errors import W2SError
 
-OPTIMIZERS = ("adamw", "sgd", "momentum", "adam", "lamb", "lion")
 SCHEDULES = ("cosine", "step", "const")
 
 
-def build_optimizer(model, *, opt: str, lr: float, weight_decay: float):
+def check_optimizer(opt: str) -> None:
+    """Any of timm's optimizer names (`timm.optim.list_optimizers()`: sgd is SGD with Nesterov
+    momentum, momentum without Nesterov, adamw, lamb, lion, ...)."""
+    import difflib
+
+    import timm.optim
+
+    names = timm.optim.list_optimizers()
+    if opt.lower() not in names:
+        close = difflib.get_close_matches(opt.lower(), names, n=3)
+        raise W2SError(f"--opt {opt!r} is not a timm optimizer" + (f"; did you mean {', '.join(close)}?" if close else "")
+                       + " (timm.optim.list_optimizers() lists them)")
+
+
+def build_optimizer(model, *, opt: str, lr: float, weight_decay: float, momentum: float = 0.9,
+                    layer_decay: float | None = None):
     """timm's optimizer over the model's trainable parameters. Given the module (not a list of its
     parameters), timm puts biases, norms and every other 1-d parameter (ViT's pos_embed and
-    cls_token through the model's `no_weight_decay()`) in a group without weight decay."""
+    cls_token through the model's `no_weight_decay()`) in a group without weight decay, and with
+    `layer_decay` gives each layer group (the model's `group_matcher`) its `lr_scale`:
+    layer_decay ** (layers - depth), so the head trains at the full rate and the stem at the least."""
     import timm.optim
 
     if not any(p.requires_grad for p in model.parameters()):
         raise W2SError("the model has no trainable parameters")
-    return timm.optim.create_optimizer_v2(model, opt=opt, lr=lr, weight_decay=weight_decay)
+    check_optimizer(opt)
+    try:
+        return timm.optim.create_optimizer_v2(model, opt=opt, lr=lr, weight_decay=weight_decay, momentum=momentum,
+                                              layer_decay=layer_decay)
+    except (ImportError, AttributeError, NotImplementedError) as exc:
+        what = "--layer-decay needs a model that groups its layers (timm's group_matcher)" if (
+            layer_decay and isinstance(exc, (AttributeError, NotImplementedError))) else f"--opt {opt}"
+        raise W2SError(f"{what}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
 
 
 @dataclass(frozen=True)

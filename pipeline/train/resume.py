@@ -75,11 +75,15 @@ def set_rng_state(state: dict, device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def rank_state(model, device, sums: dict) -> dict:
+def rank_state(model, device, sums: dict, ema=None) -> dict:
     """This rank's part of a checkpoint: generators, buffers (each rank's BatchNorm statistics follow
-    its own batches until the epoch's end averages them) and the epoch's running sums."""
-    return {"rng": rng_state(device), "sums": dict(sums),
-            "buffers": {name: b.detach().cpu().clone() for name, b in model.named_buffers()}}
+    its own batches until the epoch's end averages them; so do the weight average's, `ema`) and the
+    epoch's running sums."""
+    state = {"rng": rng_state(device), "sums": dict(sums),
+             "buffers": {name: b.detach().cpu().clone() for name, b in model.named_buffers()}}
+    if ema is not None:
+        state["ema_buffers"] = {name: b.detach().cpu().clone() for name, b in ema.named_buffers()}
+    return state
 
 
 def gather_rank_states(state: dict, world_size: int) -> list[dict]:
@@ -93,14 +97,17 @@ def gather_rank_states(state: dict, world_size: int) -> list[dict]:
     return states
 
 
-def restore_rank_state(model, state: dict, device) -> dict:
+def restore_rank_state(model, state: dict, device, ema=None) -> dict:
     """Put a rank's saved state back; returns its epoch sums."""
     import torch
 
     with torch.no_grad():
-        buffers = dict(model.named_buffers())
-        for name, value in state["buffers"].items():
-            if name in buffers:
-                buffers[name].copy_(value)
+        for module, saved in ((model, state["buffers"]), (ema, state.get("ema_buffers", {}))):
+            if module is None:
+                continue
+            buffers = dict(module.named_buffers())
+            for name, value in saved.items():
+                if name in buffers:
+                    buffers[name].copy_(value)
     set_rng_state(state["rng"], device)
     return dict(state["sums"])

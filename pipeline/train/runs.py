@@ -22,10 +22,23 @@ def find_run(run: str, workspace=None) -> str:
 
 class MetricsLog:
     """metrics.jsonl: one JSON object per line, each written with one append, so a crash can cut
-    at most the last line, which `truncate_after` drops on resume with any later records."""
+    at most the last line, which `truncate_after` drops on resume with any later records.
+
+    Every number of a record also goes to TensorBoard event files in `<run>/tensorboard` (the
+    `tensorboard` package's writer, through torch), as "<kind>/<name>" at the record's step; a
+    resumed run's writer drops the events after the step it resumes from (a crash may leave some)."""
 
     def __init__(self, path: str, enabled: bool):
         self.path, self.enabled = path, enabled
+        self.board = None
+
+    def open_board(self, resume_step: int = 0) -> None:
+        """From a run resumed at step s, TensorBoard drops events after s, as `truncate_after` does."""
+        if self.enabled:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.board = SummaryWriter(os.path.join(os.path.dirname(self.path), "tensorboard"),
+                                       purge_step=resume_step + 1 if resume_step else None)
 
     def write(self, record: dict) -> None:
         if not self.enabled:
@@ -36,6 +49,16 @@ class MetricsLog:
             os.write(fd, line)
         finally:
             os.close(fd)
+        if self.board is not None:
+            for name, value in record.items():
+                if name not in ("kind", "step") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self.board.add_scalar(f"{record.get('kind', 'record')}/{name}", value, record.get("step", 0))
+            self.board.flush()
+
+    def close(self) -> None:
+        if self.board is not None:
+            self.board.close()
+            self.board = None
 
     def truncate_after(self, step: int) -> None:
         if not self.enabled or not os.path.exists(self.path):
