@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import pytest
@@ -18,7 +19,7 @@ OPTIONS = {p.name for p in cli.commands["train"].params} - {"config", "quiet"}
 
 def test_every_shipped_recipe_opens_with_its_command_and_sets_only_options():
     recipes = {r.name: r for r in shipped()}
-    assert {"cifar_v0", "demo"} <= set(recipes)
+    assert {"cifar_v0", "cifar_v1", "imagenet_v0", "imagenet_mae", "demo"} <= set(recipes)
     for recipe in recipes.values():
         assert recipe.command.startswith("w2s-pipe ") and recipe.about
         values = load_recipe(recipe.name, OPTIONS)
@@ -33,6 +34,26 @@ def test_cifar_v0_is_the_official_recipe():
     assert "--gt-weight 1" in {r.name: r for r in shipped()}["cifar_v0"].about  # says how the official runs add GT
 
 
+def test_the_other_official_recipes():
+    v0 = load_recipe("cifar_v0", OPTIONS)
+    v1 = load_recipe("cifar_v1", OPTIONS)
+    assert {k: v for k, v in v1.items() if k not in ("aa", "mixup", "momentum", "smoothing", "crop_pct")} == v0
+    assert (v1["aa"], v1["mixup"], v1["smoothing"], v1["crop_pct"]) == ("original-mstd0.5", 0.1, 0.0, 0.875)
+    imagenet = load_recipe("imagenet_v0", OPTIONS)
+    assert {k: imagenet[k] for k in ("opt", "lr", "sched", "decay_epochs", "decay_rate", "weight_decay", "epochs",
+                                     "batch_size", "crop_pct", "smoothing")} == {
+        "opt": "sgd", "lr": 0.1, "sched": "step", "decay_epochs": 30, "decay_rate": 0.1, "weight_decay": 1e-4,
+        "epochs": 100, "batch_size": 64, "crop_pct": 0.95, "smoothing": 0.1}
+    mae = load_recipe("imagenet_mae", OPTIONS)
+    assert mae == {"strong": "vit_b16", "head_init_std": 2e-5, "loss": "adaptconf", "threshold": 4.0, "epochs": 100,
+                   "batch_size": 128, "opt": "adamw", "lr": 2e-3, "layer_decay": 0.65, "weight_decay": 0.05,
+                   "sched": "cosine", "min_lr": 1e-6, "warmup_epochs": 5, "warmup_lr": 1e-4,
+                   "aa": "rand-m9-mstd0.5-inc1", "mixup": 0.8, "cutmix": 1.0, "reprob": 0.25, "smoothing": 0.1,
+                   "color_jitter": 0.0, "drop_path": 0.1}
+    for name in ("cifar_v1", "imagenet_v0", "imagenet_mae"):
+        assert "--gt-weight 1" in {r.name: r for r in shipped()}[name].about
+
+
 def test_bad_recipes_are_one_line(tmp_path):
     (tmp_path / "r.yaml").write_text("lr: 0.1\nmixup_alpha: 0.2\n")
     with pytest.raises(W2SError, match=r"r.yaml: unknown key 'mixup_alpha'"):
@@ -42,21 +63,26 @@ def test_bad_recipes_are_one_line(tmp_path):
         load_recipe(str(tmp_path / "l.yaml"), OPTIONS)
     result = CliRunner().invoke(cli, ["train", "--config", "no_such_recipe", "--strong", "x"])
     assert result.exit_code != 0 and result.output.strip().splitlines() == [
-        "Error: --config 'no_such_recipe': no such recipe (cifar_v0, demo) or file"]
+        "Error: --config 'no_such_recipe': no such recipe (cifar_v0, cifar_v1, demo, imagenet_mae, imagenet_v0) or file"]
 
 
-@pytest.mark.parametrize("name", ["cifar_v0", "demo"])
-def test_each_recipe_runs_smoke_sized_and_the_command_line_wins(name, digits_data, tmp_path):
-    """The recipe's options, with the size ones overridden on the command line (a tiny model, a few
-    steps on digits); the run's config.json records both."""
-    args = ["train", "--config", name, "--strong", "test_resnet", "--img-size", "32", "--loss", "gt", "--data", "digits",
-            "--split", "weak", "--epochs", "2", "--warmup-epochs", "1", "--steps-per-epoch", "2", "--batch-size", "16",
-            "--workers", "0", "--precision", "fp32", "--no-eval", "--quiet", "--run-name", name, "--lr", "0.01"]
+@pytest.mark.parametrize("name", [r.name for r in shipped()])
+def test_each_recipe_runs_smoke_sized_and_the_command_line_wins(name, workspace_store, tmp_path):
+    """The recipe's options (its augmentation, mixing, optimizer, schedule, EMA...), with the size ones
+    overridden on the command line (a tiny ViT, a few steps on digits, from the workspace's store);
+    the run's config.json records both."""
+    args = ["train", "--config", name, "--strong", "test_vit", "--img-size", "32", "--epochs", "2", "--warmup-epochs", "1",
+            "--steps-per-epoch", "2", "--batch-size", "16", "--workers", "0", "--precision", "fp32", "--device", "cpu",
+            "--gt-weight", "1", "--quiet", "--run-name", name, "--lr", "0.01"]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
-    config = json.load(open(os.path.join(os.environ["W2S_HOME"], "runs", name, "config.json")))
-    recipe = load_recipe(name, OPTIONS)
+    run = os.path.join(os.environ["W2S_HOME"], "runs", name)
+    config = json.load(open(os.path.join(run, "config.json")))
     assert config["config"] == name and config["lr"] == 0.01 and config["epochs"] == 2  # the command line
-    for key in ("opt", "weight_decay", "hflip", "crop_scale", "sched"):
-        if key in recipe:
-            assert config[key] == recipe[key], key  # the recipe
+    overridden = {"strong", "img_size", "epochs", "warmup_epochs", "batch_size", "workers", "precision", "lr"}
+    recipe = load_recipe(name, OPTIONS)
+    for key, value in recipe.items():
+        if key not in overridden:
+            assert config[key] == value, key  # the recipe
+    steps = [json.loads(line) for line in open(os.path.join(run, "metrics.jsonl")) if '"step"' in line]
+    assert all(math.isfinite(r["loss"]) for r in steps if r["kind"] == "step")
