@@ -86,7 +86,10 @@ def prepare_digits(out: str, shard_size: int = 256) -> PrepareResult:
 
 def prepare_folder(src: str, out: str, split: str = "train", shard_size: int = 1000, seed: int = 0,
                    prefix: str | None = None) -> PrepareResult:
-    """An ImageFolder tree (one sub-folder per class, sorted names -> class index) as shuffled shards.
+    """An ImageFolder tree (one sub-folder per class, sorted names -> class index) as shuffled shards
+    `<prefix>-<split>-NNNNNN.tar`; or, when SRC holds a `train/` folder of class folders (the
+    ImageNet layout: `train/` and `val/`, one folder per class in each), every such split folder
+    of SRC in one call, with one class numbering (the sorted names of all of them).
 
     Samples are shuffled with `seed` so that every shard mixes classes; each sample keeps its
     original relative path in a `txt` field.
@@ -96,36 +99,42 @@ def prepare_folder(src: str, out: str, split: str = "train", shard_size: int = 1
         raise W2SError(f"prepare folder: {src} is not a directory")
     if shard_size < 1:
         raise W2SError(f"--shard-size {shard_size} is invalid: must be at least 1")
-    if not re.fullmatch(r"[A-Za-z0-9_-]+", split):
-        raise W2SError(f"--split {split!r} is invalid: use letters, digits, '-' and '_'")
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if (root / "train").is_dir() and _subdirs(root / "train"):
+        split_dirs = {d: root / d for d in _subdirs(root)}
+        prefix = prefix or root.resolve().name
+    else:
+        split_dirs = {split: root}
+        prefix = prefix or root.resolve().name
+    for name in split_dirs:
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+            raise W2SError(f"prepare folder: split {name!r} is invalid: use letters, digits, '-' and '_'")
+    classes = sorted({c for d in split_dirs.values() for c in _subdirs(d)})
     if len(classes) < 2:
         raise W2SError(f"prepare folder: {src} needs at least two class sub-folders, found {len(classes)}")
-    files = []
-    for label, name in enumerate(classes):
-        for path in sorted((root / name).rglob("*")):
-            if path.is_file() and path.suffix.lower() in IMAGE_EXTS:
-                files.append((path, label))
-    if not files:
-        raise W2SError(f"prepare folder: no images ({', '.join(sorted(IMAGE_EXTS))}) under {src}")
-    order = np.random.default_rng(seed).permutation(len(files))
-    prefix = prefix or root.resolve().name
+    index = {name: i for i, name in enumerate(classes)}
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
+    splits = {}
+    for name, directory in split_dirs.items():
+        files = [(path, index[c]) for c in _subdirs(directory) for path in sorted((directory / c).rglob("*"))
+                 if path.is_file() and path.suffix.lower() in IMAGE_EXTS]
+        if not files:
+            raise W2SError(f"prepare folder: no images ({', '.join(sorted(IMAGE_EXTS))}) under {directory}")
+        order = np.random.default_rng(seed).permutation(len(files))
 
-    def samples():
-        for n, i in enumerate(order):
-            path, label = files[i]
-            yield {
-                "__key__": f"{n:08d}",
-                IMAGE_EXTS[path.suffix.lower()]: path.read_bytes(),
-                "cls": label,
-                "txt": str(path.relative_to(root)),
-            }
+        def samples(files=files, order=order):
+            for n, i in enumerate(order):
+                path, label = files[i]
+                yield {"__key__": f"{n:08d}", IMAGE_EXTS[path.suffix.lower()]: path.read_bytes(), "cls": label,
+                       "txt": str(path.relative_to(root))}
 
-    shards = _write_split(out_dir, f"{prefix}-{split}", samples(), shard_size)
-    write_manifest(str(out_dir), {split: shards}, dataset=prefix, num_classes=len(classes), class_names=classes)
-    return PrepareResult(str(out_dir), {split: shards})
+        splits[name] = _write_split(out_dir, f"{prefix}-{name}", samples(), shard_size)
+    write_manifest(str(out_dir), splits, dataset=prefix, num_classes=len(classes), class_names=classes)
+    return PrepareResult(str(out_dir), splits)
+
+
+def _subdirs(path: Path) -> list[str]:
+    return sorted(d.name for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
 
 
 def default_digits_dir(workspace=None) -> str:

@@ -63,3 +63,28 @@ def test_folder(tmp_path):
     assert read_manifest(str(tmp_path / "out"))["class_names"] == ["cat", "dog", "emu"]
     with pytest.raises(W2SError, match="at least two class sub-folders"):
         prepare_folder(str(src / "cat"), str(tmp_path / "x"))
+
+
+def test_folder_in_the_imagenet_layout(tmp_path):
+    """train/ and val/ with one folder per class, in one call: both splits, one class numbering (val
+    lacks a class here and keeps the numbers train gives), usable as training and validation data."""
+    from click.testing import CliRunner
+
+    from w2s_pipe.cli import cli
+
+    src = tmp_path / "imagenet"
+    rng = np.random.default_rng(1)
+    layout = {"train": {"n01": 5, "n02": 4, "n03": 3}, "val": {"n01": 2, "n03": 2}}
+    for split, classes in layout.items():
+        for cls, count in classes.items():
+            (src / split / cls).mkdir(parents=True)
+            for j in range(count):
+                Image.fromarray(rng.integers(0, 255, (6, 6, 3), dtype=np.uint8)).save(src / split / cls / f"{j}.jpeg")
+    result = CliRunner().invoke(cli, ["prepare", "folder", str(src), "--out", str(tmp_path / "out"), "--shard-size", "4"])
+    assert result.exit_code == 0, result.output
+    assert "train: 12 samples in 3 shards" in result.output and "val: 4 samples in 1 shards" in result.output
+    manifest = read_manifest(str(tmp_path / "out"))
+    assert manifest["class_names"] == ["n01", "n02", "n03"] and set(manifest["splits"]) == {"train", "val"}
+    val = [s for s in sorted((tmp_path / "out").glob("imagenet-val-*.tar"))]
+    labels = {sample["txt"].decode(): int(sample["cls"]) for s in val for sample in iter_samples(str(s))}
+    assert labels == {"val/n01/0.jpeg": 0, "val/n01/1.jpeg": 0, "val/n03/0.jpeg": 2, "val/n03/1.jpeg": 2}
