@@ -147,7 +147,7 @@ class Arms:
         model, opt = self.student()
         n, s = self.args.batch_size, self.args.img_size
         batch = {"image": torch.randn(n, 3, s, s, device=self.device), "weak": torch.randn(n, 1000, device=self.device),
-                 "label": torch.zeros(n, dtype=torch.long, device=self.device)}
+                 "target": torch.zeros(n, dtype=torch.long, device=self.device)}
         if self.device.type == "cuda":
             batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
         loss = objective("adaptconf", threshold=4.0)
@@ -155,7 +155,7 @@ class Arms:
             if i == self.args.warmup:
                 self.sync()
                 t = time.perf_counter()
-            train_step(model, batch, opt, loss, progress=0.5, autocast=self.autocast)
+            train_step(model, [batch], opt, loss, progress=0.5, autocast=self.autocast)
         self.sync()
         return n * self.args.steps / (time.perf_counter() - t)
 
@@ -188,7 +188,7 @@ class Arms:
                 with torch.inference_mode(), self.autocast:
                     weak = self.teacher(images).float()
                 weak = weak.clone()  # out of inference mode, for the loss
-            train_step(model, {"image": images, "weak": weak, "label": labels}, opt, loss, progress=0.5,
+            train_step(model, [{"image": images, "weak": weak, "target": labels}], opt, loss, progress=0.5,
                        autocast=self.autocast)
         self.sync()
         return self.args.batch_size * self.args.steps / (time.perf_counter() - t)
