@@ -38,6 +38,8 @@ def store_statistics(url: str, storage_options: dict | None = None) -> dict:
 
     store = open_store(url, storage_options)
     store.require_complete()
+    store.check_rows()  # every shard's rows against its marker: statistics of damaged rows are wrong
+    store.check_index()
     index = dd.read_parquet(join(url.rstrip("/"), schema.INDEX_FILE), storage_options=storage_options or None)
     columns = {c: index[c].to_dask_array(lengths=True) for c in ("pred", "confidence", "margin", "entropy")}
     has_label = "label" in index.columns

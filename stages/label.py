@@ -26,7 +26,7 @@ from ..pipeline.data.transforms import DECODERS
 from ..pipeline.workspace import default_store_path
 from ..storage.claims import ShardClaims
 from ..storage.fsutil import absolute
-from ..storage.writer import StoreWriter
+from ..storage.writer import StoreWriter, identity_mismatch
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
@@ -89,6 +89,7 @@ class LabelResult:
     images_per_s: float
     claimed_elsewhere: list = None  # live claims of other processes on unfinished shards
     skipped: int = 0  # bad samples (or unreadable shards) recorded and left out in this run
+    already_complete: bool = False  # the store was finished before this run, which checked it and wrote nothing
 
 
 def run_label(cfg: LabelConfig) -> LabelResult:
@@ -113,7 +114,8 @@ def run_label(cfg: LabelConfig) -> LabelResult:
         precision = distributed.resolve_precision(cfg.precision, device)
         data_name = source.name if source.name != "shards" else "shards-" + hashlib.sha1(source.pattern.encode()).hexdigest()[:8]
         url = absolute(cfg.labels or default_store_path(cfg.workspace, data_name, source.split, loaded.name, cfg.topk))
-        decoder = resolve_label_decoder(cfg.decode, device, loaded.data_config, None if cfg.overwrite else url)
+        existing = None if cfg.overwrite else existing_store(url)  # a damaged one is a one-line error here
+        decoder = resolve_label_decoder(cfg.decode, device, loaded.data_config, existing)
         check_decoder(decoder, loaded.data_config)
         if decoder == "gpu" and device.type != "cuda":
             if cfg.decode == "auto":
@@ -149,11 +151,23 @@ def run_label(cfg: LabelConfig) -> LabelResult:
                 "tool_version": __version__,
                 "config": {k: v for k, v in asdict(cfg).items() if k not in ("progress",)},
             }
-            writer = StoreWriter.create(url, attrs, overwrite=cfg.overwrite)
+            if existing is not None and existing.complete:
+                # A finished store is checked, never written: not its index, nor its metadata.
+                problem = identity_mismatch(existing.attrs, {"format": existing.attrs.get("format"), **attrs})
+                if problem:
+                    raise W2SError(f"store {url} was made by another job: {problem}; pass --overwrite to replace it")
+                existing.check_rows()
+                existing.check_index()
+            else:
+                writer = StoreWriter.create(url, attrs, overwrite=cfg.overwrite)
             distributed.barrier()
         else:
             distributed.barrier()
-            writer = StoreWriter(url)
+            if existing is None or not existing.complete:
+                writer = StoreWriter(url)
+        if existing is not None and existing.complete:
+            return LabelResult(store=url, complete=True, samples=0, shards=0, shards_total=len(existing.shards),
+                               samples_total=existing.num_samples, seconds=0.0, images_per_s=0.0, already_complete=True)
 
         done = writer.done_shards()
         todo = [i for i in range(info.rank, len(writer.shards), info.world_size) if i not in done]
@@ -296,18 +310,39 @@ def run_label(cfg: LabelConfig) -> LabelResult:
         distributed.shutdown()
 
 
-def resolve_label_decoder(decoder: str, device, data_config: dict, store_url: str | None) -> str:
-    """`auto`: the decoder an existing store at `store_url` began with (a store is finished with the
-    decoder it began with), else gpu where there is a CUDA device and the crop is a plain box, else cpu."""
+def existing_store(url: str):
+    """The store already at `url` (opened and its metadata checked), or None where there is none yet,
+    or only a creation cut short (a group without attributes, which `StoreWriter.create` rebuilds).
+    Anything else there that is not a readable store is a one-line error naming the file."""
+    import zarr
+
+    from ..storage import open_store
+    from ..storage.fsutil import get_fs, join
+    from ..storage.writer import _zarr_store
+
+    fs, path = get_fs(url)
+    if not fs.exists(join(path, "zarr.json")):
+        return None
+    try:
+        return open_store(url)
+    except W2SError:
+        try:
+            if not dict(zarr.open_group(store=_zarr_store(url, None, True), mode="r", use_consolidated=False).attrs):
+                return None
+        except Exception:  # the store's own error below says what is wrong
+            pass
+        raise
+
+
+def resolve_label_decoder(decoder: str, device, data_config: dict, existing=None) -> str:
+    """`auto`: the decoder the `existing` store began with (a store is finished with the decoder it
+    began with), else gpu where there is a CUDA device and the crop is a plain box, else cpu."""
     if decoder != "auto":
         return decoder
-    if store_url:
-        from ..storage import open_store, schema
+    if existing is not None:
+        from ..storage import schema
 
-        try:
-            recorded = schema.preprocessing(open_store(store_url).attrs)["decode"]
-        except W2SError:
-            recorded = None  # no store there yet (or not one this tool can read: creation says why)
+        recorded = schema.preprocessing(existing.attrs).get("decode")
         if recorded:
             return recorded
     from ..pipeline.data.augment import resolve_decoder

@@ -80,7 +80,13 @@ def run_verify(cfg: VerifyConfig) -> VerifyReport:
     report.add("every shard labelled", [f"shard {name}: not labelled (no completion marker)" for name in missing]
                + ([] if index_ok or missing else ["index.parquet is missing"]))
 
-    index = store.index() if not missing and index_ok else None
+    index = None
+    if not missing and index_ok:
+        try:
+            index = store.index()
+            report.add("index and markers readable", [])
+        except W2SError as exc:
+            report.add("index and markers readable", [str(exc)])
     offsets, position = {}, 0
     if index is not None:
         for s, n in zip(store.shards, store.labelled_counts):
@@ -96,19 +102,27 @@ def run_verify(cfg: VerifyConfig) -> VerifyReport:
         if i not in done:
             continue
         name = s["name"]
-        rows = store.shard_rows(i)
-        with store.fs.open(schema.shard_file(join(store.path, schema.DONE_DIR), i, ".json"), "rb") as f:
-            marker = json.load(f)
-        count, skipped = int(marker.get("count", -1)), marker.get("skipped", [])
+        done_file = schema.shard_file(schema.DONE_DIR, i, ".json")
+        try:
+            rows = store.shard_rows(i)
+            with store.fs.open(join(store.path, done_file), "rb") as f:
+                marker = json.load(f)
+            count, skipped = int(marker.get("count", -1)), list(marker.get("skipped", []))
+        except W2SError as exc:
+            marker_problems.append(str(exc))
+            continue
+        except (ValueError, TypeError, AttributeError) as exc:
+            marker_problems.append(f"shard {name}: {done_file} is not a completion marker ({exc})")
+            continue
         whole = any(k["key"] is None for k in skipped)
         if (not whole and count + len(skipped) != int(s["count"])) or marker.get("start") != i * store.capacity:
-            marker_problems.append(f"shard {name}: marker says {count} rows and {len(skipped)} skipped from "
+            marker_problems.append(f"shard {name}: {done_file} says {count} rows and {len(skipped)} skipped from "
                                    f"{marker.get('start')}, the data source {s['count']} samples from {i * store.capacity}")
         if len(rows.keys) != count:
-            marker_problems.append(f"shard {name}: {len(rows.keys)} index rows for {count} samples")
+            marker_problems.append(f"shard {name}: {len(rows.keys)} rows in its index part, {count} in {done_file}")
             continue
         if marker.get("sha256") != schema.shard_digest(rows.keys, {k: rows.arrays[k] for k in arrays_spec}):
-            marker_problems.append(f"shard {name}: rows differ from what was written (sha256 mismatch)")
+            marker_problems.append(f"shard {name}: rows differ from what label wrote (their sha256 is not {done_file}'s)")
         # Values: finite, statistics consistent with the stored logits.
         tensor = rows.arrays["logits"] if "logits" in rows.arrays else rows.arrays["topk_values"]
         bad = ~np.isfinite(tensor.astype(np.float32)).all(axis=1)
@@ -141,7 +155,10 @@ def run_verify(cfg: VerifyConfig) -> VerifyReport:
                 index_problems.append(f"shard {name}: index.parquet row numbers are not its row range")
             for stat in schema.STAT_ARRAYS:
                 if not np.array_equal(part.column(stat).to_numpy(), rows.arrays[stat], equal_nan=True):
-                    index_problems.append(f"shard {name}: index column {stat} differs from the {stat} array")
+                    index_problems.append(f"shard {name}: index.parquet column {stat} differs from the {stat} array")
+            if cfg.check_data and "label" in part.column_names and store.attrs["data"].get("label_field"):
+                index_problems += _check_labels(s, rows.keys, part.column("label").to_pylist(),
+                                                store.attrs["data"]["label_field"])
         # The data: exactly one row per sample, in order, and the same files.
         if cfg.check_data and not whole:
             data_problems += _check_shard_data(s, rows.keys, {k["key"] for k in skipped})
@@ -154,6 +171,18 @@ def run_verify(cfg: VerifyConfig) -> VerifyReport:
     if cfg.recompute and not missing:
         report.add(f"recomputed {cfg.recompute} samples with the weak model", _recompute(store, cfg))
     return report
+
+
+def _check_labels(shard: dict, keys: list[str], stored: list, label_field: str) -> list[str]:
+    """index.parquet's ground-truth column against the shard's own labels (its label members only)."""
+    from ..pipeline.data.shards import shard_labels
+
+    try:
+        truth = shard_labels(shard["url"], label_field.split(";")[0])
+    except W2SError as exc:
+        return [str(exc)]
+    return [f"shard {shard['name']}, key {k!r}: index.parquet's label {got} is not the shard's {truth.get(k)}"
+            for k, got in zip(keys, stored) if truth.get(k) != got]
 
 
 def _check_shard_data(shard: dict, stored: list[str], skipped: set) -> list[str]:

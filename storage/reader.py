@@ -16,7 +16,7 @@ import zarr
 from ..errors import W2SError
 from . import schema
 from .fsutil import get_fs, join
-from .writer import _zarr_store, done_shards, read_markers
+from .writer import MarkerError, _zarr_store, done_shards, index_from_parts, read_markers
 
 
 @dataclass
@@ -55,9 +55,15 @@ class LabelStore:
         self.storage_options = storage_options
         self.fs, self.path = get_fs(self.url, storage_options)
         if not self.fs.exists(join(self.path, "zarr.json")):
-            raise W2SError(f"no pseudo-label store at {self.url} (run `w2s-pipe label` first, or check --labels)")
-        self.group = zarr.open_group(store=_zarr_store(self.url, storage_options, read_only=True), mode="r")
-        self.attrs = dict(self.group.attrs)
+            raise W2SError(f"no pseudo-label store at {self.url} (run `w2s-pipe label` first, or check the store path)")
+        try:
+            # Each array's own metadata, not the consolidated copy in zarr.json, which would hide
+            # a damaged or missing <array>/zarr.json.
+            self.group = zarr.open_group(store=_zarr_store(self.url, storage_options, read_only=True), mode="r",
+                                         use_consolidated=False)
+            self.attrs = dict(self.group.attrs)
+        except Exception as exc:  # zarr and json raise many types for a damaged file
+            raise self.damaged("zarr.json", exc) from None
         self._validate()
         self.num_classes = int(self.attrs["num_classes"])
         self.topk = self.attrs["layout"].get("topk")
@@ -80,16 +86,37 @@ class LabelStore:
             )
         for key in schema.REQUIRED_ATTRS:
             if key not in a:
-                raise W2SError(f"store {self.url}: attribute {key!r} is missing")
-        rows = int(a["layout"]["rows"])
-        for name, (dtype, row_shape) in schema.all_arrays(int(a["num_classes"]), a["layout"].get("topk")).items():
-            if name not in self.group:
-                raise W2SError(f"store {self.url}: array {name!r} is missing")
-            arr = self.group[name]
+                raise W2SError(f"store {self.url}: attribute {key!r} is missing (zarr.json)")
+        try:
+            rows, capacity = int(a["layout"]["rows"]), int(a["layout"]["capacity"])
+            arrays = schema.all_arrays(int(a["num_classes"]), a["layout"].get("topk"))
+            if rows != capacity * len(a["data"]["shards"]):
+                raise ValueError(f"layout rows {rows} is not capacity {capacity} x {len(a['data']['shards'])} shards")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise self.damaged("zarr.json", exc) from None
+        for name, (dtype, row_shape) in arrays.items():
+            try:
+                arr = self.group[name]
+            except KeyError:
+                raise W2SError(f"store {self.url}: array {name!r} is missing ({name}/zarr.json)") from None
+            except Exception as exc:
+                raise self.damaged(f"{name}/zarr.json", exc) from None
             if str(arr.dtype) != dtype or tuple(arr.shape) != (rows, *row_shape):
-                raise W2SError(
-                    f"store {self.url}: array {name!r} is {arr.dtype}{tuple(arr.shape)}, expected {dtype}{(rows, *row_shape)}"
-                )
+                raise W2SError(f"store {self.url}: array {name!r} is {arr.dtype}{tuple(arr.shape)}, expected "
+                               f"{dtype}{(rows, *row_shape)} ({name}/zarr.json)")
+            # What `label` writes: one chunk per shard, little-endian. Anything else reads other rows
+            # or other numbers than were written.
+            endian = [getattr(getattr(c, "endian", None), "value", "little") for c in arr.metadata.codecs]
+            if tuple(arr.chunks) != (capacity, *row_shape) or any(e not in ("little", None) for e in endian):
+                raise W2SError(f"store {self.url}: array {name!r} has chunks {tuple(arr.chunks)} and byte order "
+                               f"{'/'.join(map(str, endian))}; label writes chunks {(capacity, *row_shape)}, little-endian "
+                               f"({name}/zarr.json or the capacity in zarr.json was changed)")
+
+    def damaged(self, file: str, exc: BaseException) -> W2SError:
+        """The one-line error for a file of this store that cannot be read as what it should be."""
+        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        return W2SError(f"store {self.url}: {file} is damaged or unreadable ({why}); `w2s-pipe verify {self.url}` "
+                        "checks the whole store, and `label --overwrite` makes it again")
 
     # -- completeness -------------------------------------------------------------------------
     def done_shards(self) -> set[int]:
@@ -122,7 +149,10 @@ class LabelStore:
         """Rows of each shard: its samples less those skipped as bad (from the completion markers)."""
         if self._counts is None:
             self.require_complete()
-            self._markers = read_markers(self.fs, self.path, len(self.shards))
+            try:
+                self._markers = read_markers(self.fs, self.path, len(self.shards))
+            except MarkerError as exc:
+                raise self.damaged(exc.file, exc.__cause__ or exc) from None
             self._counts = [int(m["count"]) for m in self._markers]
         return self._counts
 
@@ -141,15 +171,25 @@ class LabelStore:
         path = join(self.path, schema.SKIPPED_FILE)
         if not self.fs.exists(path):
             return pa.Table.from_pylist([], schema=schema.SKIPPED_SCHEMA)
-        with self.fs.open(path, "rb") as f:
-            return pq.read_table(f)
+        return self._parquet(schema.SKIPPED_FILE)
+
+    def _parquet(self, file: str) -> pa.Table:
+        try:
+            with self.fs.open(join(self.path, file), "rb") as f:
+                return pq.read_table(f)
+        except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ... for a damaged file
+            raise self.damaged(file, exc) from None
 
     def index(self) -> pa.Table:
         """All index rows in shard order (key, shard, row, pred, confidence, margin, entropy[, label])."""
         if self._index is None:
             self.require_complete()
-            with self.fs.open(join(self.path, schema.INDEX_FILE), "rb") as f:
-                self._index = pq.read_table(f)
+            index = self._parquet(schema.INDEX_FILE)
+            if index.num_rows != self.num_samples or not {"key", "shard", "row", "pred"} <= set(index.column_names):
+                raise self.damaged(schema.INDEX_FILE, ValueError(
+                    f"{index.num_rows} rows with columns {', '.join(index.column_names)}; the markers count "
+                    f"{self.num_samples} samples"))
+            self._index = index
         return self._index
 
     def shard_position(self, shard: str | int) -> int:
@@ -166,14 +206,71 @@ class LabelStore:
         i = self.shard_position(shard)
         if i not in self.done_shards():
             raise W2SError(f"store {self.url}: shard {self.shards[i]['name']} is not labelled yet")
-        with self.fs.open(schema.shard_file(join(self.path, schema.PARTS_DIR), i, ".parquet"), "rb") as f:
-            part = pq.read_table(f)
+        part_file = schema.shard_file(schema.PARTS_DIR, i, ".parquet")
+        part = self._parquet(part_file)
+        if "key" not in part.column_names:
+            raise self.damaged(part_file, ValueError("no key column"))
         n = part.num_rows
         start = i * self.capacity
         names = arrays or tuple(schema.all_arrays(self.num_classes, self.topk))
-        blocks = {name: self.group[name][start : start + n] for name in names}
+        blocks = {}
+        for name in names:
+            try:
+                blocks[name] = self.group[name][start : start + n]
+            except Exception as exc:  # a truncated or rewritten chunk
+                raise self.damaged(f"{name}/c/{i}" + ("/0" if self.group[name].ndim == 2 else ""),
+                                   exc) from None
         labels = part.column("label").to_numpy() if "label" in part.column_names else None
         return ShardRows(self.shards[i]["name"], part.column("key").to_pylist(), blocks, labels)
+
+    def check_index(self) -> None:
+        """index.parquet is the concatenation of the shards' index parts, as `label` wrote it."""
+        index = self.index()
+        expected = index_from_parts(self.fs, self.path, len(self.shards))
+        if not index.equals(expected):
+            differ = [c for c in expected.column_names if c not in index.column_names
+                      or not index.column(c).equals(expected.column(c))]
+            raise W2SError(f"store {self.url}: index.parquet differs from the shards' parts "
+                           f"({', '.join(differ) or 'schema'}); `w2s-pipe verify {self.url}` lists every problem")
+
+    def checked_rows(self, shard: str | int) -> ShardRows:
+        """`shard_rows` with every array, checked against what `label` wrote: the completion marker's
+        row count and sha256, and finite logits. A difference is a one-line error naming the store,
+        the shard (and the key, for a value that is not finite)."""
+        i = self.shard_position(shard)
+        marker = self.markers()[i]
+        rows = self.shard_rows(i)
+        name, done = self.shards[i]["name"], schema.shard_file(schema.DONE_DIR, i, ".json")
+        if len(rows.keys) != int(marker["count"]):
+            raise W2SError(f"store {self.url}, shard {name}: {len(rows.keys)} rows in "
+                           f"{schema.shard_file(schema.PARTS_DIR, i, '.parquet')} but {marker['count']} in {done}; "
+                           f"`w2s-pipe verify {self.url}` lists every problem")
+        if schema.shard_digest(rows.keys, rows.arrays) != marker.get("sha256"):
+            raise W2SError(f"store {self.url}, shard {name}: the stored rows are not the ones `label` wrote (their "
+                           f"sha256 differs from {done}'s); `w2s-pipe verify {self.url}` lists every problem, and "
+                           "`label --overwrite` makes the store again")
+        weak = rows.arrays["logits" if "logits" in rows.arrays else "topk_values"]
+        bad = ~np.isfinite(weak.astype(np.float32)).all(axis=1)
+        if bad.any():
+            raise W2SError(f"store {self.url}, shard {name}, key {rows.keys[int(np.argmax(bad))]!r}: the weak logits are "
+                           "not finite")
+        return rows
+
+    def check_rows(self, shards=None, threads: int = 8) -> None:
+        """`checked_rows` for the given shards (default all), a few at a time: the checks a run does
+        before it trusts the store. Raises the first problem in shard order."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        positions = [self.shard_position(s) for s in (shards if shards is not None else range(len(self.shards)))]
+        self.markers()
+        with ThreadPoolExecutor(max_workers=max(1, min(threads, len(positions)))) as pool:
+            for _ in pool.map(self.checked_rows, positions):
+                pass
+
+    def markers(self) -> list[dict]:
+        """Every shard's completion marker (the store must be complete)."""
+        self.labelled_counts
+        return self._markers
 
     def dask_arrays(self) -> dict:
         """Each array as a dask array over the labelled rows only (padding dropped), in shard order."""
@@ -195,16 +292,25 @@ def open_store(url: str, storage_options: dict | None = None) -> LabelStore:
     return LabelStore(url, storage_options)
 
 
-def latest_store(stores_dir: str) -> str | None:
-    """The most recently completed store under a workspace's stores/ directory, if any."""
+def pick_store(stores_dir: str, data: str | None = None, split: str | None = None) -> tuple[str | None, str]:
+    """The store `train` uses without --labels: the one complete store under a workspace's stores/
+    (of `data` and `split` where given). Returns (url or None, why); several that fit are an error
+    asking for --labels, never a guess (the newest, say, changes when a store is touched)."""
     fs, path = get_fs(stores_dir)
-    if not fs.exists(path):
-        return None
-    best, best_time = None, None
-    for entry in fs.ls(path, detail=True):
-        index = join(entry["name"], schema.INDEX_FILE)
-        if entry.get("type") == "directory" and fs.exists(index):
-            mtime = fs.info(index).get("mtime") or fs.info(index).get("LastModified")
-            if best_time is None or mtime > best_time:
-                best, best_time = entry["name"], mtime
-    return best
+    fitting, what = [], "" if data is None else f" of {data}" + (f" split {split}" if split else "")
+    for entry in sorted(fs.ls(path, detail=True) if fs.exists(path) else [], key=lambda e: e["name"]):
+        if entry.get("type") != "directory" or not fs.exists(join(entry["name"], schema.INDEX_FILE)):
+            continue
+        try:
+            attrs = LabelStore(entry["name"]).attrs["data"]
+        except W2SError:
+            continue  # a damaged store is not a candidate; `verify` says what is wrong with it
+        if (data is None or attrs["name"] == data) and (split is None or attrs["split"] == split):
+            fitting.append(entry["name"])
+    if not fitting:
+        return None, f"no complete label store{what} in {stores_dir}"
+    if len(fitting) > 1:
+        names = ", ".join(p.rstrip("/").rsplit("/", 1)[-1] for p in fitting)
+        raise W2SError(f"{len(fitting)} complete label stores{what} in {stores_dir} ({names}): choose one with --labels "
+                       "PATH" + ("" if data else ", or narrow with --data"))
+    return fitting[0], f"the only complete label store{what} in {stores_dir}"

@@ -60,10 +60,57 @@ def done_shards(fs, path: str) -> set[int]:
     return {int(n[:-5]) for n in names if n.endswith(".json") and n[:-5].isdigit()}
 
 
+class MarkerError(ValueError):
+    def __init__(self, file: str):
+        super().__init__(file)
+        self.file = file
+
+
 def read_markers(fs, path: str, n_shards: int) -> list[dict]:
+    """Every shard's completion marker, checked to be one: a damaged one raises MarkerError naming
+    its file (relative to the store), with the cause chained."""
     paths = [schema.shard_file(join(path, schema.DONE_DIR), i, ".json") for i in range(n_shards)]
-    blobs = fs.cat(paths)
-    return [json.loads(blobs[p]) for p in paths]
+    blobs = fs.cat(paths, on_error="return")
+    out = []
+    for i, p in enumerate(paths):
+        try:
+            blob = blobs[p]
+            if isinstance(blob, Exception):
+                raise blob
+            marker = json.loads(blob)
+            if not (isinstance(marker, dict) and isinstance(marker.get("count"), int) and marker["count"] >= 0
+                    and isinstance(marker.get("sha256"), str) and isinstance(marker.get("skipped", []), list)):
+                raise ValueError("not a completion marker")
+        except Exception as exc:
+            raise MarkerError(schema.shard_file(schema.DONE_DIR, i, ".json")) from exc
+        out.append(marker)
+    return out
+
+
+def index_from_parts(fs, path: str, n_shards: int) -> pa.Table:
+    """index.parquet as it should be: the shards' index parts, concatenated in shard order. A part
+    that cannot be read is a one-line error naming it."""
+    parts_dir = join(path, schema.PARTS_DIR)
+    paths = [schema.shard_file(parts_dir, i, ".parquet") for i in range(n_shards)]
+    blobs = fs.cat(paths, on_error="return")
+    tables = []
+    for i, p in enumerate(paths):
+        try:
+            if isinstance(blobs[p], Exception):
+                raise blobs[p]
+            tables.append(pq.read_table(pa.BufferReader(blobs[p])))
+        except Exception as exc:  # pyarrow and the filesystem raise many types
+            why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            raise W2SError(f"store {path}: {schema.shard_file(schema.PARTS_DIR, i, '.parquet')} is damaged or "
+                           f"unreadable ({why}); `label --overwrite` makes the store again") from None
+    with_label = all("label" in t.column_names for t in tables if t.num_rows) and any(t.num_rows for t in tables)
+    target = schema.index_schema(with_label)
+    try:
+        tables = [t.select(target.names).cast(target) if t.num_rows else target.empty_table() for t in tables]
+    except (KeyError, ValueError, pa.ArrowInvalid) as exc:
+        raise W2SError(f"store {path}: an index part under {schema.PARTS_DIR}/ has other columns than label writes "
+                       f"({exc})") from None
+    return pa.concat_tables(tables)
 
 
 class StoreWriter:
@@ -196,15 +243,12 @@ class StoreWriter:
         """Write index.parquet and consolidate metadata if every shard is done; True if complete."""
         if len(self.done_shards()) < len(self.shards):
             return False
-        parts_dir = join(self.path, schema.PARTS_DIR)
-        paths = [schema.shard_file(parts_dir, i, ".parquet") for i in range(len(self.shards))]
-        blobs = self.fs.cat(paths)
-        tables = [pq.read_table(pa.BufferReader(blobs[p])) for p in paths]
-        with_label = all("label" in t.column_names for t in tables if t.num_rows) and any(t.num_rows for t in tables)
-        target = schema.index_schema(with_label)
-        tables = [t.select(target.names).cast(target) if t.num_rows else target.empty_table() for t in tables]
-        index = pa.concat_tables(tables)
-        markers = self.markers()
+        index = index_from_parts(self.fs, self.path, len(self.shards))
+        try:
+            markers = self.markers()
+        except MarkerError as exc:
+            raise W2SError(f"store {self.url}: {exc.file} is damaged ({exc.__cause__}); `label --overwrite` makes the "
+                           "store again") from None
         skipped = [{"key": s["key"], "shard": m["shard"], "reason": s["reason"]} for m in markers for s in m.get("skipped", [])]
         atomic_write(self.fs, join(self.path, schema.SKIPPED_FILE),
                      _table_bytes(pa.Table.from_pylist(skipped, schema=schema.SKIPPED_SCHEMA)))

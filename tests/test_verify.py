@@ -35,7 +35,7 @@ def failed(report):
 def test_clean_store_passes_with_recompute(store):
     report = run_verify(VerifyConfig(store=store, recompute=12))
     assert report.ok, report.problems
-    assert len(report.checks) == 7
+    assert len(report.checks) == 8
     result = CliRunner().invoke(cli, ["verify", store])
     assert result.exit_code == 0 and "no problems found" in result.output
 
@@ -65,7 +65,7 @@ def test_statistics_that_disagree_and_non_finite_values(store):
     key5 = pq.read_table(os.path.join(store, "index.parquet")).column("key")[5].as_py()
     assert f"key {key5!r}: confidence 0.123 disagrees" in text
     assert "non-finite logits" in text and "digits-transfer-000001.tar" in text
-    assert "index column confidence differs" in text
+    assert "index.parquet column confidence differs" in text
     result = CliRunner().invoke(cli, ["verify", store, "--no-data"])
     assert result.exit_code == 1 and "FAIL  values finite and consistent" in result.output
 

@@ -23,6 +23,7 @@ class Inputs:
     store_url: str | None
     record: dict  # what config.json says about the data
     val: object | None  # DataSource
+    store_chosen: str = ""  # how the store was chosen: "--labels", or why it was the one
 
 
 def resolve_inputs(cfg) -> Inputs:
@@ -30,13 +31,14 @@ def resolve_inputs(cfg) -> Inputs:
 
     `cfg` is a stages.train.TrainConfig.
     """
-    from ...storage.reader import latest_store, open_store
+    from ...storage.reader import open_store, pick_store
 
     needs_weak = LOSSES[cfg.loss].needs_weak
-    store_url = cfg.labels or (latest_store(str(workspace_dir(cfg.workspace) / "stores")) if (needs_weak or not cfg.data) else None)
+    store_url, chosen = cfg.labels, "--labels"
+    if not store_url and (needs_weak or not cfg.data):
+        store_url, chosen = pick_store(str(workspace_dir(cfg.workspace) / "stores"), cfg.data, cfg.split)
     if needs_weak and not store_url:
-        raise W2SError(f"no label store found in {workspace_dir(cfg.workspace) / 'stores'}; run `w2s-pipe label` "
-                       "first or pass --labels PATH")
+        raise W2SError(f"{chosen}; run `w2s-pipe label` first or pass --labels PATH")
     store_url = absolute(store_url) if store_url else None
     store = open_store(store_url) if store_url else None
     if store is not None:
@@ -52,6 +54,13 @@ def resolve_inputs(cfg) -> Inputs:
         urls = [s["url"] for s in read]
         if not cfg.skip_shard_check:
             _check_unchanged(read, store_url)
+        # Trust nothing unchecked: the index is its parts, and every shard this run reads holds the
+        # rows its marker's sha256 describes, all finite (each rank checks its share).
+        from .. import distributed
+
+        info = distributed.dist_info()
+        store.check_rows([s["name"] for s in read][info.rank::info.world_size])
+        store.check_index()
         image_fields = tuple(a["image_field"].split(";"))
         label_field = a.get("label_field")
         num_classes, class_names = store.num_classes, store.attrs.get("class_names")
@@ -78,14 +87,19 @@ def resolve_inputs(cfg) -> Inputs:
     val = None
     if not cfg.no_eval:
         if cfg.val_data:
-            val = resolve_data(cfg.val_data, cfg.val_split, workspace=cfg.workspace, num_classes=num_classes)
+            val = resolve_data(cfg.val_data, cfg.val_split, workspace=cfg.workspace)
+            if val.num_classes is not None and val.num_classes != num_classes:
+                raise W2SError(f"--val-data {cfg.val_data} has {val.num_classes} classes but the training data "
+                               f"({record['name']} {record['split']}) has {num_classes}")
         elif source_for_val is not None and (cfg.val_split or source_for_val.val_split):
             val = resolve_data(source_for_val.name, cfg.val_split or source_for_val.val_split, workspace=cfg.workspace)
         else:
-            raise W2SError("no validation split known for this data: pass --val-data PATTERN or --no-eval")
+            raise W2SError(f"no validation split known for {record['name']} {record['split']} ({record['pattern']}): "
+                           "pass --val-data PATTERN or --no-eval")
         if val.label_field is None:
             raise W2SError(f"validation data {val.pattern} carries no labels")
-    return Inputs(urls, image_fields, label_field, num_classes, class_names, store_url, record, val)
+    return Inputs(urls, image_fields, label_field, num_classes, class_names, store_url, record, val,
+                  chosen if store_url else "")
 
 
 def _check_unchanged(shards: list[dict], store_url: str) -> None:

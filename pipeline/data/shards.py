@@ -133,6 +133,23 @@ def list_keys(url: str, storage_options: dict | None = None) -> list[str]:
     return keys
 
 
+def shard_labels(url: str, label_field: str, storage_options: dict | None = None) -> dict[str, int | None]:
+    """{key: its ground-truth class} of a shard, reading only the label members (a few bytes each)
+    and seeking past the images; None for a label that is not an integer."""
+    fs, path = get_fs(url, storage_options)
+    labels: dict[str, int | None] = {}
+    try:
+        with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r:*") as tar:
+            for info in tar:
+                prefix, ext = base_plus_ext(info.name)
+                if info.isreg() and prefix is not None and ext == label_field:
+                    text = tar.extractfile(info).read().decode(errors="replace").strip()
+                    labels[prefix] = int(text) if text.lstrip("-").isdigit() else None
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise W2SError(f"shard {url}: cannot read it as a tar file ({exc})") from None
+    return labels
+
+
 def count_samples(url: str, storage_options: dict | None = None) -> int:
     """Samples in one shard, as webdataset groups them."""
     return len(list_keys(url, storage_options))

@@ -1,0 +1,132 @@
+"""Every kind of damage to a store, met by every command that opens one: a one-line error naming the
+store and the file (verify: the problem listed and exit status 1), never a traceback, never a
+wrong answer with exit status 0. The matrix below is the one the closing note of issue 14 gives."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from w2s_pipe.cli import cli
+
+
+def edit_json(path, change):
+    with open(path) as f:
+        doc = json.load(f)
+    change(doc)
+    with open(path, "w") as f:
+        json.dump(doc, f)
+
+
+def edit_chunk(store, change, array="logits", shard=0, classes=10, capacity=256):
+    path = os.path.join(store, array, "c", str(shard), "0")
+    values = np.frombuffer(open(path, "rb").read(), dtype="<f2").reshape(capacity, classes).copy()
+    change(values)
+    open(path, "wb").write(values.tobytes())
+
+
+def garbage(path):
+    open(path, "wb").write(b"\x00garbage{")
+
+
+def set_index_label_to_pred(store):
+    path = os.path.join(store, "index.parquet")
+    table = pq.read_table(path)
+    table = table.set_column(table.column_names.index("label"), "label", table.column("pred"))
+    pq.write_table(table, path)
+
+
+def set_layout(doc, **changes):
+    doc["attributes"]["layout"].update(changes)
+
+
+# kind -> (damage, the file the error must name)
+DAMAGE = {
+    "root zarr.json garbage": (lambda s: garbage(f"{s}/zarr.json"), "zarr.json"),
+    "root zarr.json empty": (lambda s: open(f"{s}/zarr.json", "w").close(), "zarr.json"),
+    "array zarr.json garbage": (lambda s: garbage(f"{s}/logits/zarr.json"), "logits/zarr.json"),
+    "array zarr.json missing": (lambda s: os.remove(f"{s}/logits/zarr.json"), "logits/zarr.json"),
+    "array big-endian": (lambda s: edit_json(f"{s}/logits/zarr.json", lambda d: d["codecs"][0]["configuration"].update(
+        endian="big")), "logits/zarr.json"),
+    "chunk shape changed": (lambda s: edit_json(f"{s}/logits/zarr.json", lambda d: d["chunk_grid"]["configuration"].update(
+        chunk_shape=[128, 10])), "logits/zarr.json"),
+    "capacity changed": (lambda s: edit_json(f"{s}/zarr.json", lambda d: set_layout(d, capacity=128, rows=512)),
+                         "zarr.json"),
+    "chunk deleted": (lambda s: os.remove(f"{s}/logits/c/0/0"), "done/000000.json"),
+    "chunk truncated": (lambda s: open(f"{s}/logits/c/0/0", "r+b").truncate(100), "logits/c/0/0"),
+    "two classes swapped": (lambda s: edit_chunk(s, lambda v: v.__setitem__((slice(None), [0, 1]), v[:, [1, 0]])),
+                            "done/000000.json"),
+    "a NaN logit": (lambda s: edit_chunk(s, lambda v: v.__setitem__((5, 3), np.nan)), "done/000000.json"),
+    "marker garbage": (lambda s: garbage(f"{s}/done/000001.json"), "done/000001.json"),
+    "marker count changed": (lambda s: edit_json(f"{s}/done/000001.json", lambda d: d.update(count=d["count"] - 1)),
+                             "done/000001.json"),
+    "parts garbage": (lambda s: garbage(f"{s}/parts/000002.parquet"), "parts/000002.parquet"),
+    "index garbage": (lambda s: garbage(f"{s}/index.parquet"), "index.parquet"),
+    "index labels wrong": (set_index_label_to_pred, "index.parquet"),
+}
+
+
+@pytest.fixture(scope="session")
+def pristine(tmp_path_factory, digits_dir, weak_ckpt):
+    from w2s_pipe.stages.label import LabelConfig, run_label
+
+    os.environ["W2S_DATA"] = str(digits_dir.parent)
+    try:
+        store = str(tmp_path_factory.mktemp("pristine") / "store")
+        run_label(LabelConfig(weak=None, weak_checkpoint=weak_ckpt, data="digits", labels=store, workers=0,
+                              precision="fp32", progress=False))
+    finally:
+        del os.environ["W2S_DATA"]
+    return store
+
+
+def invoke(args):
+    result = CliRunner().invoke(cli, args)
+    assert result.exception is None or isinstance(result.exception, SystemExit), (args[0], result.exception)
+    return result
+
+
+def commands(store, weak_ckpt):
+    return {
+        "label": ["label", "--weak-checkpoint", str(weak_ckpt), "--data", "digits", "--labels", store, "--workers", "0",
+                  "--precision", "fp32", "--quiet"],
+        "train": ["train", "--strong", "test_resnet", "--labels", store, "--loss", "kd", "--img-size", "32", "--epochs",
+                  "1", "--steps-per-epoch", "1", "--batch-size", "16", "--workers", "0", "--precision", "fp32",
+                  "--device", "cpu", "--no-eval", "--quiet"],
+        "inspect": ["inspect", store, "--no-plots"],
+        "verify": ["verify", store],
+    }
+
+
+@pytest.mark.parametrize("kind", list(DAMAGE))
+def test_every_command_names_the_damage(kind, pristine, digits_data, weak_ckpt, tmp_path):
+    store = str(tmp_path / "store")
+    shutil.copytree(pristine, store)
+    damage, file = DAMAGE[kind]
+    damage(store)
+    for name, args in commands(store, weak_ckpt).items():
+        result = invoke(args)
+        lines = result.output.strip().splitlines()
+        assert result.exit_code != 0, (name, result.output)
+        if name == "verify":
+            assert "no problems found" not in result.output and file in result.output, result.output
+        else:
+            assert lines[-1].startswith("Error: store ") and store in lines[-1] and file in lines[-1], (name, lines[-1])
+            assert len([line for line in lines if line.startswith("Error")]) == 1
+
+
+def test_the_pristine_store_passes_every_command_and_a_rerun_writes_nothing(pristine, digits_data, weak_ckpt, tmp_path):
+    store = str(tmp_path / "store")
+    shutil.copytree(pristine, store)
+    before = {p: os.stat(os.path.join(d, p)).st_mtime_ns for d, _, files in os.walk(store) for p in files}
+    for name, args in commands(store, weak_ckpt).items():
+        result = invoke(args)
+        assert result.exit_code == 0, (name, result.output)
+    after = {p: os.stat(os.path.join(d, p)).st_mtime_ns for d, _, files in os.walk(store) for p in files}
+    assert after == before  # a re-run of label on a complete store writes nothing
