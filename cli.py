@@ -162,6 +162,10 @@ def label(ctx, weak, data, split, labels, weak_checkpoint, num_classes, img_size
     result = run_label(cfg)
     if not dist_info().is_main:
         return
+    if result.already_complete:
+        click.echo(f"store {result.store}: already complete ({result.samples_total} samples in {result.shards_total} "
+                   "shards; its index and rows checked against what label wrote); nothing to do")
+        return
     click.echo(f"labelled {result.samples} samples in {result.shards} shards at {result.images_per_s:.0f} img/s "
                f"({result.seconds:.1f} s)")
     if result.skipped:
@@ -381,6 +385,7 @@ def eval_cmd(ctx, **options):
     at = f"step {r['step']}, epoch {r['epoch']}, " if r["step"] is not None else ""
     click.echo(f"{r['data']} {r['split']}: top-1 {r['top1']:.4f}  top-5 {r['top5']:.4f}  ({r['samples']} samples)")
     click.echo(f"checkpoint {r['checkpoint']} ({at}{r['picked']}), {r['precision']}, --decode {r['decode']}")
+    click.echo(f"evaluated on {r['pattern']}" + (f"; trained from the {r['trained_on']}" if r["trained_on"] else ""))
 
 
 @cli.command()
@@ -418,13 +423,16 @@ def report(ctx, workspace, out, fmt, no_plots):
     figures: accuracy per method, the weak labels' calibration, beta/alpha over training, curves."""
     import json
 
-    from .stages.report import ReportConfig, markdown_table, run_report
+    from .stages.report import ReportConfig, markdown_table, notes, run_report
 
     result = run_report(ReportConfig(workspace=workspace or ctx.obj["workspace"], out=out, plots=not no_plots))
     if fmt == "json":
         click.echo(json.dumps(result, default=str))
     else:
+        click.echo(f"workspace {result['workspace']}\n")
         click.echo(markdown_table(result))
+        for line in notes(result):
+            click.echo(line)
         click.echo(f"\nreport {result['markdown']}")
 
 

@@ -144,4 +144,20 @@ def run_eval(cfg: EvalConfig) -> dict:
               "best": "the epoch with the best val top-1: selected on validation, an optimistic figure"}[cfg.pick] \
         if cfg.run else "as given"
     return {**result, "checkpoint": checkpoint, "step": meta.get("step"), "epoch": meta.get("epoch"), "picked": picked,
-            "precision": precision, "decode": decoder, "data": source.name, "split": source.split}
+            "precision": precision, "decode": decoder, "data": source.name, "split": source.split,
+            "pattern": source.pattern, "trained_on": _trained_on(trained_on)}
+
+
+def _trained_on(source: dict) -> str | None:
+    """What the run trained from, said with the figure: the store (and whether it is still there), or
+    the ground truth of its data."""
+    import os
+
+    if not source:
+        return None
+    store = source.get("store")
+    if not store:
+        return f"ground truth of {source.get('name')} {source.get('split')}"
+    there = os.path.exists(os.path.join(store, "zarr.json")) if "://" not in store else None
+    state = "" if there is None else " (still there)" if there else " (no longer there)"
+    return f"weak labels of store {store}{state}, {source.get('weak')} on {source.get('name')} {source.get('split')}"

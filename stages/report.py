@@ -31,12 +31,34 @@ class ReportConfig:
     plots: bool = True
 
 
+# What does not change what a run computes, or is expected to differ between the runs of one row:
+# the seed, the run's name and where it ran, and the store's path and identity (each seed has its
+# own weak model and store); what the store is (data, split, weak model) still counts.
+NOT_COMPARED = frozenset({"seed", "run", "resume", "max_steps", "progress", "log_every", "workspace", "labels",
+                          "skip_shard_check", "workers", "workers_resolved", "device", "precision", "decode", "config",
+                          "tool_version", "data", "split", "strong_checkpoint"})
+
+
+def comparable(config: dict) -> dict:
+    """The settings that make two runs comparable: the run's resolved configuration less NOT_COMPARED."""
+    out = {k: v for k, v in config.items() if k not in NOT_COMPARED}
+    source = dict(out.pop("data_source", None) or {})
+    out["data_source"] = {k: source.get(k) for k in ("name", "split", "pattern", "weak")}
+    return out
+
+
 def load_run(run_dir: str) -> dict | None:
+    """A run's figures, or {"dir", "name", "error"} for a run whose config.json cannot be read."""
     try:
         with open(os.path.join(run_dir, "config.json")) as f:
             config = json.load(f)
-    except (OSError, ValueError):
-        return None
+        if not isinstance(config, dict):
+            raise ValueError("not a JSON object")
+    except FileNotFoundError:
+        return None  # not a run directory
+    except (OSError, ValueError) as exc:
+        return {"dir": os.path.realpath(run_dir), "name": os.path.basename(run_dir.rstrip("/")),
+                "error": f"config.json is unreadable ({exc})"}
     records = []
     if os.path.exists(os.path.join(run_dir, "metrics.jsonl")):
         with open(os.path.join(run_dir, "metrics.jsonl")) as f:
@@ -63,6 +85,7 @@ def load_run(run_dir: str) -> dict | None:
         "schedule_name": schedule,
         "schedule": [(r["step"], r[schedule]) for r in steps if schedule and schedule in r],
         "steps_per_epoch": config.get("steps_per_epoch"),
+        "settings": comparable(config),
     }
 
 
@@ -72,8 +95,9 @@ def load_store(url: str) -> dict | None:
     try:
         store = open_store(url)
         index = store.index()
-    except W2SError:
-        return None
+    except Exception as exc:  # listed with why, never the end of the whole report
+        why = str(exc) if isinstance(exc, W2SError) else f"{type(exc).__name__}: {exc}"
+        return {"url": os.path.realpath(url), "name": os.path.basename(url.rstrip("/")), "error": why}
     out = {
         "url": os.path.realpath(url),
         "name": os.path.basename(url.rstrip("/")),
@@ -97,12 +121,28 @@ def load_store(url: str) -> dict | None:
     return out
 
 
-def build_report(workspace) -> dict:
+def report_workspace(workspace) -> "os.PathLike":
+    """The workspace to report: the one given, or, where it holds no runs or stores of its own but a
+    demo (`w2s-pipe demo` writes to <workspace>/demo), the demo's."""
     ws = workspace_dir(workspace)
+    if not (ws / "runs").is_dir() and not (ws / "stores").is_dir() and (ws / "demo" / "runs").is_dir():
+        return ws / "demo"
+    return ws
+
+
+def build_report(workspace) -> dict:
+    ws = report_workspace(workspace)
     runs_dir, stores_dir = ws / "runs", ws / "stores"
     runs = [r for r in (load_run(str(p)) for p in sorted(runs_dir.glob("*")) if p.is_dir()) if r] if runs_dir.is_dir() else []
     stores = [s for s in (load_store(str(p)) for p in sorted(stores_dir.glob("*")) if p.is_dir()) if s] if stores_dir.is_dir() else []
-    if not runs and not stores:
+    unreadable = [{"what": "run", "name": x["name"], "why": x["error"]} for x in runs if "error" in x]
+    unreadable += [{"what": "store", "name": x["name"], "why": x["error"]} for x in stores if "error" in x]
+    runs = [r for r in runs if "error" not in r]
+    stores = [s for s in stores if "error" not in s]
+    # Unfinished or crashed runs (no end record) are listed, never averaged.
+    unfinished = [r for r in runs if not r["finished"]]
+    runs = [r for r in runs if r["finished"]]
+    if not runs and not stores and not unreadable and not unfinished:
         raise W2SError(f"nothing to report in {ws}: no runs/ and no stores/ (run `w2s-pipe demo`, or pass the workspace)")
     weak_store = {}
     for s in stores:
@@ -130,16 +170,17 @@ def build_report(workspace) -> dict:
         else:
             r["role"] = "other"
 
-    ceilings = defaultdict(list)
-    for r in runs:
-        if r["role"] == "ceiling" and r["top1"] is not None:
-            ceilings[r["strong"]].append(r)
+    ceilings = [r for r in runs if r["role"] == "ceiling" and r["top1"] is not None]
     for r in runs:
         if r["role"] != "w2s" or r["top1"] is None:
             continue
-        same_seed = [c["top1"] for c in ceilings[r["strong"]] if c["seed"] == r["seed"]]
-        ceiling = same_seed[0] if same_seed else mean_std(c["top1"] for c in ceilings[r["strong"]])[0]
+        matching = [c for c in ceilings if ceiling_key(c) == ceiling_key(r)]
+        same_seed = [c for c in matching if c["seed"] == r["seed"]]
+        if len(same_seed) > 1:
+            r["ceiling_note"] = f"{len(same_seed)} ceilings of seed {r['seed']} ({', '.join(c['name'] for c in same_seed)})"
+        ceiling = mean_std(c["top1"] for c in same_seed)[0] if same_seed else mean_std(c["top1"] for c in matching)[0]
         r["ceiling_top1"] = ceiling
+        r["ceiling_runs"] = [c["name"] for c in (same_seed or matching)]
         if r["gt_weight"] > 0:
             r["delta_vs_ceiling"] = None if ceiling is None else r["top1"] - ceiling
         elif r.get("weak_top1") is not None and ceiling is not None:
@@ -155,7 +196,9 @@ def build_report(workspace) -> dict:
             key = ("w2s", r["strong"], r.get("weak_model") or "?", r["loss"], r["gt_weight"] > 0)
         else:
             key = ("other", r["strong"], r["data"].get("split", ""), r["loss"], r["gt_weight"] > 0)
-        groups[key].append(r)
+        # Only runs with the same resolved settings (all but the seed, name and store path) share a row.
+        groups[key + (json.dumps(r["settings"], sort_keys=True, default=str),)].append(r)
+    differing = _differing_settings(groups)
 
     def order(key):
         role, model, weak, loss, gt = key
@@ -163,24 +206,61 @@ def build_report(workspace) -> dict:
         return (rank, model, weak, LOSS_ORDER.index(loss) if loss in LOSS_ORDER else 9)
 
     rows = []
-    for key in sorted(groups, key=order):
-        role, model, weak, loss, gt = key
+    for key in sorted(groups, key=lambda k: (order(k[:5]), k[5])):
+        role, model, weak, loss, gt, _ = key
         members = groups[key]
         top1 = mean_std(r["top1"] for r in members)
+        seeds = [r["seed"] for r in members]
+        repeated = sorted({s for s in seeds if seeds.count(s) > 1}, key=str)
+        distinct = differing.get(key, {})
         row = {
             "role": role, "model": model, "loss": loss or "gt", "gt_weight": bool(gt), "weak_model": weak or None,
             "setting": {"weak": "weak model", "ceiling": "strong ceiling", "other": "other"}.get(
                 role, "distillation (+gt)" if gt else "weak-to-strong"),
-            "label": _label(role, model, weak, loss, gt, members),
-            "runs": [r["name"] for r in members], "seeds": sorted({r["seed"] for r in members if r["seed"] is not None}),
-            "top1_mean": top1[0], "top1_std": top1[1], "n": top1[2],
+            "label": _label(role, model, weak, loss, gt, members)
+            + (" (" + ", ".join(f"{k}={v}" for k, v in distinct.items()) + ")" if distinct else ""),
+            "runs": [r["name"] for r in members], "seeds": sorted({s for s in seeds if s is not None}, key=str),
+            "top1_mean": top1[0], "top1_std": top1[1], "n": len({s for s in seeds}),
+            "repeated_seeds": repeated,
         }
+        if role == "w2s" and any(r.get("ceiling_top1") is None for r in members):
+            row["no_ceiling"] = True
         if role == "w2s" and not gt:
             row["pgr_mean"], row["pgr_std"], row["pgr_n"] = mean_std(r.get("pgr") for r in members)
         if role == "w2s" and gt:
             row["delta_mean"], row["delta_std"], row["delta_n"] = mean_std(r.get("delta_vs_ceiling") for r in members)
         rows.append(row)
-    return {"workspace": str(ws), "rows": rows, "runs": runs, "stores": stores}
+    return {"workspace": str(ws), "rows": rows, "runs": runs, "stores": stores, "unreadable": unreadable,
+            "unfinished": [{"name": r["name"], "epochs_done": len(r["curve"])} for r in unfinished]}
+
+
+def ceiling_key(run: dict) -> tuple:
+    """What a ceiling must share with a weak-to-strong run to be its ceiling: the data and split (the
+    ceiling trains on the ground truth of what the store labelled), the architecture and the recipe
+    (optimizer, schedule, epochs, size, augmentation), not the loss or its parameters."""
+    settings = run["settings"]
+    recipe = {k: settings.get(k) for k in ("opt", "lr", "weight_decay", "sched", "epochs", "batch_size", "img_size",
+                                            "steps_per_epoch", "crop_scale", "hflip", "aa", "mixup", "cutmix",
+                                            "pretrained", "linear_probe")}
+    data = settings.get("data_source") or {}
+    return run["strong"], data.get("name"), data.get("split"), json.dumps(recipe, sort_keys=True, default=str)
+
+
+def _differing_settings(groups: dict) -> dict:
+    """For rows that would read alike (same role, models, loss), the settings whose values tell them apart."""
+    alike = defaultdict(list)
+    for key in groups:
+        alike[key[:5]].append(key)
+    out = {}
+    for keys in alike.values():
+        if len(keys) < 2:
+            continue
+        settings = [groups[k][0]["settings"] for k in keys]
+        names = sorted({n for s in settings for n in s})
+        varying = [n for n in names if len({json.dumps(s.get(n), sort_keys=True, default=str) for s in settings}) > 1]
+        for k, s in zip(keys, settings):
+            out[k] = {n: s.get(n) for n in varying}
+    return out
 
 
 def _label(role, model, weak, loss, gt, members) -> str:
@@ -217,6 +297,24 @@ def markdown_table(report: dict) -> str:
         lines.append(f"| {row['label']} | {row['setting']} | {row['n']} | {_pct(row['top1_mean'], row['top1_std'])} | "
                      f"{pgr_cell} | {delta_cell} |")
     return "\n".join(lines)
+
+
+def notes(report: dict) -> list[str]:
+    """What the table leaves out or cannot say, one line each: rows without a ceiling, seeds run
+    twice, unfinished runs, and what could not be read, with why."""
+    lines = []
+    for row in report["rows"]:
+        if row.get("no_ceiling"):
+            lines.append(f"- {row['label']}: no ceiling matches (same data, split, strong model and recipe), so no PGR; "
+                         f"`w2s-pipe train --loss gt` with that model and recipe on the labelled split supplies it")
+        if row.get("repeated_seeds"):
+            lines.append(f"- {row['label']}: seed {', '.join(map(str, row['repeated_seeds']))} was run more than once "
+                         f"({', '.join(row['runs'])}); the row counts each seed once in n but averages every run")
+    for r in report.get("unfinished", []):
+        lines.append(f"- run {r['name']}: unfinished or crashed ({r['epochs_done']} epochs logged); left out of every mean")
+    for x in report.get("unreadable", []):
+        lines.append(f"- {x['what']} {x['name']}: could not be read, left out: {x['why']}")
+    return lines
 
 
 def write_plots(report: dict, out: str) -> list[str]:
@@ -259,11 +357,11 @@ def _mean_series(series: list[list]) -> list[tuple[float, float]]:
 
 def run_report(cfg: ReportConfig) -> dict:
     report = build_report(cfg.workspace)
-    out = cfg.out or str(workspace_dir(cfg.workspace) / "report")
+    out = cfg.out or os.path.join(report["workspace"], "report")
     os.makedirs(out, exist_ok=True)
     files = write_plots(report, out) if cfg.plots else []
     report["files"] = files
-    md = [f"# w2s-pipe report: {report['workspace']}", "", markdown_table(report), ""]
+    md = [f"# w2s-pipe report: {report['workspace']}", "", markdown_table(report), "", *notes(report), ""]
     for s in report["stores"]:
         acc = f", weak-label accuracy {100 * s['weak_label_accuracy']:.2f}%, ECE {s['ece']:.4f}" if "ece" in s else ""
         md.append(f"- store `{s['name']}`: {s['weak_model']} on {s['data']} {s['split']}, {s['samples']} samples{acc}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass
 
@@ -104,7 +105,8 @@ class TrainConfig:
 
         if self.loss not in LOSSES:
             bad("--loss", self.loss, f"choose one of {', '.join(LOSSES)}")
-        check_optimizer(self.opt)
+        if self.img_size is not None and self.img_size < 8:
+            bad("--img-size", self.img_size, "must be at least 8 pixels")
         if self.ramp not in ("epoch", "step"):
             bad("--ramp", self.ramp, "choose epoch or step")
         if self.sched not in SCHEDULES:
@@ -159,6 +161,7 @@ class TrainConfig:
             raise W2SError("--resume needs --run-name NAME: the run to continue")
         if self.workers is not None and self.workers < 0:
             bad("--workers", self.workers, "must be 0 or more")
+        check_optimizer(self.opt)  # last: it imports timm, and the checks above answer at once
 
     @property
     def mixes(self) -> bool:
@@ -263,6 +266,8 @@ def _train(cfg: TrainConfig, info, device) -> TrainResult:
     from .evaluate import evaluate
 
     inputs = resolve_inputs(cfg)
+    if info.is_main and inputs.store_url:
+        print(f"weak labels: store {inputs.store_url} ({inputs.store_chosen})", file=sys.stderr)
     strong = resolve_model_name(cfg.strong)
     precision = distributed.resolve_precision(cfg.precision, device)
     decoder = resolve_decoder(cfg.decode, device, per_sample_policies=bool(cfg.aa or cfg.color_jitter))

@@ -131,3 +131,59 @@ def test_inspect_known_contents(tmp_path):
     url, _, _ = known_store(tmp_path / "c", conf, correct, labels=False)
     stats = run_inspect(InspectConfig(store=url, plots=False))
     assert not stats["has_labels"] and "accuracy" not in stats
+
+
+def copy_run(ws, src, dst, config=None, top1=None, finished=True):
+    """A run directory made from a real one of the demo, with its settings or final figure changed."""
+    import shutil
+
+    shutil.copytree(os.path.join(ws, "runs", src), os.path.join(ws, "runs", dst))
+    path = os.path.join(ws, "runs", dst)
+    cfg = json.load(open(os.path.join(path, "config.json")))
+    cfg.update(config or {})
+    json.dump(cfg, open(os.path.join(path, "config.json"), "w"))
+    records = [json.loads(line) for line in open(os.path.join(path, "metrics.jsonl"))]
+    if top1 is not None:
+        for r in records:
+            if r["kind"] == "epoch":
+                r["val_top1"] = top1
+    if not finished:
+        records = [r for r in records if r["kind"] != "end"]
+    with open(os.path.join(path, "metrics.jsonl"), "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
+
+
+def test_report_compares_only_what_is_comparable(quick_demo, tmp_path, monkeypatch):
+    """Runs that differ in a setting get their own rows, named by it; a seed run twice is counted once
+    and flagged; an unfinished ceiling is listed and never used; an unreadable store is listed with
+    why; `report` without an argument finds the demo under the workspace."""
+    import shutil
+
+    out, _, _ = quick_demo
+    ws = tmp_path / "ws"
+    shutil.copytree(out, ws / "demo")
+    demo = str(ws / "demo")
+    copy_run(demo, "s0-adaptconf", "s0-adaptconf-tau4", {"threshold": 4.0}, top1=0.5)
+    copy_run(demo, "s1-adaptconf", "s1-adaptconf-tau4", {"threshold": 4.0}, top1=0.7)
+    copy_run(demo, "s0-adaptconf", "s0-adaptconf-again")
+    copy_run(demo, "s0-ceiling", "s0-a-ceiling-stopped", top1=0.11, finished=False)  # sorts before s0-ceiling
+    os.makedirs(os.path.join(demo, "stores", "broken"))
+    open(os.path.join(demo, "stores", "broken", "zarr.json"), "w").write("{garbage")
+    monkeypatch.setenv("W2S_HOME", str(ws))
+    result = CliRunner().invoke(cli, ["report", "--no-plots"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith(f"workspace {demo}")
+    report = json.load(open(os.path.join(demo, "report", "report.json")))
+    rows = {row["label"]: row for row in report["rows"]}
+    tau4 = rows["test_resnet from test_vit: adaptconf (threshold=4.0)"]
+    tau05 = rows["test_resnet from test_vit: adaptconf (threshold=0.5)"]
+    assert sorted(tau4["runs"]) == ["s0-adaptconf-tau4", "s1-adaptconf-tau4"] and tau4["top1_mean"] == pytest.approx(0.6)
+    assert tau05["n"] == 2 and tau05["repeated_seeds"] == [0] and len(tau05["runs"]) == 3
+    assert "seed 0 was run more than once" in result.output
+    # the unfinished ceiling is listed, and seed 0's PGR uses the finished one
+    assert "run s0-a-ceiling-stopped: unfinished or crashed" in result.output
+    runs = {r["name"]: r for r in report["runs"]}
+    assert "s0-a-ceiling-stopped" not in runs
+    assert runs["s0-adaptconf"]["ceiling_runs"] == ["s0-ceiling"]
+    assert runs["s0-adaptconf"]["ceiling_top1"] == final_top1(os.path.join(demo, "runs", "s0-ceiling"))
+    assert "store broken: could not be read, left out: store " in result.output and "zarr.json" in result.output

@@ -214,6 +214,8 @@ def test_topk_store_trains(tmp_path, digits_data, weak_ckpt):
 
 def test_bad_inputs(tmp_path, digits_data, store, weak_ckpt):
     with pytest.raises(W2SError, match="store .* labelled digits split transfer, not --data digits --split weak"):
+        run_train(TrainConfig.tiny(data="digits", split="weak", labels=store, run="x"))
+    with pytest.raises(W2SError, match="no complete label store of digits split weak in .*; run `w2s-pipe label` first"):
         run_train(TrainConfig.tiny(data="digits", split="weak", run="x"))
     with pytest.raises(W2SError, match="unknown model 'resnet181'"):
         run_train(TrainConfig.tiny(strong="resnet181", run="y"))
@@ -233,7 +235,7 @@ def test_bad_inputs(tmp_path, digits_data, store, weak_ckpt):
 
 
 def test_no_store_found(tmp_path):
-    with pytest.raises(W2SError, match="no label store found in .*stores; run `w2s-pipe label` first"):
+    with pytest.raises(W2SError, match="no complete label store in .*stores; run `w2s-pipe label` first"):
         run_train(TrainConfig.tiny(run="n"))
 
 
@@ -376,3 +378,38 @@ def test_training_decodes_on_the_gpu(store):
     config = json.load(open(os.path.join(result.run_dir, "config.json")))
     assert result.finished and config["decode_resolved"] == "gpu"
     assert all(math.isfinite(r["loss"]) for r in records(result.run_dir, "step"))
+
+
+def test_train_without_labels_takes_the_one_store_and_says_so(store, weak_ckpt, capsys):
+    """No newest-store guess: one complete store is used and named with why; two that fit are a
+    one-line error naming both, and --labels chooses."""
+    run_train(TrainConfig.tiny(run="one", max_steps=1))
+    assert f"weak labels: store {store} (the only complete label store in " in capsys.readouterr().err
+    other = run_label(LabelConfig(weak=None, weak_checkpoint=weak_ckpt, data="digits", topk=3, workers=0,
+                                  precision="fp32", progress=False)).store
+    with pytest.raises(W2SError, match=r"2 complete label stores in .*\(digits-transfer-test_resnet, "
+                                       r"digits-transfer-test_resnet-top3\): choose one with --labels PATH"):
+        run_train(TrainConfig.tiny(run="two", max_steps=1))
+    run_train(TrainConfig.tiny(run="two", max_steps=1, labels=other))
+    assert f"weak labels: store {other} (--labels)" in capsys.readouterr().err
+
+
+def test_eval_says_which_store_a_run_trained_from(store):
+    import shutil
+
+    from click.testing import CliRunner
+
+    from w2s_pipe.cli import cli
+
+    run_train(TrainConfig.tiny(run="w2s", epochs=1, device="cpu"))
+    args = ["eval", "--run", "w2s", "--workers", "0", "--device", "cpu"]
+    printed = CliRunner().invoke(cli, args).output
+    assert f"trained from the weak labels of store {store} (still there), test_resnet on digits transfer" in printed
+    assert "evaluated on " in printed and "digits-val-" in printed
+    shutil.rmtree(store)
+    assert f"store {store} (no longer there)" in CliRunner().invoke(cli, args).output
+
+
+def test_option_values_are_checked_at_once():
+    with pytest.raises(W2SError, match="--img-size 0 is invalid: must be at least 8 pixels"):
+        TrainConfig(strong="x", img_size=0)

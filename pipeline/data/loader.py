@@ -7,6 +7,8 @@ shard's contiguous rows without sorting. A shard ends with an `end` item carryin
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
@@ -95,8 +97,27 @@ def default_workers() -> int:
     return max(1, (os.cpu_count() or 2) // per_node - 1)
 
 
+def die_with_parent(_worker_id: int = 0) -> None:
+    """A loading process's first act: end when the process that started it ends, however it ended
+    (SIGKILL included), through Linux's PR_SET_PDEATHSIG. Without it a killed `label` left its
+    loading processes running (torch's own watchdog only looks between batches). Elsewhere a no-op."""
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent ended before the call above
+        os._exit(0)
+
+
 def label_loader(dataset: ShardBatches, workers: int, pin_memory: bool) -> DataLoader:
-    kwargs = {"prefetch_factor": 4, "persistent_workers": False} if workers > 0 else {}
+    kwargs = {"prefetch_factor": 4, "persistent_workers": False, "worker_init_fn": die_with_parent} if workers > 0 else {}
     # An own generator, so that evaluating inside a training run draws nothing from the run's.
     return DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=pin_memory,
                       generator=torch.Generator(), **kwargs)

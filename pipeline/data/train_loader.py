@@ -124,7 +124,9 @@ def collate(samples: list[dict]) -> dict:
 
 
 def train_loader(stream: TrainStream, workers: int, pin_memory: bool) -> DataLoader:
-    kwargs = {"prefetch_factor": 4, "persistent_workers": True} if workers > 0 else {}
+    from .loader import die_with_parent
+
+    kwargs = {"prefetch_factor": 4, "persistent_workers": True, "worker_init_fn": die_with_parent} if workers > 0 else {}
     # An own generator: making the loader's iterator then draws nothing from torch's global one,
     # which the model's own randomness (dropout) uses and a checkpoint saves.
     return DataLoader(stream, batch_size=stream.batch_size, num_workers=workers, collate_fn=collate,

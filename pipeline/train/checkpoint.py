@@ -48,7 +48,9 @@ def load_checkpoint(path: str) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise W2SError(f"checkpoint {path}: not a PyTorch checkpoint ({str(exc).splitlines()[0]})") from None
+        why = (str(exc).strip().splitlines() or [""])[0]
+        raise W2SError(f"checkpoint {path}: not a PyTorch checkpoint ({type(exc).__name__}"
+                       + (f": {why}" if why else "") + ")") from None
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         return obj
     if isinstance(obj, dict):
