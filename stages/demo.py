@@ -78,7 +78,7 @@ def run_demo(cfg: DemoConfig, echo=print) -> dict:
 
     recipe = load_recipe(cfg.recipe, {f.name for f in fields(TrainConfig)})
     common = {**recipe, **cfg.train_overrides, "steps_per_epoch": cfg.steps_per_epoch, "config": cfg.recipe,
-              "workspace": ws, "progress": False}
+              "workspace": ws, "progress": cfg.progress}  # a bar per run: a step is never silent
 
     def train(run, **options):
         nonlocal done

@@ -243,6 +243,7 @@ def run_label(cfg: LabelConfig) -> LabelResult:
                 if "error" in item:
                     raise W2SError(item["error"])
                 i = item["shard"]
+                claims.renew()  # the lease other hosts see on the shards this run is labelling
                 if item.get("claimed_elsewhere"):
                     labelled_elsewhere += writer.shards[i]["count"]
                     bar.total = samples_todo - labelled_elsewhere

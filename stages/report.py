@@ -103,6 +103,7 @@ def load_store(url: str) -> dict | None:
         "name": os.path.basename(url.rstrip("/")),
         "weak_model": store.attrs["weak"]["model"],
         "weak_checkpoint": store.attrs["weak"].get("checkpoint"),
+        "weak_checkpoint_sha256": store.attrs["weak"].get("checkpoint_sha256"),
         "data": store.attrs["data"]["name"],
         "split": store.attrs["data"]["split"],
         "samples": index.num_rows,
@@ -119,6 +120,37 @@ def load_store(url: str) -> dict | None:
         out["reliability"] = reliability(conf, np.full(conf.shape, np.nan))
         out["reliability"]["accuracy"] = None
     return out
+
+
+def weak_accuracy(store: dict, cache_dir: str, workspace: str) -> tuple[float | None, str]:
+    """The validation top-1 of the very checkpoint that labelled `store` (not its run's last epoch,
+    which differs when the store was labelled from best.pt or another file), evaluated once and
+    cached by the checkpoint's sha256 under `cache_dir` (a finished store is never written to).
+    Returns (top-1 or None, where it came from or why it is missing)."""
+    from .evaluate import EvalConfig, run_eval
+
+    checkpoint, sha = store["weak_checkpoint"], store.get("weak_checkpoint_sha256") or ""
+    if not checkpoint:
+        return None, "the store was labelled by timm's pretrained weights, not a checkpoint of this workspace"
+    path = os.path.join(cache_dir, f"{sha[:16]}-{slug(store['data'])}.json")
+    try:
+        with open(path) as f:
+            return float(json.load(f)["top1"]), f"{os.path.basename(checkpoint)} evaluated (cached)"
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    try:
+        from ..pipeline.train.checkpoint import file_sha256
+
+        if file_sha256(checkpoint) != sha:
+            return None, f"{checkpoint} changed since it labelled the store"
+        result = run_eval(EvalConfig(checkpoint=checkpoint, data=store["data"], workers=0, workspace=workspace))
+    except (W2SError, OSError) as exc:
+        return None, f"{checkpoint} could not be evaluated ({exc})"
+    os.makedirs(cache_dir, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump({"checkpoint": checkpoint, "sha256": sha, "data": result["data"], "split": result["split"],
+                   "top1": result["top1"], "precision": result["precision"]}, f)
+    return float(result["top1"]), f"{os.path.basename(checkpoint)} evaluated on {result['data']} {result['split']}"
 
 
 def report_workspace(workspace) -> "os.PathLike":
@@ -142,6 +174,8 @@ def build_report(workspace) -> dict:
     # Unfinished or crashed runs (no end record) are listed, never averaged.
     unfinished = [r for r in runs if not r["finished"]]
     runs = [r for r in runs if r["finished"]]
+    for s in stores:
+        s["weak_top1"], s["weak_top1_from"] = weak_accuracy(s, str(ws / "report" / "weak-accuracy"), str(ws))
     if not runs and not stores and not unreadable and not unfinished:
         raise W2SError(f"nothing to report in {ws}: no runs/ and no stores/ (run `w2s-pipe demo`, or pass the workspace)")
     weak_store = {}
@@ -163,7 +197,8 @@ def build_report(workspace) -> dict:
             if store and store["weak_checkpoint"]:
                 weak_run = run_by_dir.get(os.path.realpath(os.path.dirname(store["weak_checkpoint"])))
                 r["weak_run"] = weak_run["name"] if weak_run else None
-                r["weak_top1"] = weak_run["top1"] if weak_run else None
+            if store:
+                r["weak_top1"], r["weak_top1_from"] = store["weak_top1"], store["weak_top1_from"]
             r["weak_model"] = store["weak_model"] if store else r["data"].get("weak")
         elif r["loss"] == "gt" and (r["data"].get("name"), r["data"].get("split")) in labelled:
             r["role"] = "ceiling"
@@ -185,6 +220,10 @@ def build_report(workspace) -> dict:
             r["delta_vs_ceiling"] = None if ceiling is None else r["top1"] - ceiling
         elif r.get("weak_top1") is not None and ceiling is not None:
             r["pgr"] = pgr(r["weak_top1"], ceiling, r["top1"])
+        if r["gt_weight"] == 0 and r.get("pgr") is None:
+            r["pgr_missing"] = ("no matching ceiling" if ceiling is None else
+                                f"no weak accuracy: {r.get('weak_top1_from')}" if r.get("weak_top1") is None
+                                else f"the ceiling ({ceiling:.4f}) does not beat the weak model ({r['weak_top1']:.4f})")
 
     groups = defaultdict(list)
     for r in runs:
@@ -307,6 +346,12 @@ def notes(report: dict) -> list[str]:
         if row.get("no_ceiling"):
             lines.append(f"- {row['label']}: no ceiling matches (same data, split, strong model and recipe), so no PGR; "
                          f"`w2s-pipe train --loss gt` with that model and recipe on the labelled split supplies it")
+        by_name = {r["name"]: r for r in report["runs"]}
+        missing = [(by_name[n]["seed"], by_name[n]["pgr_missing"]) for n in row["runs"]
+                   if n in by_name and by_name[n].get("pgr_missing") and not row.get("no_ceiling")]
+        if missing:
+            lines.append(f"- {row['label']}: PGR undefined for {len(missing)} of {row['n']} seeds: "
+                         + "; ".join(f"seed {seed}: {why}" for seed, why in missing))
         if row.get("repeated_seeds"):
             lines.append(f"- {row['label']}: seed {', '.join(map(str, row['repeated_seeds']))} was run more than once "
                          f"({', '.join(row['runs'])}); the row counts each seed once in n but averages every run")

@@ -2,7 +2,9 @@
 
 A claim is `claims/<shard>.json` created with O_CREAT|O_EXCL (atomic on a local or network file
 system) holding the owner's host and pid. A claim whose process is gone (same host) is stale and
-is taken over; a claim from another host is respected until its shard is done. Object stores have
+is taken over. A claim from another host is a lease: its holder renews it (the file's mtime) while
+it labels, and one not renewed for LEASE_S is taken over, so a process that died on another host
+holds its shard for LEASE_S at most. Object stores have
 no exclusive create here, so claims always succeed there: run one labelling job per store (any
 number of torchrun ranks, which split the shards among themselves).
 """
@@ -18,6 +20,8 @@ from . import schema
 from .fsutil import get_fs, is_local, join
 
 FRESH_S = 30.0  # an unreadable claim younger than this is being written, not abandoned
+LEASE_S = 600.0  # a claim from another host not renewed for this long is abandoned
+RENEW_S = 30.0  # how often a labeller renews its claims
 
 
 class ShardClaims:
@@ -28,6 +32,7 @@ class ShardClaims:
         self.done_dir = join(path, schema.DONE_DIR)
         self.owner_pid = owner_pid
         self.host = socket.gethostname()
+        self.renewed = time.time()
 
     def _path(self, index: int) -> str:
         return schema.shard_file(self.dir, index, ".json")
@@ -72,12 +77,29 @@ class ShardClaims:
         return False
 
     def _stale(self, path: str, holder: dict | None) -> bool:
+        try:
+            age = time.time() - os.path.getmtime(path)
+        except FileNotFoundError:
+            return True
         if holder is None:
-            try:
-                return time.time() - os.path.getmtime(path) > FRESH_S
-            except FileNotFoundError:
-                return True
-        return holder.get("host") == self.host and not _alive(holder.get("pid"))
+            return age > FRESH_S
+        if holder.get("host") == self.host:
+            return not _alive(holder.get("pid"))
+        return age > LEASE_S
+
+    def renew(self, force: bool = False) -> None:
+        """Renew this owner's claims (at most every RENEW_S unless `force`): the lease other hosts see."""
+        if not self.enabled or (not force and time.time() - self.renewed < RENEW_S) or not os.path.isdir(self.dir):
+            return
+        self.renewed = time.time()
+        for name in os.listdir(self.dir):
+            path = os.path.join(self.dir, name)
+            holder = _read(path)
+            if holder is not None and holder.get("host") == self.host and holder.get("pid") == self.owner_pid:
+                try:
+                    os.utime(path)
+                except FileNotFoundError:
+                    pass
 
     def release(self, index: int) -> None:
         if self.enabled:

@@ -7,6 +7,7 @@ writes group metadata. A crash loses at most the shards whose markers were not y
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import io
 import json
@@ -113,6 +114,54 @@ def index_from_parts(fs, path: str, n_shards: int) -> pa.Table:
     return pa.concat_tables(tables)
 
 
+@contextlib.contextmanager
+def creation_lock(path: str, wait_s: float = 600.0):
+    """Exclusive creation of a local store: `<store>.creating`, made with O_EXCL beside it, held while
+    one process checks or creates the store. Another process started at the same moment waits for
+    it, then finds the store made and shares its shards. A lock whose holder died (same host), or
+    older than `wait_s` (another host), is taken over."""
+    import os
+    import socket
+    import time
+
+    lock = path.rstrip("/") + ".creating"
+    os.makedirs(os.path.dirname(lock) or ".", exist_ok=True)
+    me = {"host": socket.gethostname(), "pid": os.getpid()}
+    deadline = time.time() + wait_s
+    while True:
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            from .claims import _alive, _read
+
+            holder = _read(lock)
+            try:
+                age = time.time() - os.path.getmtime(lock)
+            except FileNotFoundError:
+                continue
+            dead = holder is not None and holder.get("host") == me["host"] and not _alive(holder.get("pid"))
+            if dead or age > wait_s or (holder is None and age > 30):
+                try:
+                    os.unlink(lock)
+                except FileNotFoundError:
+                    pass
+                continue
+            if time.time() > deadline:
+                raise W2SError(f"store {path} is being created by {holder} for over {wait_s:.0f} s; remove {lock} if "
+                               "that process is gone") from None
+            time.sleep(0.05)
+    with os.fdopen(fd, "w") as f:
+        json.dump(me, f)
+    try:
+        yield
+    finally:
+        try:
+            os.unlink(lock)
+        except FileNotFoundError:
+            pass
+
+
 class StoreWriter:
     """Writes shards into a store whose arrays were preallocated by `create`."""
 
@@ -136,6 +185,14 @@ class StoreWriter:
         unless `overwrite`, which deletes it first.
         """
         fs, path = get_fs(url, storage_options)
+        if is_local(fs):
+            with creation_lock(path):
+                return cls._create(url, attrs, overwrite=overwrite, storage_options=storage_options)
+        return cls._create(url, attrs, overwrite=overwrite, storage_options=storage_options)
+
+    @classmethod
+    def _create(cls, url: str, attrs: dict, *, overwrite: bool = False, storage_options: dict | None = None):
+        fs, path = get_fs(url, storage_options)
         attrs = {"format": schema.FORMAT, "schema_version": schema.SCHEMA_VERSION, **attrs}
         if fs.exists(path):
             if fs.exists(join(path, "zarr.json")) and not overwrite:
@@ -144,7 +201,7 @@ class StoreWriter:
                     # A group without attributes is a creation cut short (attributes are written
                     # last, and no shard can have been labelled before them): start it again.
                     fs.rm(path, recursive=True)
-                    return cls.create(url, attrs, overwrite=False, storage_options=storage_options)
+                    return cls._create(url, attrs, overwrite=False, storage_options=storage_options)
                 if existing.get("format") != schema.FORMAT:
                     raise W2SError(f"{url} is a Zarr group but not a w2s-pipe store; choose another --labels")
                 problem = identity_mismatch(existing, attrs)

@@ -192,3 +192,56 @@ def test_train_killed_then_resumed(tmp_path, digits_data, weak_ckpt):
         return [json.loads(line) for line in open(tmp_path / "ws" / "runs" / name / "metrics.jsonl")][-1]
 
     assert end("k")["weights_sha256"] == end("whole")["weights_sha256"]
+
+
+def test_two_creators_at_once_share_one_store(tmp_path):
+    """Two processes (threads here, started together by a barrier) creating one new store: one creates
+    it, the other waits and opens it; before the creation lock, 7 trials in 10 raised ContainsArrayError
+    or FileNotFoundError."""
+    import threading
+
+    from w2s_pipe.storage.writer import StoreWriter
+
+    attrs = {"weak": {"model": "m", "checkpoint": None, "checkpoint_sha256": "x"}, "num_classes": 4,
+             "class_names": None, "preprocessing": {}, "precision": "fp32",
+             "data": {"name": "t", "split": "s", "pattern": "p", "image_field": "png", "label_field": "cls",
+                      "fingerprint": "f", "shards": [{"name": f"s{i}.tar", "url": f"/x/s{i}.tar", "count": 10,
+                                                      "bytes": 1} for i in range(50)]},
+             "layout": {"capacity": 10, "rows": 500, "topk": None}, "tool_version": "t"}
+    for trial in range(10):
+        url, barrier, errors, writers = str(tmp_path / f"store{trial}"), threading.Barrier(2), [], []
+
+        def create():
+            barrier.wait()
+            try:
+                writers.append(StoreWriter.create(url, dict(attrs)))
+            except Exception as exc:  # the failure this test exists for
+                errors.append(repr(exc))
+
+        threads = [threading.Thread(target=create) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors and len(writers) == 2, errors
+        assert not os.path.exists(url + ".creating")
+
+
+def test_a_claim_from_another_host_is_a_lease(tmp_path):
+    """Another host's claim holds while renewed and is taken over once LEASE_S old; renew() keeps
+    this owner's claims fresh."""
+    from w2s_pipe.storage import claims as C
+
+    store = str(tmp_path / "s")
+    os.makedirs(os.path.join(store, "claims"))
+    elsewhere = os.path.join(store, "claims", "000003.json")
+    with open(elsewhere, "w") as f:
+        json.dump({"host": "another-host", "pid": 1, "time": time.time()}, f)
+    mine = C.ShardClaims(store, os.getpid())
+    assert not mine.claim(3)  # fresh: respected
+    old = time.time() - C.LEASE_S - 5
+    os.utime(elsewhere, (old, old))
+    assert mine.claim(3)  # not renewed for LEASE_S: taken over
+    os.utime(mine._path(3), (old, old))
+    mine.renew(force=True)
+    assert time.time() - os.path.getmtime(mine._path(3)) < 5

@@ -62,6 +62,12 @@ def test_report_numbers_are_the_runs_numbers(quick_demo):
     assert row.get("pgr_n", 0) == len(defined)
     if defined:
         assert row["pgr_mean"] == pytest.approx(np.mean(defined))
+    # the weak accuracy in PGR is that of the checkpoint that labelled each store, evaluated (here last.pt:
+    # its run's last epoch figure, exactly, on the CPU) and cached beside the report
+    for store in report["stores"]:
+        run = os.path.basename(os.path.dirname(store["weak_checkpoint"]))
+        assert store["weak_top1"] == top1[run], store["name"]
+    assert len(os.listdir(os.path.join(out, "report", "weak-accuracy"))) == 2
     gt_row = rows["test_resnet from test_vit: kd + gt"]
     deltas = [top1[f"s{s}-kd-gt"] - top1[f"s{s}-ceiling"] for s in (0, 1)]
     assert gt_row["delta_mean"] == pytest.approx(np.mean(deltas))
@@ -187,3 +193,24 @@ def test_report_compares_only_what_is_comparable(quick_demo, tmp_path, monkeypat
     assert runs["s0-adaptconf"]["ceiling_runs"] == ["s0-ceiling"]
     assert runs["s0-adaptconf"]["ceiling_top1"] == final_top1(os.path.join(demo, "runs", "s0-ceiling"))
     assert "store broken: could not be read, left out: store " in result.output and "zarr.json" in result.output
+
+
+def test_pgr_uses_the_checkpoint_that_labelled_the_store(quick_demo, tmp_path, weak_ckpt):
+    """A store labelled from a checkpoint that is no run's last epoch (here one made outside the
+    workspace) gets that checkpoint's own validation accuracy, not a run's figure or nothing."""
+    import shutil
+
+    from w2s_pipe.stages.evaluate import EvalConfig, run_eval
+    from w2s_pipe.stages.label import LabelConfig, run_label
+
+    out, _, _ = quick_demo
+    ws = str(tmp_path / "ws")
+    shutil.copytree(out, ws)
+    shutil.rmtree(os.path.join(ws, "report"))
+    store = os.path.join(ws, "stores", "outside")
+    run_label(LabelConfig(weak=None, weak_checkpoint=str(weak_ckpt), data="digits", labels=store, workers=0,
+                          precision="fp32", workspace=ws, progress=False))
+    report = run_report(ReportConfig(workspace=ws, plots=False))
+    got = {s["name"]: s for s in report["stores"]}["outside"]
+    expected = run_eval(EvalConfig(checkpoint=str(weak_ckpt), data="digits", workers=0, workspace=ws))["top1"]
+    assert got["weak_top1"] == expected and "weak.pt evaluated on digits val" in got["weak_top1_from"]
