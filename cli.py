@@ -18,7 +18,7 @@ class _Group(click.Group):
         except W2SError as exc:
             raise click.ClickException(str(exc)) from None
         except KeyboardInterrupt:
-            # 128 + SIGINT, as a shell reports it; what was finished is kept (see the README's Reliability).
+            # 128 + SIGINT, as a shell reports it; what was finished is kept (see docs/guide.md, Reliability).
             click.echo("\ninterrupted", err=True)
             ctx.exit(130)
 
@@ -151,8 +151,13 @@ def label(ctx, weak, data, split, labels, weak_checkpoint, num_classes, img_size
     """Stage one: run a weak model over a data set's shards once and store its logits and
     confidences (Zarr arrays + index.parquet) for every later `train` run.
 
-    Re-running the same command finishes an interrupted store and redoes nothing. Under
-    `torchrun --nproc-per-node N`, rank r labels shards r, r+N, ...
+    Re-running the same command finishes an interrupted store and redoes nothing; on a finished
+    store it checks the store against what was written and writes nothing. Under `torchrun
+    --nproc-per-node N`, rank r labels shards r, r+N, ... Several `label` processes started on one
+    local store (at once, or while one runs) share it: one creates it while the others wait, and
+    each shard is claimed by one process; a claim of a process that died on this machine is taken
+    over at once, one from another machine once it has not been renewed for 10 minutes. On object
+    storage, run one job per store.
     """
     from .pipeline.distributed import dist_info
     from .stages.label import LabelConfig, run_label
@@ -310,7 +315,7 @@ def _load_config(ctx, param, value):
                    "noise after normalisation); the box is part of each sample's view, applied on the device.")
 @click.option("--mixup", type=float, default=0.0, show_default=True,
               help="Mixup alpha (timm's, per batch; 0: off). The weak labels are mixed as probabilities with the same "
-                   "lambda and pairing (see the README).")
+                   "lambda and pairing (docs/guide.md, Mixup and cutmix).")
 @click.option("--cutmix", type=float, default=0.0, show_default=True,
               help="Cutmix alpha (0: off); the weak labels are mixed with the pasted area's lambda.")
 @click.option("--mixup-prob", type=float, default=1.0, show_default=True, help="Chance that a batch is mixed at all.")

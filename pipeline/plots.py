@@ -23,10 +23,9 @@ def accuracy_bars(rows: list[dict], path: str, title: str = "validation top-1 (m
     errs = [r["std"] or 0 for r in rows]
     ax.bar(range(len(rows)), means, yerr=errs, capsize=4, color=[r.get("color", "#4c72b0") for r in rows])
     ax.set_xticks(range(len(rows)), labels, rotation=30, ha="right", fontsize=8)
-    finite = [m for m in means if not math.isnan(m)]
-    if finite:
-        low = max(0.0, min(finite) - 0.1)
-        ax.set_ylim(low, min(1.0, max(finite) + 0.05))
+    finite = [m + e for m, e in zip(means, errs) if not math.isnan(m)]
+    # From zero: a cut axis exaggerates differences and clips error bars.
+    ax.set_ylim(0.0, min(1.0, max(finite) + 0.05) if finite else 1.0)
     ax.set_ylabel("top-1")
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
@@ -70,21 +69,51 @@ def calibration(rel: dict, path: str, title: str) -> str:
     return path
 
 
-def curves(series: dict[str, list[tuple[float, float]]], path: str, *, xlabel: str, ylabel: str, title: str) -> str:
-    """One line per named series of (x, y) points."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    styles = ["-", "--", ":", "-."]  # identical series (augconf's alpha schedule) stay visible
-    for n, (name, points) in enumerate(series.items()):
+def merge_identical(series: dict[str, list]) -> dict[str, list]:
+    """Series with the same points as one, named "a = b"; empty series dropped."""
+    merged: dict[tuple, list[str]] = {}
+    for name, points in series.items():
         if points:
-            xs, ys = zip(*points)
-            ax.plot(xs, ys, label=name, lw=1.4, linestyle=styles[n % len(styles)])
+            merged.setdefault(tuple(points), []).append(name)
+    return {" = ".join(names): list(points) for points, names in merged.items()}
+
+
+def curves(series: dict[str, list[tuple[float, float]]], path: str, *, xlabel: str, ylabel: str, title: str) -> str:
+    """One line per named series of (x, y) points; series with the same points (augconf's alpha with
+    and without ground truth) are one line, named by all of them. The legend sits outside the axes,
+    so it never covers a curve."""
+    plt = _plt()
+    merged = merge_identical(series)
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    for name, points in merged.items():
+        xs, ys = zip(*points)
+        ax.plot(xs, ys, label=name, lw=1.4, marker="o" if len(xs) < 4 else None)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
+    if merged:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def class_counts(classes: list, series: dict[str, list[int]], path: str, title: str) -> str:
+    """Samples per class as grouped bars (one group per class, one bar per series)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(7, 0.35 * len(classes) * max(1, len(series)) + 2), 4.5))
+    width = 0.8 / max(1, len(series))
+    for n, (name, counts) in enumerate(series.items()):
+        ax.bar([i + (n - (len(series) - 1) / 2) * width for i in range(len(classes))], counts, width=width, label=name)
+    ax.set_xticks(range(len(classes)), [str(c) for c in classes], rotation=90 if len(classes) > 20 else 0, fontsize=7)
+    ax.set_xlabel("class")
+    ax.set_ylabel("samples")
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
     if series:
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

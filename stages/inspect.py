@@ -97,11 +97,10 @@ def run_inspect(cfg: InspectConfig) -> dict:
         files = [plots.calibration(stats["reliability"], os.path.join(out, "calibration.png"),
                                    f"weak labels: {stats['weak_model']} on {stats['data']} {stats['split']}")]
         classes = list(range(stats["classes"]))
-        series = {"weak predictions": list(zip(classes, stats["pred_counts"]))}
+        series = {"weak predictions": stats["pred_counts"]}
         if stats["has_labels"]:
-            series["ground truth"] = list(zip(classes, stats["label_counts"]))
-        files.append(plots.curves(series, os.path.join(out, "class-counts.png"), xlabel="class", ylabel="samples",
-                                  title="per-class counts"))
+            series["ground truth"] = stats["label_counts"]
+        files.append(plots.class_counts(classes, series, os.path.join(out, "class-counts.png"), "per-class counts"))
         stats["files"] = files
     return stats
 

@@ -112,7 +112,10 @@ def run_label(cfg: LabelConfig) -> LabelResult:
         if cfg.topk is not None and cfg.topk >= num_classes:
             raise W2SError(f"--topk {cfg.topk} must be smaller than the number of classes ({num_classes})")
         precision = distributed.resolve_precision(cfg.precision, device)
-        data_name = source.name if source.name != "shards" else "shards-" + hashlib.sha1(source.pattern.encode()).hexdigest()[:8]
+        # A literal pattern's store is named after its manifest's data set where there is one
+        # (imagenet-3f9a0c1e), with the pattern's hash, so two patterns never share a default store.
+        data_name = source.name if source.name != "shards" else \
+            f"{source.dataset or 'shards'}-{hashlib.sha1(source.pattern.encode()).hexdigest()[:8]}"
         url = absolute(cfg.labels or default_store_path(cfg.workspace, data_name, source.split, loaded.name, cfg.topk))
         existing = None if cfg.overwrite else existing_store(url)  # a damaged one is a one-line error here
         decoder = resolve_label_decoder(cfg.decode, device, loaded.data_config, existing)
@@ -155,7 +158,8 @@ def run_label(cfg: LabelConfig) -> LabelResult:
                 # A finished store is checked, never written: not its index, nor its metadata.
                 problem = identity_mismatch(existing.attrs, {"format": existing.attrs.get("format"), **attrs})
                 if problem:
-                    raise W2SError(f"store {url} was made by another job: {problem}; pass --overwrite to replace it")
+                    raise W2SError(f"store {url} was made by another job: {problem}; give another --labels PATH to "
+                                   "keep both, or --overwrite to replace it")
                 existing.check_rows()
                 existing.check_index()
             else:

@@ -206,7 +206,8 @@ class StoreWriter:
                     raise W2SError(f"{url} is a Zarr group but not a w2s-pipe store; choose another --labels")
                 problem = identity_mismatch(existing, attrs)
                 if problem:
-                    raise W2SError(f"store {url} was made by another job: {problem}; pass --overwrite to replace it")
+                    raise W2SError(f"store {url} was made by another job: {problem}; give another --labels PATH to keep "
+                                   "both, or --overwrite to replace it")
                 return cls(url, storage_options)
             if overwrite:
                 fs.rm(path, recursive=True)

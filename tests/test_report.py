@@ -214,3 +214,12 @@ def test_pgr_uses_the_checkpoint_that_labelled_the_store(quick_demo, tmp_path, w
     got = {s["name"]: s for s in report["stores"]}["outside"]
     expected = run_eval(EvalConfig(checkpoint=str(weak_ckpt), data="digits", workers=0, workspace=ws))["top1"]
     assert got["weak_top1"] == expected and "weak.pt evaluated on digits val" in got["weak_top1_from"]
+
+
+def test_identical_curves_are_one_line():
+    from w2s_pipe.pipeline.plots import merge_identical
+
+    alpha = [(1, 0.0), (2, 0.5)]
+    merged = merge_identical({"augconf (alpha)": alpha, "augconf + gt (alpha)": list(alpha), "adaptconf (beta)": [(1, 0.3)],
+                              "empty": []})
+    assert merged == {"augconf (alpha) = augconf + gt (alpha)": alpha, "adaptconf (beta)": [(1, 0.3)]}

@@ -93,6 +93,7 @@ class DataSource:
     label_required: bool = False  # registry entries promise a label on every sample
     val_split: str | None = None
     entry: DatasetEntry | None = field(default=None, repr=False)
+    dataset: str | None = None  # a literal pattern's manifest's data set name (`prepare` writes it)
 
 
 def user_registry_path(workspace=None) -> Path:
@@ -236,4 +237,5 @@ def resolve_data(
         label_field="cls",
         num_classes=num_classes if num_classes is not None else listed,
         class_names=tuple(names) if names else None,
+        dataset=manifest.get("dataset") if isinstance(manifest.get("dataset"), str) else None,
     )
