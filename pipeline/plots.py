@@ -94,8 +94,7 @@ def curves(series: dict[str, list[tuple[float, float]]], path: str, *, xlabel: s
     ax.grid(alpha=0.3)
     if merged:
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # the canvas grows to hold the legend
     plt.close(fig)
     return path
 
