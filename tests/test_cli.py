@@ -126,3 +126,21 @@ def test_help_is_fast():
     """`w2s-pipe --help` must not import torch, timm or zarr."""
     code = "import sys, w2s_pipe.cli; assert not {'torch', 'timm', 'zarr'} & set(sys.modules), sys.modules.keys()"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_ctrl_c_exits_130(tmp_path):
+    """SIGINT mid-run: 'interrupted' and exit status 130 (128 + SIGINT), as shells expect; click's
+    own handling said 'Aborted!' with status 1."""
+    import signal
+    import time
+
+    exe = os.path.join(os.path.dirname(sys.executable), "w2s-pipe")
+    proc = subprocess.Popen([exe, "demo", "--quick", "--out", str(tmp_path / "demo")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not (tmp_path / "demo" / "runs").exists():  # past the imports, training
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-500:]
+    assert "interrupted" in err
