@@ -95,6 +95,7 @@ def load_store(url: str) -> dict | None:
     try:
         store = open_store(url)
         index = store.index()
+        store.check_index()  # the index is its parts (the arrays' rows are checked where they are read)
     except Exception as exc:  # listed with why, never the end of the whole report
         why = str(exc) if isinstance(exc, W2SError) else f"{type(exc).__name__}: {exc}"
         return {"url": os.path.realpath(url), "name": os.path.basename(url.rstrip("/")), "error": why}

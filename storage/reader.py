@@ -185,10 +185,12 @@ class LabelStore:
         if self._index is None:
             self.require_complete()
             index = self._parquet(schema.INDEX_FILE)
+            if index.num_rows != self.num_samples:
+                self._count_mismatch()  # a marker that disagrees with its shard's part, named
             if index.num_rows != self.num_samples or not {"key", "shard", "row", "pred"} <= set(index.column_names):
                 raise self.damaged(schema.INDEX_FILE, ValueError(
-                    f"{index.num_rows} rows with columns {', '.join(index.column_names)}; the markers count "
-                    f"{self.num_samples} samples"))
+                    f"{index.num_rows} rows with columns {', '.join(index.column_names)}; the markers (done/*.json) "
+                    f"count {self.num_samples} samples"))
             self._index = index
         return self._index
 
@@ -222,6 +224,20 @@ class LabelStore:
                                    exc) from None
         labels = part.column("label").to_numpy() if "label" in part.column_names else None
         return ShardRows(self.shards[i]["name"], part.column("key").to_pylist(), blocks, labels)
+
+    def _count_mismatch(self) -> None:
+        """Raise naming the first shard whose marker's count differs from its index part's rows."""
+        for i, count in enumerate(self.labelled_counts):
+            part_file = schema.shard_file(schema.PARTS_DIR, i, ".parquet")
+            try:
+                with self.fs.open(join(self.path, part_file), "rb") as f:
+                    rows = pq.ParquetFile(f).metadata.num_rows
+            except Exception as exc:
+                raise self.damaged(part_file, exc) from None
+            if rows != count:
+                done = schema.shard_file(schema.DONE_DIR, i, ".json")
+                raise W2SError(f"store {self.url}, shard {self.shards[i]['name']}: {rows} rows in {part_file} but "
+                               f"{count} in {done}; `w2s-pipe verify {self.url}` lists every problem")
 
     def check_index(self) -> None:
         """index.parquet is the concatenation of the shards' index parts, as `label` wrote it."""

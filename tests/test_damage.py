@@ -104,12 +104,21 @@ def commands(store, weak_ckpt):
     }
 
 
+# What `report` reads of a store: its metadata, markers, parts and index, not the arrays' chunks (it
+# reports the index's statistics); damage there lists the store as unreadable, naming the file.
+REPORT_SEES = {kind for kind in DAMAGE} - {"chunk deleted", "chunk truncated", "two classes swapped", "a NaN logit"}
+
+
 @pytest.mark.parametrize("kind", list(DAMAGE))
 def test_every_command_names_the_damage(kind, pristine, digits_data, weak_ckpt, tmp_path):
-    store = str(tmp_path / "store")
+    store = str(tmp_path / "ws" / "stores" / "store")  # in the workspace, where `report` looks
     shutil.copytree(pristine, store)
     damage, file = DAMAGE[kind]
     damage(store)
+    result = invoke(["report", "--no-plots"])
+    assert result.exit_code == 0, result.output  # what can be reported is; what cannot is listed with why
+    listed = [line for line in result.output.splitlines() if line.startswith("- store store: could not be read")]
+    assert bool(listed) == (kind in REPORT_SEES) and (not listed or file in listed[0]), result.output
     for name, args in commands(store, weak_ckpt).items():
         result = invoke(args)
         lines = result.output.strip().splitlines()

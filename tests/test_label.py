@@ -248,3 +248,19 @@ def test_default_loading_processes_share_the_cores_between_ranks(monkeypatch):
     assert default_workers() == 3
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     assert default_workers() == 1
+
+
+def test_store_names_and_the_way_out_of_a_decoder_clash(digits_data, weak_ckpt):
+    """A literal pattern's default store is named after its manifest's data set (not "shards-<hash>");
+    labelling the same data with another decoder offers another --labels, not only --overwrite."""
+    import os
+
+    from w2s_pipe.stages.label import LabelConfig, run_label
+
+    pattern = str(digits_data / "digits-transfer-*.tar")
+    first = run_label(LabelConfig(weak=None, weak_checkpoint=weak_ckpt, data=pattern, workers=0, precision="fp32",
+                                  decode="cpu", progress=False))
+    assert os.path.basename(first.store).startswith("digits-") and first.complete
+    with pytest.raises(W2SError, match="give another --labels PATH to keep both, or --overwrite to replace it"):
+        run_label(LabelConfig(weak=None, weak_checkpoint=weak_ckpt, data=pattern, workers=0, precision="fp32",
+                              decode="pil", progress=False))
