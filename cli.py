@@ -406,7 +406,7 @@ def eval_cmd(ctx, **options):
                    "barely trained models, so PGR is often undefined there (the report says why).")
 @click.pass_context
 def demo(ctx, out, seeds, quick):
-    """The whole weak-to-strong study on digits in one command (about ten minutes on two CPU
+    """The whole weak-to-strong study on digits in one command (about eight minutes on two CPU
     cores): a weak model, its labels, the strong ceiling, and a strong model trained from the
     labels with each loss, with and without ground truth, over several seeds; then `report`."""
     from .pipeline.workspace import workspace_dir

@@ -1,4 +1,4 @@
-"""`w2s-pipe demo`: the whole weak-to-strong study on digits, on a laptop CPU, in about ten minutes.
+"""`w2s-pipe demo`: the whole weak-to-strong study on digits, on a laptop CPU, in about eight minutes on two cores.
 
 For each seed: train the weak model on the `weak` split's ground truth; label the `transfer` split
 with it (a real store); train the strong model on `transfer`'s ground truth (the ceiling); train the
