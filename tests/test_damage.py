@@ -76,13 +76,9 @@ DAMAGE = {
 def pristine(tmp_path_factory, digits_dir, weak_ckpt):
     from w2s_pipe.stages.label import LabelConfig, run_label
 
-    os.environ["W2S_DATA"] = str(digits_dir.parent)
-    try:
-        store = str(tmp_path_factory.mktemp("pristine") / "store")
-        run_label(LabelConfig(weak=None, weak_checkpoint=weak_ckpt, data="digits", labels=store, workers=0,
-                              precision="fp32", progress=False))
-    finally:
-        del os.environ["W2S_DATA"]
+    store = str(tmp_path_factory.mktemp("pristine") / "store")
+    run_label(LabelConfig(weak=None, weak_checkpoint=weak_ckpt, data=str(digits_dir / "digits-transfer-*.tar"),
+                          labels=store, workers=0, precision="fp32", progress=False))
     return store
 
 
@@ -92,9 +88,9 @@ def invoke(args):
     return result
 
 
-def commands(store, weak_ckpt):
+def commands(store, weak_ckpt, data):
     return {
-        "label": ["label", "--weak-checkpoint", str(weak_ckpt), "--data", "digits", "--labels", store, "--workers", "0",
+        "label": ["label", "--weak-checkpoint", str(weak_ckpt), "--data", data, "--labels", store, "--workers", "0",
                   "--precision", "fp32", "--quiet"],
         "train": ["train", "--strong", "test_resnet", "--labels", store, "--loss", "kd", "--img-size", "32", "--epochs",
                   "1", "--steps-per-epoch", "1", "--batch-size", "16", "--workers", "0", "--precision", "fp32",
@@ -119,7 +115,7 @@ def test_every_command_names_the_damage(kind, pristine, digits_data, weak_ckpt, 
     assert result.exit_code == 0, result.output  # what can be reported is; what cannot is listed with why
     listed = [line for line in result.output.splitlines() if line.startswith("- store store: could not be read")]
     assert bool(listed) == (kind in REPORT_SEES) and (not listed or file in listed[0]), result.output
-    for name, args in commands(store, weak_ckpt).items():
+    for name, args in commands(store, weak_ckpt, str(digits_data / 'digits-transfer-*.tar')).items():
         result = invoke(args)
         lines = result.output.strip().splitlines()
         assert result.exit_code != 0, (name, result.output)
@@ -134,7 +130,7 @@ def test_the_pristine_store_passes_every_command_and_a_rerun_writes_nothing(pris
     store = str(tmp_path / "store")
     shutil.copytree(pristine, store)
     before = {p: os.stat(os.path.join(d, p)).st_mtime_ns for d, _, files in os.walk(store) for p in files}
-    for name, args in commands(store, weak_ckpt).items():
+    for name, args in commands(store, weak_ckpt, str(digits_data / 'digits-transfer-*.tar')).items():
         result = invoke(args)
         assert result.exit_code == 0, (name, result.output)
     after = {p: os.stat(os.path.join(d, p)).st_mtime_ns for d, _, files in os.walk(store) for p in files}
