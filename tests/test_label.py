@@ -141,7 +141,7 @@ def test_non_finite_logits_are_never_stored(tmp_path, digits_data):
 def test_other_job_refused_unless_overwrite(tmp_path, digits_data, weak_ckpt):
     label(tmp_path, weak_ckpt, max_shards=1)
     other = make_checkpoint(tmp_path / "other.pt", seed=1)
-    with pytest.raises(W2SError, match="weak.checkpoint_sha256 .* pass --overwrite"):
+    with pytest.raises(W2SError, match="weak.checkpoint_sha256 .* or --overwrite to replace it"):
         label(tmp_path, other)
     with pytest.raises(W2SError, match="precision"):
         label(tmp_path, weak_ckpt, precision="bf16")
