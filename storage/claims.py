@@ -58,9 +58,7 @@ class ShardClaims:
         os.makedirs(self.dir, exist_ok=True)
         path = self._path(index)
         for _ in range(3):
-            try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
+            if not create_exclusive(path, {"host": self.host, "pid": self.owner_pid, "time": time.time()}):
                 holder = _read(path)
                 if holder is not None and holder.get("host") == self.host and holder.get("pid") == self.owner_pid:
                     return True
@@ -71,8 +69,6 @@ class ShardClaims:
                 except FileNotFoundError:
                     pass
                 continue
-            with os.fdopen(fd, "w") as f:
-                json.dump({"host": self.host, "pid": self.owner_pid, "time": time.time()}, f)
             return True
         return False
 
@@ -122,6 +118,23 @@ class ShardClaims:
             if holder is not None and holder.get("pid") != self.owner_pid and not self._stale(path, holder):
                 out.append({"shard": int(stem), **holder})
         return out
+
+
+def create_exclusive(path: str, content: dict) -> bool:
+    """Create `path` holding `content`, or return False if it exists: written to a private file,
+    then hard-linked into place (atomic, and fails if the name exists), so that no reader ever
+    sees the file empty. With O_EXCL and then a write, a process killed between the two left an
+    empty claim, respected as "being written" for FRESH_S, which a re-run right after a kill met."""
+    tmp = f"{path}.{socket.gethostname()}.{os.getpid()}.{time.monotonic_ns()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(content, f)
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        os.unlink(tmp)
 
 
 def _read(path: str) -> dict | None:

@@ -116,43 +116,38 @@ def index_from_parts(fs, path: str, n_shards: int) -> pa.Table:
 
 @contextlib.contextmanager
 def creation_lock(path: str, wait_s: float = 600.0):
-    """Exclusive creation of a local store: `<store>.creating`, made with O_EXCL beside it, held while
-    one process checks or creates the store. Another process started at the same moment waits for
-    it, then finds the store made and shares its shards. A lock whose holder died (same host), or
-    older than `wait_s` (another host), is taken over."""
+    """Exclusive creation of a local store: `<store>.creating`, created exclusively beside it (with its
+    holder's host and pid in it from the start), held while one process checks or creates the
+    store. Another process started at the same moment waits for it, then finds the store made and
+    shares its shards. A lock whose holder died (same host), or older than `wait_s` (another host),
+    is taken over."""
     import os
     import socket
     import time
+
+    from .claims import _alive, _read, create_exclusive
 
     lock = path.rstrip("/") + ".creating"
     os.makedirs(os.path.dirname(lock) or ".", exist_ok=True)
     me = {"host": socket.gethostname(), "pid": os.getpid()}
     deadline = time.time() + wait_s
-    while True:
+    while not create_exclusive(lock, me):
+        holder = _read(lock)
         try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            break
-        except FileExistsError:
-            from .claims import _alive, _read
-
-            holder = _read(lock)
+            age = time.time() - os.path.getmtime(lock)
+        except FileNotFoundError:
+            continue
+        dead = holder is not None and holder.get("host") == me["host"] and not _alive(holder.get("pid"))
+        if dead or age > wait_s or (holder is None and age > 30):
             try:
-                age = time.time() - os.path.getmtime(lock)
+                os.unlink(lock)
             except FileNotFoundError:
-                continue
-            dead = holder is not None and holder.get("host") == me["host"] and not _alive(holder.get("pid"))
-            if dead or age > wait_s or (holder is None and age > 30):
-                try:
-                    os.unlink(lock)
-                except FileNotFoundError:
-                    pass
-                continue
-            if time.time() > deadline:
-                raise W2SError(f"store {path} is being created by {holder} for over {wait_s:.0f} s; remove {lock} if "
-                               "that process is gone") from None
-            time.sleep(0.05)
-    with os.fdopen(fd, "w") as f:
-        json.dump(me, f)
+                pass
+            continue
+        if time.time() > deadline:
+            raise W2SError(f"store {path} is being created by {holder} for over {wait_s:.0f} s; remove {lock} if "
+                           "that process is gone") from None
+        time.sleep(0.05)
     try:
         yield
     finally:

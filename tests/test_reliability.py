@@ -245,3 +245,17 @@ def test_a_claim_from_another_host_is_a_lease(tmp_path):
     os.utime(mine._path(3), (old, old))
     mine.renew(force=True)
     assert time.time() - os.path.getmtime(mine._path(3)) < 5
+
+
+def test_a_claim_is_never_seen_empty(tmp_path):
+    """A claim appears with its holder already in it (written aside, then hard-linked into place): a
+    process killed while claiming leaves no empty claim behind, which a re-run respected as 'being
+    written' for 30 s and so left a shard unlabelled (seen once in CI after the loading processes
+    began to die with their parent)."""
+    from w2s_pipe.storage.claims import create_exclusive
+
+    path = str(tmp_path / "000001.json")
+    assert create_exclusive(path, {"host": "h", "pid": 1})
+    assert not create_exclusive(path, {"host": "other", "pid": 2})
+    assert json.load(open(path)) == {"host": "h", "pid": 1}
+    assert os.listdir(tmp_path) == ["000001.json"]  # the private copy is gone
