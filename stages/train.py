@@ -51,7 +51,7 @@ def train_step(model, batches: list[dict], optimizer, objective, *, progress: fl
     import torch
 
     optimizer.zero_grad(set_to_none=True)
-    total = {}
+    per_batch = []
     for i, batch in enumerate(batches):
         last = i == len(batches) - 1
         with contextlib.nullcontext() if last or no_sync is None else no_sync():
@@ -62,8 +62,7 @@ def train_step(model, batches: list[dict], optimizer, objective, *, progress: fl
             (scaler.scale(loss) if scaler is not None else loss).backward()
         if batch.get("weak") is not None:
             parts["agree"] = (logits.detach().argmax(1) == batch["weak"].argmax(1)).float().mean()
-        for name, value in parts.items():
-            total[name] = total[name] + value / len(batches) if name in total else value / len(batches)
+        per_batch.append(parts)
     if scaler is not None:
         if clip_grad:
             scaler.unscale_(optimizer)
@@ -74,7 +73,9 @@ def train_step(model, batches: list[dict], optimizer, objective, *, progress: fl
         if clip_grad:
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
         optimizer.step()
-    return total
+    if len(per_batch) == 1:
+        return per_batch[0]
+    return {name: sum(p[name] for p in per_batch) / len(per_batch) for name in per_batch[0]}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -235,13 +236,13 @@ def _train(cfg: TrainConfig, info, device) -> TrainResult:
         if "error" in raw:
             raise W2SError(raw["error"])
         dropped = int(raw.pop("dropped"))  # a CPU tensor: no device wait
-        keys, blobs = raw.pop("key"), raw.pop("blobs", None)
+        keys, blobs, views_cpu = raw.pop("key"), raw.pop("blobs", None), raw["view"]
         batch = {k: v.to(device, non_blocking=True) for k, v in raw.items()}
         # uint8 views from the loading processes, or bytes decoded and cropped here (--decode gpu)
         image = normalize(on_device(blobs, batch["view"], keys) if blobs is not None else batch["image"])
         if eraser is not None:
             eraser.manual_seed(view_seed(cfg.seed, "erase", f"{info.rank}.{micro}", step))
-            image = erase_where(image, batch["view"], eraser)
+            image = erase_where(image, views_cpu, eraser)
         target, weak = (batch["label"] if need_labels else None), batch.get("weak")
         if mixer is not None:
             image, target, weak, _ = mixer(image, target, weak, rank=info.rank, step=step, micro=micro)

@@ -103,11 +103,14 @@ def test_erase_where_fills_each_box_with_noise_and_nothing_else():
 
     rows = torch.tensor([View(0, 0, 1, 1, False, 1, 1).as_row(), View(0, 0, 1, 1, False, 1, 1, 4, 6, 20, 30).as_row()])
     images = torch.full((2, 3, 32, 40), 7.0)
-    out = erase_where(images, rows, torch.Generator().manual_seed(1))
+    out = erase_where(images.clone(), rows, torch.Generator().manual_seed(1))  # in place: a copy, to compare
     assert torch.equal(out[0], images[0])  # no box
     inside = torch.zeros(32, 40, dtype=torch.bool)
     inside[4:24, 6:36] = True
     assert torch.equal(out[1][:, ~inside], images[1][:, ~inside])
     noise = out[1][:, inside]
     assert abs(noise.mean()) < 0.1 and abs(noise.std() - 1) < 0.1  # N(0, 1) in the normalised space, as timm's
-    assert torch.equal(out, erase_where(images, rows, torch.Generator().manual_seed(1)))
+    assert torch.equal(out, erase_where(images.clone(), rows, torch.Generator().manual_seed(1)))
+    unboxed = rows.clone()
+    unboxed[1, -2] = 0  # erase_height 0: nothing to erase, nothing drawn
+    assert torch.equal(erase_where(images.clone(), unboxed, torch.Generator()), images)
