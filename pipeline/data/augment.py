@@ -19,7 +19,7 @@ from __future__ import annotations
 import io
 
 from ...errors import W2SError
-from .transforms import DECODERS, _pil_rgb, _quiet_torchvision, decode_tensor, image_payload
+from .transforms import DECODERS, _pil_rgb, _quiet_torchvision, decode_tensor, image_payload, pil_to_tensor
 from .views import TrainViews, View, seeded, view_seed
 
 
@@ -78,18 +78,22 @@ class TrainAugment:
         if self.decoder == "gpu":
             height, width = header_size(data, where)
             return data, self.views.draw(shard, key, epoch, height, width)
+        seed = view_seed(self.views.seed, shard, key, epoch)
         if self.decoder == "pil":
             image = _pil_rgb(data, where)
             view = self.views.draw(shard, key, epoch, image.height, image.width)
-            out = pil_view(image, view, self.size, self.interpolation)
+            crop = pil_crop(image, view, self.size, self.interpolation)
+            if self.policy is not None:  # on the PIL crop itself: no round trip through a tensor
+                crop = seeded(self.policy, seed ^ 0xAA, crop)
+            out = pil_to_tensor(crop)
         else:
             image = decode_tensor(data, where)
             view = self.views.draw(shard, key, epoch, *image.shape[-2:])
             out = tensor_view(image, view, self.size, self.interpolation)
+            if self.policy is not None:
+                out = seeded(_on_pil, seed ^ 0xAA, self.policy, out)
         if self.jitter is not None:
-            out = seeded(self.jitter, view_seed(self.views.seed, shard, key, epoch) ^ 0x5EED, out)
-        if self.policy is not None:
-            out = seeded(_on_pil, view_seed(self.views.seed, shard, key, epoch) ^ 0xAA, self.policy, out)
+            out = seeded(self.jitter, seed ^ 0x5EED, out)
         return out, view
 
 
@@ -145,12 +149,9 @@ def _posterize(image, bits, **kwargs):
 
 def _on_pil(policy, image):
     """A PIL policy applied to a uint8 (3, H, W) tensor."""
-    import numpy as np
-    import torch
     from PIL import Image
 
-    out = policy(Image.fromarray(image.permute(1, 2, 0).numpy()))
-    return torch.from_numpy(np.asarray(out).copy()).permute(2, 0, 1).contiguous()
+    return pil_to_tensor(policy(Image.fromarray(image.permute(1, 2, 0).numpy())))
 
 
 def header_size(data: bytes, where: str) -> tuple[int, int]:
@@ -165,19 +166,16 @@ def header_size(data: bytes, where: str) -> tuple[int, int]:
     return height, width
 
 
-def pil_view(image, view: View, size: tuple[int, int], interpolation: str):
-    """timm's RandomResizedCrop for the view (PIL crop, then resize) and its flip: uint8 (3, H, W)."""
-    import numpy as np
-    import torch
+def pil_crop(image, view: View, size: tuple[int, int], interpolation: str):
+    """timm's RandomResizedCrop for the view (PIL crop, then resize) and its flip, as a PIL image."""
     from PIL import Image
 
     from timm.data.transforms import str_to_pil_interp
 
     left, top, right, bottom = (int(v) for v in view.box())
     out = image.crop((left, top, right, bottom)).resize((size[1], size[0]), str_to_pil_interp(interpolation))
-    if view.flip:
-        out = out.transpose(Image.FLIP_LEFT_RIGHT)
-    return torch.from_numpy(np.asarray(out).copy()).permute(2, 0, 1).contiguous()
+    return out.transpose(Image.FLIP_LEFT_RIGHT) if view.flip else out
+
 
 
 def tensor_view(image, view: View, size: tuple[int, int], interpolation: str):

@@ -66,7 +66,6 @@ def _quiet_torchvision() -> None:
 def decode_tensor(data: bytes, where: str):
     """(3, H, W) uint8 RGB. torchvision's decoders (JPEG, PNG, WebP, GIF) first; PIL for anything
     they refuse (TIFF, BMP, odd JPEGs), so an image PIL reads is never lost. `where` prefixes the error."""
-    import numpy as np
     import torch
 
     try:
@@ -76,8 +75,15 @@ def decode_tensor(data: bytes, where: str):
         return tv_decode(torch.frombuffer(data, dtype=torch.uint8), mode=ImageReadMode.RGB)
     except (ImportError, RuntimeError, ValueError):
         pass  # a torchvision without its decoders, or an image it refuses: PIL decides
-    array = np.asarray(_pil_rgb(data, where))
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+    return pil_to_tensor(_pil_rgb(data, where))
+
+
+def pil_to_tensor(image):
+    """An RGB PIL image as a uint8 (3, H, W) tensor."""
+    import numpy as np
+    import torch
+
+    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).contiguous()
 
 
 def decode_label(sample: dict, label_field: str | None, shard: str, required: bool) -> int | None:
