@@ -298,8 +298,8 @@ def _load_config(ctx, param, value):
               help="Seed of initialisation, data order and augmentation: a sample's view is a function of (seed, shard, "
                    "key, pass), the same whatever the ranks, workers or batch size.")
 @click.option("--decode", type=click.Choice(["auto", "cpu", "gpu", "pil"]), default="auto", show_default=True,
-              help="Where training images are decoded, cropped and flipped. auto: gpu where there is a CUDA device, "
-                   "else cpu. gpu: the loading processes only read bytes; each batch is decoded (nvJPEG) and cropped on "
+              help="Where training images are decoded, cropped and flipped. auto: gpu where there is a CUDA device "
+                   "(cpu with --aa or --color-jitter, which run in the loading processes), else cpu. gpu: the loading processes only read bytes; each batch is decoded (nvJPEG) and cropped on "
                    "the device in a few launches. cpu: libjpeg-turbo and uint8 tensor resizing in the loading processes. "
                    "pil: PIL, timm's RandomResizedCrop to the pixel. All three draw the same view for a sample.")
 @click.option("--hflip", type=float, default=0.5, show_default=True, help="Horizontal flip probability.")

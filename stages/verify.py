@@ -6,7 +6,8 @@ Checks, each problem reported with its shard and key:
 * the data: every sample of each shard has exactly one row, in order (tar headers are read, the
   images are not), and the shard files are the ones the store labelled;
 * no non-finite values; pred / confidence / margin / entropy agree with the stored logits;
-  the index agrees with the arrays; padding rows are padding;
+  the index agrees with the arrays and its label column with the shards' own labels; padding
+  rows are padding;
 * with --recompute N: the weak model, rebuilt from the recorded checkpoint and preprocessing, is
   run again on N random samples and its logits compared with the stored ones.
 """
