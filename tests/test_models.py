@@ -71,3 +71,19 @@ def test_img_size_the_model_cannot_take():
     with pytest.raises(W2SError, match="test_vit cannot take --img-size 24: .*divisible by patch size"):
         create_model("test_vit", 10, 24)
     assert create_model("test_vit", 10, 32).patch_embed.img_size == (32, 32)
+
+
+def test_strong_model_options_drop_path_and_head_init():
+    """--drop-path reaches timm's stochastic depth (or is one line for a model without it);
+    --head-init-std re-initialises the classifier, as MAE's fine-tuning does."""
+    from w2s_pipe.pipeline.models import build_strong
+
+    torch.manual_seed(0)
+    model, _ = build_strong("test_vit", 10, drop_path=0.1, head_init_std=2e-5)
+    assert [type(b.drop_path2).__name__ for b in model.blocks][-1] == "DropPath"
+    head = model.get_classifier()
+    assert head.weight.abs().max() <= 1.2e-4 and 1e-5 < head.weight.std() < 3e-5 and not head.bias.any()
+    plain, _ = build_strong("test_vit", 10)
+    assert plain.get_classifier().weight.std() > 1e-3
+    with pytest.raises(W2SError, match="--drop-path: cifar_resnet20 has no stochastic depth"):
+        build_strong("cifar_resnet20", 10, drop_path=0.1)

@@ -84,5 +84,7 @@ def test_each_recipe_runs_smoke_sized_and_the_command_line_wins(name, workspace_
     for key, value in recipe.items():
         if key not in overridden:
             assert config[key] == value, key  # the recipe
+    if "crop_pct" in recipe:  # evaluation's crop reaches the data config the checkpoints carry
+        assert config["data_config"]["crop_pct"] == recipe["crop_pct"]
     steps = [json.loads(line) for line in open(os.path.join(run, "metrics.jsonl")) if '"step"' in line]
     assert all(math.isfinite(r["loss"]) for r in steps if r["kind"] == "step")

@@ -173,6 +173,7 @@ def test_report_compares_only_what_is_comparable(quick_demo, tmp_path, monkeypat
     copy_run(demo, "s1-adaptconf", "s1-adaptconf-tau4", {"threshold": 4.0}, top1=0.7)
     copy_run(demo, "s0-adaptconf", "s0-adaptconf-again")
     copy_run(demo, "s0-ceiling", "s0-a-ceiling-stopped", top1=0.11, finished=False)  # sorts before s0-ceiling
+    copy_run(demo, "s0-kd", "s0-kd-lr", {"lr": 0.5})  # a recipe no ceiling ran
     os.makedirs(os.path.join(demo, "stores", "broken"))
     open(os.path.join(demo, "stores", "broken", "zarr.json"), "w").write("{garbage")
     monkeypatch.setenv("W2S_HOME", str(ws))
@@ -193,6 +194,9 @@ def test_report_compares_only_what_is_comparable(quick_demo, tmp_path, monkeypat
     assert runs["s0-adaptconf"]["ceiling_runs"] == ["s0-ceiling"]
     assert runs["s0-adaptconf"]["ceiling_top1"] == final_top1(os.path.join(demo, "runs", "s0-ceiling"))
     assert "store broken: could not be read, left out: store " in result.output and "zarr.json" in result.output
+    lr_row = rows["test_resnet from test_vit: kd (lr=0.5)"]
+    assert lr_row["no_ceiling"] and lr_row["runs"] == ["s0-kd-lr"] and "pgr_mean" in lr_row and lr_row["pgr_n"] == 0
+    assert "- test_resnet from test_vit: kd (lr=0.5): no ceiling matches" in result.output
 
 
 def test_pgr_uses_the_checkpoint_that_labelled_the_store(quick_demo, tmp_path, weak_ckpt):

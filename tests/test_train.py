@@ -383,6 +383,10 @@ def test_training_decodes_on_the_gpu(store):
 def test_train_without_labels_takes_the_one_store_and_says_so(store, weak_ckpt, capsys):
     """No newest-store guess: one complete store is used and named with why; two that fit are a
     one-line error naming both, and --labels chooses."""
+    broken = os.path.join(os.path.dirname(store), "broken")  # a damaged store is no candidate
+    os.makedirs(broken)
+    open(os.path.join(broken, "index.parquet"), "w").close()
+    open(os.path.join(broken, "zarr.json"), "w").write("{garbage")
     run_train(TrainConfig.tiny(run="one", max_steps=1))
     assert f"weak labels: store {store} (the only complete label store in " in capsys.readouterr().err
     other = run_label(LabelConfig(weak=None, weak_checkpoint=weak_ckpt, data="digits", topk=3, workers=0,
