@@ -301,7 +301,15 @@ class LabelStore:
         return out
 
     def size_bytes(self) -> int:
-        return int(self.fs.du(self.path))
+        """Bytes of the store's files. A file that vanishes while they are summed (another labeller's
+        temporary file, renamed as it finalizes the same store) is not counted, not an error."""
+        total = 0
+        for path in self.fs.find(self.path):
+            try:
+                total += int(self.fs.size(path))
+            except FileNotFoundError:
+                pass
+        return total
 
 
 def open_store(url: str, storage_options: dict | None = None) -> LabelStore:

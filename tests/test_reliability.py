@@ -259,3 +259,16 @@ def test_a_claim_is_never_seen_empty(tmp_path):
     assert not create_exclusive(path, {"host": "other", "pid": 2})
     assert json.load(open(path)) == {"host": "h", "pid": 1}
     assert os.listdir(tmp_path) == ["000001.json"]  # the private copy is gone
+
+
+def test_store_size_survives_a_file_renamed_under_it(tmp_path, digits_data, weak_ckpt):
+    """Two labellers finishing one store at once: one summed the store's size while the other renamed
+    its temporary index file, and died with FileNotFoundError (seen once in CI). The listing is made
+    to include a file that is gone by the time it is sized, as in that race."""
+    store = run_label(LabelConfig(weak=None, weak_checkpoint=weak_ckpt, data="digits", labels=str(tmp_path / "s"),
+                                  workers=0, progress=False)).store
+    opened = open_store(store)
+    expected = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(store) for f in files)
+    listed = opened.fs.find(opened.path)
+    opened.fs.find = lambda path: listed + [os.path.join(store, "index.parquet.tmp-1-gone")]
+    assert opened.size_bytes() == expected
