@@ -261,7 +261,7 @@ def test_a_claim_is_never_seen_empty(tmp_path):
     assert os.listdir(tmp_path) == ["000001.json"]  # the private copy is gone
 
 
-def test_store_size_survives_a_file_renamed_under_it(tmp_path, digits_data, weak_ckpt):
+def test_store_size_survives_a_file_renamed_under_it(tmp_path, digits_data, weak_ckpt, monkeypatch):
     """Two labellers finishing one store at once: one summed the store's size while the other renamed
     its temporary index file, and died with FileNotFoundError (seen once in CI). The listing is made
     to include a file that is gone by the time it is sized, as in that race."""
@@ -270,5 +270,6 @@ def test_store_size_survives_a_file_renamed_under_it(tmp_path, digits_data, weak
     opened = open_store(store)
     expected = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(store) for f in files)
     listed = opened.fs.find(opened.path)
-    opened.fs.find = lambda path: listed + [os.path.join(store, "index.parquet.tmp-1-gone")]
+    # fsspec shares one filesystem instance: patched for this test only, and restored after it
+    monkeypatch.setattr(opened.fs, "find", lambda path, **kw: listed + [os.path.join(store, "index.parquet.tmp-1-gone")])
     assert opened.size_bytes() == expected
