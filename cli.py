@@ -9,6 +9,8 @@ import click
 
 from . import __version__
 from .errors import W2SError
+from .pipeline.choices import (BAD_SAMPLE_POLICIES, DECODE_OPTIONS, DECODERS, EVAL_PICKS, LOSSES, PRECISION_OPTIONS,
+                               RAMPS)
 
 
 class _Group(click.Group):
@@ -118,7 +120,7 @@ def prepare_folder_cmd(src, out, split, shard_size, seed, prefix):
               help="Dataset name from the registry (`w2s-pipe datasets`) or a shard pattern (/d/train-{000000..000127}.tar, s3://...).")
 @click.option("--split", default=None, help="Split to label [default: the dataset's labelling split, e.g. train, or transfer for digits].")
 @click.option("--labels", default=None, help="Store path or URL [default: <workspace>/stores/<data>-<split>-<weak>].")
-@click.option("--weak-checkpoint", type=click.Path(dir_okay=False), default=None,
+@click.option("--weak-checkpoint", default=None,
               help="Weights: a checkpoint from `w2s-pipe train` or a plain timm state dict [default: timm pretrained].")
 @click.option("--num-classes", type=int, default=None, help="Classes, for a shard pattern without a manifest [default: the checkpoint's head].")
 @click.option("--img-size", type=int, default=None, help="Input size in pixels [default: the checkpoint's, else the model's data config].")
@@ -126,11 +128,11 @@ def prepare_folder_cmd(src, out, split, shard_size, seed, prefix):
 @click.option("--workers", type=int, default=None,
               help="Data-loading processes [default: this rank's share of the CPU cores, less one; 0 loads in the main "
                    "process].")
-@click.option("--precision", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default="auto", show_default=True,
+@click.option("--precision", type=click.Choice(PRECISION_OPTIONS), default="auto", show_default=True,
               help="Autocast precision; auto is bf16 on GPU and on CPUs with native bf16, else fp32. Statistics are computed in float64.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--topk", type=int, default=None, help="Store only the top K logits per sample (values and indices) instead of all.")
-@click.option("--decode", type=click.Choice(["auto", "cpu", "gpu", "pil"]), default="auto", show_default=True,
+@click.option("--decode", type=click.Choice(DECODE_OPTIONS), default="auto", show_default=True,
               help="Where images are decoded and resized. auto: the decoder an existing store began with, else gpu where "
                    "there is a CUDA device, else cpu. gpu: the loading processes only read bytes; each batch's JPEGs are "
                    "decoded in one nvJPEG call and resized in a few batched launches (within a grey level of pil on "
@@ -140,7 +142,7 @@ def prepare_folder_cmd(src, out, split, shard_size, seed, prefix):
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the weak model.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store made by a different job (model, checkpoint, data, ...).")
 @click.option("--max-shards", type=int, default=None, help="Label at most this many shards (per rank) and stop; re-run to continue.")
-@click.option("--on-bad-sample", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
+@click.option("--on-bad-sample", type=click.Choice(BAD_SAMPLE_POLICIES), default="fail", show_default=True,
               help="fail: stop at a bad sample (undecodable image, no image field, non-integer label, repeated key) "
                    "naming shard, key and reason; skip: record it in skipped.parquet and go on (an unreadable or empty "
                    "shard is recorded whole).")
@@ -197,8 +199,10 @@ def _load_config(ctx, param, value):
     """--config: the recipe's values become this command's defaults, so the command line wins."""
     if value:
         from .pipeline.train.recipes import load_recipe
+        from .stages.train_config import recipe_options
 
-        options = {p.name for p in ctx.command.params if p.name not in ("config", "quiet")}
+        params = {p.name for p in ctx.command.params}
+        options = {name: kind for name, kind in recipe_options().items() if name in params}
         ctx.default_map = {**(ctx.default_map or {}), **load_recipe(value, options)}  # a W2SError is one line
     return value
 
@@ -209,9 +213,8 @@ def _load_config(ctx, param, value):
                    "Options given on the command line win; the resolved settings are saved in the run's config.json.")
 @click.option("--strong", required=True, help="Strong timm model name or alias (vit_b16, resnet50, ...).")
 @click.option("--loss", default="adaptconf", show_default=True,
-              type=click.Choice(["adaptconf", "augconf", "kd", "hard", "gt"]),
-              help="adaptconf: adaptive confidence loss (Guo et al. 2024); augconf: (1-a) KD + a CE(s, argmax s); "
-                   "kd: T^2-scaled KL to the weak soft labels; hard: CE on the weak argmax; gt: ground-truth CE.")
+              type=click.Choice(tuple(LOSSES)),
+              help="; ".join(f"{name}: {loss.summary}" for name, loss in LOSSES.items()) + ".")
 @click.option("--labels", default=None, help="Label store path or URL [default: the workspace's most recent complete store].")
 @click.option("--data", default=None, help="Data set or shard pattern; needed with --loss gt and no store, else it must match the store.")
 @click.option("--split", default=None, help="Split of --data [default: the data set's labelling split].")
@@ -223,7 +226,7 @@ def _load_config(ctx, param, value):
               help="Evaluation's centre crop: resize to size / crop-pct, crop the centre [default: the model's data config]; "
                    "saved with the checkpoints, so `eval` and `label` use it too.")
 @click.option("--pretrained", is_flag=True, help="Start from timm's pretrained weights (needs the model hub or its cache).")
-@click.option("--strong-checkpoint", type=click.Path(dir_okay=False), default=None,
+@click.option("--strong-checkpoint", default=None,
               help="Start from a local checkpoint or state dict (e.g. an MAE ViT-B); its head is replaced.")
 @click.option("--linear-probe", is_flag=True, help="Freeze the backbone and train only the classifier head.")
 @click.option("--drop-path", type=float, default=None, help="Stochastic depth rate (timm's drop_path_rate), for models that have it.")
@@ -234,7 +237,7 @@ def _load_config(ctx, param, value):
 @click.option("--kd-temperature", type=float, default=1.0, show_default=True, help="Temperature T of the KD term.")
 @click.option("--warmup-frac", type=float, default=0.3, show_default=True,
               help="augconf: fraction of training over which alpha ramps up from 0 (the official superalignment_rate).")
-@click.option("--ramp", type=click.Choice(["epoch", "step"]), default="epoch", show_default=True,
+@click.option("--ramp", type=click.Choice(RAMPS), default="epoch", show_default=True,
               help="augconf: alpha steps up once per epoch, as the official code (epoch / (epochs x --warmup-frac)), or "
                    "at every step.")
 @click.option("--beta-warmup-frac", type=float, default=0.0, show_default=True,
@@ -276,7 +279,7 @@ def _load_config(ctx, param, value):
 @click.option("--batch-size", type=int, default=128, show_default=True, help="Images per step on each rank.")
 @click.option("--workers", type=int, default=None,
               help="Data-loading processes per rank [default: this rank's share of the CPU cores, less one].")
-@click.option("--precision", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default="auto", show_default=True,
+@click.option("--precision", type=click.Choice(PRECISION_OPTIONS), default="auto", show_default=True,
               help="Autocast precision; auto is bf16 on GPU and on CPUs with native bf16, else fp32.")
 @click.option("--device", default="auto", show_default=True,
               help="auto, cpu, cuda or cuda:N; under torchrun each process takes the GPU of its local rank.")
@@ -297,7 +300,7 @@ def _load_config(ctx, param, value):
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of initialisation, data order and augmentation: a sample's view is a function of (seed, shard, "
                    "key, pass), the same whatever the ranks, workers or batch size.")
-@click.option("--decode", type=click.Choice(["auto", "cpu", "gpu", "pil"]), default="auto", show_default=True,
+@click.option("--decode", type=click.Choice(DECODE_OPTIONS), default="auto", show_default=True,
               help="Where training images are decoded, cropped and flipped. auto: gpu where there is a CUDA device "
                    "(cpu with --aa or --color-jitter, which run in the loading processes), else cpu. gpu: the loading processes only read bytes; each batch is decoded (nvJPEG) and cropped on "
                    "the device in a few launches. cpu: libjpeg-turbo and uint8 tensor resizing in the loading processes. "
@@ -368,20 +371,20 @@ def recipes():
 
 @cli.command("eval")
 @click.option("--run", default=None, help="Run name or directory; evaluates its final weights (last.pt).")
-@click.option("--pick", type=click.Choice(["last", "best", "ema"]), default="last", show_default=True,
+@click.option("--pick", type=click.Choice(EVAL_PICKS), default="last", show_default=True,
               help="With --run: last.pt (the final weights), best.pt (the epoch with the best val top-1; picked on the "
                    "validation split, so its figure there is optimistic) or ema.pt (the moving average of a "
                    "--model-ema run).")
-@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None, help="A checkpoint written by `train`.")
+@click.option("--checkpoint", default=None, help="A checkpoint written by `train`.")
 @click.option("--data", default=None, help="Data set or shard pattern [default: what the run trained on].")
 @click.option("--split", default=None, help="Split [default: the data set's validation split].")
 @click.option("--batch-size", type=int, default=256, show_default=True, help="Images per forward pass.")
 @click.option("--workers", type=int, default=None, help="Data-loading processes [default: CPU cores - 1].")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--precision", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default=None,
+@click.option("--precision", type=click.Choice(PRECISION_OPTIONS), default=None,
               help="Autocast precision [default: the one the checkpoint was trained in, as training's own evaluation "
                    "used; fp32 for a checkpoint that does not say].")
-@click.option("--decode", type=click.Choice(["cpu", "gpu", "pil"]), default=None,
+@click.option("--decode", type=click.Choice(DECODERS), default=None,
               help="Image decoder, as `label --decode` [default: the one the run trained with where this device can "
                    "use it, else cpu].")
 @click.pass_context

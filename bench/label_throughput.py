@@ -37,10 +37,10 @@ def main():
     import torch
 
     from w2s_pipe.pipeline import distributed
-    from w2s_pipe.pipeline.data.loader import ShardBatches, default_workers, label_loader
+    from w2s_pipe.pipeline.data.loader import ImageBatch, ShardBatches, batch_images, default_workers, events, label_loader
     from w2s_pipe.pipeline.models import load_model
     from w2s_pipe.pipeline.data.shards import expand_pattern
-    from w2s_pipe.pipeline.data.transforms import DeviceNormalize, Preprocess, TensorGeometry, decode_batch
+    from w2s_pipe.pipeline.data.transforms import DeviceNormalize, Preprocess, TensorGeometry
     from w2s_pipe.stages.label import LabelConfig, run_label
 
     pattern = _util.jpeg_shards(os.path.join(args.data, str(args.samples)), args.samples)
@@ -66,16 +66,12 @@ def main():
                           image_fields=("jpg",), label_field="cls")
         geometry = TensorGeometry(loaded.data_config)
         t, n = time.perf_counter(), 0
-        for item in label_loader(ds, workers, device.type == "cuda"):
-            if "blobs" in item:  # --decode gpu: the device's part is the decoder's too
-                images, bad = decode_batch(item["blobs"], geometry, device, lambda i: f"image {i}")
-                if bad:
-                    raise SystemExit(bad[min(bad)])
-                item["images"] = images
-            if "images" in item:
-                n += len(item["keys"])
+        for item in events(label_loader(ds, workers, device.type == "cuda")):
+            if isinstance(item, ImageBatch):  # --decode gpu: the device's part is the decoder's too
+                images, keys, _, _ = batch_images(item, geometry, device, "bench")
+                n += len(keys)
                 if len(batches) < 3:
-                    batches.append(normalize(item["images"]))
+                    batches.append(normalize(images))
         if device.type == "cuda":
             torch.cuda.synchronize()
         return n / (time.perf_counter() - t)

@@ -45,7 +45,7 @@ def main():
     args = ap.parse_args()
 
     from w2s_pipe.pipeline import distributed
-    from w2s_pipe.pipeline.data.augment import resolve_decoder
+    from w2s_pipe.pipeline.data.decoders import resolve_decoder
     from w2s_pipe.pipeline.data.loader import default_workers
     from w2s_pipe.stages.label import LabelConfig, run_label
 
@@ -117,6 +117,7 @@ class Arms:
         """Batches on the device, as the trainer makes them: (images, weak logits, labels)."""
         from w2s_pipe.pipeline.data.augment import DeviceAugment, TrainAugment
         from w2s_pipe.pipeline.data.join import StoreJoin
+        from w2s_pipe.pipeline.data.loader import LoadFailed
         from w2s_pipe.pipeline.data.shards import expand_pattern
         from w2s_pipe.pipeline.data.train_loader import TrainStream, train_loader
         from w2s_pipe.pipeline.data.transforms import DeviceNormalize
@@ -132,8 +133,8 @@ class Arms:
         on_device = DeviceAugment(config, self.device) if self.decoder == "gpu" else None
         normalize = DeviceNormalize(config, self.device)
         for batch in train_loader(stream, self.workers, self.device.type == "cuda"):
-            if "error" in batch:
-                raise RuntimeError(batch["error"])
+            if isinstance(batch, LoadFailed):
+                raise RuntimeError(batch.message)
             view = batch["view"].to(self.device)
             images = on_device(batch["blobs"], view, batch["key"]) if on_device else batch["image"]
             yield normalize(images), batch["weak"].to(self.device, non_blocking=True), batch["label"].to(self.device)

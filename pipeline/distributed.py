@@ -1,4 +1,9 @@
-"""torch.distributed under torchrun: rank and world from the environment, gloo on CPU, nccl on GPU."""
+"""torch.distributed under torchrun: rank and world from the environment, gloo on CPU, nccl on GPU.
+
+`session` is how a stage runs: the device, deterministic kernels where asked, the process group
+started and always shut down. The collectives a stage needs (`broadcast`, `all_gather`, `barrier`)
+are no-ops in a single process.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import os
 from dataclasses import dataclass
 
 from ..errors import W2SError
+from .choices import PRECISIONS
 
 
 @dataclass(frozen=True)
@@ -109,7 +115,35 @@ def resolve_precision(precision: str, device) -> str:
 def autocast_dtype(precision: str):
     import torch
 
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+    return dict(zip(PRECISIONS, (torch.bfloat16, torch.float16, torch.float32)))[precision]
+
+
+def autocast(precision: str, device):
+    """The autocast context of a resolved `precision` on `device` (off for fp32)."""
+    import torch
+
+    return torch.autocast(device_type=device.type, dtype=autocast_dtype(precision), enabled=precision != "fp32")
+
+
+@contextlib.contextmanager
+def session(requested_device: str = "auto", *, deterministic: bool = False):
+    """A stage's distributed session: yields (DistInfo, device). Picks this rank's device, turns on
+    deterministic kernels for the block where asked (`--deterministic`), starts the process group
+    under torchrun and shuts it down however the block ends. An operation that has no
+    deterministic kernel is a one-line error naming it."""
+    device = pick_device(requested_device, dist_info().local_rank)
+    with deterministic_mode(deterministic):
+        info = init_distributed(device)
+        try:
+            yield info, device
+        except RuntimeError as exc:
+            if deterministic and "does not have a deterministic implementation" in str(exc):
+                op = str(exc).split(" does not have", 1)[0].strip()
+                raise W2SError(f"--deterministic: {op} has no deterministic kernel on {device}, so this model cannot "
+                               "train deterministically there; drop --deterministic (runs then differ slightly)") from None
+            raise
+        finally:
+            shutdown()
 
 
 def init_distributed(device) -> DistInfo:
@@ -126,15 +160,68 @@ def init_distributed(device) -> DistInfo:
     return info
 
 
-def barrier() -> None:
+def _active() -> bool:
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
+    return dist.is_available() and dist.is_initialized()
+
+
+def broadcast(value, src: int = 0):
+    """Rank `src`'s `value` (any picklable object) on every rank."""
+    if not _active():
+        return value
+    import torch.distributed as dist
+
+    shared = [value]
+    dist.broadcast_object_list(shared, src=src)
+    return shared[0]
+
+
+def all_gather(value) -> list:
+    """Every rank's `value`, in rank order, on every rank (a collective: all ranks call it)."""
+    if not _active():
+        return [value]
+    import torch.distributed as dist
+
+    values = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
+def wrap_model(model, device, info: DistInfo, *, compile: bool = False):
+    """The module a training step calls, and its `no_sync` (None outside DDP): DDP under torchrun
+    (each rank's gradients averaged), then torch.compile where asked."""
+    import torch
+
+    net, no_sync = model, None
+    if info.world_size > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        no_sync = net.no_sync
+    if compile:
+        net = torch.compile(net)
+    return net, no_sync
+
+
+def sync_norm_stats(modules, world_size: int) -> None:
+    """DDP keeps parameters equal, but each rank's BatchNorm running statistics follow its own
+    batches: average them over ranks so that every rank evaluates and saves the same model."""
+    if world_size > 1:
+        import timm.utils
+
+        for module in modules:
+            if module is not None:
+                timm.utils.distribute_bn(module, world_size, reduce=True)
+
+
+def barrier() -> None:
+    if _active():
+        import torch.distributed as dist
+
         dist.barrier()
 
 
 def shutdown() -> None:
-    import torch.distributed as dist
+    if _active():
+        import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -106,6 +106,7 @@ class LoadedModel:
     checkpoint: str | None
     checkpoint_sha256: str  # of the checkpoint file, or "timm-pretrained:<hub id>"
     class_names: list[str] | None = None
+    trained: dict | None = None  # a `train` checkpoint's step, epoch, precision and settings
 
 
 def load_model(
@@ -114,11 +115,13 @@ def load_model(
     checkpoint: str | None,
     num_classes: int | None,
     img_size: int | None = None,
-    option: str = "--weak",
+    option: str | None = "--weak",
 ) -> LoadedModel:
     """Build a model from a checkpoint this tool wrote, a plain state dict, or timm's pretrained weights.
 
     `num_classes` is the dataset's (None when unknown): a checkpoint with another head is an error.
+    `option` is the command's model option (--weak), which names the model of a plain state dict;
+    None where the command has none (`eval`), which then takes only checkpoints from `train`.
     """
     user_img_size = img_size
     if checkpoint:
@@ -133,6 +136,9 @@ def load_model(
             ckpt_classes = int(ckpt["num_classes"])
             img_size = img_size or (ckpt.get("data_config") or {}).get("input_size", [None, None])[-1]
         else:
+            if not name and option is None:
+                raise W2SError(f"checkpoint {checkpoint} is a plain state dict, not a checkpoint from `w2s-pipe train`, "
+                               "which records the model and its preprocessing that evaluation needs")
             if not name:
                 raise W2SError(f"checkpoint {checkpoint} is a plain state dict: name its model with {option}")
             name = resolve_model_name(name)
@@ -151,8 +157,9 @@ def load_model(
                 config["input_size"] = [3, int(user_img_size), int(user_img_size)]
         else:
             config = data_config_for(model, img_size)
+        trained = {k: ckpt.get(k) for k in ("step", "epoch", "precision", "settings")} if tool else None
         return LoadedModel(model, name, classes, config, checkpoint, file_sha256(checkpoint),
-                           ckpt.get("class_names") if tool else None)
+                           ckpt.get("class_names") if tool else None, trained)
 
     import timm
 

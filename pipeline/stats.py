@@ -33,7 +33,7 @@ def softmax_stats(logits: torch.Tensor) -> dict[str, torch.Tensor]:
     }
 
 
-def weak_outputs(logits: torch.Tensor, topk: int | None) -> dict[str, torch.Tensor]:
+def stored_outputs(logits: torch.Tensor, topk: int | None) -> dict[str, torch.Tensor]:
     """What the store holds for a batch, computed from the float16 logits it stores.
 
     Statistics come from the float16-rounded logits so that the stored arrays agree exactly

@@ -14,7 +14,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 
 from ..errors import W2SError
 
@@ -66,6 +66,7 @@ def run_demo(cfg: DemoConfig, echo=print) -> dict:
     from .report import ReportConfig, run_report
     from ..pipeline.train.recipes import load_recipe
     from .train import TrainConfig, run_train
+    from .train_config import recipe_options
 
     _prepare_workspace(cfg)
     ws = cfg.out
@@ -76,7 +77,7 @@ def run_demo(cfg: DemoConfig, echo=print) -> dict:
     plan = 3 + 2 * len(cfg.losses)
     total, done = plan * cfg.seeds, 0
 
-    recipe = load_recipe(cfg.recipe, {f.name for f in fields(TrainConfig)})
+    recipe = load_recipe(cfg.recipe, recipe_options())
     common = {**recipe, **cfg.train_overrides, "steps_per_epoch": cfg.steps_per_epoch, "config": cfg.recipe,
               "workspace": ws, "progress": cfg.progress}  # a bar per run: a step is never silent
 

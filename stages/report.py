@@ -17,7 +17,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from ..errors import W2SError
-from ..pipeline.train.losses import LOSSES
+from ..pipeline.choices import LOSSES
 from ..pipeline.metrics import mean_std, pgr, reliability
 from ..pipeline.workspace import slug, workspace_dir
 
@@ -128,7 +128,7 @@ def weak_accuracy(store: dict, cache_dir: str, workspace: str) -> tuple[float | 
     which differs when the store was labelled from best.pt or another file), evaluated once and
     cached by the checkpoint's sha256 under `cache_dir` (a finished store is never written to).
     Returns (top-1 or None, where it came from or why it is missing)."""
-    from .evaluate import EvalConfig, run_eval
+    from ..pipeline.evaluation import evaluate_checkpoint
 
     checkpoint, sha = store["weak_checkpoint"], store.get("weak_checkpoint_sha256") or ""
     if not checkpoint:
@@ -144,7 +144,10 @@ def weak_accuracy(store: dict, cache_dir: str, workspace: str) -> tuple[float | 
 
         if file_sha256(checkpoint) != sha:
             return None, f"{checkpoint} changed since it labelled the store"
-        result = run_eval(EvalConfig(checkpoint=checkpoint, data=store["data"], workers=0, workspace=workspace))
+        if store["data"] == "shards":
+            return None, f"{checkpoint} could not be evaluated (its store labelled a shard pattern, whose validation " \
+                         "split is unknown)"
+        result = evaluate_checkpoint(checkpoint, data=store["data"], workers=0, workspace=workspace)
     except (W2SError, OSError) as exc:
         return None, f"{checkpoint} could not be evaluated ({exc})"
     os.makedirs(cache_dir, exist_ok=True)

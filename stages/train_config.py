@@ -5,11 +5,10 @@ come first, so a typo is answered before timm is imported (for the optimizer's n
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from ..errors import W2SError
-from ..pipeline.train.losses import LOSSES
-from ..pipeline.train.optim import SCHEDULES, check_optimizer
+from ..pipeline.choices import DECODE_OPTIONS, LOSS_NAMES, PRECISION_OPTIONS, RAMPS, SCHEDULES, check_choice
 
 
 @dataclass(frozen=True)
@@ -87,18 +86,15 @@ class TrainConfig:
         def bad(option, value, valid):
             raise W2SError(f"{option} {value!r} is invalid: {valid}")
 
-        if self.loss not in LOSSES:
-            bad("--loss", self.loss, f"choose one of {', '.join(LOSSES)}")
+        check_choice("--loss", self.loss, LOSS_NAMES)
         if self.img_size is not None and self.img_size < 8:
             bad("--img-size", self.img_size, "must be at least 8 pixels")
-        if self.ramp not in ("epoch", "step"):
-            bad("--ramp", self.ramp, "choose epoch or step")
-        if self.sched not in SCHEDULES:
-            bad("--sched", self.sched, f"choose one of {', '.join(SCHEDULES)}")
-        if self.precision not in ("auto", "bf16", "fp16", "fp32"):
-            bad("--precision", self.precision, "choose one of auto, bf16, fp16, fp32")
-        if self.decode not in ("auto", "cpu", "pil", "gpu"):
-            bad("--decode", self.decode, "choose one of auto, cpu, pil, gpu")
+        check_choice("--ramp", self.ramp, RAMPS)
+        check_choice("--sched", self.sched, SCHEDULES)
+        check_choice("--precision", self.precision, PRECISION_OPTIONS)
+        check_choice("--decode", self.decode, DECODE_OPTIONS)
+        if self.color_jitter and self.aa:
+            raise W2SError("give --aa or --color-jitter, not both (timm turns colour jitter off under auto-augment)")
         for option, value, low in (("--epochs", self.epochs, 1), ("--batch-size", self.batch_size, 1),
                                    ("--log-every", self.log_every, 1), ("--shuffle-buffer", self.shuffle_buffer, 1),
                                    ("--grad-accum", self.grad_accum, 1)):
@@ -145,7 +141,14 @@ class TrainConfig:
             raise W2SError("--resume needs --run-name NAME: the run to continue")
         if self.workers is not None and self.workers < 0:
             bad("--workers", self.workers, "must be 0 or more")
+        from ..pipeline.train.optim import check_optimizer
+
         check_optimizer(self.opt)  # last: it imports timm, and the checks above answer at once
+
+    @property
+    def loading_only(self) -> tuple[str, ...]:
+        """The options set that only the loading processes apply (so --decode gpu cannot)."""
+        return tuple(o for o, v in (("--aa", self.aa), ("--color-jitter", self.color_jitter)) if v)
 
     @property
     def mixes(self) -> bool:
@@ -157,3 +160,8 @@ class TrainConfig:
         base = dict(strong="test_resnet", img_size=32, batch_size=32, epochs=2, workers=0, log_every=2,
                     precision="fp32", shuffle_buffer=64, hflip=0.0, progress=False)
         return cls(**{**base, **overrides})
+
+
+def recipe_options() -> dict[str, str]:
+    """The options a recipe (`train --config`) may set, each with its field's type annotation."""
+    return {f.name: str(f.type) for f in fields(TrainConfig) if f.name not in ("config", "workspace", "progress")}

@@ -59,7 +59,7 @@ class ShardClaims:
         path = self._path(index)
         for _ in range(3):
             if not create_exclusive(path, {"host": self.host, "pid": self.owner_pid, "time": time.time()}):
-                holder = _read(path)
+                holder = read_holder(path)
                 if holder is not None and holder.get("host") == self.host and holder.get("pid") == self.owner_pid:
                     return True
                 if not self._stale(path, holder):
@@ -80,7 +80,7 @@ class ShardClaims:
         if holder is None:
             return age > FRESH_S
         if holder.get("host") == self.host:
-            return not _alive(holder.get("pid"))
+            return not pid_alive(holder.get("pid"))
         return age > LEASE_S
 
     def renew(self, force: bool = False) -> None:
@@ -90,7 +90,7 @@ class ShardClaims:
         self.renewed = time.time()
         for name in os.listdir(self.dir):
             path = os.path.join(self.dir, name)
-            holder = _read(path)
+            holder = read_holder(path)
             if holder is not None and holder.get("host") == self.host and holder.get("pid") == self.owner_pid:
                 try:
                     os.utime(path)
@@ -114,7 +114,7 @@ class ShardClaims:
             if not name.endswith(".json") or not stem.isdigit() or int(stem) in done:
                 continue
             path = os.path.join(self.dir, name)
-            holder = _read(path)
+            holder = read_holder(path)
             if holder is not None and holder.get("pid") != self.owner_pid and not self._stale(path, holder):
                 out.append({"shard": int(stem), **holder})
         return out
@@ -137,7 +137,8 @@ def create_exclusive(path: str, content: dict) -> bool:
         os.unlink(tmp)
 
 
-def _read(path: str) -> dict | None:
+def read_holder(path: str) -> dict | None:
+    """The holder ({"host", "pid", ...}) a claim or lock file names, or None if it cannot be read."""
     try:
         with open(path) as f:
             return json.load(f)
@@ -145,7 +146,8 @@ def _read(path: str) -> dict | None:
         return None
 
 
-def _alive(pid) -> bool:
+def pid_alive(pid) -> bool:
+    """Whether process `pid` lives on this machine."""
     try:
         os.kill(int(pid), 0)
     except (ProcessLookupError, TypeError, ValueError):

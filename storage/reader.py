@@ -16,7 +16,7 @@ import zarr
 from ..errors import W2SError
 from . import schema
 from .fsutil import get_fs, join
-from .writer import MarkerError, _zarr_store, done_shards, index_from_parts, read_markers
+from .files import MarkerError, done_shards, index_from_parts, read_markers, zarr_store
 
 
 @dataclass
@@ -59,7 +59,7 @@ class LabelStore:
         try:
             # Each array's own metadata, not the consolidated copy in zarr.json, which would hide
             # a damaged or missing <array>/zarr.json.
-            self.group = zarr.open_group(store=_zarr_store(self.url, storage_options, read_only=True), mode="r",
+            self.group = zarr.open_group(store=zarr_store(self.url, storage_options, read_only=True), mode="r",
                                          use_consolidated=False)
             self.attrs = dict(self.group.attrs)
         except Exception as exc:  # zarr and json raise many types for a damaged file
@@ -194,6 +194,10 @@ class LabelStore:
             self._index = index
         return self._index
 
+    def has_shard(self, name: str) -> bool:
+        """Whether the store's data source lists a shard of this name (labelled or not)."""
+        return name in self._shard_pos
+
     def shard_position(self, shard: str | int) -> int:
         if isinstance(shard, int):
             return shard
@@ -314,6 +318,25 @@ class LabelStore:
 
 def open_store(url: str, storage_options: dict | None = None) -> LabelStore:
     return LabelStore(url, storage_options)
+
+
+def existing_store(url: str, storage_options: dict | None = None) -> LabelStore | None:
+    """The store already at `url` (opened and its metadata checked), or None where there is none yet,
+    or only a creation cut short (a group without attributes, which `StoreWriter.create` rebuilds).
+    Anything else there that is not a readable store is a one-line error naming the file."""
+    fs, path = get_fs(url, storage_options)
+    if not fs.exists(join(path, "zarr.json")):
+        return None
+    try:
+        return LabelStore(url, storage_options)
+    except W2SError:
+        try:
+            group = zarr.open_group(store=zarr_store(url, storage_options, True), mode="r", use_consolidated=False)
+            if not dict(group.attrs):
+                return None
+        except Exception:  # the store's own error below says what is wrong
+            pass
+        raise
 
 
 def pick_store(stores_dir: str, data: str | None = None, split: str | None = None) -> tuple[str | None, str]:

@@ -103,6 +103,28 @@ IDENTITY_FIELDS = (
 )
 
 
+def store_attrs(*, weak: dict, num_classes: int, class_names, preprocessing: dict, precision: str, data: dict,
+                shards: list[dict], fingerprint: str, topk: int | None, tool_version: str, config: dict) -> dict:
+    """A new store's attributes (all of REQUIRED_ATTRS but format, schema_version and created, which
+    the writer adds). `weak`: {model, checkpoint, checkpoint_sha256}; `preprocessing`: the timm data
+    config plus "decode"; `data`: {name, split, pattern, image_field, label_field} of the source,
+    completed here with its `shards` ({name, url, count, bytes, ...}) and their `fingerprint`. The
+    layout gives every shard the rows of the largest (`capacity`), one chunk each."""
+    capacity = max(int(s["count"]) for s in shards)
+    return {
+        "weak": {k: weak.get(k) for k in ("model", "checkpoint", "checkpoint_sha256")},
+        "num_classes": int(num_classes),
+        "class_names": list(class_names or []) or None,
+        "preprocessing": dict(preprocessing),
+        "precision": precision,
+        "data": {**{k: data.get(k) for k in ("name", "split", "pattern", "image_field", "label_field")},
+                 "fingerprint": fingerprint, "shards": list(shards)},
+        "layout": {"capacity": capacity, "rows": capacity * len(shards), "topk": topk},
+        "tool_version": tool_version,
+        "config": dict(config),
+    }
+
+
 def preprocessing(attrs: dict) -> dict:
     """A store's preprocessing record; stores written before `decode` was recorded used PIL."""
     return {"decode": "pil", **(attrs.get("preprocessing") or {})}

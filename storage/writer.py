@@ -9,31 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import io
 import json
 import warnings
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import zarr
 
 from ..errors import W2SError
 from . import schema
+from .files import MarkerError, done_shards, index_from_parts, read_markers, table_bytes, zarr_store
 from .fsutil import atomic_write, get_fs, is_local, join
-
-
-def _zarr_store(url: str, storage_options: dict | None, read_only: bool = False):
-    fs, path = get_fs(url, storage_options)
-    if is_local(fs):
-        return zarr.storage.LocalStore(path, read_only=read_only)
-    return zarr.storage.FsspecStore.from_url(str(url), storage_options=storage_options or {}, read_only=read_only)
-
-
-def _table_bytes(table: pa.Table) -> bytes:
-    sink = io.BytesIO()
-    pq.write_table(table, sink)
-    return sink.getvalue()
 
 
 def identity_mismatch(existing: dict, wanted: dict) -> str | None:
@@ -50,70 +36,6 @@ def identity_mismatch(existing: dict, wanted: dict) -> str | None:
     return None
 
 
-def done_shards(fs, path: str) -> set[int]:
-    """Positions of the shards whose completion marker exists."""
-    done_dir = join(path, schema.DONE_DIR)
-    # Other processes write markers: a cached listing (s3fs keeps them) would hide theirs.
-    fs.invalidate_cache(done_dir)
-    if not fs.exists(done_dir):
-        return set()
-    names = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(done_dir, detail=False)]
-    return {int(n[:-5]) for n in names if n.endswith(".json") and n[:-5].isdigit()}
-
-
-class MarkerError(ValueError):
-    def __init__(self, file: str):
-        super().__init__(file)
-        self.file = file
-
-
-def read_markers(fs, path: str, n_shards: int) -> list[dict]:
-    """Every shard's completion marker, checked to be one: a damaged one raises MarkerError naming
-    its file (relative to the store), with the cause chained."""
-    paths = [schema.shard_file(join(path, schema.DONE_DIR), i, ".json") for i in range(n_shards)]
-    blobs = fs.cat(paths, on_error="return")
-    out = []
-    for i, p in enumerate(paths):
-        try:
-            blob = blobs[p]
-            if isinstance(blob, Exception):
-                raise blob
-            marker = json.loads(blob)
-            if not (isinstance(marker, dict) and isinstance(marker.get("count"), int) and marker["count"] >= 0
-                    and isinstance(marker.get("sha256"), str) and isinstance(marker.get("skipped", []), list)):
-                raise ValueError("not a completion marker")
-        except Exception as exc:
-            raise MarkerError(schema.shard_file(schema.DONE_DIR, i, ".json")) from exc
-        out.append(marker)
-    return out
-
-
-def index_from_parts(fs, path: str, n_shards: int) -> pa.Table:
-    """index.parquet as it should be: the shards' index parts, concatenated in shard order. A part
-    that cannot be read is a one-line error naming it."""
-    parts_dir = join(path, schema.PARTS_DIR)
-    paths = [schema.shard_file(parts_dir, i, ".parquet") for i in range(n_shards)]
-    blobs = fs.cat(paths, on_error="return")
-    tables = []
-    for i, p in enumerate(paths):
-        try:
-            if isinstance(blobs[p], Exception):
-                raise blobs[p]
-            tables.append(pq.read_table(pa.BufferReader(blobs[p])))
-        except Exception as exc:  # pyarrow and the filesystem raise many types
-            why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-            raise W2SError(f"store {path}: {schema.shard_file(schema.PARTS_DIR, i, '.parquet')} is damaged or "
-                           f"unreadable ({why}); `label --overwrite` makes the store again") from None
-    with_label = all("label" in t.column_names for t in tables if t.num_rows) and any(t.num_rows for t in tables)
-    target = schema.index_schema(with_label)
-    try:
-        tables = [t.select(target.names).cast(target) if t.num_rows else target.empty_table() for t in tables]
-    except (KeyError, ValueError, pa.ArrowInvalid) as exc:
-        raise W2SError(f"store {path}: an index part under {schema.PARTS_DIR}/ has other columns than label writes "
-                       f"({exc})") from None
-    return pa.concat_tables(tables)
-
-
 @contextlib.contextmanager
 def creation_lock(path: str, wait_s: float = 600.0):
     """Exclusive creation of a local store: `<store>.creating`, created exclusively beside it (with its
@@ -125,19 +47,19 @@ def creation_lock(path: str, wait_s: float = 600.0):
     import socket
     import time
 
-    from .claims import _alive, _read, create_exclusive
+    from .claims import create_exclusive, pid_alive, read_holder
 
     lock = path.rstrip("/") + ".creating"
     os.makedirs(os.path.dirname(lock) or ".", exist_ok=True)
     me = {"host": socket.gethostname(), "pid": os.getpid()}
     deadline = time.time() + wait_s
     while not create_exclusive(lock, me):
-        holder = _read(lock)
+        holder = read_holder(lock)
         try:
             age = time.time() - os.path.getmtime(lock)
         except FileNotFoundError:
             continue
-        dead = holder is not None and holder.get("host") == me["host"] and not _alive(holder.get("pid"))
+        dead = holder is not None and holder.get("host") == me["host"] and not pid_alive(holder.get("pid"))
         if dead or age > wait_s or (holder is None and age > 30):
             try:
                 os.unlink(lock)
@@ -157,6 +79,24 @@ def creation_lock(path: str, wait_s: float = 600.0):
             pass
 
 
+def begin_store(url: str, attrs: dict, existing=None, *, overwrite: bool = False,
+                storage_options: dict | None = None) -> "StoreWriter | None":
+    """Where a label job begins, decided once (by one process): None when `existing` (the
+    reader's `LabelStore` at `url`, or None) is complete and was made by this same job, which is
+    then checked, never written: its rows against their markers, its index against its parts.
+    Otherwise the store's writer: created (or, with `overwrite`, made again), or this job's
+    unfinished store reused. A store of another job is a one-line error."""
+    if existing is not None and existing.complete:
+        problem = identity_mismatch(existing.attrs, {"format": existing.attrs.get("format"), **attrs})
+        if problem:
+            raise W2SError(f"store {url} was made by another job: {problem}; give another --labels PATH to keep both, "
+                           "or --overwrite to replace it")
+        existing.check_rows()
+        existing.check_index()
+        return None
+    return StoreWriter.create(url, attrs, overwrite=overwrite, storage_options=storage_options)
+
+
 class StoreWriter:
     """Writes shards into a store whose arrays were preallocated by `create`."""
 
@@ -164,7 +104,7 @@ class StoreWriter:
         self.url = str(url)
         self.storage_options = storage_options
         self.fs, self.path = get_fs(self.url, storage_options)
-        self.group = zarr.open_group(store=_zarr_store(self.url, storage_options), mode="r+")
+        self.group = zarr.open_group(store=zarr_store(self.url, storage_options), mode="r+")
         self.attrs = dict(self.group.attrs)
         layout = self.attrs["layout"]
         self.capacity = int(layout["capacity"])
@@ -191,7 +131,7 @@ class StoreWriter:
         attrs = {"format": schema.FORMAT, "schema_version": schema.SCHEMA_VERSION, **attrs}
         if fs.exists(path):
             if fs.exists(join(path, "zarr.json")) and not overwrite:
-                existing = dict(zarr.open_group(store=_zarr_store(url, storage_options, True), mode="r").attrs)
+                existing = dict(zarr.open_group(store=zarr_store(url, storage_options, True), mode="r").attrs)
                 if not existing:
                     # A group without attributes is a creation cut short (attributes are written
                     # last, and no shard can have been labelled before them): start it again.
@@ -214,7 +154,7 @@ class StoreWriter:
             raise ValueError(f"store attributes missing: {missing}")
         layout = attrs["layout"]
         rows, capacity = int(layout["rows"]), int(layout["capacity"])
-        group = zarr.open_group(store=_zarr_store(url, storage_options), mode="w")
+        group = zarr.open_group(store=zarr_store(url, storage_options), mode="w")
         for name, (dtype, row_shape) in schema.all_arrays(int(attrs["num_classes"]), layout.get("topk")).items():
             group.create_array(
                 name,
@@ -283,7 +223,7 @@ class StoreWriter:
         if with_label:
             columns["label"] = pa.array(np.asarray(labels, dtype=np.int32))
         table = pa.table(columns, schema=schema.index_schema(with_label))
-        atomic_write(self.fs, schema.shard_file(join(self.path, schema.PARTS_DIR), index, ".parquet"), _table_bytes(table))
+        atomic_write(self.fs, schema.shard_file(join(self.path, schema.PARTS_DIR), index, ".parquet"), table_bytes(table))
         marker = {"shard": shard["name"], "start": start, "count": n, "sha256": schema.shard_digest(keys, rows),
                   "skipped": skipped}
         atomic_write(self.fs, schema.shard_file(join(self.path, schema.DONE_DIR), index, ".json"), json.dumps(marker).encode())
@@ -304,11 +244,11 @@ class StoreWriter:
                            "store again") from None
         skipped = [{"key": s["key"], "shard": m["shard"], "reason": s["reason"]} for m in markers for s in m.get("skipped", [])]
         atomic_write(self.fs, join(self.path, schema.SKIPPED_FILE),
-                     _table_bytes(pa.Table.from_pylist(skipped, schema=schema.SKIPPED_SCHEMA)))
-        atomic_write(self.fs, join(self.path, schema.INDEX_FILE), _table_bytes(index))
+                     table_bytes(pa.Table.from_pylist(skipped, schema=schema.SKIPPED_SCHEMA)))
+        atomic_write(self.fs, join(self.path, schema.INDEX_FILE), table_bytes(index))
         with warnings.catch_warnings():
             # zarr warns that parts/, done/ and index.parquet are not Zarr nodes (by design), and
             # that consolidated metadata is not yet in the v3 spec.
             warnings.simplefilter("ignore", category=UserWarning)
-            zarr.consolidate_metadata(_zarr_store(self.url, self.storage_options))
+            zarr.consolidate_metadata(zarr_store(self.url, self.storage_options))
         return True

@@ -9,8 +9,10 @@ import torch
 
 from test_decode import encode, picture
 from w2s_pipe.errors import W2SError
-from w2s_pipe.pipeline.data.augment import DeviceAugment, TrainAugment, header_size, resolve_decoder
+from w2s_pipe.pipeline.data.augment import DeviceAugment, TrainAugment, header_size
+from w2s_pipe.pipeline.data.decoders import resolve_decoder
 from w2s_pipe.pipeline.data.views import TrainViews, View
+from w2s_pipe.stages.train_config import TrainConfig
 
 CONFIG = {"input_size": [3, 40, 40], "interpolation": "bicubic", "mean": [0.5] * 3, "std": [0.5] * 3}
 CPU = torch.device("cpu")
@@ -72,17 +74,18 @@ def test_header_size_and_choices():
     assert resolve_decoder("auto", CPU) == "cpu" and resolve_decoder("pil", CPU) == "pil"
     with pytest.raises(W2SError, match="--decode gpu needs a CUDA device"):
         resolve_decoder("gpu", CPU)
+    # the checks moved from TrainAugment to where the choices are made (the decoder, the config)
+    gpu = torch.device("cuda")  # a device object only: nothing runs on it
     with pytest.raises(W2SError, match="--color-jitter .* --decode cpu or pil"):
-        TrainAugment(CONFIG, TrainViews(0), "gpu", color_jitter=0.4)
+        resolve_decoder("gpu", gpu, loading_only=("--color-jitter",))
     with pytest.raises(W2SError, match="--aa .* --decode cpu or pil"):
-        TrainAugment(CONFIG, TrainViews(0), "gpu", auto_augment="rand-m9-mstd0.5-inc1")
+        resolve_decoder("gpu", gpu, loading_only=("--aa",))
     with pytest.raises(W2SError, match="give --aa or --color-jitter, not both"):
-        TrainAugment(CONFIG, TrainViews(0), "cpu", color_jitter=0.4, auto_augment="rand-m9-mstd0.5-inc1")
+        TrainConfig.tiny(color_jitter=0.4, aa="rand-m9-mstd0.5-inc1")
     with pytest.raises(W2SError, match="--aa 'bogus' is not one of timm's auto-augment strings"):
         TrainAugment(CONFIG, TrainViews(0), "cpu", auto_augment="bogus")
     # on a GPU the device path is the default, unless a policy only the loading processes apply is on
-    gpu = torch.device("cuda")
-    assert resolve_decoder("auto", gpu) == "gpu" and resolve_decoder("auto", gpu, per_sample_policies=True) == "cpu"
+    assert resolve_decoder("auto", gpu) == "gpu" and resolve_decoder("auto", gpu, loading_only=("--aa",)) == "cpu"
 
 
 def test_color_jitter_is_part_of_the_view():

@@ -11,12 +11,11 @@ import torch
 from PIL import Image
 
 from w2s_pipe.errors import W2SError
-from w2s_pipe.pipeline.data.loader import ShardBatches
+from w2s_pipe.pipeline.data.loader import ImageBatch, ShardBatches, ShardEnd, batch_images
 from w2s_pipe.pipeline.data.shards import write_shard
 from w2s_pipe.pipeline.data.transforms import (
     DeviceNormalize, Preprocess, TensorGeometry, decode_batch, decode_image, decode_tensor, eval_transform,
 )
-from w2s_pipe.stages.label import decode_on_device
 
 CPU = torch.device("cpu")
 CONFIGS = {
@@ -130,23 +129,30 @@ def test_gpu_mode_loader_ships_bytes_and_the_device_step_skips_or_stops(tmp_path
     loader = ShardBatches([(0, url)], prepare=Preprocess(cfg, "gpu"), batch_size=16, image_fields=("jpg",),
                           label_field="cls")
     batch, end = list(loader)
-    assert batch["blobs"][1] == shard[1]["jpg"] and "images" not in batch and end["count"] == 6  # bad only on the device
+    assert isinstance(batch, ImageBatch) and isinstance(end, ShardEnd)
+    assert batch.blobs[1] == shard[1]["jpg"] and batch.images is None and end.count == 6  # bad only on the device
 
-    images, keys, labels, skipped = decode_on_device(batch, TensorGeometry(cfg), CPU, "g-000000.tar", skip_bad=True)
+    images, keys, labels, skipped = batch_images(batch, TensorGeometry(cfg), CPU, "g-000000.tar", skip_bad=True)
     assert keys == ["j0", "j1", "j2", "j3", "p0"] and labels.tolist() == [0, 1, 2, 3, 4]  # broken (7) left out
     assert skipped == [{"key": "broken", "reason": skipped[0]["reason"]}]
     assert skipped[0]["reason"].startswith("cannot decode the image (")
     expected, _ = decode_batch([s["jpg"] for s in good], TensorGeometry(cfg), CPU, lambda i: "x")
     assert torch.equal(images, expected)
     with pytest.raises(W2SError, match=r"^shard g-000000.tar, key 'broken': cannot decode the image .*--on-bad-sample skip"):
-        decode_on_device(batch, TensorGeometry(cfg), CPU, "g-000000.tar", skip_bad=False)
+        batch_images(batch, TensorGeometry(cfg), CPU, "g-000000.tar", hint=" (or pass --on-bad-sample skip)")
 
 
 def test_gpu_decoding_refuses_timms_border_mode():
+    """Rewritten against the public decision (decoders.resolve_decoder) when Preprocess stopped
+    re-checking the decoder it is given."""
+    from w2s_pipe.pipeline.data.decoders import resolve_decoder
+
+    gpu = torch.device("cuda")  # a device object only: nothing runs on it
     with pytest.raises(W2SError, match="--decode gpu cannot apply crop_mode 'border'"):
-        Preprocess(CONFIGS["border"], "gpu")
+        resolve_decoder("gpu", gpu, border_crop=CONFIGS["border"].get("crop_mode") == "border")
+    assert resolve_decoder("auto", gpu, border_crop=True) == "cpu"
     with pytest.raises(W2SError, match="--decode 'nvjpeg' is invalid"):
-        Preprocess(CONFIGS["squash"], "nvjpeg")
+        resolve_decoder("nvjpeg", CPU)
 
 
 def test_evaluation_through_the_device_path_on_cpu_tensors(tmp_path):
@@ -155,7 +161,7 @@ def test_evaluation_through_the_device_path_on_cpu_tensors(tmp_path):
     a broken image."""
     import timm
 
-    from w2s_pipe.stages.evaluate import evaluate
+    from w2s_pipe.pipeline.evaluation import evaluate
 
     cfg = CONFIGS["center-bilinear"]
     shard = [{**s, "cls": i % 3} for i, s in enumerate(samples(6))]

@@ -164,7 +164,7 @@ def test_decoders_agree_are_recorded_and_never_mixed(tmp_path, digits_data, weak
 
 
 def test_gpu_decoding_needs_a_cuda_device(tmp_path, digits_data, weak_ckpt):
-    with pytest.raises(W2SError, match="--decode gpu needs a CUDA device, and this run uses cpu; use --decode cpu"):
+    with pytest.raises(W2SError, match="--decode gpu needs a CUDA device, and this run is on cpu; use --decode cpu"):
         label(tmp_path, weak_ckpt, decode="gpu", device="cpu")
 
 
@@ -214,9 +214,9 @@ def test_config_validation(field, value, match):
 
 def test_auto_decoder_finishes_a_store_with_the_decoder_it_began_with(tmp_path, digits_data, weak_ckpt):
     """--decode auto is cpu on a CPU machine, but a store begun with pil is finished with pil."""
-    from w2s_pipe.stages.label import resolve_label_decoder
+    from w2s_pipe.stages.label import label_decoder
 
-    assert resolve_label_decoder("auto", torch.device("cpu"), {}, None) == "cpu"
+    assert label_decoder("auto", torch.device("cpu"), {}, None, "store") == "cpu"
     first = label(tmp_path, weak_ckpt, "p", decode="pil", max_shards=1)
     assert not first.complete
     rest = label(tmp_path, weak_ckpt, "p")  # decode left at auto

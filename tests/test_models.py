@@ -51,7 +51,7 @@ def test_plain_state_dict(tmp_path):
 def test_not_a_checkpoint(tmp_path):
     bad = tmp_path / "junk.pt"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(W2SError, match="junk.pt: not a PyTorch checkpoint"):
+    with pytest.raises(W2SError, match="junk.pt is not a PyTorch checkpoint"):
         load_model(TINY_MODEL, checkpoint=str(bad), num_classes=10)
     with pytest.raises(W2SError, match="does not exist"):
         load_model(TINY_MODEL, checkpoint=str(tmp_path / "none.pt"), num_classes=10)

@@ -13,8 +13,13 @@ from w2s_pipe.cli import cli
 from w2s_pipe.errors import W2SError
 from w2s_pipe.pipeline.train.recipes import load_recipe, shipped
 from w2s_pipe.stages.train import TrainConfig
+from w2s_pipe.stages.train_config import recipe_options
 
-OPTIONS = {p.name for p in cli.commands["train"].params} - {"config", "quiet"}
+OPTIONS = recipe_options()
+
+
+def test_recipe_keys_are_the_train_commands_options():
+    assert set(OPTIONS) == {p.name for p in cli.commands["train"].params} - {"config", "quiet"}
 
 
 def test_every_shipped_recipe_opens_with_its_command_and_sets_only_options():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from w2s_pipe.pipeline.stats import softmax_stats, unstorable_rows, weak_outputs
+from w2s_pipe.pipeline.stats import softmax_stats, unstorable_rows, stored_outputs
 
 
 def test_softmax_stats_match_formulas():
@@ -59,10 +59,10 @@ def test_unstorable_rows():
 
 def test_stats_come_from_the_stored_float16_logits():
     x = torch.randn(32, 10) * 5
-    out = weak_outputs(x, None)
+    out = stored_outputs(x, None)
     assert out["logits"].dtype == torch.float16
     torch.testing.assert_close(out["confidence"], softmax_stats(out["logits"].float())["confidence"], rtol=0, atol=0)
-    top = weak_outputs(x, 3)
+    top = stored_outputs(x, 3)
     values, indices = x.half().float().topk(3, 1)
     torch.testing.assert_close(top["topk_values"].float(), values)
     assert top["topk_indices"].dtype == torch.int16 and (top["topk_indices"].long() == indices).all()

@@ -50,7 +50,7 @@ def test_gt_training_lowers_the_loss_and_its_checkpoint_labels(tmp_path, digits_
     assert best["top1"] == pytest.approx(result.best_top1, abs=1e-9)
     with pytest.raises(W2SError, match="no run 'nope'"):
         run_eval(EvalConfig(run="nope"))
-    with pytest.raises(W2SError, match="--decode gpu needs a CUDA device, and this evaluation is on cpu"):
+    with pytest.raises(W2SError, match="--decode gpu needs a CUDA device, and this run is on cpu"):
         run_eval(EvalConfig(run="weak", decode="gpu", device="cpu"))
     from click.testing import CliRunner
 

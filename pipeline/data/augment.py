@@ -19,20 +19,8 @@ from __future__ import annotations
 import io
 
 from ...errors import W2SError
-from .transforms import DECODERS, _pil_rgb, _quiet_torchvision, decode_tensor, image_payload, pil_to_tensor
+from .transforms import decode_tensor, image_payload, pil_rgb, pil_to_tensor, quiet_torchvision
 from .views import TrainViews, View, seeded, view_seed
-
-
-def resolve_decoder(decoder: str, device, per_sample_policies: bool = False) -> str:
-    """`auto` is the device path where there is a GPU, else (or when the run has augmentation that
-    only the loading processes apply: `per_sample_policies`) the loading processes' cpu path."""
-    if decoder == "auto":
-        return "gpu" if device.type == "cuda" and not per_sample_policies else "cpu"
-    if decoder not in DECODERS:
-        raise W2SError(f"--decode {decoder!r} is invalid: choose auto, {', '.join(DECODERS)}")
-    if decoder == "gpu" and device.type != "cuda":
-        raise W2SError(f"--decode gpu needs a CUDA device, and this run is on {device}; use --decode cpu")
-    return decoder
 
 
 def _check_interpolation(name: str) -> None:
@@ -48,17 +36,11 @@ def _check_interpolation(name: str) -> None:
 
 class TrainAugment:
     """A loading process's per-sample step: encoded sample -> (uint8 (3, H, W) view, or the raw
-    bytes under gpu; its `View`)."""
+    bytes under gpu; its `View`). `decoder` is resolved (decoders.resolve_decoder: gpu never comes
+    with --aa or --color-jitter) and the options are checked (TrainConfig: not both at once)."""
 
     def __init__(self, data_config: dict, views: TrainViews, decoder: str, color_jitter: float = 0.0,
                  auto_augment: str | None = None):
-        if decoder not in DECODERS:
-            raise W2SError(f"--decode {decoder!r} is invalid: choose auto, {', '.join(DECODERS)}")
-        for option, value in (("--color-jitter", color_jitter), ("--aa", auto_augment)):
-            if decoder == "gpu" and value:
-                raise W2SError(f"{option} is applied in the loading processes: use --decode cpu or pil with it")
-        if color_jitter and auto_augment:
-            raise W2SError("give --aa or --color-jitter, not both (timm turns colour jitter off under auto-augment)")
         self.views, self.decoder = views, decoder
         self.size = tuple(int(v) for v in data_config["input_size"][1:])
         self.interpolation = data_config.get("interpolation", "bilinear")
@@ -80,7 +62,7 @@ class TrainAugment:
             return data, self.views.draw(shard, key, epoch, height, width)
         seed = view_seed(self.views.seed, shard, key, epoch)
         if self.decoder == "pil":
-            image = _pil_rgb(data, where)
+            image = pil_rgb(data, where)
             view = self.views.draw(shard, key, epoch, image.height, image.width)
             crop = pil_crop(image, view, self.size, self.interpolation)
             if self.policy is not None:  # on the PIL crop itself: no round trip through a tensor
@@ -197,7 +179,7 @@ class DeviceAugment:
     def __init__(self, data_config: dict, device):
         self.size = tuple(int(v) for v in data_config["input_size"][1:])
         self.device = device
-        _quiet_torchvision()
+        quiet_torchvision()
 
     def __call__(self, blobs: list[bytes], views, keys: list):
         from .crops import flip_where, resized_crops

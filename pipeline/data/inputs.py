@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from ...errors import W2SError
 from .datasets import resolve_data
-from ..train.losses import LOSSES
+from ..choices import LOSSES
 from ...storage.fsutil import absolute
 from ..workspace import workspace_dir
 

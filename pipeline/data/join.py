@@ -39,7 +39,7 @@ class StoreJoin:
         """(keys, weak logits (n, C), keys skipped as bad at labelling) of one shard, or None if
         the store lacks the shard and skipping is on."""
         store = self.store
-        if name not in store._shard_pos:
+        if not store.has_shard(name):
             if self.skip_missing:
                 return None
             raise W2SError(f"shard {name} is not in store {self.store_url} (it labelled {store.attrs['data']['pattern']})")

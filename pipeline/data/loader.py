@@ -1,13 +1,20 @@
-"""The labelling loader: worker processes turn whole shards into batches of uint8 crops (or, for
-`--decode gpu`, of raw image bytes that the main process decodes on the device).
+"""The labelling (and evaluation) loader: worker processes turn whole shards into batches of uint8
+crops (or, for `--decode gpu`, of raw image bytes that the main process decodes on the device).
 
-Each batch holds samples of one shard only, in the shard's order, so the writer can fill a
-shard's contiguous rows without sorting. A shard ends with an `end` item carrying its count.
+What it yields is a stream of typed events, in each shard's order:
+
+    ImageBatch  samples of one shard only, in the shard's order (so the writer fills a shard's
+                contiguous rows without sorting)
+    ShardEnd    the shard is read: how many samples its batches held, and those skipped as bad
+    ShardTaken  another process holds the shard's claim (labelling): this run leaves it
+    LoadFailed  a loading process stopped at bad input; `events` raises it as the one-line error
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -15,6 +22,45 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from ...errors import W2SError
 from .shards import iter_samples, url_name
 from .transforms import decode_label
+
+
+@dataclass
+class ImageBatch:
+    shard: int  # position in the data source
+    keys: list[str]
+    labels: torch.Tensor | None  # int32 (N,), or None where the shards carry no label
+    images: torch.Tensor | None = None  # uint8 (N, 3, H, W): the eval crops
+    blobs: list[bytes] | None = None  # or the encoded images, for the device to decode (--decode gpu)
+
+    def pin_memory(self) -> "ImageBatch":
+        """The DataLoader's pinning thread calls this (page-locked memory copies to a GPU asynchronously)."""
+        pin = (lambda t: None if t is None else t.pin_memory())
+        return ImageBatch(self.shard, self.keys, pin(self.labels), pin(self.images), self.blobs)
+
+
+@dataclass
+class ShardEnd:
+    shard: int
+    count: int  # samples in the shard's batches
+    skipped: list[dict] = field(default_factory=list)  # {"key", "reason"} of bad samples left out (--on-bad-sample skip)
+
+
+@dataclass
+class ShardTaken:
+    shard: int  # claimed by another labelling process, which labels it
+
+
+@dataclass
+class LoadFailed:
+    message: str  # passed as data, not raised in the loading process: the main process says it on one line
+
+
+def events(loader: Iterable) -> Iterator:
+    """The loader's events, with a loading process's failure raised as its one-line error."""
+    for event in loader:
+        if isinstance(event, LoadFailed):
+            raise W2SError(event.message)
+        yield event
 
 
 class ShardBatches(IterableDataset):
@@ -36,13 +82,12 @@ class ShardBatches(IterableDataset):
         mine = self.shards[info.id :: info.num_workers] if info else self.shards
         for position, url in mine:
             if self.claims is not None and not self.claims.claim(position):
-                yield {"shard": position, "claimed_elsewhere": True}
+                yield ShardTaken(position)
                 continue
             try:
                 yield from self._shard(position, url)
             except W2SError as exc:
-                # Passed as data, not raised: the main process reports it on one line.
-                yield {"error": str(exc)}
+                yield LoadFailed(str(exc))
                 return
 
     def _shard(self, position: int, url: str):
@@ -66,24 +111,20 @@ class ShardBatches(IterableDataset):
             keys.append(key)
             labels.append(label)
             if len(images) == self.batch_size:
-                yield self._batch(position, count, images, keys, labels)
+                yield self._batch(position, images, keys, labels)
                 count += len(images)
                 images, keys, labels = [], [], []
         if images:
-            yield self._batch(position, count, images, keys, labels)
+            yield self._batch(position, images, keys, labels)
             count += len(images)
-        yield {"shard": position, "end": True, "count": count, "skipped": skipped}
+        yield ShardEnd(position, count, skipped)
 
-    def _batch(self, position, start, images, keys, labels):
+    def _batch(self, position, images, keys, labels) -> ImageBatch:
         has_labels = all(label is not None for label in labels)
-        raw = self.prepare.decoder == "gpu"  # bytes, decoded on the device by the main process
-        return {
-            "shard": position,
-            "start": start,
-            "blobs" if raw else "images": images if raw else torch.stack(images),
-            "keys": keys,
-            "labels": torch.tensor(labels, dtype=torch.int32) if has_labels else None,
-        }
+        labels = torch.tensor(labels, dtype=torch.int32) if has_labels else None
+        if self.prepare.decoder == "gpu":  # bytes, decoded on the device by the main process
+            return ImageBatch(position, keys, labels, blobs=images)
+        return ImageBatch(position, keys, labels, images=torch.stack(images))
 
 
 def default_workers() -> int:
@@ -121,3 +162,28 @@ def label_loader(dataset: ShardBatches, workers: int, pin_memory: bool) -> DataL
     # An own generator, so that evaluating inside a training run draws nothing from the run's.
     return DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=pin_memory,
                       generator=torch.Generator(), **kwargs)
+
+
+def batch_images(batch: ImageBatch, geometry, device, shard: str, *, skip_bad: bool = False, hint: str = ""):
+    """A batch's images ready to normalise: the loading processes' uint8 crops, or (--decode gpu)
+    its encoded images decoded and cropped on `device` (`transforms.decode_batch` with `geometry`,
+    a `TensorGeometry`).
+
+    Returns (images or None when none is left, keys, labels, skipped): a bad image stops the run
+    naming shard and key (and `hint`, what the user can do), or under `skip_bad` is left out and
+    returned as {"key", "reason"}.
+    """
+    if batch.blobs is None:
+        return batch.images, batch.keys, batch.labels, []
+    from .transforms import decode_batch
+
+    keys, labels = batch.keys, batch.labels
+    images, bad = decode_batch(batch.blobs, geometry, device,
+                               lambda i: f"shard {shard}, key {keys[i]!r}: cannot decode the image")
+    if not bad:
+        return images, keys, labels, []
+    if not skip_bad:
+        raise W2SError(bad[min(bad)] + hint)
+    keep = [j for j in range(len(keys)) if j not in bad]
+    skipped = [{"key": keys[j], "reason": bad[j].split(": ", 1)[-1]} for j in sorted(bad)]
+    return images, [keys[j] for j in keep], None if labels is None else labels[keep], skipped

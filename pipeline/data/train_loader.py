@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ...errors import W2SError
 from .join import StoreJoin
+from .loader import LoadFailed
 from .shards import iter_samples, url_name
 from .transforms import decode_label
 from .views import view_seed
@@ -68,7 +69,7 @@ class TrainStream(IterableDataset):
             for sample in itertools.islice(encoded, done, None):
                 yield self._decode(sample)
         except W2SError as exc:
-            yield {"error": str(exc)}
+            yield LoadFailed(str(exc))  # as data: the main process says it on one line
 
     def _encoded(self, me: int, everyone: int):
         dropped = 0
@@ -106,10 +107,11 @@ class TrainStream(IterableDataset):
 
 def collate(samples: list[dict]) -> dict:
     """A batch: "image" uint8 (N, 3, H, W) or "blobs" (N encoded images, for the device to decode),
-    "view" (N, 11), "label" (N,), "weak" (N, C) in the stored dtype, "dropped", "key"."""
+    "view" (N, 11), "label" (N,), "weak" (N, C) in the stored dtype, "dropped", "key"; or the
+    `loader.LoadFailed` of a loading process that stopped at bad input."""
     for s in samples:
-        if "error" in s:
-            return {"error": s["error"]}
+        if isinstance(s, LoadFailed):
+            return s
     batch = {"view": torch.tensor([s["view"] for s in samples], dtype=torch.float32),
              "label": torch.tensor([s["label"] for s in samples], dtype=torch.long),
              "dropped": torch.tensor(sum(s["dropped"] for s in samples), dtype=torch.long),

@@ -23,7 +23,6 @@ from ...errors import W2SError
 
 # Keys of timm's data config that define preprocessing; recorded in the store.
 DATA_CONFIG_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
-DECODERS = ("cpu", "gpu", "pil")
 JPEG_MAGIC = b"\xff\xd8\xff"
 
 
@@ -39,7 +38,7 @@ def image_payload(sample: dict, image_fields: tuple[str, ...], shard: str) -> tu
     )
 
 
-def _pil_rgb(data: bytes, where: str):
+def pil_rgb(data: bytes, where: str):
     from PIL import Image
 
     try:
@@ -53,10 +52,10 @@ def _pil_rgb(data: bytes, where: str):
 def decode_image(sample: dict, image_fields: tuple[str, ...], shard: str):
     """The sample's image as an RGB PIL image; the error names shard, key and reason."""
     name, data = image_payload(sample, image_fields, shard)
-    return _pil_rgb(data, f"shard {shard}, key {sample.get('__key__')!r}: cannot decode {name!r}")
+    return pil_rgb(data, f"shard {shard}, key {sample.get('__key__')!r}: cannot decode {name!r}")
 
 
-def _quiet_torchvision() -> None:
+def quiet_torchvision() -> None:
     """torchvision 0.29 deprecates its image decoders in favour of TorchCodec's and warns on every
     call; frombuffer warns that the bytes are read-only, and nothing writes to them."""
     warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision")
@@ -71,11 +70,11 @@ def decode_tensor(data: bytes, where: str):
     try:
         from torchvision.io import ImageReadMode, decode_image as tv_decode
 
-        _quiet_torchvision()
+        quiet_torchvision()
         return tv_decode(torch.frombuffer(data, dtype=torch.uint8), mode=ImageReadMode.RGB)
     except (ImportError, RuntimeError, ValueError):
         pass  # a torchvision without its decoders, or an image it refuses: PIL decides
-    return pil_to_tensor(_pil_rgb(data, where))
+    return pil_to_tensor(pil_rgb(data, where))
 
 
 def pil_to_tensor(image):
@@ -133,13 +132,6 @@ def eval_geometry(data_config: dict):
     import timm.data
 
     return timm.data.create_transform(**_timm_config(data_config), is_training=False, use_prefetcher=True)
-
-
-def check_decoder(decoder: str, data_config: dict) -> None:
-    if decoder not in DECODERS:
-        raise W2SError(f"--decode {decoder!r} is invalid: choose one of {', '.join(DECODERS)}")
-    if decoder == "gpu" and data_config.get("crop_mode") == "border":
-        raise W2SError("--decode gpu cannot apply crop_mode 'border' (padding); use --decode cpu")
 
 
 class TensorGeometry:
@@ -211,7 +203,7 @@ class Preprocess:
     """A worker's per-sample step: sample -> uint8 (3, H, W) crop, or the raw bytes under gpu."""
 
     def __init__(self, data_config: dict, decoder: str = "cpu"):
-        check_decoder(decoder, data_config)
+        # `decoder` is resolved (decoders.resolve_decoder): gpu only for a plain crop box.
         self.decoder = decoder
         # timm's border mode pads with a per-channel fill that torchvision's tensor pad refuses.
         self.tensor_route = decoder == "cpu" and data_config.get("crop_mode") != "border"
@@ -222,7 +214,7 @@ class Preprocess:
         where = f"shard {shard}, key {sample.get('__key__')!r}: cannot decode {name!r}"
         if self.decoder == "gpu":
             return data
-        image = decode_tensor(data, where) if self.tensor_route else _pil_rgb(data, where)
+        image = decode_tensor(data, where) if self.tensor_route else pil_rgb(data, where)
         return self.geometry(image)
 
 
@@ -263,7 +255,7 @@ def decode_images(blobs: list[bytes], device, where: Callable[[int], str]) -> tu
         from torchvision.io import ImageReadMode, decode_jpeg
     except ImportError:
         raise W2SError("--decode gpu needs torchvision's decode_jpeg, which this torchvision lacks; use --decode cpu") from None
-    _quiet_torchvision()
+    quiet_torchvision()
     images: list = [None] * len(blobs)
     bad: dict[int, str] = {}
     jpegs = [i for i, b in enumerate(blobs) if b[:3] == JPEG_MAGIC]

@@ -6,11 +6,12 @@ Each returns (loss, parts): a scalar to minimise and a dict of detached scalars 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
+
+from ..choices import LOSSES, RAMPS
 
 LossOut = tuple[torch.Tensor, dict[str, torch.Tensor]]
 
@@ -84,21 +85,6 @@ def gt(student: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0) -> L
     return loss, {"ce_gt": loss.detach()}
 
 
-@dataclass(frozen=True)
-class LossSpec:
-    needs_weak: bool
-    summary: str
-
-
-LOSSES = {
-    "adaptconf": LossSpec(True, "adaptive confidence loss (Guo et al. 2024), per-sample beta"),
-    "augconf": LossSpec(True, "(1-alpha) KD + alpha CE(s, argmax s), alpha ramped over --warmup-frac of the run"),
-    "kd": LossSpec(True, "T^2-scaled KL to the weak soft labels"),
-    "hard": LossSpec(True, "cross-entropy on the weak argmax"),
-    "gt": LossSpec(False, "ground-truth cross-entropy (weak model, strong ceiling)"),
-}
-
-
 def objective(name: str, *, temperature: float = 1.0, threshold: float = 0.5, warmup_frac: float = 0.3,
               ramp: str = "epoch", epochs: int = 1, beta_warmup_frac: float = 0.0, gt_weight: float = 0.0,
               kd_weight: float = 1.0, smoothing: float = 0.0) -> Callable[..., LossOut]:
@@ -114,8 +100,8 @@ def objective(name: str, *, temperature: float = 1.0, threshold: float = 0.5, wa
     """
     if name not in LOSSES:
         raise KeyError(name)
-    if ramp not in ("epoch", "step"):
-        raise ValueError(f"ramp {ramp!r}: epoch or step")
+    if ramp not in RAMPS:
+        raise ValueError(f"ramp {ramp!r}: {' or '.join(RAMPS)}")
 
     def by_step(progress: float, frac: float) -> float:
         return 1.0 if frac <= 0 else min(1.0, max(0.0, progress / frac))

@@ -12,8 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...errors import W2SError
-
-SCHEDULES = ("cosine", "step", "const")
+from ..choices import SCHEDULES, check_choice
 
 
 def check_optimizer(opt: str) -> None:
@@ -62,8 +61,7 @@ class ScheduleSpec:
     decay_rate: float = 0.1
 
     def __post_init__(self):
-        if self.sched not in SCHEDULES:
-            raise W2SError(f"--sched {self.sched!r} is invalid: choose one of {', '.join(SCHEDULES)}")
+        check_choice("--sched", self.sched, SCHEDULES)
         if self.warmup_steps and self.warmup_steps >= self.total_steps:
             raise W2SError(f"the warm-up ({self.warmup_steps} steps) must be shorter than the run "
                            f"({self.total_steps} steps): lower --warmup-epochs or raise --epochs")

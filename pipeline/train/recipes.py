@@ -4,7 +4,10 @@
     w2s-pipe train --config cifar_v0 --strong cifar_resnet56 --labels STORE --lr 0.1   # the command line wins
 
 A recipe maps `train` option names (`weight_decay` or `weight-decay`) to values; every key must be
-an option, and an unknown one is a one-line error naming it and the file. Each shipped file opens
+an option, and an unknown one is a one-line error naming it and the file. Each value is converted
+to its option's type as the command line converts it (`1e-3` is a number; a list, a mapping or a
+null where a number belongs is a one-line error naming the key and the file), and then goes through
+the same checks as the option given on the command line (`TrainConfig`). Each shipped file opens
 with the exact command that runs it, then says where its numbers come from.
 """
 
@@ -50,8 +53,53 @@ def recipe_path(name: str) -> Path:
     raise W2SError(f"--config {name!r}: no such recipe ({names}) or file")
 
 
-def load_recipe(name: str, options: set[str]) -> dict:
-    """{option: value} from a recipe; `options` are the option names it may set (underscored)."""
+NEEDS = {"bool": "true or false", "int": "a whole number", "float": "a number", "str": "a string"}
+
+
+def convert(value, annotation: str, where: str):
+    """`value` as the type of a config field annotated `annotation` ("float | None", "int", "bool",
+    "str"), accepting what the command line accepts for it; else a one-line error beginning `where`."""
+    kinds = [k.strip() for k in str(annotation).split("|")]
+    kind = next((k for k in kinds if k != "None"), "str")
+    if value is None:
+        if "None" in kinds:
+            return None
+        raise W2SError(f"{where} is null; it needs {NEEDS.get(kind, kind)}")
+    shown = f"{value!r}" if len(repr(value)) <= 40 else f"{repr(value)[:37]}..."
+    wrong = W2SError(f"{where} is {shown} ({_kind_of(value)}); it needs {NEEDS.get(kind, kind)}")
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        raise wrong
+    if isinstance(value, (bool, list, dict)):
+        raise wrong
+    if kind == "str":
+        return str(value) if isinstance(value, (str, int, float)) else _raise(wrong)
+    try:
+        number = float(value) if kind == "float" else _whole(value)
+    except (TypeError, ValueError):
+        raise wrong from None
+    return number
+
+
+def _whole(value) -> int:
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError(value)
+    return int(value)
+
+
+def _kind_of(value) -> str:
+    return {bool: "true/false", list: "a list", dict: "a mapping", str: "a string"}.get(type(value), type(value).__name__)
+
+
+def _raise(exc: Exception):
+    raise exc
+
+
+def load_recipe(name: str, options: dict[str, str]) -> dict:
+    """{option: value} from a recipe; `options` maps the option names it may set (underscored) to
+    their config field's type annotation (`train_config.recipe_options()`), which each value is
+    converted to."""
     import yaml
 
     path = recipe_path(name)
@@ -69,5 +117,5 @@ def load_recipe(name: str, options: set[str]) -> dict:
         option = str(key).replace("-", "_")
         if option not in options:
             raise W2SError(f"{path}: unknown key {key!r}; a recipe sets `train` options (see w2s-pipe train --help)")
-        out[option] = value
+        out[option] = convert(value, options[option], f"{path}: key {key!r}")
     return out

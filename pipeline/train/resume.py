@@ -20,6 +20,15 @@ INVOCATION_ONLY = frozenset({"resume", "max_steps", "progress", "log_every", "ru
                              "labels", "data", "split", "workers", "device", "precision", "decode"})
 
 
+def run_settings(cfg, **resolved) -> dict:
+    """Everything that decides what a run computes: its config less the invocation-only fields,
+    plus what the others resolved to on this machine (`resolved`: the model's full name, the
+    precision, the decoder, ...). --resume refuses any difference by name."""
+    from dataclasses import asdict
+
+    return {**{k: v for k, v in asdict(cfg).items() if k not in INVOCATION_ONLY}, **resolved}
+
+
 def differences(saved: dict, current: dict) -> list[str]:
     """'name (then X, now Y)' for every setting that differs; keys missing on one side count."""
     out = []
@@ -37,6 +46,31 @@ def check_resumable(saved: dict | None, current: dict, run_dir: str) -> None:
     if diff:
         raise W2SError(f"--resume: run {run_dir} cannot continue with other settings: {'; '.join(diff)}. "
                        "Resume with the settings it was started with, or start a new run (--run-name)")
+
+
+def resume(path: str, settings: dict, run_dir: str, *, model, optimizer, scaler=None, ema=None, rank: int = 0,
+           device=None) -> tuple[int, float | None, dict]:
+    """Put a run back where its last.pt left it: weights, weight average (`ema`, the averaged
+    module), optimizer, loss scaler and this rank's own state. Returns (step, best top-1 so far,
+    the epoch's running sums). A last.pt that is not this run's, or was written with other
+    settings, is a one-line error."""
+    from .checkpoint import load_run_checkpoint
+
+    ckpt = load_run_checkpoint(path)
+    check_resumable(ckpt.get("settings"), settings, run_dir)
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+        if ema is not None:
+            ema.load_state_dict(ckpt["ema"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if scaler is not None and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        sums = restore_rank_state(model, ckpt["ranks"][rank], device, ema)
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
+        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise W2SError(f"--resume: {path} does not fit this run ({why}); it is damaged: start a new run "
+                       "(--run-name)") from None
+    return int(ckpt["step"]), ckpt.get("best_top1"), sums
 
 
 def seed_everything(seed: int) -> None:

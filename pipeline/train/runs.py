@@ -1,4 +1,11 @@
-"""A training run's directory: finding it, its metrics log, and a digest of its weights."""
+"""A training run's directory: opening or finding it, its config.json and metrics log, the epoch's
+running totals, and a digest of its weights.
+
+    <workspace>/runs/<run>/config.json      every resolved setting, written when the run starts
+                           metrics.jsonl    one JSON object per logging step, epoch and the end
+                           tensorboard/     the same numbers as TensorBoard events
+                           last.pt best.pt ema.pt   (checkpoint.Checkpoints)
+"""
 
 from __future__ import annotations
 
@@ -12,11 +19,51 @@ from ...errors import W2SError
 from ..workspace import workspace_dir
 
 
+CONFIG_FILE = "config.json"
+
+
+def run_path(name: str, workspace=None) -> str:
+    """A run name is a directory under <workspace>/runs; a name with a path separator is a path."""
+    return name if os.path.sep in name else str(workspace_dir(workspace) / "runs" / name)
+
+
+def open_run(name: str, workspace=None, *, resume: bool = False) -> str:
+    """The directory of run `name` for `train`: a new run must not exist yet, a resumed one must
+    have its last.pt."""
+    path = run_path(name, workspace)
+    if resume and not os.path.exists(os.path.join(path, "last.pt")):
+        raise W2SError(f"--resume: run {path} has no last.pt to continue from")
+    if not resume and os.path.exists(os.path.join(path, CONFIG_FILE)):
+        raise W2SError(f"run {path} exists; pass --resume to continue it, or choose another --run-name")
+    return path
+
+
 def find_run(run: str, workspace=None) -> str:
     path = run if os.path.sep in run or os.path.isdir(run) else str(workspace_dir(workspace) / "runs" / run)
     if not os.path.isdir(path):
         raise W2SError(f"no run {run!r} (looked for {path})")
     return path
+
+
+def write_config(run_dir: str, config: dict) -> None:
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, CONFIG_FILE), "w") as f:
+        json.dump(config, f, indent=1)
+
+
+def read_config(run_dir: str) -> dict:
+    """A run's config.json, or a one-line error naming it."""
+    path = os.path.join(run_dir, CONFIG_FILE)
+    try:
+        with open(path) as f:
+            config = json.load(f)
+    except FileNotFoundError:
+        raise W2SError(f"run {run_dir} has no {CONFIG_FILE}: not a run directory of `w2s-pipe train`") from None
+    except (OSError, ValueError) as exc:
+        raise W2SError(f"{path} is damaged ({exc}); the run's checkpoints are still usable with --checkpoint") from None
+    if not isinstance(config, dict):
+        raise W2SError(f"{path} is damaged (not a mapping); the run's checkpoints are still usable with --checkpoint")
+    return config
 
 
 
@@ -76,6 +123,37 @@ class MetricsLog:
         with open(tmp, "w") as f:
             f.writelines(kept)
         os.replace(tmp, self.path)
+
+
+class EpochTotals:
+    """What the epoch's record sums over its logging windows (agreement with the weak labels,
+    samples --skip-missing left out) and what the end record sums over the run. Saved in every
+    rank's part of last.pt (`as_dict`), so a resumed epoch's record counts the steps before the stop."""
+
+    FIELDS = ("agree", "agree_steps", "dropped", "dropped_total")
+
+    def __init__(self, saved: dict | None = None):
+        saved = saved or {}
+        self.agree, self.agree_steps = float(saved.get("agree", 0.0)), int(saved.get("agree_steps", 0))
+        self.dropped, self.dropped_total = int(saved.get("dropped", 0)), int(saved.get("dropped_total", 0))
+
+    def add(self, flushed: dict) -> None:
+        """A `MetricWindow.flush`'s figures."""
+        self.agree += flushed["sums"].get("agree", 0.0)
+        self.agree_steps += flushed["steps"]
+        self.dropped += flushed["dropped"]
+        self.dropped_total += flushed["dropped"]
+
+    def epoch_figures(self, skip_missing: bool) -> dict:
+        """The epoch record's share: mean agreement with the weak labels (and what was dropped)."""
+        out = {"train_agree": self.agree / max(1, self.agree_steps)}
+        return {**out, "dropped_missing": self.dropped} if skip_missing else out
+
+    def next_epoch(self) -> None:
+        self.agree, self.agree_steps, self.dropped = 0.0, 0, 0
+
+    def as_dict(self) -> dict:
+        return {name: getattr(self, name) for name in self.FIELDS}
 
 
 class MetricWindow:

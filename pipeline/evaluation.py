@@ -1,0 +1,87 @@
+"""Top-1/top-5 of a model on a data set's validation shards: what `train` measures each epoch,
+`eval` prints for a checkpoint and `report` takes as the weak model's accuracy."""
+
+from __future__ import annotations
+
+from ..errors import W2SError
+from . import distributed
+
+
+def evaluate(model, urls, data_config: dict, *, image_fields, label_field, batch_size: int, workers: int,
+             device, precision: str = "fp32", decoder: str = "cpu") -> dict:
+    """{"top1", "top5", "samples"} over `urls`; under DDP each rank takes shards r, r+W, ... and
+    the counts are summed, so every rank returns the same numbers. `decoder` is resolved, as
+    `label --decode` (a bad image stops the evaluation, naming shard and key)."""
+    import torch
+
+    from .data.loader import ImageBatch, ShardBatches, batch_images, events, label_loader
+    from .data.shards import url_name
+    from .data.transforms import DeviceNormalize, Preprocess, TensorGeometry
+
+    info = distributed.dist_info()
+    mine = [(i, u) for i, u in enumerate(urls) if i % info.world_size == info.rank]
+    geometry = TensorGeometry(data_config) if decoder == "gpu" else None
+    dataset = ShardBatches(mine, prepare=Preprocess(data_config, decoder), batch_size=batch_size,
+                           image_fields=image_fields, label_field=label_field, label_required=True)
+    loader = label_loader(dataset, min(workers, len(mine)) if mine else 0, device.type == "cuda")
+    normalize = DeviceNormalize(data_config, device)
+    counts = torch.zeros(3, dtype=torch.float64, device=device)  # top1, top5, n
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode():
+        for batch in events(loader) if mine else ():
+            if not isinstance(batch, ImageBatch):
+                continue  # a shard's end
+            images, _, labels, _ = batch_images(batch, geometry, device, url_name(urls[batch.shard]))
+            x = normalize(images)
+            y = labels.to(device).long()
+            with distributed.autocast(precision, device):
+                logits = model(x)
+            k = min(5, logits.shape[1])
+            top = logits.float().topk(k, dim=1).indices
+            counts[0] += (top[:, 0] == y).sum()
+            counts[1] += (top == y[:, None]).any(dim=1).sum()
+            counts[2] += len(y)
+    model.train(was_training)
+    if info.world_size > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(counts)
+    n = max(1.0, float(counts[2]))
+    return {"top1": float(counts[0]) / n, "top5": float(counts[1]) / n, "samples": int(counts[2])}
+
+
+def evaluate_checkpoint(checkpoint: str, *, data: str, split: str | None = None, batch_size: int = 256,
+                        workers: int | None = None, device: str = "auto", precision: str | None = None,
+                        decode: str | None = None, workspace=None) -> dict:
+    """A checkpoint this tool wrote, evaluated on `data`'s `split` (default: its validation split).
+
+    `precision` defaults to the one the checkpoint trained in (as training's own evaluation used),
+    fp32 for a checkpoint that does not say; `decode` to the decoder it trained with where this
+    device can use it, else cpu. Returns `evaluate`'s figures with the checkpoint's step and epoch,
+    the precision, the decoder and the data they are for."""
+    from .data.datasets import resolve_data
+    from .data.decoders import resolve_decoder
+    from .data.loader import default_workers
+    from .models import load_model
+
+    loaded = load_model(None, checkpoint=checkpoint, num_classes=None, option=None)
+    meta = loaded.trained or {}
+    source = resolve_data(data, None, workspace=workspace)
+    split = split or (source.val_split if source.entry else source.split)
+    if split != source.split:
+        source = resolve_data(data, split, workspace=workspace)
+    device = distributed.pick_device(device)
+    precision = distributed.resolve_precision(precision or meta.get("precision") or "fp32", device)
+    trained_with = (meta.get("settings") or {}).get("decode_resolved", "cpu")
+    usable = trained_with if trained_with != "gpu" or device.type == "cuda" else "cpu"
+    decoder = resolve_decoder(decode or usable, device, border_crop=loaded.data_config.get("crop_mode") == "border")
+    if source.label_field is None:
+        raise W2SError(f"{source.pattern} carries no labels to evaluate against")
+    result = evaluate(loaded.model.to(device), list(source.urls), loaded.data_config, image_fields=source.image_fields,
+                      label_field=source.label_field, batch_size=batch_size,
+                      workers=workers if workers is not None else default_workers(), device=device,
+                      precision=precision, decoder=decoder)
+    return {**result, "checkpoint": checkpoint, "step": meta.get("step"), "epoch": meta.get("epoch"),
+            "precision": precision, "decode": decoder, "data": source.name, "split": source.split,
+            "pattern": source.pattern}

@@ -1,0 +1,64 @@
+"""`label`'s options as one frozen, validated config: every value is checked where the config is
+built, with an error naming the option, the bad value and what would be valid."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import W2SError
+from ..pipeline.choices import BAD_SAMPLE_POLICIES, DECODE_OPTIONS, PRECISION_OPTIONS, check_choice
+
+
+@dataclass(frozen=True)
+class LabelConfig:
+    weak: str | None
+    data: str
+    split: str | None = None
+    labels: str | None = None  # store path or URL; default: <workspace>/stores/<data>-<split>-<weak>
+    weak_checkpoint: str | None = None
+    num_classes: int | None = None
+    img_size: int | None = None
+    batch_size: int = 256
+    workers: int | None = None  # None: loader.default_workers()
+    precision: str = "auto"  # auto: bf16 on GPU and on CPUs with native bf16, else fp32
+    device: str = "auto"
+    topk: int | None = None
+    decode: str = "auto"  # gpu (nvJPEG, batched crops) where CUDA is, else cpu (libjpeg-turbo in workers); pil
+    compile: bool = False
+    overwrite: bool = False
+    max_shards: int | None = None  # label at most this many shards per rank in this run
+    on_bad_sample: str = "fail"  # or "skip": record bad samples (and unreadable shards) and go on
+    workspace: str | None = None
+    progress: bool = True
+
+    def __post_init__(self):
+        def bad(option, value, valid):
+            raise W2SError(f"{option} {value!r} is invalid: {valid}")
+
+        if not self.weak and not self.weak_checkpoint:
+            raise W2SError("give --weak MODEL (a timm name or alias) or --weak-checkpoint PATH")
+        if self.batch_size < 1:
+            bad("--batch-size", self.batch_size, "must be at least 1")
+        if self.workers is not None and self.workers < 0:
+            bad("--workers", self.workers, "must be 0 or more")
+        check_choice("--precision", self.precision, PRECISION_OPTIONS)
+        if self.topk is not None and self.topk < 1:
+            bad("--topk", self.topk, "must be at least 1")
+        if self.img_size is not None and self.img_size < 8:
+            bad("--img-size", self.img_size, "must be at least 8 pixels")
+        if self.num_classes is not None and self.num_classes < 2:
+            bad("--num-classes", self.num_classes, "must be at least 2")
+        if self.max_shards is not None and self.max_shards < 1:
+            bad("--max-shards", self.max_shards, "must be at least 1")
+        check_choice("--on-bad-sample", self.on_bad_sample, BAD_SAMPLE_POLICIES)
+        check_choice("--decode", self.decode, DECODE_OPTIONS)
+
+    @property
+    def skip_bad(self) -> bool:
+        return self.on_bad_sample == "skip"
+
+    @classmethod
+    def tiny(cls, **overrides) -> "LabelConfig":
+        """A seconds-long preset for tests and smoke runs: digits, in the main process, fp32, quiet."""
+        base = dict(weak=None, data="digits", workers=0, precision="fp32", progress=False)
+        return cls(**{**base, **overrides})
