@@ -207,6 +207,17 @@ def _load_config(ctx, param, value):
     return value
 
 
+def _from_recipe(ctx, exc: W2SError) -> W2SError:
+    """A config error about an option whose value the recipe gave says so, naming the recipe."""
+    option = str(exc).split(" ", 1)[0]
+    param = next((p for p in ctx.command.params if option in getattr(p, "opts", ())), None)
+    if param is not None and ctx.get_parameter_source(param.name) == click.core.ParameterSource.DEFAULT_MAP:
+        from .pipeline.train.recipes import recipe_path
+
+        return W2SError(f"{exc} (set by --config {recipe_path(ctx.params['config'])})")
+    return exc
+
+
 @cli.command()
 @click.option("--config", default=None, is_eager=True, expose_value=True, callback=_load_config,
               help="A recipe: a shipped name (`w2s-pipe recipes`: cifar_v0, demo, ...) or a YAML file of train options. "
@@ -349,7 +360,10 @@ def train(ctx, quiet, **options):
     from .pipeline.distributed import dist_info
     from .stages.train import TrainConfig, run_train
 
-    cfg = TrainConfig(**options, workspace=ctx.obj["workspace"], progress=not quiet)
+    try:
+        cfg = TrainConfig(**options, workspace=ctx.obj["workspace"], progress=not quiet)
+    except W2SError as exc:
+        raise _from_recipe(ctx, exc) from None
     result = run_train(cfg)
     if not dist_info().is_main:
         return

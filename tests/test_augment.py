@@ -119,7 +119,7 @@ def test_auto_augment_policies_run_on_this_pillow():
 
     from PIL import Image
 
-    from w2s_pipe.pipeline.data.augment import _posterize, auto_augment_policy
+    from w2s_pipe.pipeline.data.augment import posterize, auto_augment_policy
 
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8))
     for spec in ("rand-m9-mstd0.5-inc1", "original-mstd0.5"):
@@ -127,5 +127,5 @@ def test_auto_augment_policies_run_on_this_pillow():
         for i in range(2000):
             random.seed(i)
             assert policy(image).size == image.size
-    assert not np.asarray(_posterize(image, 0)).any()
-    assert np.array_equal(np.asarray(_posterize(image, 2)), np.asarray(image) & 0b11000000)
+    assert not np.asarray(posterize(image, 0)).any()
+    assert np.array_equal(np.asarray(posterize(image, 2)), np.asarray(image) & 0b11000000)

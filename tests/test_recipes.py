@@ -93,3 +93,43 @@ def test_each_recipe_runs_smoke_sized_and_the_command_line_wins(name, workspace_
         assert config["data_config"]["crop_pct"] == recipe["crop_pct"]
     steps = [json.loads(line) for line in open(os.path.join(run, "metrics.jsonl")) if '"step"' in line]
     assert all(math.isfinite(r["loss"]) for r in steps if r["kind"] == "step")
+
+
+@pytest.mark.parametrize("line,fragment", [
+    ("lr: null", "key 'lr' is null; it needs a number"),
+    ("lr: [0.1, 0.2]", "key 'lr' is [0.1, 0.2] (a list); it needs a number"),
+    ("lr: {peak: 0.1}", "key 'lr' is {'peak': 0.1} (a mapping); it needs a number"),
+    ("lr: fast", "key 'lr' is 'fast' (a string); it needs a number"),
+    ("epochs: 2.5", "key 'epochs' is 2.5 (float); it needs a whole number"),
+    ("epochs: true", "key 'epochs' is True (true/false); it needs a whole number"),
+    ("pretrained: 1", "key 'pretrained' is 1 (int); it needs true or false"),
+    ("aa: [rand-m9]", "key 'aa' is ['rand-m9'] (a list); it needs a string"),
+    ("loss: null", "key 'loss' is null; it needs a string"),
+    ("lr: -1", "--lr -1.0 is invalid: must be positive (set by --config"),  # the command line's own check
+    ("hflip: 2", "--hflip 2.0 is invalid: must be between 0 and 1 (set by --config"),
+])
+def test_recipe_values_get_the_command_lines_conversion_and_checks(line, fragment, tmp_path):
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text(f"# w2s-pipe train --config mine.yaml\n{line}\n")
+    result = CliRunner().invoke(cli, ["train", "--config", str(recipe), "--strong", "test_resnet"])
+    assert isinstance(result.exception, SystemExit) and result.exit_code == 1, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and str(recipe) in lines[0], result.output
+    assert fragment in lines[0], lines[0]
+
+
+def test_recipe_values_are_the_types_the_command_line_gives():
+    """YAML reads 1e-3 as a string and 2.0 as a float: a recipe means the number either way."""
+    from w2s_pipe.pipeline.train.recipes import convert
+
+    assert convert("1e-3", "float", "k") == 0.001 and convert(2, "float", "k") == 2.0
+    assert convert(2.0, "int", "k") == 2 and isinstance(convert(2.0, "int", "k"), int)
+    assert convert(None, "float | None", "k") is None and convert("sgd", "str", "k") == "sgd"
+    assert convert(False, "bool", "k") is False and convert(0.5, "str | None", "k") == "0.5"
+
+
+def test_a_refused_recipe_value_the_command_line_overrides_is_never_checked(tmp_path):
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text("lr: -1\n")
+    result = CliRunner().invoke(cli, ["train", "--config", str(recipe), "--lr", "0.1", "--strong", "test_resnet"])
+    assert result.exit_code == 1 and "--lr" not in result.output and "no complete label store" in result.output

@@ -102,7 +102,7 @@ def auto_augment_policy(spec: str, data_config: dict):
                        f"original-mstd0.5, augmix-m5-w4-d2, ...): {exc or type(exc).__name__}") from None
     for op in _ops(policy):
         if op.aug_fn is _timm_posterize():
-            op.aug_fn = _posterize
+            op.aug_fn = posterize
     return policy
 
 
@@ -119,7 +119,7 @@ def _timm_posterize():
     return auto_augment.posterize
 
 
-def _posterize(image, bits, **kwargs):
+def posterize(image, bits, **kwargs):
     """timm's posterize, also at 0 bits: magnitude noise (mstd) takes "PosterizeIncreasing" to 0 bits
     kept, which Pillow up to 12 turned into a black image and Pillow 13 refuses with a ValueError."""
     if bits <= 0:

@@ -84,7 +84,7 @@ def read_file(path: str, advice: str | None = None):
         except Exception as exc:  # safetensors raises its own error types
             fail(f"is not a readable safetensors file ({_first_line(exc)})")
     if head[:2] == b"\x1f\x8b":
-        fail("is gzip-compressed", "decompress it (gunzip) and give the file inside")
+        raise W2SError(f"checkpoint {path} is gzip-compressed; decompress it (gunzip) and give the file inside")
     if head[:4] != b"PK\x03\x04" and head[:1] != b"\x80":  # neither torch.save's zip nor a pickle
         fail(f"is not a PyTorch checkpoint (it begins {head[:8]!r})")
     try:
