@@ -227,7 +227,13 @@ def _from_recipe(ctx, exc: W2SError) -> W2SError:
               type=click.Choice(tuple(LOSSES)),
               help="; ".join(f"{name}: {loss.summary}" for name, loss in LOSSES.items()) + ".")
 @click.option("--labels", default=None, help="Label store path or URL [default: the workspace's most recent complete store].")
-@click.option("--data", default=None, help="Data set or shard pattern; needed with --loss gt and no store, else it must match the store.")
+@click.option("--teacher", default=None,
+              help="Online teacher, instead of a store: a weak checkpoint (from `w2s-pipe train`, or a timm state dict "
+                   "with --teacher-model) run on every batch's exact views, after the crop, flip, --aa, erasing and "
+                   "mixing, resized to its own input size and normalised with its own mean and std, as the paper's "
+                   "official code runs it. Needs --data; costs a teacher forward per step.")
+@click.option("--teacher-model", default=None, help="The timm name of a --teacher state dict (a checkpoint from train names its own).")
+@click.option("--data", default=None, help="Data set or shard pattern; needed with --loss gt and no store, and with --teacher; else it must match the store.")
 @click.option("--split", default=None, help="Split of --data [default: the data set's labelling split].")
 @click.option("--val-data", default=None, help="Validation data set or shard pattern [default: the data set's validation split].")
 @click.option("--val-split", default=None, help="Validation split of the data set [default: its val split].")
@@ -328,8 +334,9 @@ def _from_recipe(ctx, exc: W2SError) -> W2SError:
               help="Random erasing probability (timm's, pixel mode: one box of 2-33%% of the image filled with normal "
                    "noise after normalisation); the box is part of each sample's view, applied on the device.")
 @click.option("--mixup", type=float, default=0.0, show_default=True,
-              help="Mixup alpha (timm's, per batch; 0: off). The weak labels are mixed as probabilities with the same "
-                   "lambda and pairing (docs/guide.md, Mixup and cutmix).")
+              help="Mixup alpha (timm's, per batch; 0: off). A store's weak labels are mixed linearly, as probabilities "
+                   "with the same lambda and pairing: an approximation of the teacher's output on the mixed image "
+                   "(docs/guide.md, Mixup and cutmix); an online --teacher sees the mixed image itself.")
 @click.option("--cutmix", type=float, default=0.0, show_default=True,
               help="Cutmix alpha (0: off); the weak labels are mixed with the pasted area's lambda.")
 @click.option("--mixup-prob", type=float, default=1.0, show_default=True, help="Chance that a batch is mixed at all.")

@@ -74,6 +74,10 @@ def _trained_on(source: dict) -> str | None:
     the ground truth of its data."""
     if not source:
         return None
+    teacher = source.get("teacher")
+    if teacher:
+        return (f"online teacher {teacher.get('model')} ({teacher.get('checkpoint')}) on {source.get('name')} "
+                f"{source.get('split')}")
     store = source.get("store")
     if not store:
         return f"ground truth of {source.get('name')} {source.get('split')}"

@@ -182,33 +182,7 @@ def build_report(workspace) -> dict:
         s["weak_top1"], s["weak_top1_from"] = weak_accuracy(s, str(ws / "report" / "weak-accuracy"), str(ws))
     if not runs and not stores and not unreadable and not unfinished:
         raise W2SError(f"nothing to report in {ws}: no runs/ and no stores/ (run `w2s-pipe demo`, or pass the workspace)")
-    weak_store = {}
-    for s in stores:
-        if s["weak_checkpoint"]:
-            weak_store[os.path.realpath(os.path.dirname(s["weak_checkpoint"]))] = s
-    by_url = {s["url"]: s for s in stores}
-    labelled = {(s["data"], s["split"]) for s in stores}
-    run_by_dir = {r["dir"]: r for r in runs}
-
-    for r in runs:
-        if r["dir"] in weak_store:
-            r["role"] = "weak"
-        elif r["data"].get("store"):
-            r["role"] = "w2s"
-            store = by_url.get(os.path.realpath(r["data"]["store"]))
-            r["store"] = store["name"] if store else None
-            r["weak_run"] = None
-            if store and store["weak_checkpoint"]:
-                weak_run = run_by_dir.get(os.path.realpath(os.path.dirname(store["weak_checkpoint"])))
-                r["weak_run"] = weak_run["name"] if weak_run else None
-            if store:
-                r["weak_top1"], r["weak_top1_from"] = store["weak_top1"], store["weak_top1_from"]
-            r["weak_model"] = store["weak_model"] if store else r["data"].get("weak")
-        elif r["loss"] == "gt" and (r["data"].get("name"), r["data"].get("split")) in labelled:
-            r["role"] = "ceiling"
-        else:
-            r["role"] = "other"
-
+    _assign_roles(runs, stores, ws)
     ceilings = [r for r in runs if r["role"] == "ceiling" and r["top1"] is not None]
     for r in runs:
         if r["role"] != "w2s" or r["top1"] is None:
@@ -236,7 +210,8 @@ def build_report(workspace) -> dict:
         elif r["role"] == "ceiling":
             key = ("ceiling", r["strong"], "", "", False)
         elif r["role"] == "w2s":
-            key = ("w2s", r["strong"], r.get("weak_model") or "?", r["loss"], r["gt_weight"] > 0)
+            weak = (r.get("weak_model") or "?") + (" (online teacher)" if r.get("online") else "")
+            key = ("w2s", r["strong"], weak, r["loss"], r["gt_weight"] > 0)
         else:
             key = ("other", r["strong"], r["data"].get("split", ""), r["loss"], r["gt_weight"] > 0)
         # Only runs with the same resolved settings (all but the seed, name and store path) share a row.
@@ -275,6 +250,57 @@ def build_report(workspace) -> dict:
         rows.append(row)
     return {"workspace": str(ws), "rows": rows, "runs": runs, "stores": stores, "unreadable": unreadable,
             "unfinished": [{"name": r["name"], "epochs_done": len(r["curve"])} for r in unfinished]}
+
+
+def _assign_roles(runs: list[dict], stores: list[dict], ws) -> None:
+    """Each run's role (weak, w2s, ceiling, other), and for a weak-to-strong run its weak model, the
+    run that trained it and the weak model's accuracy (PGR's weak figure): from the store it trained
+    from, or from its online teacher's checkpoint."""
+    weak_store = {}
+    for s in stores:
+        if s["weak_checkpoint"]:
+            weak_store[os.path.realpath(os.path.dirname(s["weak_checkpoint"]))] = s
+    # Online runs (train --teacher) name their weak checkpoint themselves; it is evaluated as a store's is.
+    teachers = {}
+    for r in runs:
+        teacher = r["data"].get("teacher")
+        if teacher and teacher.get("checkpoint") and teacher["checkpoint"] not in teachers:
+            t = {"weak_checkpoint": teacher["checkpoint"], "weak_checkpoint_sha256": teacher.get("checkpoint_sha256"),
+                 "data": r["data"].get("name")}
+            t["weak_top1"], t["weak_top1_from"] = weak_accuracy(t, str(ws / "report" / "weak-accuracy"), str(ws))
+            teachers[teacher["checkpoint"]] = t
+            weak_store.setdefault(os.path.realpath(os.path.dirname(teacher["checkpoint"])), t)
+    by_url = {s["url"]: s for s in stores}
+    labelled = {(s["data"], s["split"]) for s in stores}
+    labelled |= {(r["data"].get("name"), r["data"].get("split")) for r in runs if r["data"].get("teacher")}
+    run_by_dir = {r["dir"]: r for r in runs}
+
+    for r in runs:
+        teacher = r["data"].get("teacher")
+        if r["dir"] in weak_store:
+            r["role"] = "weak"
+        elif teacher:
+            r["role"], r["online"], r["store"] = "w2s", True, None
+            weak_run = run_by_dir.get(os.path.realpath(os.path.dirname(teacher.get("checkpoint") or "")))
+            r["weak_run"] = weak_run["name"] if weak_run else None
+            t = teachers.get(teacher.get("checkpoint")) or {}
+            r["weak_top1"], r["weak_top1_from"] = t.get("weak_top1"), t.get("weak_top1_from", "no teacher checkpoint")
+            r["weak_model"] = teacher.get("model")
+        elif r["data"].get("store"):
+            r["role"] = "w2s"
+            store = by_url.get(os.path.realpath(r["data"]["store"]))
+            r["store"] = store["name"] if store else None
+            r["weak_run"] = None
+            if store and store["weak_checkpoint"]:
+                weak_run = run_by_dir.get(os.path.realpath(os.path.dirname(store["weak_checkpoint"])))
+                r["weak_run"] = weak_run["name"] if weak_run else None
+            if store:
+                r["weak_top1"], r["weak_top1_from"] = store["weak_top1"], store["weak_top1_from"]
+            r["weak_model"] = store["weak_model"] if store else r["data"].get("weak")
+        elif r["loss"] == "gt" and (r["data"].get("name"), r["data"].get("split")) in labelled:
+            r["role"] = "ceiling"
+        else:
+            r["role"] = "other"
 
 
 def ceiling_key(run: dict) -> tuple:

@@ -44,6 +44,7 @@ from ..pipeline.train.optim import Schedule, ScheduleSpec, build_optimizer
 from ..pipeline.train.resume import rank_state, resume, run_settings, seed_everything
 from ..pipeline.train.runs import EpochTotals, MetricsLog, MetricWindow, NonFiniteLoss, open_run, weights_digest, \
     write_config
+from ..pipeline.train.teacher import OnlineTeacher
 from ..pipeline.workspace import slug
 from ..storage import open_store
 from .train_config import TrainConfig
@@ -103,6 +104,8 @@ def run_train(cfg: TrainConfig) -> TrainResult:
         inputs = resolve_inputs(cfg)
         if info.is_main and inputs.store_url:
             print(f"weak labels: store {inputs.store_url} ({inputs.store_chosen})", file=sys.stderr)
+        elif info.is_main and inputs.teacher is not None:
+            print(f"weak labels: online teacher {inputs.teacher.name} ({inputs.teacher.checkpoint})", file=sys.stderr)
         strong = resolve_model_name(cfg.strong)
         precision = distributed.resolve_precision(cfg.precision, device)
         decoder = resolve_decoder(cfg.decode, device, loading_only=cfg.loading_only)
@@ -150,12 +153,13 @@ def run_train(cfg: TrainConfig) -> TrainResult:
         save = dict(optimizer=optimizer, scaler=scaler)
 
         # -- data, objective, validation ------------------------------------------------------------
-        batches, step_inputs = _data(cfg, inputs, data_config, decoder, workers, device, info, start_step=step * accum)
+        autocast = distributed.autocast(precision, device)
+        batches, step_inputs = _data(cfg, inputs, data_config, decoder, workers, device, info, start_step=step * accum,
+                                     autocast=autocast)
         objective = make_objective(cfg.loss, temperature=cfg.kd_temperature, threshold=cfg.threshold,
                                    warmup_frac=cfg.warmup_frac, ramp=cfg.ramp, epochs=cfg.epochs,
                                    beta_warmup_frac=cfg.beta_warmup_frac, gt_weight=cfg.gt_weight,
                                    kd_weight=cfg.kd_weight, smoothing=cfg.smoothing)
-        autocast = distributed.autocast(precision, device)
         validate = None if inputs.val is None else lambda module: evaluate(
             module, list(inputs.val.urls), data_config, image_fields=inputs.val.image_fields,
             label_field=inputs.val.label_field, batch_size=cfg.batch_size, workers=workers, device=device,
@@ -240,13 +244,15 @@ def _schedule_spec(cfg: TrainConfig, steps_per_epoch: int) -> ScheduleSpec:
 
 
 def _data(cfg: TrainConfig, inputs: Inputs, data_config: dict, decoder: str, workers: int, device, info, *,
-          start_step: int):
+          start_step: int, autocast=None):
     """The endless batches of this rank (from the batch of `start_step` on: a resumed run skips
-    what it trained on) and the callable that turns one into a step's inputs on the device."""
+    what it trained on) and the callable that turns one into a step's inputs on the device (with
+    the online teacher's logits as the weak labels, under --teacher)."""
     size = tuple(int(v) for v in data_config["input_size"][1:])
     views = TrainViews(cfg.seed, scale=(cfg.crop_scale, 1.0), hflip=cfg.hflip, reprob=cfg.reprob, size=size)
     augment = TrainAugment(data_config, views, decoder, color_jitter=cfg.color_jitter, auto_augment=cfg.aa)
-    join = StoreJoin(inputs.store_url, skip_missing=cfg.skip_missing) if LOSSES[cfg.loss].needs_weak else None
+    join = StoreJoin(inputs.store_url, skip_missing=cfg.skip_missing) if cfg.weak_from == "store" else None
+    teacher = OnlineTeacher(inputs.teacher, data_config, device, autocast) if inputs.teacher is not None else None
     need_labels = cfg.loss == "gt" or cfg.gt_weight > 0
     stream = TrainStream(inputs.urls, augment=augment, image_fields=inputs.image_fields,
                          label_field=inputs.label_field, need_labels=need_labels, join=join, seed=cfg.seed,
@@ -256,7 +262,7 @@ def _data(cfg: TrainConfig, inputs: Inputs, data_config: dict, decoder: str, wor
     mixer = BatchMix(mixup=cfg.mixup, cutmix=cfg.cutmix, prob=cfg.mixup_prob, switch_prob=cfg.mixup_switch_prob,
                      smoothing=cfg.smoothing, num_classes=inputs.num_classes, seed=cfg.seed) if cfg.mixes else None
     return batches, StepInputs(data_config, device, decoder=decoder, seed=cfg.seed, rank=info.rank,
-                               need_labels=need_labels, reprob=cfg.reprob, mixer=mixer)
+                               need_labels=need_labels, reprob=cfg.reprob, mixer=mixer, teacher=teacher)
 
 
 def _log_window(window, totals, log, step: int, lr: float, info, steps_per_epoch: int) -> float:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from ..errors import W2SError
-from ..pipeline.choices import DECODE_OPTIONS, LOSS_NAMES, PRECISION_OPTIONS, RAMPS, SCHEDULES, check_choice
+from ..pipeline.choices import DECODE_OPTIONS, LOSS_NAMES, LOSSES, PRECISION_OPTIONS, RAMPS, SCHEDULES, check_choice
 
 
 @dataclass(frozen=True)
@@ -17,6 +17,8 @@ class TrainConfig:
     loss: str = "adaptconf"
     config: str | None = None  # the recipe (--config) the other values came from, for the record
     labels: str | None = None  # store; default: the workspace's most recent complete store
+    teacher: str | None = None  # online teacher: a weak checkpoint run on every batch, instead of a store
+    teacher_model: str | None = None  # the teacher's timm name, for a plain state dict
     data: str | None = None  # only to override the store's, or with --loss gt
     split: str | None = None
     val_data: str | None = None  # default: the data set's validation split
@@ -135,6 +137,16 @@ class TrainConfig:
                               ("--decay-epochs", self.decay_epochs)):
             if value is not None and value < 1:
                 bad(option, value, "must be at least 1")
+        if self.teacher and self.labels:
+            raise W2SError("give --labels STORE or --teacher CHECKPOINT, not both: the weak labels come from one")
+        if self.teacher and not LOSSES[self.loss].needs_weak:
+            raise W2SError(f"--teacher gives weak labels, which --loss {self.loss} does not read; drop --teacher")
+        if self.teacher and not self.data:
+            raise W2SError("--teacher needs --data: the data to train on (a store would have named it)")
+        if self.teacher and self.skip_missing:
+            raise W2SError("--skip-missing is about a store's rows; with --teacher every sample has its teacher's output")
+        if self.teacher_model and not self.teacher:
+            raise W2SError("--teacher-model names the model of a --teacher checkpoint: give --teacher too")
         if self.pretrained and self.strong_checkpoint:
             raise W2SError("give --pretrained or --strong-checkpoint, not both")
         if self.resume and not self.run:
@@ -144,6 +156,13 @@ class TrainConfig:
         from ..pipeline.train.optim import check_optimizer
 
         check_optimizer(self.opt)  # last: it imports timm, and the checks above answer at once
+
+    @property
+    def weak_from(self) -> str | None:
+        """Where the weak labels come from: "online" (--teacher), "store", or None (--loss gt)."""
+        if not LOSSES[self.loss].needs_weak:
+            return None
+        return "online" if self.teacher else "store"
 
     @property
     def loading_only(self) -> tuple[str, ...]:

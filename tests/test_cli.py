@@ -113,6 +113,8 @@ def test_train_options_are_frozen():
         "--crop-pct", "--drop-path", "--head-init-std", "--ramp", "--kd-weight", "--smoothing", "--momentum",
         "--layer-decay", "--grad-accum", "--compile", "--channels-last", "--model-ema", "--model-ema-decay", "--aa",
         "--reprob", "--mixup", "--cutmix", "--mixup-prob", "--mixup-switch-prob",
+        # the online teacher (issue 19)
+        "--teacher", "--teacher-model",
     ])
 
 

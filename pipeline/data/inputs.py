@@ -21,33 +21,35 @@ class Inputs:
     num_classes: int
     class_names: list | None
     store_url: str | None
-    record: dict  # what config.json says about the data
+    record: dict  # what config.json says about the data (and the teacher's identity, for an online run)
     val: object | None  # DataSource
     store_chosen: str = ""  # how the store was chosen: "--labels", or why it was the one
+    teacher: object | None = None  # models.LoadedModel of --teacher: weak labels computed online
 
 
 def resolve_inputs(cfg) -> Inputs:
-    """The store (unless --loss gt without one), the training shards and the validation shards.
+    """The store (unless --loss gt without one, or --teacher), the training shards, the validation
+    shards, and the online teacher (--teacher).
 
     `cfg` is a stages.train.TrainConfig.
     """
     from ...storage.reader import open_store, pick_store
 
-    needs_weak = LOSSES[cfg.loss].needs_weak
+    from_store = LOSSES[cfg.loss].needs_weak and not cfg.teacher
     store_url, chosen = cfg.labels, "--labels"
-    if not store_url and (needs_weak or not cfg.data):
+    if not store_url and (from_store or not cfg.data) and not cfg.teacher:
         store_url, chosen = pick_store(str(workspace_dir(cfg.workspace) / "stores"), cfg.data, cfg.split)
-    if needs_weak and not store_url:
+    if from_store and not store_url:
         raise W2SError(f"{chosen}; run `w2s-pipe label` first or pass --labels PATH")
     store_url = absolute(store_url) if store_url else None
     store = open_store(store_url) if store_url else None
     if store is not None:
         store.require_complete()
         a = store.attrs["data"]
-        if cfg.data and (cfg.data != a["name"] or (cfg.split and cfg.split != a["split"])) and needs_weak:
+        if cfg.data and (cfg.data != a["name"] or (cfg.split and cfg.split != a["split"])) and from_store:
             raise W2SError(f"store {store_url} labelled {a['name']} split {a['split']}, not --data {cfg.data}"
                            + (f" --split {cfg.split}" if cfg.split else "") + "; label that data first or pick its store")
-    if needs_weak or (store is not None and not cfg.data):
+    if from_store or (store is not None and not cfg.data):
         a = store.attrs["data"]
         # Shards with no labelled row (unreadable or empty, skipped at labelling) are not read.
         read = [s for s, n in zip(a["shards"], store.labelled_counts) if n > 0]
@@ -84,6 +86,14 @@ def resolve_inputs(cfg) -> Inputs:
         record = {"name": source.name, "split": source.split, "pattern": source.pattern, "store": None}
         source_for_val = source
         store_url = None
+    teacher = None
+    if cfg.teacher:
+        from ..train.teacher import load_teacher
+
+        teacher = load_teacher(cfg.teacher, cfg.teacher_model, num_classes)
+        record.update(weak=teacher.name, teacher={"model": teacher.name, "checkpoint": teacher.checkpoint,
+                                                  "checkpoint_sha256": teacher.checkpoint_sha256,
+                                                  "data_config": teacher.data_config})
     val = None
     if not cfg.no_eval:
         if cfg.val_data:
@@ -99,7 +109,7 @@ def resolve_inputs(cfg) -> Inputs:
         if val.label_field is None:
             raise W2SError(f"validation data {val.pattern} carries no labels")
     return Inputs(urls, image_fields, label_field, num_classes, class_names, store_url, record, val,
-                  chosen if store_url else "")
+                  chosen if store_url else "", teacher)
 
 
 def _check_unchanged(shards: list[dict], store_url: str) -> None:

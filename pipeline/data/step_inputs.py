@@ -19,11 +19,13 @@ class StepInputs:
     """`__call__(batch, step=, micro=)`: a batch of `train_loader.collate` -> the step's inputs.
 
     "target" is the ground truth where the run needs it (`need_labels`; soft targets under mixing),
-    else None; "weak" the weak logits (float32 log-probabilities under mixing), or None without a
-    store; "dropped" how many samples --skip-missing left out since the last batch."""
+    else None; "weak" the stored weak logits (float32 log-probabilities under mixing: the stored
+    distributions mixed linearly, an approximation), or the online `teacher`'s logits on the final
+    (erased, mixed) images, or None without either; "dropped" how many samples --skip-missing left
+    out since the last batch."""
 
     def __init__(self, data_config: dict, device, *, decoder: str, seed: int, rank: int, need_labels: bool,
-                 reprob: float = 0.0, mixer=None):
+                 reprob: float = 0.0, mixer=None, teacher=None):
         import torch
 
         from .augment import DeviceAugment
@@ -34,6 +36,7 @@ class StepInputs:
         self.normalize = DeviceNormalize(data_config, device)
         self.eraser = torch.Generator(device=device) if reprob else None
         self.mixer = mixer  # mixing.BatchMix, or None
+        self.teacher = teacher  # train.teacher.OnlineTeacher, or None
 
     def __call__(self, raw, *, step: int, micro: int = 0) -> dict:
         from .crops import erase_where
@@ -51,4 +54,6 @@ class StepInputs:
         target, weak = (batch["label"] if self.need_labels else None), batch.get("weak")
         if self.mixer is not None:
             image, target, weak, _ = self.mixer(image, target, weak, rank=self.rank, step=step, micro=micro)
+        if self.teacher is not None:  # the weak model on the very pixels the student sees
+            weak = self.teacher(image)
         return {"image": image, "target": target, "weak": weak, "dropped": dropped}

@@ -17,7 +17,7 @@ from ...errors import W2SError
 INVOCATION_ONLY = frozenset({"resume", "max_steps", "progress", "log_every", "run", "workspace", "skip_shard_check",
                              "config",  # the recipe's values are compared as the values they gave
                              # compared through what they resolve to (see train.py's settings):
-                             "labels", "data", "split", "workers", "device", "precision", "decode"})
+                             "labels", "data", "split", "workers", "device", "precision", "decode", "teacher"})
 
 
 def run_settings(cfg, **resolved) -> dict:
