@@ -10,7 +10,7 @@ import click
 from . import __version__
 from .errors import W2SError
 from .pipeline.choices import (BAD_SAMPLE_POLICIES, DECODE_OPTIONS, DECODERS, EVAL_PICKS, LOSSES, PRECISION_OPTIONS,
-                               RAMPS)
+                               RAMPS, STORE_VIEWS)
 
 
 class _Group(click.Group):
@@ -146,10 +146,24 @@ def prepare_folder_cmd(src, out, split, shard_size, seed, prefix):
               help="fail: stop at a bad sample (undecodable image, no image field, non-integer label, repeated key) "
                    "naming shard, key and reason; skip: record it in skipped.parquet and go on (an unreadable or empty "
                    "shard is recorded whole).")
+@click.option("--views", type=int, default=0, show_default=True,
+              help="Also store the weak model's output on the K training views that `train` draws in passes "
+                   "0..K-1 with the same --seed, --crop-scale, --hflip, --aa and --color-jitter (each view's crop box "
+                   "and flip, its logits "
+                   "or top-k and statistics, under views/), at the weak model's input size; `train` then replays "
+                   "them. 0: the centre view only. With --decode cpu or pil.")
+@click.option("--seed", type=int, default=0, show_default=True, help="--views: the seed the training runs will use.")
+@click.option("--crop-scale", type=float, default=0.08, show_default=True,
+              help="--views: the smallest area fraction of the random resized crop, as train's --crop-scale.")
+@click.option("--hflip", type=float, default=0.5, show_default=True, help="--views: the flip chance, as train's --hflip.")
+@click.option("--aa", default=None, help="--views: timm's auto-augment policy on each view, as train's --aa.")
+@click.option("--color-jitter", type=float, default=0.0, show_default=True,
+              help="--views: colour jitter on each view, as train's --color-jitter.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
 def label(ctx, weak, data, split, labels, weak_checkpoint, num_classes, img_size, batch_size, workers, precision,
-          device, topk, decode, compile_, overwrite, max_shards, on_bad_sample, quiet):
+          device, topk, decode, compile_, overwrite, max_shards, on_bad_sample, views, seed, crop_scale, hflip, aa,
+          color_jitter, quiet):
     """Stage one: run a weak model over a data set's shards once and store its logits and
     confidences (Zarr arrays + index.parquet) for every later `train` run.
 
@@ -168,6 +182,7 @@ def label(ctx, weak, data, split, labels, weak_checkpoint, num_classes, img_size
         weak=weak, data=data, split=split, labels=labels, weak_checkpoint=weak_checkpoint, num_classes=num_classes,
         img_size=img_size, batch_size=batch_size, workers=workers, precision=precision, device=device, topk=topk,
         decode=decode, compile=compile_, overwrite=overwrite, max_shards=max_shards, on_bad_sample=on_bad_sample,
+        views=views, seed=seed, crop_scale=crop_scale, hflip=hflip, aa=aa, color_jitter=color_jitter,
         workspace=ctx.obj["workspace"], progress=not quiet,
     )
     result = run_label(cfg)
@@ -232,6 +247,12 @@ def _from_recipe(ctx, exc: W2SError) -> W2SError:
                    "with --teacher-model) run on every batch's exact views, after the crop, flip, --aa, erasing and "
                    "mixing, resized to its own input size and normalised with its own mean and std, as the paper's "
                    "official code runs it. Needs --data; costs a teacher forward per step.")
+@click.option("--store-view", type=click.Choice(STORE_VIEWS), default="auto", show_default=True,
+              help="Which of a store's outputs to learn from. auto: a per-view store's views replayed (pass p trains "
+                   "on stored view p mod K, cropped from the box the weak model saw; --seed, --crop-scale, --hflip, "
+                   "--aa and --color-jitter must be the store's, and --reprob, --mixup and --cutmix, which would change "
+                   "those pixels, are refused), else the centre view; center: the centre view of any store; replay: "
+                   "the views, or an error for a centre store.")
 @click.option("--teacher-model", default=None, help="The timm name of a --teacher state dict (a checkpoint from train names its own).")
 @click.option("--data", default=None, help="Data set or shard pattern; needed with --loss gt and no store, and with --teacher; else it must match the store.")
 @click.option("--split", default=None, help="Split of --data [default: the data set's labelling split].")

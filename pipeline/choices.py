@@ -35,6 +35,10 @@ LOSSES = {
 }
 LOSS_NAMES = tuple(LOSSES)
 
+# Which of a store's outputs train reads (`--store-view`): auto replays a per-view store's views and
+# reads a centre store's centre view; center reads the centre view of either.
+STORE_VIEWS = ("auto", "center", "replay")
+
 SCHEDULES = ("cosine", "step", "const")  # optim.Schedule
 RAMPS = ("epoch", "step")  # how augconf's alpha ramps: per epoch (official) or per step
 BAD_SAMPLE_POLICIES = ("fail", "skip")  # label --on-bad-sample

@@ -19,17 +19,40 @@ import numpy as np
 from ..errors import W2SError
 
 
-def weak_outputs(model, images, *, topk: int | None = None, autocast=None) -> dict:
+def weak_outputs(model, images, *, topk: int | None = None, autocast=None, views=None) -> dict:
     """The labelling step: normalised images (N, 3, H, W) on the model's device -> on the device,
     "bad" (N,) bool (rows whose logits are not finite or exceed float16's range: never stored) and
     what the store keeps for each row (`stats.stored_outputs`): float16 "logits" (N, C), or with
     `topk` "topk_values" and "topk_indices" (N, k), and "pred", "confidence", "margin", "entropy"
-    (N,) computed from the float16 logits. Call it under `torch.inference_mode()`."""
+    (N,) computed from the float16 logits. `views`, normalised (N, K, 3, H, W): each sample's
+    training views (`label --views`), run in the same forward pass; their outputs are
+    "views/<name>" (N, K, ...), and a row is bad if any of its views is. Call it under
+    `torch.inference_mode()`."""
+    import torch
+
+    from ..storage.schema import VIEWS
     from .stats import stored_outputs, unstorable_rows
 
+    n = len(images)
+    x = images if views is None else torch.cat([images, views.flatten(0, 1)])
     with autocast or contextlib.nullcontext():
-        logits = model(images)
-    return {"bad": unstorable_rows(logits), **stored_outputs(logits, topk)}
+        logits = model(x)
+    bad, out = unstorable_rows(logits), stored_outputs(logits, topk)
+    if views is None:
+        return {"bad": bad, **out}
+    k = views.shape[1]
+    return {"bad": bad[:n] | bad[n:].view(n, k).any(1), **{name: v[:n] for name, v in out.items()},
+            **{VIEWS + name: v[n:].unflatten(0, (n, k)) for name, v in out.items()}}
+
+
+def view_records(view_rows) -> dict:
+    """What a per-view store keeps of each view besides the weak model's output: its crop box
+    (top, left, height, width) int32 (N, K, 4) and flip uint8 (N, K), from (N, K, 11) view rows."""
+    import torch
+
+    from ..storage.schema import VIEWS
+
+    return {f"{VIEWS}crop": view_rows[..., :4].round().to(torch.int32), f"{VIEWS}flip": (view_rows[..., 4] > 0).to(torch.uint8)}
 
 
 @dataclass

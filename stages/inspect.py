@@ -3,7 +3,8 @@
 Everything is a dask computation over the store's index.parquet (and so runs unchanged on a dask
 cluster when a `dask.distributed` client is active): sample and class counts, the distribution
 of confidence, margin and entropy, per-class counts of weak predictions, and, where the shards
-carry ground truth, the weak labels' accuracy and calibration.
+carry ground truth, the weak labels' accuracy and calibration. For a per-view store (`label
+--views K`), each view's agreement with the centre view's argmax, and its accuracy.
 """
 
 from __future__ import annotations
@@ -56,6 +57,11 @@ def store_statistics(url: str, storage_options: dict | None = None) -> dict:
         label = index["label"].to_dask_array(lengths=True)
         correct = columns["pred"] == label
         lazy.update(accuracy=correct.mean(), label_counts=da.bincount(label, minlength=store.num_classes))
+    if store.views:  # the arrays' labelled rows are the index's rows, in the same (shard) order
+        view_pred = store.dask_arrays()[f"{schema.VIEWS}pred"].rechunk({0: columns["pred"].chunks[0]})
+        lazy["view_agreement"] = (view_pred == columns["pred"][:, None]).mean(axis=0)
+        if has_label:
+            lazy["view_accuracy"] = (view_pred == label[:, None]).mean(axis=0)
     (result,) = dask.compute(lazy)
     stats = {
         "store": url,
@@ -74,7 +80,12 @@ def store_statistics(url: str, storage_options: dict | None = None) -> dict:
         "entropy_mean": float(result["entropy_mean"]),
         "pred_counts": [int(c) for c in result["pred_counts"]],
         "has_labels": has_label,
+        "views": store.views,
     }
+    if store.views:
+        stats["view_agreement_with_centre"] = [float(v) for v in result["view_agreement"]]
+        if has_label:
+            stats["view_accuracy"] = [float(v) for v in result["view_accuracy"]]
     if has_label:
         stats["accuracy"] = float(result["accuracy"])
         stats["label_counts"] = [int(c) for c in result["label_counts"]]
@@ -127,6 +138,13 @@ def format_text(stats: dict) -> str:
         lines.append(f"weak-label accuracy {stats['accuracy']:.4f}, ECE {stats['ece']:.4f} (15 bins)")
     else:
         lines.append("no ground truth in the shards: accuracy and calibration unavailable")
+    if stats.get("views"):
+        agree = stats["view_agreement_with_centre"]
+        lines.append(f"{stats['views']} views per sample: argmax as the centre view's on "
+                     + ", ".join(f"{a:.3f}" for a in agree) + f" (mean {sum(agree) / len(agree):.3f})")
+        if "view_accuracy" in stats:
+            acc = stats["view_accuracy"]
+            lines.append("accuracy per view " + ", ".join(f"{a:.3f}" for a in acc) + f" (mean {sum(acc) / len(acc):.3f})")
     for f in stats.get("files", []):
         lines.append(f"figure {f}")
     return "\n".join(lines)

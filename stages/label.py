@@ -46,7 +46,7 @@ def run_label(cfg: LabelConfig) -> LabelResult:
     from ..pipeline.data.loader import (ImageBatch, ShardBatches, ShardEnd, ShardTaken, batch_images, default_workers,
                                         events, label_loader)
     from ..pipeline.data.transforms import DeviceNormalize, Preprocess, TensorGeometry
-    from ..pipeline.labelling import Gathered, HostCopy, ShardWrites, weak_outputs
+    from ..pipeline.labelling import Gathered, HostCopy, ShardWrites, view_records, weak_outputs
     from ..pipeline.models import load_model
     from ..storage import existing_store, open_store
     from ..storage.claims import ShardClaims
@@ -61,7 +61,7 @@ def run_label(cfg: LabelConfig) -> LabelResult:
         precision = distributed.resolve_precision(cfg.precision, device)
         url = store_url(cfg, source, loaded.name)
         existing = None if cfg.overwrite else existing_store(url)  # a damaged one is a one-line error here
-        decoder = label_decoder(cfg.decode, device, loaded.data_config, existing, url)
+        decoder = label_decoder(cfg.decode, device, loaded.data_config, existing, url, views=cfg.views)
 
         # -- begin the store, or find it finished (decided once, by the main process) -----------
         writer = None
@@ -87,7 +87,8 @@ def run_label(cfg: LabelConfig) -> LabelResult:
         dataset = ShardBatches([(i, shards[i]["url"]) for i in todo if shards[i]["count"] > 0],
                                prepare=Preprocess(loaded.data_config, decoder), batch_size=cfg.batch_size,
                                image_fields=source.image_fields, label_field=source.label_field,
-                               label_required=source.label_required, claims=claims, skip_bad=cfg.skip_bad)
+                               label_required=source.label_required, claims=claims, skip_bad=cfg.skip_bad,
+                               views=_label_views(cfg, loaded.data_config, decoder))
         workers = cfg.workers if cfg.workers is not None else default_workers()
         loader = label_loader(dataset, min(workers, max(1, len(dataset.shards))) if workers else 0,
                               device.type == "cuda")
@@ -124,7 +125,11 @@ def run_label(cfg: LabelConfig) -> LabelResult:
                                                                 hint=" (or pass --on-bad-sample skip)")
                     lost.setdefault(event.shard, []).extend(unread)
                     if images is not None:
-                        outputs = weak_outputs(model, normalize(images), topk=cfg.topk, autocast=autocast)
+                        views = None if event.views is None else normalize(event.views.flatten(0, 1)).unflatten(
+                            0, event.views.shape[:2])
+                        outputs = weak_outputs(model, normalize(images), topk=cfg.topk, autocast=autocast, views=views)
+                        if event.view_rows is not None:
+                            outputs.update(view_records(event.view_rows))
                         bar.update(gathered.add(copy.push(event.shard, keys, labels, outputs)))
             bar.update(gathered.add(copy.drain()))
             writes.wait()
@@ -160,12 +165,14 @@ def store_url(cfg: LabelConfig, source, weak_name: str) -> str:
 
     data_name = source.name if source.name != "shards" else \
         f"{source.dataset or 'shards'}-{hashlib.sha1(source.pattern.encode()).hexdigest()[:8]}"
-    return absolute(cfg.labels or default_store_path(cfg.workspace, data_name, source.split, weak_name, cfg.topk))
+    return absolute(cfg.labels or default_store_path(cfg.workspace, data_name, source.split, weak_name, cfg.topk,
+                                                     cfg.views))
 
 
-def label_decoder(requested: str, device, data_config: dict, existing, url: str) -> str:
+def label_decoder(requested: str, device, data_config: dict, existing, url: str, views: int = 0) -> str:
     """`auto`: the decoder the `existing` store began with (a store is finished with the decoder it
-    began with), else gpu where there is a CUDA device and the crop is a plain box, else cpu."""
+    began with), else gpu where there is a CUDA device, the crop is a plain box and there are no
+    training views to crop in the loading processes (`--views`), else cpu."""
     from ..pipeline.data.decoders import resolve_decoder
     from ..storage import schema
 
@@ -175,7 +182,8 @@ def label_decoder(requested: str, device, data_config: dict, existing, url: str)
             raise W2SError(f"store {url} was begun with --decode gpu, which needs a CUDA device: finish it on one, "
                            "or start it again with --overwrite")
         return begun
-    return resolve_decoder(requested, device, border_crop=data_config.get("crop_mode") == "border")
+    return resolve_decoder(requested, device, loading_only=("--views",) if views else (),
+                           border_crop=data_config.get("crop_mode") == "border")
 
 
 def _store_attrs(cfg: LabelConfig, source, loaded, num_classes: int, decoder: str, precision: str) -> dict:
@@ -197,7 +205,40 @@ def _store_attrs(cfg: LabelConfig, source, loaded, num_classes: int, decoder: st
         data={"name": source.name, "split": source.split, "pattern": source.pattern,
               "image_field": ";".join(source.image_fields), "label_field": source.label_field},
         shards=shards_as_dicts(shards), fingerprint=fingerprint(shards), topk=cfg.topk, tool_version=__version__,
-        config={k: v for k, v in asdict(cfg).items() if k not in ("progress",)})
+        config={k: v for k, v in asdict(cfg).items() if k not in ("progress",)},
+        views=None if not cfg.views else {"k": cfg.views, "seed": cfg.seed, "recipe": cfg.view_recipe,
+                                          "fingerprint": view_fingerprint(loaded.data_config, decoder)})
+
+
+def _label_views(cfg: LabelConfig, data_config: dict, decoder: str):
+    """The loading processes' per-view step of `--views K`: the views `train --seed S --crop-scale X
+    --hflip P [--aa A] [--color-jitter J]` draws in passes 0..K-1, at the teacher's input size
+    (None without --views)."""
+    if not cfg.views:
+        return None
+    from ..pipeline.data.augment import LabelViews, TrainAugment
+    from ..pipeline.data.views import TrainViews
+
+    size = tuple(int(v) for v in data_config["input_size"][1:])
+    views = TrainViews(cfg.seed, scale=(cfg.crop_scale, 1.0), hflip=cfg.hflip, size=size)
+    return LabelViews(TrainAugment(data_config, views, decoder, color_jitter=cfg.color_jitter, auto_augment=cfg.aa),
+                      cfg.views)
+
+
+def view_fingerprint(data_config: dict, decoder: str) -> dict:
+    """What shapes a stored view's pixels besides its box and flip: the decoder, the teacher's input
+    size and interpolation, and the versions of the libraries that decode and resize."""
+    import importlib.metadata as md
+
+    def version(package):
+        try:
+            return md.version(package)
+        except md.PackageNotFoundError:
+            return None
+
+    return {"decode": decoder, "input_size": list(data_config["input_size"]),
+            "interpolation": data_config.get("interpolation", "bilinear"),
+            **{p: version(p) for p in ("torch", "torchvision", "timm", "pillow")}}
 
 
 def _record_unreadable(writes, claims, positions: list[int]) -> int:

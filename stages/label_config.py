@@ -28,6 +28,12 @@ class LabelConfig:
     overwrite: bool = False
     max_shards: int | None = None  # label at most this many shards per rank in this run
     on_bad_sample: str = "fail"  # or "skip": record bad samples (and unreadable shards) and go on
+    views: int = 0  # label --views K: also the weak model's output on the K views train draws in passes 0..K-1
+    seed: int = 0  # the views' seed: train's --seed
+    crop_scale: float = 0.08  # the views' smallest crop area fraction: train's --crop-scale
+    hflip: float = 0.5  # the views' flip chance: train's --hflip
+    aa: str | None = None  # the views' auto-augment policy: train's --aa
+    color_jitter: float = 0.0  # the views' colour jitter: train's --color-jitter
     workspace: str | None = None
     progress: bool = True
 
@@ -51,7 +57,27 @@ class LabelConfig:
         if self.max_shards is not None and self.max_shards < 1:
             bad("--max-shards", self.max_shards, "must be at least 1")
         check_choice("--on-bad-sample", self.on_bad_sample, BAD_SAMPLE_POLICIES)
+        if self.views < 0:
+            bad("--views", self.views, "must be 0 (the centre view only) or more")
+        if not 0 < self.crop_scale <= 1:
+            bad("--crop-scale", self.crop_scale, "must be above 0 and at most 1")
+        if not 0 <= self.hflip <= 1:
+            bad("--hflip", self.hflip, "must be between 0 and 1")
+        if self.color_jitter < 0:
+            bad("--color-jitter", self.color_jitter, "must not be negative")
+        if (self.aa or self.color_jitter) and not self.views:
+            raise W2SError("--aa and --color-jitter shape the training views: give --views K with them")
+        if self.aa and self.color_jitter:
+            raise W2SError("give --aa or --color-jitter, not both (timm turns colour jitter off under auto-augment)")
         check_choice("--decode", self.decode, DECODE_OPTIONS)
+
+    @property
+    def view_recipe(self) -> dict:
+        """What the views are drawn with (storage.schema.VIEW_RECIPE), as train's options name it."""
+        from ..pipeline.data.views import TrainViews
+
+        return {"crop_scale": self.crop_scale, "ratio": list(TrainViews(0).ratio), "hflip": self.hflip, "aa": self.aa,
+                "color_jitter": self.color_jitter}
 
     @property
     def skip_bad(self) -> bool:

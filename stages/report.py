@@ -44,6 +44,8 @@ def comparable(config: dict) -> dict:
     out = {k: v for k, v in config.items() if k not in NOT_COMPARED}
     source = dict(out.pop("data_source", None) or {})
     out["data_source"] = {k: source.get(k) for k in ("name", "split", "pattern", "weak")}
+    if source.get("views"):
+        out["data_source"]["views"] = source["views"]  # a per-view store's views, replayed
     return out
 
 
@@ -210,7 +212,8 @@ def build_report(workspace) -> dict:
         elif r["role"] == "ceiling":
             key = ("ceiling", r["strong"], "", "", False)
         elif r["role"] == "w2s":
-            weak = (r.get("weak_model") or "?") + (" (online teacher)" if r.get("online") else "")
+            weak = (r.get("weak_model") or "?") + (" (online teacher)" if r.get("online") else
+                                                   f" ({r['data']['views']} stored views)" if r["data"].get("views") else "")
             key = ("w2s", r["strong"], weak, r["loss"], r["gt_weight"] > 0)
         else:
             key = ("other", r["strong"], r["data"].get("split", ""), r["loss"], r["gt_weight"] > 0)

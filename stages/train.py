@@ -102,10 +102,8 @@ def run_train(cfg: TrainConfig) -> TrainResult:
     with distributed.session(cfg.device, deterministic=cfg.deterministic) as (info, device):
         # -- the inputs and the run --------------------------------------------------------------
         inputs = resolve_inputs(cfg)
-        if info.is_main and inputs.store_url:
-            print(f"weak labels: store {inputs.store_url} ({inputs.store_chosen})", file=sys.stderr)
-        elif info.is_main and inputs.teacher is not None:
-            print(f"weak labels: online teacher {inputs.teacher.name} ({inputs.teacher.checkpoint})", file=sys.stderr)
+        if info.is_main and (inputs.store_url or inputs.teacher is not None):
+            print(f"weak labels: {_weak_labels(inputs)}", file=sys.stderr)
         strong = resolve_model_name(cfg.strong)
         precision = distributed.resolve_precision(cfg.precision, device)
         decoder = resolve_decoder(cfg.decode, device, loading_only=cfg.loading_only)
@@ -236,6 +234,14 @@ def _student(cfg: TrainConfig, strong: str, num_classes: int, device):
     return model, data_config
 
 
+def _weak_labels(inputs: Inputs) -> str:
+    """Where the weak labels come from, said once when a run starts."""
+    if inputs.teacher is not None:
+        return f"online teacher {inputs.teacher.name} ({inputs.teacher.checkpoint})"
+    views = f"; its {inputs.view_passes} views replayed" if inputs.view_passes else ""
+    return f"store {inputs.store_url} ({inputs.store_chosen}{views})"
+
+
 def _schedule_spec(cfg: TrainConfig, steps_per_epoch: int) -> ScheduleSpec:
     return ScheduleSpec(cfg.sched, steps_per_epoch * cfg.epochs, warmup_steps=cfg.warmup_epochs * steps_per_epoch,
                         warmup_lr=cfg.warmup_lr, min_lr=cfg.min_lr,
@@ -251,13 +257,14 @@ def _data(cfg: TrainConfig, inputs: Inputs, data_config: dict, decoder: str, wor
     size = tuple(int(v) for v in data_config["input_size"][1:])
     views = TrainViews(cfg.seed, scale=(cfg.crop_scale, 1.0), hflip=cfg.hflip, reprob=cfg.reprob, size=size)
     augment = TrainAugment(data_config, views, decoder, color_jitter=cfg.color_jitter, auto_augment=cfg.aa)
-    join = StoreJoin(inputs.store_url, skip_missing=cfg.skip_missing) if cfg.weak_from == "store" else None
+    join = StoreJoin(inputs.store_url, skip_missing=cfg.skip_missing,
+                     views=inputs.view_passes > 0) if cfg.weak_from == "store" else None
     teacher = OnlineTeacher(inputs.teacher, data_config, device, autocast) if inputs.teacher is not None else None
     need_labels = cfg.loss == "gt" or cfg.gt_weight > 0
     stream = TrainStream(inputs.urls, augment=augment, image_fields=inputs.image_fields,
                          label_field=inputs.label_field, need_labels=need_labels, join=join, seed=cfg.seed,
                          rank=info.rank, world_size=info.world_size, shuffle_buffer=cfg.shuffle_buffer,
-                         batch_size=cfg.batch_size, start_step=start_step)
+                         batch_size=cfg.batch_size, start_step=start_step, view_passes=inputs.view_passes)
     batches = iter(train_loader(stream, workers, device.type == "cuda"))
     mixer = BatchMix(mixup=cfg.mixup, cutmix=cfg.cutmix, prob=cfg.mixup_prob, switch_prob=cfg.mixup_switch_prob,
                      smoothing=cfg.smoothing, num_classes=inputs.num_classes, seed=cfg.seed) if cfg.mixes else None

@@ -8,7 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from ..errors import W2SError
-from ..pipeline.choices import DECODE_OPTIONS, LOSS_NAMES, LOSSES, PRECISION_OPTIONS, RAMPS, SCHEDULES, check_choice
+from ..pipeline.choices import (DECODE_OPTIONS, LOSS_NAMES, LOSSES, PRECISION_OPTIONS, RAMPS, SCHEDULES, STORE_VIEWS,
+                                check_choice)
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,7 @@ class TrainConfig:
     labels: str | None = None  # store; default: the workspace's most recent complete store
     teacher: str | None = None  # online teacher: a weak checkpoint run on every batch, instead of a store
     teacher_model: str | None = None  # the teacher's timm name, for a plain state dict
+    store_view: str = "auto"  # a per-view store: replay its views (auto, replay) or read its centre view
     data: str | None = None  # only to override the store's, or with --loss gt
     split: str | None = None
     val_data: str | None = None  # default: the data set's validation split
@@ -95,6 +97,7 @@ class TrainConfig:
         check_choice("--sched", self.sched, SCHEDULES)
         check_choice("--precision", self.precision, PRECISION_OPTIONS)
         check_choice("--decode", self.decode, DECODE_OPTIONS)
+        check_choice("--store-view", self.store_view, STORE_VIEWS)
         if self.color_jitter and self.aa:
             raise W2SError("give --aa or --color-jitter, not both (timm turns colour jitter off under auto-augment)")
         for option, value, low in (("--epochs", self.epochs, 1), ("--batch-size", self.batch_size, 1),
@@ -145,6 +148,8 @@ class TrainConfig:
             raise W2SError("--teacher needs --data: the data to train on (a store would have named it)")
         if self.teacher and self.skip_missing:
             raise W2SError("--skip-missing is about a store's rows; with --teacher every sample has its teacher's output")
+        if self.teacher and self.store_view != "auto":
+            raise W2SError(f"--store-view {self.store_view} chooses among a store's outputs; with --teacher there is no store")
         if self.teacher_model and not self.teacher:
             raise W2SError("--teacher-model names the model of a --teacher checkpoint: give --teacher too")
         if self.pretrained and self.strong_checkpoint:

@@ -8,8 +8,11 @@ Checks, each problem reported with its shard and key:
 * no non-finite values; pred / confidence / margin / entropy agree with the stored logits;
   the index agrees with the arrays and its label column with the shards' own labels; padding
   rows are padding;
+* a per-view store's views: finite, each view's pred its logits' argmax, boxes inside the image;
 * with --recompute N: the weak model, rebuilt from the recorded checkpoint and preprocessing, is
-  run again on N random samples and its logits compared with the stored ones.
+  run again on N random samples and its logits compared with the stored ones; of a per-view store,
+  each sample's K views are drawn again (their boxes must be the stored ones) and replayed through
+  it (top-1 agreement and the largest logit difference, per view).
 """
 
 from __future__ import annotations
@@ -97,7 +100,7 @@ def run_verify(cfg: VerifyConfig) -> VerifyReport:
             report.add("index rows", [f"index.parquet has {index.num_rows} rows, the shards {position} samples"])
             index = None
     marker_problems, value_problems, index_problems, data_problems = [], [], [], []
-    arrays_spec = schema.all_arrays(store.num_classes, store.topk)
+    arrays_spec = schema.all_arrays(store.num_classes, store.topk, store.views)
     done = store.done_shards()
     for i, s in enumerate(store.shards):
         if i not in done:
@@ -143,6 +146,7 @@ def run_verify(cfg: VerifyConfig) -> VerifyReport:
         else:
             off = pred != rows.arrays["topk_indices"][:, 0]
             value_problems += [f"shard {name}, key {rows.keys[j]!r}: pred is not the top-1 index" for j in np.nonzero(off)[0]]
+        value_problems += _view_problems(rows, name)
         padding = store.group["pred"][i * store.capacity + count : (i + 1) * store.capacity]
         if (padding != -1).any():
             value_problems.append(f"shard {name}: padding rows after row {count} hold values")
@@ -206,6 +210,26 @@ def _check_shard_data(shard: dict, stored: list[str], skipped: set) -> list[str]
     problems += [f"shard {name}, key {k!r}: a row in the store, not in the data" for k in stored if k not in seen]
     if not problems and [k for k in keys if k in stored_set][: len(stored)] != stored:
         problems.append(f"shard {name}: rows are not in the shard's sample order")
+    return problems
+
+
+def _view_problems(rows, name: str) -> list[str]:
+    """A per-view store's views of one shard: finite outputs, each view's pred the argmax of its
+    logits (or its top-1 index), a box of positive size."""
+    if f"{schema.VIEWS}pred" not in rows.arrays:
+        return []
+    full = f"{schema.VIEWS}logits" in rows.arrays
+    tensor = rows.arrays[f"{schema.VIEWS}{'logits' if full else 'topk_values'}"].astype(np.float32)
+    bad = ~np.isfinite(tensor).reshape(len(tensor), -1).all(axis=1)
+    problems = [f"shard {name}, key {rows.keys[j]!r}: non-finite logits of a view" for j in np.nonzero(bad)[0]]
+    pred = rows.arrays[f"{schema.VIEWS}pred"]
+    expected = tensor.argmax(axis=-1) if full else rows.arrays[f"{schema.VIEWS}topk_indices"][..., 0]
+    off = (pred != expected).any(axis=1) & ~bad
+    problems += [f"shard {name}, key {rows.keys[j]!r}: a view's pred is not its argmax" for j in np.nonzero(off)[0]]
+    boxes = rows.arrays[f"{schema.VIEWS}crop"]
+    empty = (boxes[..., 2:] <= 0).any(axis=(1, 2)) | (boxes[..., :2] < 0).any(axis=(1, 2))
+    problems += [f"shard {name}, key {rows.keys[j]!r}: a view's box is empty or outside the image"
+                 for j in np.nonzero(empty)[0]]
     return problems
 
 
@@ -277,5 +301,46 @@ def _recompute(store, cfg: VerifyConfig) -> list[str]:
             diff = float(np.abs(stored_vals - fresh_vals).max())
             if diff > tol * scale:
                 problems.append(f"shard {rows.name}, key {key!r}: stored logits differ from a fresh forward by {diff:.4g}")
+            if store.views:
+                problems += replay_views(store, rows, j, prepare.decode(sample, image_fields, rows.name), model,
+                                         normalize, precision, device, tol)
         problems += [f"shard {rows.name}, key {k!r}: not found in the data" for k in wanted_keys]
     return problems
+
+
+def replay_views(store, rows, j: int, image, model, normalize, precision: str, device, tol: float) -> list[str]:
+    """Sample j of a shard's rows of a per-view store: its K views drawn again from the recorded
+    seed and recipe (their boxes and flips must be the stored ones), cropped at the weak model's
+    input size and run through it; their logits must be the stored ones within `tol` (float16
+    storage), and their argmax the stored pred."""
+    import torch
+
+    from ..pipeline import distributed
+    from ..pipeline.data.augment import LabelViews, TrainAugment
+    from ..pipeline.data.views import TrainViews
+
+    meta, key = store.attrs["views"], rows.keys[j]
+    recipe, preprocessing = meta["recipe"], schema.preprocessing(store.attrs)
+    size = tuple(int(v) for v in preprocessing["input_size"][1:])
+    views = TrainViews(meta["seed"], scale=(recipe["crop_scale"], 1.0), ratio=tuple(recipe["ratio"]),
+                       hflip=recipe["hflip"], size=size)
+    augment = TrainAugment(preprocessing, views, preprocessing["decode"], color_jitter=recipe.get("color_jitter") or 0.0,
+                           auto_augment=recipe.get("aa"))
+    crops, drawn = LabelViews(augment, store.views)(image, rows.name, key)
+    stored_boxes = np.concatenate([rows.arrays[f"{schema.VIEWS}crop"][j], rows.arrays[f"{schema.VIEWS}flip"][j][:, None]], 1)
+    if not np.array_equal(drawn[:, :5].numpy().astype(np.int64), stored_boxes.astype(np.int64)):
+        return [f"shard {rows.name}, key {key!r}: the views drawn again are not the stored boxes and flips "
+                "(another version of the view code?)"]
+    with torch.inference_mode(), distributed.autocast(precision, device):
+        fresh = model(normalize(crops)).float().cpu().numpy()
+    agree = float((rows.arrays[f"{schema.VIEWS}pred"][j] == np.argmax(fresh, axis=-1)).mean())
+    if store.topk:
+        top = rows.arrays[f"{schema.VIEWS}topk_indices"][j].astype(np.int64)
+        stored, fresh = rows.arrays[f"{schema.VIEWS}topk_values"][j].astype(np.float32), np.take_along_axis(fresh, top, 1)
+    else:
+        stored = rows.arrays[f"{schema.VIEWS}logits"][j].astype(np.float32)
+    diff = float(np.abs(stored - fresh).max())
+    if diff > tol * max(1.0, float(np.abs(fresh).max())) or agree < 1.0:
+        return [f"shard {rows.name}, key {key!r}: the replayed views' logits differ from the stored by {diff:.4g} "
+                f"(top-1 agreement {agree:.2f})"]
+    return []

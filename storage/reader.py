@@ -30,22 +30,32 @@ class ShardRows:
 
     WEAK_ARRAYS = {"full": ("logits",), "topk": ("topk_values", "topk_indices", "confidence")}
 
-    def dense_logits(self, num_classes: int) -> np.ndarray:
-        """(n, C) weak logits; from a top-k store, log-probabilities rebuilt from the top k.
+    @staticmethod
+    def weak_arrays(topk: int | None, views: int = 0) -> tuple[str, ...]:
+        """The arrays the training join reads: the weak logits (or top-k and the confidence that
+        rebuilds them), and of a per-view store the views' too, with their boxes and flips."""
+        names = ShardRows.WEAK_ARRAYS["topk" if topk else "full"]
+        if not views:
+            return names
+        return (*names, *(schema.VIEWS + n for n in names), f"{schema.VIEWS}crop", f"{schema.VIEWS}flip")
+
+    def dense_logits(self, num_classes: int, prefix: str = "") -> np.ndarray:
+        """(n, C) weak logits (with prefix "views/": (n, K, C), each view's); from a top-k store,
+        log-probabilities rebuilt from the top k.
 
         The top-k probabilities are exact: p_i = confidence * exp(v_i - v_1), since confidence is
         the top-1 probability of the full softmax. The remaining mass is spread evenly over the
         other C - k classes. Log-probabilities are logits up to a constant, which softmax ignores.
         """
-        if "logits" in self.arrays:
-            return self.arrays["logits"]
-        values = self.arrays["topk_values"].astype(np.float32)
-        indices = self.arrays["topk_indices"].astype(np.int64)
-        n, k = values.shape
-        p_top = self.arrays["confidence"].astype(np.float32)[:, None] * np.exp(values - values[:, :1])
-        rest = np.maximum(1.0 - p_top.sum(axis=1), 1e-8) / max(1, num_classes - k)
-        out = np.repeat(np.log(rest)[:, None], num_classes, axis=1).astype(np.float32)
-        np.put_along_axis(out, indices, np.log(np.maximum(p_top, 1e-30)), axis=1)
+        if prefix + "logits" in self.arrays:
+            return self.arrays[prefix + "logits"]
+        values = self.arrays[prefix + "topk_values"].astype(np.float32)
+        indices = self.arrays[prefix + "topk_indices"].astype(np.int64)
+        k = values.shape[-1]
+        p_top = self.arrays[prefix + "confidence"].astype(np.float32)[..., None] * np.exp(values - values[..., :1])
+        rest = np.maximum(1.0 - p_top.sum(axis=-1), 1e-8) / max(1, num_classes - k)
+        out = np.repeat(np.log(rest)[..., None], num_classes, axis=-1).astype(np.float32)
+        np.put_along_axis(out, indices, np.log(np.maximum(p_top, 1e-30)), axis=-1)
         return out
 
 
@@ -67,6 +77,7 @@ class LabelStore:
         self._validate()
         self.num_classes = int(self.attrs["num_classes"])
         self.topk = self.attrs["layout"].get("topk")
+        self.views = schema.layout_views(self.attrs)  # views per sample (0: centre only)
         self.capacity = int(self.attrs["layout"]["capacity"])
         self.shards = self.attrs["data"]["shards"]
         self._shard_pos = {s["name"]: i for i, s in enumerate(self.shards)}
@@ -79,17 +90,17 @@ class LabelStore:
         a = self.attrs
         if a.get("format") != schema.FORMAT:
             raise W2SError(f"store {self.url}: attribute 'format' is {a.get('format')!r}, expected {schema.FORMAT!r}")
-        if a.get("schema_version") != schema.SCHEMA_VERSION:
+        if a.get("schema_version") not in schema.READABLE_VERSIONS:
             raise W2SError(
                 f"store {self.url}: attribute 'schema_version' is {a.get('schema_version')!r}, this tool reads "
-                f"{schema.SCHEMA_VERSION}; re-label with this version"
+                f"{' and '.join(map(str, schema.READABLE_VERSIONS))}; re-label with this version"
             )
         for key in schema.REQUIRED_ATTRS:
             if key not in a:
                 raise W2SError(f"store {self.url}: attribute {key!r} is missing (zarr.json)")
         try:
             rows, capacity = int(a["layout"]["rows"]), int(a["layout"]["capacity"])
-            arrays = schema.all_arrays(int(a["num_classes"]), a["layout"].get("topk"))
+            arrays = schema.all_arrays(int(a["num_classes"]), a["layout"].get("topk"), schema.layout_views(a))
             if rows != capacity * len(a["data"]["shards"]):
                 raise ValueError(f"layout rows {rows} is not capacity {capacity} x {len(a['data']['shards'])} shards")
         except (KeyError, TypeError, ValueError) as exc:
@@ -218,14 +229,13 @@ class LabelStore:
             raise self.damaged(part_file, ValueError("no key column"))
         n = part.num_rows
         start = i * self.capacity
-        names = arrays or tuple(schema.all_arrays(self.num_classes, self.topk))
+        names = arrays or tuple(schema.all_arrays(self.num_classes, self.topk, self.views))
         blocks = {}
         for name in names:
             try:
                 blocks[name] = self.group[name][start : start + n]
             except Exception as exc:  # a truncated or rewritten chunk
-                raise self.damaged(f"{name}/c/{i}" + ("/0" if self.group[name].ndim == 2 else ""),
-                                   exc) from None
+                raise self.damaged(f"{name}/c/{i}" + "/0" * (self.group[name].ndim - 1), exc) from None
         labels = part.column("label").to_numpy() if "label" in part.column_names else None
         return ShardRows(self.shards[i]["name"], part.column("key").to_pylist(), blocks, labels)
 
@@ -269,11 +279,12 @@ class LabelStore:
             raise W2SError(f"store {self.url}, shard {name}: the stored rows are not the ones `label` wrote (their "
                            f"sha256 differs from {done}'s); `w2s-pipe verify {self.url}` lists every problem, and "
                            "`label --overwrite` makes the store again")
-        weak = rows.arrays["logits" if "logits" in rows.arrays else "topk_values"]
-        bad = ~np.isfinite(weak.astype(np.float32)).all(axis=1)
-        if bad.any():
-            raise W2SError(f"store {self.url}, shard {name}, key {rows.keys[int(np.argmax(bad))]!r}: the weak logits are "
-                           "not finite")
+        for prefix in ("", schema.VIEWS) if self.views else ("",):
+            weak = rows.arrays[prefix + ("logits" if "logits" in rows.arrays else "topk_values")]
+            bad = ~np.isfinite(weak.astype(np.float32)).reshape(len(weak), -1).all(axis=1)
+            if bad.any():
+                raise W2SError(f"store {self.url}, shard {name}, key {rows.keys[int(np.argmax(bad))]!r}: the weak logits "
+                               f"{'of a view ' if prefix else ''}are not finite")
         return rows
 
     def check_rows(self, shards=None, threads: int = 8) -> None:
@@ -297,7 +308,7 @@ class LabelStore:
         import dask.array as da
 
         out = {}
-        for name in schema.all_arrays(self.num_classes, self.topk):
+        for name in schema.all_arrays(self.num_classes, self.topk, self.views):
             full = da.from_zarr(self.group[name])
             out[name] = da.concatenate(
                 [full[i * self.capacity : i * self.capacity + n] for i, n in enumerate(self.labelled_counts)]

@@ -3,6 +3,8 @@
 Layout of a store (a directory or fsspec URL):
 
     zarr.json, <array>/...      Zarr v3 group; every array has R = n_shards * capacity rows
+    views/<array>/...           with `label --views K`: the weak model's output on K training views
+                                of every sample (crop box, flip, logits or top-k, statistics), (R, K, ...)
     parts/<shard:06d>.parquet   one shard's index rows, written before its marker
     done/<shard:06d>.json       the shard's completion marker, written last
     claims/<shard:06d>.json     while a process labels the shard: its host and pid
@@ -21,7 +23,8 @@ import numpy as np
 import pyarrow as pa
 
 FORMAT = "w2s-pipe-store"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: per-view arrays under views/ (absent from centre-only stores), the `views` attribute
+READABLE_VERSIONS = (1, 2)  # version 1 stores are centre-only; they read as version 2 without views
 
 INDEX_FILE = "index.parquet"
 SKIPPED_FILE = "skipped.parquet"  # key, shard, reason: samples left out by --on-bad-sample skip
@@ -51,10 +54,39 @@ def tensor_arrays(num_classes: int, topk: int | None) -> dict[str, tuple[str, tu
     return {"logits": (LOGITS_DTYPE, (num_classes,))}
 
 
-def all_arrays(num_classes: int, topk: int | None) -> dict[str, tuple[str, tuple[int, ...]]]:
+VIEWS = "views/"  # the per-view arrays' prefix
+VIEW_BOX_DTYPE, VIEW_FLIP_DTYPE = "int32", "uint8"
+
+
+def view_arrays(num_classes: int, topk: int | None, views: int) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """The per-view arrays of a store labelled with `views` views per sample (none for 0): each
+    view's crop box (top, left, height, width in the decoded image's pixels), flip, the weak model's
+    output on it and its statistics; per-row shape (views, ...)."""
+    if not views:
+        return {}
+    arrays = {f"{VIEWS}crop": (VIEW_BOX_DTYPE, (views, 4)), f"{VIEWS}flip": (VIEW_FLIP_DTYPE, (views,))}
+    arrays.update({VIEWS + name: (dtype, (views, *shape)) for name, (dtype, shape) in tensor_arrays(num_classes, topk).items()})
+    arrays.update({VIEWS + name: (dtype, (views,)) for name, dtype in STAT_ARRAYS.items()})
+    return arrays
+
+
+def all_arrays(num_classes: int, topk: int | None, views: int = 0) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Every array of a store, in the order a shard's digest reads them: the centre view's weak
+    output and statistics, then the per-view arrays."""
     arrays = tensor_arrays(num_classes, topk)
     arrays.update({name: (dtype, ()) for name, dtype in STAT_ARRAYS.items()})
+    arrays.update(view_arrays(num_classes, topk, views))
     return arrays
+
+
+def fill_value(name: str):
+    """What a padding row holds (pred -1, statistics NaN, the rest 0)."""
+    return STAT_FILL.get(name.removeprefix(VIEWS), 0)
+
+
+def layout_views(attrs: dict) -> int:
+    """Views per sample of a store (0: centre only, as every version 1 store)."""
+    return int((attrs.get("layout") or {}).get("views") or 0)
 
 
 SKIPPED_SCHEMA = pa.schema([pa.field("key", pa.string()), pa.field("shard", pa.string()), pa.field("reason", pa.string())])
@@ -85,7 +117,7 @@ REQUIRED_ATTRS = (
     "preprocessing",  # timm data config (input_size, interpolation, mean, std, crop_pct, crop_mode) and decode
     "precision",
     "data",  # {name, split, pattern, image_field, label_field, fingerprint, shards: [{name, url, count, bytes}]}
-    "layout",  # {capacity, rows, topk}
+    "layout",  # {capacity, rows, topk, views (per-view stores only)}
     "tool_version",
     "created",
 )
@@ -100,17 +132,23 @@ IDENTITY_FIELDS = (
     "precision",
     "data.fingerprint",
     "layout.topk",
+    "layout.views",
+    "views",  # {k, seed, recipe, fingerprint} of a per-view store
 )
 
 
 def store_attrs(*, weak: dict, num_classes: int, class_names, preprocessing: dict, precision: str, data: dict,
-                shards: list[dict], fingerprint: str, topk: int | None, tool_version: str, config: dict) -> dict:
+                shards: list[dict], fingerprint: str, topk: int | None, tool_version: str, config: dict,
+                views: dict | None = None) -> dict:
     """A new store's attributes (all of REQUIRED_ATTRS but format, schema_version and created, which
     the writer adds). `weak`: {model, checkpoint, checkpoint_sha256}; `preprocessing`: the timm data
     config plus "decode"; `data`: {name, split, pattern, image_field, label_field} of the source,
     completed here with its `shards` ({name, url, count, bytes, ...}) and their `fingerprint`. The
-    layout gives every shard the rows of the largest (`capacity`), one chunk each."""
+    layout gives every shard the rows of the largest (`capacity`), one chunk each. `views`, for a
+    per-view store: {k, seed, recipe, fingerprint} (`VIEW_RECIPE` fields in the recipe)."""
     capacity = max(int(s["count"]) for s in shards)
+    extra = {"views": dict(views)} if views else {}
+    layout_extra = {"views": int(views["k"])} if views else {}
     return {
         "weak": {k: weak.get(k) for k in ("model", "checkpoint", "checkpoint_sha256")},
         "num_classes": int(num_classes),
@@ -119,10 +157,17 @@ def store_attrs(*, weak: dict, num_classes: int, class_names, preprocessing: dic
         "precision": precision,
         "data": {**{k: data.get(k) for k in ("name", "split", "pattern", "image_field", "label_field")},
                  "fingerprint": fingerprint, "shards": list(shards)},
-        "layout": {"capacity": capacity, "rows": capacity * len(shards), "topk": topk},
+        "layout": {"capacity": capacity, "rows": capacity * len(shards), "topk": topk, **layout_extra},
         "tool_version": tool_version,
         "config": dict(config),
+        **extra,
     }
+
+
+# What a per-view store's views were drawn with: `train` must draw with the same to replay them
+# (`views.TrainViews`: the crop's smallest area fraction and its aspect ratios, the flip chance;
+# `augment.TrainAugment`: the auto-augment policy and colour jitter, drawn per view).
+VIEW_RECIPE = ("crop_scale", "ratio", "hflip", "aa", "color_jitter")
 
 
 def preprocessing(attrs: dict) -> dict:

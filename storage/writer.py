@@ -109,7 +109,8 @@ class StoreWriter:
         layout = self.attrs["layout"]
         self.capacity = int(layout["capacity"])
         self.shards = self.attrs["data"]["shards"]
-        self.arrays = schema.all_arrays(int(self.attrs["num_classes"]), layout.get("topk"))
+        self.views = schema.layout_views(self.attrs)
+        self.arrays = schema.all_arrays(int(self.attrs["num_classes"]), layout.get("topk"), self.views)
 
     @classmethod
     def create(cls, url: str, attrs: dict, *, overwrite: bool = False, storage_options: dict | None = None):
@@ -155,7 +156,8 @@ class StoreWriter:
         layout = attrs["layout"]
         rows, capacity = int(layout["rows"]), int(layout["capacity"])
         group = zarr.open_group(store=zarr_store(url, storage_options), mode="w")
-        for name, (dtype, row_shape) in schema.all_arrays(int(attrs["num_classes"]), layout.get("topk")).items():
+        arrays = schema.all_arrays(int(attrs["num_classes"]), layout.get("topk"), schema.layout_views(attrs))
+        for name, (dtype, row_shape) in arrays.items():
             group.create_array(
                 name,
                 shape=(rows, *row_shape),
@@ -164,7 +166,7 @@ class StoreWriter:
                 # Logits are near-incompressible (zstd 1.09x) and uncompressed chunks read 2-3x
                 # faster (DESIGN.md; bench/store.py measures it again): no codec.
                 compressors=None,
-                fill_value=schema.STAT_FILL.get(name, 0),
+                fill_value=schema.fill_value(name),
             )
         # Attributes last: a group without them is recognisably unfinished and is rebuilt.
         group.attrs.update(attrs)
@@ -208,7 +210,7 @@ class StoreWriter:
             values = np.asarray(arrays[name])
             if values.shape != (n, *row_shape):
                 raise ValueError(f"array {name}: shape {values.shape}, expected {(n, *row_shape)}")
-            block = np.full((self.capacity, *row_shape), schema.STAT_FILL.get(name, 0), dtype=dtype)
+            block = np.full((self.capacity, *row_shape), schema.fill_value(name), dtype=dtype)
             block[:n] = values
             # Whole-chunk write: no read-modify-write, and the chunk is this shard's alone.
             self.group[name][start : start + self.capacity] = block

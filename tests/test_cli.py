@@ -96,6 +96,8 @@ def test_label_options_are_frozen():
         "--weak", "--data", "--split", "--labels", "--weak-checkpoint", "--num-classes", "--img-size", "--batch-size",
         "--workers", "--precision", "--device", "--topk", "--compile", "--overwrite", "--max-shards", "--quiet",
         "--on-bad-sample", "--decode",
+        # per-view stores (issue 19)
+        "--views", "--seed", "--crop-scale", "--hflip", "--aa", "--color-jitter",
     ])
 
 
@@ -114,7 +116,7 @@ def test_train_options_are_frozen():
         "--layer-decay", "--grad-accum", "--compile", "--channels-last", "--model-ema", "--model-ema-decay", "--aa",
         "--reprob", "--mixup", "--cutmix", "--mixup-prob", "--mixup-switch-prob",
         # the online teacher (issue 19)
-        "--teacher", "--teacher-model",
+        "--teacher", "--teacher-model", "--store-view",
     ])
 
 

@@ -60,16 +60,21 @@ class TrainAugment:
         if self.decoder == "gpu":
             height, width = header_size(data, where)
             return data, self.views.draw(shard, key, epoch, height, width)
+        image = pil_rgb(data, where) if self.decoder == "pil" else decode_tensor(data, where)
+        return self.view_of(image, shard, key, epoch)
+
+    def view_of(self, image, shard: str, key: str, epoch: int):
+        """A decoded image (PIL under pil, a uint8 (3, H, W) tensor under cpu) -> its view of pass
+        `epoch`: (uint8 (3, H, W), View). The crop and flip, then --aa and --color-jitter, each drawn
+        from (seed, shard, key, pass)."""
         seed = view_seed(self.views.seed, shard, key, epoch)
         if self.decoder == "pil":
-            image = pil_rgb(data, where)
             view = self.views.draw(shard, key, epoch, image.height, image.width)
             crop = pil_crop(image, view, self.size, self.interpolation)
             if self.policy is not None:  # on the PIL crop itself: no round trip through a tensor
                 crop = seeded(self.policy, seed ^ 0xAA, crop)
             out = pil_to_tensor(crop)
         else:
-            image = decode_tensor(data, where)
             view = self.views.draw(shard, key, epoch, *image.shape[-2:])
             out = tensor_view(image, view, self.size, self.interpolation)
             if self.policy is not None:
@@ -77,6 +82,24 @@ class TrainAugment:
         if self.jitter is not None:
             out = seeded(self.jitter, seed ^ 0x5EED, out)
         return out, view
+
+
+class LabelViews:
+    """A loading process's step for `label --views K`: a sample's decoded image -> the K training
+    views `train` draws in passes 0..K-1 with the same seed and recipe (`augment`, a TrainAugment
+    at the weak model's input size: crop, flip, --aa, --color-jitter), each exactly as
+    `TrainAugment` makes it: uint8 (K, 3, H, W) and the views as rows (K, 11) (`views.VIEW_FIELDS`)."""
+
+    def __init__(self, augment: TrainAugment, k: int):
+        self.augment, self.k = augment, k
+
+    def __call__(self, image, shard: str, key: str):
+        import torch
+
+        if self.augment.decoder == "cpu" and not isinstance(image, torch.Tensor):
+            image = pil_to_tensor(image)  # decoded by PIL for timm's border crop; the views go as cpu's
+        made = [self.augment.view_of(image, shard, key, p) for p in range(self.k)]
+        return torch.stack([out for out, _ in made]), torch.tensor([v.as_row() for _, v in made], dtype=torch.float32)
 
 
 def auto_augment_policy(spec: str, data_config: dict):

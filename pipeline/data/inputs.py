@@ -25,6 +25,7 @@ class Inputs:
     val: object | None  # DataSource
     store_chosen: str = ""  # how the store was chosen: "--labels", or why it was the one
     teacher: object | None = None  # models.LoadedModel of --teacher: weak labels computed online
+    view_passes: int = 0  # a per-view store's K views, replayed (pass p trains on view p mod K); 0: centre view
 
 
 def resolve_inputs(cfg) -> Inputs:
@@ -71,8 +72,10 @@ def resolve_inputs(cfg) -> Inputs:
             if "label" not in store.index().column_names:
                 raise W2SError(f"--{'loss gt' if cfg.loss == 'gt' else 'gt-weight'} needs ground-truth labels, but the "
                                f"shards of store {store_url} carry none (field {label_field!r})")
+        view_passes = replayed_views(store, cfg) if from_store else 0
         record = {"name": data_name, "split": split, "pattern": pattern, "store": store_url,
-                  "store_id": store_identity(store.attrs), "weak": store.attrs["weak"]["model"]}
+                  "store_id": store_identity(store.attrs), "weak": store.attrs["weak"]["model"],
+                  **({"views": view_passes} if view_passes else {})}
         entry_source = resolve_data(data_name, split, workspace=cfg.workspace) if data_name != "shards" else None
         source_for_val = entry_source
     else:
@@ -85,7 +88,7 @@ def resolve_inputs(cfg) -> Inputs:
         num_classes, class_names = source.num_classes, list(source.class_names or []) or None
         record = {"name": source.name, "split": source.split, "pattern": source.pattern, "store": None}
         source_for_val = source
-        store_url = None
+        store_url, view_passes = None, 0
     teacher = None
     if cfg.teacher:
         from ..train.teacher import load_teacher
@@ -109,7 +112,47 @@ def resolve_inputs(cfg) -> Inputs:
         if val.label_field is None:
             raise W2SError(f"validation data {val.pattern} carries no labels")
     return Inputs(urls, image_fields, label_field, num_classes, class_names, store_url, record, val,
-                  chosen if store_url else "", teacher)
+                  chosen if store_url else "", teacher, view_passes)
+
+
+def replayed_views(store, cfg) -> int:
+    """How many of a store's views `train` replays (0: it reads the centre view). A per-view store
+    is replayed (--store-view auto or replay) only with the very views its weak model saw: the
+    run's --seed, --crop-scale, --hflip, --aa and --color-jitter must be the store's, and nothing
+    that changes a view's pixels that the store does not hold (--reprob, --mixup/--cutmix) may be
+    on; each difference is refused by name."""
+    if cfg.store_view == "center" or (cfg.store_view == "auto" and not store.views):
+        return 0
+    if not store.views:
+        raise W2SError(f"--store-view replay: store {store.url} holds the centre view only; label it with --views K, "
+                       "or drop --store-view replay")
+    meta = store.attrs["views"]
+    run = {"seed": cfg.seed, "crop_scale": cfg.crop_scale, "hflip": cfg.hflip, "aa": cfg.aa,
+           "color_jitter": cfg.color_jitter}
+    stored = {"seed": meta["seed"], **{k: meta["recipe"].get(k) for k in ("crop_scale", "hflip", "aa", "color_jitter")}}
+    stored["color_jitter"] = stored["color_jitter"] or 0.0
+    for name in run:
+        if not _same(run[name], stored[name]):
+            raise W2SError(f"--{name.replace('_', '-')} {run[name]}: store {store.url} holds the weak model's output on "
+                           f"views drawn with --{name.replace('_', '-')} {stored[name]}; train with that, label the views "
+                           "again with this, or read its centre view (--store-view center)")
+    from .views import TrainViews
+
+    if list(meta["recipe"]["ratio"]) != list(TrainViews(0).ratio):
+        raise W2SError(f"store {store.url}'s views were drawn with aspect ratios {meta['recipe']['ratio']}, this tool "
+                       f"draws {list(TrainViews(0).ratio)}; label the views again")
+    moved = [o for o, v in (("--reprob", cfg.reprob), ("--mixup", cfg.mixes and cfg.mixup),
+                            ("--cutmix", cfg.mixes and cfg.cutmix)) if v]
+    if moved:
+        raise W2SError(f"{moved[0]} changes the pixels of the views whose weak outputs store {store.url} holds, so "
+                       "they would label other images; drop it, or read the store's centre view (--store-view center)")
+    return int(store.views)
+
+
+def _same(a, b) -> bool:
+    """Equal as numbers (2 and 2.0) or as anything else."""
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b))
+    return float(a) == float(b) if numbers else a == b
 
 
 def _check_unchanged(shards: list[dict], store_url: str) -> None:

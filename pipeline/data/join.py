@@ -3,6 +3,10 @@
 Samples arrive in a shard's tar order, so the j-th sample of a shard is the store's j-th row for
 that shard: the join reads the shard's rows once and matches by position, checking every key,
 and falls back to a key lookup only when the order differs (a sample missing from the shards).
+
+From a per-view store (`label --views K`, replayed with `views=True`) a sample gets every view's
+weak logits (K, C) and boxes (K, 5: top, left, height, width, flip); the training stream picks the
+view of its pass and checks that it draws the very box the weak model saw.
 """
 
 from __future__ import annotations
@@ -13,15 +17,18 @@ import numpy as np
 
 from ...errors import W2SError
 from ...storage.reader import LabelStore, ShardRows
+from ...storage.schema import VIEWS
 from .shards import url_name
 
 
 class StoreJoin:
     """Picklable: each DataLoader worker opens the store itself on first use."""
 
-    def __init__(self, store_url: str, *, skip_missing: bool = False, storage_options: dict | None = None):
+    def __init__(self, store_url: str, *, skip_missing: bool = False, storage_options: dict | None = None,
+                 views: bool = False):
         self.store_url = store_url
         self.skip_missing = skip_missing
+        self.views = views  # replay a per-view store's views instead of its centre view
         self.storage_options = storage_options
         self._store: LabelStore | None = None
         self.skipped = 0
@@ -35,25 +42,29 @@ class StoreJoin:
             self._store = LabelStore(self.store_url, self.storage_options)
         return self._store
 
-    def shard(self, name: str) -> tuple[list[str], np.ndarray, set] | None:
-        """(keys, weak logits (n, C), keys skipped as bad at labelling) of one shard, or None if
-        the store lacks the shard and skipping is on."""
+    def shard(self, name: str) -> tuple[list[str], np.ndarray, set, np.ndarray | None] | None:
+        """(keys, weak logits (n, C) or with views (n, K, C), keys skipped as bad at labelling, the
+        views' boxes (n, K, 5) or None) of one shard, or None if the store lacks the shard and
+        skipping is on."""
         store = self.store
         if not store.has_shard(name):
             if self.skip_missing:
                 return None
             raise W2SError(f"shard {name} is not in store {self.store_url} (it labelled {store.attrs['data']['pattern']})")
-        rows = store.shard_rows(name, arrays=ShardRows.WEAK_ARRAYS["topk" if store.topk else "full"])
-        return rows.keys, rows.dense_logits(store.num_classes), store.skipped_keys(name)
+        rows = store.shard_rows(name, arrays=ShardRows.weak_arrays(store.topk, store.views if self.views else 0))
+        if not self.views:
+            return rows.keys, rows.dense_logits(store.num_classes), store.skipped_keys(name), None
+        boxes = np.concatenate([rows.arrays[f"{VIEWS}crop"], rows.arrays[f"{VIEWS}flip"][..., None]], axis=-1)
+        return rows.keys, rows.dense_logits(store.num_classes, VIEWS), store.skipped_keys(name), boxes
 
     def __call__(self, samples: Iterable[dict]) -> Iterator[dict]:
-        current, keys, weak, absent, lookup, pos, used = None, [], None, set(), None, 0, set()
+        current, keys, weak, absent, boxes, lookup, pos, used = None, [], None, set(), None, None, 0, set()
         for sample in samples:
             name, key = url_name(sample["__url__"]), sample["__key__"]
             if name != current:
                 current, pos, lookup, used = name, 0, None, set()
                 loaded = self.shard(name)
-                keys, weak, absent = loaded if loaded else ([], None, set())
+                keys, weak, absent, boxes = loaded if loaded else ([], None, set(), None)
             if pos < len(keys) and keys[pos] == key and pos not in used:
                 row = pos
             else:
@@ -77,4 +88,6 @@ class StoreJoin:
             used.add(row)
             pos = row + 1
             sample["weak"] = weak[row]
+            if boxes is not None:
+                sample["view_boxes"] = boxes[row]
             yield sample

@@ -31,11 +31,14 @@ class ImageBatch:
     labels: torch.Tensor | None  # int32 (N,), or None where the shards carry no label
     images: torch.Tensor | None = None  # uint8 (N, 3, H, W): the eval crops
     blobs: list[bytes] | None = None  # or the encoded images, for the device to decode (--decode gpu)
+    views: torch.Tensor | None = None  # label --views K: uint8 (N, K, 3, H, W), each sample's training views
+    view_rows: torch.Tensor | None = None  # and those views as (N, K, 11) rows (views.VIEW_FIELDS)
 
     def pin_memory(self) -> "ImageBatch":
         """The DataLoader's pinning thread calls this (page-locked memory copies to a GPU asynchronously)."""
         pin = (lambda t: None if t is None else t.pin_memory())
-        return ImageBatch(self.shard, self.keys, pin(self.labels), pin(self.images), self.blobs)
+        return ImageBatch(self.shard, self.keys, pin(self.labels), pin(self.images), self.blobs, pin(self.views),
+                          self.view_rows)
 
 
 @dataclass
@@ -66,7 +69,7 @@ def events(loader: Iterable) -> Iterator:
 class ShardBatches(IterableDataset):
     def __init__(self, shards: list[tuple[int, str]], *, prepare, batch_size: int, image_fields, label_field,
                  label_required: bool = False, storage_options: dict | None = None, claims=None,
-                 skip_bad: bool = False):
+                 skip_bad: bool = False, views=None):
         self.shards = shards  # (position in the data source, url)
         self.prepare = prepare  # transforms.Preprocess: sample -> uint8 crop (or raw bytes, for GPU decoding)
         self.batch_size = batch_size
@@ -76,6 +79,7 @@ class ShardBatches(IterableDataset):
         self.storage_options = storage_options
         self.claims = claims  # storage.claims.ShardClaims: skip shards another process is labelling
         self.skip_bad = skip_bad  # record bad samples and go on, instead of stopping
+        self.views = views  # augment.LabelViews: each sample's training views too (label --views)
 
     def __iter__(self):
         info = get_worker_info()
@@ -92,7 +96,7 @@ class ShardBatches(IterableDataset):
 
     def _shard(self, position: int, url: str):
         name = url_name(url)
-        images, keys, labels = [], [], []
+        images, keys, labels, views = [], [], [], []
         count, seen, skipped = 0, set(), []
         for sample in iter_samples(url, self.storage_options):
             key = sample["__key__"]
@@ -100,7 +104,11 @@ class ShardBatches(IterableDataset):
                 if key in seen:
                     raise W2SError(f"shard {name}, key {key!r}: appears more than once in the shard")
                 seen.add(key)
-                image = self.prepare(sample, self.image_fields, name)
+                if self.views is None:
+                    image = self.prepare(sample, self.image_fields, name)
+                else:  # decoded once, for the centre crop and the views
+                    decoded = self.prepare.decode(sample, self.image_fields, name)
+                    image, view = self.prepare.crop(decoded), self.views(decoded, name, key)
                 label = decode_label(sample, self.label_field, name, self.label_required)
             except W2SError as exc:
                 if not self.skip_bad:
@@ -110,21 +118,26 @@ class ShardBatches(IterableDataset):
             images.append(image)
             keys.append(key)
             labels.append(label)
+            if self.views is not None:
+                views.append(view)
             if len(images) == self.batch_size:
-                yield self._batch(position, images, keys, labels)
+                yield self._batch(position, images, keys, labels, views)
                 count += len(images)
-                images, keys, labels = [], [], []
+                images, keys, labels, views = [], [], [], []
         if images:
-            yield self._batch(position, images, keys, labels)
+            yield self._batch(position, images, keys, labels, views)
             count += len(images)
         yield ShardEnd(position, count, skipped)
 
-    def _batch(self, position, images, keys, labels) -> ImageBatch:
+    def _batch(self, position, images, keys, labels, views) -> ImageBatch:
         has_labels = all(label is not None for label in labels)
         labels = torch.tensor(labels, dtype=torch.int32) if has_labels else None
         if self.prepare.decoder == "gpu":  # bytes, decoded on the device by the main process
             return ImageBatch(position, keys, labels, blobs=images)
-        return ImageBatch(position, keys, labels, images=torch.stack(images))
+        batch = ImageBatch(position, keys, labels, images=torch.stack(images))
+        if views:
+            batch.views, batch.view_rows = torch.stack([v for v, _ in views]), torch.stack([r for _, r in views])
+        return batch
 
 
 def default_workers() -> int:

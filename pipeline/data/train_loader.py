@@ -36,7 +36,8 @@ def batches_before(step: int, worker: int, workers: int) -> int:
 class TrainStream(IterableDataset):
     def __init__(self, urls: list[str], *, augment, image_fields, label_field, need_labels: bool,
                  join: StoreJoin | None, seed: int, rank: int = 0, world_size: int = 1, shuffle_buffer: int = 1000,
-                 batch_size: int = 1, start_step: int = 0, storage_options: dict | None = None):
+                 batch_size: int = 1, start_step: int = 0, storage_options: dict | None = None,
+                 view_passes: int = 0):
         self.urls = list(urls)
         self.augment = augment  # (sample, image fields, shard, pass) -> (uint8 image or bytes, View)
         self.image_fields = tuple(image_fields)
@@ -49,6 +50,8 @@ class TrainStream(IterableDataset):
         self.batch_size = batch_size
         self.start_step = start_step
         self.storage_options = storage_options
+        # Replaying a per-view store of K views: pass p draws view p mod K, the one the weak model saw.
+        self.view_passes = view_passes
 
     def __iter__(self):
         import webdataset
@@ -95,14 +98,28 @@ class TrainStream(IterableDataset):
     def _decode(self, sample: dict) -> dict:
         shard, key = url_name(sample["__url__"]), sample["__key__"]
         label = decode_label(sample, self.label_field, shard, self.need_labels)
-        image, view = self.augment(sample, self.image_fields, shard, sample["__pass__"])
+        drawn = sample["__pass__"] % self.view_passes if self.view_passes else sample["__pass__"]
+        image, view = self.augment(sample, self.image_fields, shard, drawn)
         out = {"image": image, "view": view.as_row(), "label": -1 if label is None else label,
                "key": (shard, key, sample["__pass__"]), "dropped": sample.get("__dropped__", 0)}
         if self.join is not None:
             # A numpy row in the stored precision (float16 logits): stacked once per batch in
             # `collate`, half the bytes between processes; the losses compute in float32.
             out["weak"] = sample["weak"]
+            if self.view_passes:
+                out["weak"] = sample["weak"][drawn]
+                check_replayed(sample["view_boxes"][drawn], view, shard, key, drawn)
         return out
+
+
+def check_replayed(stored, view, shard: str, key: str, number: int) -> None:
+    """The view a replaying run draws must be the one the weak model saw (its box and flip), or the
+    stored output would label other pixels: a difference is a one-line error."""
+    drawn = (view.top, view.left, view.height, view.width, int(view.flip))
+    if tuple(int(v) for v in stored) != drawn:
+        raise W2SError(f"shard {shard}, key {key!r}: view {number} of the store is (top, left, height, width, flip) "
+                       f"{tuple(int(v) for v in stored)}, this run draws {drawn}; the store's views were drawn by "
+                       "another version of this tool or from other images: label the views again")
 
 
 def collate(samples: list[dict]) -> dict:

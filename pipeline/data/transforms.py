@@ -200,7 +200,8 @@ class TensorGeometry:
 
 
 class Preprocess:
-    """A worker's per-sample step: sample -> uint8 (3, H, W) crop, or the raw bytes under gpu."""
+    """A worker's per-sample step: sample -> uint8 (3, H, W) crop, or the raw bytes under gpu. In two
+    parts where the decoded image serves more (`label --views`): `decode`, then `crop`."""
 
     def __init__(self, data_config: dict, decoder: str = "cpu"):
         # `decoder` is resolved (decoders.resolve_decoder): gpu only for a plain crop box.
@@ -210,11 +211,20 @@ class Preprocess:
         self.geometry = TensorGeometry(data_config) if self.tensor_route else eval_geometry(data_config)
 
     def __call__(self, sample: dict, image_fields: tuple[str, ...], shard: str):
+        image = self.decode(sample, image_fields, shard)
+        return image if self.decoder == "gpu" else self.crop(image)
+
+    def decode(self, sample: dict, image_fields: tuple[str, ...], shard: str):
+        """The sample's image: a uint8 (3, H, W) tensor (cpu), an RGB PIL image (pil, or timm's border
+        mode), or its encoded bytes (gpu). A bad image is a one-line error naming shard and key."""
         name, data = image_payload(sample, image_fields, shard)
-        where = f"shard {shard}, key {sample.get('__key__')!r}: cannot decode {name!r}"
         if self.decoder == "gpu":
             return data
-        image = decode_tensor(data, where) if self.tensor_route else pil_rgb(data, where)
+        where = f"shard {shard}, key {sample.get('__key__')!r}: cannot decode {name!r}"
+        return decode_tensor(data, where) if self.tensor_route else pil_rgb(data, where)
+
+    def crop(self, image):
+        """timm's eval resize and centre crop of a decoded image: uint8 (3, H, W)."""
         return self.geometry(image)
 
 

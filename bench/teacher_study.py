@@ -1,0 +1,271 @@
+"""Study: the online teacher against the centre-crop store, on digits with the demo's models.
+
+    python bench/teacher_study.py                 # 3 seeds, both parts (about 25 min on 2 CPU cores)
+    python bench/teacher_study.py --seeds 1 --part fidelity
+
+Part `fidelity` (no training beyond the weak models): for each seed's weak model (the demo's test_vit,
+labelling the 897 transfer digits), on the student's views at several crop scales, how often the
+teacher's argmax on the view equals the store's centre-crop argmax, and each one's accuracy against
+the ground truth; then, with the imagenet_mae recipe's mixup 0.8 / cutmix 1.0, how far a linear mix
+of labels (what a store can do: FKD's approximation) is from the teacher's output on the mixed image:
+mean KL(online || linear) and how often their argmax differs, for the linear mix of the teacher's
+outputs on the same unmixed views and for the linear mix of the stored centre labels.
+
+Part `train`: the demo's weak-to-strong runs (resnet10t from test_vit, the demo recipe) with the weak
+labels from (A) the online teacher (`train --teacher`), (B) a per-view store of K = 4 or 8 views
+(`label --views K`, replayed), or (C) the centre store (`--labels`), at crop scales 0.6 (the demo's)
+and 0.25, and at 0.6 with mixup 0.8 / cutmix 1.0 (A and C: a per-view store refuses mixing, which
+would move its views' pixels); losses hard, kd and adaptconf; a ceiling per seed and setting. Prints
+top-1 and PGR (mean ± std over seeds), each store's label time and bytes per sample, and the wall
+time of stage one plus N stage-two runs per arm. A run already done in --out is not run again.
+Results go to bench/results/teacher_study.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+
+import _util
+
+SCALES = (1.0, 0.6, 0.25, 0.08)  # fidelity's crop scales (1.0: aspect jitter only)
+MIX = {"mixup": 0.8, "cutmix": 1.0}  # the imagenet_mae recipe's
+SETTINGS = {"crop0.6": {"crop_scale": 0.6}, "crop0.25": {"crop_scale": 0.25}, "crop0.6+mix": {"crop_scale": 0.6, **MIX}}
+LOSSES = ("hard", "kd", "adaptconf")
+ARMS = ("online", "views4", "views8", "store")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--part", choices=("fidelity", "train", "both"), default="both")
+    ap.add_argument("--passes", type=int, default=4, help="fidelity: passes over the transfer split per crop scale")
+    ap.add_argument("--out", default=None, help="the study's workspace [default: a temporary directory]")
+    args = ap.parse_args()
+
+    from w2s_pipe.stages.prepare import prepare_digits
+
+    ws = args.out or tempfile.mkdtemp(prefix="w2s-teacher-study-")
+    os.environ["W2S_DATA"] = os.path.join(ws, "data")
+    if not os.path.exists(os.path.join(ws, "data", "digits", "manifest.json")):
+        prepare_digits(os.path.join(ws, "data", "digits"))
+    results = {"workspace": ws, "seeds": args.seeds}
+    weak = {seed: weak_model(ws, seed) for seed in range(args.seeds)}
+    if args.part in ("fidelity", "both"):
+        results["fidelity"] = [fidelity(ws, seed, w, args.passes) for seed, w in weak.items()]
+        print_fidelity(results["fidelity"])
+    if args.part in ("train", "both"):
+        results["train"] = train_arms(ws, weak)
+        print_train(results["train"])
+    print(f"results: {_util.save('teacher_study', results)}")
+
+
+def recipe() -> dict:
+    from w2s_pipe.pipeline.train.recipes import load_recipe
+    from w2s_pipe.stages.train_config import recipe_options
+
+    return {**load_recipe("demo", recipe_options()), "config": "demo", "progress": False}
+
+
+def open_store(url):
+    from w2s_pipe.storage import open_store as open_
+
+    return open_(url)
+
+
+def views_store(ws: str, seed: int, weak: dict, k: int, crop_scale: float) -> dict:
+    """A per-view store of `k` views of the transfer split, drawn as the study's runs of `seed` at
+    `crop_scale` draw them (the demo recipe's hflip); made once per workspace."""
+    from w2s_pipe.stages.label import LabelConfig, run_label
+
+    url = os.path.join(ws, "stores", f"digits-transfer-s{seed}-views{k}-crop{crop_scale}")
+    started = time.perf_counter()
+    result = run_label(LabelConfig(weak=None, weak_checkpoint=weak["checkpoint"], data="digits", labels=url, workers=0,
+                                   precision="fp32", workspace=ws, progress=False, views=k, seed=seed,
+                                   crop_scale=crop_scale, hflip=recipe()["hflip"]))
+    opened = open_store(url)
+    return {"store": url, "label_s": None if result.already_complete else time.perf_counter() - started,
+            "bytes_per_sample": opened.size_bytes() / opened.num_samples}
+
+
+def weak_model(ws: str, seed: int) -> dict:
+    """The demo's weak model of `seed` and its centre store, made once per workspace."""
+    from w2s_pipe.stages.label import LabelConfig, run_label
+    from w2s_pipe.stages.train import TrainConfig, run_train
+
+    run_dir, store = os.path.join(ws, "runs", f"s{seed}-weak"), os.path.join(ws, "stores", f"digits-transfer-s{seed}")
+    if not os.path.exists(os.path.join(run_dir, "last.pt")):
+        run_train(TrainConfig(**recipe(), run=run_dir, strong="test_vit", img_size=32, epochs=10, loss="gt",
+                              data="digits", split="weak", seed=seed, workspace=ws))
+    started = time.perf_counter()
+    result = run_label(LabelConfig(weak=None, weak_checkpoint=os.path.join(run_dir, "last.pt"), data="digits",
+                                   labels=store, workers=0, precision="fp32", workspace=ws, progress=False))
+    label_s = time.perf_counter() - started
+    opened = open_store(store)
+    records = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    return {"checkpoint": os.path.join(run_dir, "last.pt"), "store": store, "top1": epochs[-1]["val_top1"],
+            "label_s": None if result.already_complete else label_s,
+            "bytes_per_sample": opened.size_bytes() / opened.num_samples}
+
+
+def fidelity(ws: str, seed: int, weak: dict, passes: int) -> dict:
+    import torch
+
+    from w2s_pipe.pipeline.data.augment import TrainAugment
+    from w2s_pipe.pipeline.data.join import StoreJoin
+    from w2s_pipe.pipeline.data.step_inputs import StepInputs
+    from w2s_pipe.pipeline.data.train_loader import TrainStream, train_loader
+    from w2s_pipe.pipeline.data.transforms import data_config_for
+    from w2s_pipe.pipeline.data.views import TrainViews
+    from w2s_pipe.pipeline.models import create_model, load_model
+    from w2s_pipe.pipeline.train.mixing import BatchMix, mix_weak
+    from w2s_pipe.pipeline.train.teacher import OnlineTeacher
+    from w2s_pipe.storage import open_store
+
+    cpu = torch.device("cpu")
+    student = data_config_for(create_model("resnet10t", 10), 24)
+    teacher = OnlineTeacher(load_model(None, checkpoint=weak["checkpoint"], num_classes=10), student, cpu)
+    store = open_store(weak["store"])
+    urls, fields = [s["url"] for s in store.shards], tuple(store.attrs["data"]["image_field"].split(";"))
+    batch_size, n = 64, store.num_samples
+    out = {"seed": seed, "weak_top1": weak["top1"], "scales": {}}
+    for scale in SCALES:
+        views = TrainViews(seed, scale=(scale, 1.0), hflip=0.0, size=(24, 24))
+        stream = TrainStream(urls, augment=TrainAugment(student, views, "cpu"), image_fields=fields,
+                             label_field="cls", need_labels=True, join=StoreJoin(weak["store"]), seed=seed,
+                             batch_size=batch_size, shuffle_buffer=256)
+        prepare = StepInputs(student, cpu, decoder="cpu", seed=seed, rank=0, need_labels=True)
+        mixer = BatchMix(**MIX, prob=1.0, switch_prob=0.5, smoothing=0.0, num_classes=10, seed=seed)
+        sums = dict(views=0, agree_center=0, view_right=0, center_right=0, mixed=0, kl_views=0.0, kl_center=0.0,
+                    flip_views=0, flip_center=0, mixed_right_online=0, mixed_right_center=0)
+        batches = iter(train_loader(stream, 0, False))
+        for step in range(-(-passes * n // batch_size)):
+            batch = prepare(next(batches), step=step)
+            labels, center = batch["target"], batch["weak"].float()
+            with torch.inference_mode():
+                on_view = teacher(batch["image"])
+            sums["views"] += len(labels)
+            sums["agree_center"] += int((on_view.argmax(1) == center.argmax(1)).sum())
+            sums["view_right"] += int((on_view.argmax(1) == labels).sum())
+            sums["center_right"] += int((center.argmax(1) == labels).sum())
+            mixed, _, mixed_center, lam = mixer(batch["image"].clone(), None, center, rank=0, step=step)
+            online = torch.log_softmax(teacher(mixed), dim=1)
+            for name, linear in (("views", mix_weak(on_view, lam)), ("center", mixed_center)):
+                kl = (online.exp() * (online - torch.log_softmax(linear, dim=1))).sum(1)
+                sums[f"kl_{name}"] += float(kl.sum())
+                sums[f"flip_{name}"] += int((online.argmax(1) != linear.argmax(1)).sum())
+            sums["mixed"] += len(labels)
+            # the label a mixed image "is": its larger share's class (lam >= 0.5: its own)
+            main = labels if lam >= 0.5 else labels.flip(0)
+            sums["mixed_right_online"] += int((online.argmax(1) == main).sum())
+            sums["mixed_right_center"] += int((mixed_center.argmax(1) == main).sum())
+        v, m = sums["views"], sums["mixed"]
+        out["scales"][str(scale)] = {
+            "views": v, "teacher_agrees_with_center": sums["agree_center"] / v,
+            "teacher_acc_on_views": sums["view_right"] / v, "center_acc": sums["center_right"] / v,
+            "mix_kl_linear_views": sums["kl_views"] / m, "mix_argmax_differs_linear_views": sums["flip_views"] / m,
+            "mix_kl_center_store": sums["kl_center"] / m, "mix_argmax_differs_center_store": sums["flip_center"] / m,
+            "mixed_acc_online": sums["mixed_right_online"] / m, "mixed_acc_center_store": sums["mixed_right_center"] / m}
+    return out
+
+
+def print_fidelity(rows: list[dict]) -> None:
+    print("\nfidelity: mean over seeds (the weak model's own top-1 on val: "
+          f"{statistics.mean(r['weak_top1'] for r in rows):.3f})")
+    keys = ["teacher_agrees_with_center", "teacher_acc_on_views", "center_acc", "mix_kl_linear_views",
+            "mix_argmax_differs_linear_views", "mix_kl_center_store", "mix_argmax_differs_center_store",
+            "mixed_acc_online", "mixed_acc_center_store"]
+    print("| crop scale | " + " | ".join(keys) + " |")
+    print("|---" * (len(keys) + 1) + "|")
+    for scale in rows[0]["scales"]:
+        cells = [f"{statistics.mean(r['scales'][scale][k] for r in rows):.3f}" for k in keys]
+        print(f"| ({scale}, 1) | " + " | ".join(cells) + " |")
+
+
+def train_arms(ws: str, weak: dict) -> dict:
+    from w2s_pipe.stages.train import TrainConfig, run_train
+
+    base = {**recipe(), "strong": "resnet10t", "img_size": 24, "epochs": 8, "workspace": ws}
+    runs = []
+
+    def train(name, **options):
+        run_dir = os.path.join(ws, "runs", name)
+        done = os.path.join(run_dir, "study.json")
+        if os.path.exists(done):
+            return json.load(open(done))
+        started = time.perf_counter()
+        result = run_train(TrainConfig(**{**base, **options}, run=run_dir))
+        figures = {"name": name, "top1": result.val_top1, "wall_s": time.perf_counter() - started}
+        json.dump(figures, open(done, "w"))
+        return figures
+
+    stores = {}
+    for seed, w in weak.items():
+        for setting, options in SETTINGS.items():
+            ceiling = train(f"s{seed}-{setting}-ceiling", loss="gt", data="digits", split="transfer", seed=seed,
+                            **options)
+            for arm in ARMS:
+                if arm == "online":
+                    source = {"teacher": w["checkpoint"], "data": "digits"}
+                elif arm == "store":
+                    source = {"labels": w["store"]}
+                elif "mixup" in options:
+                    continue  # a per-view store's views would be mixed: refused
+                else:
+                    k = int(arm.removeprefix("views"))
+                    made = stores.setdefault((seed, k, options["crop_scale"]),
+                                             views_store(ws, seed, w, k, options["crop_scale"]))
+                    source = {"labels": made["store"]}
+                for loss in LOSSES:
+                    r = train(f"s{seed}-{setting}-{arm}-{loss}", loss=loss, seed=seed, **source, **options)
+                    gap = ceiling["top1"] - w["top1"]
+                    runs.append({**r, "seed": seed, "setting": setting, "arm": arm, "loss": loss,
+                                 "weak_top1": w["top1"], "ceiling_top1": ceiling["top1"],
+                                 "pgr": (r["top1"] - w["top1"]) / gap if gap > 0 else None,
+                                 "ceiling_wall_s": ceiling["wall_s"]})
+            print(f"seed {seed} {setting}: done", flush=True)
+    costs = {"store": list(weak.values())}
+    for (seed, k, scale), made in stores.items():
+        costs.setdefault(f"views{k}", []).append(made)
+    return {"runs": runs, "stores": {arm: {
+        "label_s": statistics.mean(m["label_s"] for m in made) if all(m["label_s"] for m in made) else None,
+        "bytes_per_sample": statistics.mean(m["bytes_per_sample"] for m in made)} for arm, made in costs.items()}}
+
+
+def _ms(values) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "n/a"
+    return f"{statistics.mean(values):.3f}" + (f" ± {statistics.stdev(values):.3f}" if len(values) > 1 else "")
+
+
+def print_train(study: dict) -> None:
+    runs = study["runs"]
+    arms = [a for a in ARMS if any(r["arm"] == a for r in runs)]
+    print("\nweak-to-strong, resnet10t from test_vit on digits: top-1 / PGR, mean ± std over seeds")
+    print("| setting | loss | " + " | ".join(f"{a} top-1 | {a} PGR" for a in arms) + " |")
+    print("|---|---|" + "---|---|" * len(arms))
+    for setting in SETTINGS:
+        for loss in LOSSES:
+            cells = []
+            for arm in arms:
+                pick = [r for r in runs if r["setting"] == setting and r["loss"] == loss and r["arm"] == arm]
+                cells += [_ms(r["top1"] for r in pick), _ms(r["pgr"] for r in pick)] if pick else ["", ""]
+            print(f"| {setting} | {loss} | " + " | ".join(cells) + " |")
+    wall = {arm: statistics.mean(r["wall_s"] for r in runs if r["arm"] == arm) for arm in arms}
+    print("\nper stage-two run (s): " + ", ".join(f"{a} {wall[a]:.1f}" for a in arms))
+    for arm, cost in study["stores"].items():
+        label = cost["label_s"]
+        print(f"  {arm}: stage one {'n/a' if label is None else f'{label:.1f} s'}, {cost['bytes_per_sample']:.0f} "
+              f"B/sample; stage one + 1 / 10 / 100 runs: " + " / ".join(
+                  f"{(label or 0) + n * wall[arm]:.0f} s" for n in (1, 10, 100)))
+    print("  online: no stage one; 1 / 10 / 100 runs: " + " / ".join(f"{n * wall['online']:.0f} s" for n in (1, 10, 100)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,238 @@
+"""Per-view stores (`label --views K`): the weak model's output on the very views `train` draws,
+stored in the shard-aligned layout and replayed by `train` (pass p: view p mod K).
+
+Device: the CPU, fp32 (stated: the equalities below are exact there)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from w2s_pipe.errors import W2SError
+from w2s_pipe.pipeline.data.views import TrainViews
+from w2s_pipe.stages.label import LabelConfig, run_label
+from w2s_pipe.stages.train import TrainConfig, run_train
+from w2s_pipe.storage import open_store, schema
+
+K = 3
+RECIPE = dict(seed=7, crop_scale=0.5, hflip=0.5)
+
+
+@pytest.fixture
+def views_store(tmp_path, digits_data, weak_ckpt):
+    return run_label(LabelConfig.tiny(weak_checkpoint=weak_ckpt, labels=str(tmp_path / "views"), views=K,
+                                      batch_size=100, **RECIPE)).store
+
+
+def test_a_per_view_store_holds_the_views_train_draws_and_the_weak_models_output_on_them(views_store, weak_ckpt):
+    from w2s_pipe.pipeline.data.augment import LabelViews, TrainAugment
+    from w2s_pipe.pipeline.data.shards import iter_samples
+    from w2s_pipe.pipeline.data.transforms import DeviceNormalize, decode_tensor
+    from w2s_pipe.pipeline.models import load_model
+
+    store = open_store(views_store)
+    assert store.views == K and store.attrs["schema_version"] == schema.SCHEMA_VERSION
+    assert store.attrs["views"]["seed"] == 7 and store.attrs["views"]["recipe"]["crop_scale"] == 0.5
+    assert store.attrs["views"]["fingerprint"]["input_size"] == [3, 32, 32]
+    store.check_rows()  # every array under the markers' sha256
+    rows = store.shard_rows(1)
+    assert rows.arrays["views/logits"].shape == (len(rows.keys), K, 10)
+    loaded = load_model(None, checkpoint=weak_ckpt, num_classes=10)
+    model, normalize = loaded.model.eval(), DeviceNormalize(loaded.data_config, torch.device("cpu"))
+    views = TrainViews(7, scale=(0.5, 1.0), hflip=0.5, size=(32, 32))
+    samples = {s["__key__"]: s for s in iter_samples(store.shards[1]["url"])}
+    flips = 0
+    for j in (0, 5, 77):
+        key = rows.keys[j]
+        image = decode_tensor(samples[key]["png"], "x")
+        for p in range(K):  # the box and flip train draws in pass p
+            v = views.draw(store.shards[1]["name"], key, p, *image.shape[-2:])
+            assert rows.arrays["views/crop"][j, p].tolist() == [v.top, v.left, v.height, v.width]
+            assert rows.arrays["views/flip"][j, p] == v.flip
+            flips += v.flip
+        crops, _ = LabelViews(TrainAugment(loaded.data_config, views, "cpu"), K)(image, store.shards[1]["name"], key)
+        with torch.no_grad():
+            live = model(normalize(crops)).numpy()
+        np.testing.assert_allclose(rows.arrays["views/logits"][j].astype(np.float32), live, rtol=1e-3, atol=1e-3)
+        assert rows.arrays["views/pred"][j].tolist() == rows.arrays["views/logits"][j].astype(np.float32).argmax(1).tolist()
+    assert 0 < flips < 9  # both kinds drawn
+
+
+def test_the_centre_view_of_a_per_view_store_is_the_centre_stores(views_store, tmp_path, weak_ckpt):
+    centre = open_store(run_label(LabelConfig.tiny(weak_checkpoint=weak_ckpt, labels=str(tmp_path / "c"),
+                                                   batch_size=100)).store)
+    both = open_store(views_store)
+    assert centre.index().column("key").equals(both.index().column("key"))
+    a, b = centre.shard_rows(0).arrays["logits"], both.shard_rows(0).arrays["logits"]
+    np.testing.assert_allclose(a.astype(np.float32), b.astype(np.float32), atol=2e-3)  # one forward with the views
+
+
+def test_verify_replays_the_views_and_inspect_reports_them(views_store):
+    from w2s_pipe.stages.inspect import store_statistics
+    from w2s_pipe.stages.verify import VerifyConfig, run_verify
+
+    report = run_verify(VerifyConfig(views_store, recompute=12, device="cpu"))
+    assert report.ok, report.problems
+    stats = store_statistics(views_store)
+    store = open_store(views_store)
+    pred = np.concatenate([store.shard_rows(i).arrays["pred"] for i in range(len(store.shards))])
+    views = np.concatenate([store.shard_rows(i).arrays["views/pred"] for i in range(len(store.shards))])
+    labels = store.index().column("label").to_numpy()
+    np.testing.assert_allclose(stats["view_agreement_with_centre"], (views == pred[:, None]).mean(0))
+    np.testing.assert_allclose(stats["view_accuracy"], (views == labels[:, None]).mean(0))
+    # a damaged view: verify names it
+    import zarr
+
+    group = zarr.open_group(views_store, mode="r+")
+    group["views/pred"][0, 1] = (int(group["views/pred"][0, 1]) + 1) % 10
+    report = run_verify(VerifyConfig(views_store, check_data=False))
+    assert not report.ok and any("a view's pred is not its argmax" in p for p in report.problems)
+
+
+def test_train_replays_view_p_mod_k(views_store):
+    """Over 4 passes of 2 shards' samples the stream trains pass p on stored view p mod K: the same
+    box and flip, and that view's stored logits."""
+    from w2s_pipe.pipeline.data.augment import TrainAugment
+    from w2s_pipe.pipeline.data.join import StoreJoin
+    from w2s_pipe.pipeline.data.train_loader import TrainStream
+
+    store = open_store(views_store)
+    config = {"input_size": [3, 24, 24], "interpolation": "bilinear", "mean": [0.5] * 3, "std": [0.5] * 3}
+    urls = [s["url"] for s in store.shards][2:]  # 256 + 129 samples
+    stream = TrainStream(urls, augment=TrainAugment(config, TrainViews(7, scale=(0.5, 1.0), hflip=0.5, size=(24, 24)),
+                                                    "cpu"), image_fields=("png",), label_field="cls", need_labels=False,
+                         join=StoreJoin(views_store, views=True), seed=0, batch_size=1, shuffle_buffer=16,
+                         view_passes=K)
+    rows = {store.shards[i]["name"]: store.shard_rows(i) for i in (2, 3)}
+    seen = set()
+    for n, sample in enumerate(stream):
+        if n == 4 * 385:
+            break
+        shard, key, p = sample["key"]
+        r = rows[shard]
+        j = r.keys.index(key)
+        assert np.array_equal(sample["weak"], r.arrays["views/logits"][j, p % K])
+        assert [int(v) for v in sample["view"][:5]] == [*r.arrays["views/crop"][j, p % K], r.arrays["views/flip"][j, p % K]]
+        seen.add(p)
+    assert {0, 1, 2, 3} <= seen  # pass 3 replays view 0 (the shuffle buffer reaches into pass 4)
+    # drawn with another seed, the boxes are not the stored ones: a one-line error, never other pixels' labels
+    other = TrainStream(urls, augment=TrainAugment(config, TrainViews(8, scale=(0.5, 1.0), size=(24, 24)), "cpu"),
+                        image_fields=("png",), label_field="cls", need_labels=False,
+                        join=StoreJoin(views_store, views=True), seed=0, batch_size=1, view_passes=K)
+    from w2s_pipe.pipeline.data.loader import LoadFailed
+
+    failed = next(s for s in other if isinstance(s, LoadFailed))  # passed on as data, said by the main process
+    assert "view" in failed.message and "of the store is (top, left, height, width, flip)" in failed.message
+
+
+@pytest.mark.parametrize("options,match", [
+    (dict(crop_scale=0.6), r"--crop-scale 0.6: store .* views drawn with --crop-scale 0.5"),
+    (dict(seed=8), r"--seed 8: store .* --seed 7"),
+    (dict(hflip=0.0), r"--hflip 0.0: .* --hflip 0.5"),
+    (dict(aa="rand-m9-mstd0.5-inc1"), r"--aa rand-m9-mstd0.5-inc1: store .* drawn with --aa None"),
+    (dict(reprob=0.25), "--reprob changes the pixels"),
+    (dict(mixup=0.8), "--mixup changes the pixels"),
+])
+def test_a_replay_that_would_move_the_pixels_is_refused_by_name(views_store, options, match):
+    base = {**RECIPE, "labels": views_store, "device": "cpu"}
+    with pytest.raises(W2SError, match=match):
+        run_train(TrainConfig.tiny(**{**base, **options}, run="refused"))
+
+
+def test_replay_trains_resumes_exactly_and_the_centre_view_stays_readable(views_store, tmp_path):
+    options = dict(**RECIPE, labels=views_store, epochs=2, steps_per_epoch=4, device="cpu", log_every=1)
+    whole = run_train(TrainConfig.tiny(run="whole", **options))
+    run_train(TrainConfig.tiny(run="split", max_steps=3, **options))
+    split = run_train(TrainConfig.tiny(run="split", resume=True, **options))
+    a = torch.load(os.path.join(whole.run_dir, "last.pt"), weights_only=True)["state_dict"]
+    b = torch.load(os.path.join(split.run_dir, "last.pt"), weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    import json
+
+    assert json.load(open(os.path.join(whole.run_dir, "config.json")))["data_source"]["views"] == K
+    centre = run_train(TrainConfig.tiny(run="centre", store_view="center", **{**options, "crop_scale": 0.08}))
+    assert centre.finished and "views" not in json.load(open(os.path.join(centre.run_dir, "config.json")))["data_source"]
+    c = torch.load(os.path.join(centre.run_dir, "last.pt"), weights_only=True)["state_dict"]
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_views_with_randaugment_replay_their_policy(tmp_path, digits_data, weak_ckpt):
+    """--aa is part of a view's recipe: the store holds the weak model's output on the augmented
+    views (verify draws them again, policy included), and a run with the same --aa replays them."""
+    from w2s_pipe.stages.verify import VerifyConfig, run_verify
+
+    aa = "rand-m9-mstd0.5-inc1"
+    store = run_label(LabelConfig.tiny(weak_checkpoint=weak_ckpt, labels=str(tmp_path / "aa"), views=2, aa=aa,
+                                       **RECIPE)).store
+    plain = open_store(run_label(LabelConfig.tiny(weak_checkpoint=weak_ckpt, labels=str(tmp_path / "plain"), views=2,
+                                                  **RECIPE)).store)
+    assert not np.array_equal(open_store(store).shard_rows(0).arrays["views/logits"],
+                              plain.shard_rows(0).arrays["views/logits"])  # same boxes, other pixels
+    assert np.array_equal(open_store(store).shard_rows(0).arrays["views/crop"], plain.shard_rows(0).arrays["views/crop"])
+    assert run_verify(VerifyConfig(store, recompute=6, device="cpu", check_data=False)).ok
+    run = run_train(TrainConfig.tiny(**RECIPE, labels=store, aa=aa, epochs=1, steps_per_epoch=2, device="cpu", run="aa"))
+    assert run.finished
+    with pytest.raises(W2SError, match="--aa None: store .* drawn with --aa rand-m9-mstd0.5-inc1"):
+        run_train(TrainConfig.tiny(**RECIPE, labels=store, epochs=1, steps_per_epoch=2, device="cpu", run="no-aa"))
+    with pytest.raises(W2SError, match="--aa and --color-jitter shape the training views: give --views K"):
+        LabelConfig.tiny(weak_checkpoint=weak_ckpt, aa=aa)
+
+
+def test_replay_asks_for_a_per_view_store(workspace_store):
+    with pytest.raises(W2SError, match="--store-view replay: store .* holds the centre view only"):
+        run_train(TrainConfig.tiny(store_view="replay", run="r", device="cpu"))
+
+
+def test_one_process_and_two_ranks_with_other_batches_and_workers_label_the_same_views(tmp_path, digits_data, weak_ckpt):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    base = [sys.executable, "-m", "torch.distributed.run", "--standalone", "-m", "w2s_pipe.cli", "label",
+            "--weak-checkpoint", weak_ckpt, "--quiet", "--device", "cpu", "--precision", "fp32", "--views", "2",
+            "--seed", "3", "--crop-scale", "0.4"]
+    runs = {"one": ["--nproc-per-node=1", "--workers", "0", "--batch-size", "100"],
+            "two": ["--nproc-per-node=2", "--workers", "1", "--batch-size", "37"]}
+    for name, extra in runs.items():
+        cmd = base[:3] + [extra[0]] + base[3:] + extra[1:] + ["--labels", str(tmp_path / name)]
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+    a, b = open_store(str(tmp_path / "one")), open_store(str(tmp_path / "two"))
+    assert a.views == b.views == 2 and a.index().equals(b.index())
+    for name, values in a.dask_arrays().items():
+        np.testing.assert_array_equal(b.dask_arrays()[name].compute(), values.compute(), err_msg=name)
+
+
+def test_version_1_stores_still_read(workspace_store):
+    import zarr
+
+    zarr.open_group(workspace_store, mode="r+").attrs["schema_version"] = 1
+    store = open_store(workspace_store)
+    assert store.views == 0 and store.num_samples == 897
+
+
+def test_views_option_checks():
+    with pytest.raises(W2SError, match="--views -1 is invalid"):
+        LabelConfig.tiny(weak_checkpoint="w.pt", views=-1)
+    from w2s_pipe.stages.label import label_decoder
+
+    with pytest.raises(W2SError, match="--views is applied in the loading processes: use --decode cpu or pil"):
+        label_decoder("gpu", torch.device("cuda"), {}, None, "s", views=2)
+    assert label_decoder("auto", torch.device("cuda"), {}, None, "s", views=2) == "cpu"
+
+
+def test_replay_under_torchrun_ends_with_equal_weights(views_store, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "w2s_pipe.cli",
+           "train", "--strong", "test_resnet", "--img-size", "32", "--batch-size", "16", "--epochs", "1",
+           "--steps-per-epoch", "3", "--workers", "1", "--precision", "fp32", "--quiet", "--device", "cpu",
+           "--labels", views_store, "--seed", "7", "--crop-scale", "0.5", "--hflip", "0.5", "--run-name", "ddp"]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    import json
+
+    with open(tmp_path / "ws" / "runs" / "ddp" / "metrics.jsonl") as f:
+        end = [r for r in map(json.loads, f) if r["kind"] == "end"][0]
+    assert len(end["weights_sha256"]) == 2 and end["weights_sha256"][0] == end["weights_sha256"][1]
