@@ -19,9 +19,11 @@ NOT_COMPARED = frozenset({"seed", "run", "resume", "max_steps", "progress", "log
                           "tool_version", "data", "split", "strong_checkpoint"})
 
 
-def comparable(config: dict) -> dict:
-    """The settings that make two runs comparable: the run's resolved configuration less NOT_COMPARED."""
-    out = {k: v for k, v in config.items() if k not in NOT_COMPARED}
+def comparable(config: dict, defaults: dict | None = None) -> dict:
+    """The settings that make two runs comparable: the run's resolved configuration less NOT_COMPARED.
+    A setting the run's config.json lacks (written before the option existed) counts as its
+    `defaults` value, which is what the run did."""
+    out = {k: v for k, v in {**(defaults or {}), **config}.items() if k not in NOT_COMPARED}
     source = dict(out.pop("data_source", None) or {})
     out["data_source"] = {k: source.get(k) for k in ("name", "split", "pattern", "weak")}
     if source.get("views"):
@@ -29,7 +31,7 @@ def comparable(config: dict) -> dict:
     return out
 
 
-def load_run(run_dir: str) -> dict | None:
+def load_run(run_dir: str, defaults: dict | None = None) -> dict | None:
     """A run's figures, or {"dir", "name", "error"} for a run whose config.json cannot be read."""
     try:
         with open(os.path.join(run_dir, "config.json")) as f:
@@ -67,7 +69,7 @@ def load_run(run_dir: str) -> dict | None:
         "schedule_name": schedule,
         "schedule": [(r["step"], r[schedule]) for r in steps if schedule and schedule in r],
         "steps_per_epoch": config.get("steps_per_epoch"),
-        "settings": comparable(config),
+        "settings": comparable(config, defaults),
     }
 
 

@@ -22,6 +22,7 @@ from ..pipeline.choices import LOSSES
 from ..pipeline.metrics import mean_std, pgr
 from ..pipeline.results import load_run, load_store, report_workspace, weak_accuracy
 from ..pipeline.workspace import slug
+from .train_config import option_defaults
 
 LOSS_ORDER = [name for name in LOSSES if name != "gt"][::-1]  # hard, kd, augconf, adaptconf
 
@@ -36,7 +37,9 @@ class ReportConfig:
 def build_report(workspace) -> dict:
     ws = report_workspace(workspace)
     runs_dir, stores_dir = ws / "runs", ws / "stores"
-    runs = [r for r in (load_run(str(p)) for p in sorted(runs_dir.glob("*")) if p.is_dir()) if r] if runs_dir.is_dir() else []
+    defaults = option_defaults()
+    runs = [r for r in (load_run(str(p), defaults) for p in sorted(runs_dir.glob("*")) if p.is_dir()) if r] \
+        if runs_dir.is_dir() else []
     stores = [s for s in (load_store(str(p)) for p in sorted(stores_dir.glob("*")) if p.is_dir()) if s] if stores_dir.is_dir() else []
     unreadable = [{"what": "run", "name": x["name"], "why": x["error"]} for x in runs if "error" in x]
     unreadable += [{"what": "store", "name": x["name"], "why": x["error"]} for x in stores if "error" in x]

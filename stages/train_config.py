@@ -5,7 +5,7 @@ come first, so a typo is answered before timm is imported (for the optimizer's n
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 
 from ..errors import W2SError
 from ..pipeline.choices import (DECODE_OPTIONS, LOSS_NAMES, LOSSES, PRECISION_OPTIONS, RAMPS, SCHEDULES, STORE_VIEWS,
@@ -189,3 +189,8 @@ class TrainConfig:
 def recipe_options() -> dict[str, str]:
     """The options a recipe (`train --config`) may set, each with its field's type annotation."""
     return {f.name: str(f.type) for f in fields(TrainConfig) if f.name not in ("config", "workspace", "progress")}
+
+
+def option_defaults() -> dict:
+    """Each train option's default: what a run did about an option its config.json predates."""
+    return {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}

@@ -227,3 +227,23 @@ def test_identical_curves_are_one_line():
     merged = merge_identical({"augconf (alpha)": alpha, "augconf + gt (alpha)": list(alpha), "adaptconf (beta)": [(1, 0.3)],
                               "empty": []})
     assert merged == {"augconf (alpha) = augconf + gt (alpha)": alpha, "adaptconf (beta)": [(1, 0.3)]}
+
+
+def test_a_run_from_before_an_option_existed_shares_the_row_of_its_default(quick_demo, tmp_path):
+    """A config.json written before --teacher, --teacher-model and --store-view existed reads as
+    those options' defaults (what the run did), so old and new runs of one setting share a row."""
+    import shutil
+
+    out, _, _ = quick_demo
+    ws = str(tmp_path / "demo")
+    shutil.copytree(out, ws)
+    copy_run(ws, "s1-kd", "s1-kd-old")
+    path = os.path.join(ws, "runs", "s1-kd-old", "config.json")
+    cfg = json.load(open(path))
+    assert {"teacher", "teacher_model", "store_view"} <= set(cfg)
+    for key in ("teacher", "teacher_model", "store_view"):
+        del cfg[key]
+    json.dump(cfg, open(path, "w"))
+    rows = [row for row in run_report(ReportConfig(workspace=ws, plots=False))["rows"]
+            if row["label"].startswith("test_resnet from test_vit: kd") and not row["gt_weight"]]
+    assert len(rows) == 1 and "s1-kd-old" in rows[0]["runs"] and rows[0]["repeated_seeds"] == [1]
