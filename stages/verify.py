@@ -174,7 +174,10 @@ def run_verify(cfg: VerifyConfig) -> VerifyReport:
     if cfg.check_data:
         report.add("one row per sample of the data", data_problems)
     if cfg.recompute and not missing:
-        report.add(f"recomputed {cfg.recompute} samples with the weak model", _recompute(store, cfg))
+        problems, views = _recompute(store, cfg)
+        replayed = (f"; their {views['views']} views replayed: top-1 agreement {views['agree'] / views['views']:.3f}, "
+                    f"largest logit difference {views['diff']:.3g}") if views["views"] else ""
+        report.add(f"recomputed {cfg.recompute} samples with the weak model{replayed}", problems)
     return report
 
 
@@ -233,7 +236,10 @@ def _view_problems(rows, name: str) -> list[str]:
     return problems
 
 
-def _recompute(store, cfg: VerifyConfig) -> list[str]:
+def _recompute(store, cfg: VerifyConfig) -> tuple[list[str], dict]:
+    """Problems found recomputing `cfg.recompute` random samples, and of a per-view store's views
+    replayed: {"views": how many, "agree": how many kept their stored top-1, "diff": the largest
+    logit difference}."""
     import torch
 
     from ..pipeline import distributed
@@ -247,9 +253,10 @@ def _recompute(store, cfg: VerifyConfig) -> list[str]:
 
         try:
             if file_sha256(weak["checkpoint"]) != weak["checkpoint_sha256"]:
-                return [f"checkpoint {weak['checkpoint']} changed since labelling (sha256 differs); cannot recompute"]
+                return [f"checkpoint {weak['checkpoint']} changed since labelling (sha256 differs); cannot recompute"], {
+                    "views": 0}
         except FileNotFoundError:
-            return [f"checkpoint {weak['checkpoint']} is gone; cannot recompute"]
+            return [f"checkpoint {weak['checkpoint']} is gone; cannot recompute"], {"views": 0}
     loaded = load_model(weak["model"], checkpoint=weak.get("checkpoint"), num_classes=store.num_classes)
     device = distributed.pick_device(cfg.device)
     model = loaded.model.to(device).eval()
@@ -263,7 +270,7 @@ def _recompute(store, cfg: VerifyConfig) -> list[str]:
     rng = random.Random(cfg.seed)
     everything = [(i, j) for i, n in enumerate(store.labelled_counts) for j in range(n)]
     chosen = sorted(rng.sample(everything, min(cfg.recompute, len(everything))))
-    problems = []
+    problems, views = [], {"views": 0, "agree": 0, "diff": 0.0}
     by_shard: dict[int, set[int]] = {}
     for i, j in chosen:
         by_shard.setdefault(i, set()).add(j)
@@ -303,16 +310,17 @@ def _recompute(store, cfg: VerifyConfig) -> list[str]:
                 problems.append(f"shard {rows.name}, key {key!r}: stored logits differ from a fresh forward by {diff:.4g}")
             if store.views:
                 problems += replay_views(store, rows, j, prepare.decode(sample, image_fields, rows.name), model,
-                                         normalize, precision, device, tol)
+                                         normalize, precision, device, tol, views)
         problems += [f"shard {rows.name}, key {k!r}: not found in the data" for k in wanted_keys]
-    return problems
+    return problems, views
 
 
-def replay_views(store, rows, j: int, image, model, normalize, precision: str, device, tol: float) -> list[str]:
+def replay_views(store, rows, j: int, image, model, normalize, precision: str, device, tol: float,
+                 figures: dict) -> list[str]:
     """Sample j of a shard's rows of a per-view store: its K views drawn again from the recorded
     seed and recipe (their boxes and flips must be the stored ones), cropped at the weak model's
     input size and run through it; their logits must be the stored ones within `tol` (float16
-    storage), and their argmax the stored pred."""
+    storage), and their argmax the stored pred. Adds to `figures` (views, agree, diff)."""
     import torch
 
     from ..pipeline import distributed
@@ -340,6 +348,8 @@ def replay_views(store, rows, j: int, image, model, normalize, precision: str, d
     else:
         stored = rows.arrays[f"{schema.VIEWS}logits"][j].astype(np.float32)
     diff = float(np.abs(stored - fresh).max())
+    figures.update(views=figures["views"] + store.views, agree=figures["agree"] + round(agree * store.views),
+                   diff=max(figures["diff"], diff))
     if diff > tol * max(1.0, float(np.abs(fresh).max())) or agree < 1.0:
         return [f"shard {rows.name}, key {key!r}: the replayed views' logits differ from the stored by {diff:.4g} "
                 f"(top-1 agreement {agree:.2f})"]

@@ -78,6 +78,8 @@ def test_verify_replays_the_views_and_inspect_reports_them(views_store):
 
     report = run_verify(VerifyConfig(views_store, recompute=12, device="cpu"))
     assert report.ok, report.problems
+    replayed = [name for name, _ in report.checks if name.startswith("recomputed 12 samples")][0]
+    assert f"their {12 * K} views replayed: top-1 agreement 1.000" in replayed
     stats = store_statistics(views_store)
     store = open_store(views_store)
     pred = np.concatenate([store.shard_rows(i).arrays["pred"] for i in range(len(store.shards))])
