@@ -159,11 +159,19 @@ def prepare_folder_cmd(src, out, split, shard_size, seed, prefix):
 @click.option("--aa", default=None, help="--views: timm's auto-augment policy on each view, as train's --aa.")
 @click.option("--color-jitter", type=float, default=0.0, show_default=True,
               help="--views: colour jitter on each view, as train's --color-jitter.")
+@click.option("--mixup", type=float, default=0.0, show_default=True,
+              help="--views: mix each view as `train --mixup` replaying the store will (each sample with another of "
+                   "its shard, λ ~ Beta(α, α) drawn per sample and pass), and store the weak model's output on the "
+                   "mixed image.")
+@click.option("--cutmix", type=float, default=0.0, show_default=True, help="--views: cutmix's α, as --mixup.")
+@click.option("--mixup-prob", type=float, default=1.0, show_default=True, help="--views: the chance a view is mixed.")
+@click.option("--mixup-switch-prob", type=float, default=0.5, show_default=True,
+              help="--views: the chance of cutmix rather than mixup when both are on.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
 def label(ctx, weak, data, split, labels, weak_checkpoint, num_classes, img_size, batch_size, workers, precision,
           device, topk, decode, compile_, overwrite, max_shards, on_bad_sample, views, seed, crop_scale, hflip, aa,
-          color_jitter, quiet):
+          color_jitter, mixup, cutmix, mixup_prob, mixup_switch_prob, quiet):
     """Stage one: run a weak model over a data set's shards once and store its logits and
     confidences (Zarr arrays + index.parquet) for every later `train` run.
 
@@ -182,7 +190,8 @@ def label(ctx, weak, data, split, labels, weak_checkpoint, num_classes, img_size
         weak=weak, data=data, split=split, labels=labels, weak_checkpoint=weak_checkpoint, num_classes=num_classes,
         img_size=img_size, batch_size=batch_size, workers=workers, precision=precision, device=device, topk=topk,
         decode=decode, compile=compile_, overwrite=overwrite, max_shards=max_shards, on_bad_sample=on_bad_sample,
-        views=views, seed=seed, crop_scale=crop_scale, hflip=hflip, aa=aa, color_jitter=color_jitter,
+        views=views, seed=seed, crop_scale=crop_scale, hflip=hflip, aa=aa, color_jitter=color_jitter, mixup=mixup,
+        cutmix=cutmix, mixup_prob=mixup_prob, mixup_switch_prob=mixup_switch_prob,
         workspace=ctx.obj["workspace"], progress=not quiet,
     )
     result = run_label(cfg)
@@ -250,8 +259,9 @@ def _from_recipe(ctx, exc: W2SError) -> W2SError:
 @click.option("--store-view", type=click.Choice(STORE_VIEWS), default="auto", show_default=True,
               help="Which of a store's outputs to learn from. auto: a per-view store's views replayed (pass p trains "
                    "on stored view p mod K, cropped from the box the weak model saw; --seed, --crop-scale, --hflip, "
-                   "--aa and --color-jitter must be the store's, and --reprob, --mixup and --cutmix, which would change "
-                   "those pixels, are refused), else the centre view; center: the centre view of any store; replay: "
+                   "--aa, --color-jitter and the mixing options must be the store's (its mixed views replayed sample "
+                   "by sample, each with the partner and λ it was labelled with), and --reprob, which would change "
+                   "those pixels, is refused), else the centre view; center: the centre view of any store; replay: "
                    "the views, or an error for a centre store.")
 @click.option("--teacher-model", default=None, help="The timm name of a --teacher state dict (a checkpoint from train names its own).")
 @click.option("--data", default=None, help="Data set or shard pattern; needed with --loss gt and no store, and with --teacher; else it must match the store.")

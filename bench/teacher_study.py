@@ -14,8 +14,9 @@ outputs on the same unmixed views and for the linear mix of the stored centre la
 Part `train`: the demo's weak-to-strong runs (resnet10t from test_vit, the demo recipe) with the weak
 labels from (A) the online teacher (`train --teacher`), (B) a per-view store of K = 4 or 8 views
 (`label --views K`, replayed), or (C) the centre store (`--labels`), at crop scales 0.6 (the demo's)
-and 0.25, and at 0.6 with mixup 0.8 / cutmix 1.0 (A and C: a per-view store refuses mixing, which
-would move its views' pixels); losses hard, kd and adaptconf; a ceiling per seed and setting. Prints
+and 0.25, and at 0.6 with mixup 0.8 / cutmix 1.0 (a per-view store then holds the teacher's output on
+each mixed view, replayed per sample: mixviews.py; the online teacher sees timm's batch mix; the
+centre store mixes its labels linearly); losses hard, kd and adaptconf; a ceiling per seed and setting. Prints
 top-1 and PGR (mean ± std over seeds), each store's label time and bytes per sample, and the wall
 time of stage one plus N stage-two runs per arm. A run already done in --out is not run again.
 Results go to bench/results/teacher_study.json.
@@ -77,16 +78,16 @@ def open_store(url):
     return open_(url)
 
 
-def views_store(ws: str, seed: int, weak: dict, k: int, crop_scale: float) -> dict:
-    """A per-view store of `k` views of the transfer split, drawn as the study's runs of `seed` at
-    `crop_scale` draw them (the demo recipe's hflip); made once per workspace."""
+def views_store(ws: str, seed: int, weak: dict, k: int, crop_scale: float, mix: dict | None = None) -> dict:
+    """A per-view store of `k` views of the transfer split, drawn (and mixed, with `mix`) as the
+    study's runs of `seed` at `crop_scale` draw them (the demo recipe's hflip); made once per workspace."""
     from w2s_pipe.stages.label import LabelConfig, run_label
 
-    url = os.path.join(ws, "stores", f"digits-transfer-s{seed}-views{k}-crop{crop_scale}")
+    url = os.path.join(ws, "stores", f"digits-transfer-s{seed}-views{k}-crop{crop_scale}" + ("-mix" if mix else ""))
     started = time.perf_counter()
     result = run_label(LabelConfig(weak=None, weak_checkpoint=weak["checkpoint"], data="digits", labels=url, workers=0,
                                    precision="fp32", workspace=ws, progress=False, views=k, seed=seed,
-                                   crop_scale=crop_scale, hflip=recipe()["hflip"]))
+                                   crop_scale=crop_scale, hflip=recipe()["hflip"], **(mix or {})))
     opened = open_store(url)
     return {"store": url, "label_s": None if result.already_complete else time.perf_counter() - started,
             "bytes_per_sample": opened.size_bytes() / opened.num_samples}
@@ -214,12 +215,10 @@ def train_arms(ws: str, weak: dict) -> dict:
                     source = {"teacher": w["checkpoint"], "data": "digits"}
                 elif arm == "store":
                     source = {"labels": w["store"]}
-                elif "mixup" in options:
-                    continue  # a per-view store's views would be mixed: refused
                 else:
-                    k = int(arm.removeprefix("views"))
-                    made = stores.setdefault((seed, k, options["crop_scale"]),
-                                             views_store(ws, seed, w, k, options["crop_scale"]))
+                    k, mix = int(arm.removeprefix("views")), MIX if "mixup" in options else None
+                    made = stores.setdefault((seed, k, options["crop_scale"], bool(mix)),
+                                             views_store(ws, seed, w, k, options["crop_scale"], mix))
                     source = {"labels": made["store"]}
                 for loss in LOSSES:
                     r = train(f"s{seed}-{setting}-{arm}-{loss}", loss=loss, seed=seed, **source, **options)
@@ -230,8 +229,8 @@ def train_arms(ws: str, weak: dict) -> dict:
                                  "ceiling_wall_s": ceiling["wall_s"]})
             print(f"seed {seed} {setting}: done", flush=True)
     costs = {"store": list(weak.values())}
-    for (seed, k, scale), made in stores.items():
-        costs.setdefault(f"views{k}", []).append(made)
+    for (seed, k, scale, mixed), made in stores.items():
+        costs.setdefault(f"views{k}" + ("+mix" if mixed else ""), []).append(made)
     return {"runs": runs, "stores": {arm: {
         "label_s": statistics.mean(m["label_s"] for m in made) if all(m["label_s"] for m in made) else None,
         "bytes_per_sample": statistics.mean(m["bytes_per_sample"] for m in made)} for arm, made in costs.items()}}
@@ -263,7 +262,7 @@ def print_train(study: dict) -> None:
         label = cost["label_s"]
         print(f"  {arm}: stage one {'n/a' if label is None else f'{label:.1f} s'}, {cost['bytes_per_sample']:.0f} "
               f"B/sample; stage one + 1 / 10 / 100 runs: " + " / ".join(
-                  f"{(label or 0) + n * wall[arm]:.0f} s" for n in (1, 10, 100)))
+                  f"{(label or 0) + n * wall[arm.removesuffix('+mix')]:.0f} s" for n in (1, 10, 100)))
     print("  online: no stage one; 1 / 10 / 100 runs: " + " / ".join(f"{n * wall['online']:.0f} s" for n in (1, 10, 100)))
 
 

@@ -45,6 +45,26 @@ def weak_outputs(model, images, *, topk: int | None = None, autocast=None, views
             **{VIEWS + name: v[n:].unflatten(0, (n, k)) for name, v in out.items()}}
 
 
+def view_inputs(batch, normalize):
+    """A loader batch's training views (`label --views K`), normalised and on the device, mixed with
+    their partners' views where the store's recipe mixes (`mixviews.mix_pixels`, as train mixes
+    them): (N, K, 3, H, W) for `weak_outputs`, or None without views; and what the store keeps of
+    each view besides the weak model's output (box, flip; partner and λ of mixed views)."""
+    if batch.views is None:
+        return None, {}
+    from ..storage.schema import VIEWS
+    from .data.mixviews import mix_pixels
+
+    n, k = batch.views.shape[:2]
+    views = normalize(batch.views.flatten(0, 1))
+    records = view_records(batch.view_rows)
+    if batch.mix_rows is not None:
+        partners = normalize(batch.partner_views.flatten(0, 1))
+        views = mix_pixels(views, partners, batch.mix_rows.flatten(0, 1).to(views.device))
+        records.update({f"{VIEWS}partner": batch.mix_partner, f"{VIEWS}lam": batch.mix_lam})
+    return views.unflatten(0, (n, k)), records
+
+
 def view_records(view_rows) -> dict:
     """What a per-view store keeps of each view besides the weak model's output: its crop box
     (top, left, height, width) int32 (N, K, 4) and flip uint8 (N, K), from (N, K, 11) view rows."""

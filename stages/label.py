@@ -46,7 +46,7 @@ def run_label(cfg: LabelConfig) -> LabelResult:
     from ..pipeline.data.loader import (ImageBatch, ShardBatches, ShardEnd, ShardTaken, batch_images, default_workers,
                                         events, label_loader)
     from ..pipeline.data.transforms import DeviceNormalize, Preprocess, TensorGeometry
-    from ..pipeline.labelling import Gathered, HostCopy, ShardWrites, view_records, weak_outputs
+    from ..pipeline.labelling import Gathered, HostCopy, ShardWrites, view_inputs, weak_outputs
     from ..pipeline.models import load_model
     from ..storage import existing_store, open_store
     from ..storage.claims import ShardClaims
@@ -125,12 +125,9 @@ def run_label(cfg: LabelConfig) -> LabelResult:
                                                                 hint=" (or pass --on-bad-sample skip)")
                     lost.setdefault(event.shard, []).extend(unread)
                     if images is not None:
-                        views = None if event.views is None else normalize(event.views.flatten(0, 1)).unflatten(
-                            0, event.views.shape[:2])
+                        views, records = view_inputs(event, normalize)
                         outputs = weak_outputs(model, normalize(images), topk=cfg.topk, autocast=autocast, views=views)
-                        if event.view_rows is not None:
-                            outputs.update(view_records(event.view_rows))
-                        bar.update(gathered.add(copy.push(event.shard, keys, labels, outputs)))
+                        bar.update(gathered.add(copy.push(event.shard, keys, labels, {**outputs, **records})))
             bar.update(gathered.add(copy.drain()))
             writes.wait()
         bar.close()
@@ -212,8 +209,8 @@ def _store_attrs(cfg: LabelConfig, source, loaded, num_classes: int, decoder: st
 
 def _label_views(cfg: LabelConfig, data_config: dict, decoder: str):
     """The loading processes' per-view step of `--views K`: the views `train --seed S --crop-scale X
-    --hflip P [--aa A] [--color-jitter J]` draws in passes 0..K-1, at the teacher's input size
-    (None without --views)."""
+    --hflip P [--aa A] [--color-jitter J] [--mixup M --cutmix C ...]` draws in passes 0..K-1, at the
+    teacher's input size (None without --views)."""
     if not cfg.views:
         return None
     from ..pipeline.data.augment import LabelViews, TrainAugment
@@ -222,7 +219,7 @@ def _label_views(cfg: LabelConfig, data_config: dict, decoder: str):
     size = tuple(int(v) for v in data_config["input_size"][1:])
     views = TrainViews(cfg.seed, scale=(cfg.crop_scale, 1.0), hflip=cfg.hflip, size=size)
     return LabelViews(TrainAugment(data_config, views, decoder, color_jitter=cfg.color_jitter, auto_augment=cfg.aa),
-                      cfg.views)
+                      cfg.views, cfg.mix_recipe)
 
 
 def view_fingerprint(data_config: dict, decoder: str) -> dict:

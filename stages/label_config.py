@@ -34,6 +34,10 @@ class LabelConfig:
     hflip: float = 0.5  # the views' flip chance: train's --hflip
     aa: str | None = None  # the views' auto-augment policy: train's --aa
     color_jitter: float = 0.0  # the views' colour jitter: train's --color-jitter
+    mixup: float = 0.0  # the views' mixing (mixviews.py): train's --mixup, --cutmix, --mixup-prob, --mixup-switch-prob
+    cutmix: float = 0.0
+    mixup_prob: float = 1.0
+    mixup_switch_prob: float = 0.5
     workspace: str | None = None
     progress: bool = True
 
@@ -67,9 +71,26 @@ class LabelConfig:
             bad("--color-jitter", self.color_jitter, "must not be negative")
         if (self.aa or self.color_jitter) and not self.views:
             raise W2SError("--aa and --color-jitter shape the training views: give --views K with them")
+        for option, value in (("--mixup", self.mixup), ("--cutmix", self.cutmix)):
+            if value < 0:
+                bad(option, value, "must not be negative")
+        for option, value in (("--mixup-prob", self.mixup_prob), ("--mixup-switch-prob", self.mixup_switch_prob)):
+            if not 0 <= value <= 1:
+                bad(option, value, "must be between 0 and 1")
+        if self.mix_recipe.on and not self.views:
+            raise W2SError("--mixup and --cutmix mix the training views: give --views K with them")
+        if self.mix_recipe.on and self.skip_bad:
+            raise W2SError("mixed views pair each sample with another of its shard by position: label them with "
+                           "--on-bad-sample fail (a skipped sample would move every position after it)")
         if self.aa and self.color_jitter:
             raise W2SError("give --aa or --color-jitter, not both (timm turns colour jitter off under auto-augment)")
         check_choice("--decode", self.decode, DECODE_OPTIONS)
+
+    @property
+    def mix_recipe(self):
+        from ..pipeline.data.mixviews import MixRecipe
+
+        return MixRecipe(self.mixup, self.cutmix, self.mixup_prob, self.mixup_switch_prob)
 
     @property
     def view_recipe(self) -> dict:
@@ -77,7 +98,7 @@ class LabelConfig:
         from ..pipeline.data.views import TrainViews
 
         return {"crop_scale": self.crop_scale, "ratio": list(TrainViews(0).ratio), "hflip": self.hflip, "aa": self.aa,
-                "color_jitter": self.color_jitter}
+                "color_jitter": self.color_jitter, **self.mix_recipe.as_dict()}
 
     @property
     def skip_bad(self) -> bool:

@@ -106,7 +106,8 @@ def run_train(cfg: TrainConfig) -> TrainResult:
             print(f"weak labels: {_weak_labels(inputs)}", file=sys.stderr)
         strong = resolve_model_name(cfg.strong)
         precision = distributed.resolve_precision(cfg.precision, device)
-        decoder = resolve_decoder(cfg.decode, device, loading_only=cfg.loading_only)
+        decoder = resolve_decoder(cfg.decode, device, loading_only=cfg.loading_only + (
+            ("--mixup (replayed from a per-view store)",) if inputs.mix else ()))
         workers = cfg.workers if cfg.workers is not None else default_workers()
         name = cfg.run or f"{slug(strong)}-{cfg.loss}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
         run_dir = open_run(distributed.broadcast(name), cfg.workspace, resume=cfg.resume)
@@ -264,12 +265,16 @@ def _data(cfg: TrainConfig, inputs: Inputs, data_config: dict, decoder: str, wor
     stream = TrainStream(inputs.urls, augment=augment, image_fields=inputs.image_fields,
                          label_field=inputs.label_field, need_labels=need_labels, join=join, seed=cfg.seed,
                          rank=info.rank, world_size=info.world_size, shuffle_buffer=cfg.shuffle_buffer,
-                         batch_size=cfg.batch_size, start_step=start_step, view_passes=inputs.view_passes)
+                         batch_size=cfg.batch_size, start_step=start_step, view_passes=inputs.view_passes,
+                         mix=inputs.mix)
     batches = iter(train_loader(stream, workers, device.type == "cuda"))
+    # timm's batch mixing, unless a per-view store's mixes are replayed, sample by sample (mixviews.py)
     mixer = BatchMix(mixup=cfg.mixup, cutmix=cfg.cutmix, prob=cfg.mixup_prob, switch_prob=cfg.mixup_switch_prob,
-                     smoothing=cfg.smoothing, num_classes=inputs.num_classes, seed=cfg.seed) if cfg.mixes else None
+                     smoothing=cfg.smoothing, num_classes=inputs.num_classes,
+                     seed=cfg.seed) if cfg.mixes and inputs.mix is None else None
     return batches, StepInputs(data_config, device, decoder=decoder, seed=cfg.seed, rank=info.rank,
-                               need_labels=need_labels, reprob=cfg.reprob, mixer=mixer, teacher=teacher)
+                               need_labels=need_labels, reprob=cfg.reprob, mixer=mixer, teacher=teacher,
+                               num_classes=inputs.num_classes, smoothing=cfg.smoothing)
 
 
 def _log_window(window, totals, log, step: int, lr: float, info, steps_per_epoch: int) -> float:

@@ -100,7 +100,7 @@ def run_verify(cfg: VerifyConfig) -> VerifyReport:
             report.add("index rows", [f"index.parquet has {index.num_rows} rows, the shards {position} samples"])
             index = None
     marker_problems, value_problems, index_problems, data_problems = [], [], [], []
-    arrays_spec = schema.all_arrays(store.num_classes, store.topk, store.views)
+    arrays_spec = schema.store_arrays(store.attrs)
     done = store.done_shards()
     for i, s in enumerate(store.shards):
         if i not in done:
@@ -244,6 +244,7 @@ def _recompute(store, cfg: VerifyConfig) -> tuple[list[str], dict]:
 
     from ..pipeline import distributed
     from ..pipeline.models import load_model
+    from ..pipeline.data.loader import ShardImages
     from ..pipeline.data.shards import iter_samples
     from ..pipeline.data.transforms import DeviceNormalize, Preprocess, TensorGeometry, decode_batch
 
@@ -281,7 +282,11 @@ def _recompute(store, cfg: VerifyConfig) -> tuple[list[str], dict]:
         rows = store.shard_rows(i)
         logits = rows.dense_logits(store.num_classes).astype(np.float32)
         wanted_keys = {rows.keys[j]: j for j in wanted}  # by key: skipped samples shift positions
-        for sample in iter_samples(store.shards[i]["url"]):
+        samples, partners = iter_samples(store.shards[i]["url"]), None
+        if store.views_mixed:  # partners anywhere in the shard; nothing skipped, so row j is position j
+            samples = list(samples)
+            partners = ShardImages(samples, prepare, image_fields, rows.name)
+        for sample in samples:
             j = wanted_keys.pop(sample["__key__"], None)
             if j is None:
                 continue
@@ -310,21 +315,23 @@ def _recompute(store, cfg: VerifyConfig) -> tuple[list[str], dict]:
                 problems.append(f"shard {rows.name}, key {key!r}: stored logits differ from a fresh forward by {diff:.4g}")
             if store.views:
                 problems += replay_views(store, rows, j, prepare.decode(sample, image_fields, rows.name), model,
-                                         normalize, precision, device, tol, views)
+                                         normalize, precision, device, tol, views, partners)
         problems += [f"shard {rows.name}, key {k!r}: not found in the data" for k in wanted_keys]
     return problems, views
 
 
 def replay_views(store, rows, j: int, image, model, normalize, precision: str, device, tol: float,
-                 figures: dict) -> list[str]:
+                 figures: dict, partners=None) -> list[str]:
     """Sample j of a shard's rows of a per-view store: its K views drawn again from the recorded
-    seed and recipe (their boxes and flips must be the stored ones), cropped at the weak model's
-    input size and run through it; their logits must be the stored ones within `tol` (float16
+    seed and recipe (their boxes and flips, and mixed views' partners and λ, must be the stored
+    ones; `partners`: the shard's images, loader.ShardImages), cropped at the weak model's input
+    size and run through it; their logits must be the stored ones within `tol` (float16
     storage), and their argmax the stored pred. Adds to `figures` (views, agree, diff)."""
     import torch
 
     from ..pipeline import distributed
     from ..pipeline.data.augment import LabelViews, TrainAugment
+    from ..pipeline.data.mixviews import MixRecipe, mix_pixels
     from ..pipeline.data.views import TrainViews
 
     meta, key = store.attrs["views"], rows.keys[j]
@@ -334,13 +341,21 @@ def replay_views(store, rows, j: int, image, model, normalize, precision: str, d
                        hflip=recipe["hflip"], size=size)
     augment = TrainAugment(preprocessing, views, preprocessing["decode"], color_jitter=recipe.get("color_jitter") or 0.0,
                            auto_augment=recipe.get("aa"))
-    crops, drawn = LabelViews(augment, store.views)(image, rows.name, key)
+    mix = MixRecipe(recipe.get("mixup") or 0.0, recipe.get("cutmix") or 0.0, recipe.get("mixup_prob", 1.0),
+                    recipe.get("mixup_switch_prob", 0.5))
+    crops, drawn, mixed = LabelViews(augment, store.views, mix)(image, rows.name, key, position=j, partners=partners)
     stored_boxes = np.concatenate([rows.arrays[f"{schema.VIEWS}crop"][j], rows.arrays[f"{schema.VIEWS}flip"][j][:, None]], 1)
     if not np.array_equal(drawn[:, :5].numpy().astype(np.int64), stored_boxes.astype(np.int64)):
         return [f"shard {rows.name}, key {key!r}: the views drawn again are not the stored boxes and flips "
                 "(another version of the view code?)"]
+    x = normalize(crops)
+    if mixed is not None:
+        if not (np.array_equal(mixed[2].numpy(), rows.arrays[f"{schema.VIEWS}partner"][j])
+                and np.allclose(mixed[3].numpy(), rows.arrays[f"{schema.VIEWS}lam"][j])):
+            return [f"shard {rows.name}, key {key!r}: the mixes drawn again are not the stored partners and weights"]
+        x = mix_pixels(x, normalize(mixed[0]), mixed[1].to(x.device))
     with torch.inference_mode(), distributed.autocast(precision, device):
-        fresh = model(normalize(crops)).float().cpu().numpy()
+        fresh = model(x).float().cpu().numpy()
     agree = float((rows.arrays[f"{schema.VIEWS}pred"][j] == np.argmax(fresh, axis=-1)).mean())
     if store.topk:
         top = rows.arrays[f"{schema.VIEWS}topk_indices"][j].astype(np.int64)

@@ -31,13 +31,15 @@ class ShardRows:
     WEAK_ARRAYS = {"full": ("logits",), "topk": ("topk_values", "topk_indices", "confidence")}
 
     @staticmethod
-    def weak_arrays(topk: int | None, views: int = 0) -> tuple[str, ...]:
+    def weak_arrays(topk: int | None, views: int = 0, mixed: bool = False) -> tuple[str, ...]:
         """The arrays the training join reads: the weak logits (or top-k and the confidence that
-        rebuilds them), and of a per-view store the views' too, with their boxes and flips."""
+        rebuilds them), and of a per-view store the views' too, with their boxes and flips (and
+        mixed views' partners and weights)."""
         names = ShardRows.WEAK_ARRAYS["topk" if topk else "full"]
         if not views:
             return names
-        return (*names, *(schema.VIEWS + n for n in names), f"{schema.VIEWS}crop", f"{schema.VIEWS}flip")
+        mixing = (f"{schema.VIEWS}partner", f"{schema.VIEWS}lam") if mixed else ()
+        return (*names, *(schema.VIEWS + n for n in names), f"{schema.VIEWS}crop", f"{schema.VIEWS}flip", *mixing)
 
     def dense_logits(self, num_classes: int, prefix: str = "") -> np.ndarray:
         """(n, C) weak logits (with prefix "views/": (n, K, C), each view's); from a top-k store,
@@ -78,6 +80,7 @@ class LabelStore:
         self.num_classes = int(self.attrs["num_classes"])
         self.topk = self.attrs["layout"].get("topk")
         self.views = schema.layout_views(self.attrs)  # views per sample (0: centre only)
+        self.views_mixed = schema.views_mixed(self.attrs)  # the views are mixed with partners of their shard
         self.capacity = int(self.attrs["layout"]["capacity"])
         self.shards = self.attrs["data"]["shards"]
         self._shard_pos = {s["name"]: i for i, s in enumerate(self.shards)}
@@ -100,7 +103,7 @@ class LabelStore:
                 raise W2SError(f"store {self.url}: attribute {key!r} is missing (zarr.json)")
         try:
             rows, capacity = int(a["layout"]["rows"]), int(a["layout"]["capacity"])
-            arrays = schema.all_arrays(int(a["num_classes"]), a["layout"].get("topk"), schema.layout_views(a))
+            arrays = schema.store_arrays(a)
             if rows != capacity * len(a["data"]["shards"]):
                 raise ValueError(f"layout rows {rows} is not capacity {capacity} x {len(a['data']['shards'])} shards")
         except (KeyError, TypeError, ValueError) as exc:
@@ -229,7 +232,7 @@ class LabelStore:
             raise self.damaged(part_file, ValueError("no key column"))
         n = part.num_rows
         start = i * self.capacity
-        names = arrays or tuple(schema.all_arrays(self.num_classes, self.topk, self.views))
+        names = arrays or tuple(schema.store_arrays(self.attrs))
         blocks = {}
         for name in names:
             try:
@@ -308,7 +311,7 @@ class LabelStore:
         import dask.array as da
 
         out = {}
-        for name in schema.all_arrays(self.num_classes, self.topk, self.views):
+        for name in schema.store_arrays(self.attrs):
             full = da.from_zarr(self.group[name])
             out[name] = da.concatenate(
                 [full[i * self.capacity : i * self.capacity + n] for i, n in enumerate(self.labelled_counts)]

@@ -58,25 +58,40 @@ VIEWS = "views/"  # the per-view arrays' prefix
 VIEW_BOX_DTYPE, VIEW_FLIP_DTYPE = "int32", "uint8"
 
 
-def view_arrays(num_classes: int, topk: int | None, views: int) -> dict[str, tuple[str, tuple[int, ...]]]:
+def view_arrays(num_classes: int, topk: int | None, views: int, mixed: bool = False) -> dict[str, tuple[str, tuple[int, ...]]]:
     """The per-view arrays of a store labelled with `views` views per sample (none for 0): each
-    view's crop box (top, left, height, width in the decoded image's pixels), flip, the weak model's
-    output on it and its statistics; per-row shape (views, ...)."""
+    view's crop box (top, left, height, width in the decoded image's pixels), flip, with `mixed`
+    views its partner (position in the shard, -1: not mixed) and the weight of its own pixels, the
+    weak model's output on it and its statistics; per-row shape (views, ...)."""
     if not views:
         return {}
     arrays = {f"{VIEWS}crop": (VIEW_BOX_DTYPE, (views, 4)), f"{VIEWS}flip": (VIEW_FLIP_DTYPE, (views,))}
+    if mixed:
+        arrays.update({f"{VIEWS}partner": ("int32", (views,)), f"{VIEWS}lam": ("float32", (views,))})
     arrays.update({VIEWS + name: (dtype, (views, *shape)) for name, (dtype, shape) in tensor_arrays(num_classes, topk).items()})
     arrays.update({VIEWS + name: (dtype, (views,)) for name, dtype in STAT_ARRAYS.items()})
     return arrays
 
 
-def all_arrays(num_classes: int, topk: int | None, views: int = 0) -> dict[str, tuple[str, tuple[int, ...]]]:
+def all_arrays(num_classes: int, topk: int | None, views: int = 0, mixed: bool = False) -> dict[str, tuple[str, tuple[int, ...]]]:
     """Every array of a store, in the order a shard's digest reads them: the centre view's weak
     output and statistics, then the per-view arrays."""
     arrays = tensor_arrays(num_classes, topk)
     arrays.update({name: (dtype, ()) for name, dtype in STAT_ARRAYS.items()})
-    arrays.update(view_arrays(num_classes, topk, views))
+    arrays.update(view_arrays(num_classes, topk, views, mixed))
     return arrays
+
+
+def store_arrays(attrs: dict) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """`all_arrays` of the store these attributes describe."""
+    layout = attrs["layout"]
+    return all_arrays(int(attrs["num_classes"]), layout.get("topk"), layout_views(attrs), views_mixed(attrs))
+
+
+def views_mixed(attrs: dict) -> bool:
+    """Whether a per-view store's views are mixed (label --views K --mixup/--cutmix)."""
+    recipe = (attrs.get("views") or {}).get("recipe") or {}
+    return bool((recipe.get("mixup") or recipe.get("cutmix")) and (recipe.get("mixup_prob") or 0) > 0)
 
 
 def fill_value(name: str):
@@ -167,7 +182,22 @@ def store_attrs(*, weak: dict, num_classes: int, class_names, preprocessing: dic
 # What a per-view store's views were drawn with: `train` must draw with the same to replay them
 # (`views.TrainViews`: the crop's smallest area fraction and its aspect ratios, the flip chance;
 # `augment.TrainAugment`: the auto-augment policy and colour jitter, drawn per view).
-VIEW_RECIPE = ("crop_scale", "ratio", "hflip", "aa", "color_jitter")
+# `mixviews.MixRecipe`: mixup and cutmix drawn per view, the partner from the sample's shard.
+VIEW_RECIPE = ("crop_scale", "ratio", "hflip", "aa", "color_jitter", "mixup", "cutmix", "mixup_prob", "mixup_switch_prob")
+
+
+# A view recipe's defaults: what a store recorded before the recipe named an option meant.
+VIEW_RECIPE_DEFAULTS = {"aa": None, "color_jitter": 0.0, "mixup": 0.0, "cutmix": 0.0, "mixup_prob": 1.0,
+                        "mixup_switch_prob": 0.5}
+
+
+def views_meta(attrs: dict) -> dict | None:
+    """A per-view store's `views` attribute with its recipe's unnamed options at their defaults
+    (None for a centre store)."""
+    meta = attrs.get("views")
+    if not meta:
+        return None
+    return {**meta, "recipe": {**VIEW_RECIPE_DEFAULTS, **(meta.get("recipe") or {})}}
 
 
 def preprocessing(attrs: dict) -> dict:

@@ -27,6 +27,8 @@ def identity_mismatch(existing: dict, wanted: dict) -> str | None:
     for field in schema.IDENTITY_FIELDS:
         if field == "preprocessing":
             old, new = schema.preprocessing(existing), schema.preprocessing(wanted)
+        elif field == "views":
+            old, new = schema.views_meta(existing), schema.views_meta(wanted)
         else:
             old, new = schema.get_field(existing, field), schema.get_field(wanted, field)
         if json.dumps(old, sort_keys=True) != json.dumps(new, sort_keys=True):
@@ -110,7 +112,7 @@ class StoreWriter:
         self.capacity = int(layout["capacity"])
         self.shards = self.attrs["data"]["shards"]
         self.views = schema.layout_views(self.attrs)
-        self.arrays = schema.all_arrays(int(self.attrs["num_classes"]), layout.get("topk"), self.views)
+        self.arrays = schema.store_arrays(self.attrs)
 
     @classmethod
     def create(cls, url: str, attrs: dict, *, overwrite: bool = False, storage_options: dict | None = None):
@@ -156,8 +158,7 @@ class StoreWriter:
         layout = attrs["layout"]
         rows, capacity = int(layout["rows"]), int(layout["capacity"])
         group = zarr.open_group(store=zarr_store(url, storage_options), mode="w")
-        arrays = schema.all_arrays(int(attrs["num_classes"]), layout.get("topk"), schema.layout_views(attrs))
-        for name, (dtype, row_shape) in arrays.items():
+        for name, (dtype, row_shape) in schema.store_arrays(attrs).items():
             group.create_array(
                 name,
                 shape=(rows, *row_shape),

@@ -97,7 +97,8 @@ def test_label_options_are_frozen():
         "--workers", "--precision", "--device", "--topk", "--compile", "--overwrite", "--max-shards", "--quiet",
         "--on-bad-sample", "--decode",
         # per-view stores (issue 19)
-        "--views", "--seed", "--crop-scale", "--hflip", "--aa", "--color-jitter",
+        "--views", "--seed", "--crop-scale", "--hflip", "--aa", "--color-jitter", "--mixup", "--cutmix",
+        "--mixup-prob", "--mixup-switch-prob",
     ])
 
 

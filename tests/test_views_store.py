@@ -55,7 +55,7 @@ def test_a_per_view_store_holds_the_views_train_draws_and_the_weak_models_output
             assert rows.arrays["views/crop"][j, p].tolist() == [v.top, v.left, v.height, v.width]
             assert rows.arrays["views/flip"][j, p] == v.flip
             flips += v.flip
-        crops, _ = LabelViews(TrainAugment(loaded.data_config, views, "cpu"), K)(image, store.shards[1]["name"], key)
+        crops, _, _ = LabelViews(TrainAugment(loaded.data_config, views, "cpu"), K)(image, store.shards[1]["name"], key)
         with torch.no_grad():
             live = model(normalize(crops)).numpy()
         np.testing.assert_allclose(rows.arrays["views/logits"][j].astype(np.float32), live, rtol=1e-3, atol=1e-3)
@@ -138,7 +138,7 @@ def test_train_replays_view_p_mod_k(views_store):
     (dict(hflip=0.0), r"--hflip 0.0: .* --hflip 0.5"),
     (dict(aa="rand-m9-mstd0.5-inc1"), r"--aa rand-m9-mstd0.5-inc1: store .* drawn with --aa None"),
     (dict(reprob=0.25), "--reprob changes the pixels"),
-    (dict(mixup=0.8), "--mixup changes the pixels"),
+    (dict(mixup=0.8), r"--mixup 0.8: store .* drawn with --mixup 0.0"),
 ])
 def test_a_replay_that_would_move_the_pixels_is_refused_by_name(views_store, options, match):
     base = {**RECIPE, "labels": views_store, "device": "cpu"}
@@ -238,3 +238,102 @@ def test_replay_under_torchrun_ends_with_equal_weights(views_store, tmp_path):
     with open(tmp_path / "ws" / "runs" / "ddp" / "metrics.jsonl") as f:
         end = [r for r in map(json.loads, f) if r["kind"] == "end"][0]
     assert len(end["weights_sha256"]) == 2 and end["weights_sha256"][0] == end["weights_sha256"][1]
+
+
+MIX = dict(mixup=0.8, cutmix=1.0)
+
+
+@pytest.fixture
+def mixed_store(tmp_path, digits_data, weak_ckpt):
+    return run_label(LabelConfig.tiny(weak_checkpoint=weak_ckpt, labels=str(tmp_path / "mixed"), views=2, **RECIPE,
+                                      **MIX)).store
+
+
+def test_mixed_views_hold_the_weak_models_output_on_the_mixed_image(mixed_store, weak_ckpt):
+    """Each stored mixed view is the teacher on the very mix train replays: the sample's view and its
+    partner's (both of that pass), mixed by the plan drawn from (seed, shard, key, pass, position)."""
+    from w2s_pipe.pipeline.data.augment import TrainAugment
+    from w2s_pipe.pipeline.data.mixviews import MixRecipe, mix_pixels, plan
+    from w2s_pipe.pipeline.data.shards import iter_samples
+    from w2s_pipe.pipeline.data.transforms import DeviceNormalize, decode_tensor
+    from w2s_pipe.pipeline.models import load_model
+    from w2s_pipe.stages.verify import VerifyConfig, run_verify
+
+    store = open_store(mixed_store)
+    assert store.views_mixed and store.attrs["views"]["recipe"]["cutmix"] == 1.0
+    loaded = load_model(None, checkpoint=weak_ckpt, num_classes=10)
+    model, normalize = loaded.model.eval(), DeviceNormalize(loaded.data_config, torch.device("cpu"))
+    augment = TrainAugment(loaded.data_config, TrainViews(7, scale=(0.5, 1.0), hflip=0.5, size=(32, 32)), "cpu")
+    shard, rows = store.shards[2]["name"], store.shard_rows(2)
+    samples = list(iter_samples(store.shards[2]["url"]))
+    kinds = set()
+    for j in range(12):
+        for p in range(2):
+            mix = plan(MixRecipe(**MIX), 7, shard, rows.keys[j], p, j, len(samples))
+            assert rows.arrays["views/partner"][j, p] == mix.partner
+            assert rows.arrays["views/lam"][j, p] == pytest.approx(mix.lam)
+            own, _ = augment.view_of(decode_tensor(samples[j]["png"], "x"), shard, rows.keys[j], p)
+            other = own
+            if mix.partner >= 0:
+                partner = samples[mix.partner]
+                other, _ = augment.view_of(decode_tensor(partner["png"], "x"), shard, partner["__key__"], p)
+                kinds.add("cutmix" if mix.cutmix else "mixup")
+            x = mix_pixels(normalize(own[None]), normalize(other[None]), torch.tensor([mix.row(32, 32)]))
+            with torch.no_grad():
+                live = model(x).numpy()[0]
+            np.testing.assert_allclose(rows.arrays["views/logits"][j, p].astype(np.float32), live, rtol=1e-3, atol=1e-3)
+    assert kinds == {"mixup", "cutmix"}
+    assert run_verify(VerifyConfig(mixed_store, recompute=8, device="cpu", check_data=False)).ok
+
+
+def test_train_replays_each_views_mix_and_resumes_exactly(mixed_store):
+    from w2s_pipe.pipeline.data.augment import TrainAugment
+    from w2s_pipe.pipeline.data.join import StoreJoin
+    from w2s_pipe.pipeline.data.mixviews import MixRecipe, plan
+    from w2s_pipe.pipeline.data.train_loader import TrainStream
+
+    store = open_store(mixed_store)
+    config = {"input_size": [3, 24, 24], "interpolation": "bilinear", "mean": [0.5] * 3, "std": [0.5] * 3}
+    augment = TrainAugment(config, TrainViews(7, scale=(0.5, 1.0), hflip=0.5, size=(24, 24)), "cpu")
+    urls = [s["url"] for s in store.shards][3:]  # 129 samples
+    stream = TrainStream(urls, augment=augment, image_fields=("png",), label_field="cls", need_labels=True,
+                         join=StoreJoin(mixed_store, views=True), seed=0, batch_size=1, shuffle_buffer=8,
+                         view_passes=2, mix=MixRecipe(**MIX))
+    rows, shard = store.shard_rows(3), store.shards[3]["name"]
+    labels = rows.labels
+    for n, sample in zip(range(300), stream):
+        _, key, p = sample["key"]
+        j = rows.keys.index(key)
+        mix = plan(MixRecipe(**MIX), 7, shard, key, p % 2, j, len(rows.keys))
+        assert sample["mix"] == mix.row(24, 24)
+        assert sample["partner_label"] == (labels[mix.partner] if mix.partner >= 0 else labels[j])
+        assert np.array_equal(sample["weak"], rows.arrays["views/logits"][j, p % 2])
+    options = dict(**RECIPE, **MIX, labels=mixed_store, epochs=2, steps_per_epoch=3, gt_weight=1.0, smoothing=0.1,
+                   device="cpu", log_every=1)
+    whole = run_train(TrainConfig.tiny(run="whole", **options))
+    run_train(TrainConfig.tiny(run="split", max_steps=2, **options))
+    split = run_train(TrainConfig.tiny(run="split", resume=True, **options))
+    a = torch.load(os.path.join(whole.run_dir, "last.pt"), weights_only=True)["state_dict"]
+    b = torch.load(os.path.join(split.run_dir, "last.pt"), weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(W2SError, match=r"--cutmix 0.0: store .* drawn with --cutmix 1.0"):
+        run_train(TrainConfig.tiny(run="other", **{**options, "cutmix": 0.0}))
+    with pytest.raises(W2SError, match="--mixup 0.0: store"):
+        run_train(TrainConfig.tiny(run="none", **{**options, "mixup": 0.0, "cutmix": 0.0}))
+
+
+def test_mixed_views_are_labelled_only_without_skipping():
+    with pytest.raises(W2SError, match="mixed views pair each sample with another of its shard by position"):
+        LabelConfig.tiny(weak_checkpoint="w.pt", views=2, mixup=0.8, on_bad_sample="skip")
+    with pytest.raises(W2SError, match="--mixup and --cutmix mix the training views: give --views K"):
+        LabelConfig.tiny(weak_checkpoint="w.pt", mixup=0.8)
+
+
+def test_a_recipe_recorded_before_an_option_existed_is_the_same_job_at_its_default():
+    from w2s_pipe.storage.writer import identity_mismatch
+
+    old = {"views": {"k": 2, "seed": 0, "recipe": {"crop_scale": 0.6, "ratio": [0.75, 4 / 3], "hflip": 0.0}}}
+    same = {"views": {"k": 2, "seed": 0, "recipe": {**old["views"]["recipe"], **schema.VIEW_RECIPE_DEFAULTS}}}
+    assert identity_mismatch(old, same) is None
+    mixed = {"views": {"k": 2, "seed": 0, "recipe": {**same["views"]["recipe"], "mixup": 0.8}}}
+    assert "views is" in identity_mismatch(old, mixed)

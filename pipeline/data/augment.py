@@ -88,18 +88,51 @@ class LabelViews:
     """A loading process's step for `label --views K`: a sample's decoded image -> the K training
     views `train` draws in passes 0..K-1 with the same seed and recipe (`augment`, a TrainAugment
     at the weak model's input size: crop, flip, --aa, --color-jitter), each exactly as
-    `TrainAugment` makes it: uint8 (K, 3, H, W) and the views as rows (K, 11) (`views.VIEW_FIELDS`)."""
+    `TrainAugment` makes it: uint8 (K, 3, H, W) and the views as rows (K, 11) (`views.VIEW_FIELDS`).
 
-    def __init__(self, augment: TrainAugment, k: int):
-        self.augment, self.k = augment, k
+    With a mixing recipe (`mix`, a mixviews.MixRecipe) each view is mixed as `train` will mix it:
+    the third item is then (the partners' views uint8 (K, 3, H, W), the mixes' rows (K, 7) at this
+    size, the partners' positions (K,), the drawn λ (K,)); the mixing itself happens on the device
+    (`mixviews.mix_pixels`), as in `train`."""
 
-    def __call__(self, image, shard: str, key: str):
+    def __init__(self, augment: TrainAugment, k: int, mix=None):
+        self.augment, self.k, self.mix = augment, k, mix
+
+    @property
+    def mixes(self) -> bool:
+        return self.mix is not None and self.mix.on
+
+    def __call__(self, image, shard: str, key: str, position: int = 0, partners=None):
+        import torch
+
+        from .mixviews import plan
+
+        image = self._as_decoded(image)
+        made = [self.augment.view_of(image, shard, key, p) for p in range(self.k)]
+        views = torch.stack([out for out, _ in made])
+        rows = torch.tensor([v.as_row() for _, v in made], dtype=torch.float32)
+        if not self.mixes:
+            return views, rows, None
+        others, mix_rows, partner, lam = [], [], [], []
+        for p, (out, _) in enumerate(made):
+            mix = plan(self.mix, self.augment.views.seed, shard, key, p, position, len(partners.samples))
+            other = out
+            if mix.partner >= 0:
+                partner_image, partner_key = partners(mix.partner)
+                other, _ = self.augment.view_of(self._as_decoded(partner_image), shard, partner_key, p)
+            others.append(other)
+            mix_rows.append(mix.row(*self.augment.size))
+            partner.append(mix.partner)
+            lam.append(mix.lam)
+        return views, rows, (torch.stack(others), torch.tensor(mix_rows, dtype=torch.float32),
+                             torch.tensor(partner, dtype=torch.int32), torch.tensor(lam, dtype=torch.float32))
+
+    def _as_decoded(self, image):
         import torch
 
         if self.augment.decoder == "cpu" and not isinstance(image, torch.Tensor):
-            image = pil_to_tensor(image)  # decoded by PIL for timm's border crop; the views go as cpu's
-        made = [self.augment.view_of(image, shard, key, p) for p in range(self.k)]
-        return torch.stack([out for out, _ in made]), torch.tensor([v.as_row() for _, v in made], dtype=torch.float32)
+            return pil_to_tensor(image)  # decoded by PIL for timm's border crop; the views go as cpu's
+        return image
 
 
 def auto_augment_policy(spec: str, data_config: dict):

@@ -26,6 +26,7 @@ class Inputs:
     store_chosen: str = ""  # how the store was chosen: "--labels", or why it was the one
     teacher: object | None = None  # models.LoadedModel of --teacher: weak labels computed online
     view_passes: int = 0  # a per-view store's K views, replayed (pass p trains on view p mod K); 0: centre view
+    mix: object | None = None  # mixviews.MixRecipe of a replayed store whose views are mixed
 
 
 def resolve_inputs(cfg) -> Inputs:
@@ -73,6 +74,7 @@ def resolve_inputs(cfg) -> Inputs:
                 raise W2SError(f"--{'loss gt' if cfg.loss == 'gt' else 'gt-weight'} needs ground-truth labels, but the "
                                f"shards of store {store_url} carry none (field {label_field!r})")
         view_passes = replayed_views(store, cfg) if from_store else 0
+        mix = _store_mix(store) if view_passes and store.views_mixed else None
         record = {"name": data_name, "split": split, "pattern": pattern, "store": store_url,
                   "store_id": store_identity(store.attrs), "weak": store.attrs["weak"]["model"],
                   **({"views": view_passes} if view_passes else {})}
@@ -88,7 +90,7 @@ def resolve_inputs(cfg) -> Inputs:
         num_classes, class_names = source.num_classes, list(source.class_names or []) or None
         record = {"name": source.name, "split": source.split, "pattern": source.pattern, "store": None}
         source_for_val = source
-        store_url, view_passes = None, 0
+        store_url, view_passes, mix = None, 0, None
     teacher = None
     if cfg.teacher:
         from ..train.teacher import load_teacher
@@ -112,25 +114,29 @@ def resolve_inputs(cfg) -> Inputs:
         if val.label_field is None:
             raise W2SError(f"validation data {val.pattern} carries no labels")
     return Inputs(urls, image_fields, label_field, num_classes, class_names, store_url, record, val,
-                  chosen if store_url else "", teacher, view_passes)
+                  chosen if store_url else "", teacher, view_passes, mix)
 
 
 def replayed_views(store, cfg) -> int:
     """How many of a store's views `train` replays (0: it reads the centre view). A per-view store
     is replayed (--store-view auto or replay) only with the very views its weak model saw: the
-    run's --seed, --crop-scale, --hflip, --aa and --color-jitter must be the store's, and nothing
-    that changes a view's pixels that the store does not hold (--reprob, --mixup/--cutmix) may be
-    on; each difference is refused by name."""
+    run's --seed, --crop-scale, --hflip, --aa, --color-jitter and mixing (--mixup, --cutmix,
+    --mixup-prob, --mixup-switch-prob) must be the store's, and erasing (--reprob), which changes a
+    view's pixels after what the store holds, may not be on; each difference is refused by name."""
     if cfg.store_view == "center" or (cfg.store_view == "auto" and not store.views):
         return 0
     if not store.views:
         raise W2SError(f"--store-view replay: store {store.url} holds the centre view only; label it with --views K, "
                        "or drop --store-view replay")
     meta = store.attrs["views"]
+    mixes = store.views_mixed
     run = {"seed": cfg.seed, "crop_scale": cfg.crop_scale, "hflip": cfg.hflip, "aa": cfg.aa,
-           "color_jitter": cfg.color_jitter}
-    stored = {"seed": meta["seed"], **{k: meta["recipe"].get(k) for k in ("crop_scale", "hflip", "aa", "color_jitter")}}
-    stored["color_jitter"] = stored["color_jitter"] or 0.0
+           "color_jitter": cfg.color_jitter, "mixup": cfg.mixup if cfg.mixes else 0.0,
+           "cutmix": cfg.cutmix if cfg.mixes else 0.0}
+    if mixes:
+        run.update(mixup_prob=cfg.mixup_prob, mixup_switch_prob=cfg.mixup_switch_prob)
+    recipe = {"color_jitter": 0.0, "mixup": 0.0, "cutmix": 0.0, **{k: v for k, v in meta["recipe"].items() if v is not None}}
+    stored = {"seed": meta["seed"], **{k: recipe.get(k) for k in run if k != "seed"}}
     for name in run:
         if not _same(run[name], stored[name]):
             raise W2SError(f"--{name.replace('_', '-')} {run[name]}: store {store.url} holds the weak model's output on "
@@ -141,12 +147,18 @@ def replayed_views(store, cfg) -> int:
     if list(meta["recipe"]["ratio"]) != list(TrainViews(0).ratio):
         raise W2SError(f"store {store.url}'s views were drawn with aspect ratios {meta['recipe']['ratio']}, this tool "
                        f"draws {list(TrainViews(0).ratio)}; label the views again")
-    moved = [o for o, v in (("--reprob", cfg.reprob), ("--mixup", cfg.mixes and cfg.mixup),
-                            ("--cutmix", cfg.mixes and cfg.cutmix)) if v]
-    if moved:
-        raise W2SError(f"{moved[0]} changes the pixels of the views whose weak outputs store {store.url} holds, so "
+    if cfg.reprob:
+        raise W2SError(f"--reprob changes the pixels of the views whose weak outputs store {store.url} holds, so "
                        "they would label other images; drop it, or read the store's centre view (--store-view center)")
     return int(store.views)
+
+
+def _store_mix(store):
+    from .mixviews import MixRecipe
+
+    recipe = store.attrs["views"]["recipe"]
+    return MixRecipe(recipe.get("mixup") or 0.0, recipe.get("cutmix") or 0.0, recipe.get("mixup_prob", 1.0),
+                     recipe.get("mixup_switch_prob", 0.5))
 
 
 def _same(a, b) -> bool:

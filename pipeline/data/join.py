@@ -5,8 +5,9 @@ that shard: the join reads the shard's rows once and matches by position, checki
 and falls back to a key lookup only when the order differs (a sample missing from the shards).
 
 From a per-view store (`label --views K`, replayed with `views=True`) a sample gets every view's
-weak logits (K, C) and boxes (K, 5: top, left, height, width, flip); the training stream picks the
-view of its pass and checks that it draws the very box the weak model saw.
+weak logits (K, C) and boxes (K, 5: top, left, height, width, flip; mixed views add their partner's
+position and λ: K, 7); the training stream picks the view of its pass and checks that it draws the
+very view, and mix, the weak model saw.
 """
 
 from __future__ import annotations
@@ -51,10 +52,14 @@ class StoreJoin:
             if self.skip_missing:
                 return None
             raise W2SError(f"shard {name} is not in store {self.store_url} (it labelled {store.attrs['data']['pattern']})")
-        rows = store.shard_rows(name, arrays=ShardRows.weak_arrays(store.topk, store.views if self.views else 0))
+        views = store.views if self.views else 0
+        rows = store.shard_rows(name, arrays=ShardRows.weak_arrays(store.topk, views, views and store.views_mixed))
         if not self.views:
             return rows.keys, rows.dense_logits(store.num_classes), store.skipped_keys(name), None
-        boxes = np.concatenate([rows.arrays[f"{VIEWS}crop"], rows.arrays[f"{VIEWS}flip"][..., None]], axis=-1)
+        parts = [rows.arrays[f"{VIEWS}crop"], rows.arrays[f"{VIEWS}flip"][..., None]]
+        if store.views_mixed:  # and each mixed view's partner (position) and drawn λ
+            parts += [rows.arrays[f"{VIEWS}partner"][..., None], rows.arrays[f"{VIEWS}lam"][..., None]]
+        boxes = np.concatenate([p.astype(np.float64) for p in parts], axis=-1)
         return rows.keys, rows.dense_logits(store.num_classes, VIEWS), store.skipped_keys(name), boxes
 
     def __call__(self, samples: Iterable[dict]) -> Iterator[dict]:

@@ -12,7 +12,9 @@ What it yields is a stream of typed events, in each shard's order:
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
@@ -33,12 +35,16 @@ class ImageBatch:
     blobs: list[bytes] | None = None  # or the encoded images, for the device to decode (--decode gpu)
     views: torch.Tensor | None = None  # label --views K: uint8 (N, K, 3, H, W), each sample's training views
     view_rows: torch.Tensor | None = None  # and those views as (N, K, 11) rows (views.VIEW_FIELDS)
+    partner_views: torch.Tensor | None = None  # mixed views: uint8 (N, K, 3, H, W), each view's partner's view
+    mix_rows: torch.Tensor | None = None  # (N, K, 7) rows (mixviews.MIX_FIELDS) at the weak model's size
+    mix_partner: torch.Tensor | None = None  # (N, K) int: the partner's position in the shard (-1: not mixed)
+    mix_lam: torch.Tensor | None = None  # (N, K): the drawn λ
 
     def pin_memory(self) -> "ImageBatch":
         """The DataLoader's pinning thread calls this (page-locked memory copies to a GPU asynchronously)."""
         pin = (lambda t: None if t is None else t.pin_memory())
-        return ImageBatch(self.shard, self.keys, pin(self.labels), pin(self.images), self.blobs, pin(self.views),
-                          self.view_rows)
+        return dataclasses.replace(self, labels=pin(self.labels), images=pin(self.images), views=pin(self.views),
+                                   partner_views=pin(self.partner_views))
 
 
 @dataclass
@@ -98,7 +104,11 @@ class ShardBatches(IterableDataset):
         name = url_name(url)
         images, keys, labels, views = [], [], [], []
         count, seen, skipped = 0, set(), []
-        for sample in iter_samples(url, self.storage_options):
+        samples, partners = iter_samples(url, self.storage_options), None
+        if self.views is not None and self.views.mixes:  # a view's partner may be anywhere in the shard
+            samples = list(samples)
+            partners = ShardImages(samples, self.prepare, self.image_fields, name)
+        for index, sample in enumerate(samples):
             key = sample["__key__"]
             try:
                 if key in seen:
@@ -108,7 +118,8 @@ class ShardBatches(IterableDataset):
                     image = self.prepare(sample, self.image_fields, name)
                 else:  # decoded once, for the centre crop and the views
                     decoded = self.prepare.decode(sample, self.image_fields, name)
-                    image, view = self.prepare.crop(decoded), self.views(decoded, name, key)
+                    image = self.prepare.crop(decoded)
+                    view = self.views(decoded, name, key, position=index, partners=partners)
                 label = decode_label(sample, self.label_field, name, self.label_required)
             except W2SError as exc:
                 if not self.skip_bad:
@@ -136,8 +147,31 @@ class ShardBatches(IterableDataset):
             return ImageBatch(position, keys, labels, blobs=images)
         batch = ImageBatch(position, keys, labels, images=torch.stack(images))
         if views:
-            batch.views, batch.view_rows = torch.stack([v for v, _ in views]), torch.stack([r for _, r in views])
+            batch.views, batch.view_rows = torch.stack([v[0] for v in views]), torch.stack([v[1] for v in views])
+            if views[0][2] is not None:  # mixed views: their partners' views and the mixes
+                batch.partner_views, batch.mix_rows, batch.mix_partner, batch.mix_lam = (
+                    torch.stack([v[2][i] for v in views]) for i in range(4))
         return batch
+
+
+class ShardImages:
+    """The decoded images of one shard's samples by position, the last few kept: the partners of
+    mixed views (`label --views K --mixup ...`) are other samples of the same shard."""
+
+    def __init__(self, samples: list[dict], prepare, image_fields, shard: str, keep: int = 32):
+        self.samples, self.prepare, self.image_fields, self.shard, self.keep = samples, prepare, image_fields, shard, keep
+        self.cache: OrderedDict = OrderedDict()
+
+    def __call__(self, position: int):
+        """(decoded image, key) of the sample at `position`."""
+        if position in self.cache:
+            self.cache.move_to_end(position)
+            return self.cache[position]
+        sample = self.samples[position]
+        self.cache[position] = self.prepare.decode(sample, self.image_fields, self.shard), sample["__key__"]
+        if len(self.cache) > self.keep:
+            self.cache.popitem(last=False)
+        return self.cache[position]
 
 
 def default_workers() -> int:

@@ -25,7 +25,7 @@ class StepInputs:
     out since the last batch."""
 
     def __init__(self, data_config: dict, device, *, decoder: str, seed: int, rank: int, need_labels: bool,
-                 reprob: float = 0.0, mixer=None, teacher=None):
+                 reprob: float = 0.0, mixer=None, teacher=None, num_classes: int = 0, smoothing: float = 0.0):
         import torch
 
         from .augment import DeviceAugment
@@ -37,6 +37,7 @@ class StepInputs:
         self.eraser = torch.Generator(device=device) if reprob else None
         self.mixer = mixer  # mixing.BatchMix, or None
         self.teacher = teacher  # train.teacher.OnlineTeacher, or None
+        self.num_classes, self.smoothing = num_classes, smoothing  # for replayed mixing's soft targets
 
     def __call__(self, raw, *, step: int, micro: int = 0) -> dict:
         from .crops import erase_where
@@ -48,6 +49,13 @@ class StepInputs:
         batch = {k: v.to(self.device, non_blocking=True) for k, v in raw.items()}
         # uint8 views from the loading processes, or bytes decoded and cropped here (--decode gpu)
         image = self.normalize(self.on_device(blobs, batch["view"], keys) if blobs is not None else batch["image"])
+        if "mix" in batch:  # a per-view store's mixed views, replayed: each with its own partner and λ
+            from .mixviews import mix_pixels, soft_targets
+
+            image = mix_pixels(image, self.normalize(batch["partner_image"]), batch["mix"])
+            target = soft_targets(batch["label"], batch["partner_label"], batch["mix"][:, 2], self.num_classes,
+                                  self.smoothing) if self.need_labels else None
+            return {"image": image, "target": target, "weak": batch.get("weak"), "dropped": dropped}
         if self.eraser is not None:
             self.eraser.manual_seed(view_seed(self.seed, "erase", f"{self.rank}.{micro}", step))
             image = erase_where(image, views_cpu, self.eraser)

@@ -37,7 +37,7 @@ class TrainStream(IterableDataset):
     def __init__(self, urls: list[str], *, augment, image_fields, label_field, need_labels: bool,
                  join: StoreJoin | None, seed: int, rank: int = 0, world_size: int = 1, shuffle_buffer: int = 1000,
                  batch_size: int = 1, start_step: int = 0, storage_options: dict | None = None,
-                 view_passes: int = 0):
+                 view_passes: int = 0, mix=None):
         self.urls = list(urls)
         self.augment = augment  # (sample, image fields, shard, pass) -> (uint8 image or bytes, View)
         self.image_fields = tuple(image_fields)
@@ -50,8 +50,10 @@ class TrainStream(IterableDataset):
         self.batch_size = batch_size
         self.start_step = start_step
         self.storage_options = storage_options
-        # Replaying a per-view store of K views: pass p draws view p mod K, the one the weak model saw.
+        # Replaying a per-view store of K views: pass p draws view p mod K, the one the weak model saw;
+        # with its mixing recipe (`mix`, a mixviews.MixRecipe) mixed with the partner it was mixed with.
         self.view_passes = view_passes
+        self.mix = mix if mix is not None and mix.on else None
 
     def __iter__(self):
         import webdataset
@@ -87,6 +89,8 @@ class TrainStream(IterableDataset):
                 stream = iter_samples(url, self.storage_options)
                 if self.join is not None:
                     stream = self.join(stream)
+                if self.mix is not None:  # a sample's partner may be anywhere in its shard
+                    stream = self._with_partners(list(stream), url, epoch)
                 for n, sample in enumerate(stream):
                     if stride and n % stride != me:
                         continue
@@ -94,6 +98,17 @@ class TrainStream(IterableDataset):
                     if self.join is not None:  # samples --skip-missing left out since the last one
                         sample["__dropped__"], dropped = self.join.skipped - dropped, self.join.skipped
                     yield sample
+
+    def _with_partners(self, samples: list[dict], url: str, epoch: int):
+        """A shard's samples, each with its mix of this pass (`__mix__`) and its partner sample."""
+        from .mixviews import plan
+
+        shard, drawn = url_name(url), epoch % self.view_passes if self.view_passes else epoch
+        for position, sample in enumerate(samples):
+            mix = plan(self.mix, self.augment.views.seed, shard, sample["__key__"], drawn, position, len(samples))
+            sample["__mix__"] = mix
+            sample["__partner__"] = samples[mix.partner] if mix.partner >= 0 else None
+            yield sample
 
     def _decode(self, sample: dict) -> dict:
         shard, key = url_name(sample["__url__"]), sample["__key__"]
@@ -108,18 +123,37 @@ class TrainStream(IterableDataset):
             out["weak"] = sample["weak"]
             if self.view_passes:
                 out["weak"] = sample["weak"][drawn]
-                check_replayed(sample["view_boxes"][drawn], view, shard, key, drawn)
+                check_replayed(sample["view_boxes"][drawn], view, shard, key, drawn, sample.get("__mix__"))
+        if self.mix is not None:
+            out.update(self._partner(sample, shard, drawn, out))
         return out
 
+    def _partner(self, sample: dict, shard: str, drawn: int, out: dict) -> dict:
+        """The partner's view of the same pass, its label and the mix (`mixviews.MIX_FIELDS` at the
+        output size); an unmixed sample is its own partner, with a row that mixes nothing."""
+        mix, partner = sample["__mix__"], sample["__partner__"]
+        if partner is None:
+            image, label = out["image"], out["label"]
+        else:
+            image, _ = self.augment(partner, self.image_fields, shard, drawn)
+            label = decode_label(partner, self.label_field, shard, self.need_labels)
+            label = -1 if label is None else label
+        return {"partner_image": image, "partner_label": label, "mix": mix.row(*self.augment.size)}
 
-def check_replayed(stored, view, shard: str, key: str, number: int) -> None:
-    """The view a replaying run draws must be the one the weak model saw (its box and flip), or the
-    stored output would label other pixels: a difference is a one-line error."""
+
+def check_replayed(stored, view, shard: str, key: str, number: int, mix=None) -> None:
+    """The view a replaying run draws must be the one the weak model saw (its box and flip, and a
+    mixed view's partner and λ), or the stored output would label other pixels: a difference is a
+    one-line error."""
     drawn = (view.top, view.left, view.height, view.width, int(view.flip))
-    if tuple(int(v) for v in stored) != drawn:
+    if tuple(int(v) for v in stored[:5]) != drawn:
         raise W2SError(f"shard {shard}, key {key!r}: view {number} of the store is (top, left, height, width, flip) "
-                       f"{tuple(int(v) for v in stored)}, this run draws {drawn}; the store's views were drawn by "
+                       f"{tuple(int(v) for v in stored[:5])}, this run draws {drawn}; the store's views were drawn by "
                        "another version of this tool or from other images: label the views again")
+    if len(stored) > 5 and (mix is None or int(stored[5]) != mix.partner or abs(float(stored[6]) - mix.lam) > 1e-6):
+        raise W2SError(f"shard {shard}, key {key!r}: view {number} of the store was mixed with the sample at position "
+                       f"{int(stored[5])} (λ {float(stored[6]):.6f}), this run mixes it otherwise; train with the "
+                       "store's --mixup, --cutmix, --mixup-prob and --mixup-switch-prob")
 
 
 def collate(samples: list[dict]) -> dict:
@@ -133,6 +167,10 @@ def collate(samples: list[dict]) -> dict:
              "label": torch.tensor([s["label"] for s in samples], dtype=torch.long),
              "dropped": torch.tensor(sum(s["dropped"] for s in samples), dtype=torch.long),
              "key": [s["key"] for s in samples]}
+    if "mix" in samples[0]:  # replayed mixing: each sample's partner view, label and mix
+        batch.update(partner_image=torch.stack([s["partner_image"] for s in samples]),
+                     partner_label=torch.tensor([s["partner_label"] for s in samples], dtype=torch.long),
+                     mix=torch.tensor([s["mix"] for s in samples], dtype=torch.float32))
     if isinstance(samples[0]["image"], bytes):
         batch["blobs"] = [s["image"] for s in samples]
     else:
