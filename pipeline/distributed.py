@@ -177,6 +177,23 @@ def broadcast(value, src: int = 0):
     return shared[0]
 
 
+def on_main(fn):
+    """`fn()` run by the main process alone, its result shared with every rank, or its one-line
+    error raised on every rank: a decision made once. (Each rank checking for itself would race:
+    another rank may already have acted on it, as a run's config.json written by rank 0 before
+    rank 1 looked for it.)"""
+    result, error = None, None
+    if dist_info().is_main:
+        try:
+            result = fn()
+        except W2SError as exc:
+            error = str(exc)
+    result, error = broadcast((result, error))
+    if error:
+        raise W2SError(error)
+    return result
+
+
 def all_gather(value) -> list:
     """Every rank's `value`, in rank order, on every rank (a collective: all ranks call it)."""
     if not _active():

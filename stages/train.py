@@ -110,7 +110,7 @@ def run_train(cfg: TrainConfig) -> TrainResult:
             ("--mixup (replayed from a per-view store)",) if inputs.mix else ()))
         workers = cfg.workers if cfg.workers is not None else default_workers()
         name = cfg.run or f"{slug(strong)}-{cfg.loss}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
-        run_dir = open_run(distributed.broadcast(name), cfg.workspace, resume=cfg.resume)
+        run_dir = distributed.on_main(lambda: open_run(name, cfg.workspace, resume=cfg.resume))  # the main's name
         log = MetricsLog(os.path.join(run_dir, "metrics.jsonl"), info.is_main)  # and TensorBoard events
 
         # -- model, optimizer, schedule -------------------------------------------------------------

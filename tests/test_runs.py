@@ -31,3 +31,20 @@ def test_the_first_non_finite_step_is_named(bad):
     w.add(23, parts(bad, 0.0), images=1)
     with pytest.raises(NonFiniteLoss, match=f"the loss is {bad} at step 22"):
         w.flush()
+
+
+def test_a_decision_made_once_returns_or_raises_as_the_main_process_did():
+    """distributed.on_main: in one process, fn's result, or its error as the one-line error (under
+    torchrun the main's, on every rank: test_train's torchrun tests)."""
+    import pytest
+
+    from w2s_pipe.errors import W2SError
+    from w2s_pipe.pipeline.distributed import on_main
+
+    assert on_main(lambda: ("run", 3)) == ("run", 3)
+
+    def refuse():
+        raise W2SError("run r exists; pass --resume to continue it")
+
+    with pytest.raises(W2SError, match="^run r exists"):
+        on_main(refuse)
