@@ -148,10 +148,10 @@ def prepare_folder_cmd(src, out, split, shard_size, seed, prefix):
                    "shard is recorded whole).")
 @click.option("--views", type=int, default=0, show_default=True,
               help="Also store the weak model's output on the K training views that `train` draws in passes "
-                   "0..K-1 with the same --seed, --crop-scale, --hflip, --aa and --color-jitter (each view's crop box "
-                   "and flip, its logits "
-                   "or top-k and statistics, under views/), at the weak model's input size; `train` then replays "
-                   "them. 0: the centre view only. With --decode cpu or pil.")
+                   "0..K-1 with the same --seed, --crop-scale, --hflip, --aa, --color-jitter and mixing options (each "
+                   "view's crop box and flip, a mixed view's partner and λ, its logits or top-k and statistics, under "
+                   "views/), at the weak model's input size; `train` then replays them. 0: the centre view only. "
+                   "With --decode cpu or pil.")
 @click.option("--seed", type=int, default=0, show_default=True, help="--views: the seed the training runs will use.")
 @click.option("--crop-scale", type=float, default=0.08, show_default=True,
               help="--views: the smallest area fraction of the random resized crop, as train's --crop-scale.")

@@ -334,16 +334,15 @@ def replay_views(store, rows, j: int, image, model, normalize, precision: str, d
     from ..pipeline.data.mixviews import MixRecipe, mix_pixels
     from ..pipeline.data.views import TrainViews
 
-    meta, key = store.attrs["views"], rows.keys[j]
+    meta, key = schema.views_meta(store.attrs), rows.keys[j]
     recipe, preprocessing = meta["recipe"], schema.preprocessing(store.attrs)
     size = tuple(int(v) for v in preprocessing["input_size"][1:])
     views = TrainViews(meta["seed"], scale=(recipe["crop_scale"], 1.0), ratio=tuple(recipe["ratio"]),
                        hflip=recipe["hflip"], size=size)
-    augment = TrainAugment(preprocessing, views, preprocessing["decode"], color_jitter=recipe.get("color_jitter") or 0.0,
-                           auto_augment=recipe.get("aa"))
-    mix = MixRecipe(recipe.get("mixup") or 0.0, recipe.get("cutmix") or 0.0, recipe.get("mixup_prob", 1.0),
-                    recipe.get("mixup_switch_prob", 0.5))
-    crops, drawn, mixed = LabelViews(augment, store.views, mix)(image, rows.name, key, position=j, partners=partners)
+    augment = TrainAugment(preprocessing, views, preprocessing["decode"], color_jitter=recipe["color_jitter"],
+                           auto_augment=recipe["aa"])
+    crops, drawn, mixed = LabelViews(augment, store.views, MixRecipe.from_recipe(recipe))(
+        image, rows.name, key, position=j, partners=partners)
     stored_boxes = np.concatenate([rows.arrays[f"{schema.VIEWS}crop"][j], rows.arrays[f"{schema.VIEWS}flip"][j][:, None]], 1)
     if not np.array_equal(drawn[:, :5].numpy().astype(np.int64), stored_boxes.astype(np.int64)):
         return [f"shard {rows.name}, key {key!r}: the views drawn again are not the stored boxes and flips "

@@ -70,3 +70,23 @@ def make_checkpoint(path, *, num_classes=10, model=TINY_MODEL, img_size=TINY_SIZ
 @pytest.fixture(scope="session")
 def weak_ckpt(tmp_path_factory):
     return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "weak.pt")
+
+
+def resume_against_whole(max_steps: int, **options):
+    """(the uninterrupted run, the same run stopped after `max_steps` and resumed), both trained with
+    TrainConfig.tiny(**options) in the test's workspace, as runs "whole" and "split"."""
+    from w2s_pipe.stages.train import TrainConfig, run_train
+
+    whole = run_train(TrainConfig.tiny(run="whole", **options))
+    run_train(TrainConfig.tiny(run="split", max_steps=max_steps, **options))
+    return whole, run_train(TrainConfig.tiny(run="split", resume=True, **options))
+
+
+def same_weights(run_a: str, run_b: str, name: str = "last.pt") -> bool:
+    import os
+
+    import torch
+
+    a = torch.load(os.path.join(run_a, name), weights_only=True)["state_dict"]
+    b = torch.load(os.path.join(run_b, name), weights_only=True)["state_dict"]
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -70,3 +70,12 @@ def test_soft_targets_are_timms_mixup_target_with_a_weight_per_sample():
     theirs = mixup_target(labels, 6, 0.3, 0.1)  # timm pairs sample i with N-1-i: here 1 with 4, one λ
     torch.testing.assert_close(mine[0], theirs[0])
     torch.testing.assert_close(mine.sum(1), torch.ones(2))
+
+
+def test_a_stores_recipe_gives_its_mixing_and_predated_options_their_defaults():
+    from w2s_pipe.storage.schema import views_meta
+
+    old = {"views": {"k": 2, "seed": 0, "recipe": {"crop_scale": 0.6, "ratio": [0.75, 4 / 3], "hflip": 0.0}}}
+    assert MixRecipe.from_recipe(views_meta(old)["recipe"]) == MixRecipe() and not MixRecipe().on
+    mixed = {"views": {**old["views"], "recipe": {**old["views"]["recipe"], "cutmix": 1.0, "mixup_prob": 0.5}}}
+    assert MixRecipe.from_recipe(views_meta(mixed)["recipe"]) == MixRecipe(cutmix=1.0, prob=0.5)

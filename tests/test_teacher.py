@@ -11,11 +11,10 @@ import subprocess
 import sys
 
 import pytest
-import timm
 import torch
 import torch.nn.functional as F
 
-from conftest import make_checkpoint
+from conftest import make_checkpoint, resume_against_whole, same_weights
 from w2s_pipe.errors import W2SError
 from w2s_pipe.pipeline.models import load_model
 from w2s_pipe.pipeline.train.teacher import OnlineTeacher
@@ -104,10 +103,8 @@ def test_an_online_run_trains_records_its_teacher_and_resumes_exactly(digits_dat
     import shutil
 
     teacher_file = str(shutil.copy(weak_ckpt, tmp_path / "teacher.pt"))
-    whole = run_train(TrainConfig.tiny(run="whole", teacher=teacher_file, **ONLINE))
-    run_train(TrainConfig.tiny(run="split", teacher=teacher_file, max_steps=2, **ONLINE))
-    split = run_train(TrainConfig.tiny(run="split", teacher=teacher_file, resume=True, **ONLINE))
-    assert whole.finished and split.finished and whole.step == 6
+    whole, split = resume_against_whole(2, teacher=teacher_file, **ONLINE)
+    assert whole.finished and split.finished and whole.step == 6 and same_weights(whole.run_dir, split.run_dir)
     assert records(whole.run_dir, "end")[0]["weights_sha256"] == records(split.run_dir, "end")[0]["weights_sha256"]
     config = json.load(open(os.path.join(whole.run_dir, "config.json")))
     teacher = config["data_source"]["teacher"]

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import resume_against_whole, same_weights
 from w2s_pipe.errors import W2SError
 from w2s_pipe.pipeline.data.views import TrainViews
 from w2s_pipe.stages.label import LabelConfig, run_label
@@ -148,19 +149,20 @@ def test_a_replay_that_would_move_the_pixels_is_refused_by_name(views_store, opt
 
 def test_replay_trains_resumes_exactly_and_the_centre_view_stays_readable(views_store, tmp_path):
     options = dict(**RECIPE, labels=views_store, epochs=2, steps_per_epoch=4, device="cpu", log_every=1)
-    whole = run_train(TrainConfig.tiny(run="whole", **options))
-    run_train(TrainConfig.tiny(run="split", max_steps=3, **options))
-    split = run_train(TrainConfig.tiny(run="split", resume=True, **options))
-    a = torch.load(os.path.join(whole.run_dir, "last.pt"), weights_only=True)["state_dict"]
-    b = torch.load(os.path.join(split.run_dir, "last.pt"), weights_only=True)["state_dict"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    whole, split = resume_against_whole(3, **options)
+    assert split.finished and same_weights(whole.run_dir, split.run_dir)
     import json
 
     assert json.load(open(os.path.join(whole.run_dir, "config.json")))["data_source"]["views"] == K
     centre = run_train(TrainConfig.tiny(run="centre", store_view="center", **{**options, "crop_scale": 0.08}))
     assert centre.finished and "views" not in json.load(open(os.path.join(centre.run_dir, "config.json")))["data_source"]
-    c = torch.load(os.path.join(centre.run_dir, "last.pt"), weights_only=True)["state_dict"]
-    assert not all(torch.equal(a[k], c[k]) for k in a)
+    assert not same_weights(whole.run_dir, centre.run_dir)
+    # report: replayed runs are rows of their own, apart from the centre view's
+    from w2s_pipe.stages.report import ReportConfig, run_report
+
+    labels = {row["label"] for row in run_report(ReportConfig(plots=False))["rows"]}
+    assert f"test_resnet from test_resnet ({K} stored views): adaptconf" in labels
+    assert "test_resnet from test_resnet: adaptconf" in labels
 
 
 def test_views_with_randaugment_replay_their_policy(tmp_path, digits_data, weak_ckpt):
@@ -310,16 +312,16 @@ def test_train_replays_each_views_mix_and_resumes_exactly(mixed_store):
         assert np.array_equal(sample["weak"], rows.arrays["views/logits"][j, p % 2])
     options = dict(**RECIPE, **MIX, labels=mixed_store, epochs=2, steps_per_epoch=3, gt_weight=1.0, smoothing=0.1,
                    device="cpu", log_every=1)
-    whole = run_train(TrainConfig.tiny(run="whole", **options))
-    run_train(TrainConfig.tiny(run="split", max_steps=2, **options))
-    split = run_train(TrainConfig.tiny(run="split", resume=True, **options))
-    a = torch.load(os.path.join(whole.run_dir, "last.pt"), weights_only=True)["state_dict"]
-    b = torch.load(os.path.join(split.run_dir, "last.pt"), weights_only=True)["state_dict"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    whole, split = resume_against_whole(2, **options)
+    assert split.finished and same_weights(whole.run_dir, split.run_dir)
     with pytest.raises(W2SError, match=r"--cutmix 0.0: store .* drawn with --cutmix 1.0"):
         run_train(TrainConfig.tiny(run="other", **{**options, "cutmix": 0.0}))
     with pytest.raises(W2SError, match="--mixup 0.0: store"):
         run_train(TrainConfig.tiny(run="none", **{**options, "mixup": 0.0, "cutmix": 0.0}))
+    with pytest.raises(W2SError, match="--skip-missing: store .* partners found by their position"):
+        run_train(TrainConfig.tiny(run="skip", skip_missing=True, **options))
+    with pytest.raises(W2SError, match=r"--mixup-prob 0.5: store .* drawn with --mixup-prob 1.0"):
+        run_train(TrainConfig.tiny(run="half", **{**options, "mixup_prob": 0.5}))
 
 
 def test_mixed_views_are_labelled_only_without_skipping():

@@ -128,15 +128,15 @@ def replayed_views(store, cfg) -> int:
     if not store.views:
         raise W2SError(f"--store-view replay: store {store.url} holds the centre view only; label it with --views K, "
                        "or drop --store-view replay")
-    meta = store.attrs["views"]
-    mixes = store.views_mixed
-    run = {"seed": cfg.seed, "crop_scale": cfg.crop_scale, "hflip": cfg.hflip, "aa": cfg.aa,
-           "color_jitter": cfg.color_jitter, "mixup": cfg.mixup if cfg.mixes else 0.0,
-           "cutmix": cfg.cutmix if cfg.mixes else 0.0}
-    if mixes:
-        run.update(mixup_prob=cfg.mixup_prob, mixup_switch_prob=cfg.mixup_switch_prob)
-    recipe = {"color_jitter": 0.0, "mixup": 0.0, "cutmix": 0.0, **{k: v for k, v in meta["recipe"].items() if v is not None}}
-    stored = {"seed": meta["seed"], **{k: recipe.get(k) for k in run if k != "seed"}}
+    from ...storage.schema import VIEW_RECIPE, views_meta
+
+    meta = views_meta(store.attrs)  # recipe options a store predates at their defaults
+    run = {"seed": cfg.seed, **{k: getattr(cfg, k) for k in VIEW_RECIPE if k != "ratio"}}
+    if not cfg.mixes:
+        run.update(mixup=0.0, cutmix=0.0)
+    if not store.views_mixed:  # the mixing chances matter only where there is mixing
+        run.pop("mixup_prob"), run.pop("mixup_switch_prob")
+    stored = {"seed": meta["seed"], **{k: meta["recipe"][k] for k in run if k != "seed"}}
     for name in run:
         if not _same(run[name], stored[name]):
             raise W2SError(f"--{name.replace('_', '-')} {run[name]}: store {store.url} holds the weak model's output on "
@@ -150,15 +150,18 @@ def replayed_views(store, cfg) -> int:
     if cfg.reprob:
         raise W2SError(f"--reprob changes the pixels of the views whose weak outputs store {store.url} holds, so "
                        "they would label other images; drop it, or read the store's centre view (--store-view center)")
+    if cfg.skip_missing and store.views_mixed:
+        raise W2SError(f"--skip-missing: store {store.url}'s views are mixed with partners found by their position in "
+                       "the shard, which a left-out sample would move; label the shards again, or read the centre view "
+                       "(--store-view center)")
     return int(store.views)
 
 
 def _store_mix(store):
+    from ...storage.schema import views_meta
     from .mixviews import MixRecipe
 
-    recipe = store.attrs["views"]["recipe"]
-    return MixRecipe(recipe.get("mixup") or 0.0, recipe.get("cutmix") or 0.0, recipe.get("mixup_prob", 1.0),
-                     recipe.get("mixup_switch_prob", 0.5))
+    return MixRecipe.from_recipe(views_meta(store.attrs)["recipe"])
 
 
 def _same(a, b) -> bool:

@@ -35,6 +35,11 @@ class MixRecipe:
     def on(self) -> bool:
         return (self.mixup > 0 or self.cutmix > 0) and self.prob > 0
 
+    @classmethod
+    def from_recipe(cls, recipe: dict) -> "MixRecipe":
+        """The mixing of a per-view store's view recipe (`storage.schema.views_meta(attrs)["recipe"]`)."""
+        return cls(recipe["mixup"], recipe["cutmix"], recipe["mixup_prob"], recipe["mixup_switch_prob"])
+
     def as_dict(self) -> dict:
         return {"mixup": self.mixup, "cutmix": self.cutmix, "mixup_prob": self.prob,
                 "mixup_switch_prob": self.switch_prob}

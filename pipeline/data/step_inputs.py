@@ -5,7 +5,9 @@
     {"image", "target", "weak", "dropped"}
 
 Every random draw here comes from (seed, rank, step, micro-batch), never from a global generator, so
-a resumed run prepares exactly the inputs the uninterrupted one did.
+a resumed run prepares exactly the inputs the uninterrupted one did. Replaying a per-view store's
+mixed views, each sample comes with its partner's view and its mix (drawn per sample by the loading
+processes: mixviews.py), and is mixed here with `mixviews.mix_pixels`.
 """
 
 from __future__ import annotations

@@ -66,10 +66,6 @@ class OnlineTeacher:
                            "use --precision fp32")
         return logits.clone()  # a normal tensor: inference tensors cannot take part in autograd later
 
-    @property
-    def record(self) -> dict:
-        return {"model": self.name, "data_config": self.data_config}
-
 
 def load_teacher(checkpoint: str, model_name: str | None, num_classes: int):
     """The weak checkpoint as a models.LoadedModel: a checkpoint this tool wrote, or a timm state
