@@ -255,7 +255,8 @@ def _from_recipe(ctx, exc: W2SError) -> W2SError:
               help="Online teacher, instead of a store: a weak checkpoint (from `w2s-pipe train`, or a timm state dict "
                    "with --teacher-model) run on every batch's exact views, after the crop, flip, --aa, erasing and "
                    "mixing, resized to its own input size and normalised with its own mean and std, as the paper's "
-                   "official code runs it. Needs --data; costs a teacher forward per step.")
+                   "official code runs it. Needs --data (shards without a manifest take the teacher's classes); costs a "
+                   "teacher forward per step.")
 @click.option("--store-view", type=click.Choice(STORE_VIEWS), default="auto", show_default=True,
               help="Which of a store's outputs to learn from. auto: a per-view store's views replayed (pass p trains "
                    "on stored view p mod K, cropped from the box the weak model saw; --seed, --crop-scale, --hflip, "

@@ -27,10 +27,11 @@ def test_a_window_averages_its_steps_and_resets():
 def test_the_first_non_finite_step_is_named(bad):
     w = MetricWindow()
     w.add(21, parts(1.0, 0.0), images=1)
-    w.add(22, parts(bad, 0.0), images=1)
+    w.add(22, parts(bad, 7.5), images=1)
     w.add(23, parts(bad, 0.0), images=1)
-    with pytest.raises(NonFiniteLoss, match=f"the loss is {bad} at step 22"):
+    with pytest.raises(NonFiniteLoss, match=rf"the loss is {bad} at step 22 \(kd 7.5\)") as raised:
         w.flush()
+    assert raised.value.parts == {"kd": 7.5}  # that step's other parts, to tell which term went first
 
 
 def test_a_decision_made_once_returns_or_raises_as_the_main_process_did():

@@ -95,6 +95,23 @@ def test_a_teacher_for_other_classes_is_refused(digits_data, tmp_path):
         run_train(TrainConfig.tiny(teacher=ckpt, data="digits", run="t7", device="cpu"))
 
 
+def test_shards_without_a_manifest_take_the_teachers_classes(digits_dir, weak_ckpt, tmp_path):
+    """A raw shard pattern says no number of classes; with --teacher the teacher's head does (and
+    without one the run is refused by name)."""
+    import shutil
+
+    for name in ("digits-transfer-000000.tar", "digits-transfer-000001.tar"):
+        shutil.copy(digits_dir / name, tmp_path / name)
+    pattern = str(tmp_path / "digits-transfer-{000000..000001}.tar")
+    done = run_train(TrainConfig.tiny(teacher=weak_ckpt, data=pattern, run="raw", device="cpu", no_eval=True,
+                                      strong="test_resnet", steps_per_epoch=2, workspace=str(tmp_path)))
+    config = json.load(open(os.path.join(done.run_dir, "config.json")))
+    assert done.finished and config["num_classes"] == 10
+    with pytest.raises(W2SError, match="cannot tell the number of classes of .*digits-transfer"):
+        run_train(TrainConfig.tiny(loss="gt", data=pattern, run="raw-gt", device="cpu", no_eval=True,
+                                   workspace=str(tmp_path)))
+
+
 ONLINE = dict(strong="test_resnet", data="digits", epochs=2, steps_per_epoch=3, hflip=0.5, reprob=0.5, mixup=0.8,
               cutmix=1.0, log_every=1, device="cpu", loss="adaptconf")
 

@@ -84,7 +84,7 @@ def resolve_inputs(cfg) -> Inputs:
         if not cfg.data:
             raise W2SError("--loss gt needs --data (and --split), or a label store whose shards carry labels")
         source = resolve_data(cfg.data, cfg.split, workspace=cfg.workspace)
-        if source.num_classes is None:
+        if source.num_classes is None and not cfg.teacher:  # with a teacher, its head says
             raise W2SError(f"cannot tell the number of classes of {cfg.data}; use a registry dataset or a manifest")
         urls, image_fields, label_field = list(source.urls), source.image_fields, source.label_field
         num_classes, class_names = source.num_classes, list(source.class_names or []) or None
@@ -96,6 +96,7 @@ def resolve_inputs(cfg) -> Inputs:
         from ..train.teacher import load_teacher
 
         teacher = load_teacher(cfg.teacher, cfg.teacher_model, num_classes)
+        num_classes = teacher.num_classes
         record.update(weak=teacher.name, teacher={"model": teacher.name, "checkpoint": teacher.checkpoint,
                                                   "checkpoint_sha256": teacher.checkpoint_sha256,
                                                   "data_config": teacher.data_config})

@@ -197,7 +197,7 @@ class MetricWindow:
         rows = [[v / world_size for v in host[i * k: (i + 1) * k]] for i in range(n)]
         for i, row in enumerate(rows):
             if not math.isfinite(row[0]):
-                raise NonFiniteLoss(self.first_step + i, row[0])
+                raise NonFiniteLoss(self.first_step + i, row[0], dict(zip(self.names[1:], row[1:])))
         sums = {name: sum(row[j] for row in rows) for j, name in enumerate(self.names)}
         out = {"means": {name: v / n for name, v in sums.items()}, "sums": sums, "steps": n, "images": self.images,
                "seconds": time.perf_counter() - self.started, "dropped": int(round(host[-1]))}
@@ -206,9 +206,13 @@ class MetricWindow:
 
 
 class NonFiniteLoss(Exception):
-    def __init__(self, step: int, value: float):
-        super().__init__(f"the loss is {value} at step {step}")
-        self.step, self.value = step, value
+    """A step's loss was not finite; the message names the step and that step's other parts (which
+    of the loss's terms went first)."""
+
+    def __init__(self, step: int, value: float, parts: dict | None = None):
+        said = ", ".join(f"{name} {v:.4g}" for name, v in (parts or {}).items())
+        super().__init__(f"the loss is {value} at step {step}" + (f" ({said})" if said else ""))
+        self.step, self.value, self.parts = step, value, parts or {}
 
 
 def weights_digest(model) -> str:

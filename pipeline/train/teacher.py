@@ -67,12 +67,13 @@ class OnlineTeacher:
         return logits.clone()  # a normal tensor: inference tensors cannot take part in autograd later
 
 
-def load_teacher(checkpoint: str, model_name: str | None, num_classes: int):
+def load_teacher(checkpoint: str, model_name: str | None, num_classes: int | None):
     """The weak checkpoint as a models.LoadedModel: a checkpoint this tool wrote, or a timm state
-    dict named by --teacher-model. Its classes must be the data's."""
+    dict named by --teacher-model. Its classes must be the data's (None: shards without a manifest,
+    whose classes are the teacher's)."""
     from ..models import load_model
 
     loaded = load_model(model_name, checkpoint=checkpoint, num_classes=num_classes, option="--teacher-model")
-    if loaded.num_classes != num_classes:
+    if num_classes is not None and loaded.num_classes != num_classes:
         raise W2SError(f"--teacher {checkpoint} predicts {loaded.num_classes} classes but the data has {num_classes}")
     return loaded
