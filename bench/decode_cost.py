@@ -32,7 +32,7 @@ def main():
     from w2s_pipe.pipeline.data.transforms import Preprocess
 
     torch.set_num_threads(1)  # one loading process does one image at a time
-    pattern = _util.jpeg_shards(os.path.join(args.data, str(args.samples)), args.samples)
+    pattern = _util.jpeg_shards(args.data, args.samples)
     data_config = load_model(None, checkpoint=_util.checkpoint(os.path.join(args.data, f"{args.model}.pt"), args.model, 1000),
                              num_classes=1000).data_config
     samples = [s for url in expand_pattern(pattern) for s in iter_samples(url)]

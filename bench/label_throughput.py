@@ -43,7 +43,7 @@ def main():
     from w2s_pipe.pipeline.data.transforms import DeviceNormalize, Preprocess, TensorGeometry
     from w2s_pipe.stages.label import LabelConfig, run_label
 
-    pattern = _util.jpeg_shards(os.path.join(args.data, str(args.samples)), args.samples)
+    pattern = _util.jpeg_shards(args.data, args.samples)
     ckpt = _util.checkpoint(os.path.join(args.data, f"{args.model}.pt"), args.model, 1000)
     workers = args.workers if args.workers is not None else default_workers()
     device = distributed.pick_device("auto")
@@ -99,12 +99,13 @@ def main():
 
     batches: list = []
     rounds = {"model": [], **{f"loader {d}": [] for d in decoders}, **{f"label {d}": [] for d in decoders}}
-    for _ in range(args.rounds):
+    for r in range(args.rounds):  # each figure printed as it is taken: a run stopped by a timeout still says them
         for decode in decoders:
-            rounds[f"loader {decode}"].append(loader_alone(decode))
-        rounds["model"].append(model_alone())
+            _util.taken(rounds, f"loader {decode}", loader_alone(decode), r)
+        _util.taken(rounds, "model", model_alone(), r)
         for decode in decoders:
-            rounds[f"label {decode}"].append(label(decode))
+            _util.taken(rounds, f"label {decode}", label(decode), r)
+        _util.save("label_throughput", {"args": vars(args), "workers": workers, "rounds": rounds, "partial": True})
     best = {k: max(v) for k, v in rounds.items()}
     model_ips = best["model"]
     loader_ips = {d: best[f"loader {d}"] for d in decoders}

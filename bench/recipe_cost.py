@@ -52,7 +52,7 @@ def main():
 
     device = distributed.pick_device("auto")
     workers = args.workers if args.workers is not None else default_workers()
-    pattern = _util.jpeg_shards(os.path.join(args.data, str(args.samples)), args.samples)
+    pattern = _util.jpeg_shards(args.data, args.samples)
     ckpt = _util.checkpoint(os.path.join(args.data, f"{args.weak}-{args.img_size}.pt"), args.weak, 1000, args.img_size)
     seconds = {name: [] for name in ARMS}
     with tempfile.TemporaryDirectory() as tmp:

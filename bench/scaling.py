@@ -45,7 +45,7 @@ def main():
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for n in (args.samples, 4 * args.samples):
-            pattern = _util.jpeg_shards(os.path.join(args.data, str(n)), n)
+            pattern = _util.jpeg_shards(args.data, n)
             results[n] = run(exe, ckpt, pattern, os.path.join(tmp, f"s{n}"), args.batch_size)
     (t1, m1), (t4, m4) = results[args.samples], results[4 * args.samples]
     print(f"{args.model} at {args.img_size} px, JPEG 500x375, batch {args.batch_size}")

@@ -36,7 +36,7 @@ def measure(args) -> dict:
     from w2s_pipe.pipeline.data.views import TrainViews
 
     device = distributed.pick_device("auto")
-    pattern = _util.jpeg_shards(os.path.join(args.data, str(args.samples)), args.samples)
+    pattern = _util.jpeg_shards(args.data, args.samples)
     config = {"input_size": [3, 224, 224], "interpolation": "bicubic", "mean": [0.5] * 3, "std": [0.5] * 3}
     stream = TrainStream(expand_pattern(pattern), augment=TrainAugment(config, TrainViews(0), args.decoder),
                          image_fields=("jpg",), label_field="cls", need_labels=False, join=None, seed=0,
@@ -80,7 +80,7 @@ def main():
         return
     import torch
 
-    _util.jpeg_shards(os.path.join(args.data, str(args.samples)), args.samples)  # made once, outside the timing
+    _util.jpeg_shards(args.data, args.samples)  # made once, outside the timing
     default = "gpu" if torch.cuda.is_available() else "cpu"
     cases = [("pil", 1000), ("cpu", 1000)] + ([("gpu", 1000)] if default == "gpu" else []) + [(default, 1)]
     rounds: dict = {case: [] for case in cases}

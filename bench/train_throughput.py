@@ -53,19 +53,20 @@ def main():
     precision = distributed.resolve_precision("auto", device)
     decoder = resolve_decoder(args.decode, device)
     workers = args.workers if args.workers is not None else default_workers()
-    pattern = _util.jpeg_shards(os.path.join(args.data, str(args.samples)), args.samples)
+    pattern = _util.jpeg_shards(args.data, args.samples)
     ckpt = _util.checkpoint(os.path.join(args.data, f"{args.weak}-{args.img_size}.pt"), args.weak, 1000, args.img_size)
     with tempfile.TemporaryDirectory() as tmp:
         store = run_label(LabelConfig(weak=None, weak_checkpoint=ckpt, data=pattern, labels=os.path.join(tmp, "s"),
                                       workers=workers, progress=False)).store
         arms = Arms(args, store, ckpt, device, precision, decoder, workers)
         rounds = {"step": [], "loader": [], "train": [], "cached": [], "online": []}
-        for r in range(args.rounds):
-            rounds["step"].append(arms.step_alone())
-            rounds["loader"].append(arms.loader_alone())
-            rounds["train"].append(arms.train(os.path.join(tmp, f"run{r}")))
+        for r in range(args.rounds):  # each figure printed as it is taken: a run stopped by a timeout still says them
+            _util.taken(rounds, "step", arms.step_alone(), r)
+            _util.taken(rounds, "loader", arms.loader_alone(), r)
+            _util.taken(rounds, "train", arms.train(os.path.join(tmp, f"run{r}")), r)
             for online in ((False, True) if r % 2 == 0 else (True, False)):
-                rounds["online" if online else "cached"].append(arms.loop(online))
+                _util.taken(rounds, "online" if online else "cached", arms.loop(online), r)
+            _util.save("train_throughput", {"args": vars(args), "workers": workers, "rounds": rounds, "partial": True})
     best = {k: max(v) for k, v in rounds.items()}
     print(f"strong {args.strong} from weak {args.weak}, {args.img_size} px, batch {args.batch_size}, {precision}, "
           f"{device}, --decode {decoder}, {workers} loading processes, best of {args.rounds} rounds (images/s)")
