@@ -148,7 +148,7 @@ def prepare_folder_cmd(src, out, split, shard_size, seed, prefix):
                    "shard is recorded whole).")
 @click.option("--views", type=int, default=0, show_default=True,
               help="Also store the weak model's output on the K training views that `train` draws in passes "
-                   "0..K-1 with the same --seed, --crop-scale, --hflip, --aa, --color-jitter and mixing options (each "
+                   "0..K-1 with the same --seed, --crop-scale, --hflip, --aa, --color-jitter, --reprob and mixing options (each "
                    "view's crop box and flip, a mixed view's partner and λ, its logits or top-k and statistics, under "
                    "views/), at the weak model's input size; `train` then replays them. 0: the centre view only. "
                    "With --decode cpu or pil.")
@@ -159,6 +159,8 @@ def prepare_folder_cmd(src, out, split, shard_size, seed, prefix):
 @click.option("--aa", default=None, help="--views: timm's auto-augment policy on each view, as train's --aa.")
 @click.option("--color-jitter", type=float, default=0.0, show_default=True,
               help="--views: colour jitter on each view, as train's --color-jitter.")
+@click.option("--reprob", type=float, default=0.0, show_default=True,
+              help="--views: random erasing on each view, as train's --reprob (the same box and noise).")
 @click.option("--mixup", type=float, default=0.0, show_default=True,
               help="--views: mix each view as `train --mixup` replaying the store will (each sample with another of "
                    "its shard, λ ~ Beta(α, α) drawn per sample and pass), and store the weak model's output on the "
@@ -171,7 +173,7 @@ def prepare_folder_cmd(src, out, split, shard_size, seed, prefix):
 @click.pass_context
 def label(ctx, weak, data, split, labels, weak_checkpoint, num_classes, img_size, batch_size, workers, precision,
           device, topk, decode, compile_, overwrite, max_shards, on_bad_sample, views, seed, crop_scale, hflip, aa,
-          color_jitter, mixup, cutmix, mixup_prob, mixup_switch_prob, quiet):
+          color_jitter, reprob, mixup, cutmix, mixup_prob, mixup_switch_prob, quiet):
     """Stage one: run a weak model over a data set's shards once and store its logits and
     confidences (Zarr arrays + index.parquet) for every later `train` run.
 
@@ -190,7 +192,7 @@ def label(ctx, weak, data, split, labels, weak_checkpoint, num_classes, img_size
         weak=weak, data=data, split=split, labels=labels, weak_checkpoint=weak_checkpoint, num_classes=num_classes,
         img_size=img_size, batch_size=batch_size, workers=workers, precision=precision, device=device, topk=topk,
         decode=decode, compile=compile_, overwrite=overwrite, max_shards=max_shards, on_bad_sample=on_bad_sample,
-        views=views, seed=seed, crop_scale=crop_scale, hflip=hflip, aa=aa, color_jitter=color_jitter, mixup=mixup,
+        views=views, seed=seed, crop_scale=crop_scale, hflip=hflip, aa=aa, color_jitter=color_jitter, reprob=reprob, mixup=mixup,
         cutmix=cutmix, mixup_prob=mixup_prob, mixup_switch_prob=mixup_switch_prob,
         workspace=ctx.obj["workspace"], progress=not quiet,
     )
@@ -260,9 +262,9 @@ def _from_recipe(ctx, exc: W2SError) -> W2SError:
 @click.option("--store-view", type=click.Choice(STORE_VIEWS), default="auto", show_default=True,
               help="Which of a store's outputs to learn from. auto: a per-view store's views replayed (pass p trains "
                    "on stored view p mod K, cropped from the box the weak model saw; --seed, --crop-scale, --hflip, "
-                   "--aa, --color-jitter and the mixing options must be the store's (its mixed views replayed sample "
-                   "by sample, each with the partner and λ it was labelled with), and --reprob, which would change "
-                   "those pixels, is refused), else the centre view; center: the centre view of any store; replay: "
+                   "--aa, --color-jitter, --reprob and the mixing options must be the store's (its mixed views "
+                   "replayed sample by sample, each with the partner and λ it was labelled with)), else the centre "
+                   "view; center: the centre view of any store; replay: "
                    "the views, or an error for a centre store.")
 @click.option("--teacher-model", default=None, help="The timm name of a --teacher state dict (a checkpoint from train names its own).")
 @click.option("--data", default=None, help="Data set or shard pattern; needed with --loss gt and no store, and with --teacher; else it must match the store.")
@@ -364,7 +366,8 @@ def _from_recipe(ctx, exc: W2SError) -> W2SError:
                    "pil; auto picks cpu), drawn per sample from (seed, shard, key, pass).")
 @click.option("--reprob", type=float, default=0.0, show_default=True,
               help="Random erasing probability (timm's, pixel mode: one box of 2-33%% of the image filled with normal "
-                   "noise after normalisation); the box is part of each sample's view, applied on the device.")
+                   "noise after normalisation); the box and the noise are part of each sample's view (drawn from seed, "
+                   "shard, key and pass), applied on the device.")
 @click.option("--mixup", type=float, default=0.0, show_default=True,
               help="Mixup alpha (timm's, per batch; 0: off). A store's weak labels are mixed linearly, as probabilities "
                    "with the same lambda and pairing: an approximation of the teacher's output on the mixed image "

@@ -209,17 +209,13 @@ def _store_attrs(cfg: LabelConfig, source, loaded, num_classes: int, decoder: st
 
 def _label_views(cfg: LabelConfig, data_config: dict, decoder: str):
     """The loading processes' per-view step of `--views K`: the views `train --seed S --crop-scale X
-    --hflip P [--aa A] [--color-jitter J] [--mixup M --cutmix C ...]` draws in passes 0..K-1, at the
+    --hflip P [--aa A] [--color-jitter J] [--reprob E] [--mixup M --cutmix C ...]` draws in passes 0..K-1, at the
     teacher's input size (None without --views)."""
     if not cfg.views:
         return None
-    from ..pipeline.data.augment import LabelViews, TrainAugment
-    from ..pipeline.data.views import TrainViews
+    from ..pipeline.data.augment import LabelViews
 
-    size = tuple(int(v) for v in data_config["input_size"][1:])
-    views = TrainViews(cfg.seed, scale=(cfg.crop_scale, 1.0), hflip=cfg.hflip, size=size)
-    return LabelViews(TrainAugment(data_config, views, decoder, color_jitter=cfg.color_jitter, auto_augment=cfg.aa),
-                      cfg.views, cfg.mix_recipe)
+    return LabelViews.from_recipe(cfg.view_recipe, cfg.seed, cfg.views, data_config, decoder)
 
 
 def view_fingerprint(data_config: dict, decoder: str) -> dict:

@@ -34,6 +34,7 @@ class LabelConfig:
     hflip: float = 0.5  # the views' flip chance: train's --hflip
     aa: str | None = None  # the views' auto-augment policy: train's --aa
     color_jitter: float = 0.0  # the views' colour jitter: train's --color-jitter
+    reprob: float = 0.0  # the views' random erasing: train's --reprob
     mixup: float = 0.0  # the views' mixing (mixviews.py): train's --mixup, --cutmix, --mixup-prob, --mixup-switch-prob
     cutmix: float = 0.0
     mixup_prob: float = 1.0
@@ -69,8 +70,10 @@ class LabelConfig:
             bad("--hflip", self.hflip, "must be between 0 and 1")
         if self.color_jitter < 0:
             bad("--color-jitter", self.color_jitter, "must not be negative")
-        if (self.aa or self.color_jitter) and not self.views:
-            raise W2SError("--aa and --color-jitter shape the training views: give --views K with them")
+        if not 0 <= self.reprob <= 1:
+            bad("--reprob", self.reprob, "must be between 0 and 1")
+        if (self.aa or self.color_jitter or self.reprob) and not self.views:
+            raise W2SError("--aa, --color-jitter and --reprob shape the training views: give --views K with them")
         for option, value in (("--mixup", self.mixup), ("--cutmix", self.cutmix)):
             if value < 0:
                 bad(option, value, "must not be negative")
@@ -98,7 +101,7 @@ class LabelConfig:
         from ..pipeline.data.views import TrainViews
 
         return {"crop_scale": self.crop_scale, "ratio": list(TrainViews(0).ratio), "hflip": self.hflip, "aa": self.aa,
-                "color_jitter": self.color_jitter, **self.mix_recipe.as_dict()}
+                "color_jitter": self.color_jitter, "reprob": self.reprob, **self.mix_recipe.as_dict()}
 
     @property
     def skip_bad(self) -> bool:

@@ -330,29 +330,22 @@ def replay_views(store, rows, j: int, image, model, normalize, precision: str, d
     import torch
 
     from ..pipeline import distributed
-    from ..pipeline.data.augment import LabelViews, TrainAugment
-    from ..pipeline.data.mixviews import MixRecipe, mix_pixels
-    from ..pipeline.data.views import TrainViews
+    from ..pipeline.data.augment import LabelViews
+    from ..pipeline.labelling import finished_views
 
     meta, key = schema.views_meta(store.attrs), rows.keys[j]
-    recipe, preprocessing = meta["recipe"], schema.preprocessing(store.attrs)
-    size = tuple(int(v) for v in preprocessing["input_size"][1:])
-    views = TrainViews(meta["seed"], scale=(recipe["crop_scale"], 1.0), ratio=tuple(recipe["ratio"]),
-                       hflip=recipe["hflip"], size=size)
-    augment = TrainAugment(preprocessing, views, preprocessing["decode"], color_jitter=recipe["color_jitter"],
-                           auto_augment=recipe["aa"])
-    crops, drawn, mixed = LabelViews(augment, store.views, MixRecipe.from_recipe(recipe))(
-        image, rows.name, key, position=j, partners=partners)
+    preprocessing = schema.preprocessing(store.attrs)
+    crops, drawn, mixed = LabelViews.from_recipe(meta["recipe"], meta["seed"], store.views, preprocessing,
+                                                 preprocessing["decode"])(image, rows.name, key, position=j,
+                                                                          partners=partners)
     stored_boxes = np.concatenate([rows.arrays[f"{schema.VIEWS}crop"][j], rows.arrays[f"{schema.VIEWS}flip"][j][:, None]], 1)
     if not np.array_equal(drawn[:, :5].numpy().astype(np.int64), stored_boxes.astype(np.int64)):
         return [f"shard {rows.name}, key {key!r}: the views drawn again are not the stored boxes and flips "
                 "(another version of the view code?)"]
-    x = normalize(crops)
-    if mixed is not None:
-        if not (np.array_equal(mixed[2].numpy(), rows.arrays[f"{schema.VIEWS}partner"][j])
-                and np.allclose(mixed[3].numpy(), rows.arrays[f"{schema.VIEWS}lam"][j])):
-            return [f"shard {rows.name}, key {key!r}: the mixes drawn again are not the stored partners and weights"]
-        x = mix_pixels(x, normalize(mixed[0]), mixed[1].to(x.device))
+    if mixed is not None and not (np.array_equal(mixed[2].numpy(), rows.arrays[f"{schema.VIEWS}partner"][j])
+                                  and np.allclose(mixed[3].numpy(), rows.arrays[f"{schema.VIEWS}lam"][j])):
+        return [f"shard {rows.name}, key {key!r}: the mixes drawn again are not the stored partners and weights"]
+    x = finished_views(normalize, crops, drawn, None if mixed is None else (mixed[0], mixed[1], mixed[4]))
     with torch.inference_mode(), distributed.autocast(precision, device):
         fresh = model(x).float().cpu().numpy()
     agree = float((rows.arrays[f"{schema.VIEWS}pred"][j] == np.argmax(fresh, axis=-1)).mean())

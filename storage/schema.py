@@ -181,13 +181,15 @@ def store_attrs(*, weak: dict, num_classes: int, class_names, preprocessing: dic
 
 # What a per-view store's views were drawn with: `train` must draw with the same to replay them
 # (`views.TrainViews`: the crop's smallest area fraction and its aspect ratios, the flip chance;
-# `augment.TrainAugment`: the auto-augment policy and colour jitter, drawn per view).
+# `augment.TrainAugment`: the auto-augment policy and colour jitter, drawn per view; the random
+# erasing chance, each view's box and noise drawn with it: `crops.erase_where`).
 # `mixviews.MixRecipe`: mixup and cutmix drawn per view, the partner from the sample's shard.
-VIEW_RECIPE = ("crop_scale", "ratio", "hflip", "aa", "color_jitter", "mixup", "cutmix", "mixup_prob", "mixup_switch_prob")
+VIEW_RECIPE = ("crop_scale", "ratio", "hflip", "aa", "color_jitter", "reprob", "mixup", "cutmix", "mixup_prob",
+               "mixup_switch_prob")
 
 
 # A view recipe's defaults: what a store recorded before the recipe named an option meant.
-VIEW_RECIPE_DEFAULTS = {"aa": None, "color_jitter": 0.0, "mixup": 0.0, "cutmix": 0.0, "mixup_prob": 1.0,
+VIEW_RECIPE_DEFAULTS = {"aa": None, "color_jitter": 0.0, "reprob": 0.0, "mixup": 0.0, "cutmix": 0.0, "mixup_prob": 1.0,
                         "mixup_switch_prob": 0.5}
 
 

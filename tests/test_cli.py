@@ -97,7 +97,7 @@ def test_label_options_are_frozen():
         "--workers", "--precision", "--device", "--topk", "--compile", "--overwrite", "--max-shards", "--quiet",
         "--on-bad-sample", "--decode",
         # per-view stores (issue 19)
-        "--views", "--seed", "--crop-scale", "--hflip", "--aa", "--color-jitter", "--mixup", "--cutmix",
+        "--views", "--seed", "--crop-scale", "--hflip", "--aa", "--color-jitter", "--reprob", "--mixup", "--cutmix",
         "--mixup-prob", "--mixup-switch-prob",
     ])
 

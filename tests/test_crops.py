@@ -76,7 +76,8 @@ def test_erase_boxes_are_drawn_as_timms_random_erasing():
     size = (32, 40)
     views, plain = TrainViews(0, reprob=0.25, hflip=0.5, size=size), TrainViews(0, hflip=0.5, size=size)
     drawn = [views.draw("s", str(k), 0, 50, 60) for k in range(3000)]
-    assert [dataclasses.replace(v, erase_top=0, erase_left=0, erase_height=0, erase_width=0) for v in drawn[:200]] == \
+    assert [dataclasses.replace(v, erase_top=0, erase_left=0, erase_height=0, erase_width=0, erase_key=0)
+            for v in drawn[:200]] == \
         [plain.draw("s", str(k), 0, 50, 60) for k in range(200)]
     erased = [v for v in drawn if v.erase_height]
     assert 0.22 < len(erased) / len(drawn) < 0.28
@@ -97,20 +98,31 @@ def test_erase_boxes_are_drawn_as_timms_random_erasing():
     assert abs(ours[:, 0].std() - theirs[:, 0].std()) < 0.01
 
 
-def test_erase_where_fills_each_box_with_noise_and_nothing_else():
-    from w2s_pipe.pipeline.data.crops import erase_where
+def test_erase_where_fills_each_box_with_its_views_noise_and_nothing_else():
+    """The noise is N(0, 1), inside the box only, and a function of the view's erase_key alone: the
+    same view erased in another batch (other neighbours, other position) gets the same pixels, and
+    another key other noise."""
+    from w2s_pipe.pipeline.data.crops import erase_where, view_noise
     from w2s_pipe.pipeline.data.views import View
 
-    rows = torch.tensor([View(0, 0, 1, 1, False, 1, 1).as_row(), View(0, 0, 1, 1, False, 1, 1, 4, 6, 20, 30).as_row()])
+    boxed = View(0, 0, 1, 1, False, 1, 1, 4, 6, 20, 30, erase_key=12345)
+    rows = torch.tensor([View(0, 0, 1, 1, False, 1, 1).as_row(), boxed.as_row()])
     images = torch.full((2, 3, 32, 40), 7.0)
-    out = erase_where(images.clone(), rows, torch.Generator().manual_seed(1))  # in place: a copy, to compare
+    out = erase_where(images.clone(), rows)  # in place: a copy, to compare
     assert torch.equal(out[0], images[0])  # no box
     inside = torch.zeros(32, 40, dtype=torch.bool)
     inside[4:24, 6:36] = True
     assert torch.equal(out[1][:, ~inside], images[1][:, ~inside])
     noise = out[1][:, inside]
     assert abs(noise.mean()) < 0.1 and abs(noise.std() - 1) < 0.1  # N(0, 1) in the normalised space, as timm's
-    assert torch.equal(out, erase_where(images.clone(), rows, torch.Generator().manual_seed(1)))
+    alone = erase_where(torch.full((1, 3, 32, 40), -1.0), torch.tensor([boxed.as_row()]))
+    assert torch.equal(alone[0][:, inside], noise)  # another batch, the same view: the same noise
+    other = erase_where(images.clone(), torch.tensor([rows[0].tolist(), View(**{**boxed.__dict__, "erase_key": 1}).as_row()]))
+    assert not torch.allclose(other[1][:, inside], noise)
     unboxed = rows.clone()
-    unboxed[1, -2] = 0  # erase_height 0: nothing to erase, nothing drawn
-    assert torch.equal(erase_where(images.clone(), unboxed, torch.Generator()), images)
+    unboxed[1, 10] = 0  # erase_height 0: nothing to erase
+    assert torch.equal(erase_where(images.clone(), unboxed), images)
+    big = view_noise(torch.arange(8), (3, 64, 64), "cpu")
+    assert abs(big.mean()) < 0.02 and abs(big.std() - 1) < 0.02 and big.abs().max() < 6.5
+    pairs = torch.corrcoef(big.flatten(1))[~torch.eye(8, dtype=torch.bool)]
+    assert pairs.abs().max() < 0.05  # no two keys' noise alike (nor shifted copies: hashed apart)

@@ -138,7 +138,7 @@ def test_train_replays_view_p_mod_k(views_store):
     (dict(seed=8), r"--seed 8: store .* --seed 7"),
     (dict(hflip=0.0), r"--hflip 0.0: .* --hflip 0.5"),
     (dict(aa="rand-m9-mstd0.5-inc1"), r"--aa rand-m9-mstd0.5-inc1: store .* drawn with --aa None"),
-    (dict(reprob=0.25), "--reprob changes the pixels"),
+    (dict(reprob=0.25), r"--reprob 0.25: store .* drawn with --reprob 0.0"),
     (dict(mixup=0.8), r"--mixup 0.8: store .* drawn with --mixup 0.0"),
 ])
 def test_a_replay_that_would_move_the_pixels_is_refused_by_name(views_store, options, match):
@@ -183,7 +183,7 @@ def test_views_with_randaugment_replay_their_policy(tmp_path, digits_data, weak_
     assert run.finished
     with pytest.raises(W2SError, match="--aa None: store .* drawn with --aa rand-m9-mstd0.5-inc1"):
         run_train(TrainConfig.tiny(**RECIPE, labels=store, epochs=1, steps_per_epoch=2, device="cpu", run="no-aa"))
-    with pytest.raises(W2SError, match="--aa and --color-jitter shape the training views: give --views K"):
+    with pytest.raises(W2SError, match="--aa, --color-jitter and --reprob shape the training views: give --views K"):
         LabelConfig.tiny(weak_checkpoint=weak_ckpt, aa=aa)
 
 
@@ -322,6 +322,44 @@ def test_train_replays_each_views_mix_and_resumes_exactly(mixed_store):
         run_train(TrainConfig.tiny(run="skip", skip_missing=True, **options))
     with pytest.raises(W2SError, match=r"--mixup-prob 0.5: store .* drawn with --mixup-prob 1.0"):
         run_train(TrainConfig.tiny(run="half", **{**options, "mixup_prob": 0.5}))
+
+
+@pytest.mark.parametrize("mix", [{}, MIX], ids=["erased", "erased-and-mixed"])
+def test_erased_views_are_the_pixels_train_replays(tmp_path, digits_data, weak_ckpt, mix):
+    """--reprob in the view recipe: train's replayed batch (the view's erasing box and noise, and a
+    mixed view's partner erased in its own view) is the very pixels the weak model was run on, so
+    the stored logits are the weak model's on train's pixels; verify --recompute replays them."""
+    from w2s_pipe.pipeline.data.augment import TrainAugment
+    from w2s_pipe.pipeline.data.join import StoreJoin
+    from w2s_pipe.pipeline.data.mixviews import MixRecipe
+    from w2s_pipe.pipeline.data.step_inputs import StepInputs
+    from w2s_pipe.pipeline.data.train_loader import TrainStream, collate
+    from w2s_pipe.pipeline.models import load_model
+    from w2s_pipe.stages.verify import VerifyConfig, run_verify
+
+    store = run_label(LabelConfig.tiny(weak_checkpoint=weak_ckpt, labels=str(tmp_path / "erased"), views=2, reprob=1.0,
+                                       **RECIPE, **mix)).store
+    assert open_store(store).attrs["views"]["recipe"]["reprob"] == 1.0
+    loaded = load_model(None, checkpoint=weak_ckpt, num_classes=10)
+    model, config = loaded.model.eval(), loaded.data_config  # the student at the teacher's size: the same pixels
+    views = TrainViews(7, scale=(0.5, 1.0), hflip=0.5, reprob=1.0, size=(32, 32))
+    stream = TrainStream([s["url"] for s in open_store(store).shards][1:2], augment=TrainAugment(config, views, "cpu"),
+                         image_fields=("png",), label_field="cls", need_labels=False,
+                         join=StoreJoin(store, views=True), seed=0, batch_size=16, shuffle_buffer=4, view_passes=2,
+                         mix=MixRecipe(**mix) if mix else None)
+    batch = collate([s for _, s in zip(range(16), stream)])
+    assert (batch["view"][:, 10] > 0).float().mean() > 0.5  # erase_height: most views erased
+    stored = batch["weak"].float()
+
+    def teacher_on(reprob):
+        prepare = StepInputs(config, torch.device("cpu"), decoder="cpu", seed=0, rank=0, need_labels=False, reprob=reprob)
+        with torch.no_grad():
+            return model(prepare({k: (v.clone() if torch.is_tensor(v) else v) for k, v in batch.items()},
+                                 step=1)["image"])
+
+    torch.testing.assert_close(teacher_on(1.0), stored, rtol=2e-3, atol=2e-3)  # float16 storage
+    assert (teacher_on(0.0) - stored).abs().max() > 0.05  # the erasing is in what the teacher saw
+    assert run_verify(VerifyConfig(store, recompute=8, device="cpu", check_data=False)).ok
 
 
 def test_mixed_views_are_labelled_only_without_skipping():

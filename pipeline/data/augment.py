@@ -88,15 +88,28 @@ class LabelViews:
     """A loading process's step for `label --views K`: a sample's decoded image -> the K training
     views `train` draws in passes 0..K-1 with the same seed and recipe (`augment`, a TrainAugment
     at the weak model's input size: crop, flip, --aa, --color-jitter), each exactly as
-    `TrainAugment` makes it: uint8 (K, 3, H, W) and the views as rows (K, 11) (`views.VIEW_FIELDS`).
+    `TrainAugment` makes it: uint8 (K, 3, H, W) and the views as rows (K, 12) (`views.VIEW_FIELDS`).
 
     With a mixing recipe (`mix`, a mixviews.MixRecipe) each view is mixed as `train` will mix it:
     the third item is then (the partners' views uint8 (K, 3, H, W), the mixes' rows (K, 7) at this
-    size, the partners' positions (K,), the drawn λ (K,)); the mixing itself happens on the device
-    (`mixviews.mix_pixels`), as in `train`."""
+    size, the partners' positions (K,), the drawn λ (K,), the partners' view rows (K, 12)); the
+    erasing and mixing themselves happen on the device (`labelling.finished_views`), as in `train`."""
 
     def __init__(self, augment: TrainAugment, k: int, mix=None):
         self.augment, self.k, self.mix = augment, k, mix
+
+    @classmethod
+    def from_recipe(cls, recipe: dict, seed: int, k: int, data_config: dict, decoder: str) -> "LabelViews":
+        """The views `train --seed seed` draws in passes 0..k-1 with a store's view recipe
+        (storage.schema.VIEW_RECIPE, as `views_meta` completes it), at `data_config`'s input size."""
+        from .mixviews import MixRecipe
+
+        size = tuple(int(v) for v in data_config["input_size"][1:])
+        views = TrainViews(seed, scale=(recipe["crop_scale"], 1.0), ratio=tuple(recipe["ratio"]), hflip=recipe["hflip"],
+                           reprob=recipe["reprob"], size=size)
+        augment = TrainAugment(data_config, views, decoder, color_jitter=recipe["color_jitter"],
+                               auto_augment=recipe["aa"])
+        return cls(augment, k, MixRecipe.from_recipe(recipe))
 
     @property
     def mixes(self) -> bool:
@@ -113,19 +126,21 @@ class LabelViews:
         rows = torch.tensor([v.as_row() for _, v in made], dtype=torch.float32)
         if not self.mixes:
             return views, rows, None
-        others, mix_rows, partner, lam = [], [], [], []
-        for p, (out, _) in enumerate(made):
+        others, other_rows, mix_rows, partner, lam = [], [], [], [], []
+        for p, (out, view) in enumerate(made):
             mix = plan(self.mix, self.augment.views.seed, shard, key, p, position, len(partners.samples))
             other = out
             if mix.partner >= 0:
                 partner_image, partner_key = partners(mix.partner)
-                other, _ = self.augment.view_of(self._as_decoded(partner_image), shard, partner_key, p)
+                other, view = self.augment.view_of(self._as_decoded(partner_image), shard, partner_key, p)
             others.append(other)
+            other_rows.append(view.as_row())
             mix_rows.append(mix.row(*self.augment.size))
             partner.append(mix.partner)
             lam.append(mix.lam)
         return views, rows, (torch.stack(others), torch.tensor(mix_rows, dtype=torch.float32),
-                             torch.tensor(partner, dtype=torch.int32), torch.tensor(lam, dtype=torch.float32))
+                             torch.tensor(partner, dtype=torch.int32), torch.tensor(lam, dtype=torch.float32),
+                             torch.tensor(other_rows, dtype=torch.float32))
 
     def _as_decoded(self, image):
         import torch

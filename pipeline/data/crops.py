@@ -12,6 +12,7 @@ torchvision's per-image resize instead, which is faster there.
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import torch
@@ -72,12 +73,38 @@ def flip_where(images: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
     return torch.where(flip.to(images.device, torch.bool).view(-1, 1, 1, 1), images.flip(-1), images)
 
 
-def erase_where(images: torch.Tensor, rows: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+_MASK32 = 0xFFFFFFFF
+
+
+def _hash32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (xor-shift-multiply rounds) of int64 values in [0, 2**32): every product
+    stays under 2**63, so the result is exact and the same on every device."""
+    for constant in (0x7FEB352D, 0x1B873593, 0x5BD1E995):
+        x = ((x ^ (x >> 16)) * constant) & _MASK32
+    return x ^ (x >> 15)
+
+
+def view_noise(keys: torch.Tensor, shape: tuple[int, ...], device, dtype=torch.float32) -> torch.Tensor:
+    """N(0, 1) noise (len(keys), *shape), a function of each view's erasing key (`View.erase_key`)
+    and the element's position alone: Box-Muller on two 24-bit uniforms hashed from (key, position).
+    So an erased view is the same pixels in `label --views` and in `train`, on any batch, rank or
+    device (to float rounding)."""
+    count = math.prod(shape)
+    # both hashed before they meet: no two keys' noise is a shifted copy of the other's
+    position = _hash32(torch.arange(2 * count, device=device, dtype=torch.int64)).view(1, 2, count)
+    seeds = _hash32(keys.to(device=device, dtype=torch.int64).view(-1, 1, 1) + 0x3C6EF372)
+    u = ((_hash32(seeds ^ position) >> 8).to(torch.float32) + 0.5) / float(1 << 24)  # 24 bits: exact
+    normal = torch.sqrt(-2 * torch.log(u[:, 0])) * torch.cos(2 * math.pi * u[:, 1])
+    return normal.view(len(keys), *shape).to(dtype)
+
+
+def erase_where(images: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """timm's RandomErasing in its `pixel` mode, batched: each image's erase box (the view rows'
-    erase_* fields; none where erase_height is 0) filled with N(0, 1) noise per pixel and channel.
-    `images` are normalised (N, C, H, W) and changed in place; `rows` are the batch's view rows on
-    the CPU, so choosing the images with a box costs the device no wait. Noise is drawn for those
-    images only (a quarter of the batch at --reprob 0.25), from `generator` on the images' device."""
+    erase_* fields; none where erase_height is 0) filled with N(0, 1) noise per pixel and channel,
+    the noise of the view's erase_key (`view_noise`). `images` are normalised (N, C, H, W) and
+    changed in place; `rows` are the batch's view rows on the CPU, so choosing the images with a box
+    costs the device no wait. Noise is made for those images only (a quarter of the batch at
+    --reprob 0.25)."""
     from .views import VIEW_FIELDS
 
     rows = rows.cpu()
@@ -91,6 +118,7 @@ def erase_where(images: torch.Tensor, rows: torch.Tensor, generator: torch.Gener
     xs = torch.arange(images.shape[-1], device=device).view(1, 1, -1)
     inside = (ys >= top) & (ys < top + height) & (xs >= left) & (xs < left + width)
     index = chosen.to(device)
-    noise = torch.randn((len(chosen), *images.shape[1:]), generator=generator, device=device, dtype=images.dtype)
+    noise = view_noise(rows[chosen, VIEW_FIELDS.index("erase_key")].round(), tuple(images.shape[1:]), device,
+                       images.dtype)
     images[index] = torch.where(inside.unsqueeze(1), noise, images[index])
     return images

@@ -121,9 +121,9 @@ def resolve_inputs(cfg) -> Inputs:
 def replayed_views(store, cfg) -> int:
     """How many of a store's views `train` replays (0: it reads the centre view). A per-view store
     is replayed (--store-view auto or replay) only with the very views its weak model saw: the
-    run's --seed, --crop-scale, --hflip, --aa, --color-jitter and mixing (--mixup, --cutmix,
-    --mixup-prob, --mixup-switch-prob) must be the store's, and erasing (--reprob), which changes a
-    view's pixels after what the store holds, may not be on; each difference is refused by name."""
+    run's --seed, --crop-scale, --hflip, --aa, --color-jitter, --reprob and mixing (--mixup,
+    --cutmix, --mixup-prob, --mixup-switch-prob) must be the store's; each difference is refused by
+    name."""
     if cfg.store_view == "center" or (cfg.store_view == "auto" and not store.views):
         return 0
     if not store.views:
@@ -148,9 +148,6 @@ def replayed_views(store, cfg) -> int:
     if list(meta["recipe"]["ratio"]) != list(TrainViews(0).ratio):
         raise W2SError(f"store {store.url}'s views were drawn with aspect ratios {meta['recipe']['ratio']}, this tool "
                        f"draws {list(TrainViews(0).ratio)}; label the views again")
-    if cfg.reprob:
-        raise W2SError(f"--reprob changes the pixels of the views whose weak outputs store {store.url} holds, so "
-                       "they would label other images; drop it, or read the store's centre view (--store-view center)")
     if cfg.skip_missing and store.views_mixed:
         raise W2SError(f"--skip-missing: store {store.url}'s views are mixed with partners found by their position in "
                        "the shard, which a left-out sample would move; label the shards again, or read the centre view "

@@ -34,11 +34,12 @@ class ImageBatch:
     images: torch.Tensor | None = None  # uint8 (N, 3, H, W): the eval crops
     blobs: list[bytes] | None = None  # or the encoded images, for the device to decode (--decode gpu)
     views: torch.Tensor | None = None  # label --views K: uint8 (N, K, 3, H, W), each sample's training views
-    view_rows: torch.Tensor | None = None  # and those views as (N, K, 11) rows (views.VIEW_FIELDS)
+    view_rows: torch.Tensor | None = None  # and those views as (N, K, 12) rows (views.VIEW_FIELDS)
     partner_views: torch.Tensor | None = None  # mixed views: uint8 (N, K, 3, H, W), each view's partner's view
     mix_rows: torch.Tensor | None = None  # (N, K, 7) rows (mixviews.MIX_FIELDS) at the weak model's size
     mix_partner: torch.Tensor | None = None  # (N, K) int: the partner's position in the shard (-1: not mixed)
     mix_lam: torch.Tensor | None = None  # (N, K): the drawn λ
+    partner_rows: torch.Tensor | None = None  # (N, K, 12): the partners' view rows (their erasing)
 
     def pin_memory(self) -> "ImageBatch":
         """The DataLoader's pinning thread calls this (page-locked memory copies to a GPU asynchronously)."""
@@ -149,8 +150,8 @@ class ShardBatches(IterableDataset):
         if views:
             batch.views, batch.view_rows = torch.stack([v[0] for v in views]), torch.stack([v[1] for v in views])
             if views[0][2] is not None:  # mixed views: their partners' views and the mixes
-                batch.partner_views, batch.mix_rows, batch.mix_partner, batch.mix_lam = (
-                    torch.stack([v[2][i] for v in views]) for i in range(4))
+                batch.partner_views, batch.mix_rows, batch.mix_partner, batch.mix_lam, batch.partner_rows = (
+                    torch.stack([v[2][i] for v in views]) for i in range(5))
         return batch
 
 

@@ -1,11 +1,12 @@
 """A training loader batch -> the inputs of one training step, on the device.
 
     bytes or uint8 views --(--decode gpu: nvJPEG, crops, flips)--> normalised float images
-      --(--reprob: each view's erasing box)--> --(--mixup/--cutmix: images, targets, weak labels)-->
+      --(--reprob: each view's erasing box and noise)--> --(--mixup/--cutmix: images, targets, weak labels)-->
     {"image", "target", "weak", "dropped"}
 
-Every random draw here comes from (seed, rank, step, micro-batch), never from a global generator, so
-a resumed run prepares exactly the inputs the uninterrupted one did. Replaying a per-view store's
+Every random draw here comes from the views (erasing: a function of seed, shard, key and pass) or
+from (seed, rank, step, micro-batch) (batch mixing), never from a global generator, so a resumed run
+prepares exactly the inputs the uninterrupted one did. Replaying a per-view store's
 mixed views, each sample comes with its partner's view and its mix (drawn per sample by the loading
 processes: mixviews.py), and is mixed here with `mixviews.mix_pixels`.
 """
@@ -13,7 +14,6 @@ processes: mixviews.py), and is mixed here with `mixviews.mix_pixels`.
 from __future__ import annotations
 
 from .loader import LoadFailed
-from .views import view_seed
 from ...errors import W2SError
 
 
@@ -28,15 +28,13 @@ class StepInputs:
 
     def __init__(self, data_config: dict, device, *, decoder: str, seed: int, rank: int, need_labels: bool,
                  reprob: float = 0.0, mixer=None, teacher=None, num_classes: int = 0, smoothing: float = 0.0):
-        import torch
-
         from .augment import DeviceAugment
         from .transforms import DeviceNormalize
 
         self.device, self.seed, self.rank, self.need_labels = device, seed, rank, need_labels
         self.on_device = DeviceAugment(data_config, device) if decoder == "gpu" else None
         self.normalize = DeviceNormalize(data_config, device)
-        self.eraser = torch.Generator(device=device) if reprob else None
+        self.erase = reprob > 0  # each view's box and noise are in its view row (views.View)
         self.mixer = mixer  # mixing.BatchMix, or None
         self.teacher = teacher  # train.teacher.OnlineTeacher, or None
         self.num_classes, self.smoothing = num_classes, smoothing  # for replayed mixing's soft targets
@@ -47,20 +45,23 @@ class StepInputs:
         if isinstance(raw, LoadFailed):
             raise W2SError(raw.message)
         dropped = int(raw.pop("dropped"))  # a CPU tensor: no device wait
-        keys, blobs, views_cpu = raw.pop("key"), raw.pop("blobs", None), raw["view"]
+        keys, blobs, views_cpu, partner_views = raw.pop("key"), raw.pop("blobs", None), raw["view"], raw.pop(
+            "partner_view", None)
         batch = {k: v.to(self.device, non_blocking=True) for k, v in raw.items()}
         # uint8 views from the loading processes, or bytes decoded and cropped here (--decode gpu)
         image = self.normalize(self.on_device(blobs, batch["view"], keys) if blobs is not None else batch["image"])
+        if self.erase:
+            image = erase_where(image, views_cpu)
         if "mix" in batch:  # a per-view store's mixed views, replayed: each with its own partner and λ
             from .mixviews import mix_pixels, soft_targets
 
-            image = mix_pixels(image, self.normalize(batch["partner_image"]), batch["mix"])
+            partners = self.normalize(batch["partner_image"])
+            if self.erase:  # the partner's view as erased in its own pass, as in the store
+                partners = erase_where(partners, partner_views)
+            image = mix_pixels(image, partners, batch["mix"])
             target = soft_targets(batch["label"], batch["partner_label"], batch["mix"][:, 2], self.num_classes,
                                   self.smoothing) if self.need_labels else None
             return {"image": image, "target": target, "weak": batch.get("weak"), "dropped": dropped}
-        if self.eraser is not None:
-            self.eraser.manual_seed(view_seed(self.seed, "erase", f"{self.rank}.{micro}", step))
-            image = erase_where(image, views_cpu, self.eraser)
         target, weak = (batch["label"] if self.need_labels else None), batch.get("weak")
         if self.mixer is not None:
             image, target, weak, _ = self.mixer(image, target, weak, rank=self.rank, step=step, micro=micro)

@@ -5,7 +5,7 @@ of steps per epoch, so every DDP rank runs the same number of steps whatever its
 What the stream yields is a function of the run's seed, the rank, the worker count and the batch
 size; each sample's view is a function of (seed, shard, key, pass) alone (`views.py`), applied by
 `augment` (`augment.TrainAugment`: uint8 crops, or the raw bytes for the device to decode). A batch
-carries its views as a (N, 11) tensor (`views.VIEW_FIELDS`). A run resumed at step s skips, without
+carries its views as a (N, 12) tensor (`views.VIEW_FIELDS`). A run resumed at step s skips, without
 decoding, the samples of the s batches already trained on, so it sees the same samples in the same
 order, with the same views, as the uninterrupted run.
 """
@@ -129,16 +129,16 @@ class TrainStream(IterableDataset):
         return out
 
     def _partner(self, sample: dict, shard: str, drawn: int, out: dict) -> dict:
-        """The partner's view of the same pass, its label and the mix (`mixviews.MIX_FIELDS` at the
+        """The partner's view of the same pass (pixels and row), its label and the mix (`mixviews.MIX_FIELDS` at the
         output size); an unmixed sample is its own partner, with a row that mixes nothing."""
         mix, partner = sample["__mix__"], sample["__partner__"]
         if partner is None:
-            image, label = out["image"], out["label"]
+            image, label, row = out["image"], out["label"], out["view"]
         else:
-            image, _ = self.augment(partner, self.image_fields, shard, drawn)
+            image, view = self.augment(partner, self.image_fields, shard, drawn)
             label = decode_label(partner, self.label_field, shard, self.need_labels)
-            label = -1 if label is None else label
-        return {"partner_image": image, "partner_label": label, "mix": mix.row(*self.augment.size)}
+            label, row = -1 if label is None else label, view.as_row()
+        return {"partner_image": image, "partner_view": row, "partner_label": label, "mix": mix.row(*self.augment.size)}
 
 
 def check_replayed(stored, view, shard: str, key: str, number: int, mix=None) -> None:
@@ -158,7 +158,7 @@ def check_replayed(stored, view, shard: str, key: str, number: int, mix=None) ->
 
 def collate(samples: list[dict]) -> dict:
     """A batch: "image" uint8 (N, 3, H, W) or "blobs" (N encoded images, for the device to decode),
-    "view" (N, 11), "label" (N,), "weak" (N, C) in the stored dtype, "dropped", "key"; or the
+    "view" (N, 12), "label" (N,), "weak" (N, C) in the stored dtype, "dropped", "key"; or the
     `loader.LoadFailed` of a loading process that stopped at bad input."""
     for s in samples:
         if isinstance(s, LoadFailed):
@@ -169,6 +169,7 @@ def collate(samples: list[dict]) -> dict:
              "key": [s["key"] for s in samples]}
     if "mix" in samples[0]:  # replayed mixing: each sample's partner view, label and mix
         batch.update(partner_image=torch.stack([s["partner_image"] for s in samples]),
+                     partner_view=torch.tensor([s["partner_view"] for s in samples], dtype=torch.float32),
                      partner_label=torch.tensor([s["partner_label"] for s in samples], dtype=torch.long),
                      mix=torch.tensor([s["mix"] for s in samples], dtype=torch.float32))
     if isinstance(samples[0]["image"], bytes):

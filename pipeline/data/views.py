@@ -7,7 +7,9 @@ a resumed run redraws exactly what the uninterrupted run drew. `pass` counts the
 data (the stream's epochs), so a sample's view changes from one pass to the next.
 
 A view is plain data, `View`: the crop box in the decoded image's pixels, the flip, and the box that
-random erasing (`--reprob`) fills with noise in the output's pixels. Every image path applies the
+random erasing (`--reprob`) fills with noise in the output's pixels, and the key of that noise (the
+noise is a function of the key and the pixel: `crops.view_noise`, so a per-view store replays an
+erased view to the pixel). Every image path applies the
 same crop and flip (`--decode pil` with PIL, `cpu` with torchvision in the loading processes, `gpu`
 batched on the device); the erasing is applied to the normalised batch on the device
 (`crops.erase_where`), and a batch carries its views as a tensor.
@@ -52,19 +54,21 @@ def seeded(fn, seed: int, *args):
 
 
 # A view's numbers, in order: 10 crop attempts of (area, log-ratio, top, left), the flip, then
-# whether to erase and 10 erasing attempts of (area, log-ratio, top, left).
+# whether to erase, 10 erasing attempts of (area, log-ratio, top, left), and the erasing noise's key.
 ATTEMPTS = 10
 DRAWS = 4 * ATTEMPTS + 1
-ERASE_DRAWS = 1 + 4 * ATTEMPTS
+ERASE_DRAWS = 1 + 4 * ATTEMPTS + 1
+ERASE_KEYS = 1 << 24  # keys are exact in a float32 view row
 VIEW_FIELDS = ("top", "left", "height", "width", "flip", "image_height", "image_width",
-               "erase_top", "erase_left", "erase_height", "erase_width")
+               "erase_top", "erase_left", "erase_height", "erase_width", "erase_key")
 
 
 @dataclass(frozen=True)
 class View:
     """Crop rows top..top+height-1 and columns left..left+width-1 of an image_height x image_width
     image, resize the crop to the output size, then mirror it if flip; then replace the output's
-    erase_height x erase_width pixels at (erase_top, erase_left) with noise (none if erase_height is 0)."""
+    erase_height x erase_width pixels at (erase_top, erase_left) with the noise of `erase_key` (none if
+    erase_height is 0)."""
 
     top: int
     left: int
@@ -77,6 +81,7 @@ class View:
     erase_left: int = 0
     erase_height: int = 0
     erase_width: int = 0
+    erase_key: int = 0
 
     def as_row(self) -> list[float]:
         return [float(getattr(self, f)) for f in VIEW_FIELDS]
@@ -87,7 +92,7 @@ class View:
 
 
 def view_boxes(rows):
-    """`View.box` and `View.flip` of a batch's (N, 11) view rows, as tensors: boxes (N, 4), flips (N,)."""
+    """`View.box` and `View.flip` of a batch's (N, 12) view rows, as tensors: boxes (N, 4), flips (N,)."""
     import torch
 
     top, left, height, width, flip = (rows[:, VIEW_FIELDS.index(f)]
@@ -118,7 +123,8 @@ class TrainViews:
         if self.reprob and u[DRAWS] < self.reprob:
             box = erase_box(u[DRAWS + 1:], *self.size)
             if box:
-                view = dataclasses.replace(view, **dict(zip(VIEW_FIELDS[7:], box)))
+                view = dataclasses.replace(view, **dict(zip(VIEW_FIELDS[7:11], box)),
+                                           erase_key=int(u[DRAWS + ERASE_DRAWS - 1] * ERASE_KEYS))
         return view
 
 
