@@ -10,7 +10,7 @@ import click
 from . import __version__
 from .errors import W2SError
 from .pipeline.choices import (BAD_SAMPLE_POLICIES, DECODE_OPTIONS, DECODERS, EVAL_PICKS, LOSSES, PRECISION_OPTIONS,
-                               RAMPS, STORE_VIEWS)
+                               RAMPS, RANK_BY, STORE_VIEWS, WEIGHT_BY)
 
 
 class _Group(click.Group):
@@ -303,6 +303,25 @@ def _from_recipe(ctx, exc: W2SError) -> W2SError:
                    "It touches only --loss gt and the --gt-weight term, never the weak labels.")
 @click.option("--skip-missing", is_flag=True,
               help="Train without samples that have no row in the store instead of stopping; each epoch's count is logged.")
+@click.option("--select", default=None,
+              help="Train only on the store's samples for which this is true: an expression over its index columns "
+                   "(key, shard, row, pred, confidence, margin, entropy, and label where the shards carry one), e.g. "
+                   "\"confidence >= 0.6\" or \"margin > 0.2 AND pred != 3\" (=, !=, <, <=, >, >=, AND, OR, NOT, "
+                   "parentheses, numbers, 'strings'; a column against a column too). Chosen once, before training; "
+                   "left-out samples are never decoded, and an epoch is the kept samples.")
+@click.option("--keep-frac", type=float, default=None,
+              help="Keep the most trusted fraction (after --select): ceil(F x n) samples by --rank-by, ties to the "
+                   "earlier shard and row.")
+@click.option("--rank-by", type=click.Choice(RANK_BY), default="margin", show_default=True,
+              help="--keep-frac's ranking: a higher margin (top-1 minus top-2 probability) or confidence, or a lower "
+                   "entropy, is more trusted.")
+@click.option("--per-class", is_flag=True,
+              help="--keep-frac within each weak predicted class, so that no class is emptied.")
+@click.option("--weight-by", type=click.Choice(WEIGHT_BY), default=None,
+              help="Weigh each sample's weak-label loss by its stored statistic s (the replayed view's with a per-view "
+                   "store; under mixup/cutmix λ·s + (1-λ)·s of the partner): w = s / mean(s) over the batch, so the "
+                   "mean weight is 1 (all-zero: even), loss = mean(w · weak-label loss) + the unweighted --gt-weight "
+                   "term.")
 @click.option("--skip-shard-check", is_flag=True,
               help="Train even on shards whose size or contents (first and last 64 KiB) changed since they were labelled; "
                    "by default such a shard stops the run, since its stored labels belong to other images.")

@@ -35,6 +35,13 @@ LOSSES = {
 }
 LOSS_NAMES = tuple(LOSSES)
 
+# The statistics `--keep-frac` ranks a store's samples by (selection.py: higher confidence and margin,
+# lower entropy, are more trusted).
+RANK_BY = ("margin", "confidence", "entropy")
+
+# The stored statistics `--weight-by` weighs each sample's weak-label loss by (losses.trust_weights).
+WEIGHT_BY = ("confidence", "margin")
+
 # Which of a store's outputs train reads (`--store-view`): auto replays a per-view store's views and
 # reads a centre store's centre view; center reads the centre view of either.
 STORE_VIEWS = ("auto", "center", "replay")

@@ -68,7 +68,8 @@ def train_step(model, batches: list[dict], optimizer, objective, *, progress: fl
     """One optimisation step on one or more batches (already on the device): each batch's loss is
     divided by their number and its gradient added (gradient accumulation); under DDP `no_sync`
     skips the all-reduce of every batch but the last. A batch's "target" is its ground truth (class
-    indices, or soft targets under mixup) and "weak" its weak logits. Returns detached metrics."""
+    indices, or soft targets under mixup), "weak" its weak logits and "trust" (--weight-by) the statistic
+    that weighs each sample's weak-label loss. Returns detached metrics."""
     optimizer.zero_grad(set_to_none=True)
     per_batch = []
     for i, batch in enumerate(batches):
@@ -76,7 +77,7 @@ def train_step(model, batches: list[dict], optimizer, objective, *, progress: fl
         with contextlib.nullcontext() if last or no_sync is None else no_sync():
             with autocast or contextlib.nullcontext():
                 logits = model(batch["image"])
-            loss, parts = objective(logits, batch.get("weak"), batch.get("target"), progress, epoch)
+            loss, parts = objective(logits, batch.get("weak"), batch.get("target"), progress, epoch, batch.get("trust"))
             loss = loss / len(batches) if len(batches) > 1 else loss
             (scaler.scale(loss) if scaler is not None else loss).backward()
         if batch.get("weak") is not None:
@@ -258,8 +259,8 @@ def _data(cfg: TrainConfig, inputs: Inputs, data_config: dict, decoder: str, wor
     size = tuple(int(v) for v in data_config["input_size"][1:])
     views = TrainViews(cfg.seed, scale=(cfg.crop_scale, 1.0), hflip=cfg.hflip, reprob=cfg.reprob, size=size)
     augment = TrainAugment(data_config, views, decoder, color_jitter=cfg.color_jitter, auto_augment=cfg.aa)
-    join = StoreJoin(inputs.store_url, skip_missing=cfg.skip_missing,
-                     views=inputs.view_passes > 0) if cfg.weak_from == "store" else None
+    join = StoreJoin(inputs.store_url, skip_missing=cfg.skip_missing, keep=inputs.kept.masks if inputs.kept else None,
+                     views=inputs.view_passes > 0, trust=cfg.weight_by) if cfg.weak_from == "store" else None
     teacher = OnlineTeacher(inputs.teacher, data_config, device, autocast) if inputs.teacher is not None else None
     need_labels = cfg.loss == "gt" or cfg.gt_weight > 0
     stream = TrainStream(inputs.urls, augment=augment, image_fields=inputs.image_fields,
@@ -319,7 +320,10 @@ def _equal_weights(model) -> list[str]:
 
 
 def _count(inputs: Inputs) -> int:
-    """Training samples: from the store's records, else from the shards' manifest or headers."""
+    """Training samples: those --select / --keep-frac keep, else the store's records, else the
+    shards' manifest or headers."""
+    if inputs.kept is not None:
+        return inputs.kept.count
     if inputs.store_url:
         return open_store(inputs.store_url).num_samples
     return sum(s.count for s in describe_shards(inputs.urls))

@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import MISSING, dataclass, fields
 
 from ..errors import W2SError
-from ..pipeline.choices import (DECODE_OPTIONS, LOSS_NAMES, LOSSES, PRECISION_OPTIONS, RAMPS, SCHEDULES, STORE_VIEWS,
-                                check_choice)
+from ..pipeline.choices import (DECODE_OPTIONS, LOSS_NAMES, LOSSES, PRECISION_OPTIONS, RAMPS, RANK_BY, SCHEDULES,
+                                STORE_VIEWS, WEIGHT_BY, check_choice)
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,11 @@ class TrainConfig:
     smoothing: float = 0.0  # label smoothing of the ground-truth term
     skip_missing: bool = False
     skip_shard_check: bool = False
+    select: str | None = None  # a filter over the store's index columns (selection.py)
+    keep_frac: float | None = None  # keep this most trusted fraction (after --select)
+    rank_by: str = "margin"  # what --keep-frac ranks by
+    per_class: bool = False  # --keep-frac within each predicted class
+    weight_by: str | None = None  # weigh each sample's weak-label loss by its stored confidence or margin
     opt: str = "adamw"
     lr: float = 1e-3
     momentum: float = 0.9
@@ -98,6 +103,17 @@ class TrainConfig:
         check_choice("--precision", self.precision, PRECISION_OPTIONS)
         check_choice("--decode", self.decode, DECODE_OPTIONS)
         check_choice("--store-view", self.store_view, STORE_VIEWS)
+        check_choice("--rank-by", self.rank_by, RANK_BY)
+        if self.weight_by is not None:
+            check_choice("--weight-by", self.weight_by, WEIGHT_BY)
+        if self.keep_frac is not None and not 0 < self.keep_frac <= 1:
+            bad("--keep-frac", self.keep_frac, "must be above 0 and at most 1")
+        if (self.per_class or self.rank_by != "margin") and self.keep_frac is None:
+            raise W2SError("--rank-by and --per-class say how --keep-frac ranks: give --keep-frac F with them")
+        if (self.select or self.keep_frac is not None or self.weight_by) and (
+                self.teacher or not LOSSES[self.loss].needs_weak):
+            raise W2SError("--select, --keep-frac and --weight-by read a store's statistics of its weak labels: "
+                           f"{'--teacher' if self.teacher else f'--loss {self.loss}'} reads no store")
         if self.color_jitter and self.aa:
             raise W2SError("give --aa or --color-jitter, not both (timm turns colour jitter off under auto-augment)")
         for option, value, low in (("--epochs", self.epochs, 1), ("--batch-size", self.batch_size, 1),

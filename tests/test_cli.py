@@ -118,6 +118,8 @@ def test_train_options_are_frozen():
         "--reprob", "--mixup", "--cutmix", "--mixup-prob", "--mixup-switch-prob",
         # the online teacher (issue 19)
         "--teacher", "--teacher-model", "--store-view",
+        # choosing which weak labels to trust (issue 20)
+        "--select", "--keep-frac", "--rank-by", "--per-class", "--weight-by",
     ])
 
 

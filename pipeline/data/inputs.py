@@ -27,6 +27,7 @@ class Inputs:
     teacher: object | None = None  # models.LoadedModel of --teacher: weak labels computed online
     view_passes: int = 0  # a per-view store's K views, replayed (pass p trains on view p mod K); 0: centre view
     mix: object | None = None  # mixviews.MixRecipe of a replayed store whose views are mixed
+    kept: object | None = None  # selection.Kept: the store's samples --select / --keep-frac keep (None: all)
 
 
 def resolve_inputs(cfg) -> Inputs:
@@ -75,9 +76,10 @@ def resolve_inputs(cfg) -> Inputs:
                                f"shards of store {store_url} carry none (field {label_field!r})")
         view_passes = replayed_views(store, cfg) if from_store else 0
         mix = _store_mix(store) if view_passes and store.views_mixed else None
+        kept = _kept(store, cfg, mix)
         record = {"name": data_name, "split": split, "pattern": pattern, "store": store_url,
                   "store_id": store_identity(store.attrs), "weak": store.attrs["weak"]["model"],
-                  **({"views": view_passes} if view_passes else {})}
+                  **({"views": view_passes} if view_passes else {}), **({"selection": kept.record()} if kept else {})}
         entry_source = resolve_data(data_name, split, workspace=cfg.workspace) if data_name != "shards" else None
         source_for_val = entry_source
     else:
@@ -90,7 +92,7 @@ def resolve_inputs(cfg) -> Inputs:
         num_classes, class_names = source.num_classes, list(source.class_names or []) or None
         record = {"name": source.name, "split": source.split, "pattern": source.pattern, "store": None}
         source_for_val = source
-        store_url, view_passes, mix = None, 0, None
+        store_url, view_passes, mix, kept = None, 0, None, None
     teacher = None
     if cfg.teacher:
         from ..train.teacher import load_teacher
@@ -115,7 +117,23 @@ def resolve_inputs(cfg) -> Inputs:
         if val.label_field is None:
             raise W2SError(f"validation data {val.pattern} carries no labels")
     return Inputs(urls, image_fields, label_field, num_classes, class_names, store_url, record, val,
-                  chosen if store_url else "", teacher, view_passes, mix)
+                  chosen if store_url else "", teacher, view_passes, mix, kept)
+
+
+def _kept(store, cfg, mix):
+    """selection.Kept of --select / --keep-frac over the store's index, or None."""
+    if mix is not None and cfg.weight_by:
+        raise W2SError(f"--weight-by: store {store.url}'s views are mixed with partners whose statistics this run "
+                       "does not read; read the centre view (--store-view center)")
+    if not cfg.select and cfg.keep_frac is None:
+        return None
+    if mix is not None:
+        raise W2SError(f"--select / --keep-frac: store {store.url}'s views are mixed with partners found by their "
+                       "position in the shard, which leaving samples out would move; read the centre view "
+                       "(--store-view center)")
+    from ..selection import choose
+
+    return choose(store.index(), cfg.select, cfg.keep_frac, cfg.rank_by, cfg.per_class)
 
 
 def replayed_views(store, cfg) -> int:

@@ -22,13 +22,19 @@ from ...storage.schema import VIEWS
 from .shards import url_name
 
 
+def _kept(mask, row: int) -> bool:
+    return mask is not None and row < len(mask) and bool(mask[row])
+
+
 class StoreJoin:
     """Picklable: each DataLoader worker opens the store itself on first use."""
 
     def __init__(self, store_url: str, *, skip_missing: bool = False, storage_options: dict | None = None,
-                 views: bool = False):
+                 views: bool = False, keep: dict | None = None, trust: str | None = None):
         self.store_url = store_url
         self.skip_missing = skip_missing
+        self.keep = keep  # selection.Kept.masks: per shard, which rows the run trains on (None: all)
+        self.trust = trust  # --weight-by: the stored statistic each sample carries as "trust" (None: none)
         self.views = views  # replay a per-view store's views instead of its centre view
         self.storage_options = storage_options
         self._store: LabelStore | None = None
@@ -45,31 +51,34 @@ class StoreJoin:
 
     def shard(self, name: str) -> tuple[list[str], np.ndarray, set, np.ndarray | None] | None:
         """(keys, weak logits (n, C) or with views (n, K, C), keys skipped as bad at labelling, the
-        views' boxes (n, K, 5) or None) of one shard, or None if the store lacks the shard and
-        skipping is on."""
+        views' boxes (n, K, 5) or None, the --weight-by statistic (n,) or (n, K) or None) of one
+        shard, or None if the store lacks the shard and skipping is on."""
         store = self.store
         if not store.has_shard(name):
             if self.skip_missing:
                 return None
             raise W2SError(f"shard {name} is not in store {self.store_url} (it labelled {store.attrs['data']['pattern']})")
         views = store.views if self.views else 0
-        rows = store.shard_rows(name, arrays=ShardRows.weak_arrays(store.topk, views, views and store.views_mixed))
+        prefix = VIEWS if views else ""
+        arrays = ShardRows.weak_arrays(store.topk, views, views and store.views_mixed)
+        rows = store.shard_rows(name, arrays=arrays + ((prefix + self.trust,) if self.trust else ()))
+        trust = rows.arrays[prefix + self.trust] if self.trust else None
         if not self.views:
-            return rows.keys, rows.dense_logits(store.num_classes), store.skipped_keys(name), None
+            return rows.keys, rows.dense_logits(store.num_classes), store.skipped_keys(name), None, trust
         parts = [rows.arrays[f"{VIEWS}crop"], rows.arrays[f"{VIEWS}flip"][..., None]]
         if store.views_mixed:  # and each mixed view's partner (position) and drawn λ
             parts += [rows.arrays[f"{VIEWS}partner"][..., None], rows.arrays[f"{VIEWS}lam"][..., None]]
         boxes = np.concatenate([p.astype(np.float64) for p in parts], axis=-1)
-        return rows.keys, rows.dense_logits(store.num_classes, VIEWS), store.skipped_keys(name), boxes
+        return rows.keys, rows.dense_logits(store.num_classes, VIEWS), store.skipped_keys(name), boxes, trust
 
     def __call__(self, samples: Iterable[dict]) -> Iterator[dict]:
-        current, keys, weak, absent, boxes, lookup, pos, used = None, [], None, set(), None, None, 0, set()
+        current, keys, weak, absent, boxes, trust, lookup, pos, used = None, [], None, set(), None, None, None, 0, set()
         for sample in samples:
             name, key = url_name(sample["__url__"]), sample["__key__"]
             if name != current:
                 current, pos, lookup, used = name, 0, None, set()
                 loaded = self.shard(name)
-                keys, weak, absent, boxes = loaded if loaded else ([], None, set(), None)
+                keys, weak, absent, boxes, trust = loaded if loaded else ([], None, set(), None, None)
             if pos < len(keys) and keys[pos] == key and pos not in used:
                 row = pos
             else:
@@ -92,7 +101,11 @@ class StoreJoin:
                 raise W2SError(f"shard {name}, key {key!r} appears more than once in the shard; the store holds one row")
             used.add(row)
             pos = row + 1
+            if self.keep is not None and not _kept(self.keep.get(name), row):
+                continue  # left out by --select / --keep-frac, before it is decoded
             sample["weak"] = weak[row]
             if boxes is not None:
                 sample["view_boxes"] = boxes[row]
+            if trust is not None:
+                sample["trust"] = trust[row]
             yield sample

@@ -23,8 +23,9 @@ class StepInputs:
     "target" is the ground truth where the run needs it (`need_labels`; soft targets under mixing),
     else None; "weak" the stored weak logits (float32 log-probabilities under mixing: the stored
     distributions mixed linearly, an approximation), or the online `teacher`'s logits on the final
-    (erased, mixed) images, or None without either; "dropped" how many samples --skip-missing left
-    out since the last batch."""
+    (erased, mixed) images, or None without either; "trust" the samples' stored --weight-by
+    statistic (mixed by λ with their partners' under batch mixing), or None; "dropped" how many
+    samples --skip-missing left out since the last batch."""
 
     def __init__(self, data_config: dict, device, *, decoder: str, seed: int, rank: int, need_labels: bool,
                  reprob: float = 0.0, mixer=None, teacher=None, num_classes: int = 0, smoothing: float = 0.0):
@@ -61,10 +62,13 @@ class StepInputs:
             image = mix_pixels(image, partners, batch["mix"])
             target = soft_targets(batch["label"], batch["partner_label"], batch["mix"][:, 2], self.num_classes,
                                   self.smoothing) if self.need_labels else None
-            return {"image": image, "target": target, "weak": batch.get("weak"), "dropped": dropped}
-        target, weak = (batch["label"] if self.need_labels else None), batch.get("weak")
+            return {"image": image, "target": target, "weak": batch.get("weak"), "trust": batch.get("trust"),
+                    "dropped": dropped}
+        target, weak, trust = (batch["label"] if self.need_labels else None), batch.get("weak"), batch.get("trust")
         if self.mixer is not None:
-            image, target, weak, _ = self.mixer(image, target, weak, rank=self.rank, step=step, micro=micro)
+            image, target, weak, lam = self.mixer(image, target, weak, rank=self.rank, step=step, micro=micro)
+            if trust is not None:  # a mixed weak label's statistic: its two samples', mixed by λ
+                trust = lam * trust + (1 - lam) * trust.flip(0)
         if self.teacher is not None:  # the weak model on the very pixels the student sees
             weak = self.teacher(image)
-        return {"image": image, "target": target, "weak": weak, "dropped": dropped}
+        return {"image": image, "target": target, "weak": weak, "trust": trust, "dropped": dropped}

@@ -121,6 +121,8 @@ class TrainStream(IterableDataset):
             # A numpy row in the stored precision (float16 logits): stacked once per batch in
             # `collate`, half the bytes between processes; the losses compute in float32.
             out["weak"] = sample["weak"]
+            if "trust" in sample:  # --weight-by: the sample's (view's) stored statistic
+                out["trust"] = float(sample["trust"][drawn] if self.view_passes else sample["trust"])
             if self.view_passes:
                 out["weak"] = sample["weak"][drawn]
                 check_replayed(sample["view_boxes"][drawn], view, shard, key, drawn, sample.get("__mix__"))
@@ -158,7 +160,8 @@ def check_replayed(stored, view, shard: str, key: str, number: int, mix=None) ->
 
 def collate(samples: list[dict]) -> dict:
     """A batch: "image" uint8 (N, 3, H, W) or "blobs" (N encoded images, for the device to decode),
-    "view" (N, 12), "label" (N,), "weak" (N, C) in the stored dtype, "dropped", "key"; or the
+    "view" (N, 12), "label" (N,), "weak" (N, C) in the stored dtype, "trust" (N,) under --weight-by,
+    "dropped", "key"; or the
     `loader.LoadFailed` of a loading process that stopped at bad input."""
     for s in samples:
         if isinstance(s, LoadFailed):
@@ -178,6 +181,8 @@ def collate(samples: list[dict]) -> dict:
         batch["image"] = torch.stack([s["image"] for s in samples])
     if "weak" in samples[0]:
         batch["weak"] = torch.from_numpy(np.stack([s["weak"] for s in samples]))
+    if "trust" in samples[0]:
+        batch["trust"] = torch.tensor([s["trust"] for s in samples], dtype=torch.float32)
     return batch
 
 

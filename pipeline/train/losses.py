@@ -1,7 +1,10 @@
 """The weak-to-strong losses: small pure functions of logits, registered by name.
 
 Shapes: student and weak logits (B, C), any float dtype (computed in float32); labels (B,) int.
-Each returns (loss, parts): a scalar to minimise and a dict of detached scalars to log.
+Each returns (loss, parts): a scalar to minimise and a dict of detached scalars to log. The
+weak-label losses take optional per-sample `weights` (B,) (`--weight-by`: `trust_weights`): the
+batch's loss is then mean_i(w_i * loss_i) instead of the plain mean; the logged parts stay plain
+means.
 """
 
 from __future__ import annotations
@@ -24,32 +27,49 @@ def kd_per_sample(student: torch.Tensor, weak: torch.Tensor, temperature: float)
     return (log_pw.exp() * (log_pw - log_ps)).sum(dim=1) * t * t
 
 
-def hard(student: torch.Tensor, weak: torch.Tensor) -> LossOut:
+def trust_weights(trust: torch.Tensor) -> torch.Tensor:
+    """`--weight-by`'s per-sample weights: w_i = s_i / mean_j(s_j) over the batch, for a stored
+    statistic s >= 0 (confidence or margin), so the mean weight is 1; a batch whose statistics are
+    all 0 is weighted evenly. float32 (B,), no gradient."""
+    s = trust.detach().float().clamp(min=0)
+    mean = s.mean()
+    return torch.where(mean > 0, s / mean.clamp(min=torch.finfo(torch.float32).tiny), torch.ones_like(s))
+
+
+def _mean(per_sample: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    return per_sample.mean() if weights is None else (weights.to(per_sample.device) * per_sample).mean()
+
+
+def hard(student: torch.Tensor, weak: torch.Tensor, weights: torch.Tensor | None = None) -> LossOut:
     """Cross-entropy on the weak model's argmax: naive weak-to-strong."""
-    loss = F.cross_entropy(student.float(), weak.argmax(dim=1))
-    return loss, {"ce_weak": loss.detach()}
+    per_sample = F.cross_entropy(student.float(), weak.argmax(dim=1), reduction="none")
+    loss = _mean(per_sample, weights)
+    return loss, {"ce_weak": per_sample.mean().detach()}
 
 
-def kd(student: torch.Tensor, weak: torch.Tensor, temperature: float = 1.0) -> LossOut:
+def kd(student: torch.Tensor, weak: torch.Tensor, temperature: float = 1.0,
+       weights: torch.Tensor | None = None) -> LossOut:
     """T^2-scaled KL divergence to the temperature-softened weak distribution, batch mean."""
-    loss = kd_per_sample(student, weak, temperature).mean()
-    return loss, {"kd": loss.detach()}
+    per_sample = kd_per_sample(student, weak, temperature)
+    return _mean(per_sample, weights), {"kd": per_sample.mean().detach()}
 
 
-def augconf(student: torch.Tensor, weak: torch.Tensor, alpha: float, temperature: float = 1.0) -> LossOut:
+def augconf(student: torch.Tensor, weak: torch.Tensor, alpha: float, temperature: float = 1.0,
+            weights: torch.Tensor | None = None) -> LossOut:
     """(1 - alpha) * KD + alpha * CE(s, argmax s): the auxiliary confidence loss (AugConf).
 
     alpha is a number fixed by the schedule (see `objective`), so it carries no gradient.
     """
-    kd_term = kd_per_sample(student, weak, temperature).mean()
+    kd_term = kd_per_sample(student, weak, temperature)
     s = student.float()
-    self_term = F.cross_entropy(s, s.argmax(dim=1).detach())
-    loss = (1 - alpha) * kd_term + alpha * self_term
-    return loss, {"kd": kd_term.detach(), "self": self_term.detach(), "alpha": s.new_tensor(float(alpha))}
+    self_term = F.cross_entropy(s, s.argmax(dim=1).detach(), reduction="none")
+    loss = _mean((1 - alpha) * kd_term + alpha * self_term, weights)
+    return loss, {"kd": kd_term.mean().detach(), "self": self_term.mean().detach(),
+                  "alpha": s.new_tensor(float(alpha))}
 
 
 def adaptconf(student: torch.Tensor, weak: torch.Tensor, threshold: float, temperature: float = 1.0,
-              beta_scale: float = 1.0) -> LossOut:
+              beta_scale: float = 1.0, weights: torch.Tensor | None = None) -> LossOut:
     """The adaptive confidence loss of Guo et al. (2024), per sample, averaged over the batch.
 
     beta = exp(CE(s, argmax s)/tau) / (exp(CE(s, argmax s)/tau) + exp(CE(s, argmax w)/tau)), detached;
@@ -64,7 +84,7 @@ def adaptconf(student: torch.Tensor, weak: torch.Tensor, threshold: float, tempe
     # exp(a/t) / (exp(a/t) + exp(b/t)) == sigmoid((a - b)/t), without overflow for large CE/t.
     beta = (torch.sigmoid((ce_self - ce_weak) / float(threshold)) * beta_scale).detach()
     kd_term = kd_per_sample(s, weak, temperature)
-    loss = ((1 - beta) * kd_term + beta * ce_self).mean()
+    loss = _mean((1 - beta) * kd_term + beta * ce_self, weights)
     return loss, {"kd": kd_term.mean().detach(), "self": ce_self.mean().detach(), "beta": beta.mean()}
 
 
@@ -92,8 +112,9 @@ def objective(name: str, *, temperature: float = 1.0, threshold: float = 0.5, wa
     ground-truth criterion (`gt`: smoothed, or soft targets under mixup), as the official code's
     kd_loss_weight and gt_loss_weight. With `name` "gt" the objective is the criterion alone.
 
-    Returns f(student, weak, labels, progress, epoch): progress is the fraction of training done
-    (0..1), epoch the 0-based epoch. augconf's alpha ramps from 0 to `threshold` over `warmup_frac`
+    Returns f(student, weak, labels, progress, epoch, trust): progress is the fraction of training
+    done (0..1), epoch the 0-based epoch, trust (B,) the samples' stored statistic under
+    `--weight-by` (None: unweighted), which weighs the weak-label loss alone (`trust_weights`). augconf's alpha ramps from 0 to `threshold` over `warmup_frac`
     of the run: by epoch as the official code (alpha = threshold * epoch / (epochs * warmup_frac)
     while epoch < int(epochs * warmup_frac)), or by step (`ramp="step"`: threshold * progress /
     warmup_frac). adaptconf's optional beta warm-up is by step.
@@ -110,19 +131,21 @@ def objective(name: str, *, temperature: float = 1.0, threshold: float = 0.5, wa
         ramp_epochs = epochs * warmup_frac
         return epoch / ramp_epochs if epoch < int(ramp_epochs) else 1.0
 
-    def f(student, weak, labels, progress: float, epoch: int = 0) -> LossOut:
+    def f(student, weak, labels, progress: float, epoch: int = 0, trust=None) -> LossOut:
         if name == "gt":
             loss, parts = gt(student, labels, smoothing)
             return loss, {"loss": loss.detach(), **parts}
+        weights = None if trust is None else trust_weights(trust)
         if name == "hard":
-            loss, parts = hard(student, weak)
+            loss, parts = hard(student, weak, weights)
         elif name == "kd":
-            loss, parts = kd(student, weak, temperature)
+            loss, parts = kd(student, weak, temperature, weights)
         elif name == "augconf":
             alpha = by_epoch(epoch) if ramp == "epoch" else by_step(progress, warmup_frac)
-            loss, parts = augconf(student, weak, threshold * alpha, temperature)
+            loss, parts = augconf(student, weak, threshold * alpha, temperature, weights)
         else:
-            loss, parts = adaptconf(student, weak, threshold, temperature, by_step(progress, beta_warmup_frac))
+            loss, parts = adaptconf(student, weak, threshold, temperature, by_step(progress, beta_warmup_frac),
+                                    weights)
         if kd_weight != 1.0:
             loss = kd_weight * loss
         if gt_weight:

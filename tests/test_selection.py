@@ -1,0 +1,219 @@
+"""Choosing which weak labels to trust (`train --select`, `--keep-frac --rank-by [--per-class]`):
+the kept sets against an independent pyarrow / numpy computation, the training stream against the
+kept keys, and the run's record.
+
+Device: the CPU, fp32 (the end-to-end run); the rest is table arithmetic."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from w2s_pipe.errors import W2SError
+from w2s_pipe.pipeline.selection import choose, most_trusted, selected
+from w2s_pipe.stages.train import TrainConfig, run_train
+from w2s_pipe.storage import open_store
+
+
+def index_table(n=400, classes=5, seed=0):
+    rng = np.random.default_rng(seed)
+    confidence = np.round(rng.uniform(0.2, 1.0, n), 2)  # rounded: ties to break
+    return pa.table({
+        "key": [f"k{i:04d}" for i in range(n)],
+        "shard": [f"s{i // 100}" for i in range(n)],
+        "row": pa.array(np.arange(n) + 28 * (np.arange(n) // 100), pa.int64()),  # shards of 100 rows, capacity 128
+        "pred": pa.array(rng.integers(0, classes, n), pa.int32()),
+        "confidence": pa.array(confidence, pa.float32()),
+        "margin": pa.array(np.round(confidence * rng.uniform(0, 1, n), 2), pa.float32()),
+        "entropy": pa.array(np.round(rng.uniform(0, 1.6, n), 2), pa.float32()),
+        "label": pa.array(rng.integers(0, classes, n), pa.int32()),
+    })
+
+
+@pytest.mark.parametrize("text,reference", [
+    ("confidence >= 0.6", lambda t: pc.greater_equal(t["confidence"], 0.6)),
+    ("margin > 0.2 AND pred != 3", lambda t: pc.and_(pc.greater(t["margin"], 0.2), pc.not_equal(t["pred"], 3))),
+    ("NOT (pred = 1 OR pred = 2) and entropy < .5",
+     lambda t: pc.and_(pc.invert(pc.or_(pc.equal(t["pred"], 1), pc.equal(t["pred"], 2))), pc.less(t["entropy"], 0.5))),
+    ("pred = label", lambda t: pc.equal(t["pred"], t["label"])),
+    ("shard <> 's1' OR margin<=-1e3", lambda t: pc.not_equal(t["shard"], "s1")),
+])
+def test_select_keeps_what_an_independent_pyarrow_computation_keeps(text, reference):
+    table = index_table()
+    expected = reference(table).to_numpy(zero_copy_only=False)
+    assert 0 < expected.sum() < table.num_rows  # the case can fail either way
+    assert np.array_equal(selected(table, text), expected)
+
+
+@pytest.mark.parametrize("text,match", [
+    ("confidnce > 0.5", r"no column 'confidnce'; the columns are key, shard, row, pred, confidence, margin, entropy, label"),
+    ("(margin > 0.2", r"it ends too soon|a '\(' is not closed"),
+    ("margin > 0.2 pred", "unexpected 'pred'"),
+    ("margin > ; 3", "cannot read it from '; 3' on"),
+    ("confidence > 'high'", r"--select \"confidence > 'high'\": "),
+    ("", "--select is empty"),
+])
+def test_a_bad_select_is_one_line_naming_it(text, match):
+    with pytest.raises(W2SError, match=match) as raised:
+        selected(index_table(), text)
+    assert "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize("rank_by", ["margin", "confidence", "entropy"])
+@pytest.mark.parametrize("per_class", [False, True])
+def test_keep_frac_keeps_the_most_trusted_with_ties_to_the_earlier_row(rank_by, per_class):
+    table = index_table()
+    candidates = selected(table, "pred != 4")  # --keep-frac ranks what --select left
+    got = most_trusted(table, candidates, 0.3, rank_by, per_class)
+    score = table[rank_by].to_numpy().astype(np.float64)
+    pred = table["pred"].to_numpy()
+    expected = np.zeros(table.num_rows, dtype=bool)
+    for group in ([set(range(4))] if not per_class else [{c} for c in range(4)]):
+        rows = [i for i in range(table.num_rows) if candidates[i] and pred[i] in group]
+        # most trusted first; among equal scores the earlier row
+        rows.sort(key=lambda i: (-score[i] if rank_by != "entropy" else score[i], i))
+        expected[rows[:math.ceil(0.3 * len(rows))]] = True
+    assert np.array_equal(got, expected)
+    assert not got[pred == 4].any()
+    if per_class:
+        for c in range(4):
+            assert got[pred == c].sum() == math.ceil(0.3 * (candidates & (pred == c)).sum())
+
+
+def test_choose_makes_per_shard_masks_and_the_record():
+    table = index_table()
+    kept = choose(table, "confidence >= 0.5", 0.5, "margin", True)
+    mask = np.concatenate([kept.masks[f"s{s}"] for s in range(4)])
+    assert kept.count == mask.sum() and kept.total == 400
+    expected = most_trusted(table, selected(table, "confidence >= 0.5"), 0.5, "margin", True)
+    assert np.array_equal(mask, expected)
+    pred, label = table["pred"].to_numpy(), table["label"].to_numpy()
+    assert kept.weak_accuracy == pytest.approx((pred[mask] == label[mask]).mean(), abs=1e-6)
+    assert kept.per_class == {c: pytest.approx(mask[pred == c].mean(), abs=1e-6) for c in range(5)}
+    assert choose(table, None, None, "margin", False) is None
+    with pytest.raises(W2SError, match="--select 'confidence > 2' keeps none of the store's 400 samples"):
+        choose(table, "confidence > 2", None, "margin", False)
+
+
+@pytest.mark.parametrize("options,match", [
+    (dict(keep_frac=0.0), "--keep-frac 0.0 is invalid: must be above 0 and at most 1"),
+    (dict(per_class=True), "--rank-by and --per-class say how --keep-frac ranks"),
+    (dict(rank_by="confidence"), "--rank-by and --per-class say how --keep-frac ranks"),
+    (dict(rank_by="loss", keep_frac=0.5), "--rank-by"),
+    (dict(select="margin > 0", teacher="t.pt", data="digits"), "--teacher reads no store"),
+    (dict(keep_frac=0.5, loss="gt"), "--loss gt reads no store"),
+    (dict(weight_by="entropy"), "--weight-by"),
+    (dict(weight_by="margin", teacher="t.pt", data="digits"), "--teacher reads no store"),
+])
+def test_selection_options_are_checked_at_once(options, match):
+    with pytest.raises(W2SError, match=match):
+        TrainConfig.tiny(**options)
+
+
+def test_a_selected_run_trains_on_the_kept_samples_only(workspace_store, tmp_path):
+    """The training stream yields exactly the kept keys (each pass); steps per epoch follow the kept
+    count; config.json records the choice."""
+    from w2s_pipe.pipeline.data.augment import TrainAugment
+    from w2s_pipe.pipeline.data.join import StoreJoin
+    from w2s_pipe.pipeline.data.train_loader import TrainStream
+    from w2s_pipe.pipeline.data.views import TrainViews
+
+    store = open_store(workspace_store)
+    index = store.index()
+    select = f"confidence >= {float(np.quantile(index['confidence'].to_numpy(), 0.25)):.6f}"  # the tiny model's scale
+    kept = choose(index, select, 0.5, "margin", True)
+    expected = set(pc.filter(index["key"], most_trusted(index, selected(index, select), 0.5, "margin",
+                                                        True)).to_pylist())
+    assert 0 < len(expected) < index.num_rows
+    config = {"input_size": [3, 16, 16], "interpolation": "bilinear", "mean": [0.5] * 3, "std": [0.5] * 3}
+    stream = TrainStream([s["url"] for s in store.shards], augment=TrainAugment(config, TrainViews(0, size=(16, 16)), "cpu"),
+                         image_fields=("png",), label_field="cls", need_labels=False,
+                         join=StoreJoin(workspace_store, keep=kept.masks), seed=0, shuffle_buffer=1)
+    seen = [s["key"][1] for _, s in zip(range(2 * len(expected)), stream)]
+    assert set(seen) == expected and len(seen) == 2 * len(expected)  # two passes, nothing else
+
+    done = run_train(TrainConfig.tiny(labels=workspace_store, run="kept", device="cpu", no_eval=True, epochs=1,
+                                      select=select, keep_frac=0.5, per_class=True,
+                                      workspace=str(tmp_path)))
+    record = json.load(open(os.path.join(done.run_dir, "config.json")))
+    assert record["select"] == select and record["keep_frac"] == 0.5
+    assert record["data_source"]["selection"]["kept"] == len(expected)
+    assert done.step == len(expected) // 32  # one epoch of the kept samples at batch 32
+
+
+# --weight-by -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["hard", "kd", "augconf", "adaptconf"])
+def test_weights_follow_the_formula_and_weigh_the_weak_label_loss_alone(name):
+    """w_i = s_i / mean(s): the weighted objective is mean(w_i * loss_i) of the unweighted
+    per-sample losses (each recovered as the loss of a batch of one), plus the unweighted gt term."""
+    import torch
+
+    from w2s_pipe.pipeline.train import losses as L
+
+    torch.manual_seed(0)
+    s, w, y = torch.randn(6, 5), torch.randn(6, 5), torch.randint(0, 5, (6,))
+    trust = torch.tensor([0.9, 0.1, 0.5, 0.0, 0.7, 0.3])
+    f = L.objective(name, epochs=4, threshold=0.7, temperature=2.0)
+    per_sample = torch.stack([f(s[i:i + 1], w[i:i + 1], y[i:i + 1], 0.5, 2)[0] for i in range(6)])
+    weights = trust / trust.mean()
+    torch.testing.assert_close(L.trust_weights(trust), weights)
+    weighted = f(s, w, y, 0.5, 2, trust)[0]
+    torch.testing.assert_close(weighted, (weights * per_sample).mean())
+    assert not torch.allclose(weighted, per_sample.mean())  # the weights change it
+    torch.testing.assert_close(f(s, w, y, 0.5, 2, torch.full((6,), 0.4))[0], per_sample.mean())  # even: unweighted
+    torch.testing.assert_close(f(s, w, y, 0.5, 2, torch.zeros(6))[0], per_sample.mean())  # all zero: even
+    with_gt = L.objective(name, epochs=4, threshold=0.7, temperature=2.0, gt_weight=1.5)(s, w, y, 0.5, 2, trust)[0]
+    torch.testing.assert_close(with_gt, weighted + 1.5 * torch.nn.functional.cross_entropy(s, y))
+
+
+def test_a_mixed_batch_mixes_its_samples_trust_by_lambda():
+    import torch
+
+    from w2s_pipe.pipeline.data.step_inputs import StepInputs
+    from w2s_pipe.pipeline.data.views import View
+    from w2s_pipe.pipeline.train.mixing import BatchMix
+
+    config = {"input_size": [3, 8, 8], "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bilinear"}
+    mixer = BatchMix(mixup=0.8, cutmix=0.0, prob=1.0, switch_prob=0.5, smoothing=0.0, num_classes=3, seed=0)
+    prepare = StepInputs(config, torch.device("cpu"), decoder="cpu", seed=0, rank=0, need_labels=False, mixer=mixer)
+    trust = torch.tensor([0.8, 0.2, 0.6, 0.4])
+    batch = {"image": torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8),
+             "view": torch.tensor([View(0, 0, 8, 8, False, 8, 8).as_row()] * 4), "label": torch.zeros(4, dtype=torch.long),
+             "weak": torch.randn(4, 3), "trust": trust, "dropped": torch.tensor(0), "key": [("s", str(i), 0) for i in range(4)]}
+    out = prepare(batch, step=5)
+    lam = float(mixer(torch.zeros(4, 3, 8, 8), None, None, rank=0, step=5)[3])  # the same draw: (seed, rank, step)
+    assert 0 < lam < 1
+    torch.testing.assert_close(out["trust"], lam * trust + (1 - lam) * trust.flip(0))
+
+
+def test_a_weighted_run_reads_each_samples_stored_statistic(workspace_store, tmp_path):
+    from w2s_pipe.pipeline.data.augment import TrainAugment
+    from w2s_pipe.pipeline.data.join import StoreJoin
+    from w2s_pipe.pipeline.data.train_loader import TrainStream, collate
+    from w2s_pipe.pipeline.data.views import TrainViews
+
+    store = open_store(workspace_store)
+    index = store.index()
+    margin = dict(zip(index["key"].to_pylist(), index["margin"].to_pylist()))
+    config = {"input_size": [3, 16, 16], "interpolation": "bilinear", "mean": [0.5] * 3, "std": [0.5] * 3}
+    stream = TrainStream([s["url"] for s in store.shards], augment=TrainAugment(config, TrainViews(0, size=(16, 16)), "cpu"),
+                         image_fields=("png",), label_field="cls", need_labels=False,
+                         join=StoreJoin(workspace_store, trust="margin"), seed=0, shuffle_buffer=4)
+    samples = [s for _, s in zip(range(40), stream)]
+    batch = collate(samples)
+    assert batch["trust"].tolist() == pytest.approx([margin[s["key"][1]] for s in samples])
+    assert len(set(batch["trust"].tolist())) > 10  # the statistic varies: weights can matter
+    done = run_train(TrainConfig.tiny(labels=workspace_store, run="weighted", device="cpu", no_eval=True, epochs=1,
+                                      steps_per_epoch=3, weight_by="margin", log_every=1, workspace=str(tmp_path)))
+    plain = run_train(TrainConfig.tiny(labels=workspace_store, run="plain", device="cpu", no_eval=True, epochs=1,
+                                       steps_per_epoch=3, log_every=1, workspace=str(tmp_path)))
+    assert done.finished and json.load(open(os.path.join(done.run_dir, "config.json")))["weight_by"] == "margin"
+    first = [json.loads(line) for line in open(os.path.join(done.run_dir, "metrics.jsonl"))][0]
+    base = [json.loads(line) for line in open(os.path.join(plain.run_dir, "metrics.jsonl"))][0]
+    assert first["kd"] == pytest.approx(base["kd"], rel=1e-5) and first["loss"] != pytest.approx(base["loss"], rel=1e-4)
