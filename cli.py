@@ -10,7 +10,8 @@ import click
 from . import __version__
 from .errors import W2SError
 from .pipeline.choices import (BAD_SAMPLE_POLICIES, DECODE_OPTIONS, DECODERS, EVAL_PICKS, LOSSES, PRECISION_OPTIONS,
-                               RAMPS, RANK_BY, STORE_VIEWS, WEIGHT_BY)
+                               ENSEMBLES, RAMPS, RANK_BY, STORE_VIEWS,
+                               WEIGHT_BY)
 
 
 class _Group(click.Group):
@@ -252,7 +253,15 @@ def _from_recipe(ctx, exc: W2SError) -> W2SError:
 @click.option("--loss", default="adaptconf", show_default=True,
               type=click.Choice(tuple(LOSSES)),
               help="; ".join(f"{name}: {loss.summary}" for name, loss in LOSSES.items()) + ".")
-@click.option("--labels", default=None, help="Label store path or URL [default: the workspace's most recent complete store].")
+@click.option("--labels", default=None,
+              help="Label store path or URL [default: the workspace's most recent complete store]; several, comma-"
+                   "separated (A,B,C: stores of the same shards, e.g. weak models of other seeds), train from their "
+                   "ensemble (--ensemble).")
+@click.option("--ensemble", type=click.Choice(ENSEMBLES), default=None,
+              help="How several --labels stores combine, per sample [default: mean-prob]: mean-prob, the log of the "
+                   "members' mean softmax; mean-logit, their mean logits; vote, the log of the share of members whose "
+                   "argmax is each class (ties to the lower class). --select can use the column agreement: how many "
+                   "members' argmax is the ensemble's.")
 @click.option("--teacher", default=None,
               help="Online teacher, instead of a store: a weak checkpoint (from `w2s-pipe train`, or a timm state dict "
                    "with --teacher-model) run on every batch's exact views, after the crop, flip, --aa, erasing and "

@@ -39,6 +39,9 @@ LOSS_NAMES = tuple(LOSSES)
 # lower entropy, are more trusted).
 RANK_BY = ("margin", "confidence", "entropy")
 
+# How `train --labels A,B,...` combines several stores' weak outputs (ensemble.py).
+ENSEMBLES = ("mean-prob", "mean-logit", "vote")
+
 # The stored statistics `--weight-by` weighs each sample's weak-label loss by (losses.trust_weights).
 WEIGHT_BY = ("confidence", "margin")
 

@@ -260,7 +260,8 @@ def _data(cfg: TrainConfig, inputs: Inputs, data_config: dict, decoder: str, wor
     views = TrainViews(cfg.seed, scale=(cfg.crop_scale, 1.0), hflip=cfg.hflip, reprob=cfg.reprob, size=size)
     augment = TrainAugment(data_config, views, decoder, color_jitter=cfg.color_jitter, auto_augment=cfg.aa)
     join = StoreJoin(inputs.store_url, skip_missing=cfg.skip_missing, keep=inputs.kept.masks if inputs.kept else None,
-                     views=inputs.view_passes > 0, trust=cfg.weight_by) if cfg.weak_from == "store" else None
+                     views=inputs.view_passes > 0, trust=cfg.weight_by, members=inputs.members,
+                     ensemble=inputs.ensemble) if cfg.weak_from == "store" else None
     teacher = OnlineTeacher(inputs.teacher, data_config, device, autocast) if inputs.teacher is not None else None
     need_labels = cfg.loss == "gt" or cfg.gt_weight > 0
     stream = TrainStream(inputs.urls, augment=augment, image_fields=inputs.image_fields,

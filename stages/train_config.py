@@ -9,7 +9,7 @@ from dataclasses import MISSING, dataclass, fields
 
 from ..errors import W2SError
 from ..pipeline.choices import (DECODE_OPTIONS, LOSS_NAMES, LOSSES, PRECISION_OPTIONS, RAMPS, RANK_BY, SCHEDULES,
-                                STORE_VIEWS, WEIGHT_BY, check_choice)
+                                ENSEMBLES, STORE_VIEWS, WEIGHT_BY, check_choice)
 
 
 @dataclass(frozen=True)
@@ -17,7 +17,8 @@ class TrainConfig:
     strong: str
     loss: str = "adaptconf"
     config: str | None = None  # the recipe (--config) the other values came from, for the record
-    labels: str | None = None  # store; default: the workspace's most recent complete store
+    labels: str | None = None  # store (or stores A,B,... of one ensemble); default: the workspace's most recent
+    ensemble: str | None = None  # how several --labels stores combine (ensemble.py); default mean-prob
     teacher: str | None = None  # online teacher: a weak checkpoint run on every batch, instead of a store
     teacher_model: str | None = None  # the teacher's timm name, for a plain state dict
     store_view: str = "auto"  # a per-view store: replay its views (auto, replay) or read its centre view
@@ -106,6 +107,12 @@ class TrainConfig:
         check_choice("--rank-by", self.rank_by, RANK_BY)
         if self.weight_by is not None:
             check_choice("--weight-by", self.weight_by, WEIGHT_BY)
+        if self.ensemble is not None:
+            check_choice("--ensemble", self.ensemble, ENSEMBLES)
+            if len(self.label_stores) < 2:
+                raise W2SError(f"--ensemble {self.ensemble} combines several stores: give --labels A,B,...")
+        if len(self.label_stores) > 1 and len(set(self.label_stores)) < len(self.label_stores):
+            raise W2SError(f"--labels {self.labels}: a store is named twice")
         if self.keep_frac is not None and not 0 < self.keep_frac <= 1:
             bad("--keep-frac", self.keep_frac, "must be above 0 and at most 1")
         if (self.per_class or self.rank_by != "margin") and self.keep_frac is None:
@@ -177,6 +184,11 @@ class TrainConfig:
         from ..pipeline.train.optim import check_optimizer
 
         check_optimizer(self.opt)  # last: it imports timm, and the checks above answer at once
+
+    @property
+    def label_stores(self) -> list[str]:
+        """The --labels stores: one, or the members of an ensemble (comma-separated)."""
+        return [s.strip() for s in (self.labels or "").split(",") if s.strip()]
 
     @property
     def weak_from(self) -> str | None:

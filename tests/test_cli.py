@@ -119,7 +119,7 @@ def test_train_options_are_frozen():
         # the online teacher (issue 19)
         "--teacher", "--teacher-model", "--store-view",
         # choosing which weak labels to trust (issue 20)
-        "--select", "--keep-frac", "--rank-by", "--per-class", "--weight-by",
+        "--select", "--keep-frac", "--rank-by", "--per-class", "--weight-by", "--ensemble",
     ])
 
 

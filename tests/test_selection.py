@@ -217,3 +217,85 @@ def test_a_weighted_run_reads_each_samples_stored_statistic(workspace_store, tmp
     first = [json.loads(line) for line in open(os.path.join(done.run_dir, "metrics.jsonl"))][0]
     base = [json.loads(line) for line in open(os.path.join(plain.run_dir, "metrics.jsonl"))][0]
     assert first["kd"] == pytest.approx(base["kd"], rel=1e-5) and first["loss"] != pytest.approx(base["loss"], rel=1e-4)
+
+
+# ensembles --------------------------------------------------------------------------------------
+def test_ensemble_targets_match_a_hand_computation():
+    from w2s_pipe.pipeline.ensemble import agreement, combine
+
+    a = np.array([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    b = np.array([[0.0, 2.0, 0.0], [0.0, 3.0, 0.0]])
+    c = np.array([[0.0, 0.0, 1.0], [1.0, 2.0, 0.0]])
+
+    def softmax(x):
+        return np.exp(x) / np.exp(x).sum(1, keepdims=True)
+
+    mean_prob = np.log((softmax(a) + softmax(b) + softmax(c)) / 3)
+    np.testing.assert_allclose(combine([a, b, c], "mean-prob"), mean_prob, rtol=1e-6)
+    np.testing.assert_allclose(combine([a, b, c], "mean-logit"), (a + b + c) / 3, rtol=1e-6)
+    # votes: sample 0 has one vote each (a tie: the lower class wins the argmax), sample 1 three for class 1
+    np.testing.assert_allclose(combine([a, b, c], "vote"),
+                               np.log([[1 / 3, 1 / 3, 1 / 3], [1e-6, 1.0, 1e-6]]).astype(np.float32), rtol=1e-6)
+    assert combine([a, b, c], "vote").argmax(1).tolist() == [0, 1]
+    assert agreement([a, b, c], combine([a, b, c], "vote")).tolist() == [1, 3]
+    assert agreement([a, b, c], combine([a, b, c], "mean-prob")).tolist() == [1, 3]
+
+
+@pytest.fixture
+def three_stores(digits_data, tmp_path):
+    """The digits transfer split labelled by three tiny weak models of other seeds."""
+    from conftest import make_checkpoint
+    from w2s_pipe.stages.label import LabelConfig, run_label
+
+    stores = []
+    for seed in (0, 1, 2):
+        ckpt = make_checkpoint(tmp_path / f"weak{seed}.pt", seed=seed)
+        stores.append(run_label(LabelConfig(weak=None, weak_checkpoint=ckpt, data="digits", labels=str(tmp_path / f"s{seed}"),
+                                            workers=0, precision="fp32", progress=False)).store)
+    return stores
+
+
+def test_an_ensemble_run_learns_the_combined_targets_and_selects_by_agreement(three_stores, tmp_path):
+    from w2s_pipe.pipeline.data.join import StoreJoin
+    from w2s_pipe.pipeline.ensemble import ensemble_index
+
+    members = [open_store(s) for s in three_stores]
+    join = StoreJoin(three_stores[0], members=tuple(three_stores), ensemble="vote", trust="confidence")
+    shard = members[0].shards[1]
+    from w2s_pipe.pipeline.data.shards import iter_samples
+
+    joined = list(join(iter_samples(shard["url"])))
+    rows = [m.shard_rows(1) for m in members]
+    j = 7
+    votes = np.zeros(10)
+    for r in rows:
+        votes[r.arrays["logits"][j].astype(np.float32).argmax()] += 1
+    expected = np.log(np.maximum(votes / 3, 1e-6))
+    np.testing.assert_allclose(joined[j]["weak"], expected, rtol=1e-5)
+    assert joined[j]["trust"] == pytest.approx(np.exp(expected).max() / np.exp(expected).sum(), rel=1e-5)
+    index = ensemble_index(members, "vote")
+    assert index.column_names[-1] == "agreement" and index.num_rows == members[0].num_samples
+    preds = np.stack([m.index()["pred"].to_numpy() for m in members])
+    assert np.array_equal(index["agreement"].to_numpy(), (preds == index["pred"].to_numpy()).sum(0))
+    assert set(index["agreement"].to_numpy().tolist()) - {0} <= {1, 2, 3}
+
+    done = run_train(TrainConfig.tiny(labels=",".join(three_stores), ensemble="mean-prob", select="agreement >= 2",
+                                      run="ens", device="cpu", no_eval=True, epochs=1, workspace=str(tmp_path)))
+    source = json.load(open(os.path.join(done.run_dir, "config.json")))["data_source"]
+    assert source["ensemble"]["how"] == "mean-prob" and len(source["ensemble"]["members"]) == 3
+    agreeing = int((ensemble_index(members, "mean-prob")["agreement"].to_numpy() >= 2).sum())
+    assert source["selection"]["kept"] == agreeing and done.step == agreeing // 32
+
+
+def test_an_ensemble_of_other_shards_is_refused_naming_the_shard(three_stores, digits_data, tmp_path, weak_ckpt):
+    from w2s_pipe.stages.label import LabelConfig, run_label
+
+    other = run_label(LabelConfig(weak=None, weak_checkpoint=weak_ckpt, data="digits", split="val",
+                                  labels=str(tmp_path / "val"), workers=0, precision="fp32", progress=False)).store
+    with pytest.raises(W2SError, match=r"--labels: stores .* labelled other shards: shard digits-transfer-000000.tar"):
+        run_train(TrainConfig.tiny(labels=f"{three_stores[0]},{other}", run="bad", device="cpu", no_eval=True,
+                                   workspace=str(tmp_path)))
+    with pytest.raises(W2SError, match="--ensemble vote combines several stores: give --labels A,B"):
+        TrainConfig.tiny(labels=three_stores[0], ensemble="vote")
+    with pytest.raises(W2SError, match="a store is named twice"):
+        TrainConfig.tiny(labels=f"{three_stores[0]},{three_stores[0]}")

@@ -28,6 +28,8 @@ class Inputs:
     view_passes: int = 0  # a per-view store's K views, replayed (pass p trains on view p mod K); 0: centre view
     mix: object | None = None  # mixviews.MixRecipe of a replayed store whose views are mixed
     kept: object | None = None  # selection.Kept: the store's samples --select / --keep-frac keep (None: all)
+    members: tuple = ()  # an ensemble's stores (the first is store_url); () for one store
+    ensemble: str | None = None  # how the members combine (ensemble.py)
 
 
 def resolve_inputs(cfg) -> Inputs:
@@ -39,7 +41,10 @@ def resolve_inputs(cfg) -> Inputs:
     from ...storage.reader import open_store, pick_store
 
     from_store = LOSSES[cfg.loss].needs_weak and not cfg.teacher
-    store_url, chosen = cfg.labels, "--labels"
+    members = cfg.label_stores if len(cfg.label_stores) > 1 else []
+    if members and not from_store:
+        raise W2SError(f"--labels {cfg.labels}: an ensemble of weak labels, which --loss {cfg.loss} does not read")
+    store_url, chosen = (members[0] if members else cfg.labels), "--labels"
     if not store_url and (from_store or not cfg.data) and not cfg.teacher:
         store_url, chosen = pick_store(str(workspace_dir(cfg.workspace) / "stores"), cfg.data, cfg.split)
     if from_store and not store_url:
@@ -66,6 +71,7 @@ def resolve_inputs(cfg) -> Inputs:
         info = distributed.dist_info()
         store.check_rows([s["name"] for s in read][info.rank::info.world_size])
         store.check_index()
+        members = _members(store, members, cfg, read, info)
         image_fields = tuple(a["image_field"].split(";"))
         label_field = a.get("label_field")
         num_classes, class_names = store.num_classes, store.attrs.get("class_names")
@@ -74,12 +80,17 @@ def resolve_inputs(cfg) -> Inputs:
             if "label" not in store.index().column_names:
                 raise W2SError(f"--{'loss gt' if cfg.loss == 'gt' else 'gt-weight'} needs ground-truth labels, but the "
                                f"shards of store {store_url} carry none (field {label_field!r})")
-        view_passes = replayed_views(store, cfg) if from_store else 0
+        view_passes = replayed_views(store, cfg) if from_store and not members else 0
         mix = _store_mix(store) if view_passes and store.views_mixed else None
-        kept = _kept(store, cfg, mix)
+        how = (cfg.ensemble or "mean-prob") if members else None
+        kept = _kept(store, cfg, mix, members, how)
         record = {"name": data_name, "split": split, "pattern": pattern, "store": store_url,
                   "store_id": store_identity(store.attrs), "weak": store.attrs["weak"]["model"],
                   **({"views": view_passes} if view_passes else {}), **({"selection": kept.record()} if kept else {})}
+        if members:
+            record.update(weak=f"{how} of " + " + ".join(m.attrs["weak"]["model"] for m in members),
+                          ensemble={"how": how, "members": [{"store": m.url, "store_id": store_identity(m.attrs),
+                                                             "weak": m.attrs["weak"]["model"]} for m in members]})
         entry_source = resolve_data(data_name, split, workspace=cfg.workspace) if data_name != "shards" else None
         source_for_val = entry_source
     else:
@@ -92,7 +103,7 @@ def resolve_inputs(cfg) -> Inputs:
         num_classes, class_names = source.num_classes, list(source.class_names or []) or None
         record = {"name": source.name, "split": source.split, "pattern": source.pattern, "store": None}
         source_for_val = source
-        store_url, view_passes, mix, kept = None, 0, None, None
+        store_url, view_passes, mix, kept, how = None, 0, None, None, None
     teacher = None
     if cfg.teacher:
         from ..train.teacher import load_teacher
@@ -117,11 +128,33 @@ def resolve_inputs(cfg) -> Inputs:
         if val.label_field is None:
             raise W2SError(f"validation data {val.pattern} carries no labels")
     return Inputs(urls, image_fields, label_field, num_classes, class_names, store_url, record, val,
-                  chosen if store_url else "", teacher, view_passes, mix, kept)
+                  chosen if store_url else "", teacher, view_passes, mix, kept,
+                  tuple(m.url for m in members), how)
 
 
-def _kept(store, cfg, mix):
-    """selection.Kept of --select / --keep-frac over the store's index, or None."""
+def _members(store, urls: list[str], cfg, read: list[dict], info) -> list:
+    """An ensemble's stores, opened and checked as the first is (complete, the same shards, every
+    row this rank reads under its sha256, the index its parts); [] for one store."""
+    if not urls:
+        return []
+    from ...storage.reader import open_store
+    from ..ensemble import check_members
+
+    if cfg.store_view == "replay":
+        raise W2SError("--store-view replay: an ensemble combines the members' centre views; drop it")
+    members = [store] + [open_store(absolute(url)) for url in urls[1:]]
+    for member in members[1:]:
+        member.require_complete()
+    check_members(members)
+    for member in members[1:]:
+        member.check_rows([s["name"] for s in read][info.rank::info.world_size])
+        member.check_index()
+    return members
+
+
+def _kept(store, cfg, mix, members=(), how=None):
+    """selection.Kept of --select / --keep-frac over the store's index (an ensemble's: its combined
+    output's statistics and the members' agreement), or None."""
     if mix is not None and cfg.weight_by:
         raise W2SError(f"--weight-by: store {store.url}'s views are mixed with partners whose statistics this run "
                        "does not read; read the centre view (--store-view center)")
@@ -133,7 +166,13 @@ def _kept(store, cfg, mix):
                        "(--store-view center)")
     from ..selection import choose
 
-    return choose(store.index(), cfg.select, cfg.keep_frac, cfg.rank_by, cfg.per_class)
+    if members:
+        from ..ensemble import ensemble_index
+
+        index = ensemble_index(members, how)
+    else:
+        index = store.index()
+    return choose(index, cfg.select, cfg.keep_frac, cfg.rank_by, cfg.per_class)
 
 
 def replayed_views(store, cfg) -> int:

@@ -30,18 +30,21 @@ class StoreJoin:
     """Picklable: each DataLoader worker opens the store itself on first use."""
 
     def __init__(self, store_url: str, *, skip_missing: bool = False, storage_options: dict | None = None,
-                 views: bool = False, keep: dict | None = None, trust: str | None = None):
+                 views: bool = False, keep: dict | None = None, trust: str | None = None,
+                 members: tuple = (), ensemble: str | None = None):
         self.store_url = store_url
         self.skip_missing = skip_missing
         self.keep = keep  # selection.Kept.masks: per shard, which rows the run trains on (None: all)
         self.trust = trust  # --weight-by: the stored statistic each sample carries as "trust" (None: none)
+        self.members, self.ensemble = tuple(members), ensemble  # an ensemble's stores and how they combine
+        self._members = None
         self.views = views  # replay a per-view store's views instead of its centre view
         self.storage_options = storage_options
         self._store: LabelStore | None = None
         self.skipped = 0
 
     def __getstate__(self):
-        return {**self.__dict__, "_store": None}
+        return {**self.__dict__, "_store": None, "_members": None}
 
     @property
     def store(self) -> LabelStore:
@@ -58,6 +61,8 @@ class StoreJoin:
             if self.skip_missing:
                 return None
             raise W2SError(f"shard {name} is not in store {self.store_url} (it labelled {store.attrs['data']['pattern']})")
+        if self.members:
+            return self._ensemble_shard(name)
         views = store.views if self.views else 0
         prefix = VIEWS if views else ""
         arrays = ShardRows.weak_arrays(store.topk, views, views and store.views_mixed)
@@ -70,6 +75,23 @@ class StoreJoin:
             parts += [rows.arrays[f"{VIEWS}partner"][..., None], rows.arrays[f"{VIEWS}lam"][..., None]]
         boxes = np.concatenate([p.astype(np.float64) for p in parts], axis=-1)
         return rows.keys, rows.dense_logits(store.num_classes, VIEWS), store.skipped_keys(name), boxes, trust
+
+    def _ensemble_shard(self, name: str):
+        """`shard` of an ensemble: the members' outputs combined (ensemble.combine), its statistic
+        for --weight-by computed from the combination."""
+        from ..ensemble import shard_logits
+
+        if self._members is None:
+            self._members = [self.store] + [LabelStore(url, self.storage_options) for url in self.members[1:]]
+        keys, _, combined = shard_logits(self._members, name, self.ensemble)
+        trust = None
+        if self.trust:
+            import torch
+
+            from ..stats import softmax_stats
+
+            trust = softmax_stats(torch.from_numpy(combined))[self.trust].numpy()
+        return keys, combined, self.store.skipped_keys(name), None, trust
 
     def __call__(self, samples: Iterable[dict]) -> Iterator[dict]:
         current, keys, weak, absent, boxes, trust, lookup, pos, used = None, [], None, set(), None, None, None, 0, set()
