@@ -323,7 +323,7 @@ def _from_recipe(ctx, exc: W2SError) -> W2SError:
                    "earlier shard and row.")
 @click.option("--rank-by", type=click.Choice(RANK_BY), default="margin", show_default=True,
               help="--keep-frac's ranking: a higher margin (top-1 minus top-2 probability) or confidence, or a lower "
-                   "entropy, is more trusted.")
+                   "entropy, is more trusted; of an ensemble, also more members agreeing with it (agreement).")
 @click.option("--per-class", is_flag=True,
               help="--keep-frac within each weak predicted class, so that no class is emptied.")
 @click.option("--weight-by", type=click.Choice(WEIGHT_BY), default=None,
@@ -535,20 +535,23 @@ def report(ctx, workspace, out, fmt, no_plots):
 
 
 @cli.command()
-@click.argument("store")
+@click.argument("stores", nargs=-1, required=True)
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Where the figures go [default: <workspace>/inspect/<store>].")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True, help="Output format.")
 @click.option("--no-plots", is_flag=True, help="Skip the figures.")
 @click.pass_context
-def inspect(ctx, store, out, fmt, no_plots):
+def inspect(ctx, stores, out, fmt, no_plots):
     """Statistics of a label store of any size, computed with dask: samples, classes, confidence
     and margin distributions, per-class prediction counts, and accuracy and calibration (ECE)
-    against ground truth where the shards carry it."""
+    against ground truth where the shards carry it, with the coverage-accuracy curve (the weak
+    labels' accuracy on what train --keep-frac F --rank-by STAT [--per-class] keeps). Several
+    STORES (of the same shards): their ensemble, each member's accuracy against each way of
+    combining them, and the ensemble's curve."""
     import json
 
     from .stages.inspect import InspectConfig, format_text, run_inspect
 
-    stats = run_inspect(InspectConfig(store=store, out=out, workspace=ctx.obj["workspace"], plots=not no_plots))
+    stats = run_inspect(InspectConfig(store=",".join(stores), out=out, workspace=ctx.obj["workspace"], plots=not no_plots))
     click.echo(json.dumps(stats) if fmt == "json" else format_text(stats))
 
 

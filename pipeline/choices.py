@@ -37,7 +37,7 @@ LOSS_NAMES = tuple(LOSSES)
 
 # The statistics `--keep-frac` ranks a store's samples by (selection.py: higher confidence and margin,
 # lower entropy, are more trusted).
-RANK_BY = ("margin", "confidence", "entropy")
+RANK_BY = ("margin", "confidence", "entropy", "agreement")  # agreement: an ensemble's members agreeing
 
 # How `train --labels A,B,...` combines several stores' weak outputs (ensemble.py).
 ENSEMBLES = ("mean-prob", "mean-logit", "vote")

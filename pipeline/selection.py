@@ -27,8 +27,9 @@ import numpy as np
 
 from ..errors import W2SError
 
-# Which way each statistic trusts: a higher confidence or margin, a lower entropy.
-TRUSTED_HIGH = {"confidence": True, "margin": True, "entropy": False}
+# Which way each statistic trusts: a higher confidence or margin, a lower entropy; of an ensemble,
+# more members agreeing with it.
+TRUSTED_HIGH = {"confidence": True, "margin": True, "entropy": False, "agreement": True}
 
 _TOKEN = re.compile(r"\s*(?:(?P<num>-?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|-?\.\d+(?:[eE][-+]?\d+)?)"
                     r"|(?P<str>'[^']*')|(?P<op><>|!=|==|<=|>=|=|<|>)|(?P<paren>[()])|(?P<word>[A-Za-z_][A-Za-z0-9_]*))")
@@ -165,6 +166,9 @@ def choose(index, select: str | None, keep_frac: float | None, rank_by: str, per
     if not select and keep_frac is None:
         return None
     mask = selected(index, select) if select else np.ones(index.num_rows, dtype=bool)
+    if keep_frac is not None and rank_by not in index.column_names:
+        raise W2SError(f"--rank-by {rank_by}: the index has no such column (agreement is an ensemble's: "
+                       "--labels A,B,...)")
     if keep_frac is not None:
         mask = most_trusted(index, mask, keep_frac, rank_by, per_class)
     if not mask.any():

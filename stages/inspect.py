@@ -3,8 +3,12 @@
 Everything is a dask computation over the store's index.parquet (and so runs unchanged on a dask
 cluster when a `dask.distributed` client is active): sample and class counts, the distribution
 of confidence, margin and entropy, per-class counts of weak predictions, and, where the shards
-carry ground truth, the weak labels' accuracy and calibration. For a per-view store (`label
---views K`), each view's agreement with the centre view's argmax, and its accuracy.
+carry ground truth, the weak labels' accuracy and calibration, and their coverage-accuracy curve:
+the accuracy of the samples `train --keep-frac F --rank-by STAT [--per-class]` would keep, for F
+from 0.1 to 1 (the very selection function training uses). For a per-view store (`label --views
+K`), each view's agreement with the centre view's argmax, and its accuracy. For several stores
+(`inspect A B C`), their ensemble: each member's accuracy against each way of combining them, and
+the ensemble's coverage-accuracy curve.
 """
 
 from __future__ import annotations
@@ -20,11 +24,12 @@ from ..storage import schema
 from ..storage.fsutil import join
 
 QUANTILES = (1, 5, 25, 50, 75, 95, 99)
+COVERAGE = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
 @dataclass(frozen=True)
 class InspectConfig:
-    store: str
+    store: str  # one store, or several comma-separated (an ensemble's members)
     out: str | None = None  # figures; default <workspace>/inspect/<store name>
     workspace: str | None = None
     plots: bool = True
@@ -97,13 +102,74 @@ def store_statistics(url: str, storage_options: dict | None = None) -> dict:
     return stats
 
 
+def coverage_accuracy(index, stats=("margin", "confidence", "entropy"), coverage=COVERAGE) -> dict:
+    """The weak labels' accuracy on the samples `--keep-frac F --rank-by STAT [--per-class]` keeps
+    (`selection.most_trusted`, ties and rounding included), for each F in `coverage`: {"coverage":
+    [...], "overall": {stat: [...]}, "per_class": {stat: [...]}}. Needs the index's label column."""
+    from ..pipeline.selection import most_trusted
+
+    correct = index["pred"].to_numpy() == index["label"].to_numpy()
+    everyone = np.ones(index.num_rows, dtype=bool)
+    out = {"coverage": list(coverage), "overall": {}, "per_class": {}}
+    for mode, per_class in (("overall", False), ("per_class", True)):
+        for stat in stats:
+            out[mode][stat] = [round(float(correct[most_trusted(index, everyone, f, stat, per_class)].mean()), 6)
+                               for f in coverage]
+    return out
+
+
+def ensemble_statistics(urls: list[str]) -> dict:
+    """Several stores of the same shards as an ensemble: each member's accuracy, each way of
+    combining them (accuracy, the share of samples on which k members agree with it), and the
+    mean-prob ensemble's coverage-accuracy curve (agreement as one more ranking)."""
+    from ..pipeline.choices import ENSEMBLES
+    from ..pipeline.ensemble import check_members, ensemble_index
+    from ..storage import open_store
+
+    members = [open_store(u) for u in urls]
+    for m in members:
+        m.require_complete()
+        m.check_rows()
+        m.check_index()
+    check_members(members)
+    has_label = "label" in members[0].index().column_names
+    out = {"members": [{"store": m.url, "weak_model": m.attrs["weak"]["model"]} for m in members],
+           "samples": members[0].num_samples, "has_labels": has_label, "ensembles": {}}
+    for m, record in zip(members, out["members"]):
+        if has_label:
+            index = m.index()
+            record["accuracy"] = float((index["pred"].to_numpy() == index["label"].to_numpy()).mean())
+    for how in ENSEMBLES:
+        index = ensemble_index(members, how)
+        agree = index["agreement"].to_numpy()
+        record = {"agreement": {str(k): round(float((agree == k).mean()), 6) for k in range(len(members) + 1)}}
+        if has_label:
+            record["accuracy"] = float((index["pred"].to_numpy() == index["label"].to_numpy()).mean())
+        out["ensembles"][how] = record
+        if how == "mean-prob" and has_label:  # agreement ranks too: more members agreeing, more trusted
+            out["coverage"] = coverage_accuracy(index, stats=("margin", "confidence", "entropy", "agreement"))
+    return out
+
+
 def run_inspect(cfg: InspectConfig) -> dict:
+    urls = [u.strip() for u in cfg.store.split(",") if u.strip()]
+    name = slug("+".join(os.path.basename(u.rstrip("/")) for u in urls))
+    out = cfg.out or str(workspace_dir(cfg.workspace) / "inspect" / name)
+    if len(urls) > 1:
+        stats = ensemble_statistics(urls)
+        if cfg.plots and "coverage" in stats:
+            os.makedirs(out, exist_ok=True)
+            stats["files"] = [_coverage_plot(stats["coverage"], os.path.join(out, "coverage-accuracy.png"),
+                                             f"mean-prob ensemble of {len(urls)} stores")]
+        return stats
     stats = store_statistics(cfg.store)
+    if stats["has_labels"]:
+        from ..storage import open_store
+
+        stats["coverage"] = coverage_accuracy(open_store(cfg.store).index())
     if cfg.plots:
         from ..pipeline import plots
 
-        name = slug(os.path.basename(cfg.store.rstrip("/")))
-        out = cfg.out or str(workspace_dir(cfg.workspace) / "inspect" / name)
         os.makedirs(out, exist_ok=True)
         files = [plots.calibration(stats["reliability"], os.path.join(out, "calibration.png"),
                                    f"weak labels: {stats['weak_model']} on {stats['data']} {stats['split']}")]
@@ -112,11 +178,50 @@ def run_inspect(cfg: InspectConfig) -> dict:
         if stats["has_labels"]:
             series["ground truth"] = stats["label_counts"]
         files.append(plots.class_counts(classes, series, os.path.join(out, "class-counts.png"), "per-class counts"))
+        if "coverage" in stats:
+            files.append(_coverage_plot(stats["coverage"], os.path.join(out, "coverage-accuracy.png"),
+                                        f"weak labels: {stats['weak_model']} on {stats['data']} {stats['split']}"))
         stats["files"] = files
     return stats
 
 
+def _coverage_plot(curve: dict, path: str, title: str) -> str:
+    from ..pipeline import plots
+
+    series = {f"{stat}{' per class' if mode == 'per_class' else ''}": list(zip(curve["coverage"], accuracy))
+              for mode in ("overall", "per_class") for stat, accuracy in curve[mode].items()}
+    return plots.curves(series, path, xlabel="kept fraction (--keep-frac)", ylabel="weak-label accuracy on the kept",
+                        title=f"coverage-accuracy: {title}")
+
+
+def coverage_lines(curve: dict) -> list[str]:
+    """The coverage-accuracy curve as a text table."""
+    columns = [(mode, stat) for mode in ("overall", "per_class") for stat in curve[mode]]
+    head = "kept  " + "  ".join(f"{stat + (' /cls' if mode == 'per_class' else ''):>15}" for mode, stat in columns)
+    rows = [f"{f:4.1f}  " + "  ".join(f"{curve[mode][stat][i]:15.4f}" for mode, stat in columns)
+            for i, f in enumerate(curve["coverage"])]
+    return ["weak-label accuracy on the kept samples (--keep-frac F --rank-by STAT [--per-class]):", head, *rows]
+
+
+def format_ensemble(stats: dict) -> str:
+    lines = [f"ensemble of {len(stats['members'])} stores, {stats['samples']} samples"]
+    for m in stats["members"]:
+        lines.append(f"member {m['store']} ({m['weak_model']})"
+                     + (f": accuracy {m['accuracy']:.4f}" if "accuracy" in m else ""))
+    for how, e in stats["ensembles"].items():
+        agree = ", ".join(f"{k}: {v:.3f}" for k, v in e["agreement"].items())
+        lines.append(f"{how}" + (f": accuracy {e['accuracy']:.4f}" if "accuracy" in e else "")
+                     + f"; members agreeing with it (share of samples) {agree}")
+    if "coverage" in stats:
+        lines += coverage_lines(stats["coverage"])
+    for f in stats.get("files", []):
+        lines.append(f"figure {f}")
+    return "\n".join(lines)
+
+
 def format_text(stats: dict) -> str:
+    if "ensembles" in stats:
+        return format_ensemble(stats)
     c, m = stats["confidence"], stats["margin"]
 
     def q(d):
@@ -145,6 +250,8 @@ def format_text(stats: dict) -> str:
         if "view_accuracy" in stats:
             acc = stats["view_accuracy"]
             lines.append("accuracy per view " + ", ".join(f"{a:.3f}" for a in acc) + f" (mean {sum(acc) / len(acc):.3f})")
+    if "coverage" in stats:
+        lines += coverage_lines(stats["coverage"])
     for f in stats.get("files", []):
         lines.append(f"figure {f}")
     return "\n".join(lines)

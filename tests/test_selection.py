@@ -299,3 +299,39 @@ def test_an_ensemble_of_other_shards_is_refused_naming_the_shard(three_stores, d
         TrainConfig.tiny(labels=three_stores[0], ensemble="vote")
     with pytest.raises(W2SError, match="a store is named twice"):
         TrainConfig.tiny(labels=f"{three_stores[0]},{three_stores[0]}")
+
+
+# seeing it before training ---------------------------------------------------------------------
+def test_inspect_gives_the_coverage_accuracy_curve_of_what_keep_frac_keeps(workspace_store, tmp_path):
+    from w2s_pipe.stages.inspect import InspectConfig, format_text, run_inspect
+
+    stats = run_inspect(InspectConfig(store=workspace_store, out=str(tmp_path / "fig")))
+    index = open_store(workspace_store).index()
+    pred, label, margin = index["pred"].to_numpy(), index["label"].to_numpy(), index["margin"].to_numpy()
+    curve = stats["coverage"]
+    assert curve["coverage"][0] == 0.1 and curve["coverage"][-1] == 1.0
+    for i, f in enumerate(curve["coverage"]):
+        order = sorted(range(len(pred)), key=lambda r: (-float(margin[r]), r))[:math.ceil(f * len(pred) - 1e-9)]
+        assert curve["overall"]["margin"][i] == pytest.approx((pred[order] == label[order]).mean(), abs=1e-6)
+    assert curve["overall"]["entropy"][-1] == pytest.approx((pred == label).mean(), abs=1e-6)
+    assert any(p.endswith("coverage-accuracy.png") and os.path.getsize(p) > 1000 for p in stats["files"])
+    assert "weak-label accuracy on the kept samples" in format_text(stats)
+
+
+def test_inspect_of_several_stores_compares_the_ensemble_with_each_member(three_stores, tmp_path):
+    from w2s_pipe.pipeline.ensemble import combine
+    from w2s_pipe.stages.inspect import InspectConfig, format_text, run_inspect
+
+    stats = run_inspect(InspectConfig(store=",".join(three_stores), out=str(tmp_path / "ens")))
+    members = [open_store(s) for s in three_stores]
+    label = members[0].index()["label"].to_numpy()
+    for m, record in zip(members, stats["members"]):
+        assert record["accuracy"] == pytest.approx((m.index()["pred"].to_numpy() == label).mean())
+    logits = [np.concatenate([m.shard_rows(i).arrays["logits"].astype(np.float32) for i in range(len(m.shards))])
+              for m in members]
+    for how in ("mean-prob", "mean-logit", "vote"):
+        by_hand = (combine(logits, how).argmax(1) == label).mean()
+        assert stats["ensembles"][how]["accuracy"] == pytest.approx(by_hand)
+        assert sum(stats["ensembles"][how]["agreement"].values()) == pytest.approx(1.0, abs=1e-5)
+    assert "agreement" in stats["coverage"]["overall"]
+    assert "mean-prob: accuracy" in format_text(stats)
