@@ -168,6 +168,11 @@ def _assign_roles(runs: list[dict], stores: list[dict], ws) -> None:
             if store:
                 r["weak_top1"], r["weak_top1_from"] = store["weak_top1"], store["weak_top1_from"]
             r["weak_model"] = store["weak_model"] if store else r["data"].get("weak")
+            if r["data"].get("ensemble"):  # not the first member's figure: the ensemble is another teacher
+                r["weak_model"] = r["data"].get("weak")
+                r["weak_top1"], r["weak_top1_from"] = None, (
+                    f"an ensemble of {len(r['data']['ensemble']['members'])} stores, whose own validation top-1 "
+                    "report does not measure (bench/selection_study.py does)")
         elif r["loss"] == "gt" and (r["data"].get("name"), r["data"].get("split")) in labelled:
             r["role"] = "ceiling"
         else:

@@ -335,3 +335,26 @@ def test_inspect_of_several_stores_compares_the_ensemble_with_each_member(three_
         assert sum(stats["ensembles"][how]["agreement"].values()) == pytest.approx(1.0, abs=1e-5)
     assert "agreement" in stats["coverage"]["overall"]
     assert "mean-prob: accuracy" in format_text(stats)
+
+
+def test_report_shows_selection_and_ensemble_runs_as_their_own_rows(digits_data, workspace_store, tmp_path):
+    """Plain, selected and ensemble runs from the same store: three rows; the ensemble's PGR is not
+    taken from its first member's accuracy (another teacher)."""
+    from conftest import make_checkpoint
+    from w2s_pipe.stages.label import LabelConfig, run_label
+    from w2s_pipe.stages.report import ReportConfig, run_report
+
+    other = run_label(LabelConfig(weak=None, weak_checkpoint=make_checkpoint(tmp_path / "w1.pt", seed=1), data="digits",
+                                  labels=str(tmp_path / "other"), workers=0, precision="fp32", progress=False)).store
+    common = dict(strong="test_resnet", epochs=1, steps_per_epoch=2, device="cpu", loss="hard")
+    run_train(TrainConfig.tiny(run="plain", labels=workspace_store, **common))
+    run_train(TrainConfig.tiny(run="kept", labels=workspace_store, keep_frac=0.5, **common))
+    run_train(TrainConfig.tiny(run="ens", labels=f"{workspace_store},{other}", **common))
+    report = run_report(ReportConfig(plots=False))
+    rows = [r for r in report["rows"] if r["role"] == "w2s"]
+    assert len(rows) == 3 and len({r["label"] for r in rows}) == 3
+    assert sorted(len(r["runs"]) for r in rows) == [1, 1, 1]
+    runs = {r["name"]: r for r in report["runs"]}
+    assert runs["ens"]["weak_top1"] is None and "an ensemble of 2 stores" in runs["ens"]["weak_top1_from"]
+    assert runs["ens"]["weak_model"].startswith("mean-prob of ")
+    assert runs["kept"]["weak_top1"] == runs["plain"]["weak_top1"]  # one teacher, fewer of its labels
