@@ -358,3 +358,20 @@ def test_report_shows_selection_and_ensemble_runs_as_their_own_rows(digits_data,
     assert runs["ens"]["weak_top1"] is None and "an ensemble of 2 stores" in runs["ens"]["weak_top1_from"]
     assert runs["ens"]["weak_model"].startswith("mean-prob of ")
     assert runs["kept"]["weak_top1"] == runs["plain"]["weak_top1"]  # one teacher, fewer of its labels
+
+
+def test_a_top_k_member_joins_an_ensemble_rebuilt_dense(digits_data, workspace_store, weak_ckpt, tmp_path):
+    from w2s_pipe.pipeline.data.join import StoreJoin
+    from w2s_pipe.pipeline.data.shards import iter_samples
+    from w2s_pipe.pipeline.ensemble import combine
+    from w2s_pipe.stages.label import LabelConfig, run_label
+
+    topk = run_label(LabelConfig(weak=None, weak_checkpoint=weak_ckpt, data="digits", labels=str(tmp_path / "top3"),
+                                 topk=3, workers=0, precision="fp32", progress=False)).store
+    full, top = open_store(workspace_store), open_store(topk)
+    joined = list(StoreJoin(workspace_store, members=(workspace_store, topk), ensemble="mean-logit")(
+        iter_samples(full.shards[0]["url"])))
+    expected = combine([full.shard_rows(0).dense_logits(10), top.shard_rows(0).dense_logits(10)], "mean-logit")
+    np.testing.assert_allclose(np.stack([s["weak"] for s in joined]), expected, rtol=1e-6)
+    with pytest.raises(W2SError, match="--store-view replay: an ensemble combines the members' centre views"):
+        run_train(TrainConfig.tiny(labels=f"{workspace_store},{topk}", store_view="replay", run="r", device="cpu"))
