@@ -117,6 +117,7 @@ def test_erase_where_fills_each_box_with_its_views_noise_and_nothing_else():
     assert abs(noise.mean()) < 0.1 and abs(noise.std() - 1) < 0.1  # N(0, 1) in the normalised space, as timm's
     alone = erase_where(torch.full((1, 3, 32, 40), -1.0), torch.tensor([boxed.as_row()]))
     assert torch.equal(alone[0][:, inside], noise)  # another batch, the same view: the same noise
+    assert torch.equal(view_noise(torch.tensor([12345]), (3, 32, 40), "cpu")[0][:, inside], noise)
     other = erase_where(images.clone(), torch.tensor([rows[0].tolist(), View(**{**boxed.__dict__, "erase_key": 1}).as_row()]))
     assert not torch.allclose(other[1][:, inside], noise)
     unboxed = rows.clone()
