@@ -3,7 +3,9 @@
 For each seed: train the weak model on the `weak` split's ground truth; label the `transfer` split
 with it (a real store); train the strong model on `transfer`'s ground truth (the ceiling); train the
 strong model from the store with each loss, without ground truth (weak-to-strong) and with
-`--gt-weight 1` (the paper's distillation setting); then `report`. The training options every run
+`--gt-weight 1` (the paper's distillation setting), and with hard labels from the 70% of the store
+its weak model is surest of (`--keep-frac 0.7 --rank-by margin --per-class`: the choice that
+bench/selection_study.py found to help here); then `report`. The training options every run
 shares are the `demo` recipe (pipeline/train/recipes/demo.yaml), fixed before looking at any result
 and the same for every loss: no tuning on `val`.
 """
@@ -33,6 +35,7 @@ class DemoConfig:
     strong_epochs: int = 8
     steps_per_epoch: int | None = None
     losses: tuple[str, ...] = ("hard", "kd", "augconf", "adaptconf")
+    keep_frac: float | None = 0.7  # the selection row: hard labels of the most trusted fraction (None: no row)
     recipe: str = "demo"  # the train options every run shares (pipeline/train/recipes/demo.yaml)
     train_overrides: dict = field(default_factory=dict)  # over the recipe (the quick demo's smaller batches)
     progress: bool = True
@@ -74,7 +77,7 @@ def run_demo(cfg: DemoConfig, echo=print) -> dict:
     prepare_digits(os.path.join(ws, "data", "digits"))
     # The prepared data lives in this workspace, whatever W2S_DATA says.
     old_data, os.environ["W2S_DATA"] = os.environ.get("W2S_DATA"), os.path.join(ws, "data")
-    plan = 3 + 2 * len(cfg.losses)
+    plan = 3 + 2 * len(cfg.losses) + (1 if cfg.keep_frac else 0)
     total, done = plan * cfg.seeds, 0
 
     recipe = load_recipe(cfg.recipe, recipe_options())
@@ -105,6 +108,9 @@ def run_demo(cfg: DemoConfig, echo=print) -> dict:
                 for loss in cfg.losses:
                     suffix = "-gt" if gt_weight else ""
                     train(f"s{seed}-{loss}{suffix}", loss=loss, labels=store, gt_weight=gt_weight, **strong)
+            if cfg.keep_frac:
+                train(f"s{seed}-hard-keep{cfg.keep_frac}", loss="hard", labels=store, keep_frac=cfg.keep_frac,
+                      rank_by="margin", per_class=True, **strong)
     finally:
         if old_data is None:
             os.environ.pop("W2S_DATA", None)

@@ -82,6 +82,7 @@ def build_report(workspace) -> dict:
         elif r["role"] == "w2s":
             weak = (r.get("weak_model") or "?") + (" (online teacher)" if r.get("online") else
                                                    f" ({r['data']['views']} stored views)" if r["data"].get("views") else "")
+            weak += _trusted(r["settings"])
             key = ("w2s", r["strong"], weak, r["loss"], r["gt_weight"] > 0)
         else:
             key = ("other", r["strong"], r["data"].get("split", ""), r["loss"], r["gt_weight"] > 0)
@@ -177,6 +178,20 @@ def _assign_roles(runs: list[dict], stores: list[dict], ws) -> None:
             r["role"] = "ceiling"
         else:
             r["role"] = "other"
+
+
+def _trusted(settings: dict) -> str:
+    """Which of the weak labels a run trusted, for its row's name: " (select ..., 70% by margin per
+    class, weighted by confidence)", or "" for all of them, evenly."""
+    said = []
+    if settings.get("select"):
+        said.append(f"select {settings['select']}")
+    if settings.get("keep_frac") is not None:
+        said.append(f"{settings['keep_frac']:.0%} by {settings.get('rank_by') or 'margin'}"
+                    + (" per class" if settings.get("per_class") else ""))
+    if settings.get("weight_by"):
+        said.append(f"weighted by {settings['weight_by']}")
+    return f" ({', '.join(said)})" if said else ""
 
 
 def ceiling_key(run: dict) -> tuple:

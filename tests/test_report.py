@@ -36,13 +36,15 @@ def quick_demo(tmp_path_factory):
 def test_demo_quick_runs_everything(quick_demo):
     out, report, lines = quick_demo
     runs = sorted(os.listdir(os.path.join(out, "runs")))
-    assert len(runs) == 2 * (2 + 8) and len(os.listdir(os.path.join(out, "stores"))) == 2
-    assert lines[-1].startswith("[22/22]")
+    assert len(runs) == 2 * (2 + 8 + 1) and len(os.listdir(os.path.join(out, "stores"))) == 2  # + hard on 70% kept
+    assert lines[-1].startswith("[24/24]")
     roles = {r["name"]: r["role"] for r in report["runs"]}
     assert roles["s0-weak"] == "weak" and roles["s1-ceiling"] == "ceiling" and roles["s0-adaptconf-gt"] == "w2s"
     labels = [row["label"] for row in report["rows"]]
     assert labels[:2] == ["weak test_vit", "ceiling test_resnet (ground truth)"]
-    assert len(labels) == 10 and all(row["n"] == 2 for row in report["rows"])
+    assert len(labels) == 11 and all(row["n"] == 2 for row in report["rows"])
+    kept = [row for row in report["rows"] if "70% by margin per class" in row["label"]]
+    assert len(kept) == 1 and kept[0]["runs"] == ["s0-hard-keep0.7", "s1-hard-keep0.7"], labels
     for f in ("report.md", "report.json", "accuracy.png", "curves.png", "beta-alpha.png"):
         assert os.path.exists(os.path.join(out, "report", f)), f
 
