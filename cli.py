@@ -495,7 +495,9 @@ def eval_cmd(ctx, **options):
 def demo(ctx, out, seeds, quick):
     """The whole weak-to-strong study on digits in one command (about eight minutes on two CPU
     cores): a weak model, its labels, the strong ceiling, and a strong model trained from the
-    labels with each loss, with and without ground truth, over several seeds; then `report`."""
+    labels with each loss, with and without ground truth, and with hard labels from the 70% of
+    the labels the weak model is surest of (--keep-frac 0.7 --rank-by margin --per-class), over
+    several seeds; then `report`."""
     from .pipeline.workspace import workspace_dir
     from .stages.demo import DemoConfig, run_demo
     from .stages.report import markdown_table
