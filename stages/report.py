@@ -57,7 +57,9 @@ def build_report(workspace) -> dict:
     for r in runs:
         if r["role"] != "w2s" or r["top1"] is None:
             continue
-        matching = [c for c in ceilings if ceiling_key(c) == ceiling_key(r)]
+        chosen = r["settings"].get("select") or r["settings"].get("keep_frac") is not None
+        without = ("steps_per_epoch",) if chosen else ()  # fewer samples, fewer steps: the same recipe
+        matching = [c for c in ceilings if ceiling_key(c, without) == ceiling_key(r, without)]
         same_seed = [c for c in matching if c["seed"] == r["seed"]]
         if len(same_seed) > 1:
             r["ceiling_note"] = f"{len(same_seed)} ceilings of seed {r['seed']} ({', '.join(c['name'] for c in same_seed)})"
@@ -194,14 +196,16 @@ def _trusted(settings: dict) -> str:
     return f" ({', '.join(said)})" if said else ""
 
 
-def ceiling_key(run: dict) -> tuple:
+def ceiling_key(run: dict, without: tuple = ()) -> tuple:
     """What a ceiling must share with a weak-to-strong run to be its ceiling: the data and split (the
     ceiling trains on the ground truth of what the store labelled), the architecture and the recipe
-    (optimizer, schedule, epochs, size, augmentation), not the loss or its parameters."""
+    (optimizer, schedule, epochs, size, augmentation), not the loss or its parameters. A run that
+    trained on a chosen part of the store (--select, --keep-frac) has fewer steps per epoch by
+    design: its ceiling is compared `without` steps per epoch (the same recipe on all the data)."""
     settings = run["settings"]
-    recipe = {k: settings.get(k) for k in ("opt", "lr", "weight_decay", "sched", "epochs", "batch_size", "img_size",
-                                            "steps_per_epoch", "crop_scale", "hflip", "aa", "mixup", "cutmix",
-                                            "pretrained", "linear_probe")}
+    keys = ("opt", "lr", "weight_decay", "sched", "epochs", "batch_size", "img_size", "steps_per_epoch", "crop_scale",
+            "hflip", "aa", "mixup", "cutmix", "pretrained", "linear_probe")
+    recipe = {k: settings.get(k) for k in keys if k not in without}
     data = settings.get("data_source") or {}
     return run["strong"], data.get("name"), data.get("split"), json.dumps(recipe, sort_keys=True, default=str)
 

@@ -346,18 +346,23 @@ def test_report_shows_selection_and_ensemble_runs_as_their_own_rows(digits_data,
 
     other = run_label(LabelConfig(weak=None, weak_checkpoint=make_checkpoint(tmp_path / "w1.pt", seed=1), data="digits",
                                   labels=str(tmp_path / "other"), workers=0, precision="fp32", progress=False)).store
-    common = dict(strong="test_resnet", epochs=1, steps_per_epoch=2, device="cpu", loss="hard")
+    common = dict(strong="test_resnet", epochs=1, device="cpu", loss="hard")  # steps per epoch: the samples'
     run_train(TrainConfig.tiny(run="plain", labels=workspace_store, **common))
     run_train(TrainConfig.tiny(run="kept", labels=workspace_store, keep_frac=0.5, **common))
     run_train(TrainConfig.tiny(run="ens", labels=f"{workspace_store},{other}", **common))
+    run_train(TrainConfig.tiny(run="ceiling", data="digits", **{**common, "loss": "gt"}))
     report = run_report(ReportConfig(plots=False))
     rows = [r for r in report["rows"] if r["role"] == "w2s"]
     assert len(rows) == 3 and len({r["label"] for r in rows}) == 3
+    assert any("(50% by margin)" in r["label"] for r in rows), [r["label"] for r in rows]
     assert sorted(len(r["runs"]) for r in rows) == [1, 1, 1]
     runs = {r["name"]: r for r in report["runs"]}
     assert runs["ens"]["weak_top1"] is None and "an ensemble of 2 stores" in runs["ens"]["weak_top1_from"]
     assert runs["ens"]["weak_model"].startswith("mean-prob of ")
     assert runs["kept"]["weak_top1"] == runs["plain"]["weak_top1"]  # one teacher, fewer of its labels
+    # fewer samples, fewer steps per epoch: still the ceiling of the same recipe on all the data
+    assert runs["kept"]["ceiling_runs"] == runs["plain"]["ceiling_runs"] == ["ceiling"]
+    assert "70% by margin" not in runs["plain"].get("label", "")
 
 
 def test_a_top_k_member_joins_an_ensemble_rebuilt_dense(digits_data, workspace_store, weak_ckpt, tmp_path):
