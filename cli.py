@@ -48,18 +48,34 @@ def prepare():
     """Turn a data set into WebDataset shards with a manifest."""
 
 
+_NOISE_HELP = ("Corrupt the training splits' labels once (the paper's noisy-label scenario): symmetric:R gives "
+               "int(R·N) samples a class drawn uniformly from all classes (the true one included); asymmetric:R moves "
+               "each sample of a mapped class to its confusable class with chance R ({map}). The shards' cls is the "
+               "noisy label, clean.cls the clean one; evaluation splits stay clean; the manifest records the rule, "
+               "the seed and the realised flip rate per class.")
+
+
+def _noise(spec, seed):
+    from .pipeline.data.noise import LabelNoise
+
+    return LabelNoise.parse(spec, seed) if spec else None
+
+
 @prepare.command("digits")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Output directory [default: $W2S_DATA/digits, else <workspace>/data/digits].")
 @click.option("--shard-size", type=int, default=256, show_default=True, help="Samples per shard.")
+@click.option("--label-noise", default=None, help=_NOISE_HELP.format(map="digits: 1↔7, 3↔8, 4↔9"))
+@click.option("--noise-seed", type=int, default=42, show_default=True, help="Seed of --label-noise (the official 42).")
 @click.pass_context
-def prepare_digits_cmd(ctx, out, shard_size):
+def prepare_digits_cmd(ctx, out, shard_size, label_noise, noise_seed):
     """scikit-learn's handwritten digits (1797 real 8x8 images, shipped with the package) as PNG
     shards, split with a fixed seed into weak (600: the weak model's ground truth), transfer
     (897: what the weak model labels and the strong model learns from) and val (300)."""
     from .stages.prepare import default_digits_dir, prepare_digits
 
-    result = prepare_digits(out or default_digits_dir(ctx.obj["workspace"]), shard_size=shard_size)
+    result = prepare_digits(out or default_digits_dir(ctx.obj["workspace"]), shard_size=shard_size,
+                            noise=_noise(label_noise, noise_seed))
     for split, shards in result.splits.items():
         click.echo(f"{split}: {sum(s.count for s in shards)} samples in {len(shards)} shards")
     click.echo(f"wrote {result.samples} samples to {result.out}")
@@ -76,12 +92,16 @@ def _prepare_cifar_command(name: str, classes: int, archive: str):
     @click.option("--weak-split", type=int, default=0, show_default=True,
                   help="Carve this many training images (a fixed seeded choice) into a `weak` split for the weak "
                        "model's ground truth; the rest stay in `train`, which `label` labels.")
+    @click.option("--label-noise", default=None, help=_NOISE_HELP.format(
+        map="CIFAR-10: truck→automobile, bird→airplane, cat↔dog, deer→horse; CIFAR-100: the next class of its "
+            "superclass"))
+    @click.option("--noise-seed", type=int, default=42, show_default=True, help="Seed of --label-noise (the official 42).")
     @click.pass_context
-    def command(ctx, archive, out, shard_size, weak_split):
+    def command(ctx, archive, out, shard_size, weak_split, label_noise, noise_seed):
         from .stages.prepare import default_data_dir, prepare_cifar
 
         result = prepare_cifar(name, archive, out or default_data_dir(name, ctx.obj["workspace"]),
-                               shard_size=shard_size, weak_split=weak_split)
+                               shard_size=shard_size, weak_split=weak_split, noise=_noise(label_noise, noise_seed))
         for split, shards in result.splits.items():
             click.echo(f"{split}: {sum(s.count for s in shards)} samples in {len(shards)} shards")
         click.echo(f"wrote {result.samples} samples to {result.out}; use --data {name}")

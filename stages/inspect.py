@@ -91,6 +91,10 @@ def store_statistics(url: str, storage_options: dict | None = None) -> dict:
         stats["view_agreement_with_centre"] = [float(v) for v in result["view_agreement"]]
         if has_label:
             stats["view_accuracy"] = [float(v) for v in result["view_accuracy"]]
+    noise = _label_noise(store)
+    if noise is not None and has_label:  # the shards' labels are noisy: also against the clean ones
+        stats["label_noise"] = {k: noise[k] for k in ("kind", "rate", "seed", "flip_rate")}
+        stats["accuracy_clean"] = _clean_accuracy(store, noise["clean_field"])
     if has_label:
         stats["accuracy"] = float(result["accuracy"])
         stats["label_counts"] = [int(c) for c in result["label_counts"]]
@@ -149,6 +153,31 @@ def ensemble_statistics(urls: list[str]) -> dict:
         if how == "mean-prob" and has_label:  # agreement ranks too: more members agreeing, more trusted
             out["coverage"] = coverage_accuracy(index, stats=("margin", "confidence", "entropy", "agreement"))
     return out
+
+
+def _label_noise(store) -> dict | None:
+    """The manifest's noise record (`prepare --label-noise`) where it noised the store's split."""
+    from ..pipeline.data.shards import read_manifest
+
+    url = store.shards[0]["url"] if store.shards else ""
+    manifest = read_manifest(url.rsplit("/", 1)[0]) if "/" in url else None
+    noise = (manifest or {}).get("label_noise")
+    return noise if noise and store.attrs["data"]["split"] in noise.get("splits", []) else None
+
+
+def _clean_accuracy(store, clean_field: str) -> float:
+    """The weak labels' accuracy against the clean labels the shards keep beside the noisy ones."""
+    from ..pipeline.data.shards import iter_samples
+
+    index = store.index()
+    clean = {}
+    for shard in store.shards:
+        for sample in iter_samples(shard["url"]):
+            if clean_field in sample:
+                clean[(shard["name"], sample["__key__"])] = int(sample[clean_field])
+    pred = index["pred"].to_numpy()
+    truth = np.array([clean.get(k, -1) for k in zip(index["shard"].to_pylist(), index["key"].to_pylist())])
+    return float((pred == truth).mean())
 
 
 def run_inspect(cfg: InspectConfig) -> dict:
@@ -240,7 +269,12 @@ def format_text(stats: dict) -> str:
     lines.append("most predicted classes: " + ", ".join(f"{i} ({counts[i]})" for i in top)
                  + f"; never predicted: {int((counts == 0).sum())} classes")
     if stats["has_labels"]:
-        lines.append(f"weak-label accuracy {stats['accuracy']:.4f}, ECE {stats['ece']:.4f} (15 bins)")
+        lines.append(f"weak-label accuracy {stats['accuracy']:.4f}, ECE {stats['ece']:.4f} (15 bins)"
+                     + (" against the shards' noisy labels" if "accuracy_clean" in stats else ""))
+        if "accuracy_clean" in stats:
+            n = stats["label_noise"]
+            lines.append(f"weak-label accuracy {stats['accuracy_clean']:.4f} against the clean labels (the shards' "
+                         f"labels are {n['kind']} noise at {n['rate']}, seed {n['seed']}: {n['flip_rate']:.1%} flipped)")
     else:
         lines.append("no ground truth in the shards: accuracy and calibration unavailable")
     if stats.get("views"):

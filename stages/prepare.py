@@ -57,11 +57,13 @@ def _write_split(out: Path, prefix: str, samples, shard_size: int) -> list[Shard
     return shards
 
 
-def prepare_digits(out: str, shard_size: int = 256) -> PrepareResult:
+def prepare_digits(out: str, shard_size: int = 256, noise=None) -> PrepareResult:
     """scikit-learn's 8x8 digits (a real data set shipped with the package) as PNG shards.
 
-    Keys are `digits_<index in load_digits()>`; the split is fixed by DIGITS_SEED.
+    Keys are `digits_<index in load_digits()>`; the split is fixed by DIGITS_SEED. With `noise` (a
+    noise.LabelNoise) the training splits (weak and transfer) carry noisy labels, val stays clean.
     """
+    from ..pipeline.data.noise import CLEAN_FIELD, DIGITS_MAP, noise_record
     from sklearn.datasets import load_digits
 
     if shard_size < 1:
@@ -74,13 +76,22 @@ def prepare_digits(out: str, shard_size: int = 256) -> PrepareResult:
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.glob("digits-*.tar"):
         stale.unlink()
+    clean = np.asarray(digits.target, dtype=np.int64)
+    labels, extra, noised = clean, {}, ("weak", "transfer")
+    if noise is not None:
+        training = order[:DIGITS_SPLITS[0][1] + DIGITS_SPLITS[1][1]]  # the weak and transfer splits, in split order
+        labels = clean.copy()
+        labels[training] = noise.apply(clean[training], 10, DIGITS_MAP)
+        extra["label_noise"] = noise_record(noise, clean[training], labels[training], 10, list(noised), DIGITS_MAP)
     splits, first = {}, 0
     for split, size in DIGITS_SPLITS:
         chosen = order[first : first + size]
         first += size
-        samples = [{"__key__": f"digits_{i:04d}", "png": _png(pixels[i]), "cls": int(digits.target[i])} for i in chosen]
+        samples = [{"__key__": f"digits_{i:04d}", "png": _png(pixels[i]), "cls": int(labels[i]),
+                    **({CLEAN_FIELD: int(clean[i])} if noise is not None and split in noised else {})} for i in chosen]
         splits[split] = _write_split(out_dir, f"digits-{split}", samples, shard_size)
-    write_manifest(str(out_dir), splits, dataset="digits", num_classes=10, class_names=[str(d) for d in range(10)])
+    write_manifest(str(out_dir), splits, dataset="digits", num_classes=10, class_names=[str(d) for d in range(10)],
+                   **extra)
     return PrepareResult(str(out_dir), splits)
 
 
@@ -150,12 +161,17 @@ def default_data_dir(name: str, workspace=None) -> str:
 CIFAR_SEED = 0
 
 
-def prepare_cifar(name: str, archive: str, out: str, shard_size: int = 1000, weak_split: int = 0) -> PrepareResult:
+def prepare_cifar(name: str, archive: str, out: str, shard_size: int = 1000, weak_split: int = 0,
+                  noise=None) -> PrepareResult:
     """A CIFAR python archive as PNG shards `<name>-<split>-NNNNNN.tar`: train (what the weak model
     labels) and test (validation), and with `weak_split` N > 0 a `weak` split of N training images
     (a fixed seeded choice) for the weak model's ground truth, taken out of train. Keys are
-    `<name>_<split>_<index in the archive's split>`; the manifest carries the class names."""
+    `<name>_<split>_<index in the archive's split>`; the manifest carries the class names. With
+    `noise` (a noise.LabelNoise) the archive's whole training set is noised once, as the official
+    code does (CIFAR-10's map, CIFAR-100's superclass shift), before the weak split is carved out;
+    test stays clean."""
     from ..pipeline.data.cifar_archive import read_cifar
+    from ..pipeline.data.noise import CIFAR10_MAP, CLEAN_FIELD, noise_record, superclass_map
 
     if shard_size < 1:
         raise W2SError(f"--shard-size {shard_size} is invalid: must be at least 1")
@@ -173,11 +189,25 @@ def prepare_cifar(name: str, archive: str, out: str, shard_size: int = 1000, wea
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.glob(f"{name}-*.tar"):
         stale.unlink()
+    noisy, extra = train.labels, {}
+    if noise is not None:
+        if name == "cifar100":
+            if train.coarse is None:
+                raise W2SError(f"{archive}: no coarse_labels in its training batch, which CIFAR-100's asymmetric "
+                               "noise moves within")
+            mapping = superclass_map(train.labels, train.coarse)
+        else:
+            mapping = CIFAR10_MAP
+        noisy = noise.apply(train.labels, len(class_names), mapping)
+        extra["label_noise"] = noise_record(noise, train.labels, noisy, len(class_names),
+                                            [s for s in plan if plan[s][0] == "train"], mapping)
     splits = {}
     for split, (source, indices) in plan.items():
         data = splits_in[source]
-        samples = ({"__key__": f"{name}_{source}_{i:05d}", "png": _png(data.images[i]), "cls": int(data.labels[i])}
+        labels = noisy if source == "train" else data.labels
+        samples = ({"__key__": f"{name}_{source}_{i:05d}", "png": _png(data.images[i]), "cls": int(labels[i]),
+                    **({CLEAN_FIELD: int(data.labels[i])} if noise is not None and source == "train" else {})}
                    for i in indices)
         splits[split] = _write_split(out_dir, f"{name}-{split}", samples, shard_size)
-    write_manifest(str(out_dir), splits, dataset=name, num_classes=len(class_names), class_names=class_names)
+    write_manifest(str(out_dir), splits, dataset=name, num_classes=len(class_names), class_names=class_names, **extra)
     return PrepareResult(str(out_dir), splits)

@@ -41,6 +41,7 @@ class CifarSplit:
     images: np.ndarray  # (N, 32, 32, 3) uint8
     labels: np.ndarray  # (N,) int64
     filenames: list[str]
+    coarse: np.ndarray | None = None  # CIFAR-100's superclass of each image (N,), where the batches carry it
 
 
 def read_cifar(archive: str, name: str) -> tuple[dict[str, CifarSplit], list[str]]:
@@ -74,7 +75,7 @@ def read_cifar(archive: str, name: str) -> tuple[dict[str, CifarSplit], list[str
 
 
 def _split(batches: list[dict], label_key: bytes, archive: str) -> CifarSplit:
-    images, labels, filenames = [], [], []
+    images, labels, filenames, coarse = [], [], [], []
     for batch in batches:
         data, lab = batch.get(b"data"), batch.get(label_key)
         if not isinstance(data, np.ndarray) or data.ndim != 2 or data.shape[1] != 3072 or lab is None \
@@ -82,6 +83,9 @@ def _split(batches: list[dict], label_key: bytes, archive: str) -> CifarSplit:
             raise W2SError(f"{archive}: a batch without (N, 3072) data and N {label_key.decode()}")
         images.append(np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
         labels.append(np.asarray(lab, dtype=np.int64))
+        if batch.get(b"coarse_labels") is not None:
+            coarse.append(np.asarray(batch[b"coarse_labels"], dtype=np.int64))
         names = batch.get(b"filenames") or [b""] * len(data)
         filenames += [n.decode() if isinstance(n, bytes) else str(n) for n in names]
-    return CifarSplit(np.concatenate(images), np.concatenate(labels), filenames)
+    return CifarSplit(np.concatenate(images), np.concatenate(labels), filenames,
+                      np.concatenate(coarse) if len(coarse) == len(batches) else None)
