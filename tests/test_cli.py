@@ -142,8 +142,11 @@ def test_ctrl_c_exits_130(tmp_path):
     import time
 
     exe = os.path.join(os.path.dirname(sys.executable), "w2s-pipe")
+    # SIGINT at its default in the child: a suite started in the background by a non-interactive shell
+    # inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler (seen in a CI rerun)
     proc = subprocess.Popen([exe, "demo", "--quick", "--out", str(tmp_path / "demo")], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 60
     while time.time() < deadline and not (tmp_path / "demo" / "runs").exists():  # past the imports, training
         time.sleep(0.05)
