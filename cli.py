@@ -10,8 +10,8 @@ import click
 from . import __version__
 from .errors import W2SError
 from .pipeline.choices import (BAD_SAMPLE_POLICIES, DECODE_OPTIONS, DECODERS, EVAL_PICKS, LOSSES, PRECISION_OPTIONS,
-                               ENSEMBLES, RAMPS, RANK_BY, STORE_VIEWS,
-                               WEIGHT_BY)
+                               ENSEMBLES, RAMPS, RANK_BY, SCENARIOS,
+                               STORE_VIEWS, WEIGHT_BY)
 
 
 class _Group(click.Group):
@@ -511,8 +511,12 @@ def eval_cmd(ctx, **options):
 @click.option("--quick", is_flag=True,
               help="A smoke-sized version (tiny models, a few steps): 21 s on a 2-core CPU; its accuracies are those of "
                    "barely trained models, so PGR is often undefined there (the report says why).")
+@click.option("--scenario", type=click.Choice(tuple(SCENARIOS)), default="standard", show_default=True,
+              help="standard: the paper's weak-to-strong setting; noisy: its noisy-label one, the weak and transfer "
+                   "splits' labels corrupted once (symmetric 0.2, seed 42: the weak model, the ceiling and the +gt runs "
+                   "learn from noisy labels; val stays clean) [default workspace: <workspace>/demo-noisy].")
 @click.pass_context
-def demo(ctx, out, seeds, quick):
+def demo(ctx, out, seeds, quick, scenario):
     """The whole weak-to-strong study on digits in one command (about eight minutes on two CPU
     cores): a weak model, its labels, the strong ceiling, and a strong model trained from the
     labels with each loss, with and without ground truth, and with hard labels from the 70% of
@@ -522,8 +526,9 @@ def demo(ctx, out, seeds, quick):
     from .stages.demo import DemoConfig, run_demo
     from .stages.report import markdown_table
 
-    out = out or str(workspace_dir(ctx.obj["workspace"]) / "demo")
-    cfg = DemoConfig.quick(out, seeds=seeds) if quick else DemoConfig(out=out, seeds=seeds)
+    out = out or str(workspace_dir(ctx.obj["workspace"]) / ("demo" if scenario == "standard" else f"demo-{scenario}"))
+    noise = {"label_noise": SCENARIOS[scenario]}
+    cfg = DemoConfig.quick(out, seeds=seeds, **noise) if quick else DemoConfig(out=out, seeds=seeds, **noise)
     report = run_demo(cfg, echo=click.echo)
     click.echo("")
     click.echo(markdown_table(report))

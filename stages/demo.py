@@ -36,6 +36,8 @@ class DemoConfig:
     steps_per_epoch: int | None = None
     losses: tuple[str, ...] = ("hard", "kd", "augconf", "adaptconf")
     keep_frac: float | None = 0.7  # the selection row: hard labels of the most trusted fraction (None: no row)
+    label_noise: str | None = None  # the noisy-label scenario: prepare digits --label-noise (val stays clean)
+    noise_seed: int = 42
     recipe: str = "demo"  # the train options every run shares (pipeline/train/recipes/demo.yaml)
     train_overrides: dict = field(default_factory=dict)  # over the recipe (the quick demo's smaller batches)
     progress: bool = True
@@ -74,7 +76,16 @@ def run_demo(cfg: DemoConfig, echo=print) -> dict:
     _prepare_workspace(cfg)
     ws = cfg.out
     started = time.perf_counter()
-    prepare_digits(os.path.join(ws, "data", "digits"))
+    from ..pipeline.data.noise import LabelNoise
+
+    noise = LabelNoise.parse(cfg.label_noise, cfg.noise_seed) if cfg.label_noise else None
+    prepared = prepare_digits(os.path.join(ws, "data", "digits"), noise=noise)
+    if noise is not None:
+        from ..pipeline.data.shards import read_manifest
+
+        record = read_manifest(prepared.out)["label_noise"]
+        echo(f"noisy labels: {noise.kind} {noise.rate} (seed {noise.seed}) on the weak and transfer splits, "
+             f"{record['flip_rate']:.1%} flipped; val stays clean, so every top-1 is against clean labels")
     # The prepared data lives in this workspace, whatever W2S_DATA says.
     old_data, os.environ["W2S_DATA"] = os.environ.get("W2S_DATA"), os.path.join(ws, "data")
     plan = 3 + 2 * len(cfg.losses) + (1 if cfg.keep_frac else 0)
