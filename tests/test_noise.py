@@ -141,3 +141,15 @@ def test_inspect_gives_the_weak_labels_accuracy_against_both(tmp_path, monkeypat
     assert stats["accuracy_clean"] == pytest.approx(np.mean([p == clean[k] for p, k in zip(pred, index["key"].to_pylist())]))
     assert stats["accuracy_clean"] != stats["accuracy"]
     assert "against the clean labels (the shards' labels are symmetric noise at 0.6, seed 0" in format_text(stats)
+
+
+def test_the_noisy_demo_learns_from_noisy_labels_and_evaluates_on_clean_ones(tmp_path):
+    from w2s_pipe.stages.demo import DemoConfig, run_demo
+
+    lines = []
+    run_demo(DemoConfig.quick(str(tmp_path / "demo"), seeds=1, label_noise="symmetric:0.2", losses=("hard",),
+                              keep_frac=None), echo=lines.append)
+    record = read_manifest(str(tmp_path / "demo" / "data" / "digits"))["label_noise"]
+    assert record["rate"] == 0.2 and record["seed"] == 42 and record["splits"] == ["weak", "transfer"]
+    assert lines[0].startswith(f"noisy labels: symmetric 0.2 (seed 42) on the weak and transfer splits, "
+                               f"{record['flip_rate']:.1%} flipped; val stays clean")
