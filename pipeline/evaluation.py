@@ -7,13 +7,10 @@ from ..errors import W2SError
 from . import distributed
 
 
-def evaluate(model, urls, data_config: dict, *, image_fields, label_field, batch_size: int, workers: int,
-             device, precision: str = "fp32", decoder: str = "cpu") -> dict:
-    """{"top1", "top5", "samples"} over `urls`; under DDP each rank takes shards r, r+W, ... and
-    the counts are summed, so every rank returns the same numbers. `decoder` is resolved, as
-    `label --decode` (a bad image stops the evaluation, naming shard and key)."""
-    import torch
-
+def batches(urls, data_config: dict, *, image_fields, label_field, batch_size: int, workers: int, device,
+            decoder: str = "cpu"):
+    """This rank's share of `urls` (shards r, r+W, ...) as (normalised images on `device`, labels
+    (N,) long): the evaluation crop, decoded by `decoder` (a bad image stops it, naming shard and key)."""
     from .data.loader import ImageBatch, ShardBatches, batch_images, events, label_loader
     from .data.shards import url_name
     from .data.transforms import DeviceNormalize, Preprocess, TensorGeometry
@@ -25,16 +22,27 @@ def evaluate(model, urls, data_config: dict, *, image_fields, label_field, batch
                            image_fields=image_fields, label_field=label_field, label_required=True)
     loader = label_loader(dataset, min(workers, len(mine)) if mine else 0, device.type == "cuda")
     normalize = DeviceNormalize(data_config, device)
+    for batch in events(loader) if mine else ():
+        if not isinstance(batch, ImageBatch):
+            continue  # a shard's end
+        images, _, labels, _ = batch_images(batch, geometry, device, url_name(urls[batch.shard]))
+        yield normalize(images), labels.to(device).long()
+
+
+def evaluate(model, urls, data_config: dict, *, image_fields, label_field, batch_size: int, workers: int,
+             device, precision: str = "fp32", decoder: str = "cpu") -> dict:
+    """{"top1", "top5", "samples"} over `urls`; under DDP each rank takes shards r, r+W, ... and
+    the counts are summed, so every rank returns the same numbers. `decoder` is resolved, as
+    `label --decode` (a bad image stops the evaluation, naming shard and key)."""
+    import torch
+
+    info = distributed.dist_info()
     counts = torch.zeros(3, dtype=torch.float64, device=device)  # top1, top5, n
     was_training = model.training
     model.eval()
     with torch.inference_mode():
-        for batch in events(loader) if mine else ():
-            if not isinstance(batch, ImageBatch):
-                continue  # a shard's end
-            images, _, labels, _ = batch_images(batch, geometry, device, url_name(urls[batch.shard]))
-            x = normalize(images)
-            y = labels.to(device).long()
+        for x, y in batches(urls, data_config, image_fields=image_fields, label_field=label_field,
+                            batch_size=batch_size, workers=workers, device=device, decoder=decoder):
             with distributed.autocast(precision, device):
                 logits = model(x)
             k = min(5, logits.shape[1])
