@@ -491,15 +491,35 @@ def recipes():
 @click.option("--decode", type=click.Choice(DECODERS), default=None,
               help="Image decoder, as `label --decode` [default: the one the run trained with where this device can "
                    "use it, else cpu].")
+@click.option("--episodes", type=int, default=0, show_default=True,
+              help="Few-shot instead (the paper's few-shot scenario, as Meta-Baseline): this many episodes on the "
+                   "split, each --ways classes with --shots support and --queries query samples per class, a query "
+                   "classified by cosine similarity of the model's pooled pre-logit features to each class's mean "
+                   "support feature; mean accuracy and its 95% interval per shot count.")
+@click.option("--ways", type=int, default=5, show_default=True, help="--episodes: classes per episode.")
+@click.option("--shots", default="1,5", show_default=True, help="--episodes: support samples per class, comma-separated.")
+@click.option("--queries", type=int, default=15, show_default=True, help="--episodes: query samples per class.")
+@click.option("--episode-seed", type=int, default=0, show_default=True,
+              help="--episodes: the episodes' seed (two models compared on the same episodes).")
 @click.pass_context
-def eval_cmd(ctx, **options):
+def eval_cmd(ctx, shots, **options):
     """Top-1 and top-5 accuracy of a trained model on a validation split, with the checkpoint, its
-    step and the precision each figure is for."""
+    step and the precision each figure is for; or, with --episodes, its few-shot accuracy."""
     from .stages.evaluate import EvalConfig, run_eval
 
-    r = run_eval(EvalConfig(**options, workspace=ctx.obj["workspace"]))
+    try:
+        shot_counts = tuple(int(k) for k in shots.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{shots!r}: give integers, comma-separated (1,5)", param_hint="--shots") from None
+    r = run_eval(EvalConfig(**options, shots=shot_counts, workspace=ctx.obj["workspace"]))
     at = f"step {r['step']}, epoch {r['epoch']}, " if r["step"] is not None else ""
-    click.echo(f"{r['data']} {r['split']}: top-1 {r['top1']:.4f}  top-5 {r['top5']:.4f}  ({r['samples']} samples)")
+    if "few_shot" in r:
+        for k, f in r["few_shot"].items():
+            click.echo(f"{r['data']} {r['split']}: {r['ways']}-way {k}-shot {f['accuracy']:.4f} ± {f['ci95']:.4f} "
+                       f"(95% interval, {f['episodes']} episodes of {r['queries']} queries per class, seed "
+                       f"{r['episode_seed']}; {r['samples']} samples, {r['feature_dim']}-d features)")
+    else:
+        click.echo(f"{r['data']} {r['split']}: top-1 {r['top1']:.4f}  top-5 {r['top5']:.4f}  ({r['samples']} samples)")
     click.echo(f"checkpoint {r['checkpoint']} ({at}{r['picked']}), {r['precision']}, --decode {r['decode']}")
     click.echo(f"evaluated on {r['pattern']}" + (f"; trained from the {r['trained_on']}" if r["trained_on"] else ""))
 

@@ -68,9 +68,50 @@ def evaluate_checkpoint(checkpoint: str, *, data: str, split: str | None = None,
     fp32 for a checkpoint that does not say; `decode` to the decoder it trained with where this
     device can use it, else cpu. Returns `evaluate`'s figures with the checkpoint's step and epoch,
     the precision, the decoder and the data they are for."""
+    from .data.loader import default_workers
+
+    loaded, source, device, precision, decoder = _checkpoint_on(checkpoint, data, split, device, precision, decode,
+                                                               workspace)
+    meta = loaded.trained or {}
+    result = evaluate(loaded.model.to(device), list(source.urls), loaded.data_config, image_fields=source.image_fields,
+                      label_field=source.label_field, batch_size=batch_size,
+                      workers=workers if workers is not None else default_workers(), device=device,
+                      precision=precision, decoder=decoder)
+    return {**result, "checkpoint": checkpoint, "step": meta.get("step"), "epoch": meta.get("epoch"),
+            "precision": precision, "decode": decoder, "data": source.name, "split": source.split,
+            "pattern": source.pattern}
+
+
+def few_shot_checkpoint(checkpoint: str, *, data: str, split: str | None = None, ways: int = 5,
+                        shots: tuple[int, ...] = (1, 5), queries: int = 15, episodes: int = 600, seed: int = 0,
+                        batch_size: int = 256, workers: int | None = None, device: str = "auto",
+                        precision: str | None = None, decode: str | None = None, workspace=None) -> dict:
+    """A checkpoint's few-shot accuracy on `data`'s `split` (fewshot.py: its pooled features,
+    cosine nearest centroid, episodes from `seed`), chosen as `evaluate_checkpoint` chooses."""
+    from .data.loader import default_workers
+    from .fewshot import few_shot, pooled_features
+
+    loaded, source, device, precision, decoder = _checkpoint_on(checkpoint, data, split, device, precision, decode,
+                                                               workspace)
+    meta = loaded.trained or {}
+    features, labels = pooled_features(loaded.model.to(device), list(source.urls), loaded.data_config,
+                                       image_fields=source.image_fields, label_field=source.label_field,
+                                       batch_size=batch_size, workers=workers if workers is not None else
+                                       default_workers(), device=device, precision=precision, decoder=decoder)
+    figures = few_shot(features, labels, ways=ways, shots=tuple(shots), queries=queries, episodes=episodes, seed=seed)
+    return {"few_shot": figures, "ways": ways, "queries": queries, "episode_seed": seed, "samples": len(labels),
+            "feature_dim": int(features.shape[1]), "checkpoint": checkpoint, "step": meta.get("step"),
+            "epoch": meta.get("epoch"), "precision": precision, "decode": decoder, "data": source.name,
+            "split": source.split, "pattern": source.pattern}
+
+
+def _checkpoint_on(checkpoint: str, data: str, split: str | None, device: str, precision: str | None,
+                   decode: str | None, workspace):
+    """(the loaded checkpoint, the data source, device, precision, decoder) of an evaluation: the
+    split defaults to the data set's validation split, the precision to the checkpoint's training
+    one (fp32 if it does not say), the decoder to the one it trained with where this device can."""
     from .data.datasets import resolve_data
     from .data.decoders import resolve_decoder
-    from .data.loader import default_workers
     from .models import load_model
 
     loaded = load_model(None, checkpoint=checkpoint, num_classes=None, option=None)
@@ -86,10 +127,4 @@ def evaluate_checkpoint(checkpoint: str, *, data: str, split: str | None = None,
     decoder = resolve_decoder(decode or usable, device, border_crop=loaded.data_config.get("crop_mode") == "border")
     if source.label_field is None:
         raise W2SError(f"{source.pattern} carries no labels to evaluate against")
-    result = evaluate(loaded.model.to(device), list(source.urls), loaded.data_config, image_fields=source.image_fields,
-                      label_field=source.label_field, batch_size=batch_size,
-                      workers=workers if workers is not None else default_workers(), device=device,
-                      precision=precision, decoder=decoder)
-    return {**result, "checkpoint": checkpoint, "step": meta.get("step"), "epoch": meta.get("epoch"),
-            "precision": precision, "decode": decoder, "data": source.name, "split": source.split,
-            "pattern": source.pattern}
+    return loaded, source, device, precision, decoder

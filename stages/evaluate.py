@@ -32,6 +32,11 @@ class EvalConfig:
     device: str = "auto"
     precision: str | None = None  # default: the precision the checkpoint was trained in, else fp32
     decode: str | None = None  # default: the decoder the run trained with where this device can, else cpu
+    episodes: int = 0  # few-shot: this many seeded episodes (fewshot.py) instead of top-1/top-5
+    ways: int = 5
+    shots: tuple[int, ...] = (1, 5)
+    queries: int = 15
+    episode_seed: int = 0
     workspace: str | None = None
 
     def __post_init__(self):
@@ -46,6 +51,13 @@ class EvalConfig:
             raise W2SError(f"--batch-size {self.batch_size!r} is invalid: must be at least 1")
         if self.workers is not None and self.workers < 0:
             raise W2SError(f"--workers {self.workers!r} is invalid: must be 0 or more")
+        for option, value, low in (("--episodes", self.episodes, 0), ("--ways", self.ways, 2),
+                                   ("--queries", self.queries, 1)):
+            if value < low:
+                raise W2SError(f"{option} {value!r} is invalid: must be at least {low}")
+        if not self.shots or min(self.shots) < 1:
+            raise W2SError(f"--shots {','.join(map(str, self.shots))} is invalid: give shot counts of 1 or more, "
+                           "comma-separated")
 
 
 def run_eval(cfg: EvalConfig) -> dict:
@@ -64,8 +76,15 @@ def run_eval(cfg: EvalConfig) -> dict:
     data = cfg.data or trained_on.get("name")
     if not data or data == "shards":
         raise W2SError("give --data (a dataset name or validation shard pattern) to evaluate this checkpoint on")
-    result = evaluate_checkpoint(checkpoint, data=data, split=cfg.split, batch_size=cfg.batch_size, workers=cfg.workers,
-                                 device=cfg.device, precision=cfg.precision, decode=cfg.decode, workspace=cfg.workspace)
+    common = dict(data=data, split=cfg.split, batch_size=cfg.batch_size, workers=cfg.workers, device=cfg.device,
+                  precision=cfg.precision, decode=cfg.decode, workspace=cfg.workspace)
+    if cfg.episodes:
+        from ..pipeline.evaluation import few_shot_checkpoint
+
+        result = few_shot_checkpoint(checkpoint, ways=cfg.ways, shots=cfg.shots, queries=cfg.queries,
+                                     episodes=cfg.episodes, seed=cfg.episode_seed, **common)
+    else:
+        result = evaluate_checkpoint(checkpoint, **common)
     return {**result, "picked": PICKED[cfg.pick] if cfg.run else "as given", "trained_on": _trained_on(trained_on)}
 
 

@@ -126,7 +126,9 @@ def test_train_options_are_frozen():
 def test_eval_options_are_frozen():
     names = sorted(p.opts[0] for p in cli.commands["eval"].params if isinstance(p, click.Option))
     assert names == sorted(["--run", "--pick", "--checkpoint", "--data", "--split", "--batch-size", "--workers",
-                            "--device", "--precision", "--decode"])
+                            "--device", "--precision", "--decode",
+                            # few-shot (issue 21)
+                            "--episodes", "--ways", "--shots", "--queries", "--episode-seed"])
 
 
 def test_help_is_fast():

@@ -1,0 +1,82 @@
+"""Few-shot evaluation (`eval --episodes`): episodes reproducible from their seed, the cosine
+nearest-centroid accuracy against a hand computation, and the command on a real checkpoint.
+
+Device: the CPU, fp32."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from w2s_pipe.errors import W2SError
+from w2s_pipe.pipeline.fewshot import Episode, draw_episodes, episode_accuracy, few_shot
+
+
+def test_episodes_come_from_their_seed_and_keep_support_and_queries_apart():
+    labels = np.repeat(np.arange(8), 30)
+    a = draw_episodes(labels, ways=5, shots=5, queries=15, count=20, seed=3)
+    b = draw_episodes(labels, ways=5, shots=5, queries=15, count=20, seed=3)
+    c = draw_episodes(labels, ways=5, shots=5, queries=15, count=20, seed=4)
+    assert all(np.array_equal(x.support, y.support) and np.array_equal(x.query, y.query) for x, y in zip(a, b))
+    assert not all(np.array_equal(x.support, y.support) for x, y in zip(a, c))
+    for e in a:
+        assert len(set(e.classes.tolist())) == 5 and e.support.shape == (5, 5) and e.query.shape == (5, 15)
+        for w, cls in enumerate(e.classes):
+            assert set(labels[e.support[w]]) == {cls} and set(labels[e.query[w]]) == {cls}
+            assert not set(e.support[w]) & set(e.query[w])
+    with pytest.raises(W2SError, match="--ways 9: only 8 classes have --shots 5 \\+ --queries 15 samples"):
+        draw_episodes(labels, ways=9, shots=5, queries=15, count=1, seed=0)
+
+
+def test_nearest_centroid_accuracy_matches_a_hand_computation():
+    # 2 ways, 2 shots, 2 queries; 2-d features
+    features = np.array([[1.0, 0.0], [3.0, 0.2],      # class A supports: centroid (2, 0.1)
+                         [0.0, 1.0], [0.2, 2.0],      # class B supports: centroid (0.1, 1.5)
+                         [5.0, 1.0], [1.0, 1.2],      # class A queries: the first nearer A, the second nearer B
+                         [0.1, 4.0], [2.0, 0.1]])     # class B queries: the first nearer B, the second nearer A
+    e = Episode(np.array([0, 1]), np.array([[0, 1], [2, 3]]), np.array([[4, 5], [6, 7]]))
+    # by hand: cos(q, cA) vs cos(q, cB) for each query
+    ca, cb = np.array([2.0, 0.1]), np.array([0.1, 1.5])
+
+    def cos(u, v):
+        return u @ v / np.linalg.norm(u) / np.linalg.norm(v)
+    right = [cos(features[4], ca) > cos(features[4], cb), cos(features[5], ca) > cos(features[5], cb),
+             cos(features[6], cb) > cos(features[6], ca), cos(features[7], cb) > cos(features[7], ca)]
+    assert right == [True, False, True, False]
+    assert episode_accuracy(features, e, shots=2) == pytest.approx(0.5)
+    # 1-shot: the first support alone: cA (1, 0), cB (0, 1)
+    assert episode_accuracy(features, e, shots=1) == pytest.approx(np.mean(
+        [features[4] @ [1, 0] > features[4] @ [0, 1] * 1, features[5][0] > features[5][1],
+         features[6][1] > features[6][0], features[7][1] > features[7][0]]))
+
+
+def test_few_shot_summary_is_the_mean_and_95_interval_over_episodes():
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(6), 25)
+    features = rng.normal(size=(150, 16)) + 3 * np.eye(16)[labels]  # separable-ish classes
+    out = few_shot(features, labels, ways=5, shots=(1, 5), queries=10, episodes=40, seed=1)
+    drawn = draw_episodes(labels, ways=5, shots=5, queries=10, count=40, seed=1)
+    for k in (1, 5):
+        accs = np.array([episode_accuracy(features, e, k) for e in drawn])
+        assert out[k]["accuracy"] == pytest.approx(accs.mean())
+        assert out[k]["ci95"] == pytest.approx(1.96 * accs.std(ddof=1) / np.sqrt(40))
+    assert out[5]["accuracy"] > out[1]["accuracy"] > 0.2  # more shots, better centroids; above chance
+
+
+def test_eval_episodes_on_a_checkpoint(digits_data, weak_ckpt):
+    from click.testing import CliRunner
+
+    from w2s_pipe.cli import cli
+
+    result = CliRunner().invoke(cli, ["eval", "--checkpoint", weak_ckpt, "--data", "digits", "--episodes", "20",
+                                      "--ways", "5", "--shots", "1,5", "--queries", "5", "--device", "cpu",
+                                      "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if "-way" in line]
+    assert len(lines) == 2 and lines[0].startswith("digits val: 5-way 1-shot") and "20 episodes" in lines[0]
+    again = CliRunner().invoke(cli, ["eval", "--checkpoint", weak_ckpt, "--data", "digits", "--episodes", "20",
+                                     "--queries", "5", "--device", "cpu", "--workers", "0"])
+    assert [line for line in again.output.splitlines() if "-way" in line] == lines  # the same episodes
+    bad = CliRunner().invoke(cli, ["eval", "--checkpoint", weak_ckpt, "--data", "digits", "--episodes", "5",
+                                   "--shots", "one"])
+    assert bad.exit_code != 0 and "--shots" in bad.output
