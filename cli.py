@@ -67,15 +67,22 @@ def _noise(spec, seed):
 @click.option("--shard-size", type=int, default=256, show_default=True, help="Samples per shard.")
 @click.option("--label-noise", default=None, help=_NOISE_HELP.format(map="digits: 1↔7, 3↔8, 4↔9"))
 @click.option("--noise-seed", type=int, default=42, show_default=True, help="Seed of --label-noise (the official 42).")
+@click.option("--few-shot", is_flag=True,
+              help="The few-shot scenario's data set, digits-fewshot [default --out: $W2S_DATA/digits-fewshot]: weak, "
+                   "transfer and val keep digits 0-4 (the base classes), and the split novel holds every image of "
+                   "digits 5-9 (labelled 0-4), never trained on, for eval --episodes.")
 @click.pass_context
-def prepare_digits_cmd(ctx, out, shard_size, label_noise, noise_seed):
+def prepare_digits_cmd(ctx, out, shard_size, label_noise, noise_seed, few_shot):
     """scikit-learn's handwritten digits (1797 real 8x8 images, shipped with the package) as PNG
     shards, split with a fixed seed into weak (600: the weak model's ground truth), transfer
     (897: what the weak model labels and the strong model learns from) and val (300)."""
     from .stages.prepare import default_digits_dir, prepare_digits
 
-    result = prepare_digits(out or default_digits_dir(ctx.obj["workspace"]), shard_size=shard_size,
-                            noise=_noise(label_noise, noise_seed))
+    from .stages.prepare import default_data_dir
+
+    out = out or (default_data_dir("digits-fewshot", ctx.obj["workspace"]) if few_shot
+                  else default_digits_dir(ctx.obj["workspace"]))
+    result = prepare_digits(out, shard_size=shard_size, noise=_noise(label_noise, noise_seed), few_shot=few_shot)
     for split, shards in result.splits.items():
         click.echo(f"{split}: {sum(s.count for s in shards)} samples in {len(shards)} shards")
     click.echo(f"wrote {result.samples} samples to {result.out}")

@@ -57,11 +57,16 @@ def _write_split(out: Path, prefix: str, samples, shard_size: int) -> list[Shard
     return shards
 
 
-def prepare_digits(out: str, shard_size: int = 256, noise=None) -> PrepareResult:
+FEW_SHOT_BASE = 5  # prepare digits --few-shot: digits 0-4 are the base classes, 5-9 the novel ones
+
+
+def prepare_digits(out: str, shard_size: int = 256, noise=None, few_shot: bool = False) -> PrepareResult:
     """scikit-learn's 8x8 digits (a real data set shipped with the package) as PNG shards.
 
     Keys are `digits_<index in load_digits()>`; the split is fixed by DIGITS_SEED. With `noise` (a
     noise.LabelNoise) the training splits (weak and transfer) carry noisy labels, val stays clean.
+    With `few_shot` (the data set `digits-fewshot`) the three splits keep digits 0-4 only (the base
+    classes) and a fourth, `novel`, holds every image of digits 5-9, labelled 0-4 in that order.
     """
     from ..pipeline.data.noise import CLEAN_FIELD, DIGITS_MAP, noise_record
     from sklearn.datasets import load_digits
@@ -74,7 +79,8 @@ def prepare_digits(out: str, shard_size: int = 256, noise=None) -> PrepareResult
     order = np.random.default_rng(DIGITS_SEED).permutation(len(pixels))
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in out_dir.glob("digits-*.tar"):
+    prefix = "digits-fewshot" if few_shot else "digits"
+    for stale in out_dir.glob(f"{prefix}-*.tar"):
         stale.unlink()
     clean = np.asarray(digits.target, dtype=np.int64)
     labels, extra, noised = clean, {}, ("weak", "transfer")
@@ -87,11 +93,21 @@ def prepare_digits(out: str, shard_size: int = 256, noise=None) -> PrepareResult
     for split, size in DIGITS_SPLITS:
         chosen = order[first : first + size]
         first += size
+        if few_shot:
+            chosen = chosen[clean[chosen] < FEW_SHOT_BASE]
         samples = [{"__key__": f"digits_{i:04d}", "png": _png(pixels[i]), "cls": int(labels[i]),
                     **({CLEAN_FIELD: int(clean[i])} if noise is not None and split in noised else {})} for i in chosen]
-        splits[split] = _write_split(out_dir, f"digits-{split}", samples, shard_size)
-    write_manifest(str(out_dir), splits, dataset="digits", num_classes=10, class_names=[str(d) for d in range(10)],
-                   **extra)
+        splits[split] = _write_split(out_dir, f"{prefix}-{split}", samples, shard_size)
+    names = [str(d) for d in range(10)]
+    if few_shot:
+        novel = order[clean[order] >= FEW_SHOT_BASE]
+        samples = [{"__key__": f"digits_{i:04d}", "png": _png(pixels[i]), "cls": int(clean[i]) - FEW_SHOT_BASE}
+                   for i in novel]
+        splits["novel"] = _write_split(out_dir, f"{prefix}-novel", samples, shard_size)
+        extra["novel"] = {"split": "novel", "class_names": names[FEW_SHOT_BASE:],
+                          "note": "classes never trained on, labelled 0.. in this order: eval --episodes"}
+        names = names[:FEW_SHOT_BASE]
+    write_manifest(str(out_dir), splits, dataset=prefix, num_classes=len(names), class_names=names, **extra)
     return PrepareResult(str(out_dir), splits)
 
 

@@ -80,3 +80,35 @@ def test_eval_episodes_on_a_checkpoint(digits_data, weak_ckpt):
     bad = CliRunner().invoke(cli, ["eval", "--checkpoint", weak_ckpt, "--data", "digits", "--episodes", "5",
                                    "--shots", "one"])
     assert bad.exit_code != 0 and "--shots" in bad.output
+
+
+def test_digits_fewshot_holds_the_novel_classes_out_of_training(tmp_path, monkeypatch):
+    from w2s_pipe.pipeline.data.datasets import resolve_data
+    from w2s_pipe.pipeline.data.shards import iter_samples, read_manifest
+    from w2s_pipe.stages.evaluate import EvalConfig, run_eval
+    from w2s_pipe.stages.prepare import prepare_digits
+    from w2s_pipe.stages.train import TrainConfig, run_train
+
+    prepare_digits(str(tmp_path / "data" / "digits-fewshot"), few_shot=True)
+    monkeypatch.setenv("W2S_DATA", str(tmp_path / "data"))
+    seen, labels = {}, {}
+    for split in ("weak", "transfer", "val", "novel"):
+        source = resolve_data("digits-fewshot", split)
+        assert source.num_classes == 5
+        for url in source.urls:
+            for s in iter_samples(url):
+                assert s["__key__"] not in seen
+                seen[s["__key__"]] = split
+                labels.setdefault(split, []).append(int(s["cls"]))
+    assert len(seen) == 1797 and all(set(v) == set(range(5)) for v in labels.values())
+    from sklearn.datasets import load_digits
+
+    target = load_digits().target
+    for key, split in seen.items():  # base splits: digits 0-4 as they are; novel: digits 5-9 as 0-4
+        assert (target[int(key.split("_")[1])] >= 5) == (split == "novel")
+    assert read_manifest(str(tmp_path / "data" / "digits-fewshot"))["novel"]["class_names"] == ["5", "6", "7", "8", "9"]
+    run = run_train(TrainConfig.tiny(strong="test_resnet", loss="gt", data="digits-fewshot", split="weak", epochs=1,
+                                     steps_per_epoch=2, device="cpu", run="base", workspace=str(tmp_path)))
+    r = run_eval(EvalConfig(run=run.run_dir, split="novel", episodes=10, queries=5, device="cpu", workers=0,
+                            workspace=str(tmp_path)))
+    assert r["split"] == "novel" and set(r["few_shot"]) == {1, 5} and r["samples"] == 896

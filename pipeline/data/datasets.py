@@ -64,6 +64,20 @@ BUILTIN = {
         class_names=tuple(str(d) for d in range(10)),
         hint="run `w2s-pipe prepare digits` first",
     ),
+    # The few-shot scenario: digits 0-4 are the base classes (weak, transfer, val), digits 5-9 the novel
+    # classes (split `novel`, labelled 0-4 in that order), never trained on (prepare digits --few-shot).
+    "digits-fewshot": DatasetEntry(
+        name="digits-fewshot",
+        splits={s: "${W2S_DATA}/digits-fewshot/digits-fewshot-" + s + "-*.tar" for s in ("weak", "transfer", "val",
+                                                                                     "novel")},
+        label_split="transfer",
+        val_split="val",
+        num_classes=5,
+        image_field="png",
+        label_field="cls",
+        class_names=tuple(str(d) for d in range(5)),
+        hint="run `w2s-pipe prepare digits --few-shot` first",
+    ),
     **{name: DatasetEntry(
         name=name,
         splits={s: "${W2S_DATA}/" + name + "/" + name + "-" + s + "-*.tar" for s in ("weak", "train", "test")},
