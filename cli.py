@@ -10,8 +10,8 @@ import click
 from . import __version__
 from .errors import W2SError
 from .pipeline.choices import (BAD_SAMPLE_POLICIES, DECODE_OPTIONS, DECODERS, EVAL_PICKS, LOSSES, PRECISION_OPTIONS,
-                               ENSEMBLES, RAMPS, RANK_BY, SCENARIOS,
-                               STORE_VIEWS, WEIGHT_BY)
+                               ENSEMBLES, NOISY_SCENARIO, RAMPS, RANK_BY,
+                               SCENARIOS, STORE_VIEWS, WEIGHT_BY)
 
 
 class _Group(click.Group):
@@ -538,10 +538,12 @@ def eval_cmd(ctx, shots, **options):
 @click.option("--quick", is_flag=True,
               help="A smoke-sized version (tiny models, a few steps): 21 s on a 2-core CPU; its accuracies are those of "
                    "barely trained models, so PGR is often undefined there (the report says why).")
-@click.option("--scenario", type=click.Choice(tuple(SCENARIOS)), default="standard", show_default=True,
+@click.option("--scenario", type=click.Choice(SCENARIOS), default="standard", show_default=True,
               help="standard: the paper's weak-to-strong setting; noisy: its noisy-label one, the weak and transfer "
                    "splits' labels corrupted once (symmetric 0.2, seed 42: the weak model, the ceiling and the +gt runs "
-                   "learn from noisy labels; val stays clean) [default workspace: <workspace>/demo-noisy].")
+                   "learn from noisy labels; val stays clean); few-shot: trained on digits 0-4 (digits-fewshot), every "
+                   "model also evaluated 5-way 1- and 5-shot on digits 5-9, never trained on (600 episodes, the same "
+                   "for all) [default workspace: <workspace>/demo-<scenario>].")
 @click.pass_context
 def demo(ctx, out, seeds, quick, scenario):
     """The whole weak-to-strong study on digits in one command (about eight minutes on two CPU
@@ -554,8 +556,8 @@ def demo(ctx, out, seeds, quick, scenario):
     from .stages.report import markdown_table
 
     out = out or str(workspace_dir(ctx.obj["workspace"]) / ("demo" if scenario == "standard" else f"demo-{scenario}"))
-    noise = {"label_noise": SCENARIOS[scenario]}
-    cfg = DemoConfig.quick(out, seeds=seeds, **noise) if quick else DemoConfig(out=out, seeds=seeds, **noise)
+    chosen = {"label_noise": NOISY_SCENARIO if scenario == "noisy" else None, "few_shot": scenario == "few-shot"}
+    cfg = DemoConfig.quick(out, seeds=seeds, **chosen) if quick else DemoConfig(out=out, seeds=seeds, **chosen)
     report = run_demo(cfg, echo=click.echo)
     click.echo("")
     click.echo(markdown_table(report))

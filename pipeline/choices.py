@@ -40,7 +40,8 @@ LOSS_NAMES = tuple(LOSSES)
 RANK_BY = ("margin", "confidence", "entropy", "agreement")  # agreement: an ensemble's members agreeing
 
 # The demo's scenarios (demo.py): the paper's weak-to-strong setting, and its noisy-label one.
-SCENARIOS = {"standard": None, "noisy": "symmetric:0.2"}  # the scenario's --label-noise (the official CIFAR-100 rate)
+SCENARIOS = ("standard", "noisy", "few-shot")
+NOISY_SCENARIO = "symmetric:0.2"  # the noisy scenario's --label-noise (the official CIFAR-100 rate)
 
 # How `train --labels A,B,...` combines several stores' weak outputs (ensemble.py).
 ENSEMBLES = ("mean-prob", "mean-logit", "vote")

@@ -38,6 +38,8 @@ class DemoConfig:
     keep_frac: float | None = 0.7  # the selection row: hard labels of the most trusted fraction (None: no row)
     label_noise: str | None = None  # the noisy-label scenario: prepare digits --label-noise (val stays clean)
     noise_seed: int = 42
+    few_shot: bool = False  # the few-shot scenario: digits-fewshot, every model also evaluated on novel classes
+    episodes: int = 600  # few-shot episodes per model (5-way, 1 and 5 shots, 15 queries; seed 0 for all)
     recipe: str = "demo"  # the train options every run shares (pipeline/train/recipes/demo.yaml)
     train_overrides: dict = field(default_factory=dict)  # over the recipe (the quick demo's smaller batches)
     progress: bool = True
@@ -79,7 +81,8 @@ def run_demo(cfg: DemoConfig, echo=print) -> dict:
     from ..pipeline.data.noise import LabelNoise
 
     noise = LabelNoise.parse(cfg.label_noise, cfg.noise_seed) if cfg.label_noise else None
-    prepared = prepare_digits(os.path.join(ws, "data", "digits"), noise=noise)
+    data = "digits-fewshot" if cfg.few_shot else "digits"
+    prepared = prepare_digits(os.path.join(ws, "data", data), noise=noise, few_shot=cfg.few_shot)
     if noise is not None:
         from ..pipeline.data.shards import read_manifest
 
@@ -106,15 +109,15 @@ def run_demo(cfg: DemoConfig, echo=print) -> dict:
     try:
         for seed in range(cfg.seeds):
             weak = train(f"s{seed}-weak", strong=cfg.weak, img_size=cfg.weak_img_size, epochs=cfg.weak_epochs,
-                         loss="gt", data="digits", split="weak", seed=seed)
+                         loss="gt", data=data, split="weak", seed=seed)
             store = os.path.join(ws, "stores", f"digits-transfer-{cfg.weak}-s{seed}")
             t = time.perf_counter()
-            run_label(LabelConfig(weak=None, weak_checkpoint=os.path.join(weak.run_dir, "last.pt"), data="digits",
+            run_label(LabelConfig(weak=None, weak_checkpoint=os.path.join(weak.run_dir, "last.pt"), data=data,
                                   labels=store, workers=0, precision="fp32", workspace=ws, progress=False))
             done += 1
             echo(f"[{done}/{total}] s{seed}: labelled the transfer split ({time.perf_counter() - t:.0f} s)")
             strong = dict(strong=cfg.strong, img_size=cfg.strong_img_size, epochs=cfg.strong_epochs, seed=seed)
-            train(f"s{seed}-ceiling", loss="gt", data="digits", split="transfer", **strong)
+            train(f"s{seed}-ceiling", loss="gt", data=data, split="transfer", **strong)
             for gt_weight in (0.0, 1.0):
                 for loss in cfg.losses:
                     suffix = "-gt" if gt_weight else ""
@@ -128,5 +131,50 @@ def run_demo(cfg: DemoConfig, echo=print) -> dict:
         else:
             os.environ["W2S_DATA"] = old_data
     report = run_report(ReportConfig(workspace=ws))
+    if cfg.few_shot:
+        report["few_shot"] = few_shot_table(report, ws, cfg.episodes, echo)
     report["seconds"] = time.perf_counter() - started
     return report
+
+
+def few_shot_table(report: dict, ws: str, episodes: int, echo=print) -> list[dict]:
+    """Every finished run's 5-way 1- and 5-shot accuracy on digits-fewshot's novel classes (the same
+    seeded episodes for all), as rows of the report's methods (mean ± std over seeds), written to
+    <workspace>/report/few-shot.json and .md."""
+    import statistics
+
+    from ..pipeline.evaluation import few_shot_checkpoint
+
+    old, os.environ["W2S_DATA"] = os.environ.get("W2S_DATA"), os.path.join(ws, "data")
+    try:
+        per_run = {}
+        for run in report["runs"]:
+            r = few_shot_checkpoint(os.path.join(run["dir"], "last.pt"), data="digits-fewshot", split="novel",
+                                    episodes=episodes, workers=0, device="cpu", workspace=ws)
+            per_run[run["name"]] = {k: v["accuracy"] for k, v in r["few_shot"].items()}
+            echo(f"few-shot {run['name']}: 1-shot {per_run[run['name']][1]:.4f}, 5-shot {per_run[run['name']][5]:.4f}")
+    finally:
+        if old is None:
+            os.environ.pop("W2S_DATA", None)
+        else:
+            os.environ["W2S_DATA"] = old
+    rows = []
+    for row in report["rows"]:
+        figures = [per_run[n] for n in row["runs"] if n in per_run]
+        out = {"label": row["label"], "n": len(figures)}
+        for k in (1, 5):
+            values = [f[k] for f in figures]
+            out[f"{k}-shot"] = (statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
+        rows.append(out)
+    lines = ["| method | seeds | 5-way 1-shot (%) | 5-way 5-shot (%) |", "|---|---|---|---|"]
+    lines += [f"| {r['label']} | {r['n']} | {100 * r['1-shot'][0]:.2f} ± {100 * r['1-shot'][1]:.2f} | "
+              f"{100 * r['5-shot'][0]:.2f} ± {100 * r['5-shot'][1]:.2f} |" for r in rows]
+    os.makedirs(os.path.join(ws, "report"), exist_ok=True)
+    with open(os.path.join(ws, "report", "few-shot.json"), "w") as f:
+        json.dump({"episodes": episodes, "ways": 5, "queries": 15, "seed": 0, "runs": per_run, "rows": rows}, f, indent=1)
+    with open(os.path.join(ws, "report", "few-shot.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    echo("\nfew-shot on the novel digits 5-9 (never trained on), " + f"{episodes} episodes of 15 queries per class:")
+    for line in lines:
+        echo(line)
+    return rows

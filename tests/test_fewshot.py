@@ -112,3 +112,19 @@ def test_digits_fewshot_holds_the_novel_classes_out_of_training(tmp_path, monkey
     r = run_eval(EvalConfig(run=run.run_dir, split="novel", episodes=10, queries=5, device="cpu", workers=0,
                             workspace=str(tmp_path)))
     assert r["split"] == "novel" and set(r["few_shot"]) == {1, 5} and r["samples"] == 896
+
+
+def test_the_few_shot_demo_evaluates_every_model_on_the_novel_classes(tmp_path):
+    import json
+    import os
+
+    from w2s_pipe.stages.demo import DemoConfig, run_demo
+
+    report = run_demo(DemoConfig.quick(str(tmp_path / "demo"), seeds=1, losses=("hard",), keep_frac=None,
+                                       few_shot=True, episodes=20), echo=lambda *_: None)
+    saved = json.load(open(tmp_path / "demo" / "report" / "few-shot.json"))
+    assert set(saved["runs"]) == {r["name"] for r in report["runs"]} == {"s0-weak", "s0-ceiling", "s0-hard", "s0-hard-gt"}
+    assert all(0 <= v <= 1 for r in saved["runs"].values() for v in r.values()) and saved["episodes"] == 20
+    assert [r["label"] for r in report["few_shot"]] == [r["label"] for r in report["rows"]]
+    assert os.path.exists(tmp_path / "demo" / "report" / "few-shot.md")
+    assert os.path.exists(tmp_path / "demo" / "data" / "digits-fewshot" / "manifest.json")
