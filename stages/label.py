@@ -48,7 +48,7 @@ def run_label(cfg: LabelConfig) -> LabelResult:
     from ..pipeline.data.transforms import DeviceNormalize, Preprocess, TensorGeometry
     from ..pipeline.labelling import Gathered, HostCopy, ShardWrites, view_inputs, weak_outputs
     from ..pipeline.models import load_model
-    from ..storage import existing_store, open_store
+    from ..storage import open_store
     from ..storage.claims import ShardClaims
     from ..storage.writer import StoreWriter, begin_store
 
@@ -60,8 +60,10 @@ def run_label(cfg: LabelConfig) -> LabelResult:
         num_classes = _check_classes(source.num_classes or loaded.num_classes, cfg.topk)
         precision = distributed.resolve_precision(cfg.precision, device)
         url = store_url(cfg, source, loaded.name)
-        existing = None if cfg.overwrite else existing_store(url)  # a damaged one is a one-line error here
-        decoder = label_decoder(cfg.decode, device, loaded.data_config, existing, url, views=cfg.views)
+        # What is at `url` is looked at by the main process alone: another rank would race its creation.
+        found = {}
+        decoder = distributed.on_main(lambda: _store_so_far(cfg, url, device, loaded.data_config, found))
+        existing = found.get("existing")
 
         # -- begin the store, or find it finished (decided once, by the main process) -----------
         writer = None
@@ -205,6 +207,15 @@ def _store_attrs(cfg: LabelConfig, source, loaded, num_classes: int, decoder: st
         config={k: v for k, v in asdict(cfg).items() if k not in ("progress",)},
         views=None if not cfg.views else {"k": cfg.views, "seed": cfg.seed, "recipe": cfg.view_recipe,
                                           "fingerprint": view_fingerprint(loaded.data_config, decoder)})
+
+
+def _store_so_far(cfg: LabelConfig, url: str, device, data_config: dict, found: dict) -> str:
+    """The store already at `url` (into `found["existing"]`; a damaged one is a one-line error) and
+    the decoder this job uses with it (`label_decoder`)."""
+    from ..storage import existing_store
+
+    found["existing"] = None if cfg.overwrite else existing_store(url)
+    return label_decoder(cfg.decode, device, data_config, found["existing"], url, views=cfg.views)
 
 
 def _label_views(cfg: LabelConfig, data_config: dict, decoder: str):
