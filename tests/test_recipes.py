@@ -59,6 +59,19 @@ def test_the_other_official_recipes():
         assert "--gt-weight 1" in {r.name: r for r in shipped()}[name].about
 
 
+def test_the_scenario_recipes_are_the_official_hyperparameters():
+    """Issue 21: noisy labels (Sel-CL fine-tuning with AdaptConf) and the few-shot classifier stage."""
+    noisy = load_recipe("noisy_cifar", OPTIONS)
+    assert noisy == {"loss": "adaptconf", "kd_weight": 1.0, "kd_temperature": 1.0, "threshold": 0.5, "gt_weight": 1.0,
+                     "epochs": 70, "batch_size": 128, "opt": "momentum", "momentum": 0.9, "lr": 0.001,
+                     "weight_decay": 1e-4, "sched": "const", "mixup": 1.0, "hflip": 0.5, "crop_scale": 0.08}
+    fewshot = load_recipe("fewshot_classifier", OPTIONS)
+    assert {k: fewshot[k] for k in ("kd_temperature", "threshold", "gt_weight", "epochs", "lr", "weight_decay",
+                                    "sched", "decay_epochs", "decay_rate", "batch_size")} == {
+        "kd_temperature": 10.0, "threshold": 8.0, "gt_weight": 1.0, "epochs": 100, "lr": 0.1, "weight_decay": 5e-4,
+        "sched": "step", "decay_epochs": 90, "decay_rate": 0.1, "batch_size": 128}
+
+
 def test_bad_recipes_are_one_line(tmp_path):
     (tmp_path / "r.yaml").write_text("lr: 0.1\nmixup_alpha: 0.2\n")
     with pytest.raises(W2SError, match=r"r.yaml: unknown key 'mixup_alpha'"):
@@ -68,7 +81,7 @@ def test_bad_recipes_are_one_line(tmp_path):
         load_recipe(str(tmp_path / "l.yaml"), OPTIONS)
     result = CliRunner().invoke(cli, ["train", "--config", "no_such_recipe", "--strong", "x"])
     assert result.exit_code != 0 and result.output.strip().splitlines() == [
-        "Error: --config 'no_such_recipe': no such recipe (cifar_v0, cifar_v1, demo, imagenet_mae, imagenet_v0) or file"]
+        "Error: --config 'no_such_recipe': no such recipe (cifar_v0, cifar_v1, demo, fewshot_classifier, imagenet_mae, imagenet_v0, noisy_cifar) or file"]
 
 
 @pytest.mark.parametrize("name", [r.name for r in shipped()])
