@@ -175,17 +175,21 @@ def choose(index, select: str | None, keep_frac: float | None, rank_by: str, per
         said = " and ".join(x for x in (f"--select {select!r}" if select else "",
                                          f"--keep-frac {keep_frac}" if keep_frac is not None else "") if x)
         raise W2SError(f"{said} keeps none of the store's {index.num_rows} samples")
-    shards = index.column("shard").to_numpy(zero_copy_only=False)
+    # The index is in shard order, each shard's rows one run (the store's layout): split at the runs'
+    # starts, not by comparing every row's shard name with every shard's.
+    codes = index.column("shard").combine_chunks().dictionary_encode()
+    names, code = codes.dictionary.to_pylist(), codes.indices.to_numpy(zero_copy_only=False)
+    starts = np.concatenate([[0], np.flatnonzero(code[1:] != code[:-1]) + 1, [len(code)]])
     rows = index.column("row").to_numpy(zero_copy_only=False)
     masks = {}
-    for name in dict.fromkeys(shards):
-        here = shards == name  # a shard's rows are one run from its first (the store's layout)
-        local = rows[here] - rows[here].min()
+    for a, b in zip(starts[:-1], starts[1:]):
+        local = rows[a:b] - rows[a:b].min()
         shard_mask = np.zeros(int(local.max()) + 1, dtype=bool)
-        shard_mask[local] = mask[here]
-        masks[str(name)] = shard_mask
-    pred = index.column("pred").to_numpy(zero_copy_only=False)
-    fractions = {int(c): round(float(mask[pred == c].mean()), 6) for c in np.unique(pred)}
+        shard_mask[local] = mask[a:b]
+        masks[str(names[code[a]])] = shard_mask
+    pred = index.column("pred").to_numpy(zero_copy_only=False).astype(np.int64)
+    total, kept = np.bincount(pred), np.bincount(pred, weights=mask)
+    fractions = {int(c): round(float(kept[c] / total[c]), 6) for c in np.flatnonzero(total)}
     accuracy = None
     if "label" in index.column_names:
         label = index.column("label").to_numpy(zero_copy_only=False)
