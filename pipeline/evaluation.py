@@ -29,6 +29,24 @@ def batches(urls, data_config: dict, *, image_fields, label_field, batch_size: i
         yield normalize(images), labels.to(device).long()
 
 
+def outputs(model, forward, urls, data_config: dict, *, precision: str = "fp32", **loading):
+    """(forward(model, images), labels) for each of `batches(urls, data_config, **loading)`, the model
+    in eval mode (its mode restored after), under inference mode and the precision's autocast. The
+    caller's code between batches also runs in inference mode: read the outputs, train nothing."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for x, y in batches(urls, data_config, **loading):
+                with distributed.autocast(precision, loading["device"]):
+                    out = forward(model, x)
+                yield out, y
+    finally:
+        model.train(was_training)
+
+
 def evaluate(model, urls, data_config: dict, *, image_fields, label_field, batch_size: int, workers: int,
              device, precision: str = "fp32", decoder: str = "cpu") -> dict:
     """{"top1", "top5", "samples"} over `urls`; under DDP each rank takes shards r, r+W, ... and
@@ -38,19 +56,14 @@ def evaluate(model, urls, data_config: dict, *, image_fields, label_field, batch
 
     info = distributed.dist_info()
     counts = torch.zeros(3, dtype=torch.float64, device=device)  # top1, top5, n
-    was_training = model.training
-    model.eval()
-    with torch.inference_mode():
-        for x, y in batches(urls, data_config, image_fields=image_fields, label_field=label_field,
-                            batch_size=batch_size, workers=workers, device=device, decoder=decoder):
-            with distributed.autocast(precision, device):
-                logits = model(x)
-            k = min(5, logits.shape[1])
-            top = logits.float().topk(k, dim=1).indices
-            counts[0] += (top[:, 0] == y).sum()
-            counts[1] += (top == y[:, None]).any(dim=1).sum()
-            counts[2] += len(y)
-    model.train(was_training)
+    for logits, y in outputs(model, lambda m, x: m(x), urls, data_config, image_fields=image_fields,
+                             label_field=label_field, batch_size=batch_size, workers=workers, device=device,
+                             decoder=decoder, precision=precision):
+        k = min(5, logits.shape[1])
+        top = logits.float().topk(k, dim=1).indices
+        counts[0] += (top[:, 0] == y).sum()
+        counts[1] += (top == y[:, None]).any(dim=1).sum()
+        counts[2] += len(y)
     if info.world_size > 1:
         import torch.distributed as dist
 

@@ -71,22 +71,14 @@ def pooled_features(model, urls, data_config: dict, *, image_fields, label_field
                     device, precision: str = "fp32", decoder: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
     """(features (N, D) float32, labels (N,)): the model's pooled pre-logits (timm's
     `forward_head(forward_features(x), pre_logits=True)`) on the evaluation crop of `urls`."""
-    import torch
-
-    from . import distributed
-    from .evaluation import batches
+    from .evaluation import outputs
 
     feats, labels = [], []
-    was_training = model.training
-    model.eval()
-    with torch.inference_mode():
-        for x, y in batches(urls, data_config, image_fields=image_fields, label_field=label_field,
-                            batch_size=batch_size, workers=workers, device=device, decoder=decoder):
-            with distributed.autocast(precision, device):
-                f = model.forward_head(model.forward_features(x), pre_logits=True)
-            feats.append(f.float().flatten(1).cpu().numpy())
-            labels.append(y.cpu().numpy())
-    model.train(was_training)
+    for f, y in outputs(model, lambda m, x: m.forward_head(m.forward_features(x), pre_logits=True), urls,
+                        data_config, image_fields=image_fields, label_field=label_field, batch_size=batch_size,
+                        workers=workers, device=device, decoder=decoder, precision=precision):
+        feats.append(f.float().flatten(1).cpu().numpy())
+        labels.append(y.cpu().numpy())
     if not feats:
         raise W2SError("no samples to draw episodes from")
     return np.concatenate(feats), np.concatenate(labels)
