@@ -48,12 +48,7 @@ def main():
     ap.add_argument("--out", default=None, help="the study's workspace [default: a temporary directory]")
     args = ap.parse_args()
 
-    from w2s_pipe.stages.prepare import prepare_digits
-
-    ws = args.out or tempfile.mkdtemp(prefix="w2s-teacher-study-")
-    os.environ["W2S_DATA"] = os.path.join(ws, "data")
-    if not os.path.exists(os.path.join(ws, "data", "digits", "manifest.json")):
-        prepare_digits(os.path.join(ws, "data", "digits"))
+    ws = study_workspace(args.out, "w2s-teacher-study-")
     results = {"workspace": ws, "seeds": args.seeds}
     weak = {seed: weak_model(ws, seed) for seed in range(args.seeds)}
     if args.part in ("fidelity", "both"):
@@ -63,6 +58,18 @@ def main():
         results["train"] = train_arms(ws, weak)
         print_train(results["train"])
     print(f"results: {_util.save('teacher_study', results)}")
+
+
+def study_workspace(out: str | None, prefix: str) -> str:
+    """A study's workspace (`out`, or a new temporary directory) with the digits prepared in it once,
+    W2S_DATA pointing there."""
+    from w2s_pipe.stages.prepare import prepare_digits
+
+    ws = out or tempfile.mkdtemp(prefix=prefix)
+    os.environ["W2S_DATA"] = os.path.join(ws, "data")
+    if not os.path.exists(os.path.join(ws, "data", "digits", "manifest.json")):
+        prepare_digits(os.path.join(ws, "data", "digits"))
+    return ws
 
 
 def recipe() -> dict:
@@ -140,7 +147,7 @@ def fidelity(ws: str, seed: int, weak: dict, passes: int) -> dict:
         stream = TrainStream(urls, augment=TrainAugment(student, views, "cpu"), image_fields=fields,
                              label_field="cls", need_labels=True, join=StoreJoin(weak["store"]), seed=seed,
                              batch_size=batch_size, shuffle_buffer=256)
-        prepare = StepInputs(student, cpu, decoder="cpu", seed=seed, rank=0, need_labels=True)
+        prepare = StepInputs(student, cpu, decoder="cpu", rank=0, need_labels=True)
         mixer = BatchMix(**MIX, prob=1.0, switch_prob=0.5, smoothing=0.0, num_classes=10, seed=seed)
         sums = dict(views=0, agree_center=0, view_right=0, center_right=0, mixed=0, kl_views=0.0, kl_center=0.0,
                     flip_views=0, flip_center=0, mixed_right_online=0, mixed_right_center=0)

@@ -274,7 +274,7 @@ def _data(cfg: TrainConfig, inputs: Inputs, data_config: dict, decoder: str, wor
     mixer = BatchMix(mixup=cfg.mixup, cutmix=cfg.cutmix, prob=cfg.mixup_prob, switch_prob=cfg.mixup_switch_prob,
                      smoothing=cfg.smoothing, num_classes=inputs.num_classes,
                      seed=cfg.seed) if cfg.mixes and inputs.mix is None else None
-    return batches, StepInputs(data_config, device, decoder=decoder, seed=cfg.seed, rank=info.rank,
+    return batches, StepInputs(data_config, device, decoder=decoder, rank=info.rank,
                                need_labels=need_labels, reprob=cfg.reprob, mixer=mixer, teacher=teacher,
                                num_classes=inputs.num_classes, smoothing=cfg.smoothing)
 

@@ -181,7 +181,7 @@ def test_a_mixed_batch_mixes_its_samples_trust_by_lambda():
 
     config = {"input_size": [3, 8, 8], "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bilinear"}
     mixer = BatchMix(mixup=0.8, cutmix=0.0, prob=1.0, switch_prob=0.5, smoothing=0.0, num_classes=3, seed=0)
-    prepare = StepInputs(config, torch.device("cpu"), decoder="cpu", seed=0, rank=0, need_labels=False, mixer=mixer)
+    prepare = StepInputs(config, torch.device("cpu"), decoder="cpu", rank=0, need_labels=False, mixer=mixer)
     trust = torch.tensor([0.8, 0.2, 0.6, 0.4])
     batch = {"image": torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8),
              "view": torch.tensor([View(0, 0, 8, 8, False, 8, 8).as_row()] * 4), "label": torch.zeros(4, dtype=torch.long),

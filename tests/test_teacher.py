@@ -60,7 +60,7 @@ def test_an_online_batch_carries_the_teachers_output_on_its_final_mixed_pixels(w
     loaded = load_model(None, checkpoint=weak_ckpt, num_classes=10)
     teacher = OnlineTeacher(loaded, STUDENT, CPU)
     mixer = BatchMix(mixup=0.8, cutmix=1.0, prob=1.0, switch_prob=0.5, smoothing=0.0, num_classes=10, seed=0)
-    prepare = StepInputs(STUDENT, CPU, decoder="cpu", seed=0, rank=0, need_labels=True, reprob=1.0, mixer=mixer,
+    prepare = StepInputs(STUDENT, CPU, decoder="cpu", rank=0, need_labels=True, reprob=1.0, mixer=mixer,
                          teacher=teacher)
     torch.manual_seed(0)
     view = View(0, 0, 24, 24, False, 24, 24, erase_top=2, erase_left=3, erase_height=10, erase_width=8).as_row()
@@ -73,7 +73,7 @@ def test_an_online_batch_carries_the_teachers_output_on_its_final_mixed_pixels(w
     out = prepare(batch(), step=3, micro=0)
     assert out["target"].shape == (4, 10)  # mixed soft targets
     torch.testing.assert_close(out["weak"], teacher(out["image"]), rtol=0, atol=0)
-    plain = StepInputs(STUDENT, CPU, decoder="cpu", seed=0, rank=0, need_labels=True)(batch(), step=3, micro=0)
+    plain = StepInputs(STUDENT, CPU, decoder="cpu", rank=0, need_labels=True)(batch(), step=3, micro=0)
     assert not torch.equal(plain["image"], out["image"])  # erased and mixed: the teacher saw those pixels
 
 

@@ -352,7 +352,7 @@ def test_erased_views_are_the_pixels_train_replays(tmp_path, digits_data, weak_c
     stored = batch["weak"].float()
 
     def teacher_on(reprob):
-        prepare = StepInputs(config, torch.device("cpu"), decoder="cpu", seed=0, rank=0, need_labels=False, reprob=reprob)
+        prepare = StepInputs(config, torch.device("cpu"), decoder="cpu", rank=0, need_labels=False, reprob=reprob)
         with torch.no_grad():
             return model(prepare({k: (v.clone() if torch.is_tensor(v) else v) for k, v in batch.items()},
                                  step=1)["image"])

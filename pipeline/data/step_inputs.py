@@ -27,12 +27,12 @@ class StepInputs:
     statistic (mixed by λ with their partners' under batch mixing), or None; "dropped" how many
     samples --skip-missing left out since the last batch."""
 
-    def __init__(self, data_config: dict, device, *, decoder: str, seed: int, rank: int, need_labels: bool,
+    def __init__(self, data_config: dict, device, *, decoder: str, rank: int, need_labels: bool,
                  reprob: float = 0.0, mixer=None, teacher=None, num_classes: int = 0, smoothing: float = 0.0):
         from .augment import DeviceAugment
         from .transforms import DeviceNormalize
 
-        self.device, self.seed, self.rank, self.need_labels = device, seed, rank, need_labels
+        self.device, self.rank, self.need_labels = device, rank, need_labels
         self.on_device = DeviceAugment(data_config, device) if decoder == "gpu" else None
         self.normalize = DeviceNormalize(data_config, device)
         self.erase = reprob > 0  # each view's box and noise are in its view row (views.View)
