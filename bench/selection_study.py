@@ -19,13 +19,12 @@ import argparse
 import json
 import os
 import statistics
-import tempfile
 import time
 
 import numpy as np
 
 import _util
-from teacher_study import _ms, recipe, weak_model
+from teacher_study import _ms, recipe, study_workspace, weak_model
 
 LOSSES = ("hard", "kd", "adaptconf")
 ARMS = {"none": {}, "keep0.7-margin-per-class": {"keep_frac": 0.7, "rank_by": "margin", "per_class": True},
@@ -38,12 +37,7 @@ def main():
     ap.add_argument("--out", default=None, help="the study's workspace [default: a temporary directory]")
     args = ap.parse_args()
 
-    from w2s_pipe.stages.prepare import prepare_digits
-
-    ws = args.out or tempfile.mkdtemp(prefix="w2s-selection-study-")
-    os.environ["W2S_DATA"] = os.path.join(ws, "data")
-    if not os.path.exists(os.path.join(ws, "data", "digits", "manifest.json")):
-        prepare_digits(os.path.join(ws, "data", "digits"))
+    ws = study_workspace(args.out, "w2s-selection-study-")
     weak = {seed: weak_model(ws, seed) for seed in sorted({s + k for s in range(args.seeds) for k in (0, 3, 6)})}
     study = {"workspace": ws, "seeds": args.seeds, "runs": train_arms(ws, weak, args.seeds)}
     print_study(study)

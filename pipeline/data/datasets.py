@@ -39,6 +39,14 @@ class DatasetEntry:
     hint: str = ""  # appended to the error when the shards are missing
 
 
+def _digits(name: str, splits: tuple[str, ...], classes: int, hint: str) -> DatasetEntry:
+    """A digits data set made by `prepare digits`: PNG shards `<name>-<split>-*.tar` under
+    ${W2S_DATA}/<name>, labelled by transfer, validated on val, classes named by their digit."""
+    return DatasetEntry(name=name, splits={s: "${W2S_DATA}/" + name + "/" + name + "-" + s + "-*.tar" for s in splits},
+                        label_split="transfer", val_split="val", num_classes=classes, image_field="png",
+                        label_field="cls", class_names=tuple(str(d) for d in range(classes)), hint=hint)
+
+
 BUILTIN = {
     "imagenet": DatasetEntry(
         name="imagenet",
@@ -53,31 +61,11 @@ BUILTIN = {
         label_field="cls",
         hint="set W2S_DATA to the directory holding imagenet/",
     ),
-    "digits": DatasetEntry(
-        name="digits",
-        splits={s: "${W2S_DATA}/digits/digits-" + s + "-*.tar" for s in ("weak", "transfer", "val")},
-        label_split="transfer",
-        val_split="val",
-        num_classes=10,
-        image_field="png",
-        label_field="cls",
-        class_names=tuple(str(d) for d in range(10)),
-        hint="run `w2s-pipe prepare digits` first",
-    ),
+    "digits": _digits("digits", ("weak", "transfer", "val"), 10, "run `w2s-pipe prepare digits` first"),
     # The few-shot scenario: digits 0-4 are the base classes (weak, transfer, val), digits 5-9 the novel
     # classes (split `novel`, labelled 0-4 in that order), never trained on (prepare digits --few-shot).
-    "digits-fewshot": DatasetEntry(
-        name="digits-fewshot",
-        splits={s: "${W2S_DATA}/digits-fewshot/digits-fewshot-" + s + "-*.tar" for s in ("weak", "transfer", "val",
-                                                                                     "novel")},
-        label_split="transfer",
-        val_split="val",
-        num_classes=5,
-        image_field="png",
-        label_field="cls",
-        class_names=tuple(str(d) for d in range(5)),
-        hint="run `w2s-pipe prepare digits --few-shot` first",
-    ),
+    "digits-fewshot": _digits("digits-fewshot", ("weak", "transfer", "val", "novel"), 5,
+                              "run `w2s-pipe prepare digits --few-shot` first"),
     **{name: DatasetEntry(
         name=name,
         splits={s: "${W2S_DATA}/" + name + "/" + name + "-" + s + "-*.tar" for s in ("weak", "train", "test")},
