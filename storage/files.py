@@ -94,3 +94,11 @@ def index_from_parts(fs, path: str, n_shards: int) -> pa.Table:
     return pa.concat_tables(tables)
 
 
+def cut_short(fs, path: str, attrs: dict) -> bool:
+    """Whether the group at `path` with `attrs` is a store's creation cut short, which `label`
+    rebuilds: no attributes, or (a version before 2026-11-30 wrote them one key at a time) some of
+    ours without the rest and without the done/ directory that creation makes after them."""
+    if not attrs:
+        return True
+    partial = attrs.get("format") == schema.FORMAT and any(k not in attrs for k in schema.REQUIRED_ATTRS)
+    return partial and not fs.exists(join(path, schema.DONE_DIR))

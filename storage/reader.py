@@ -16,7 +16,7 @@ import zarr
 from ..errors import W2SError
 from . import schema
 from .fsutil import get_fs, join
-from .files import MarkerError, done_shards, index_from_parts, read_markers, zarr_store
+from .files import MarkerError, cut_short, done_shards, index_from_parts, read_markers, zarr_store
 
 
 @dataclass
@@ -336,7 +336,7 @@ def open_store(url: str, storage_options: dict | None = None) -> LabelStore:
 
 def existing_store(url: str, storage_options: dict | None = None) -> LabelStore | None:
     """The store already at `url` (opened and its metadata checked), or None where there is none yet,
-    or only a creation cut short (a group without attributes, which `StoreWriter.create` rebuilds).
+    or only a creation cut short (`cut_short`, which `StoreWriter.create` rebuilds).
     Anything else there that is not a readable store is a one-line error naming the file."""
     fs, path = get_fs(url, storage_options)
     if not fs.exists(join(path, "zarr.json")):
@@ -346,7 +346,7 @@ def existing_store(url: str, storage_options: dict | None = None) -> LabelStore 
     except W2SError:
         try:
             group = zarr.open_group(store=zarr_store(url, storage_options, True), mode="r", use_consolidated=False)
-            if not dict(group.attrs):
+            if cut_short(fs, path, dict(group.attrs)):
                 return None
         except Exception:  # the store's own error below says what is wrong
             pass

@@ -18,7 +18,7 @@ import zarr
 
 from ..errors import W2SError
 from . import schema
-from .files import MarkerError, done_shards, index_from_parts, read_markers, table_bytes, zarr_store
+from .files import MarkerError, cut_short, done_shards, index_from_parts, read_markers, table_bytes, zarr_store
 from .fsutil import atomic_write, get_fs, is_local, join
 
 
@@ -135,9 +135,9 @@ class StoreWriter:
         if fs.exists(path):
             if fs.exists(join(path, "zarr.json")) and not overwrite:
                 existing = dict(zarr.open_group(store=zarr_store(url, storage_options, True), mode="r").attrs)
-                if not existing:
-                    # A group without attributes is a creation cut short (attributes are written
-                    # last, and no shard can have been labelled before them): start it again.
+                if cut_short(fs, path, existing):
+                    # A creation cut short (attributes are written last, and no shard can have been
+                    # labelled before them): start it again.
                     fs.rm(path, recursive=True)
                     return cls._create(url, attrs, overwrite=False, storage_options=storage_options)
                 if existing.get("format") != schema.FORMAT:
@@ -169,8 +169,9 @@ class StoreWriter:
                 compressors=None,
                 fill_value=schema.fill_value(name),
             )
-        # Attributes last: a group without them is recognisably unfinished and is rebuilt.
-        group.attrs.update(attrs)
+        # Attributes last, in one write (attrs.update would write zarr.json once per key): a group
+        # without them is recognisably unfinished and is rebuilt.
+        group.update_attributes(attrs)
         for directory in (schema.PARTS_DIR, schema.DONE_DIR):
             if is_local(fs):
                 fs.makedirs(join(path, directory), exist_ok=True)

@@ -135,3 +135,42 @@ def test_the_pristine_store_passes_every_command_and_a_rerun_writes_nothing(pris
         assert result.exit_code == 0, (name, result.output)
     after = {p: os.stat(os.path.join(d, p)).st_mtime_ns for d, _, files in os.walk(store) for p in files}
     assert after == before  # a re-run of label on a complete store writes nothing
+
+
+def test_a_creation_cut_short_is_rebuilt_and_attributes_are_written_at_once(pristine, digits_data, weak_ckpt, tmp_path,
+                                                                           monkeypatch):
+    """A store's attributes go to zarr.json in one write, so a kill leaves none or all of them; a
+    group a kill left with some of them (as an earlier version could) and nothing labelled is
+    rebuilt by the next `label`, to the store an uninterrupted run writes."""
+    import zarr.storage._local as local
+
+    from w2s_pipe.storage import open_store
+    from w2s_pipe.storage.schema import DONE_DIR, INDEX_FILE, PARTS_DIR, REQUIRED_ATTRS
+
+    data = str(digits_data / "digits-transfer-*.tar")
+    store = str(tmp_path / "fresh")
+    written, put = [], local._put
+    monkeypatch.setattr(local, "_put", lambda path, value, **kw: (
+        written.append(json.loads(value.to_bytes())) if str(path) == os.path.join(store, "zarr.json") else None,
+        put(path, value, **kw))[1])
+    assert invoke(commands(store, weak_ckpt, data)["label"]).exit_code == 0
+    states = [set(doc.get("attributes", {})) for doc in written]
+    assert states and set(REQUIRED_ATTRS) <= states[-1] and all(not s or s == states[-1] for s in states), states
+    monkeypatch.setattr(local, "_put", put)
+
+    cut = str(tmp_path / "cut")
+    shutil.copytree(pristine, cut)
+    edit_json(f"{cut}/zarr.json", lambda doc: doc.update(attributes={k: doc["attributes"][k] for k in
+                                                                     ("format", "schema_version", "weak")}))
+    for name in (DONE_DIR, PARTS_DIR):
+        shutil.rmtree(os.path.join(cut, name))
+    os.remove(os.path.join(cut, INDEX_FILE))
+    result = invoke(commands(cut, weak_ckpt, data)["label"])
+    assert result.exit_code == 0, result.output
+    assert open_store(cut).index().equals(open_store(pristine).index())
+    # With the done/ directory there, the same missing attribute is damage, named, not rebuilt.
+    damaged = str(tmp_path / "damaged")
+    shutil.copytree(pristine, damaged)
+    edit_json(f"{damaged}/zarr.json", lambda doc: doc["attributes"].pop("num_classes"))
+    result = invoke(commands(damaged, weak_ckpt, data)["label"])
+    assert result.exit_code != 0 and "attribute 'num_classes' is missing (zarr.json)" in result.output
