@@ -127,7 +127,15 @@ for _name, _classes, _archive in (("cifar10", 10, "cifar-10-python.tar.gz"), ("c
 @click.option("--shard-size", type=int, default=1000, show_default=True, help="Samples per shard.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sample shuffle across shards.")
 @click.option("--prefix", default=None, help="Shard name prefix [default: the folder's name].")
-def prepare_folder_cmd(src, out, split, shard_size, seed, prefix):
+@click.option("--label-noise", default=None, help=_NOISE_HELP.format(map="the map of --noise-map"))
+@click.option("--noise-seed", type=int, default=42, show_default=True, help="Seed of --label-noise (the official 42).")
+@click.option("--noise-map", type=click.Path(dir_okay=False), default=None,
+              help='--label-noise asymmetric:R: a JSON file mapping class folder names to the class each is mistaken '
+                   'for, e.g. {"cat": "dog", "dog": "cat"}; classes it does not name keep their labels.')
+@click.option("--noise-splits", default=None,
+              help="--label-noise: the splits to noise, comma-separated [default: every split but val, valid, "
+                   "validation and test].")
+def prepare_folder_cmd(src, out, split, shard_size, seed, prefix, label_noise, noise_seed, noise_map, noise_splits):
     """An ImageFolder-style directory SRC (one sub-folder per class; classes numbered in sorted
     order) as shuffled shards `<prefix>-<split>-NNNNNN.tar` with a manifest. A SRC holding a
     `train/` folder of class folders is the ImageNet layout (`train/` and `val/`, one folder per
@@ -135,7 +143,9 @@ def prepare_folder_cmd(src, out, split, shard_size, seed, prefix):
     one class numbering."""
     from .stages.prepare import prepare_folder
 
-    result = prepare_folder(src, out, split=split, shard_size=shard_size, seed=seed, prefix=prefix)
+    result = prepare_folder(src, out, split=split, shard_size=shard_size, seed=seed, prefix=prefix,
+                            noise=_noise(label_noise, noise_seed), noise_map=noise_map,
+                            noise_splits=tuple(noise_splits.split(",")) if noise_splits else None)
     for name, shards in result.splits.items():
         click.echo(f"{name}: {sum(s.count for s in shards)} samples in {len(shards)} shards; "
                    f"use --data '{result.out}/{shards[0].name.rsplit('-', 1)[0]}-*.tar'")
@@ -529,6 +539,10 @@ def eval_cmd(ctx, shots, **options):
         click.echo(f"{r['data']} {r['split']}: top-1 {r['top1']:.4f}  top-5 {r['top5']:.4f}  ({r['samples']} samples)")
     click.echo(f"checkpoint {r['checkpoint']} ({at}{r['picked']}), {r['precision']}, --decode {r['decode']}")
     click.echo(f"evaluated on {r['pattern']}" + (f"; trained from the {r['trained_on']}" if r["trained_on"] else ""))
+    if r.get("recorded"):
+        click.echo(f"recorded in {r['recorded']} (report shows it)")
+    if r.get("label_noise"):
+        click.echo(f"scored against the clean labels ({r['labels']}): the shards' own labels carry {r['label_noise']}")
 
 
 @cli.command()
@@ -553,7 +567,7 @@ def demo(ctx, out, seeds, quick, scenario):
     several seeds; then `report`."""
     from .pipeline.workspace import workspace_dir
     from .stages.demo import DemoConfig, run_demo
-    from .stages.report import markdown_table
+    from .stages.report import few_shot_markdown, markdown_table
 
     out = out or str(workspace_dir(ctx.obj["workspace"]) / ("demo" if scenario == "standard" else f"demo-{scenario}"))
     chosen = {"label_noise": NOISY_SCENARIO if scenario == "noisy" else None, "few_shot": scenario == "few-shot"}
@@ -561,6 +575,8 @@ def demo(ctx, out, seeds, quick, scenario):
     report = run_demo(cfg, echo=click.echo)
     click.echo("")
     click.echo(markdown_table(report))
+    for table in report["few_shot"]:
+        click.echo("\n" + few_shot_markdown(table))
     click.echo(f"\ndemo finished in {report['seconds'] / 60:.1f} min; report {report['markdown']}")
 
 
@@ -574,10 +590,11 @@ def demo(ctx, out, seeds, quick, scenario):
 def report(ctx, workspace, out, fmt, no_plots):
     """Weak model, strong ceiling and every weak-to-strong run of a workspace (default: the current
     one) with validation top-1 and performance gap recovered, PGR = (w2s - weak) / (ceiling - weak);
-    figures: accuracy per method, the weak labels' calibration, beta/alpha over training, curves."""
+    figures: accuracy per method, the weak labels' calibration, beta/alpha over training, curves.
+    Few-shot figures that `eval --run RUN --episodes N` recorded come as their own table."""
     import json
 
-    from .stages.report import ReportConfig, markdown_table, notes, run_report
+    from .stages.report import ReportConfig, few_shot_markdown, markdown_table, notes, run_report
 
     result = run_report(ReportConfig(workspace=workspace or ctx.obj["workspace"], out=out, plots=not no_plots))
     if fmt == "json":
@@ -587,6 +604,8 @@ def report(ctx, workspace, out, fmt, no_plots):
         click.echo(markdown_table(result))
         for line in notes(result):
             click.echo(line)
+        for table in result["few_shot"]:
+            click.echo("\n" + few_shot_markdown(table))
         click.echo(f"\nreport {result['markdown']}")
 
 

@@ -92,7 +92,7 @@ def evaluate_checkpoint(checkpoint: str, *, data: str, split: str | None = None,
                       precision=precision, decoder=decoder)
     return {**result, "checkpoint": checkpoint, "step": meta.get("step"), "epoch": meta.get("epoch"),
             "precision": precision, "decode": decoder, "data": source.name, "split": source.split,
-            "pattern": source.pattern}
+            "pattern": source.pattern, **scored_on(source)}
 
 
 def few_shot_checkpoint(checkpoint: str, *, data: str, split: str | None = None, ways: int = 5,
@@ -112,10 +112,10 @@ def few_shot_checkpoint(checkpoint: str, *, data: str, split: str | None = None,
                                        batch_size=batch_size, workers=workers if workers is not None else
                                        default_workers(), device=device, precision=precision, decoder=decoder)
     figures = few_shot(features, labels, ways=ways, shots=tuple(shots), queries=queries, episodes=episodes, seed=seed)
-    return {"few_shot": figures, "ways": ways, "queries": queries, "episode_seed": seed, "samples": len(labels),
-            "feature_dim": int(features.shape[1]), "checkpoint": checkpoint, "step": meta.get("step"),
+    return {"few_shot": figures, "ways": ways, "queries": queries, "episodes": episodes, "episode_seed": seed,
+            "samples": len(labels), "feature_dim": int(features.shape[1]), "checkpoint": checkpoint, "step": meta.get("step"),
             "epoch": meta.get("epoch"), "precision": precision, "decode": decoder, "data": source.name,
-            "split": source.split, "pattern": source.pattern}
+            "split": source.split, "pattern": source.pattern, **scored_on(source)}
 
 
 def _checkpoint_on(checkpoint: str, data: str, split: str | None, device: str, precision: str | None,
@@ -125,6 +125,7 @@ def _checkpoint_on(checkpoint: str, data: str, split: str | None, device: str, p
     one (fp32 if it does not say), the decoder to the one it trained with where this device can."""
     from .data.datasets import resolve_data
     from .data.decoders import resolve_decoder
+    from .data.noise import scored_on_clean
     from .models import load_model
 
     loaded = load_model(None, checkpoint=checkpoint, num_classes=None, option=None)
@@ -140,4 +141,15 @@ def _checkpoint_on(checkpoint: str, data: str, split: str | None, device: str, p
     decoder = resolve_decoder(decode or usable, device, border_crop=loaded.data_config.get("crop_mode") == "border")
     if source.label_field is None:
         raise W2SError(f"{source.pattern} carries no labels to evaluate against")
-    return loaded, source, device, precision, decoder
+    return loaded, scored_on_clean(source), device, precision, decoder
+
+
+def scored_on(source) -> dict:
+    """What an evaluation's figures were scored against, for its result: {"labels": field} and,
+    where the shards' labels are noisy (noise.scored_on_clean), the noise they carry."""
+    from .data.noise import described
+
+    out = {"labels": source.label_field}
+    if source.label_noise:
+        out["label_noise"] = described(source.label_noise)
+    return out

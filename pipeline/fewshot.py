@@ -7,15 +7,23 @@ whose support centroid is most cosine-similar to it is its own. Episodes come fr
 Generator seeded with the episode seed alone, so two models are compared on the same episodes, and
 one episode set serves every shot count (the K-shot support is the first K of the drawn ones).
 The figure is the mean accuracy over episodes with its 95% interval, 1.96 x std / sqrt(episodes).
+`eval --run RUN --episodes N` records its figures in RUN/few-shot.jsonl (`record`), where `report`
+finds them and shows them as their own table.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import W2SError
+
+
+RECORDS = "few-shot.jsonl"
+SETTING = ("data", "split", "ways", "queries", "episodes", "episode_seed", "labels")  # what makes figures comparable
 
 
 @dataclass(frozen=True)
@@ -82,3 +90,33 @@ def pooled_features(model, urls, data_config: dict, *, image_fields, label_field
     if not feats:
         raise W2SError("no samples to draw episodes from")
     return np.concatenate(feats), np.concatenate(labels)
+
+
+def record(run_dir: str, result: dict, pick: str) -> str:
+    """Append one few-shot evaluation of the run's `pick` checkpoint (`eval --episodes`'s result) to
+    RUN/few-shot.jsonl; returns the file's path."""
+    line = {**{k: result.get(k) for k in SETTING}, "pick": pick, "step": result.get("step"),
+            "samples": result.get("samples"), "few_shot": {str(k): v for k, v in result["few_shot"].items()}}
+    path = os.path.join(run_dir, RECORDS)
+    with open(path, "a") as f:
+        f.write(json.dumps(line, sort_keys=True) + "\n")
+    return path
+
+
+def recorded(run_dir: str, step: int | None) -> list[dict]:
+    """The run's few-shot records of its final weights (pick last) at `step`, the latest per setting;
+    records of earlier weights (the run trained on after them) or of unreadable lines are left out."""
+    path = os.path.join(run_dir, RECORDS)
+    if not os.path.exists(path):
+        return []
+    latest = {}
+    with open(path) as f:
+        for line in f:
+            try:
+                r = json.loads(line)
+                shots = {int(k): v for k, v in r["few_shot"].items()}
+            except (ValueError, KeyError, TypeError, AttributeError):
+                continue
+            if r.get("pick") == "last" and (step is None or r.get("step") == step):
+                latest[json.dumps([r.get(k) for k in SETTING])] = {**r, "few_shot": shots}
+    return list(latest.values())

@@ -7,6 +7,7 @@ import json
 import os
 
 from ..errors import W2SError
+from .fewshot import recorded
 from .metrics import reliability
 from .workspace import slug, workspace_dir
 
@@ -26,6 +27,8 @@ def comparable(config: dict, defaults: dict | None = None) -> dict:
     out = {k: v for k, v in {**(defaults or {}), **config}.items() if k not in NOT_COMPARED}
     source = dict(out.pop("data_source", None) or {})
     out["data_source"] = {k: source.get(k) for k in ("name", "split", "pattern", "weak")}
+    if source.get("label_noise"):  # the same data set under other noise is other data
+        out["data_source"]["label_noise"] = source["label_noise"]
     if source.get("views"):
         out["data_source"]["views"] = source["views"]  # a per-view store's views, replayed
     return out
@@ -53,6 +56,7 @@ def load_run(run_dir: str, defaults: dict | None = None) -> dict | None:
                     break
     epochs = [r for r in records if r.get("kind") == "epoch" and "val_top1" in r]
     steps = [r for r in records if r.get("kind") == "step"]
+    end = [r for r in records if r.get("kind") == "end"]
     schedule = "beta" if config.get("loss") == "adaptconf" else "alpha" if config.get("loss") == "augconf" else None
     return {
         "dir": os.path.realpath(run_dir),
@@ -62,7 +66,7 @@ def load_run(run_dir: str, defaults: dict | None = None) -> dict | None:
         "gt_weight": float(config.get("gt_weight") or 0),
         "seed": config.get("seed"),
         "data": config.get("data_source") or {},
-        "finished": any(r.get("kind") == "end" for r in records),
+        "finished": bool(end),
         "top1": epochs[-1]["val_top1"] if epochs else None,
         "top5": epochs[-1]["val_top5"] if epochs else None,
         "curve": [(r["epoch"], r["val_top1"]) for r in epochs],
@@ -70,6 +74,7 @@ def load_run(run_dir: str, defaults: dict | None = None) -> dict | None:
         "schedule": [(r["step"], r[schedule]) for r in steps if schedule and schedule in r],
         "steps_per_epoch": config.get("steps_per_epoch"),
         "settings": comparable(config, defaults),
+        "few_shot": recorded(run_dir, end[-1].get("step")) if end else [],
     }
 
 

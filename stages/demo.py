@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 from ..errors import W2SError
@@ -89,8 +90,6 @@ def run_demo(cfg: DemoConfig, echo=print) -> dict:
         record = read_manifest(prepared.out)["label_noise"]
         echo(f"noisy labels: {noise.kind} {noise.rate} (seed {noise.seed}) on the weak and transfer splits, "
              f"{record['flip_rate']:.1%} flipped; val stays clean, so every top-1 is against clean labels")
-    # The prepared data lives in this workspace, whatever W2S_DATA says.
-    old_data, os.environ["W2S_DATA"] = os.environ.get("W2S_DATA"), os.path.join(ws, "data")
     plan = 3 + 2 * len(cfg.losses) + (1 if cfg.keep_frac else 0)
     total, done = plan * cfg.seeds, 0
 
@@ -106,7 +105,7 @@ def run_demo(cfg: DemoConfig, echo=print) -> dict:
         echo(f"[{done}/{total}] {run}: top-1 {result.val_top1:.4f} ({time.perf_counter() - t:.0f} s)")
         return result
 
-    try:
+    with _data_in(ws):  # the prepared data lives in this workspace, whatever W2S_DATA says
         for seed in range(cfg.seeds):
             weak = train(f"s{seed}-weak", strong=cfg.weak, img_size=cfg.weak_img_size, epochs=cfg.weak_epochs,
                          loss="gt", data=data, split="weak", seed=seed)
@@ -125,56 +124,35 @@ def run_demo(cfg: DemoConfig, echo=print) -> dict:
             if cfg.keep_frac:
                 train(f"s{seed}-hard-keep{cfg.keep_frac}", loss="hard", labels=store, keep_frac=cfg.keep_frac,
                       rank_by="margin", per_class=True, **strong)
-    finally:
-        if old_data is None:
-            os.environ.pop("W2S_DATA", None)
-        else:
-            os.environ["W2S_DATA"] = old_data
+        if cfg.few_shot:
+            few_shot_evals(ws, cfg.episodes, echo)
     report = run_report(ReportConfig(workspace=ws))
-    if cfg.few_shot:
-        report["few_shot"] = few_shot_table(report, ws, cfg.episodes, echo)
     report["seconds"] = time.perf_counter() - started
     return report
 
 
-def few_shot_table(report: dict, ws: str, episodes: int, echo=print) -> list[dict]:
+def few_shot_evals(ws: str, episodes: int, echo=print) -> None:
     """Every finished run's 5-way 1- and 5-shot accuracy on digits-fewshot's novel classes (the same
-    seeded episodes for all), as rows of the report's methods (mean ± std over seeds), written to
-    <workspace>/report/few-shot.json and .md."""
-    import statistics
+    seeded episodes for all), recorded in the run as `eval --run RUN --split novel --episodes N`
+    records it, for `report`'s few-shot table."""
+    from .evaluate import EvalConfig, run_eval
 
-    from ..pipeline.evaluation import few_shot_checkpoint
+    for run in sorted(os.listdir(os.path.join(ws, "runs"))):
+        if os.path.exists(os.path.join(ws, "runs", run, "last.pt")):
+            r = run_eval(EvalConfig(run=os.path.join(ws, "runs", run), split="novel", episodes=episodes, device="cpu",
+                                    workers=0, workspace=ws))
+            echo(f"few-shot {run}: " + ", ".join(f"{k}-shot {f['accuracy']:.4f}" for k, f in r["few_shot"].items()))
 
-    old, os.environ["W2S_DATA"] = os.environ.get("W2S_DATA"), os.path.join(ws, "data")
+
+@contextmanager
+def _data_in(ws: str):
+    """W2S_DATA set to the workspace's data for the block, then as it was."""
+    old = os.environ.get("W2S_DATA")
+    os.environ["W2S_DATA"] = os.path.join(ws, "data")
     try:
-        per_run = {}
-        for run in report["runs"]:
-            r = few_shot_checkpoint(os.path.join(run["dir"], "last.pt"), data="digits-fewshot", split="novel",
-                                    episodes=episodes, workers=0, device="cpu", workspace=ws)
-            per_run[run["name"]] = {k: v["accuracy"] for k, v in r["few_shot"].items()}
-            echo(f"few-shot {run['name']}: 1-shot {per_run[run['name']][1]:.4f}, 5-shot {per_run[run['name']][5]:.4f}")
+        yield
     finally:
         if old is None:
             os.environ.pop("W2S_DATA", None)
         else:
             os.environ["W2S_DATA"] = old
-    rows = []
-    for row in report["rows"]:
-        figures = [per_run[n] for n in row["runs"] if n in per_run]
-        out = {"label": row["label"], "n": len(figures)}
-        for k in (1, 5):
-            values = [f[k] for f in figures]
-            out[f"{k}-shot"] = (statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
-        rows.append(out)
-    lines = ["| method | seeds | 5-way 1-shot (%) | 5-way 5-shot (%) |", "|---|---|---|---|"]
-    lines += [f"| {r['label']} | {r['n']} | {100 * r['1-shot'][0]:.2f} ± {100 * r['1-shot'][1]:.2f} | "
-              f"{100 * r['5-shot'][0]:.2f} ± {100 * r['5-shot'][1]:.2f} |" for r in rows]
-    os.makedirs(os.path.join(ws, "report"), exist_ok=True)
-    with open(os.path.join(ws, "report", "few-shot.json"), "w") as f:
-        json.dump({"episodes": episodes, "ways": 5, "queries": 15, "seed": 0, "runs": per_run, "rows": rows}, f, indent=1)
-    with open(os.path.join(ws, "report", "few-shot.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    echo("\nfew-shot on the novel digits 5-9 (never trained on), " + f"{episodes} episodes of 15 queries per class:")
-    for line in lines:
-        echo(line)
-    return rows

@@ -4,6 +4,7 @@ figure is for (the checkpoint, its step, how it was picked, the precision, the d
     w2s-pipe eval --run RUN                # the run's final weights, in its training precision
     w2s-pipe eval --run RUN --pick best    # the epoch picked by its val top-1 (selected on validation)
     w2s-pipe eval --run RUN --pick ema     # the moving average of the weights (train --model-ema)
+    w2s-pipe eval --run RUN --split novel --episodes 600   # few-shot, recorded in RUN/few-shot.jsonl for report
 """
 
 from __future__ import annotations
@@ -83,6 +84,10 @@ def run_eval(cfg: EvalConfig) -> dict:
 
         result = few_shot_checkpoint(checkpoint, ways=cfg.ways, shots=cfg.shots, queries=cfg.queries,
                                      episodes=cfg.episodes, seed=cfg.episode_seed, **common)
+        if cfg.run:  # where `report` finds it
+            from ..pipeline.fewshot import record
+
+            result["recorded"] = record(run_dir, result, cfg.pick)
     else:
         result = evaluate_checkpoint(checkpoint, **common)
     return {**result, "picked": PICKED[cfg.pick] if cfg.run else "as given", "trained_on": _trained_on(trained_on)}

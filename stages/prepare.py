@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import W2SError
+from ..pipeline.data.noise import CLEAN_FIELD
 from ..pipeline.data.shards import Shard, write_manifest, write_shard
 
 # Fixed, seeded split of the 1797 digits: the weak model's ground truth, what it labels, validation.
@@ -68,7 +69,7 @@ def prepare_digits(out: str, shard_size: int = 256, noise=None, few_shot: bool =
     With `few_shot` (the data set `digits-fewshot`) the three splits keep digits 0-4 only (the base
     classes) and a fourth, `novel`, holds every image of digits 5-9, labelled 0-4 in that order.
     """
-    from ..pipeline.data.noise import CLEAN_FIELD, DIGITS_MAP, noise_record
+    from ..pipeline.data.noise import DIGITS_MAP, noise_record
     from sklearn.datasets import load_digits
 
     if shard_size < 1:
@@ -112,14 +113,18 @@ def prepare_digits(out: str, shard_size: int = 256, noise=None, few_shot: bool =
 
 
 def prepare_folder(src: str, out: str, split: str = "train", shard_size: int = 1000, seed: int = 0,
-                   prefix: str | None = None) -> PrepareResult:
+                   prefix: str | None = None, noise=None, noise_map: str | None = None,
+                   noise_splits: tuple[str, ...] | None = None) -> PrepareResult:
     """An ImageFolder tree (one sub-folder per class, sorted names -> class index) as shuffled shards
     `<prefix>-<split>-NNNNNN.tar`; or, when SRC holds a `train/` folder of class folders (the
     ImageNet layout: `train/` and `val/`, one folder per class in each), every such split folder
     of SRC in one call, with one class numbering (the sorted names of all of them).
 
     Samples are shuffled with `seed` so that every shard mixes classes; each sample keeps its
-    original relative path in a `txt` field.
+    original relative path in a `txt` field. With `noise` (a noise.LabelNoise; asymmetric needs
+    `noise_map`, a JSON file read by noise.read_noise_map) the labels of `noise_splits` (default:
+    every split but val, valid, validation and test) are noised once, in sorted file order, the
+    clean label kept beside.
     """
     root = Path(src)
     if not root.is_dir():
@@ -139,25 +144,59 @@ def prepare_folder(src: str, out: str, split: str = "train", shard_size: int = 1
     if len(classes) < 2:
         raise W2SError(f"prepare folder: {src} needs at least two class sub-folders, found {len(classes)}")
     index = {name: i for i, name in enumerate(classes)}
+    listed = {}
+    for name, directory in split_dirs.items():
+        listed[name] = [(path, index[c]) for c in _subdirs(directory) for path in sorted((directory / c).rglob("*"))
+                        if path.is_file() and path.suffix.lower() in IMAGE_EXTS]
+        if not listed[name]:
+            raise W2SError(f"prepare folder: no images ({', '.join(sorted(IMAGE_EXTS))}) under {directory}")
+    noisy, extra = _folder_noise(listed, classes, noise, noise_map, noise_splits)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     splits = {}
-    for name, directory in split_dirs.items():
-        files = [(path, index[c]) for c in _subdirs(directory) for path in sorted((directory / c).rglob("*"))
-                 if path.is_file() and path.suffix.lower() in IMAGE_EXTS]
-        if not files:
-            raise W2SError(f"prepare folder: no images ({', '.join(sorted(IMAGE_EXTS))}) under {directory}")
+    for name, files in listed.items():
         order = np.random.default_rng(seed).permutation(len(files))
 
-        def samples(files=files, order=order):
+        def samples(files=files, order=order, labels=noisy.get(name)):
             for n, i in enumerate(order):
                 path, label = files[i]
+                noised = {} if labels is None else {"cls": int(labels[i]), CLEAN_FIELD: label}
                 yield {"__key__": f"{n:08d}", IMAGE_EXTS[path.suffix.lower()]: path.read_bytes(), "cls": label,
-                       "txt": str(path.relative_to(root))}
+                       "txt": str(path.relative_to(root)), **noised}
 
         splits[name] = _write_split(out_dir, f"{prefix}-{name}", samples(), shard_size)
-    write_manifest(str(out_dir), splits, dataset=prefix, num_classes=len(classes), class_names=classes)
+    write_manifest(str(out_dir), splits, dataset=prefix, num_classes=len(classes), class_names=classes, **extra)
     return PrepareResult(str(out_dir), splits)
+
+
+def _folder_noise(listed: dict[str, list], classes: list[str], noise, noise_map: str | None,
+                  noise_splits: tuple[str, ...] | None) -> tuple[dict, dict]:
+    """({split: its noisy labels in file order}, the manifest's extra fields) of `prepare folder
+    --label-noise`: the chosen splits' labels, concatenated in split order, noised once."""
+    from ..pipeline.data.noise import EVALUATION_SPLITS, noise_record, read_noise_map
+
+    if noise is None:
+        if noise_map or noise_splits:
+            raise W2SError(f"--{'noise-map' if noise_map else 'noise-splits'} is only for --label-noise")
+        return {}, {}
+    if noise_map and noise.kind != "asymmetric":
+        raise W2SError("--noise-map is the asymmetric noise's map: use it with --label-noise asymmetric:R")
+    if noise.kind == "asymmetric" and not noise_map:
+        raise W2SError("--label-noise asymmetric on a folder needs --noise-map FILE: a JSON object of class folder name "
+                       'to the class it is mistaken for, e.g. {"cat": "dog", "dog": "cat"}')
+    chosen = list(noise_splits) if noise_splits else [n for n in listed if n not in EVALUATION_SPLITS]
+    unknown = [n for n in chosen if n not in listed]
+    if unknown or not chosen:
+        raise W2SError(f"--noise-splits: {'split ' + repr(unknown[0]) + ' is not' if unknown else 'no split is'} one "
+                       f"to noise; the splits are {', '.join(listed)}" + ("" if unknown else
+                                                                          " (val, valid, validation and test are "
+                                                                          "noised only when named)"))
+    mapping = read_noise_map(noise_map, classes) if noise_map else None
+    clean = np.concatenate([np.array([label for _, label in listed[n]], dtype=np.int64) for n in chosen])
+    noisy = noise.apply(clean, len(classes), mapping)
+    bounds = np.cumsum([0] + [len(listed[n]) for n in chosen])
+    record = noise_record(noise, clean, noisy, len(classes), chosen, mapping)
+    return {n: noisy[bounds[i]:bounds[i + 1]] for i, n in enumerate(chosen)}, {"label_noise": record}
 
 
 def _subdirs(path: Path) -> list[str]:
@@ -187,7 +226,7 @@ def prepare_cifar(name: str, archive: str, out: str, shard_size: int = 1000, wea
     code does (CIFAR-10's map, CIFAR-100's superclass shift), before the weak split is carved out;
     test stays clean."""
     from ..pipeline.data.cifar_archive import read_cifar
-    from ..pipeline.data.noise import CIFAR10_MAP, CLEAN_FIELD, noise_record, superclass_map
+    from ..pipeline.data.noise import CIFAR10_MAP, noise_record, superclass_map
 
     if shard_size < 1:
         raise W2SError(f"--shard-size {shard_size} is invalid: must be at least 1")

@@ -123,7 +123,48 @@ def build_report(workspace) -> dict:
             row["delta_mean"], row["delta_std"], row["delta_n"] = mean_std(r.get("delta_vs_ceiling") for r in members)
         rows.append(row)
     return {"workspace": str(ws), "rows": rows, "runs": runs, "stores": stores, "unreadable": unreadable,
-            "unfinished": [{"name": r["name"], "epochs_done": len(r["curve"])} for r in unfinished]}
+            "unfinished": [{"name": r["name"], "epochs_done": len(r["curve"])} for r in unfinished],
+            "few_shot": few_shot_tables(rows, runs)}
+
+
+def few_shot_tables(rows: list[dict], runs: list[dict]) -> list[dict]:
+    """The few-shot figures `eval --run RUN --episodes N` recorded for the runs' final weights: one
+    table per setting (data, split, ways, queries, episodes, their seed, the labels scored), a row
+    per report row with any such record, each shot count's accuracy as mean ± std over its runs."""
+    from ..pipeline.fewshot import SETTING
+
+    by_name = {r["name"]: r for r in runs}
+    tables = {}
+    for row in rows:
+        for name in row["runs"]:
+            for rec in by_name[name].get("few_shot", []):
+                setting = json.dumps({k: rec.get(k) for k in SETTING}, sort_keys=True)
+                tables.setdefault(setting, {}).setdefault(row["label"], []).append(rec)
+    out = []
+    for setting, members in tables.items():
+        table_rows = []
+        for label, records in members.items():
+            shots = sorted({k for rec in records for k in rec["few_shot"]})
+            figures = {k: mean_std(rec["few_shot"][k]["accuracy"] for rec in records if k in rec["few_shot"])[:2]
+                       for k in shots}  # (mean, std)
+            table_rows.append({"label": label, "n": len(records), "shots": figures})
+        out.append({"setting": json.loads(setting), "rows": table_rows})
+    return out
+
+
+def few_shot_markdown(table: dict) -> str:
+    """A few-shot table: its setting in a heading line, then a row per method."""
+    s = table["setting"]
+    shots = sorted({k for r in table["rows"] for k in r["shots"]})
+    head = (f"Few-shot on {s['data']} {s['split']}: {s['ways']}-way, {s['queries']} queries per class, "
+            f"{s['episodes']} episodes (seed {s['episode_seed']}, the same for every model), scored on {s['labels']}; "
+            "cosine nearest centroid of pooled features, final weights")
+    lines = [head, "", "| method | runs | " + " | ".join(f"{s['ways']}-way {k}-shot (%)" for k in shots) + " |",
+             "|---|---|" + "---|" * len(shots)]
+    for r in table["rows"]:
+        cells = [_pct(*r["shots"][k]) if k in r["shots"] else "" for k in shots]
+        lines.append(f"| {r['label']} | {r['n']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def _assign_roles(runs: list[dict], stores: list[dict], ws) -> None:
@@ -207,7 +248,8 @@ def ceiling_key(run: dict, without: tuple = ()) -> tuple:
             "hflip", "aa", "mixup", "cutmix", "pretrained", "linear_probe")
     recipe = {k: settings.get(k) for k in keys if k not in without}
     data = settings.get("data_source") or {}
-    return run["strong"], data.get("name"), data.get("split"), json.dumps(recipe, sort_keys=True, default=str)
+    return (run["strong"], data.get("name"), data.get("split"), json.dumps(data.get("label_noise"), sort_keys=True),
+            json.dumps(recipe, sort_keys=True, default=str))
 
 
 def _differing_settings(groups: dict) -> dict:
@@ -280,10 +322,33 @@ def notes(report: dict) -> list[str]:
         if row.get("repeated_seeds"):
             lines.append(f"- {row['label']}: seed {', '.join(map(str, row['repeated_seeds']))} was run more than once "
                          f"({', '.join(row['runs'])}); the row counts each seed once in n but averages every run")
+    lines += noise_notes(report["runs"])
     for r in report.get("unfinished", []):
         lines.append(f"- run {r['name']}: unfinished or crashed ({r['epochs_done']} epochs logged); left out of every mean")
     for x in report.get("unreadable", []):
         lines.append(f"- {x['what']} {x['name']}: could not be read, left out: {x['why']}")
+    return lines
+
+
+def noise_notes(runs: list[dict]) -> list[str]:
+    """One line per noise the runs' training labels carried (`prepare --label-noise`), saying that
+    every top-1 is against clean labels: the validation split is not noised, or was scored against
+    the clean field its shards keep."""
+    from ..pipeline.data.noise import described
+
+    seen = defaultdict(list)
+    for r in runs:
+        if r["data"].get("label_noise"):
+            seen[(r["data"].get("name"), json.dumps(r["data"]["label_noise"], sort_keys=True))].append(r)
+    lines = []
+    for (name, noise), members in seen.items():
+        record = json.loads(noise)
+        part = (f" in {record['noised_shards']} of its {record['shards']} shards" if "noised_shards" in record else "")
+        fields = sorted({r["data"]["val_labels"] for r in members if r["data"].get("val_labels")})
+        scored = (f"validation scored against the clean labels its shards keep ({', '.join(fields)})" if fields
+                  else "the validation split is not noised")
+        lines.append(f"- noisy labels: {len(members)} runs trained on {name} shards whose ground-truth labels carry "
+                     f"{described(record)}{part}; every top-1 is against clean labels ({scored})")
     return lines
 
 
@@ -332,6 +397,8 @@ def run_report(cfg: ReportConfig) -> dict:
     files = write_plots(report, out) if cfg.plots else []
     report["files"] = files
     md = [f"# w2s-pipe report: {report['workspace']}", "", markdown_table(report), "", *notes(report), ""]
+    for table in report["few_shot"]:
+        md += [few_shot_markdown(table), ""]
     for s in report["stores"]:
         acc = f", weak-label accuracy {100 * s['weak_label_accuracy']:.2f}%, ECE {s['ece']:.4f}" if "ece" in s else ""
         md.append(f"- store `{s['name']}`: {s['weak_model']} on {s['data']} {s['split']}, {s['samples']} samples{acc}")

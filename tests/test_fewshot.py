@@ -114,17 +114,47 @@ def test_digits_fewshot_holds_the_novel_classes_out_of_training(tmp_path, monkey
     assert r["split"] == "novel" and set(r["few_shot"]) == {1, 5} and r["samples"] == 896
 
 
-def test_the_few_shot_demo_evaluates_every_model_on_the_novel_classes(tmp_path):
+def test_the_few_shot_demo_evaluates_every_model_on_the_novel_classes_and_report_shows_them(tmp_path):
     import json
     import os
 
+    from w2s_pipe.pipeline.fewshot import RECORDS
     from w2s_pipe.stages.demo import DemoConfig, run_demo
 
     report = run_demo(DemoConfig.quick(str(tmp_path / "demo"), seeds=1, losses=("hard",), keep_frac=None,
                                        few_shot=True, episodes=20), echo=lambda *_: None)
-    saved = json.load(open(tmp_path / "demo" / "report" / "few-shot.json"))
-    assert set(saved["runs"]) == {r["name"] for r in report["runs"]} == {"s0-weak", "s0-ceiling", "s0-hard", "s0-hard-gt"}
-    assert all(0 <= v <= 1 for r in saved["runs"].values() for v in r.values()) and saved["episodes"] == 20
-    assert [r["label"] for r in report["few_shot"]] == [r["label"] for r in report["rows"]]
-    assert os.path.exists(tmp_path / "demo" / "report" / "few-shot.md")
-    assert os.path.exists(tmp_path / "demo" / "data" / "digits-fewshot" / "manifest.json")
+    runs = {r["name"]: r for r in report["runs"]}
+    assert set(runs) == {"s0-weak", "s0-ceiling", "s0-hard", "s0-hard-gt"}
+    for r in runs.values():  # each run's record is the one eval --run --episodes wrote there
+        lines = [json.loads(line) for line in open(os.path.join(r["dir"], RECORDS))]
+        assert len(lines) == 1 and lines[0]["episodes"] == 20 and lines[0]["split"] == "novel"
+        assert [x["few_shot"] for x in r["few_shot"]] == [{int(k): v for k, v in lines[0]["few_shot"].items()}]
+    (table,) = report["few_shot"]
+    assert table["setting"] == {"data": "digits-fewshot", "split": "novel", "ways": 5, "queries": 15, "episodes": 20,
+                                "episode_seed": 0, "labels": "cls"}
+    assert [r["label"] for r in table["rows"]] == [r["label"] for r in report["rows"]]
+    for row, method in zip(table["rows"], report["rows"]):  # one seed: the run's own figure, no spread
+        (name,) = method["runs"]
+        for k in (1, 5):
+            assert row["shots"][k] == (runs[name]["few_shot"][0]["few_shot"][k]["accuracy"], None)
+    md = open(report["markdown"]).read()
+    assert "Few-shot on digits-fewshot novel: 5-way, 15 queries per class, 20 episodes (seed 0" in md
+    assert "| method | runs | 5-way 1-shot (%) | 5-way 5-shot (%) |" in md
+
+
+def test_report_reads_the_latest_few_shot_record_of_the_final_weights(tmp_path):
+    import json
+
+    from w2s_pipe.pipeline.fewshot import RECORDS, recorded
+
+    base = {"data": "d", "split": "novel", "ways": 5, "queries": 15, "episodes": 10, "episode_seed": 0, "labels": "cls"}
+    lines = [{**base, "pick": "last", "step": 4, "few_shot": {"1": {"accuracy": 0.1}}},   # earlier weights
+             {**base, "pick": "last", "step": 8, "few_shot": {"1": {"accuracy": 0.2}}},
+             {**base, "pick": "best", "step": 8, "few_shot": {"1": {"accuracy": 0.9}}},   # another checkpoint
+             {**base, "pick": "last", "step": 8, "few_shot": {"1": {"accuracy": 0.3}}},   # the same, evaluated again
+             {**base, "episodes": 50, "pick": "last", "step": 8, "few_shot": {"1": {"accuracy": 0.4}}}]
+    with open(tmp_path / RECORDS, "w") as f:
+        f.write("\n".join(json.dumps(x) for x in lines) + "\n{not json\n")
+    got = recorded(str(tmp_path), step=8)
+    assert sorted((r["episodes"], r["few_shot"][1]["accuracy"]) for r in got) == [(10, 0.3), (50, 0.4)]
+    assert recorded(str(tmp_path / "none"), step=8) == []

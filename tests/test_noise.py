@@ -1,7 +1,7 @@
 """Noisy ground truth (`prepare ... --label-noise`): the rules against hand counts on a fixed seed,
 CIFAR-10's map and CIFAR-100's superclass shift, and the clean label kept beside the noisy one.
 
-Pure numpy and real shards; no device."""
+Pure numpy and real shards; where a model runs (evaluation, a tiny run), the CPU in fp32."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from w2s_pipe.errors import W2SError
 from w2s_pipe.pipeline.data.noise import (CIFAR10_MAP, CLEAN_FIELD, DIGITS_MAP, LabelNoise, flip_rates,
                                           superclass_map)
 from w2s_pipe.pipeline.data.shards import iter_samples, read_manifest
-from w2s_pipe.stages.prepare import prepare_cifar, prepare_digits
+from w2s_pipe.stages.prepare import prepare_cifar, prepare_digits, prepare_folder
 
 sys.path.insert(0, os.path.dirname(__file__))
 from test_cifar_archive import batch, make_archive  # noqa: E402
@@ -141,15 +141,127 @@ def test_inspect_gives_the_weak_labels_accuracy_against_both(tmp_path, monkeypat
     assert stats["accuracy_clean"] == pytest.approx(np.mean([p == clean[k] for p, k in zip(pred, index["key"].to_pylist())]))
     assert stats["accuracy_clean"] != stats["accuracy"]
     assert "against the clean labels (the shards' labels are symmetric noise at 0.6, seed 0" in format_text(stats)
+    # Evaluating the noised split scores the same predictions against the clean labels, and says so.
+    from w2s_pipe.pipeline.evaluation import evaluate_checkpoint
+
+    scored = evaluate_checkpoint(weak_ckpt, data="digits", split="transfer", workers=0, device="cpu", precision="fp32")
+    assert scored["labels"] == CLEAN_FIELD and scored["label_noise"].startswith("symmetric noise at 0.6 (seed 0, ")
+    assert scored["top1"] == pytest.approx(stats["accuracy_clean"], abs=1 / len(pred))
+    val = evaluate_checkpoint(weak_ckpt, data="digits", split="val", workers=0, device="cpu", precision="fp32")
+    assert val["labels"] == "cls" and "label_noise" not in val
+
+
+def test_noise_is_scored_per_shard_and_a_mix_is_refused(tmp_path):
+    from w2s_pipe.pipeline.data.datasets import resolve_data
+    from w2s_pipe.pipeline.data.noise import noise_of, scored_on_clean
+
+    prepare_digits(str(tmp_path / "digits"), noise=LabelNoise.parse("symmetric:0.3"))
+    weak, val = (resolve_data(str(tmp_path / "digits" / f"digits-{s}-*.tar")) for s in ("weak", "val"))
+    assert noise_of(weak.urls)["rate"] == 0.3 and noise_of(val.urls) is None
+    assert scored_on_clean(weak).label_field == CLEAN_FIELD and scored_on_clean(val) is val
+    mixed = weak.urls + val.urls
+    with pytest.raises(W2SError, match="the shards mix noised splits \\(weak, transfer\\) with clean ones "
+                                       "\\(digits-val-000000.tar\\)"):
+        noise_of(mixed)
+    assert noise_of(mixed, mixed=True)["noised_shards"] == len(weak.urls)
+    prepare_digits(str(tmp_path / "clean"))
+    assert noise_of(resolve_data(str(tmp_path / "clean" / "digits-weak-*.tar")).urls) is None
+
+
+def test_a_run_on_noisy_labels_records_them_and_validates_on_clean_ones(tmp_path, monkeypatch):
+    from w2s_pipe.stages.report import build_report, notes
+    from w2s_pipe.stages.train import TrainConfig, run_train
+
+    prepare_digits(str(tmp_path / "data" / "digits"), noise=LabelNoise.parse("symmetric:0.5", seed=1))
+    monkeypatch.setenv("W2S_DATA", str(tmp_path / "data"))
+    run = run_train(TrainConfig.tiny(strong="test_resnet", loss="gt", data="digits", split="weak", val_split="transfer",
+                                     epochs=1, steps_per_epoch=2, device="cpu", run="noisy", workspace=str(tmp_path)))
+    source = json.load(open(os.path.join(run.run_dir, "config.json")))["data_source"]
+    assert source["label_noise"]["rate"] == 0.5 and source["val_labels"] == CLEAN_FIELD
+    said = [line for line in notes(build_report(str(tmp_path))) if line.startswith("- noisy labels")]
+    assert said == [f"- noisy labels: 1 runs trained on digits shards whose ground-truth labels carry symmetric noise "
+                    f"at 0.5 (seed 1, {source['label_noise']['flip_rate']:.1%} flipped); every top-1 is against clean "
+                    f"labels (validation scored against the clean labels its shards keep (clean.cls))"]
 
 
 def test_the_noisy_demo_learns_from_noisy_labels_and_evaluates_on_clean_ones(tmp_path):
     from w2s_pipe.stages.demo import DemoConfig, run_demo
 
     lines = []
-    run_demo(DemoConfig.quick(str(tmp_path / "demo"), seeds=1, label_noise="symmetric:0.2", losses=("hard",),
+    report = run_demo(DemoConfig.quick(str(tmp_path / "demo"), seeds=1, label_noise="symmetric:0.2", losses=("hard",),
                               keep_frac=None), echo=lines.append)
     record = read_manifest(str(tmp_path / "demo" / "data" / "digits"))["label_noise"]
     assert record["rate"] == 0.2 and record["seed"] == 42 and record["splits"] == ["weak", "transfer"]
     assert lines[0].startswith(f"noisy labels: symmetric 0.2 (seed 42) on the weak and transfer splits, "
                                f"{record['flip_rate']:.1%} flipped; val stays clean")
+    from w2s_pipe.stages.report import notes
+
+    assert [line for line in notes(report) if "noisy labels" in line][0].endswith(
+        "every top-1 is against clean labels (the validation split is not noised)")
+
+
+def _class_tree(root, layout, seed=0):
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split, classes in layout.items():
+        for cls, count in classes.items():
+            (root / split / cls).mkdir(parents=True)
+            for j in range(count):
+                Image.fromarray(rng.integers(0, 255, (4, 4, 3), dtype=np.uint8)).save(root / split / cls / f"{j:02d}.png")
+
+
+def test_a_folder_is_noised_with_the_users_map_and_its_val_kept_clean(tmp_path):
+    from click.testing import CliRunner
+
+    from w2s_pipe.cli import cli
+
+    _class_tree(tmp_path / "src", {"train": {"cat": 20, "dog": 20, "emu": 20}, "val": {"cat": 2, "dog": 2, "emu": 2}})
+    (tmp_path / "map.json").write_text(json.dumps({"cat": "dog"}))
+    result = CliRunner().invoke(cli, ["prepare", "folder", str(tmp_path / "src"), "--out", str(tmp_path / "out"),
+                                      "--label-noise", "asymmetric:0.5", "--noise-seed", "7", "--noise-map",
+                                      str(tmp_path / "map.json")])
+    assert result.exit_code == 0, result.output
+    got = {}
+    for split in ("train", "val"):
+        for shard in sorted((tmp_path / "out").glob(f"src-{split}-*.tar")):
+            for s in iter_samples(str(shard)):
+                got[s["txt"].decode()] = (int(s["cls"]), int(s[CLEAN_FIELD]) if CLEAN_FIELD in s else None)
+    # By hand: the train labels in sorted file order (cat 0-19, dog, emu) meet one draw each from the
+    # seed's generator; a cat whose draw is under 0.5 becomes a dog, nothing else moves.
+    draws = np.random.default_rng(7).random(60)
+    for j in range(20):
+        assert got[f"train/cat/{j:02d}.png"] == ((1 if draws[j] < 0.5 else 0), 0)
+        assert got[f"train/dog/{j:02d}.png"] == (1, 1) and got[f"train/emu/{j:02d}.png"] == (2, 2)
+    assert all(v[1] is None and v[0] == ["cat", "dog", "emu"].index(k.split("/")[1])
+               for k, v in got.items() if k.startswith("val/"))
+    record = read_manifest(str(tmp_path / "out"))["label_noise"]
+    moved = int((draws[:20] < 0.5).sum())
+    assert 0 < moved < 20 and record["flipped"] == moved and record["splits"] == ["train"]
+    assert record["map"] == {"0": 1} and record["flip_rate_per_class"] == [round(moved / 20, 6), 0.0, 0.0]
+    symmetric = prepare_folder(str(tmp_path / "src"), str(tmp_path / "sym"), noise=LabelNoise.parse("symmetric:0.5"),
+                               noise_splits=("train", "val"))
+    record = read_manifest(symmetric.out)["label_noise"]
+    assert record["splits"] == ["train", "val"] and record["samples"] == 66
+
+
+@pytest.mark.parametrize("args, said", [
+    (["--label-noise", "asymmetric:0.4"], "--label-noise asymmetric on a folder needs --noise-map FILE"),
+    (["--label-noise", "symmetric:0.4", "--noise-map", "{map}"], "--noise-map is the asymmetric noise's map"),
+    (["--label-noise", "asymmetric:0.4", "--noise-map", "{bad}"], "--noise-map {bad}: 'cow' (in 'cat': 'cow') is not a class"),
+    (["--label-noise", "symmetric:0.4", "--noise-splits", "tran"], "--noise-splits: split 'tran' is not one to noise"),
+    (["--noise-splits", "train"], "--noise-splits is only for --label-noise"),
+])
+def test_bad_folder_noise_options_are_one_line(tmp_path, args, said):
+    from click.testing import CliRunner
+
+    from w2s_pipe.cli import cli
+
+    _class_tree(tmp_path / "src", {"train": {"cat": 2, "dog": 2}, "val": {"cat": 1, "dog": 1}})
+    paths = {"map": str(tmp_path / "map.json"), "bad": str(tmp_path / "bad.json")}
+    (tmp_path / "map.json").write_text(json.dumps({"cat": "dog"}))
+    (tmp_path / "bad.json").write_text(json.dumps({"cat": "cow"}))
+    result = CliRunner().invoke(cli, ["prepare", "folder", str(tmp_path / "src"), "--out", str(tmp_path / "out")]
+                                + [a.format(**paths) for a in args])
+    assert result.exit_code != 0 and said.format(**paths) in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1

@@ -96,6 +96,7 @@ class DataSource:
     val_split: str | None = None
     entry: DatasetEntry | None = field(default=None, repr=False)
     dataset: str | None = None  # a literal pattern's manifest's data set name (`prepare` writes it)
+    label_noise: dict | None = None  # set by noise.scored_on_clean: label_field is then the clean labels
 
 
 def user_registry_path(workspace=None) -> Path:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from ...errors import W2SError
 from .datasets import resolve_data
+from .noise import noise_of, scored_on_clean
 from ..choices import LOSSES
 from ...storage.fsutil import absolute
 from ..workspace import workspace_dir
@@ -127,6 +128,13 @@ def resolve_inputs(cfg) -> Inputs:
                            "pass --val-data PATTERN or --no-eval")
         if val.label_field is None:
             raise W2SError(f"validation data {val.pattern} carries no labels")
+        val = scored_on_clean(val)  # a noised split is validated against its clean labels
+        if val.label_noise:
+            record["val_labels"] = val.label_field
+    noise = noise_of(urls, mixed=True)  # what the training labels carry, for report
+    if noise:
+        record["label_noise"] = {k: noise[k] for k in ("kind", "rate", "seed", "flip_rate", "noised_shards", "shards")
+                                 if k in noise}
     return Inputs(urls, image_fields, label_field, num_classes, class_names, store_url, record, val,
                   chosen if store_url else "", teacher, view_passes, mix, kept,
                   tuple(m.url for m in members), how)

@@ -12,14 +12,17 @@ rules as the official code, not its draws: it used numpy's legacy global generat
   - CIFAR-10: truck→automobile, bird→airplane, cat↔dog, deer→horse.
   - CIFAR-100: each class moves to the next of its superclass's five (in class order, cyclic).
   - digits: DIGITS_MAP, pairs often confused in handwriting: 1↔7, 3↔8, 4↔9 (0, 2, 5 and 6 kept).
+  - a folder (`prepare folder --noise-map FILE`): the user's map, a JSON object of class folder
+    name to the class it is mistaken for (`read_noise_map`).
 
 Only training splits are noised; evaluation splits keep their clean labels. A noised split's shards
-carry the noisy label in `cls` (what training reads) and the clean one in `clean.cls`.
+carry the noisy label in `cls` (what training reads) and the clean one in `clean.cls`, which every
+evaluation of those shards scores against (`scored_on_clean`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -70,6 +73,35 @@ class LabelNoise:
         return noisy
 
 
+EVALUATION_SPLITS = frozenset({"val", "valid", "validation", "test"})  # never noised unless named
+
+
+def read_noise_map(path: str, class_names: list[str]) -> dict[int, int]:
+    """A user's asymmetric map, a JSON object {"cat": "dog", "dog": "cat"} of class (folder) names,
+    as class indices; a one-line error naming the file and the entry at fault."""
+    import json
+
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise W2SError(f"--noise-map {path}: cannot read it as JSON ({exc})") from None
+    if not isinstance(doc, dict) or not doc:
+        raise W2SError(f"--noise-map {path}: must be a JSON object of class name to the class it is mistaken for, "
+                       'e.g. {"cat": "dog", "dog": "cat"}')
+    index = {name: i for i, name in enumerate(class_names)}
+    mapping = {}
+    for source, target in doc.items():
+        for name in (source, target):
+            if not isinstance(name, str) or name not in index:
+                raise W2SError(f"--noise-map {path}: {name!r} (in {source!r}: {target!r}) is not a class; the classes "
+                               f"are {', '.join(class_names[:10])}{', ...' if len(class_names) > 10 else ''}")
+        if source == target:
+            raise W2SError(f"--noise-map {path}: {source!r} maps to itself")
+        mapping[index[source]] = index[target]
+    return mapping
+
+
 def superclass_map(fine: np.ndarray, coarse: np.ndarray) -> dict[int, int]:
     """CIFAR-100's asymmetric map: each class to the next of its superclass's classes (sorted, cyclic)."""
     mapping = {}
@@ -97,3 +129,45 @@ def noise_record(noise: LabelNoise, clean: np.ndarray, noisy: np.ndarray, num_cl
             "samples": int(len(clean)),
             "flip_rate": round(float((np.asarray(clean) != np.asarray(noisy)).mean()), 6) if len(clean) else 0.0,
             "flip_rate_per_class": flip_rates(clean, noisy, num_classes)}
+
+
+def noise_of(urls, storage_options: dict | None = None, mixed: bool = False) -> dict | None:
+    """The manifest's noise record where every one of `urls` is a shard of a split that `prepare
+    --label-noise` noised, None where none is (or there is no manifest). Where some are and some
+    are not: with `mixed`, the record with how many shards are noised (what training records);
+    otherwise a one-line error, as their labels could not be scored alike."""
+    from .shards import read_manifest, url_name
+
+    noised, record = [], None
+    by_dir: dict[str, list[str]] = {}
+    for url in urls:
+        by_dir.setdefault(url.rsplit("/", 1)[0] if "/" in url else ".", []).append(url)
+    for directory, members in by_dir.items():
+        manifest = read_manifest(directory, storage_options) or {}
+        noise = manifest.get("label_noise")
+        names = {s["name"] for split in (noise or {}).get("splits", []) for s in manifest["splits"].get(split, [])}
+        noised += [url_name(u) in names for u in members]
+        record = record or noise
+    if not any(noised):
+        return None
+    if not all(noised) and mixed:
+        return {**record, "noised_shards": sum(noised), "shards": len(noised)}
+    if not all(noised):
+        clean = next(u for u, n in zip(urls, noised) if not n)
+        raise W2SError(f"the shards mix noised splits ({', '.join(record['splits'])}) with clean ones ({url_name(clean)}): "
+                       "evaluate them apart, as their labels cannot be scored alike")
+    return record
+
+
+def scored_on_clean(source):
+    """`source` (a datasets.DataSource) to evaluate: where its shards carry noisy labels, its label
+    field becomes their clean field and its `label_noise` says so; otherwise `source` itself."""
+    record = noise_of(source.urls) if source.urls else None
+    if record is None:
+        return source
+    return replace(source, label_field=record.get("clean_field") or CLEAN_FIELD, label_noise=record)
+
+
+def described(record: dict) -> str:
+    """One line for a noise record: "symmetric noise at 0.4 (seed 42, 35.8% flipped)"."""
+    return f"{record['kind']} noise at {record['rate']} (seed {record['seed']}, {record['flip_rate']:.1%} flipped)"
