@@ -558,8 +558,11 @@ def eval_cmd(ctx, shots, **options):
                    "learn from noisy labels; val stays clean); few-shot: trained on digits 0-4 (digits-fewshot), every "
                    "model also evaluated 5-way 1- and 5-shot on digits 5-9, never trained on (600 episodes, the same "
                    "for all) [default workspace: <workspace>/demo-<scenario>].")
+@click.option("--label-noise", default=None,
+              help=f"--scenario noisy: the noise, symmetric:R or asymmetric:R (digits' map: 1↔7, 3↔8, 4↔9), seed 42 "
+                   f"[default: {NOISY_SCENARIO}].")
 @click.pass_context
-def demo(ctx, out, seeds, quick, scenario):
+def demo(ctx, out, seeds, quick, scenario, label_noise):
     """The whole weak-to-strong study on digits in one command (about eight minutes on two CPU
     cores): a weak model, its labels, the strong ceiling, and a strong model trained from the
     labels with each loss, with and without ground truth, and with hard labels from the 70% of
@@ -570,7 +573,10 @@ def demo(ctx, out, seeds, quick, scenario):
     from .stages.report import few_shot_markdown, markdown_table
 
     out = out or str(workspace_dir(ctx.obj["workspace"]) / ("demo" if scenario == "standard" else f"demo-{scenario}"))
-    chosen = {"label_noise": NOISY_SCENARIO if scenario == "noisy" else None, "few_shot": scenario == "few-shot"}
+    if label_noise and scenario != "noisy":
+        raise click.UsageError("--label-noise is the noisy scenario's: add --scenario noisy")
+    chosen = {"label_noise": (label_noise or NOISY_SCENARIO) if scenario == "noisy" else None,
+              "few_shot": scenario == "few-shot"}
     cfg = DemoConfig.quick(out, seeds=seeds, **chosen) if quick else DemoConfig(out=out, seeds=seeds, **chosen)
     report = run_demo(cfg, echo=click.echo)
     click.echo("")

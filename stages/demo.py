@@ -48,6 +48,10 @@ class DemoConfig:
     def __post_init__(self):
         if self.seeds < 1:
             raise W2SError(f"--seeds {self.seeds} is invalid: must be at least 1")
+        if self.label_noise:  # checked before an earlier demo's workspace is replaced
+            from ..pipeline.data.noise import LabelNoise
+
+            LabelNoise.parse(self.label_noise, self.noise_seed)
 
     @classmethod
     def quick(cls, out: str, **overrides) -> "DemoConfig":

@@ -175,3 +175,31 @@ def test_evaluation_through_the_device_path_on_cpu_tensors(tmp_path):
     broken = write_shard(str(tmp_path / "b-000000.tar"), shard).url
     with pytest.raises(W2SError, match=r"^shard b-000000.tar, key 'j2': cannot decode the image"):
         evaluate(model, [broken], cfg, decoder="gpu", **kw)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="nvJPEG's out-of-order writes need a CUDA GPU; the CPU "
+                                                          "decoder these same calls use is tested above")
+def test_gpu_decoding_never_writes_into_memory_queued_kernels_still_read():
+    """The harness of pytorch/vision#9606 through `decode_images`: each round queues a long matmul
+    chain and then a sum of each of 32 tensors on our stream, frees the tensors while the sums are
+    still queued, and decodes 32 JPEGs whose outputs have the freed tensors' exact size, so the
+    caching allocator hands the decoder those blocks. Every sum must be what the tensors held: on
+    an H100/H200 without the barrier in decode_images most rounds read decoded pixels instead.
+    Device: the first CUDA GPU; exact integer sums, so no tolerance."""
+    from w2s_pipe.pipeline.data.transforms import decode_images
+
+    gpu = torch.device("cuda", 0)
+    h, w, n = 224, 224, 32
+    blobs = [encode(picture(i, (w, h)), "JPEG", quality=90) for i in range(n)]
+    heavy = torch.randn(2048, 2048, device=gpu)
+    wrong = 0
+    for _ in range(20):
+        held = [torch.full((3, h, w), 1, dtype=torch.uint8, device=gpu) for _ in range(n)]
+        for _ in range(20):  # tens of milliseconds of queued work before the sums run
+            heavy = torch.tanh(heavy @ heavy)
+        sums = [t.sum(dtype=torch.int64) for t in held]
+        del held  # freed on our stream while the sums that read them are still queued
+        images, bad = decode_images(blobs, gpu, lambda i: f"image {i}")
+        assert not bad and all(tuple(im.shape) == (3, h, w) for im in images)
+        wrong += sum(int(s) != 3 * h * w for s in sums)
+    assert wrong == 0, f"{wrong} of {20 * n} sums read memory the decoder wrote"

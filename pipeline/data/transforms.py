@@ -269,6 +269,15 @@ def decode_images(blobs: list[bytes], device, where: Callable[[int], str]) -> tu
     images: list = [None] * len(blobs)
     bad: dict[int, str] = {}
     jpegs = [i for i, b in enumerate(blobs) if b[:3] == JPEG_MAGIC]
+    if jpegs and device.type == "cuda":
+        # A host barrier first. torchvision's CUDA decode_jpeg decodes on a stream of its own, never
+        # ordered after ours, and nvJPEG's hardware engine writes its outputs when called: into
+        # memory the caching allocator already handed back but that our queued kernels (the last
+        # step's forward and backward) still read, which silently corrupts them (pytorch/vision
+        # #9606, meta-pytorch/torchcodec #1634; seen on H100/H200, not on A100). This was the
+        # GPU runs' non-finite loss (bench/README.md). Draining the device before decoding is the
+        # only ordering that holds: a device-side wait on an event does not gate those writes.
+        torch.cuda.synchronize(device)
     if jpegs:
         # Read-only views of the bytes (no copy per image): nvJPEG only reads them.
         data = [torch.frombuffer(blobs[i], dtype=torch.uint8) for i in jpegs]
