@@ -265,3 +265,20 @@ def test_bad_folder_noise_options_are_one_line(tmp_path, args, said):
                                 + [a.format(**paths) for a in args])
     assert result.exit_code != 0 and said.format(**paths) in result.output and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_the_demos_noise_is_checked_before_anything_is_replaced(tmp_path):
+    from click.testing import CliRunner
+
+    from w2s_pipe.cli import cli
+    from w2s_pipe.stages.demo import DEMO_MARKER
+
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / DEMO_MARKER).write_text("{}")  # an earlier demo, which a valid run would replace
+    (out / "kept").write_text("earlier results")
+    bad = CliRunner().invoke(cli, ["demo", "--scenario", "noisy", "--label-noise", "asym:0.4", "--out", str(out)])
+    assert bad.exit_code != 0 and "--label-noise 'asym:0.4' is invalid" in bad.output
+    alone = CliRunner().invoke(cli, ["demo", "--label-noise", "asymmetric:0.4", "--out", str(out)])
+    assert alone.exit_code != 0 and "add --scenario noisy" in alone.output
+    assert (out / "kept").read_text() == "earlier results"
