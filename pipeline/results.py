@@ -7,6 +7,7 @@ import json
 import os
 
 from ..errors import W2SError
+from .data.noise import clean_accuracy, described, store_noise
 from .fewshot import recorded
 from .metrics import reliability
 from .workspace import slug, workspace_dir
@@ -104,6 +105,10 @@ def load_store(url: str) -> dict | None:
         out["weak_label_accuracy"] = float(right.mean())
         out["reliability"] = reliability(conf, right)
         out["ece"] = out["reliability"]["ece"]
+        noise = store_noise(store)
+        if noise:  # the shards' labels are noisy: the weak labels against the clean ones too
+            out["label_noise"] = described(noise)
+            out["weak_label_accuracy_clean"] = clean_accuracy(store, noise)
     else:
         import numpy as np
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..pipeline.data.noise import clean_accuracy, store_noise
 from ..pipeline.metrics import reliability
 from ..pipeline.workspace import slug, workspace_dir
 from ..storage import schema
@@ -91,10 +92,10 @@ def store_statistics(url: str, storage_options: dict | None = None) -> dict:
         stats["view_agreement_with_centre"] = [float(v) for v in result["view_agreement"]]
         if has_label:
             stats["view_accuracy"] = [float(v) for v in result["view_accuracy"]]
-    noise = _label_noise(store)
-    if noise is not None and has_label:  # the shards' labels are noisy: also against the clean ones
+    noise = store_noise(store) if has_label else None
+    if noise is not None:  # the shards' labels are noisy: also against the clean ones
         stats["label_noise"] = {k: noise[k] for k in ("kind", "rate", "seed", "flip_rate")}
-        stats["accuracy_clean"] = _clean_accuracy(store, noise["clean_field"])
+        stats["accuracy_clean"] = clean_accuracy(store, noise)
     if has_label:
         stats["accuracy"] = float(result["accuracy"])
         stats["label_counts"] = [int(c) for c in result["label_counts"]]
@@ -153,31 +154,6 @@ def ensemble_statistics(urls: list[str]) -> dict:
         if how == "mean-prob" and has_label:  # agreement ranks too: more members agreeing, more trusted
             out["coverage"] = coverage_accuracy(index, stats=("margin", "confidence", "entropy", "agreement"))
     return out
-
-
-def _label_noise(store) -> dict | None:
-    """The manifest's noise record (`prepare --label-noise`) where it noised the store's split."""
-    from ..pipeline.data.shards import read_manifest
-
-    url = store.shards[0]["url"] if store.shards else ""
-    manifest = read_manifest(url.rsplit("/", 1)[0]) if "/" in url else None
-    noise = (manifest or {}).get("label_noise")
-    return noise if noise and store.attrs["data"]["split"] in noise.get("splits", []) else None
-
-
-def _clean_accuracy(store, clean_field: str) -> float:
-    """The weak labels' accuracy against the clean labels the shards keep beside the noisy ones."""
-    from ..pipeline.data.shards import iter_samples
-
-    index = store.index()
-    clean = {}
-    for shard in store.shards:
-        for sample in iter_samples(shard["url"]):
-            if clean_field in sample:
-                clean[(shard["name"], sample["__key__"])] = int(sample[clean_field])
-    pred = index["pred"].to_numpy()
-    truth = np.array([clean.get(k, -1) for k in zip(index["shard"].to_pylist(), index["key"].to_pylist())])
-    return float((pred == truth).mean())
 
 
 def run_inspect(cfg: InspectConfig) -> dict:

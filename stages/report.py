@@ -401,6 +401,9 @@ def run_report(cfg: ReportConfig) -> dict:
         md += [few_shot_markdown(table), ""]
     for s in report["stores"]:
         acc = f", weak-label accuracy {100 * s['weak_label_accuracy']:.2f}%, ECE {s['ece']:.4f}" if "ece" in s else ""
+        if "weak_label_accuracy_clean" in s:
+            acc += (f" (both against the shards' labels, which carry {s['label_noise']}; against the clean labels "
+                    f"{100 * s['weak_label_accuracy_clean']:.2f}%)")
         md.append(f"- store `{s['name']}`: {s['weak_model']} on {s['data']} {s['split']}, {s['samples']} samples{acc}")
     md += ["", "PGR = (weak-to-strong - weak) / (ceiling - weak), per seed; accuracies are final-epoch validation top-1.", ""]
     md += [f"![{os.path.basename(f)}]({os.path.basename(f)})" for f in files]

@@ -198,6 +198,13 @@ def test_the_noisy_demo_learns_from_noisy_labels_and_evaluates_on_clean_ones(tmp
 
     assert [line for line in notes(report) if "noisy labels" in line][0].endswith(
         "every top-1 is against clean labels (the validation split is not noised)")
+    from w2s_pipe.stages.inspect import InspectConfig, run_inspect
+
+    (store,) = report["stores"]  # the weak labels against the clean labels too, as inspect counts them
+    stats = run_inspect(InspectConfig(store=store["url"], plots=False))
+    assert store["weak_label_accuracy_clean"] == stats["accuracy_clean"] and store["label_noise"].startswith(
+        "symmetric noise at 0.2 (seed 42")
+    assert store["weak_label_accuracy"] == pytest.approx(stats["accuracy"])
 
 
 def _class_tree(root, layout, seed=0):

@@ -171,3 +171,25 @@ def scored_on_clean(source):
 def described(record: dict) -> str:
     """One line for a noise record: "symmetric noise at 0.4 (seed 42, 35.8% flipped)"."""
     return f"{record['kind']} noise at {record['rate']} (seed {record['seed']}, {record['flip_rate']:.1%} flipped)"
+
+
+def store_noise(store) -> dict | None:
+    """The noise record of the shards a label store labelled (`noise_of`; a mix says how many)."""
+    urls = [s["url"] for s in store.shards]
+    return noise_of(urls, mixed=True) if urls else None
+
+
+def clean_accuracy(store, record: dict) -> float:
+    """A store's weak labels' accuracy against the clean labels: the clean field where a shard keeps
+    one (read alone, seeking past the images), the shard's own label where it is not noised."""
+    from .shards import shard_labels
+
+    field = record.get("clean_field") or CLEAN_FIELD
+    clean = {}
+    for shard in store.shards:
+        for key, label in shard_labels(shard["url"], field).items():
+            clean[(shard["name"], key)] = label
+    index = store.index()
+    keys = zip(index["shard"].to_pylist(), index["key"].to_pylist())
+    truth = np.array([clean.get(k, own) for k, own in zip(keys, index["label"].to_pylist())], dtype=np.int64)
+    return float((index["pred"].to_numpy() == truth).mean()) if len(truth) else 0.0
