@@ -111,15 +111,15 @@ def coverage_accuracy(index, stats=("margin", "confidence", "entropy"), coverage
     """The weak labels' accuracy on the samples `--keep-frac F --rank-by STAT [--per-class]` keeps
     (`selection.most_trusted`, ties and rounding included), for each F in `coverage`: {"coverage":
     [...], "overall": {stat: [...]}, "per_class": {stat: [...]}}. Needs the index's label column."""
-    from ..pipeline.selection import most_trusted
+    from ..pipeline.selection import Ranking
 
     correct = index["pred"].to_numpy() == index["label"].to_numpy()
     everyone = np.ones(index.num_rows, dtype=bool)
     out = {"coverage": list(coverage), "overall": {}, "per_class": {}}
     for mode, per_class in (("overall", False), ("per_class", True)):
         for stat in stats:
-            out[mode][stat] = [round(float(correct[most_trusted(index, everyone, f, stat, per_class)].mean()), 6)
-                               for f in coverage]
+            ranking = Ranking(index, everyone, stat, per_class)  # one sort for every fraction
+            out[mode][stat] = [round(float(correct[ranking.keep(f)].mean()), 6) for f in coverage]
     return out
 
 

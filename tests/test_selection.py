@@ -84,6 +84,17 @@ def test_keep_frac_keeps_the_most_trusted_with_ties_to_the_earlier_row(rank_by, 
     if per_class:
         for c in range(4):
             assert got[pred == c].sum() == math.ceil(0.3 * (candidates & (pred == c)).sum())
+    # One ranking serves every fraction (inspect's curve): each the same as ranked afresh by hand.
+    from w2s_pipe.pipeline.selection import Ranking
+
+    ranking = Ranking(table, candidates, rank_by, per_class)
+    for frac in (0.05, 0.5, 0.71, 1.0):
+        by_hand = np.zeros(table.num_rows, dtype=bool)
+        for group in ([set(range(4))] if not per_class else [{c} for c in range(4)]):
+            rows = sorted((i for i in range(table.num_rows) if candidates[i] and pred[i] in group),
+                          key=lambda i: (-score[i] if rank_by != "entropy" else score[i], i))
+            by_hand[rows[:math.ceil(frac * len(rows) - 1e-9)]] = True
+        assert np.array_equal(ranking.keep(frac), by_hand), frac
 
 
 def test_choose_makes_per_shard_masks_and_the_record():
