@@ -391,3 +391,27 @@ def test_a_top_k_member_joins_an_ensemble_rebuilt_dense(digits_data, workspace_s
     np.testing.assert_allclose(np.stack([s["weak"] for s in joined]), expected, rtol=1e-6)
     with pytest.raises(W2SError, match="--store-view replay: an ensemble combines the members' centre views"):
         run_train(TrainConfig.tiny(labels=f"{workspace_store},{topk}", store_view="replay", run="r", device="cpu"))
+
+
+def test_an_ensemble_selection_under_torchrun_is_ranked_once_and_ends_with_equal_weights(three_stores, tmp_path):
+    """Two ranks (gloo on the CPU): the main process ranks the ensemble and shares what it keeps,
+    which is what one process keeps; both ranks end with the same weights."""
+    import subprocess
+    import sys
+
+    from w2s_pipe.pipeline.ensemble import ensemble_index
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "W2S_HOME": str(tmp_path / "ws")}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "w2s_pipe.cli",
+           "train", "--strong", "test_resnet", "--img-size", "32", "--batch-size", "16", "--epochs", "1",
+           "--steps-per-epoch", "2", "--workers", "0", "--precision", "fp32", "--quiet", "--device", "cpu",
+           "--labels", ",".join(three_stores), "--ensemble", "mean-prob", "--keep-frac", "0.5", "--rank-by", "agreement",
+           "--run-name", "ens"]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = tmp_path / "ws" / "runs" / "ens"
+    end = [json.loads(line) for line in open(run / "metrics.jsonl") if '"end"' in line][0]
+    assert len(end["weights_sha256"]) == 2 and end["weights_sha256"][0] == end["weights_sha256"][1]
+    recorded = json.load(open(run / "config.json"))["data_source"]["selection"]
+    alone = choose(ensemble_index([open_store(s) for s in three_stores], "mean-prob"), None, 0.5, "agreement", False)
+    assert recorded == json.loads(json.dumps(alone.record()))

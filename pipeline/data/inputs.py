@@ -174,13 +174,13 @@ def _kept(store, cfg, mix, members=(), how=None):
                        "(--store-view center)")
     from ..selection import choose
 
-    if members:
+    if members:  # ranking an ensemble reads every member's logits: the main process does it for all ranks
+        from .. import distributed
         from ..ensemble import ensemble_index
 
-        index = ensemble_index(members, how)
-    else:
-        index = store.index()
-    return choose(index, cfg.select, cfg.keep_frac, cfg.rank_by, cfg.per_class)
+        return distributed.on_main(lambda: choose(ensemble_index(members, how), cfg.select, cfg.keep_frac, cfg.rank_by,
+                                                  cfg.per_class))
+    return choose(store.index(), cfg.select, cfg.keep_frac, cfg.rank_by, cfg.per_class)
 
 
 def replayed_views(store, cfg) -> int:
