@@ -98,8 +98,12 @@ def record(run_dir: str, result: dict, pick: str) -> str:
     line = {**{k: result.get(k) for k in SETTING}, "pick": pick, "step": result.get("step"),
             "samples": result.get("samples"), "few_shot": {str(k): v for k, v in result["few_shot"].items()}}
     path = os.path.join(run_dir, RECORDS)
-    with open(path, "a") as f:
-        f.write(json.dumps(line, sort_keys=True) + "\n")
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(line, sort_keys=True) + "\n")
+    except OSError as exc:
+        raise W2SError(f"cannot record the few-shot figures in {path} ({exc.strerror or exc}); they were: "
+                       + ", ".join(f"{k}-shot {v['accuracy']:.4f}" for k, v in result["few_shot"].items())) from None
     return path
 
 

@@ -158,3 +158,9 @@ def test_report_reads_the_latest_few_shot_record_of_the_final_weights(tmp_path):
     got = recorded(str(tmp_path), step=8)
     assert sorted((r["episodes"], r["few_shot"][1]["accuracy"]) for r in got) == [(10, 0.3), (50, 0.4)]
     assert recorded(str(tmp_path / "none"), step=8) == []
+    from w2s_pipe.pipeline.fewshot import record
+
+    (tmp_path / "blocked" / RECORDS).mkdir(parents=True)  # cannot be appended to: one line, with the figures
+    with pytest.raises(W2SError, match=r"cannot record the few-shot figures in .*few-shot.jsonl \(.*\); they were: "
+                                       r"1-shot 0.5000"):
+        record(str(tmp_path / "blocked"), {**base, "few_shot": {1: {"accuracy": 0.5}}}, "last")
