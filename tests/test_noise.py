@@ -132,7 +132,7 @@ def test_inspect_gives_the_weak_labels_accuracy_against_both(tmp_path, monkeypat
     prepare_digits(str(tmp_path / "data" / "digits"), noise=LabelNoise.parse("symmetric:0.6", seed=0))
     monkeypatch.setenv("W2S_DATA", str(tmp_path / "data"))
     store = run_label(LabelConfig(weak=None, weak_checkpoint=weak_ckpt, data="digits", labels=str(tmp_path / "s"),
-                                  workers=0, precision="fp32", progress=False)).store
+                                  workers=0, precision="fp32", device="cpu", progress=False)).store
     stats = run_inspect(InspectConfig(store=store, plots=False))
     index = open_store(store).index()
     pred = index["pred"].to_numpy()
