@@ -16,15 +16,12 @@ are not run again. Results go to bench/results/selection_study.json.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
-import time
 
 import numpy as np
 
 import _util
-from teacher_study import _ms, recipe, study_workspace, weak_model
+from teacher_study import _ms, study_run, study_workspace, weak_model
 
 LOSSES = ("hard", "kd", "adaptconf")
 ARMS = {"none": {}, "keep0.7-margin-per-class": {"keep_frac": 0.7, "rank_by": "margin", "per_class": True},
@@ -59,23 +56,7 @@ def val_logits(ws: str, weak: dict) -> tuple[np.ndarray, np.ndarray]:
 
 def train_arms(ws: str, weak: dict, seeds: int) -> list[dict]:
     from w2s_pipe.pipeline.ensemble import combine, ensemble_index
-    from w2s_pipe.stages.train import TrainConfig, run_train
     from w2s_pipe.storage import open_store
-
-    base = {**recipe(), "strong": "resnet10t", "img_size": 24, "epochs": 8, "workspace": ws}
-
-    def train(name, **options):
-        run_dir = os.path.join(ws, "runs", name)
-        done = os.path.join(run_dir, "study.json")
-        if os.path.exists(done):
-            return json.load(open(done))
-        started = time.perf_counter()
-        result = run_train(TrainConfig(**{**base, **options}, run=run_dir))
-        config = json.load(open(os.path.join(run_dir, "config.json")))
-        figures = {"name": name, "top1": result.val_top1, "wall_s": time.perf_counter() - started,
-                   "selection": config["data_source"].get("selection")}
-        json.dump(figures, open(done, "w"))
-        return figures
 
     runs = []
     for seed in range(seeds):
@@ -88,12 +69,12 @@ def train_arms(ws: str, weak: dict, seeds: int) -> list[dict]:
         transfer_acc = float((index["pred"].to_numpy() == index["label"].to_numpy()).mean())
         ens = ensemble_index(stores, "mean-prob")
         ensemble_transfer = float((ens["pred"].to_numpy() == ens["label"].to_numpy()).mean())
-        ceiling = train(f"s{seed}-ceiling", loss="gt", data="digits", split="transfer", seed=seed)
+        ceiling = study_run(ws, f"s{seed}-ceiling", loss="gt", data="digits", split="transfer", seed=seed)
         for arm, options in ARMS.items():
             labels = ",".join(m["store"] for m in members) if arm == "ensemble3" else members[0]["store"]
             weak_top1 = ensemble_val if arm == "ensemble3" else members[0]["top1"]
             for loss in LOSSES:
-                r = train(f"s{seed}-{arm}-{loss}", loss=loss, seed=seed, labels=labels, **options)
+                r = study_run(ws, f"s{seed}-{arm}-{loss}", loss=loss, seed=seed, labels=labels, **options)
                 gap = ceiling["top1"] - weak_top1
                 kept_acc = (r["selection"] or {}).get("weak_top1_on_kept") or (
                     ensemble_transfer if arm == "ensemble3" else transfer_acc)

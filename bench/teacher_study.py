@@ -72,6 +72,26 @@ def study_workspace(out: str | None, prefix: str) -> str:
     return ws
 
 
+def study_run(ws: str, name: str, **options) -> dict:
+    """One of a study's runs, `run_train` with the demo recipe and resnet10t at 24 px for 8 epochs
+    under `options`, in <ws>/runs/<name>: {"name", "top1", "wall_s", "selection"}, kept in its
+    study.json so that a rerun of the study does not train it again."""
+    from w2s_pipe.stages.train import TrainConfig, run_train
+
+    run_dir = os.path.join(ws, "runs", name)
+    done = os.path.join(run_dir, "study.json")
+    if os.path.exists(done):
+        return json.load(open(done))
+    started = time.perf_counter()
+    base = {**recipe(), "strong": "resnet10t", "img_size": 24, "epochs": 8, "workspace": ws}
+    result = run_train(TrainConfig(**{**base, **options}, run=run_dir))
+    config = json.load(open(os.path.join(run_dir, "config.json")))
+    figures = {"name": name, "top1": result.val_top1, "wall_s": time.perf_counter() - started,
+               "selection": config["data_source"].get("selection")}
+    json.dump(figures, open(done, "w"))
+    return figures
+
+
 def recipe() -> dict:
     from w2s_pipe.pipeline.train.recipes import load_recipe
     from w2s_pipe.stages.train_config import recipe_options
@@ -196,26 +216,11 @@ def print_fidelity(rows: list[dict]) -> None:
 
 
 def train_arms(ws: str, weak: dict) -> dict:
-    from w2s_pipe.stages.train import TrainConfig, run_train
-
-    base = {**recipe(), "strong": "resnet10t", "img_size": 24, "epochs": 8, "workspace": ws}
     runs = []
-
-    def train(name, **options):
-        run_dir = os.path.join(ws, "runs", name)
-        done = os.path.join(run_dir, "study.json")
-        if os.path.exists(done):
-            return json.load(open(done))
-        started = time.perf_counter()
-        result = run_train(TrainConfig(**{**base, **options}, run=run_dir))
-        figures = {"name": name, "top1": result.val_top1, "wall_s": time.perf_counter() - started}
-        json.dump(figures, open(done, "w"))
-        return figures
-
     stores = {}
     for seed, w in weak.items():
         for setting, options in SETTINGS.items():
-            ceiling = train(f"s{seed}-{setting}-ceiling", loss="gt", data="digits", split="transfer", seed=seed,
+            ceiling = study_run(ws, f"s{seed}-{setting}-ceiling", loss="gt", data="digits", split="transfer", seed=seed,
                             **options)
             for arm in ARMS:
                 if arm == "online":
@@ -228,7 +233,7 @@ def train_arms(ws: str, weak: dict) -> dict:
                                              views_store(ws, seed, w, k, options["crop_scale"], mix))
                     source = {"labels": made["store"]}
                 for loss in LOSSES:
-                    r = train(f"s{seed}-{setting}-{arm}-{loss}", loss=loss, seed=seed, **source, **options)
+                    r = study_run(ws, f"s{seed}-{setting}-{arm}-{loss}", loss=loss, seed=seed, **source, **options)
                     gap = ceiling["top1"] - w["top1"]
                     runs.append({**r, "seed": seed, "setting": setting, "arm": arm, "loss": loss,
                                  "weak_top1": w["top1"], "ceiling_top1": ceiling["top1"],
