@@ -57,26 +57,13 @@ def view_inputs(batch, normalize):
     n, k = batch.views.shape[:2]
     mixed = None if batch.mix_rows is None else (batch.partner_views.flatten(0, 1), batch.mix_rows.flatten(0, 1),
                                                  batch.partner_rows.flatten(0, 1))
+    from .data.mixviews import finished_views
+
     views = finished_views(normalize, batch.views.flatten(0, 1), batch.view_rows.flatten(0, 1), mixed)
     records = view_records(batch.view_rows)
     if mixed is not None:
         records.update({f"{VIEWS}partner": batch.mix_partner, f"{VIEWS}lam": batch.mix_lam})
     return views.unflatten(0, (n, k)), records
-
-
-def finished_views(normalize, views, rows, mixed=None):
-    """Training views as the weak model sees them and `train` makes them: uint8 (M, 3, H, W) views
-    normalised on the device, erased where their rows (M, 12) hold a box (`crops.erase_where`), and,
-    with `mixed` = (partner views, mix rows (M, 7), partner rows), mixed with their partners'
-    views, erased likewise (`mixviews.mix_pixels`)."""
-    from .data.crops import erase_where
-    from .data.mixviews import mix_pixels
-
-    x = erase_where(normalize(views), rows)
-    if mixed is not None:
-        partner_views, mix_rows, partner_rows = mixed
-        x = mix_pixels(x, erase_where(normalize(partner_views), partner_rows), mix_rows.to(x.device))
-    return x
 
 
 def view_records(view_rows) -> dict:

@@ -331,7 +331,7 @@ def replay_views(store, rows, j: int, image, model, normalize, precision: str, d
 
     from ..pipeline import distributed
     from ..pipeline.data.augment import LabelViews
-    from ..pipeline.labelling import finished_views
+    from ..pipeline.data.mixviews import finished_views
 
     meta, key = schema.views_meta(store.attrs), rows.keys[j]
     preprocessing = schema.preprocessing(store.attrs)

@@ -93,7 +93,7 @@ class LabelViews:
     With a mixing recipe (`mix`, a mixviews.MixRecipe) each view is mixed as `train` will mix it:
     the third item is then (the partners' views uint8 (K, 3, H, W), the mixes' rows (K, 7) at this
     size, the partners' positions (K,), the drawn λ (K,), the partners' view rows (K, 12)); the
-    erasing and mixing themselves happen on the device (`labelling.finished_views`), as in `train`."""
+    erasing and mixing themselves happen on the device (`mixviews.finished_views`), as in `train`."""
 
     def __init__(self, augment: TrainAugment, k: int, mix=None):
         self.augment, self.k, self.mix = augment, k, mix

@@ -125,3 +125,21 @@ def soft_targets(labels, partner_labels, weights, num_classes: int, smoothing: f
 
     w = weights.float().view(-1, 1)
     return w * one_hot(labels) + (1 - w) * one_hot(partner_labels)
+
+
+def finished_views(normalize, views, rows, mixed=None):
+    """Training views as the weak model sees them in `label --views`, as `verify` replays them and as
+    `train` makes them (one function, so the three cannot drift apart): uint8 (M, 3, H, W) views (or
+    float ones from the device decoder), normalised on the device, erased where their rows (M, 12)
+    hold a box (`crops.erase_where`; rows None: not erased), and, with `mixed` = (partner views, mix
+    rows (M, 7), partner rows), mixed with their partners' views, erased likewise (`mix_pixels`)."""
+    from .crops import erase_where
+
+    def erased(x, erase_rows):
+        return x if erase_rows is None else erase_where(x, erase_rows)
+
+    x = erased(normalize(views), rows)
+    if mixed is not None:
+        partner_views, mix_rows, partner_rows = mixed
+        x = mix_pixels(x, erased(normalize(partner_views), partner_rows), mix_rows.to(x.device))
+    return x

@@ -41,7 +41,7 @@ class StepInputs:
         self.num_classes, self.smoothing = num_classes, smoothing  # for replayed mixing's soft targets
 
     def __call__(self, raw, *, step: int, micro: int = 0) -> dict:
-        from .crops import erase_where
+        from .mixviews import finished_views
 
         if isinstance(raw, LoadFailed):
             raise W2SError(raw.message)
@@ -49,17 +49,16 @@ class StepInputs:
         keys, blobs, views_cpu, partner_views = raw.pop("key"), raw.pop("blobs", None), raw["view"], raw.pop(
             "partner_view", None)
         batch = {k: v.to(self.device, non_blocking=True) for k, v in raw.items()}
-        # uint8 views from the loading processes, or bytes decoded and cropped here (--decode gpu)
-        image = self.normalize(self.on_device(blobs, batch["view"], keys) if blobs is not None else batch["image"])
-        if self.erase:
-            image = erase_where(image, views_cpu)
-        if "mix" in batch:  # a per-view store's mixed views, replayed: each with its own partner and λ
-            from .mixviews import mix_pixels, soft_targets
+        # uint8 views from the loading processes, or bytes decoded and cropped here (--decode gpu);
+        # normalised, erased and (a per-view store's mixed views, replayed: each with its own
+        # partner, erased in its own pass, and λ) mixed as `label --views` made them
+        pixels = self.on_device(blobs, batch["view"], keys) if blobs is not None else batch["image"]
+        erase = (views_cpu, partner_views) if self.erase else (None, None)
+        mixed = (batch["partner_image"], batch["mix"], erase[1]) if "mix" in batch else None
+        image = finished_views(self.normalize, pixels, erase[0], mixed)
+        if mixed is not None:
+            from .mixviews import soft_targets
 
-            partners = self.normalize(batch["partner_image"])
-            if self.erase:  # the partner's view as erased in its own pass, as in the store
-                partners = erase_where(partners, partner_views)
-            image = mix_pixels(image, partners, batch["mix"])
             target = soft_targets(batch["label"], batch["partner_label"], batch["mix"][:, 2], self.num_classes,
                                   self.smoothing) if self.need_labels else None
             return {"image": image, "target": target, "weak": batch.get("weak"), "trust": batch.get("trust"),
