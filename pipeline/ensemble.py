@@ -74,6 +74,13 @@ def check_members(stores: list) -> None:
 def shard_logits(stores: list, name: str, how: str) -> tuple[list[str], list[np.ndarray], np.ndarray]:
     """(keys, each member's (n, C) logits, the ensemble's (n, C) logits) of one shard; the members
     must hold the same keys in the same order."""
+    keys, members = member_logits(stores, name)
+    return keys, members, combine(members, how)
+
+
+def member_logits(stores: list, name: str) -> tuple[list[str], list[np.ndarray]]:
+    """(keys, each member's dense (n, C) logits) of one shard, read once; the members must hold the
+    same keys in the same order."""
     from ..storage.reader import ShardRows
 
     keys, members = None, []
@@ -84,30 +91,41 @@ def shard_logits(stores: list, name: str, how: str) -> tuple[list[str], list[np.
                            "(a sample skipped in one labelling?); label the members with the same --on-bad-sample")
         keys = rows.keys
         members.append(rows.dense_logits(store.num_classes))
-    return keys, members, combine(members, how)
+    return keys, members
 
 
 def ensemble_index(stores: list, how: str) -> pa.Table:
     """The ensemble's index (the first member's key, shard, row and label; the combined output's
     pred, confidence, margin, entropy; agreement), in shard order."""
+    return ensemble_indexes(stores, (how,))[how]
+
+
+def ensemble_indexes(stores: list, hows) -> dict[str, pa.Table]:
+    """`ensemble_index` for each way of combining in `hows`, every member's shard read once for all."""
     import torch
 
     from .stats import softmax_stats
 
     base = stores[0].index()
-    parts = []
+    parts = {how: [] for how in hows}
     for shard in stores[0].shards:
         if not stores[0].has_shard(shard["name"]):
             continue
-        keys, members, combined = shard_logits(stores, shard["name"], how)
-        stats = {k: v.numpy() for k, v in softmax_stats(torch.from_numpy(combined)).items()}
-        parts.append({**stats, "agreement": agreement(members, combined), "key": keys})
+        keys, members = member_logits(stores, shard["name"])
+        for how in hows:
+            combined = combine(members, how)
+            stats = {k: v.numpy() for k, v in softmax_stats(torch.from_numpy(combined)).items()}
+            parts[how].append({**stats, "agreement": agreement(members, combined), "key": keys})
+    return {how: _index_of(base, parts[how], stores[0].url) for how in hows}
+
+
+def _index_of(base: pa.Table, parts: list[dict], url: str) -> pa.Table:
     if not parts:
         return base.append_column("agreement", pa.array(np.zeros(0, np.int32)))
     joined = {k: np.concatenate([p[k] for p in parts]) for k in ("pred", "confidence", "margin", "entropy", "agreement")}
     order = [k for p in parts for k in p["key"]]
     if order != base.column("key").to_pylist():
-        raise W2SError(f"--labels: store {stores[0].url}'s index is not in its shards' order; run `w2s-pipe verify` on it")
+        raise W2SError(f"--labels: store {url}'s index is not in its shards' order; run `w2s-pipe verify` on it")
     columns = {"key": base["key"], "shard": base["shard"], "row": base["row"],
                **{k: pa.array(joined[k]) for k in ("pred", "confidence", "margin", "entropy")}}
     if "label" in base.column_names:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..pipeline.data.noise import clean_accuracy, store_noise
+from ..pipeline.data.noise import clean_accuracy, described, store_noise
 from ..pipeline.metrics import reliability
 from ..pipeline.workspace import slug, workspace_dir
 from ..storage import schema
@@ -128,7 +128,7 @@ def ensemble_statistics(urls: list[str]) -> dict:
     combining them (accuracy, the share of samples on which k members agree with it), and the
     mean-prob ensemble's coverage-accuracy curve (agreement as one more ranking)."""
     from ..pipeline.choices import ENSEMBLES
-    from ..pipeline.ensemble import check_members, ensemble_index
+    from ..pipeline.ensemble import check_members, ensemble_indexes
     from ..storage import open_store
 
     members = [open_store(u) for u in urls]
@@ -144,8 +144,7 @@ def ensemble_statistics(urls: list[str]) -> dict:
         if has_label:
             index = m.index()
             record["accuracy"] = float((index["pred"].to_numpy() == index["label"].to_numpy()).mean())
-    for how in ENSEMBLES:
-        index = ensemble_index(members, how)
+    for how, index in ensemble_indexes(members, ENSEMBLES).items():  # each member's logits read once
         agree = index["agreement"].to_numpy()
         record = {"agreement": {str(k): round(float((agree == k).mean()), 6) for k in range(len(members) + 1)}}
         if has_label:
@@ -248,9 +247,8 @@ def format_text(stats: dict) -> str:
         lines.append(f"weak-label accuracy {stats['accuracy']:.4f}, ECE {stats['ece']:.4f} (15 bins)"
                      + (" against the shards' noisy labels" if "accuracy_clean" in stats else ""))
         if "accuracy_clean" in stats:
-            n = stats["label_noise"]
             lines.append(f"weak-label accuracy {stats['accuracy_clean']:.4f} against the clean labels (the shards' "
-                         f"labels are {n['kind']} noise at {n['rate']}, seed {n['seed']}: {n['flip_rate']:.1%} flipped)")
+                         f"labels carry {described(stats['label_noise'])})")
     else:
         lines.append("no ground truth in the shards: accuracy and calibration unavailable")
     if stats.get("views"):

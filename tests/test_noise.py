@@ -140,7 +140,7 @@ def test_inspect_gives_the_weak_labels_accuracy_against_both(tmp_path, monkeypat
     assert stats["accuracy"] == pytest.approx((pred == index["label"].to_numpy()).mean())  # the noisy labels
     assert stats["accuracy_clean"] == pytest.approx(np.mean([p == clean[k] for p, k in zip(pred, index["key"].to_pylist())]))
     assert stats["accuracy_clean"] != stats["accuracy"]
-    assert "against the clean labels (the shards' labels are symmetric noise at 0.6, seed 0" in format_text(stats)
+    assert "against the clean labels (the shards' labels carry symmetric noise at 0.6 (seed 0, " in format_text(stats)
     # Evaluating the noised split scores the same predictions against the clean labels, and says so.
     from w2s_pipe.pipeline.evaluation import evaluate_checkpoint
 
