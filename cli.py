@@ -76,9 +76,7 @@ def prepare_digits_cmd(ctx, out, shard_size, label_noise, noise_seed, few_shot):
     """scikit-learn's handwritten digits (1797 real 8x8 images, shipped with the package) as PNG
     shards, split with a fixed seed into weak (600: the weak model's ground truth), transfer
     (897: what the weak model labels and the strong model learns from) and val (300)."""
-    from .stages.prepare import default_digits_dir, prepare_digits
-
-    from .stages.prepare import default_data_dir
+    from .stages.prepare import default_data_dir, default_digits_dir, prepare_digits
 
     out = out or (default_data_dir("digits-fewshot", ctx.obj["workspace"]) if few_shot
                   else default_digits_dir(ctx.obj["workspace"]))
@@ -230,8 +228,8 @@ def label(ctx, weak, data, split, labels, weak_checkpoint, num_classes, img_size
         weak=weak, data=data, split=split, labels=labels, weak_checkpoint=weak_checkpoint, num_classes=num_classes,
         img_size=img_size, batch_size=batch_size, workers=workers, precision=precision, device=device, topk=topk,
         decode=decode, compile=compile_, overwrite=overwrite, max_shards=max_shards, on_bad_sample=on_bad_sample,
-        views=views, seed=seed, crop_scale=crop_scale, hflip=hflip, aa=aa, color_jitter=color_jitter, reprob=reprob, mixup=mixup,
-        cutmix=cutmix, mixup_prob=mixup_prob, mixup_switch_prob=mixup_switch_prob,
+        views=views, seed=seed, crop_scale=crop_scale, hflip=hflip, aa=aa, color_jitter=color_jitter, reprob=reprob,
+        mixup=mixup, cutmix=cutmix, mixup_prob=mixup_prob, mixup_switch_prob=mixup_switch_prob,
         workspace=ctx.obj["workspace"], progress=not quiet,
     )
     result = run_label(cfg)

@@ -110,9 +110,9 @@ def erase_where(images: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """timm's RandomErasing in its `pixel` mode, batched: each image's erase box (the view rows'
     erase_* fields; none where erase_height is 0) filled with N(0, 1) noise per pixel and channel,
     the noise of the view's erase_key (`view_noise`, computed inside the boxes only). `images` are
-    normalised (N, C, H, W) and changed in place; `rows` are the batch's view rows on the CPU, so choosing the images with a box
-    costs the device no wait. Noise is made for those images only (a quarter of the batch at
-    --reprob 0.25)."""
+    normalised (N, C, H, W) and changed in place; `rows` are the batch's view rows on the CPU, so
+    choosing the images with a box costs the device no wait. Noise is made for those images only (a
+    quarter of the batch at --reprob 0.25)."""
     from .views import VIEW_FIELDS
 
     rows = rows.cpu()

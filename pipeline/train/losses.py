@@ -114,10 +114,11 @@ def objective(name: str, *, temperature: float = 1.0, threshold: float = 0.5, wa
 
     Returns f(student, weak, labels, progress, epoch, trust): progress is the fraction of training
     done (0..1), epoch the 0-based epoch, trust (B,) the samples' stored statistic under
-    `--weight-by` (None: unweighted), which weighs the weak-label loss alone (`trust_weights`). augconf's alpha ramps from 0 to `threshold` over `warmup_frac`
-    of the run: by epoch as the official code (alpha = threshold * epoch / (epochs * warmup_frac)
-    while epoch < int(epochs * warmup_frac)), or by step (`ramp="step"`: threshold * progress /
-    warmup_frac). adaptconf's optional beta warm-up is by step.
+    `--weight-by` (None: unweighted), which weighs the weak-label loss alone (`trust_weights`).
+    augconf's alpha ramps from 0 to `threshold` over `warmup_frac` of the run: by epoch as the
+    official code (alpha = threshold * epoch / (epochs * warmup_frac) while epoch < int(epochs *
+    warmup_frac)), or by step (`ramp="step"`: threshold * progress / warmup_frac). adaptconf's
+    optional beta warm-up is by step.
     """
     if name not in LOSSES:
         raise KeyError(name)
