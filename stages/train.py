@@ -191,7 +191,7 @@ def run_train(cfg: TrainConfig) -> TrainResult:
                 val, record = _validation(validate, model, averaged, step, epoch)
                 if val and (best_top1 is None or val["top1"] > best_top1):
                     best_top1 = val["top1"]
-                    checkpoints.save_best(model, step=step, epoch=epoch, best_top1=best_top1, **save)
+                    checkpoints.save_best(model, step=step, epoch=epoch, best_top1=best_top1)
                 log.write({**record, **(totals.epoch_figures(cfg.skip_missing) if LOSSES[cfg.loss].needs_weak else {})})
                 totals.next_epoch()
                 checkpoints.save_last(model, step=step, epoch=epoch, best_top1=best_top1, ema=averaged,

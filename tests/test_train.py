@@ -48,6 +48,11 @@ def test_gt_training_lowers_the_loss_and_its_checkpoint_labels(tmp_path, digits_
     best = run_eval(EvalConfig(run="weak", pick="best", workers=0, device="cpu"))
     assert best["checkpoint"].endswith("best.pt") and "selected on validation" in best["picked"]
     assert best["top1"] == pytest.approx(result.best_top1, abs=1e-9)
+    # best.pt holds the weights alone; the optimizer's state, which only --resume reads, is in last.pt.
+    import torch
+
+    saved = {n: torch.load(os.path.join(result.run_dir, n), weights_only=True) for n in ("best.pt", "last.pt")}
+    assert "optimizer" not in saved["best.pt"] and saved["last.pt"]["optimizer"]["state"]
     with pytest.raises(W2SError, match="no run 'nope'"):
         run_eval(EvalConfig(run="nope"))
     with pytest.raises(W2SError, match="--decode gpu needs a CUDA device, and this run is on cpu"):

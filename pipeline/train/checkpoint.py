@@ -155,18 +155,18 @@ def load_run_checkpoint(path: str) -> dict:
 class Checkpoints:
     """A run's checkpoint files and their rules: last.pt after every epoch and at a stop (with the
     optimizer, every rank's state and the weight average, so that --resume continues exactly),
-    best.pt at the best validation top-1 so far, ema.pt (the weight average alone, for `eval
-    --pick ema` and `label`) beside each last.pt. Only the main rank writes."""
+    best.pt at the best validation top-1 so far (the weights alone: nothing resumes from it, and the
+    optimizer's state would double its size), ema.pt (the weight average alone, for `eval --pick ema`
+    and `label`) beside each last.pt. Only the main rank writes."""
 
     def __init__(self, run_dir: str, enabled: bool, *, common: dict, ema_decay: float | None = None):
         self.last, self.best = os.path.join(run_dir, "last.pt"), os.path.join(run_dir, "best.pt")
         self.ema = os.path.join(run_dir, "ema.pt")
         self.enabled, self.common, self.ema_decay = enabled, common, ema_decay
 
-    def save_best(self, model, *, step: int, epoch: int, best_top1, optimizer, scaler=None) -> None:
+    def save_best(self, model, *, step: int, epoch: int, best_top1) -> None:
         if self.enabled:
-            save_checkpoint(self.best, model.state_dict(), ranks=None, ema=None,
-                            **self._meta(step, epoch, best_top1, optimizer, scaler))
+            save_checkpoint(self.best, model.state_dict(), step=step, epoch=epoch, best_top1=best_top1, **self.common)
 
     def save_last(self, model, *, step: int, epoch: int, best_top1, optimizer, ranks: list, scaler=None,
                   ema=None) -> None:
