@@ -69,11 +69,13 @@ def prepare_digits(out: str, shard_size: int = 256, noise=None, few_shot: bool =
     With `few_shot` (the data set `digits-fewshot`) the three splits keep digits 0-4 only (the base
     classes) and a fourth, `novel`, holds every image of digits 5-9, labelled 0-4 in that order.
     """
-    from ..pipeline.data.noise import DIGITS_MAP, noise_record
+    from ..pipeline.data.noise import DIGITS_MAP
     from sklearn.datasets import load_digits
 
     if shard_size < 1:
         raise W2SError(f"--shard-size {shard_size} is invalid: must be at least 1")
+    if noise is not None and few_shot:  # the noise would move base digits to novel ones (4→9), outside 0-4
+        raise W2SError("--label-noise and --few-shot are separate scenarios of the paper: prepare one of them")
     digits = load_digits()
     # 0..16 gray levels -> 0..255, exactly invertible.
     pixels = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
@@ -88,8 +90,7 @@ def prepare_digits(out: str, shard_size: int = 256, noise=None, few_shot: bool =
     if noise is not None:
         training = order[:DIGITS_SPLITS[0][1] + DIGITS_SPLITS[1][1]]  # the weak and transfer splits, in split order
         labels = clean.copy()
-        labels[training] = noise.apply(clean[training], 10, DIGITS_MAP)
-        extra["label_noise"] = noise_record(noise, clean[training], labels[training], 10, list(noised), DIGITS_MAP)
+        labels[training], extra["label_noise"] = noise.corrupt(clean[training], 10, list(noised), DIGITS_MAP)
     splits, first = {}, 0
     for split, size in DIGITS_SPLITS:
         chosen = order[first : first + size]
@@ -173,7 +174,7 @@ def _folder_noise(listed: dict[str, list], classes: list[str], noise, noise_map:
                   noise_splits: tuple[str, ...] | None) -> tuple[dict, dict]:
     """({split: its noisy labels in file order}, the manifest's extra fields) of `prepare folder
     --label-noise`: the chosen splits' labels, concatenated in split order, noised once."""
-    from ..pipeline.data.noise import EVALUATION_SPLITS, noise_record, read_noise_map
+    from ..pipeline.data.noise import EVALUATION_SPLITS, read_noise_map
 
     if noise is None:
         if noise_map or noise_splits:
@@ -193,9 +194,8 @@ def _folder_noise(listed: dict[str, list], classes: list[str], noise, noise_map:
                                                                           "noised only when named)"))
     mapping = read_noise_map(noise_map, classes) if noise_map else None
     clean = np.concatenate([np.array([label for _, label in listed[n]], dtype=np.int64) for n in chosen])
-    noisy = noise.apply(clean, len(classes), mapping)
+    noisy, record = noise.corrupt(clean, len(classes), chosen, mapping)
     bounds = np.cumsum([0] + [len(listed[n]) for n in chosen])
-    record = noise_record(noise, clean, noisy, len(classes), chosen, mapping)
     return {n: noisy[bounds[i]:bounds[i + 1]] for i, n in enumerate(chosen)}, {"label_noise": record}
 
 
@@ -226,7 +226,7 @@ def prepare_cifar(name: str, archive: str, out: str, shard_size: int = 1000, wea
     code does (CIFAR-10's map, CIFAR-100's superclass shift), before the weak split is carved out;
     test stays clean."""
     from ..pipeline.data.cifar_archive import read_cifar
-    from ..pipeline.data.noise import CIFAR10_MAP, noise_record, superclass_map
+    from ..pipeline.data.noise import CIFAR10_MAP, superclass_map
 
     if shard_size < 1:
         raise W2SError(f"--shard-size {shard_size} is invalid: must be at least 1")
@@ -246,16 +246,16 @@ def prepare_cifar(name: str, archive: str, out: str, shard_size: int = 1000, wea
         stale.unlink()
     noisy, extra = train.labels, {}
     if noise is not None:
-        if name == "cifar100":
+        mapping = None
+        if noise.kind == "asymmetric" and name == "cifar100":
             if train.coarse is None:
                 raise W2SError(f"{archive}: no coarse_labels in its training batch, which CIFAR-100's asymmetric "
                                "noise moves within")
             mapping = superclass_map(train.labels, train.coarse)
-        else:
+        elif noise.kind == "asymmetric":
             mapping = CIFAR10_MAP
-        noisy = noise.apply(train.labels, len(class_names), mapping)
-        extra["label_noise"] = noise_record(noise, train.labels, noisy, len(class_names),
-                                            [s for s in plan if plan[s][0] == "train"], mapping)
+        noisy, extra["label_noise"] = noise.corrupt(train.labels, len(class_names),
+                                                    [s for s in plan if plan[s][0] == "train"], mapping)
     splits = {}
     for split, (source, indices) in plan.items():
         data = splits_in[source]

@@ -124,6 +124,43 @@ def test_noisy_cifar10_noises_the_whole_training_set_once(tmp_path):
                     assert int(s["cls"]) == CIFAR10_MAP.get(c, c)
 
 
+def test_noisy_cifar100_needs_superclasses_for_asymmetric_noise_alone(tmp_path):
+    rng = np.random.default_rng(0)
+    fine = [int(x) for x in rng.integers(0, 100, size=60)]
+    train = {**batch(rng, 60, b"fine_labels", 100), b"fine_labels": fine}
+    meta = {b"fine_label_names": [f"class{i}".encode() for i in range(100)]}
+    plain = make_archive(tmp_path / "plain.tar.gz", "cifar100", {"train": train, "test": batch(rng, 10, b"fine_labels",
+                                                                                              100), "meta": meta})
+    # symmetric noise needs no map: an archive without coarse labels is noised
+    prepare_cifar("cifar100", plain, str(tmp_path / "sym"), noise=LabelNoise.parse("symmetric:0.5"))
+    assert read_manifest(str(tmp_path / "sym"))["label_noise"]["flipped"] > 0
+    with pytest.raises(W2SError, match="no coarse_labels in its training batch"):
+        prepare_cifar("cifar100", plain, str(tmp_path / "asym"), noise=LabelNoise.parse("asymmetric:1.0"))
+    coarse = [c // 5 for c in fine]  # superclass g holds classes 5g..5g+4
+    full = make_archive(tmp_path / "full.tar.gz", "cifar100", {"train": {**train, b"coarse_labels": coarse},
+                                                               "test": batch(rng, 10, b"fine_labels", 100), "meta": meta})
+    result = prepare_cifar("cifar100", full, str(tmp_path / "asym"), noise=LabelNoise.parse("asymmetric:1.0"))
+    moved = {}
+    for shard in result.splits["train"]:
+        for s in iter_samples(shard.url):
+            moved[int(s[CLEAN_FIELD])] = int(s["cls"])
+    present = sorted(set(fine))
+    for c, noisy in moved.items():  # rate 1: each class to the next present class of its superclass
+        group = [x for x in present if x // 5 == c // 5]
+        assert noisy == group[(group.index(c) + 1) % len(group)]
+
+
+def test_few_shot_digits_refuse_label_noise(tmp_path):
+    from click.testing import CliRunner
+
+    from w2s_pipe.cli import cli
+
+    result = CliRunner().invoke(cli, ["prepare", "digits", "--few-shot", "--label-noise", "asymmetric:0.4", "--out",
+                                      str(tmp_path / "d")])
+    assert result.exit_code != 0 and "--label-noise and --few-shot are separate scenarios" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "d").exists()
+
+
 def test_inspect_gives_the_weak_labels_accuracy_against_both(tmp_path, monkeypatch, weak_ckpt):
     from w2s_pipe.stages.inspect import InspectConfig, format_text, run_inspect
     from w2s_pipe.stages.label import LabelConfig, run_label

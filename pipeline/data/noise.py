@@ -72,6 +72,13 @@ class LabelNoise:
             noisy[move] = target
         return noisy
 
+    def corrupt(self, clean: np.ndarray, num_classes: int, splits: list[str],
+                mapping: dict[int, int] | None = None) -> tuple[np.ndarray, dict]:
+        """(the noisy labels of `clean`, the manifest's record of them: `noise_record`): what each
+        `prepare ... --label-noise` does with the labels of the `splits` it noises."""
+        noisy = self.apply(clean, num_classes, mapping)
+        return noisy, noise_record(self, clean, noisy, num_classes, splits, mapping)
+
 
 EVALUATION_SPLITS = frozenset({"val", "valid", "validation", "test"})  # never noised unless named
 
@@ -123,11 +130,11 @@ def noise_record(noise: LabelNoise, clean: np.ndarray, noisy: np.ndarray, num_cl
                  mapping: dict[int, int] | None) -> dict:
     """What the manifest says of the noise: its rule, seed, the noised splits, the class map, and
     the realised flip rate, overall and per clean class."""
+    flipped = np.asarray(clean) != np.asarray(noisy)
     return {"kind": noise.kind, "rate": noise.rate, "seed": noise.seed, "splits": splits,
             "map": {str(k): v for k, v in mapping.items()} if mapping and noise.kind == "asymmetric" else None,
-            "clean_field": CLEAN_FIELD, "flipped": int((np.asarray(clean) != np.asarray(noisy)).sum()),
-            "samples": int(len(clean)),
-            "flip_rate": round(float((np.asarray(clean) != np.asarray(noisy)).mean()), 6) if len(clean) else 0.0,
+            "clean_field": CLEAN_FIELD, "flipped": int(flipped.sum()), "samples": int(len(clean)),
+            "flip_rate": round(float(flipped.mean()), 6) if len(clean) else 0.0,
             "flip_rate_per_class": flip_rates(clean, noisy, num_classes)}
 
 
