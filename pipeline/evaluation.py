@@ -81,18 +81,9 @@ def evaluate_checkpoint(checkpoint: str, *, data: str, split: str | None = None,
     fp32 for a checkpoint that does not say; `decode` to the decoder it trained with where this
     device can use it, else cpu. Returns `evaluate`'s figures with the checkpoint's step and epoch,
     the precision, the decoder and the data they are for."""
-    from .data.loader import default_workers
-
-    loaded, source, device, precision, decoder = _checkpoint_on(checkpoint, data, split, device, precision, decode,
-                                                               workspace)
-    meta = loaded.trained or {}
-    result = evaluate(loaded.model.to(device), list(source.urls), loaded.data_config, image_fields=source.image_fields,
-                      label_field=source.label_field, batch_size=batch_size,
-                      workers=workers if workers is not None else default_workers(), device=device,
-                      precision=precision, decoder=decoder)
-    return {**result, "checkpoint": checkpoint, "step": meta.get("step"), "epoch": meta.get("epoch"),
-            "precision": precision, "decode": decoder, "data": source.name, "split": source.split,
-            "pattern": source.pattern, **scored_on(source)}
+    model, loading, about = _checkpoint_on(checkpoint, data, split, device, precision, decode, workspace,
+                                           batch_size, workers)
+    return {**evaluate(model, **loading), **about}
 
 
 def few_shot_checkpoint(checkpoint: str, *, data: str, split: str | None = None, ways: int = 5,
@@ -101,30 +92,26 @@ def few_shot_checkpoint(checkpoint: str, *, data: str, split: str | None = None,
                         precision: str | None = None, decode: str | None = None, workspace=None) -> dict:
     """A checkpoint's few-shot accuracy on `data`'s `split` (fewshot.py: its pooled features,
     cosine nearest centroid, episodes from `seed`), chosen as `evaluate_checkpoint` chooses."""
-    from .data.loader import default_workers
     from .fewshot import few_shot, pooled_features
 
-    loaded, source, device, precision, decoder = _checkpoint_on(checkpoint, data, split, device, precision, decode,
-                                                               workspace)
-    meta = loaded.trained or {}
-    features, labels = pooled_features(loaded.model.to(device), list(source.urls), loaded.data_config,
-                                       image_fields=source.image_fields, label_field=source.label_field,
-                                       batch_size=batch_size, workers=workers if workers is not None else
-                                       default_workers(), device=device, precision=precision, decoder=decoder)
+    model, loading, about = _checkpoint_on(checkpoint, data, split, device, precision, decode, workspace,
+                                           batch_size, workers)
+    features, labels = pooled_features(model, **loading)
     figures = few_shot(features, labels, ways=ways, shots=tuple(shots), queries=queries, episodes=episodes, seed=seed)
     return {"few_shot": figures, "ways": ways, "queries": queries, "episodes": episodes, "episode_seed": seed,
-            "samples": len(labels), "feature_dim": int(features.shape[1]), "checkpoint": checkpoint, "step": meta.get("step"),
-            "epoch": meta.get("epoch"), "precision": precision, "decode": decoder, "data": source.name,
-            "split": source.split, "pattern": source.pattern, **scored_on(source)}
+            "samples": len(labels), "feature_dim": int(features.shape[1]), **about}
 
 
 def _checkpoint_on(checkpoint: str, data: str, split: str | None, device: str, precision: str | None,
-                   decode: str | None, workspace):
-    """(the loaded checkpoint, the data source, device, precision, decoder) of an evaluation: the
-    split defaults to the data set's validation split, the precision to the checkpoint's training
-    one (fp32 if it does not say), the decoder to the one it trained with where this device can."""
+                   decode: str | None, workspace, batch_size: int, workers: int | None) -> tuple:
+    """(the checkpoint's model on the device, the keyword arguments of `evaluate` and
+    `fewshot.pooled_features` after it, what the figures are for) of an evaluation: the split
+    defaults to the data set's validation split, the precision to the checkpoint's training one
+    (fp32 if it does not say), the decoder to the one it trained with where this device can, and a
+    noised split is scored against its clean labels (noise.scored_on_clean)."""
     from .data.datasets import resolve_data
     from .data.decoders import resolve_decoder
+    from .data.loader import default_workers
     from .data.noise import scored_on_clean
     from .models import load_model
 
@@ -141,7 +128,15 @@ def _checkpoint_on(checkpoint: str, data: str, split: str | None, device: str, p
     decoder = resolve_decoder(decode or usable, device, border_crop=loaded.data_config.get("crop_mode") == "border")
     if source.label_field is None:
         raise W2SError(f"{source.pattern} carries no labels to evaluate against")
-    return loaded, scored_on_clean(source), device, precision, decoder
+    source = scored_on_clean(source)
+    loading = dict(urls=list(source.urls), data_config=loaded.data_config, image_fields=source.image_fields,
+                   label_field=source.label_field, batch_size=batch_size,
+                   workers=workers if workers is not None else default_workers(), device=device, precision=precision,
+                   decoder=decoder)
+    about = {"checkpoint": checkpoint, "step": meta.get("step"), "epoch": meta.get("epoch"), "precision": precision,
+             "decode": decoder, "data": source.name, "split": source.split, "pattern": source.pattern,
+             **scored_on(source)}
+    return loaded.model.to(device), loading, about
 
 
 def scored_on(source) -> dict:
