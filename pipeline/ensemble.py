@@ -71,13 +71,6 @@ def check_members(stores: list) -> None:
                        f"(data fingerprints {a.get('fingerprint')} and {b.get('fingerprint')})")
 
 
-def shard_logits(stores: list, name: str, how: str) -> tuple[list[str], list[np.ndarray], np.ndarray]:
-    """(keys, each member's (n, C) logits, the ensemble's (n, C) logits) of one shard; the members
-    must hold the same keys in the same order."""
-    keys, members = member_logits(stores, name)
-    return keys, members, combine(members, how)
-
-
 def member_logits(stores: list, name: str) -> tuple[list[str], list[np.ndarray]]:
     """(keys, each member's dense (n, C) logits) of one shard, read once; the members must hold the
     same keys in the same order."""

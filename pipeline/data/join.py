@@ -79,11 +79,12 @@ class StoreJoin:
     def _ensemble_shard(self, name: str):
         """`shard` of an ensemble: the members' outputs combined (ensemble.combine), its statistic
         for --weight-by computed from the combination."""
-        from ..ensemble import shard_logits
+        from ..ensemble import combine, member_logits
 
         if self._members is None:
             self._members = [self.store] + [LabelStore(url, self.storage_options) for url in self.members[1:]]
-        keys, _, combined = shard_logits(self._members, name, self.ensemble)
+        keys, members = member_logits(self._members, name)
+        combined = combine(members, self.ensemble)
         trust = None
         if self.trust:
             import torch
