@@ -70,7 +70,7 @@ def _noise(spec, seed):
 @click.option("--few-shot", is_flag=True,
               help="The few-shot scenario's data set, digits-fewshot [default --out: $W2S_DATA/digits-fewshot]: weak, "
                    "transfer and val keep digits 0-4 (the base classes), and the split novel holds every image of "
-                   "digits 5-9 (labelled 0-4), never trained on, for eval --episodes.")
+                   "digits 5-9 (labelled 0-4), never trained on, for eval --episodes. Not with --label-noise.")
 @click.pass_context
 def prepare_digits_cmd(ctx, out, shard_size, label_noise, noise_seed, few_shot):
     """scikit-learn's handwritten digits (1797 real 8x8 images, shipped with the package) as PNG
