@@ -205,11 +205,15 @@ def prepare_folder_cmd(src, out, split, shard_size, seed, prefix, label_noise, n
 @click.option("--mixup-prob", type=float, default=1.0, show_default=True, help="--views: the chance a view is mixed.")
 @click.option("--mixup-switch-prob", type=float, default=0.5, show_default=True,
               help="--views: the chance of cutmix rather than mixup when both are on.")
+@click.option("--stall-timeout", type=float, default=600.0, show_default=True,
+              help="Seconds a rank may wait for a batch, a step or the other ranks before it ends the run with one "
+                   "line naming the rank, where it was and what it waited for, then every thread's stack (exit 124); "
+                   "also the process group's collective timeout under torchrun. 0: wait for ever.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
 def label(ctx, weak, data, split, labels, weak_checkpoint, num_classes, img_size, batch_size, workers, precision,
           device, topk, decode, compile_, overwrite, max_shards, on_bad_sample, views, seed, crop_scale, hflip, aa,
-          color_jitter, reprob, mixup, cutmix, mixup_prob, mixup_switch_prob, quiet):
+          color_jitter, reprob, mixup, cutmix, mixup_prob, mixup_switch_prob, stall_timeout, quiet):
     """Stage one: run a weak model over a data set's shards once and store its logits and
     confidences (Zarr arrays + index.parquet) for every later `train` run.
 
@@ -230,7 +234,7 @@ def label(ctx, weak, data, split, labels, weak_checkpoint, num_classes, img_size
         decode=decode, compile=compile_, overwrite=overwrite, max_shards=max_shards, on_bad_sample=on_bad_sample,
         views=views, seed=seed, crop_scale=crop_scale, hflip=hflip, aa=aa, color_jitter=color_jitter, reprob=reprob,
         mixup=mixup, cutmix=cutmix, mixup_prob=mixup_prob, mixup_switch_prob=mixup_switch_prob,
-        workspace=ctx.obj["workspace"], progress=not quiet,
+        stall_timeout=stall_timeout, workspace=ctx.obj["workspace"], progress=not quiet,
     )
     result = run_label(cfg)
     if not dist_info().is_main:
@@ -451,6 +455,10 @@ def _from_recipe(ctx, exc: W2SError) -> W2SError:
                    "--log-every and --quiet must be the same; a difference is refused by name.")
 @click.option("--max-steps", type=int, default=None, help="Stop after this many steps in this invocation; --resume continues.")
 @click.option("--log-every", type=int, default=20, show_default=True, help="Steps per metrics.jsonl record.")
+@click.option("--stall-timeout", type=float, default=600.0, show_default=True,
+              help="Seconds a rank may wait for a batch, a step or the other ranks before it ends the run with one "
+                   "line naming the rank, where it was and what it waited for, then every thread's stack (exit 124); "
+                   "also the process group's collective timeout under torchrun. 0: wait for ever.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
 def train(ctx, quiet, **options):
@@ -670,6 +678,9 @@ def datasets(ctx):
 
 
 def main():
+    from .pipeline.watchdog import register_stack_dumps  # stdlib only: --help stays quick
+
+    register_stack_dumps()  # `kill -USR1 <pid>`: every thread's stack on stderr (a torchrun test past its limit asks so)
     cli(prog_name="w2s-pipe")
 
 

@@ -42,7 +42,7 @@ def main():
     import timm.data
 
     from w2s_pipe.pipeline.data.join import StoreJoin
-    from w2s_pipe.pipeline.data.loader import default_workers
+    from w2s_pipe.pipeline.data.workers import default_workers
     from w2s_pipe.pipeline.data.shards import describe_shards, expand_pattern, write_shard
     from w2s_pipe.pipeline.data.train_loader import TrainStream
     from w2s_pipe.storage.writer import StoreWriter

@@ -37,7 +37,8 @@ def main():
     import torch
 
     from w2s_pipe.pipeline import distributed
-    from w2s_pipe.pipeline.data.loader import ImageBatch, ShardBatches, batch_images, default_workers, events, label_loader
+    from w2s_pipe.pipeline.data.loader import ImageBatch, ShardBatches, batch_images, events, label_loader
+    from w2s_pipe.pipeline.data.workers import default_workers
     from w2s_pipe.pipeline.models import load_model
     from w2s_pipe.pipeline.data.shards import expand_pattern
     from w2s_pipe.pipeline.data.transforms import DeviceNormalize, Preprocess, TensorGeometry

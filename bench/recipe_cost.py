@@ -46,7 +46,7 @@ def main():
     args = ap.parse_args()
 
     from w2s_pipe.pipeline import distributed
-    from w2s_pipe.pipeline.data.loader import default_workers
+    from w2s_pipe.pipeline.data.workers import default_workers
     from w2s_pipe.stages.label import LabelConfig, run_label
     from w2s_pipe.stages.train import TrainConfig, run_train
 

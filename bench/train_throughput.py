@@ -46,7 +46,7 @@ def main():
 
     from w2s_pipe.pipeline import distributed
     from w2s_pipe.pipeline.data.decoders import resolve_decoder
-    from w2s_pipe.pipeline.data.loader import default_workers
+    from w2s_pipe.pipeline.data.workers import default_workers
     from w2s_pipe.stages.label import LabelConfig, run_label
 
     device = distributed.pick_device("auto")

@@ -8,11 +8,15 @@ are no-ops in a single process.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
+import re
 from dataclasses import dataclass
 
 from ..errors import W2SError
+from . import watchdog
 from .choices import PRECISIONS
+from .watchdog import Watchdog, end_with
 
 
 @dataclass(frozen=True)
@@ -126,14 +130,19 @@ def autocast(precision: str, device):
 
 
 @contextlib.contextmanager
-def session(requested_device: str = "auto", *, deterministic: bool = False):
+def session(requested_device: str = "auto", *, deterministic: bool = False, stall_timeout: float | None = None):
     """A stage's distributed session: yields (DistInfo, device). Picks this rank's device, turns on
-    deterministic kernels for the block where asked (`--deterministic`), starts the process group
-    under torchrun and shuts it down however the block ends. An operation that has no
-    deterministic kernel is a one-line error naming it."""
-    device = pick_device(requested_device, dist_info().local_rank)
-    with deterministic_mode(deterministic):
-        info = init_distributed(device)
+    deterministic kernels for the block where asked (`--deterministic`), watches the stage
+    (watchdog.py: a rank stuck for `stall_timeout` seconds, or told to stop, ends with one line
+    saying where it was), starts the process group under torchrun with the same timeout for its
+    collectives and shuts it down however the block ends. A rank whose torchrun is gone ends too.
+    An operation that has no deterministic kernel, and a rank that lost another, are one-line errors."""
+    info = dist_info()
+    device = pick_device(requested_device, info.local_rank)
+    if launched_by_torchrun():
+        end_with(os.getppid())  # no orphan rank: it ends with its launcher, however that ended
+    with deterministic_mode(deterministic), Watchdog(info.rank, info.world_size, stall_timeout):
+        info = init_distributed(device, stall_timeout)
         try:
             yield info, device
         except RuntimeError as exc:
@@ -141,12 +150,40 @@ def session(requested_device: str = "auto", *, deterministic: bool = False):
                 op = str(exc).split(" does not have", 1)[0].strip()
                 raise W2SError(f"--deterministic: {op} has no deterministic kernel on {device}, so this model cannot "
                                "train deterministically there; drop --deterministic (runs then differ slightly)") from None
+            if info.world_size > 1 and _lost_peer(exc):
+                raise W2SError(f"{watchdog.describe()}: a collective with the other ranks failed, so one of them is "
+                               f"gone or stuck ({_first_line(exc)}); look above for its own error; what was finished "
+                               "is kept, continue with the same command (train: --resume)") from None
             raise
         finally:
             shutdown()
 
 
-def init_distributed(device) -> DistInfo:
+def launched_by_torchrun() -> bool:
+    return "TORCHELASTIC_RUN_ID" in os.environ
+
+
+def _lost_peer(exc: RuntimeError) -> bool:
+    """Whether a collective failed because another rank is gone or stuck (gloo names the broken
+    connection or the timeout; torch raises its DistError family)."""
+    import torch.distributed as dist
+
+    text = str(exc)
+    return isinstance(exc, getattr(dist, "DistError", ())) or any(
+        s in text for s in ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "Timed out",
+                            "timed out", "gloo", "NCCL"))
+
+
+def _first_line(exc: BaseException) -> str:
+    """The gist of a backend's error: its first sentence, without gloo's source location."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = re.sub(r"^\[[^\]]*\.(cc|cpp|h):\d+\]\s*", "", lines[0] if lines else type(exc).__name__)
+    return re.split(r"(?<=[a-z])\. ", text, maxsplit=1)[0][:300]
+
+
+def init_distributed(device, stall_timeout: float | None = None) -> DistInfo:
+    """The process group under torchrun; its collectives give up after `stall_timeout` seconds
+    (torch's default, 30 minutes for gloo, where None or 0)."""
     import torch.distributed as dist
 
     info = dist_info()
@@ -156,7 +193,8 @@ def init_distributed(device) -> DistInfo:
             import torch
 
             torch.cuda.set_device(device)
-        dist.init_process_group(backend=backend)
+        timeout = {"timeout": datetime.timedelta(seconds=stall_timeout)} if stall_timeout else {}
+        dist.init_process_group(backend=backend, **timeout)
     return info
 
 

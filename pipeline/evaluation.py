@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from ..errors import W2SError
-from . import distributed
+from . import distributed, watchdog
 
 
 def batches(urls, data_config: dict, *, image_fields, label_field, batch_size: int, workers: int, device,
@@ -23,6 +23,7 @@ def batches(urls, data_config: dict, *, image_fields, label_field, batch_size: i
     loader = label_loader(dataset, min(workers, len(mine)) if mine else 0, device.type == "cuda")
     normalize = DeviceNormalize(data_config, device)
     for batch in events(loader) if mine else ():
+        watchdog.beat("the evaluation's next batch from the loading processes")
         if not isinstance(batch, ImageBatch):
             continue  # a shard's end
         images, _, labels, _ = batch_images(batch, geometry, device, url_name(urls[batch.shard]))
@@ -111,7 +112,7 @@ def _checkpoint_on(checkpoint: str, data: str, split: str | None, device: str, p
     noised split is scored against its clean labels (noise.scored_on_clean)."""
     from .data.datasets import resolve_data
     from .data.decoders import resolve_decoder
-    from .data.loader import default_workers
+    from .data.workers import loading_processes
     from .data.noise import scored_on_clean
     from .models import load_model
 
@@ -131,7 +132,7 @@ def _checkpoint_on(checkpoint: str, data: str, split: str | None, device: str, p
     source = scored_on_clean(source)
     loading = dict(urls=list(source.urls), data_config=loaded.data_config, image_fields=source.image_fields,
                    label_field=source.label_field, batch_size=batch_size,
-                   workers=workers if workers is not None else default_workers(), device=device, precision=precision,
+                   workers=loading_processes(workers), device=device, precision=precision,
                    decoder=decoder)
     about = {"checkpoint": checkpoint, "step": meta.get("step"), "epoch": meta.get("epoch"), "precision": precision,
              "decode": decoder, "data": source.name, "split": source.split, "pattern": source.pattern,

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 
 from .. import __version__
 from ..errors import W2SError
-from ..pipeline import distributed
+from ..pipeline import distributed, watchdog
 from .label_config import LabelConfig
 
 
@@ -43,8 +43,8 @@ def run_label(cfg: LabelConfig) -> LabelResult:
     from tqdm import tqdm
 
     from ..pipeline.data.datasets import resolve_data
-    from ..pipeline.data.loader import (ImageBatch, ShardBatches, ShardEnd, ShardTaken, batch_images, default_workers,
-                                        events, label_loader)
+    from ..pipeline.data.loader import ImageBatch, ShardBatches, ShardEnd, ShardTaken, batch_images, events, label_loader
+    from ..pipeline.data.workers import loading_processes
     from ..pipeline.data.transforms import DeviceNormalize, Preprocess, TensorGeometry
     from ..pipeline.labelling import Gathered, HostCopy, ShardWrites, view_inputs, weak_outputs
     from ..pipeline.models import load_model
@@ -52,7 +52,7 @@ def run_label(cfg: LabelConfig) -> LabelResult:
     from ..storage.claims import ShardClaims
     from ..storage.writer import StoreWriter, begin_store
 
-    with distributed.session(cfg.device) as (info, device):
+    with distributed.session(cfg.device, stall_timeout=cfg.stall_timeout) as (info, device):
         # -- the data, the weak model and the store ----------------------------------------------
         source = resolve_data(cfg.data, cfg.split, workspace=cfg.workspace, num_classes=cfg.num_classes)
         loaded = load_model(cfg.weak, checkpoint=cfg.weak_checkpoint, num_classes=source.num_classes,
@@ -91,7 +91,7 @@ def run_label(cfg: LabelConfig) -> LabelResult:
                                image_fields=source.image_fields, label_field=source.label_field,
                                label_required=source.label_required, claims=claims, skip_bad=cfg.skip_bad,
                                views=_label_views(cfg, loaded.data_config, decoder))
-        workers = cfg.workers if cfg.workers is not None else default_workers()
+        workers = loading_processes(cfg.workers)
         loader = label_loader(dataset, min(workers, max(1, len(dataset.shards))) if workers else 0,
                               device.type == "cuda")
         normalize = DeviceNormalize(loaded.data_config, device)
@@ -108,6 +108,7 @@ def run_label(cfg: LabelConfig) -> LabelResult:
         start, written, taken, skipped = None, 0, 0, 0
         with ShardWrites(writer, claims) as writes, torch.inference_mode():
             skipped += _record_unreadable(writes, claims, [i for i in todo if shards[i]["count"] == 0])
+            watchdog.beat("the first batch from the loading processes")
             for event in events(loader) if dataset.shards else ():
                 claims.renew()  # the lease other hosts see on the shards this run is labelling
                 if isinstance(event, ShardTaken):  # another process labels it
@@ -130,12 +131,15 @@ def run_label(cfg: LabelConfig) -> LabelResult:
                         views, records = view_inputs(event, normalize)
                         outputs = weak_outputs(model, normalize(images), topk=cfg.topk, autocast=autocast, views=views)
                         bar.update(gathered.add(copy.push(event.shard, keys, labels, {**outputs, **records})))
+                watchdog.beat("the next batch from the loading processes", f"shard {names[event.shard]}")
+            watchdog.beat("the store's last writes")
             bar.update(gathered.add(copy.drain()))
             writes.wait()
         bar.close()
 
         # -- finish: the index, once every shard is done ---------------------------------------------
         seconds = time.perf_counter() - start if start is not None else 0.0
+        watchdog.beat("every rank to finish its shards")
         complete = writer.finalize()
         distributed.barrier()
         if info.is_main and not complete:

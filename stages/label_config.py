@@ -39,6 +39,7 @@ class LabelConfig:
     cutmix: float = 0.0
     mixup_prob: float = 1.0
     mixup_switch_prob: float = 0.5
+    stall_timeout: float = 600.0  # a rank waiting longer for a batch, a step or the other ranks ends the run; 0: never
     workspace: str | None = None
     progress: bool = True
 
@@ -52,6 +53,8 @@ class LabelConfig:
             bad("--batch-size", self.batch_size, "must be at least 1")
         if self.workers is not None and self.workers < 0:
             bad("--workers", self.workers, "must be 0 or more")
+        if not self.stall_timeout >= 0:
+            bad("--stall-timeout", self.stall_timeout, "must be 0 (never) or a number of seconds")
         check_choice("--precision", self.precision, PRECISION_OPTIONS)
         if self.topk is not None and self.topk < 1:
             bad("--topk", self.topk, "must be at least 1")

@@ -23,13 +23,13 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..errors import W2SError
-from ..pipeline import distributed
+from ..pipeline import distributed, watchdog
 from ..pipeline.choices import LOSSES
 from ..pipeline.data.augment import TrainAugment
 from ..pipeline.data.decoders import resolve_decoder
 from ..pipeline.data.inputs import Inputs, resolve_inputs
 from ..pipeline.data.join import StoreJoin
-from ..pipeline.data.loader import default_workers
+from ..pipeline.data.workers import loading_processes
 from ..pipeline.data.shards import describe_shards
 from ..pipeline.data.step_inputs import StepInputs
 from ..pipeline.data.train_loader import TrainStream, train_loader
@@ -70,6 +70,7 @@ def train_step(model, batches: list[dict], optimizer, objective, *, progress: fl
     skips the all-reduce of every batch but the last. A batch's "target" is its ground truth (class
     indices, or soft targets under mixup), "weak" its weak logits and "trust" (--weight-by) the statistic
     that weighs each sample's weak-label loss. Returns detached metrics."""
+    watchdog.beat("the training step (under torchrun, with its gradients' all-reduce over every rank)")
     optimizer.zero_grad(set_to_none=True)
     per_batch = []
     for i, batch in enumerate(batches):
@@ -100,7 +101,8 @@ def train_step(model, batches: list[dict], optimizer, objective, *, progress: fl
 
 # ---------------------------------------------------------------------------------------------
 def run_train(cfg: TrainConfig) -> TrainResult:
-    with distributed.session(cfg.device, deterministic=cfg.deterministic) as (info, device):
+    with distributed.session(cfg.device, deterministic=cfg.deterministic,
+                             stall_timeout=cfg.stall_timeout) as (info, device):
         # -- the inputs and the run --------------------------------------------------------------
         inputs = resolve_inputs(cfg)
         if info.is_main and (inputs.store_url or inputs.teacher is not None):
@@ -109,7 +111,7 @@ def run_train(cfg: TrainConfig) -> TrainResult:
         precision = distributed.resolve_precision(cfg.precision, device)
         decoder = resolve_decoder(cfg.decode, device, loading_only=cfg.loading_only + (
             ("--mixup (replayed from a per-view store)",) if inputs.mix else ()))
-        workers = cfg.workers if cfg.workers is not None else default_workers()
+        workers = loading_processes(cfg.workers)
         name = cfg.run or f"{slug(strong)}-{cfg.loss}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
         run_dir = distributed.on_main(lambda: open_run(name, cfg.workspace, resume=cfg.resume))  # the main's name
         log = MetricsLog(os.path.join(run_dir, "metrics.jsonl"), info.is_main)  # and TensorBoard events
@@ -160,10 +162,8 @@ def run_train(cfg: TrainConfig) -> TrainResult:
                                    warmup_frac=cfg.warmup_frac, ramp=cfg.ramp, epochs=cfg.epochs,
                                    beta_warmup_frac=cfg.beta_warmup_frac, gt_weight=cfg.gt_weight,
                                    kd_weight=cfg.kd_weight, smoothing=cfg.smoothing)
-        validate = None if inputs.val is None else lambda module: evaluate(
-            module, list(inputs.val.urls), data_config, image_fields=inputs.val.image_fields,
-            label_field=inputs.val.label_field, batch_size=cfg.batch_size, workers=workers, device=device,
-            precision=precision, decoder=decoder)
+        validate = _validator(inputs.val, data_config, batch_size=cfg.batch_size, workers=workers, device=device,
+                              precision=precision, decoder=decoder)
 
         # -- the loop ------------------------------------------------------------------------------
         net.train(not cfg.linear_probe)  # a linear probe's frozen backbone keeps its normalisation statistics
@@ -172,6 +172,7 @@ def run_train(cfg: TrainConfig) -> TrainResult:
         stop_at = min(total_steps, step + cfg.max_steps) if cfg.max_steps else total_steps
         window, started, val = MetricWindow(), time.perf_counter(), None
         while step < stop_at:
+            watchdog.beat("the next batch from the loading processes", f"step {step + 1}, epoch {step // steps_per_epoch + 1}")
             micro = [step_inputs(next(batches), step=step, micro=i) for i in range(accum)]
             lr = schedule.apply(step)  # the rate this step trains with, and the one logged for it
             parts = train_step(net, micro, optimizer, objective, progress=step / total_steps,
@@ -294,9 +295,18 @@ def _log_window(window, totals, log, step: int, lr: float, info, steps_per_epoch
     return means["loss"]
 
 
+def _validator(val, data_config: dict, **loading):
+    """model -> {"top1", "top5", "samples"} on the validation shards `val`, or None without them."""
+    if val is None:
+        return None
+    return lambda module: evaluate(module, list(val.urls), data_config, image_fields=val.image_fields,
+                                   label_field=val.label_field, **loading)
+
+
 def _validation(validate, model, averaged, step: int, epoch: int) -> tuple[dict | None, dict]:
     """The model's validation figures (None without validation) and the epoch record with them and
     the weight average's."""
+    watchdog.beat("the epoch's evaluation, then its checkpoints (under torchrun, with every rank)")
     record = {"kind": "epoch", "step": step, "epoch": epoch}
     val = validate(model) if validate is not None else None
     if val:

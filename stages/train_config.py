@@ -89,6 +89,7 @@ class TrainConfig:
     resume: bool = False
     max_steps: int | None = None  # stop after this many steps in this invocation; --resume continues
     log_every: int = 20
+    stall_timeout: float = 600.0  # a rank waiting longer for a batch, a step or the other ranks ends the run; 0: never
     workspace: str | None = None
     progress: bool = True
 
@@ -181,6 +182,8 @@ class TrainConfig:
             raise W2SError("--resume needs --run-name NAME: the run to continue")
         if self.workers is not None and self.workers < 0:
             bad("--workers", self.workers, "must be 0 or more")
+        if not self.stall_timeout >= 0:
+            bad("--stall-timeout", self.stall_timeout, "must be 0 (never) or a number of seconds")
         from ..pipeline.train.optim import check_optimizer
 
         check_optimizer(self.opt)  # last: it imports timm, and the checks above answer at once

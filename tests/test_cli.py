@@ -99,6 +99,8 @@ def test_label_options_are_frozen():
         # per-view stores (issue 19)
         "--views", "--seed", "--crop-scale", "--hflip", "--aa", "--color-jitter", "--reprob", "--mixup", "--cutmix",
         "--mixup-prob", "--mixup-switch-prob",
+        # no run hangs (issue 29)
+        "--stall-timeout",
     ])
 
 
@@ -120,6 +122,8 @@ def test_train_options_are_frozen():
         "--teacher", "--teacher-model", "--store-view",
         # choosing which weak labels to trust (issue 20)
         "--select", "--keep-frac", "--rank-by", "--per-class", "--weight-by", "--ensemble",
+        # no run hangs (issue 29)
+        "--stall-timeout",
     ])
 
 

@@ -2,28 +2,19 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import numpy as np
+
+from launch import torchrun
 
 from w2s_pipe.storage import open_store
 
 
-def torchrun(nproc, args, env):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "w2s_pipe.cli", *args]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-
-
 def test_two_ranks_equal_one_process(tmp_path, digits_data, weak_ckpt):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
     # gloo on the CPU, on a GPU machine too (one GPU cannot hold two ranks)
     base = ["label", "--weak-checkpoint", weak_ckpt, "--quiet", "--workers", "1", "--batch-size", "64", "--device", "cpu"]
-    one = torchrun(1, [*base, "--labels", str(tmp_path / "one")], env)
+    one = torchrun([*base, "--labels", str(tmp_path / "one")], nproc=1)
     assert one.returncode == 0, one.stderr[-3000:]
-    two = torchrun(2, [*base, "--labels", str(tmp_path / "two")], env)
+    two = torchrun([*base, "--labels", str(tmp_path / "two")], nproc=2)
     assert two.returncode == 0, two.stderr[-3000:]
     # Rank 0 labelled only shards 0 and 2 (256 + 256 samples); rank 1 the rest; one summary printed.
     assert "labelled 512 samples in 2 shards" in two.stdout and two.stdout.count("store ") == 1

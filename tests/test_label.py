@@ -239,7 +239,7 @@ def test_a_store_begun_on_a_gpu_asks_for_one(tmp_path, digits_data, weak_ckpt):
 def test_default_loading_processes_share_the_cores_between_ranks(monkeypatch):
     import os
 
-    from w2s_pipe.pipeline.data.loader import default_workers
+    from w2s_pipe.pipeline.data.workers import default_workers
 
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)

@@ -5,14 +5,12 @@ The endpoint reaches s3fs through the usual AWS environment variables, as it wou
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
-import sys
 
 import fsspec
 import pytest
 
+from launch import torchrun
 from w2s_pipe.stages.inspect import InspectConfig, run_inspect
 from w2s_pipe.stages.label import LabelConfig, run_label
 from w2s_pipe.stages.train import TrainConfig, run_train
@@ -80,11 +78,9 @@ def test_label_verify_inspect_train_on_s3(s3, tmp_path, weak_ckpt):
 
 def test_torchrun_ranks_label_into_one_s3_store(s3, tmp_path, weak_ckpt):
     """Each rank sees the others' markers despite s3fs's listing cache, so the store completes."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "w2s_pipe.cli",
-           "label", "--weak-checkpoint", weak_ckpt, "--data", "s3://data/digits/digits-transfer-*.tar",
+    cmd = ["label", "--weak-checkpoint", weak_ckpt, "--data", "s3://data/digits/digits-transfer-*.tar",
            "--labels", "s3://stores/ranks", "--quiet", "--workers", "1", "--precision", "fp32", "--device", "cpu"]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    out = torchrun(cmd)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "complete, 897 samples" in out.stdout
     assert open_store("s3://stores/ranks").complete

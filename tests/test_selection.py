@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
+from launch import torchrun
 from w2s_pipe.errors import W2SError
 from w2s_pipe.pipeline.selection import choose, most_trusted, selected
 from w2s_pipe.stages.train import TrainConfig, run_train
@@ -396,18 +397,14 @@ def test_a_top_k_member_joins_an_ensemble_rebuilt_dense(digits_data, workspace_s
 def test_an_ensemble_selection_under_torchrun_is_ranked_once_and_ends_with_equal_weights(three_stores, tmp_path):
     """Two ranks (gloo on the CPU): the main process ranks the ensemble and shares what it keeps,
     which is what one process keeps; both ranks end with the same weights."""
-    import subprocess
-    import sys
 
     from w2s_pipe.pipeline.ensemble import ensemble_index
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "W2S_HOME": str(tmp_path / "ws")}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "w2s_pipe.cli",
-           "train", "--strong", "test_resnet", "--img-size", "32", "--batch-size", "16", "--epochs", "1",
+    cmd = ["train", "--strong", "test_resnet", "--img-size", "32", "--batch-size", "16", "--epochs", "1",
            "--steps-per-epoch", "2", "--workers", "0", "--precision", "fp32", "--quiet", "--device", "cpu",
            "--labels", ",".join(three_stores), "--ensemble", "mean-prob", "--keep-frac", "0.5", "--rank-by", "agreement",
            "--run-name", "ens"]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    out = torchrun(cmd, env={"W2S_HOME": str(tmp_path / "ws")})
     assert out.returncode == 0, out.stderr[-3000:]
     run = tmp_path / "ws" / "runs" / "ens"
     end = [json.loads(line) for line in open(run / "metrics.jsonl") if '"end"' in line][0]

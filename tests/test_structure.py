@@ -103,6 +103,15 @@ def test_each_choice_on_the_command_line_is_the_one_definition():
     assert seen >= 9  # label, train and eval's precision and decode, loss, ramp, pick, on-bad-sample
 
 
+def test_every_loader_starts_its_workers_from_the_fork_server():
+    """A DataLoader is made in data/workers.py alone, whose loaders never fork from the stage (a
+    fork from a threaded process can hang: issue 29)."""
+    found = [f"{path.relative_to(ROOT)}:{node.lineno}" for path in SOURCES for node in ast.walk(tree(path))
+             if isinstance(node, ast.Call) and ast.unparse(node.func).split(".")[-1] == "DataLoader"
+             and path != ROOT / "pipeline" / "data" / "workers.py"]
+    assert not found, found
+
+
 def test_choices_import_nothing_heavy():
     imported = {alias.name.split(".")[0] for node in ast.walk(tree(ROOT / "pipeline" / "choices.py"))
                 if isinstance(node, ast.Import) for alias in node.names}

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from launch import torchrun
 from conftest import make_checkpoint, resume_against_whole, same_weights
 from w2s_pipe.errors import W2SError
 from w2s_pipe.pipeline.models import load_model
@@ -135,12 +134,10 @@ def test_an_online_run_trains_records_its_teacher_and_resumes_exactly(digits_dat
 
 
 def test_an_online_run_under_torchrun_ends_with_equal_weights(digits_data, weak_ckpt, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "w2s_pipe.cli",
-           "train", "--strong", "test_resnet", "--img-size", "32", "--batch-size", "16", "--epochs", "1",
+    cmd = ["train", "--strong", "test_resnet", "--img-size", "32", "--batch-size", "16", "--epochs", "1",
            "--steps-per-epoch", "3", "--workers", "1", "--precision", "fp32", "--quiet", "--device", "cpu",
            "--teacher", weak_ckpt, "--data", "digits", "--mixup", "0.8", "--run-name", "ddp"]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    out = torchrun(cmd)
     assert out.returncode == 0, out.stderr[-3000:]
     end = records(str(tmp_path / "ws" / "runs" / "ddp"), "end")[0]
     assert len(end["weights_sha256"]) == 2 and end["weights_sha256"][0] == end["weights_sha256"][1]

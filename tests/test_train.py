@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
 
+from launch import end_run, rank_pids, start_run, torchrun, torchrun_cmd
 from w2s_pipe.errors import W2SError
 from w2s_pipe.stages.label import LabelConfig, run_label
 from w2s_pipe.stages.train import TrainConfig, run_train
@@ -257,31 +261,63 @@ def test_two_train_processes_read_one_store(store, tmp_path):
         assert "finished at step 28" in out
 
 
-def test_torchrun_two_ranks_end_with_identical_weights(store, tmp_path):
-    """Two ranks (gloo on the CPU) end with equal weights; a two-rank run stopped at step 3 and resumed
-    on two ranks ends with the uninterrupted run's weights, and refuses to resume on one rank."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "w2s_pipe.cli",
-           "train", "--strong", "test_resnet", "--img-size", "32", "--batch-size", "16", "--epochs", "2",
-           "--steps-per-epoch", "3", "--workers", "1", "--precision", "fp32", "--quiet",
+def test_torchrun_two_ranks_stop_lose_a_rank_and_resume_to_the_uninterrupted_weights(store, tmp_path):
+    """Two ranks (gloo on the CPU) end with equal weights. The same run stopped by --max-steps in
+    epoch 2, resumed, and cut short by SIGKILL of rank 1: rank 0 ends within seconds with one line
+    naming itself, the step and what it waited for; it refuses to resume on one rank, and resumed on
+    two (from the stop's last.pt) ends with the uninterrupted run's weights."""
+    cmd = ["train", "--strong", "test_resnet", "--img-size", "32", "--batch-size", "16", "--epochs", "2",
+           "--steps-per-epoch", "20", "--workers", "1", "--precision", "fp32", "--quiet", "--log-every", "1",
            "--device", "cpu"]  # gloo on the CPU, on a GPU machine too
-    out = subprocess.run([*cmd, "--run-name", "ddp"], env=env, capture_output=True, text=True, timeout=300)
+    runs = tmp_path / "ws" / "runs"
+    out = torchrun([*cmd, "--run-name", "ddp"])
     assert out.returncode == 0, out.stderr[-3000:]
-    end = records(str(tmp_path / "ws" / "runs" / "ddp"), "end")[0]
-    assert end["step"] == 6 and len(end["weights_sha256"]) == 2
+    end = records(str(runs / "ddp"), "end")[0]
+    assert end["step"] == 40 and len(end["weights_sha256"]) == 2
     assert end["weights_sha256"][0] == end["weights_sha256"][1]
-    assert out.stdout.count("finished at step 6") == 1
+    assert out.stdout.count("finished at step 40") == 1
 
-    stop = subprocess.run([*cmd, "--run-name", "split", "--max-steps", "4"], env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert stop.returncode == 0 and "stopped (continue with --resume) at step 4" in stop.stdout, stop.stderr[-3000:]
+    stop = torchrun([*cmd, "--run-name", "split", "--max-steps", "24"])
+    assert stop.returncode == 0 and "stopped (continue with --resume) at step 24" in stop.stdout, stop.stderr[-3000:]
+    line, seconds = lose_rank_1(torchrun_cmd([*cmd, "--run-name", "split", "--resume"]), str(runs / "split"), 26)
+    assert seconds < 30, f"the run took {seconds:.1f} s to end after rank 1 was lost"
+    assert re.fullmatch(r"Error: rank 0 of 2 at step (2[6-9]|3\d|40), epoch 2, waiting for [^:]+: .*--resume\)", line), line
     with pytest.raises(W2SError, match=r"world_size \(started with 2, now 1\)"):
-        run_train(TrainConfig.tiny(strong="test_resnet", batch_size=16, epochs=2, steps_per_epoch=3, workers=1,
+        run_train(TrainConfig.tiny(strong="test_resnet", batch_size=16, epochs=2, steps_per_epoch=20, workers=1,
                                    hflip=0.5, log_every=20, device="cpu", run="split", resume=True))
-    resumed = subprocess.run([*cmd, "--run-name", "split", "--resume"], env=env, capture_output=True, text=True,
-                             timeout=300)
+    resumed = torchrun([*cmd, "--run-name", "split", "--resume"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert records(str(tmp_path / "ws" / "runs" / "split"), "end")[0]["weights_sha256"] == end["weights_sha256"]
+    assert records(str(runs / "split"), "end")[0]["weights_sha256"] == end["weights_sha256"]
+
+
+def lose_rank_1(cmd, run_dir: str, at_step: int) -> tuple[str, float]:
+    """Run torchrun `cmd`, SIGKILL its rank 1 once step `at_step` is logged; (rank 0's error line,
+    seconds from the kill to the run's end)."""
+    proc = start_run(cmd)
+    try:
+        deadline = time.monotonic() + 120
+        while not any(r["step"] >= at_step for r in records_so_far(run_dir, "step")):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+            time.sleep(0.05)
+        os.kill(rank_pids(proc.pid)[1], signal.SIGKILL)
+        killed = time.monotonic()
+        _, err = proc.communicate(timeout=60)
+        seconds = time.monotonic() - killed
+    finally:
+        if proc.poll() is None:
+            end_run(proc)
+    assert proc.returncode != 0, "the run finished before rank 1 was killed"
+    assert not re.search(r'File ".*(stages|pipeline)/', err), err[-3000:]  # no traceback of ours: the line says it
+    lines = [line for line in err.splitlines() if line.startswith("Error: rank 0 of 2")]
+    assert len(lines) == 1, err[-3000:]
+    return lines[0], seconds
+
+
+def records_so_far(run_dir, kind):
+    try:
+        return records(run_dir, kind)
+    except (OSError, ValueError):  # not written yet, or a line being written
+        return []
 
 
 def test_more_ranks_than_gpus_is_one_line():

@@ -6,13 +6,12 @@ Device: the CPU, fp32 (stated: the equalities below are exact there)."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
+from launch import torchrun
 from conftest import resume_against_whole, same_weights
 from w2s_pipe.errors import W2SError
 from w2s_pipe.pipeline.data.views import TrainViews
@@ -193,15 +192,11 @@ def test_replay_asks_for_a_per_view_store(workspace_store):
 
 
 def test_one_process_and_two_ranks_with_other_batches_and_workers_label_the_same_views(tmp_path, digits_data, weak_ckpt):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
-    base = [sys.executable, "-m", "torch.distributed.run", "--standalone", "-m", "w2s_pipe.cli", "label",
-            "--weak-checkpoint", weak_ckpt, "--quiet", "--device", "cpu", "--precision", "fp32", "--views", "2",
+    base = ["label", "--weak-checkpoint", weak_ckpt, "--quiet", "--device", "cpu", "--precision", "fp32", "--views", "2",
             "--seed", "3", "--crop-scale", "0.4"]
-    runs = {"one": ["--nproc-per-node=1", "--workers", "0", "--batch-size", "100"],
-            "two": ["--nproc-per-node=2", "--workers", "1", "--batch-size", "37"]}
-    for name, extra in runs.items():
-        cmd = base[:3] + [extra[0]] + base[3:] + extra[1:] + ["--labels", str(tmp_path / name)]
-        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    runs = {"one": (1, ["--workers", "0", "--batch-size", "100"]), "two": (2, ["--workers", "1", "--batch-size", "37"])}
+    for name, (nproc, extra) in runs.items():
+        out = torchrun([*base, *extra, "--labels", str(tmp_path / name)], nproc=nproc)
         assert out.returncode == 0, out.stderr[-3000:]
     a, b = open_store(str(tmp_path / "one")), open_store(str(tmp_path / "two"))
     assert a.views == b.views == 2 and a.index().equals(b.index())
@@ -228,12 +223,10 @@ def test_views_option_checks():
 
 
 def test_replay_under_torchrun_ends_with_equal_weights(views_store, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "w2s_pipe.cli",
-           "train", "--strong", "test_resnet", "--img-size", "32", "--batch-size", "16", "--epochs", "1",
+    cmd = ["train", "--strong", "test_resnet", "--img-size", "32", "--batch-size", "16", "--epochs", "1",
            "--steps-per-epoch", "3", "--workers", "1", "--precision", "fp32", "--quiet", "--device", "cpu",
            "--labels", views_store, "--seed", "7", "--crop-scale", "0.5", "--hflip", "0.5", "--run-name", "ddp"]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    out = torchrun(cmd)
     assert out.returncode == 0, out.stderr[-3000:]
     import json
 

@@ -13,7 +13,6 @@ What it yields is a stream of typed events, in each shard's order:
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
@@ -24,6 +23,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from ...errors import W2SError
 from .shards import iter_samples, url_name
 from .transforms import decode_label
+from .workers import worker_loader
 
 
 @dataclass
@@ -175,41 +175,10 @@ class ShardImages:
         return self.cache[position]
 
 
-def default_workers() -> int:
-    """One loading process per spare core of this process's share of the machine: cores divided by
-    the processes torchrun started on this node, less one for the process itself. No cap: on an
-    H100 machine's 16 cores, 15 loading processes labelled 3,270 img/s against 2,463 with 8
-    (`--decode cpu`, resnet18; issue 12's measurement)."""
-    import os
-
-    per_node = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
-    return max(1, (os.cpu_count() or 2) // per_node - 1)
-
-
-def die_with_parent(_worker_id: int = 0) -> None:
-    """A loading process's first act: end when the process that started it ends, however it ended
-    (SIGKILL included), through Linux's PR_SET_PDEATHSIG. Without it a killed `label` left its
-    loading processes running (torch's own watchdog only looks between batches). Elsewhere a no-op."""
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-    import signal
-
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1: PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if os.getppid() == 1:  # the parent ended before the call above
-        os._exit(0)
-
-
 def label_loader(dataset: ShardBatches, workers: int, pin_memory: bool) -> DataLoader:
-    kwargs = {"prefetch_factor": 4, "persistent_workers": False, "worker_init_fn": die_with_parent} if workers > 0 else {}
-    # An own generator, so that evaluating inside a training run draws nothing from the run's.
-    return DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=pin_memory,
-                      generator=torch.Generator(), **kwargs)
+    """Batches of whole shards from `workers` loading processes (workers.py: how they start); its own
+    generator, so that evaluating inside a training run draws nothing from the run's."""
+    return worker_loader(dataset, workers, pin_memory=pin_memory, batch_size=None)
 
 
 def batch_images(batch: ImageBatch, geometry, device, shard: str, *, skip_bad: bool = False, hint: str = ""):

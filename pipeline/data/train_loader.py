@@ -25,6 +25,7 @@ from .loader import LoadFailed
 from .shards import iter_samples, url_name
 from .transforms import decode_label
 from .views import view_seed
+from .workers import worker_loader
 
 
 def batches_before(step: int, worker: int, workers: int) -> int:
@@ -187,10 +188,7 @@ def collate(samples: list[dict]) -> dict:
 
 
 def train_loader(stream: TrainStream, workers: int, pin_memory: bool) -> DataLoader:
-    from .loader import die_with_parent
-
-    kwargs = {"prefetch_factor": 4, "persistent_workers": True, "worker_init_fn": die_with_parent} if workers > 0 else {}
-    # An own generator: making the loader's iterator then draws nothing from torch's global one,
-    # which the model's own randomness (dropout) uses and a checkpoint saves.
-    return DataLoader(stream, batch_size=stream.batch_size, num_workers=workers, collate_fn=collate,
-                      pin_memory=pin_memory, generator=torch.Generator(), **kwargs)
+    """The run's batches from `workers` loading processes kept for the whole run (workers.py: how
+    they start)."""
+    return worker_loader(stream, workers, pin_memory=pin_memory, persistent=True, batch_size=stream.batch_size,
+                         collate_fn=collate)

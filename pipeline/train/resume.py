@@ -15,6 +15,7 @@ from ...errors import W2SError
 
 # TrainConfig fields that only steer this invocation, never what is computed.
 INVOCATION_ONLY = frozenset({"resume", "max_steps", "progress", "log_every", "run", "workspace", "skip_shard_check",
+                             "stall_timeout",
                              "config",  # the recipe's values are compared as the values they gave
                              # compared through what they resolve to (see train.py's settings):
                              "labels", "data", "split", "workers", "device", "precision", "decode", "teacher"})
