@@ -9,9 +9,21 @@ import click
 
 from . import __version__
 from .errors import W2SError
-from .pipeline.choices import (BAD_SAMPLE_POLICIES, DECODE_OPTIONS, DECODERS, EVAL_PICKS, LOSSES, PRECISION_OPTIONS,
-                               ENSEMBLES, NOISY_SCENARIO, RAMPS, RANK_BY,
-                               SCENARIOS, STORE_VIEWS, WEIGHT_BY)
+from .pipeline.config.choices import (
+    BAD_SAMPLE_POLICIES,
+    DECODE_OPTIONS,
+    DECODERS,
+    ENSEMBLES,
+    EVAL_PICKS,
+    LOSSES,
+    NOISY_SCENARIO,
+    PRECISION_OPTIONS,
+    RAMPS,
+    RANK_BY,
+    SCENARIOS,
+    STORE_VIEWS,
+    WEIGHT_BY,
+)
 
 
 class _Group(click.Group):
@@ -56,7 +68,7 @@ _NOISE_HELP = ("Corrupt the training splits' labels once (the paper's noisy-labe
 
 
 def _noise(spec, seed):
-    from .pipeline.data.noise import LabelNoise
+    from .pipeline.sources.noise import LabelNoise
 
     return LabelNoise.parse(spec, seed) if spec else None
 
@@ -225,7 +237,7 @@ def label(ctx, weak, data, split, labels, weak_checkpoint, num_classes, img_size
     over at once, one from another machine once it has not been renewed for 10 minutes. On object
     storage, run one job per store.
     """
-    from .pipeline.distributed import dist_info
+    from .pipeline.runtime.distributed import dist_info
     from .stages.label import LabelConfig, run_label
 
     cfg = LabelConfig(
@@ -470,7 +482,7 @@ def train(ctx, quiet, **options):
       w2s-pipe train --strong resnet18 --data digits --split weak --loss gt   # a weak model
       w2s-pipe train --strong vit_b16 --loss adaptconf --threshold 4.0
     """
-    from .pipeline.distributed import dist_info
+    from .pipeline.runtime.distributed import dist_info
     from .stages.train import TrainConfig, run_train
 
     try:
@@ -574,7 +586,7 @@ def demo(ctx, out, seeds, quick, scenario, label_noise):
     labels with each loss, with and without ground truth, and with hard labels from the 70% of
     the labels the weak model is surest of (--keep-frac 0.7 --rank-by margin --per-class), over
     several seeds; then `report`."""
-    from .pipeline.workspace import workspace_dir
+    from .pipeline.runtime.workspace import workspace_dir
     from .stages.demo import DemoConfig, run_demo
     from .stages.report import few_shot_markdown, markdown_table
 
@@ -669,7 +681,7 @@ def verify(store, recompute, no_data, seed, device):
 @click.pass_context
 def datasets(ctx):
     """List the datasets the registry knows (built-in and the user's TOML file)."""
-    from .pipeline.data.datasets import load_registry, user_registry_path
+    from .pipeline.sources.datasets import load_registry, user_registry_path
 
     for name, entry in sorted(load_registry(ctx.obj["workspace"]).items()):
         splits = ", ".join(f"{s}{'*' if s == entry.label_split else ''}" for s in entry.splits)
@@ -678,7 +690,7 @@ def datasets(ctx):
 
 
 def main():
-    from .pipeline.watchdog import register_stack_dumps  # stdlib only: --help stays quick
+    from .pipeline.runtime.watchdog import register_stack_dumps  # stdlib only: --help stays quick
 
     register_stack_dumps()  # `kill -USR1 <pid>`: every thread's stack on stderr (a torchrun test past its limit asks so)
     cli(prog_name="w2s-pipe")

@@ -20,7 +20,7 @@ def _jpeg_shard(job) -> None:
     """One shard of jpeg_shards (a pool task): its images drawn from (seed, shard) alone."""
     from PIL import Image
 
-    from w2s_pipe.pipeline.data.shards import write_shard
+    from w2s_pipe.pipeline.sources.shards import write_shard
 
     directory, shard, first, last, size, seed, classes = job
     rng = np.random.default_rng([seed, shard])
@@ -66,8 +66,8 @@ def checkpoint(path: str, model: str, num_classes: int, img_size: int | None = N
     import timm
     import torch
 
-    from w2s_pipe.pipeline.train.checkpoint import save_checkpoint
-    from w2s_pipe.pipeline.data.transforms import data_config_for
+    from w2s_pipe.pipeline.models.checkpoint import save_checkpoint
+    from w2s_pipe.pipeline.image.preprocess import data_config_for
 
     if not os.path.exists(path):
         torch.manual_seed(0)

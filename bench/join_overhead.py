@@ -18,7 +18,7 @@ import _util
 
 
 def rate(stream, workers, batches):
-    from w2s_pipe.pipeline.data.train_loader import train_loader
+    from w2s_pipe.pipeline.loaders.train_stream import train_loader
 
     it = iter(train_loader(stream, workers, False))
     for b in itertools.islice(it, 3):  # warm-up: workers started, first shards read
@@ -41,10 +41,10 @@ def main():
     import numpy as np
     import timm.data
 
-    from w2s_pipe.pipeline.data.join import StoreJoin
-    from w2s_pipe.pipeline.data.workers import default_workers
-    from w2s_pipe.pipeline.data.shards import describe_shards, expand_pattern, write_shard
-    from w2s_pipe.pipeline.data.train_loader import TrainStream
+    from w2s_pipe.pipeline.loaders.join import StoreJoin
+    from w2s_pipe.pipeline.loaders.workers import default_workers
+    from w2s_pipe.pipeline.sources.shards import describe_shards, expand_pattern, write_shard
+    from w2s_pipe.pipeline.loaders.train_stream import TrainStream
     from w2s_pipe.storage.writer import StoreWriter
 
     workers = args.workers if args.workers is not None else default_workers()
@@ -71,7 +71,7 @@ def main():
                  "layout": {"capacity": cap, "rows": cap * len(shards), "topk": None}, "tool_version": "bench"}
         store = os.path.join(tmp, "store")
         w = StoreWriter.create(store, attrs)
-        from w2s_pipe.pipeline.data.shards import iter_samples
+        from w2s_pipe.pipeline.sources.shards import iter_samples
 
         for i, s in enumerate(shards):
             keys = [x["__key__"] for x in iter_samples(s.url)]

@@ -22,7 +22,7 @@ import numpy as np
 
 def loop_most_trusted(table, candidates, keep_frac, rank_by, per_class):
     """The implementation before 2026-11-30: one pass over every row per predicted class."""
-    from w2s_pipe.pipeline.selection import TRUSTED_HIGH
+    from w2s_pipe.pipeline.weak.selection import TRUSTED_HIGH
 
     score = table.column(rank_by).to_numpy(zero_copy_only=False).astype(np.float64)
     score = -score if TRUSTED_HIGH[rank_by] else score
@@ -65,7 +65,7 @@ def main():
     parser.add_argument("--classes", type=int, default=1000)
     parser.add_argument("--shards", type=int, default=1282)
     args = parser.parse_args()
-    from w2s_pipe.pipeline.selection import choose, most_trusted
+    from w2s_pipe.pipeline.weak.selection import choose, most_trusted
     from w2s_pipe.stages.inspect import coverage_accuracy
 
     table, built = timed(lambda: index_table(args.rows, args.classes, args.shards))

@@ -55,7 +55,7 @@ def val_logits(ws: str, weak: dict) -> tuple[np.ndarray, np.ndarray]:
 
 
 def train_arms(ws: str, weak: dict, seeds: int) -> list[dict]:
-    from w2s_pipe.pipeline.ensemble import combine, ensemble_index
+    from w2s_pipe.pipeline.weak.ensemble import combine, ensemble_index
     from w2s_pipe.storage import open_store
 
     runs = []

@@ -15,7 +15,7 @@ Part `train`: the demo's weak-to-strong runs (resnet10t from test_vit, the demo 
 labels from (A) the online teacher (`train --teacher`), (B) a per-view store of K = 4 or 8 views
 (`label --views K`, replayed), or (C) the centre store (`--labels`), at crop scales 0.6 (the demo's)
 and 0.25, and at 0.6 with mixup 0.8 / cutmix 1.0 (a per-view store then holds the teacher's output on
-each mixed view, replayed per sample: mixviews.py; the online teacher sees timm's batch mix; the
+each mixed view, replayed per sample: views/mixing.py; the online teacher sees timm's batch mix; the
 centre store mixes its labels linearly); losses hard, kd and adaptconf; a ceiling per seed and setting. Prints
 top-1 and PGR (mean ± std over seeds), each store's label time and bytes per sample, and the wall
 time of stage one plus N stage-two runs per arm. A run already done in --out is not run again.
@@ -144,15 +144,15 @@ def weak_model(ws: str, seed: int) -> dict:
 def fidelity(ws: str, seed: int, weak: dict, passes: int) -> dict:
     import torch
 
-    from w2s_pipe.pipeline.data.augment import TrainAugment
-    from w2s_pipe.pipeline.data.join import StoreJoin
-    from w2s_pipe.pipeline.data.step_inputs import StepInputs
-    from w2s_pipe.pipeline.data.train_loader import TrainStream, train_loader
-    from w2s_pipe.pipeline.data.transforms import data_config_for
-    from w2s_pipe.pipeline.data.views import TrainViews
-    from w2s_pipe.pipeline.models import create_model, load_model
-    from w2s_pipe.pipeline.train.mixing import BatchMix, mix_weak
-    from w2s_pipe.pipeline.train.teacher import OnlineTeacher
+    from w2s_pipe.pipeline.views.pixels import TrainAugment
+    from w2s_pipe.pipeline.loaders.join import StoreJoin
+    from w2s_pipe.pipeline.train.batch import StepInputs
+    from w2s_pipe.pipeline.loaders.train_stream import TrainStream, train_loader
+    from w2s_pipe.pipeline.image.preprocess import data_config_for
+    from w2s_pipe.pipeline.views.params import TrainViews
+    from w2s_pipe.pipeline.models.build import create_model, load_model
+    from w2s_pipe.pipeline.views.mixing import BatchMix, mix_weak
+    from w2s_pipe.pipeline.weak.teacher import OnlineTeacher
     from w2s_pipe.storage import open_store
 
     cpu = torch.device("cpu")

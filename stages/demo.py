@@ -20,6 +20,15 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 from ..errors import W2SError
+from ..pipeline.sources.noise import LabelNoise
+from ..pipeline.sources.shards import read_manifest
+from ..pipeline.train.recipes import load_recipe
+from .evaluate import EvalConfig, run_eval
+from .label import LabelConfig, run_label
+from .prepare import prepare_digits
+from .report import ReportConfig, run_report
+from .train import TrainConfig, run_train
+from .train_config import recipe_options
 
 DEMO_MARKER = "demo.json"
 
@@ -49,7 +58,7 @@ class DemoConfig:
         if self.seeds < 1:
             raise W2SError(f"--seeds {self.seeds} is invalid: must be at least 1")
         if self.label_noise:  # checked before an earlier demo's workspace is replaced
-            from ..pipeline.data.noise import LabelNoise
+            from ..pipeline.sources.noise import LabelNoise
 
             LabelNoise.parse(self.label_noise, self.noise_seed)
 
@@ -73,24 +82,14 @@ def _prepare_workspace(cfg: DemoConfig) -> None:
 
 
 def run_demo(cfg: DemoConfig, echo=print) -> dict:
-    from .label import LabelConfig, run_label
-    from .prepare import prepare_digits
-    from .report import ReportConfig, run_report
-    from ..pipeline.train.recipes import load_recipe
-    from .train import TrainConfig, run_train
-    from .train_config import recipe_options
-
     _prepare_workspace(cfg)
     ws = cfg.out
     started = time.perf_counter()
-    from ..pipeline.data.noise import LabelNoise
 
     noise = LabelNoise.parse(cfg.label_noise, cfg.noise_seed) if cfg.label_noise else None
     data = "digits-fewshot" if cfg.few_shot else "digits"
     prepared = prepare_digits(os.path.join(ws, "data", data), noise=noise, few_shot=cfg.few_shot)
     if noise is not None:
-        from ..pipeline.data.shards import read_manifest
-
         record = read_manifest(prepared.out)["label_noise"]
         echo(f"noisy labels: {noise.kind} {noise.rate} (seed {noise.seed}) on the weak and transfer splits, "
              f"{record['flip_rate']:.1%} flipped; val stays clean, so every top-1 is against clean labels")
@@ -139,8 +138,6 @@ def few_shot_evals(ws: str, episodes: int, echo=print) -> None:
     """Every finished run's 5-way 1- and 5-shot accuracy on digits-fewshot's novel classes (the same
     seeded episodes for all), recorded in the run as `eval --run RUN --split novel --episodes N`
     records it, for `report`'s few-shot table."""
-    from .evaluate import EvalConfig, run_eval
-
     for run in sorted(os.listdir(os.path.join(ws, "runs"))):
         if os.path.exists(os.path.join(ws, "runs", run, "last.pt")):
             r = run_eval(EvalConfig(run=os.path.join(ws, "runs", run), split="novel", episodes=episodes, device="cpu",

@@ -13,7 +13,10 @@ import os
 from dataclasses import dataclass
 
 from ..errors import W2SError
-from ..pipeline.choices import EVAL_PICKS, PRECISION_OPTIONS, DECODERS, check_choice
+from ..pipeline.config.choices import DECODERS, EVAL_PICKS, PRECISION_OPTIONS, check_choice
+from ..pipeline.evaluation.accuracy import evaluate_checkpoint
+from ..pipeline.evaluation.fewshot import few_shot_checkpoint
+from ..pipeline.train.runs import find_run, read_config
 
 PICKED = {"last": "the final weights", "ema": "the moving average of the weights (--model-ema)",
           "best": "the epoch with the best val top-1: selected on validation, an optimistic figure"}
@@ -64,9 +67,6 @@ class EvalConfig:
 def run_eval(cfg: EvalConfig) -> dict:
     """Top-1 and top-5, with what they were measured on: checkpoint, its step and epoch, how it was
     picked, the precision, the data and split, and what the run trained from."""
-    from ..pipeline.evaluation import evaluate_checkpoint
-    from ..pipeline.train.runs import find_run, read_config
-
     checkpoint, trained_on = cfg.checkpoint, {}
     if cfg.run:
         run_dir = find_run(cfg.run, cfg.workspace)
@@ -80,12 +80,10 @@ def run_eval(cfg: EvalConfig) -> dict:
     common = dict(data=data, split=cfg.split, batch_size=cfg.batch_size, workers=cfg.workers, device=cfg.device,
                   precision=cfg.precision, decode=cfg.decode, workspace=cfg.workspace)
     if cfg.episodes:
-        from ..pipeline.evaluation import few_shot_checkpoint
-
         result = few_shot_checkpoint(checkpoint, ways=cfg.ways, shots=cfg.shots, queries=cfg.queries,
                                      episodes=cfg.episodes, seed=cfg.episode_seed, **common)
         if cfg.run:  # where `report` finds it
-            from ..pipeline.fewshot import record
+            from ..pipeline.evaluation.fewshot import record
 
             result["recorded"] = record(run_dir, result, cfg.pick)
     else:

@@ -16,12 +16,18 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import dask
+import dask.dataframe as dd
 import numpy as np
 
-from ..pipeline.data.noise import clean_accuracy, described, store_noise
-from ..pipeline.metrics import reliability
-from ..pipeline.workspace import slug, workspace_dir
-from ..storage import schema
+from ..pipeline.config.choices import ENSEMBLES
+from ..pipeline.report import plots
+from ..pipeline.report.measures import reliability
+from ..pipeline.runtime.workspace import slug, workspace_dir
+from ..pipeline.sources.noise import clean_accuracy, described, store_noise
+from ..pipeline.weak.ensemble import check_members, ensemble_indexes
+from ..pipeline.weak.selection import Ranking
+from ..storage import open_store, schema
 from ..storage.fsutil import join
 
 QUANTILES = (1, 5, 25, 50, 75, 95, 99)
@@ -37,11 +43,7 @@ class InspectConfig:
 
 
 def store_statistics(url: str, storage_options: dict | None = None) -> dict:
-    import dask
-    import dask.array as da
-    import dask.dataframe as dd
-
-    from ..storage import open_store
+    import dask.array as da  # lazy: dask's arrays load only for statistics over a store
 
     store = open_store(url, storage_options)
     store.require_complete()
@@ -111,8 +113,6 @@ def coverage_accuracy(index, stats=("margin", "confidence", "entropy"), coverage
     """The weak labels' accuracy on the samples `--keep-frac F --rank-by STAT [--per-class]` keeps
     (`selection.most_trusted`, ties and rounding included), for each F in `coverage`: {"coverage":
     [...], "overall": {stat: [...]}, "per_class": {stat: [...]}}. Needs the index's label column."""
-    from ..pipeline.selection import Ranking
-
     correct = index["pred"].to_numpy() == index["label"].to_numpy()
     everyone = np.ones(index.num_rows, dtype=bool)
     out = {"coverage": list(coverage), "overall": {}, "per_class": {}}
@@ -127,10 +127,6 @@ def ensemble_statistics(urls: list[str]) -> dict:
     """Several stores of the same shards as an ensemble: each member's accuracy, each way of
     combining them (accuracy, the share of samples on which k members agree with it), and the
     mean-prob ensemble's coverage-accuracy curve (agreement as one more ranking)."""
-    from ..pipeline.choices import ENSEMBLES
-    from ..pipeline.ensemble import check_members, ensemble_indexes
-    from ..storage import open_store
-
     members = [open_store(u) for u in urls]
     for m in members:
         m.require_complete()
@@ -168,12 +164,8 @@ def run_inspect(cfg: InspectConfig) -> dict:
         return stats
     stats = store_statistics(cfg.store)
     if stats["has_labels"]:
-        from ..storage import open_store
-
         stats["coverage"] = coverage_accuracy(open_store(cfg.store).index())
     if cfg.plots:
-        from ..pipeline import plots
-
         os.makedirs(out, exist_ok=True)
         files = [plots.calibration(stats["reliability"], os.path.join(out, "calibration.png"),
                                    f"weak labels: {stats['weak_model']} on {stats['data']} {stats['split']}")]
@@ -190,8 +182,6 @@ def run_inspect(cfg: InspectConfig) -> dict:
 
 
 def _coverage_plot(curve: dict, path: str, title: str) -> str:
-    from ..pipeline import plots
-
     series = {f"{stat}{' per class' if mode == 'per_class' else ''}": list(zip(curve["coverage"], accuracy))
               for mode in ("overall", "per_class") for stat, accuracy in curve[mode].items()}
     return plots.curves(series, path, xlabel="kept fraction (--keep-frac)", ylabel="weak-label accuracy on the kept",

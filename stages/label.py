@@ -13,13 +13,39 @@ command labels only the shards that have no completion marker.
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata as md
 import os
 import time
 from dataclasses import asdict, dataclass
 
+import torch
+from tqdm import tqdm
+
 from .. import __version__
 from ..errors import W2SError
-from ..pipeline import distributed, watchdog
+from ..pipeline.image.decode import resolve_decoder
+from ..pipeline.image.preprocess import DeviceNormalize, Preprocess, TensorGeometry
+from ..pipeline.loaders.shard_batches import (
+    ImageBatch,
+    ShardBatches,
+    ShardEnd,
+    ShardTaken,
+    batch_images,
+    events,
+    label_loader,
+)
+from ..pipeline.loaders.workers import loading_processes
+from ..pipeline.models.build import load_model
+from ..pipeline.runtime import distributed, watchdog
+from ..pipeline.runtime.workspace import default_store_path
+from ..pipeline.sources.datasets import resolve_data
+from ..pipeline.sources.shards import describe_shards, fingerprint, shards_as_dicts
+from ..pipeline.views.pixels import LabelViews
+from ..pipeline.weak.labelling import Gathered, HostCopy, ShardWrites, view_inputs, weak_outputs
+from ..storage import existing_store, open_store, schema
+from ..storage.claims import ShardClaims
+from ..storage.fsutil import absolute
+from ..storage.writer import StoreWriter, begin_store
 from .label_config import LabelConfig
 
 
@@ -39,19 +65,6 @@ class LabelResult:
 
 
 def run_label(cfg: LabelConfig) -> LabelResult:
-    import torch
-    from tqdm import tqdm
-
-    from ..pipeline.data.datasets import resolve_data
-    from ..pipeline.data.loader import ImageBatch, ShardBatches, ShardEnd, ShardTaken, batch_images, events, label_loader
-    from ..pipeline.data.workers import loading_processes
-    from ..pipeline.data.transforms import DeviceNormalize, Preprocess, TensorGeometry
-    from ..pipeline.labelling import Gathered, HostCopy, ShardWrites, view_inputs, weak_outputs
-    from ..pipeline.models import load_model
-    from ..storage import open_store
-    from ..storage.claims import ShardClaims
-    from ..storage.writer import StoreWriter, begin_store
-
     with distributed.session(cfg.device, stall_timeout=cfg.stall_timeout) as (info, device):
         # -- the data, the weak model and the store ----------------------------------------------
         source = resolve_data(cfg.data, cfg.split, workspace=cfg.workspace, num_classes=cfg.num_classes)
@@ -163,9 +176,6 @@ def store_url(cfg: LabelConfig, source, weak_name: str) -> str:
     """--labels, or the workspace's default store of this data, split and weak model. A literal
     pattern's store is named after its manifest's data set where there is one (imagenet-3f9a0c1e),
     with the pattern's hash, so two patterns never share a default store."""
-    from ..pipeline.workspace import default_store_path
-    from ..storage.fsutil import absolute
-
     data_name = source.name if source.name != "shards" else \
         f"{source.dataset or 'shards'}-{hashlib.sha1(source.pattern.encode()).hexdigest()[:8]}"
     return absolute(cfg.labels or default_store_path(cfg.workspace, data_name, source.split, weak_name, cfg.topk,
@@ -176,9 +186,6 @@ def label_decoder(requested: str, device, data_config: dict, existing, url: str,
     """`auto`: the decoder the `existing` store began with (a store is finished with the decoder it
     began with), else gpu where there is a CUDA device, the crop is a plain box and there are no
     training views to crop in the loading processes (`--views`), else cpu."""
-    from ..pipeline.data.decoders import resolve_decoder
-    from ..storage import schema
-
     begun = schema.preprocessing(existing.attrs).get("decode") if existing is not None else None
     if requested == "auto" and begun:
         if begun == "gpu" and device.type != "cuda":
@@ -192,9 +199,6 @@ def label_decoder(requested: str, device, data_config: dict, existing, url: str,
 def _store_attrs(cfg: LabelConfig, source, loaded, num_classes: int, decoder: str, precision: str) -> dict:
     """The new store's attributes (storage.schema.store_attrs), with its shards described and
     checked: an empty shard is an error unless bad input is skipped."""
-    from ..pipeline.data.shards import describe_shards, fingerprint, shards_as_dicts
-    from ..storage import schema
-
     shards = describe_shards(list(source.urls), tolerate=cfg.skip_bad)
     empty = [s.url for s in shards if s.count == 0 and not s.error]
     if empty and not cfg.skip_bad:
@@ -216,8 +220,6 @@ def _store_attrs(cfg: LabelConfig, source, loaded, num_classes: int, decoder: st
 def _store_so_far(cfg: LabelConfig, url: str, device, data_config: dict, found: dict) -> str:
     """The store already at `url` (into `found["existing"]`; a damaged one is a one-line error) and
     the decoder this job uses with it (`label_decoder`)."""
-    from ..storage import existing_store
-
     found["existing"] = None if cfg.overwrite else existing_store(url)
     return label_decoder(cfg.decode, device, data_config, found["existing"], url, views=cfg.views)
 
@@ -228,7 +230,6 @@ def _label_views(cfg: LabelConfig, data_config: dict, decoder: str):
     teacher's input size (None without --views)."""
     if not cfg.views:
         return None
-    from ..pipeline.data.augment import LabelViews
 
     return LabelViews.from_recipe(cfg.view_recipe, cfg.seed, cfg.views, data_config, decoder)
 
@@ -236,8 +237,6 @@ def _label_views(cfg: LabelConfig, data_config: dict, decoder: str):
 def view_fingerprint(data_config: dict, decoder: str) -> dict:
     """What shapes a stored view's pixels besides its box and flip: the decoder, the teacher's input
     size and interpolation, and the versions of the libraries that decode and resize."""
-    import importlib.metadata as md
-
     def version(package):
         try:
             return md.version(package)

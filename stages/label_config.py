@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import W2SError
-from ..pipeline.choices import BAD_SAMPLE_POLICIES, DECODE_OPTIONS, PRECISION_OPTIONS, check_choice
+from ..pipeline.config.choices import BAD_SAMPLE_POLICIES, DECODE_OPTIONS, PRECISION_OPTIONS, check_choice
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class LabelConfig:
     aa: str | None = None  # the views' auto-augment policy: train's --aa
     color_jitter: float = 0.0  # the views' colour jitter: train's --color-jitter
     reprob: float = 0.0  # the views' random erasing: train's --reprob
-    mixup: float = 0.0  # the views' mixing (mixviews.py): train's --mixup, --cutmix, --mixup-prob, --mixup-switch-prob
+    mixup: float = 0.0  # the views' mixing (views/mixing.py): train's --mixup, --cutmix, --mixup-prob, --mixup-switch-prob
     cutmix: float = 0.0
     mixup_prob: float = 1.0
     mixup_switch_prob: float = 0.5
@@ -94,14 +94,14 @@ class LabelConfig:
 
     @property
     def mix_recipe(self):
-        from ..pipeline.data.mixviews import MixRecipe
+        from ..pipeline.views.mixing import MixRecipe  # lazy: views import torch, and a config stays light
 
         return MixRecipe(self.mixup, self.cutmix, self.mixup_prob, self.mixup_switch_prob)
 
     @property
     def view_recipe(self) -> dict:
         """What the views are drawn with (storage.schema.VIEW_RECIPE), as train's options name it."""
-        from ..pipeline.data.views import TrainViews
+        from ..pipeline.views.params import TrainViews  # lazy: views import torch, and a config stays light
 
         return {"crop_scale": self.crop_scale, "ratio": list(TrainViews(0).ratio), "hflip": self.hflip, "aa": self.aa,
                 "color_jitter": self.color_jitter, "reprob": self.reprob, **self.mix_recipe.as_dict()}

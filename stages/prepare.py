@@ -15,10 +15,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
+from sklearn.datasets import load_digits
 
 from ..errors import W2SError
-from ..pipeline.data.noise import CLEAN_FIELD
-from ..pipeline.data.shards import Shard, write_manifest, write_shard
+from ..pipeline.runtime.workspace import data_root
+from ..pipeline.sources.archives import read_cifar
+from ..pipeline.sources.noise import (
+    CIFAR10_MAP,
+    CLEAN_FIELD,
+    DIGITS_MAP,
+    EVALUATION_SPLITS,
+    read_noise_map,
+    superclass_map,
+)
+from ..pipeline.sources.shards import Shard, write_manifest, write_shard
 
 # Fixed, seeded split of the 1797 digits: the weak model's ground truth, what it labels, validation.
 DIGITS_SPLITS = (("weak", 600), ("transfer", 897), ("val", 300))
@@ -38,8 +49,6 @@ class PrepareResult:
 
 def _png(pixels: np.ndarray) -> bytes:
     """(H, W) grey or (H, W, 3) RGB uint8 as PNG bytes."""
-    from PIL import Image
-
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, format="PNG")
     return buf.getvalue()
@@ -69,9 +78,6 @@ def prepare_digits(out: str, shard_size: int = 256, noise=None, few_shot: bool =
     With `few_shot` (the data set `digits-fewshot`) the three splits keep digits 0-4 only (the base
     classes) and a fourth, `novel`, holds every image of digits 5-9, labelled 0-4 in that order.
     """
-    from ..pipeline.data.noise import DIGITS_MAP
-    from sklearn.datasets import load_digits
-
     if shard_size < 1:
         raise W2SError(f"--shard-size {shard_size} is invalid: must be at least 1")
     if noise is not None and few_shot:  # the noise would move base digits to novel ones (4→9), outside 0-4
@@ -174,8 +180,6 @@ def _folder_noise(listed: dict[str, list], classes: list[str], noise, noise_map:
                   noise_splits: tuple[str, ...] | None) -> tuple[dict, dict]:
     """({split: its noisy labels in file order}, the manifest's extra fields) of `prepare folder
     --label-noise`: the chosen splits' labels, concatenated in split order, noised once."""
-    from ..pipeline.data.noise import EVALUATION_SPLITS, read_noise_map
-
     if noise is None:
         if noise_map or noise_splits:
             raise W2SError(f"--{'noise-map' if noise_map else 'noise-splits'} is only for --label-noise")
@@ -208,8 +212,6 @@ def default_digits_dir(workspace=None) -> str:
 
 
 def default_data_dir(name: str, workspace=None) -> str:
-    from ..pipeline.workspace import data_root
-
     return os.path.join(data_root(workspace), name)
 
 
@@ -225,9 +227,6 @@ def prepare_cifar(name: str, archive: str, out: str, shard_size: int = 1000, wea
     `noise` (a noise.LabelNoise) the archive's whole training set is noised once, as the official
     code does (CIFAR-10's map, CIFAR-100's superclass shift), before the weak split is carved out;
     test stays clean."""
-    from ..pipeline.data.cifar_archive import read_cifar
-    from ..pipeline.data.noise import CIFAR10_MAP, superclass_map
-
     if shard_size < 1:
         raise W2SError(f"--shard-size {shard_size} is invalid: must be at least 1")
     splits_in, class_names = read_cifar(archive, name)

@@ -5,7 +5,7 @@ A run's role comes from what it is, not from its name:
 * weak: its checkpoint is the weak model of a store in the workspace, or an online run's teacher;
 * weak-to-strong: it trained from a store (its centre view, or its views replayed), or online;
 * ceiling: ground-truth training on the data and split a store labelled (or an online run learnt).
-The runs and stores themselves are read by `pipeline/results.py`.
+The runs and stores themselves are read by `pipeline/report/results.py`.
 Accuracies are each run's final validation top-1 (never a best-of-epochs pick, which would select
 on the validation split). PGR = (w2s - weak) / (ceiling - weak), paired by seed where possible.
 """
@@ -18,10 +18,13 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from ..errors import W2SError
-from ..pipeline.choices import LOSSES
-from ..pipeline.metrics import mean_std, pgr
-from ..pipeline.results import load_run, load_store, report_workspace, weak_accuracy
-from ..pipeline.workspace import slug
+from ..pipeline.config.choices import LOSSES
+from ..pipeline.evaluation.fewshot import SETTING
+from ..pipeline.report import plots
+from ..pipeline.report.measures import mean_std, pgr
+from ..pipeline.report.results import load_run, load_store, report_workspace, weak_accuracy
+from ..pipeline.runtime.workspace import slug
+from ..pipeline.sources.noise import described
 from .train_config import option_defaults
 
 LOSS_ORDER = [name for name in LOSSES if name != "gt"][::-1]  # hard, kd, augconf, adaptconf
@@ -131,8 +134,6 @@ def few_shot_tables(rows: list[dict], runs: list[dict]) -> list[dict]:
     """The few-shot figures `eval --run RUN --episodes N` recorded for the runs' final weights: one
     table per setting (data, split, ways, queries, episodes, their seed, the labels scored), a row
     per report row with any such record, each shot count's accuracy as mean ± std over its runs."""
-    from ..pipeline.fewshot import SETTING
-
     by_name = {r["name"]: r for r in runs}
     tables = {}
     for row in rows:
@@ -334,8 +335,6 @@ def noise_notes(runs: list[dict]) -> list[str]:
     """One line per noise the runs' training labels carried (`prepare --label-noise`), saying that
     every top-1 is against clean labels: the validation split is not noised, or was scored against
     the clean field its shards keep."""
-    from ..pipeline.data.noise import described
-
     seen = defaultdict(list)
     for r in runs:
         if r["data"].get("label_noise"):
@@ -353,8 +352,6 @@ def noise_notes(runs: list[dict]) -> list[str]:
 
 
 def write_plots(report: dict, out: str) -> list[str]:
-    from ..pipeline import plots
-
     files = []
     palette = {"weak": "#c44e52", "ceiling": "#55a868", "w2s": "#4c72b0", "other": "#8c8c8c"}
     bars = [{"label": r["label"], "mean": r["top1_mean"], "std": r["top1_std"],

@@ -23,29 +23,36 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..errors import W2SError
-from ..pipeline import distributed, watchdog
-from ..pipeline.choices import LOSSES
-from ..pipeline.data.augment import TrainAugment
-from ..pipeline.data.decoders import resolve_decoder
-from ..pipeline.data.inputs import Inputs, resolve_inputs
-from ..pipeline.data.join import StoreJoin
-from ..pipeline.data.workers import loading_processes
-from ..pipeline.data.shards import describe_shards
-from ..pipeline.data.step_inputs import StepInputs
-from ..pipeline.data.train_loader import TrainStream, train_loader
-from ..pipeline.data.views import TrainViews, view_seed
-from ..pipeline.evaluation import evaluate
-from ..pipeline.models import build_strong, head_parameters, resolve_model_name
-from ..pipeline.train.checkpoint import Checkpoints
+from ..pipeline.config.choices import LOSSES
+from ..pipeline.evaluation.accuracy import evaluate
+from ..pipeline.image.decode import resolve_decoder
+from ..pipeline.loaders.join import StoreJoin
+from ..pipeline.loaders.train_stream import TrainStream, train_loader
+from ..pipeline.loaders.workers import loading_processes
+from ..pipeline.models.build import build_strong, head_parameters, resolve_model_name
+from ..pipeline.models.checkpoint import Checkpoints
+from ..pipeline.runtime import distributed, watchdog
+from ..pipeline.runtime.workspace import slug
+from ..pipeline.sources.shards import describe_shards
+from ..pipeline.train.batch import StepInputs
 from ..pipeline.train.ema import build_ema
+from ..pipeline.train.inputs import Inputs, resolve_inputs
 from ..pipeline.train.losses import objective as make_objective
-from ..pipeline.train.mixing import BatchMix
 from ..pipeline.train.optim import Schedule, ScheduleSpec, build_optimizer
 from ..pipeline.train.resume import rank_state, resume, run_settings, seed_everything
-from ..pipeline.train.runs import EpochTotals, MetricsLog, MetricWindow, NonFiniteLoss, open_run, weights_digest, \
-    write_config
-from ..pipeline.train.teacher import OnlineTeacher
-from ..pipeline.workspace import slug
+from ..pipeline.train.runs import (
+    EpochTotals,
+    MetricsLog,
+    MetricWindow,
+    NonFiniteLoss,
+    open_run,
+    weights_digest,
+    write_config,
+)
+from ..pipeline.views.mixing import BatchMix
+from ..pipeline.views.params import TrainViews, view_seed
+from ..pipeline.views.pixels import TrainAugment
+from ..pipeline.weak.teacher import OnlineTeacher
 from ..storage import open_store
 from .train_config import TrainConfig
 
@@ -132,7 +139,7 @@ def run_train(cfg: TrainConfig) -> TrainResult:
                                 device_type=device.type, decode_resolved=decoder, workers_resolved=workers,
                                 world_size=info.world_size, steps_per_epoch=steps_per_epoch)
         # From here each rank draws from its own generators (dropout masks, say); the data's
-        # augmentation draws from none of them (views.py).
+        # augmentation draws from none of them (views/params.py).
         seed_everything(view_seed(cfg.seed, "train", str(info.rank), 0))
 
         # -- start, or resume exactly where last.pt left off ----------------------------------------
@@ -271,7 +278,7 @@ def _data(cfg: TrainConfig, inputs: Inputs, data_config: dict, decoder: str, wor
                          batch_size=cfg.batch_size, start_step=start_step, view_passes=inputs.view_passes,
                          mix=inputs.mix)
     batches = iter(train_loader(stream, workers, device.type == "cuda"))
-    # timm's batch mixing, unless a per-view store's mixes are replayed, sample by sample (mixviews.py)
+    # timm's batch mixing, unless a per-view store's mixes are replayed, sample by sample (views/mixing.py)
     mixer = BatchMix(mixup=cfg.mixup, cutmix=cfg.cutmix, prob=cfg.mixup_prob, switch_prob=cfg.mixup_switch_prob,
                      smoothing=cfg.smoothing, num_classes=inputs.num_classes,
                      seed=cfg.seed) if cfg.mixes and inputs.mix is None else None

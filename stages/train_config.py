@@ -8,8 +8,19 @@ from __future__ import annotations
 from dataclasses import MISSING, dataclass, fields
 
 from ..errors import W2SError
-from ..pipeline.choices import (DECODE_OPTIONS, LOSS_NAMES, LOSSES, PRECISION_OPTIONS, RAMPS, RANK_BY, SCHEDULES,
-                                ENSEMBLES, STORE_VIEWS, WEIGHT_BY, check_choice)
+from ..pipeline.config.choices import (
+    DECODE_OPTIONS,
+    ENSEMBLES,
+    LOSS_NAMES,
+    LOSSES,
+    PRECISION_OPTIONS,
+    RAMPS,
+    RANK_BY,
+    SCHEDULES,
+    STORE_VIEWS,
+    WEIGHT_BY,
+    check_choice,
+)
 
 
 @dataclass(frozen=True)
@@ -74,7 +85,7 @@ class TrainConfig:
     model_ema: bool = False
     model_ema_decay: float = 0.9998
     seed: int = 0
-    decode: str = "auto"  # gpu where CUDA is (and no --aa/--color-jitter), else cpu (augment.py)
+    decode: str = "auto"  # gpu where CUDA is (and no --aa/--color-jitter), else cpu (views/pixels.py)
     hflip: float = 0.5
     color_jitter: float = 0.0
     crop_scale: float = 0.08
@@ -184,9 +195,11 @@ class TrainConfig:
             bad("--workers", self.workers, "must be 0 or more")
         if not self.stall_timeout >= 0:
             bad("--stall-timeout", self.stall_timeout, "must be 0 (never) or a number of seconds")
+
+        # Lazy, and last: it imports timm (seconds), and a config is built (and --help read) without it.
         from ..pipeline.train.optim import check_optimizer
 
-        check_optimizer(self.opt)  # last: it imports timm, and the checks above answer at once
+        check_optimizer(self.opt)
 
     @property
     def label_stores(self) -> list[str]:

@@ -22,9 +22,19 @@ import random
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from ..errors import W2SError
-from ..storage import schema
+from ..pipeline.image.decode import decode_batch
+from ..pipeline.image.preprocess import DeviceNormalize, Preprocess, TensorGeometry
+from ..pipeline.loaders.shard_batches import ShardImages
+from ..pipeline.models.build import load_model
+from ..pipeline.models.checkpoint import file_sha256
+from ..pipeline.runtime import distributed
+from ..pipeline.sources.shards import changed_shards, iter_samples, list_keys, shard_labels
+from ..pipeline.views.mixing import finished_views
+from ..pipeline.views.pixels import LabelViews
+from ..storage import open_store, schema
 from ..storage.fsutil import join
 
 MAX_LISTED = 20  # problems listed per check; the count is always exact
@@ -70,8 +80,6 @@ def _softmax_stats64(logits: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def run_verify(cfg: VerifyConfig) -> VerifyReport:
-    from ..storage import open_store
-
     report = VerifyReport(cfg.store)
     try:
         store = open_store(cfg.store)
@@ -183,8 +191,6 @@ def run_verify(cfg: VerifyConfig) -> VerifyReport:
 
 def _check_labels(shard: dict, keys: list[str], stored: list, label_field: str) -> list[str]:
     """index.parquet's ground-truth column against the shard's own labels (its label members only)."""
-    from ..pipeline.data.shards import shard_labels
-
     try:
         truth = shard_labels(shard["url"], label_field.split(";")[0])
     except W2SError as exc:
@@ -194,8 +200,6 @@ def _check_labels(shard: dict, keys: list[str], stored: list, label_field: str) 
 
 
 def _check_shard_data(shard: dict, stored: list[str], skipped: set) -> list[str]:
-    from ..pipeline.data.shards import changed_shards, list_keys
-
     name, url = shard["name"], shard["url"]
     try:
         keys = list_keys(url)
@@ -240,18 +244,8 @@ def _recompute(store, cfg: VerifyConfig) -> tuple[list[str], dict]:
     """Problems found recomputing `cfg.recompute` random samples, and of a per-view store's views
     replayed: {"views": how many, "agree": how many kept their stored top-1, "diff": the largest
     logit difference}."""
-    import torch
-
-    from ..pipeline import distributed
-    from ..pipeline.models import load_model
-    from ..pipeline.data.loader import ShardImages
-    from ..pipeline.data.shards import iter_samples
-    from ..pipeline.data.transforms import DeviceNormalize, Preprocess, TensorGeometry, decode_batch
-
     weak = store.attrs["weak"]
     if weak.get("checkpoint"):
-        from ..pipeline.train.checkpoint import file_sha256
-
         try:
             if file_sha256(weak["checkpoint"]) != weak["checkpoint_sha256"]:
                 return [f"checkpoint {weak['checkpoint']} changed since labelling (sha256 differs); cannot recompute"], {
@@ -327,12 +321,6 @@ def replay_views(store, rows, j: int, image, model, normalize, precision: str, d
     ones; `partners`: the shard's images, loader.ShardImages), cropped at the weak model's input
     size and run through it; their logits must be the stored ones within `tol` (float16
     storage), and their argmax the stored pred. Adds to `figures` (views, agree, diff)."""
-    import torch
-
-    from ..pipeline import distributed
-    from ..pipeline.data.augment import LabelViews
-    from ..pipeline.data.mixviews import finished_views
-
     meta, key = schema.views_meta(store.attrs), rows.keys[j]
     preprocessing = schema.preprocessing(store.attrs)
     crops, drawn, mixed = LabelViews.from_recipe(meta["recipe"], meta["seed"], store.views, preprocessing,

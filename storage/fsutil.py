@@ -16,8 +16,6 @@ def get_fs(url: str, storage_options: dict | None = None):
 
 def absolute(url: str) -> str:
     """Local paths made absolute (recorded paths must not depend on the directory a command ran in)."""
-    import os
-
     return url if "://" in str(url) else os.path.abspath(url)
 
 

@@ -6,6 +6,7 @@ the index table and the dask arrays.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,8 +16,8 @@ import zarr
 
 from ..errors import W2SError
 from . import schema
-from .fsutil import get_fs, join
 from .files import MarkerError, cut_short, done_shards, index_from_parts, read_markers, zarr_store
+from .fsutil import get_fs, join
 
 
 @dataclass
@@ -293,8 +294,6 @@ class LabelStore:
     def check_rows(self, shards=None, threads: int = 8) -> None:
         """`checked_rows` for the given shards (default all), a few at a time: the checks a run does
         before it trusts the store. Raises the first problem in shard order."""
-        from concurrent.futures import ThreadPoolExecutor
-
         positions = [self.shard_position(s) for s in (shards if shards is not None else range(len(self.shards)))]
         self.markers()
         with ThreadPoolExecutor(max_workers=max(1, min(threads, len(positions)))) as pool:
@@ -308,7 +307,7 @@ class LabelStore:
 
     def dask_arrays(self) -> dict:
         """Each array as a dask array over the labelled rows only (padding dropped), in shard order."""
-        import dask.array as da
+        import dask.array as da  # lazy: dask's arrays load only for statistics over a store
 
         out = {}
         for name in schema.store_arrays(self.attrs):

@@ -19,6 +19,8 @@ shard's count are padding (pred == -1, statistics NaN) and never appear in the i
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pyarrow as pa
 
@@ -180,10 +182,10 @@ def store_attrs(*, weak: dict, num_classes: int, class_names, preprocessing: dic
 
 
 # What a per-view store's views were drawn with: `train` must draw with the same to replay them
-# (`views.TrainViews`: the crop's smallest area fraction and its aspect ratios, the flip chance;
-# `augment.TrainAugment`: the auto-augment policy and colour jitter, drawn per view; the random
-# erasing chance, each view's box and noise drawn with it: `crops.erase_where`).
-# `mixviews.MixRecipe`: mixup and cutmix drawn per view, the partner from the sample's shard.
+# (`params.TrainViews`: the crop's smallest area fraction and its aspect ratios, the flip chance;
+# `pixels.TrainAugment`: the auto-augment policy and colour jitter, drawn per view; the random
+# erasing chance, each view's box and noise drawn with it: `erasing.erase_where`).
+# `mixing.MixRecipe`: mixup and cutmix drawn per view, the partner from the sample's shard.
 VIEW_RECIPE = ("crop_scale", "ratio", "hflip", "aa", "color_jitter", "reprob", "mixup", "cutmix", "mixup_prob",
                "mixup_switch_prob")
 
@@ -218,8 +220,6 @@ def get_field(attrs: dict, dotted: str):
 
 def shard_digest(keys: list[str], arrays: dict) -> str:
     """sha256 of a shard's keys and its rows of every array, in `all_arrays` order (the marker's)."""
-    import hashlib
-
     h = hashlib.sha256("\n".join(keys).encode())
     for name in arrays:
         h.update(np.ascontiguousarray(arrays[name]).tobytes())

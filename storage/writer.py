@@ -10,6 +10,9 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import os
+import socket
+import time
 import warnings
 
 import numpy as np
@@ -18,6 +21,7 @@ import zarr
 
 from ..errors import W2SError
 from . import schema
+from .claims import create_exclusive, pid_alive, read_holder
 from .files import MarkerError, cut_short, done_shards, index_from_parts, read_markers, table_bytes, zarr_store
 from .fsutil import atomic_write, get_fs, is_local, join
 
@@ -45,12 +49,6 @@ def creation_lock(path: str, wait_s: float = 600.0):
     store. Another process started at the same moment waits for it, then finds the store made and
     shares its shards. A lock whose holder died (same host), or older than `wait_s` (another host),
     is taken over."""
-    import os
-    import socket
-    import time
-
-    from .claims import create_exclusive, pid_alive, read_holder
-
     lock = path.rstrip("/") + ".creating"
     os.makedirs(os.path.dirname(lock) or ".", exist_ok=True)
     me = {"host": socket.gethostname(), "pid": os.getpid()}

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from w2s_pipe.errors import W2SError
-from w2s_pipe.pipeline.data.shards import iter_samples, write_shard
+from w2s_pipe.pipeline.sources.shards import iter_samples, write_shard
 from w2s_pipe.stages.label import LabelConfig, run_label
 from w2s_pipe.stages.train import TrainConfig, run_train
 from w2s_pipe.stages.verify import VerifyConfig, run_verify
@@ -103,7 +103,7 @@ def test_skip_records_everything_and_train_knows_it(tmp_path, weak_ckpt):
     run = run_train(TrainConfig.tiny(labels=result.store, no_eval=True, run="t", epochs=1, batch_size=4))
     assert run.finished
     # The join gives each sample exactly its row: the repeat of b000 (a different image) is left out.
-    from w2s_pipe.pipeline.data.join import StoreJoin
+    from w2s_pipe.pipeline.loaders.join import StoreJoin
 
     joined = list(StoreJoin(result.store)(iter_samples(str(d / "x-000000.tar"))))
     assert [s["__key__"] for s in joined] == [f"a{i:03d}" for i in range(6)] + [f"b{i:03d}" for i in range(6)]

@@ -18,7 +18,7 @@ import torch
 from click.testing import CliRunner
 
 from w2s_pipe.cli import cli
-from w2s_pipe.pipeline.train.checkpoint import FORMAT
+from w2s_pipe.pipeline.models.checkpoint import FORMAT
 
 
 def bad_file(kind: str, d) -> str:
@@ -110,8 +110,8 @@ def test_a_safetensors_state_dict_is_read_like_a_pt_file(weak_ckpt, tmp_path):
     state_dict() does."""
     from safetensors.torch import save_file
 
-    from w2s_pipe.pipeline.models import load_model
-    from w2s_pipe.pipeline.train.checkpoint import load_checkpoint
+    from w2s_pipe.pipeline.models.build import load_model
+    from w2s_pipe.pipeline.models.checkpoint import load_checkpoint
 
     state = load_checkpoint(weak_ckpt)["state_dict"]
     save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "w.safetensors"))

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from w2s_pipe.errors import W2SError
-from w2s_pipe.pipeline.data.datasets import resolve_data
-from w2s_pipe.pipeline.data.shards import iter_samples, read_manifest
+from w2s_pipe.pipeline.sources.datasets import resolve_data
+from w2s_pipe.pipeline.sources.shards import iter_samples, read_manifest
 from w2s_pipe.stages.prepare import prepare_cifar
 
 

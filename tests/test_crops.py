@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from w2s_pipe.pipeline.data.crops import flip_where, resized_crops, size_groups
+from w2s_pipe.pipeline.image.crops import flip_where, resized_crops, size_groups
 
 
 def smooth(h, w, seed=0):
@@ -71,7 +71,7 @@ def test_erase_boxes_are_drawn_as_timms_random_erasing():
 
     from timm.data.random_erasing import RandomErasing
 
-    from w2s_pipe.pipeline.data.views import TrainViews
+    from w2s_pipe.pipeline.views.params import TrainViews
 
     size = (32, 40)
     views, plain = TrainViews(0, reprob=0.25, hflip=0.5, size=size), TrainViews(0, hflip=0.5, size=size)
@@ -102,8 +102,8 @@ def test_erase_where_fills_each_box_with_its_views_noise_and_nothing_else():
     """The noise is N(0, 1), inside the box only, and a function of the view's erase_key alone: the
     same view erased in another batch (other neighbours, other position) gets the same pixels, and
     another key other noise."""
-    from w2s_pipe.pipeline.data.crops import erase_where, view_noise
-    from w2s_pipe.pipeline.data.views import View
+    from w2s_pipe.pipeline.views.erasing import erase_where, view_noise
+    from w2s_pipe.pipeline.views.params import View
 
     boxed = View(0, 0, 1, 1, False, 1, 1, 4, 6, 20, 30, erase_key=12345)
     rows = torch.tensor([View(0, 0, 1, 1, False, 1, 1).as_row(), boxed.as_row()])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from w2s_pipe.errors import W2SError
-from w2s_pipe.pipeline.data.datasets import BUILTIN, resolve_data
+from w2s_pipe.pipeline.sources.datasets import BUILTIN, resolve_data
 
 
 def test_imagenet_entry_and_where_it_looked(tmp_path, monkeypatch):

@@ -11,11 +11,10 @@ import torch
 from PIL import Image
 
 from w2s_pipe.errors import W2SError
-from w2s_pipe.pipeline.data.loader import ImageBatch, ShardBatches, ShardEnd, batch_images
-from w2s_pipe.pipeline.data.shards import write_shard
-from w2s_pipe.pipeline.data.transforms import (
-    DeviceNormalize, Preprocess, TensorGeometry, decode_batch, decode_image, decode_tensor, eval_transform,
-)
+from w2s_pipe.pipeline.loaders.shard_batches import ImageBatch, ShardBatches, ShardEnd, batch_images
+from w2s_pipe.pipeline.sources.shards import write_shard
+from w2s_pipe.pipeline.image.preprocess import DeviceNormalize, Preprocess, TensorGeometry, eval_transform
+from w2s_pipe.pipeline.image.decode import decode_batch, decode_image, decode_tensor
 
 CPU = torch.device("cpu")
 CONFIGS = {
@@ -143,9 +142,9 @@ def test_gpu_mode_loader_ships_bytes_and_the_device_step_skips_or_stops(tmp_path
 
 
 def test_gpu_decoding_refuses_timms_border_mode():
-    """Rewritten against the public decision (decoders.resolve_decoder) when Preprocess stopped
+    """Rewritten against the public decision (decode.resolve_decoder) when Preprocess stopped
     re-checking the decoder it is given."""
-    from w2s_pipe.pipeline.data.decoders import resolve_decoder
+    from w2s_pipe.pipeline.image.decode import resolve_decoder
 
     gpu = torch.device("cuda")  # a device object only: nothing runs on it
     with pytest.raises(W2SError, match="--decode gpu cannot apply crop_mode 'border'"):
@@ -161,7 +160,7 @@ def test_evaluation_through_the_device_path_on_cpu_tensors(tmp_path):
     a broken image."""
     import timm
 
-    from w2s_pipe.pipeline.evaluation import evaluate
+    from w2s_pipe.pipeline.evaluation.accuracy import evaluate
 
     cfg = CONFIGS["center-bilinear"]
     shard = [{**s, "cls": i % 3} for i, s in enumerate(samples(6))]
@@ -186,7 +185,7 @@ def test_gpu_decoding_never_writes_into_memory_queued_kernels_still_read():
     caching allocator hands the decoder those blocks. Every sum must be what the tensors held: on
     an H100/H200 without the barrier in decode_images most rounds read decoded pixels instead.
     Device: the first CUDA GPU; exact integer sums, so no tolerance."""
-    from w2s_pipe.pipeline.data.transforms import decode_images
+    from w2s_pipe.pipeline.image.decode import decode_images
 
     gpu = torch.device("cuda", 0)
     h, w, n = 224, 224, 32

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from w2s_pipe.errors import W2SError
-from w2s_pipe.pipeline.fewshot import Episode, draw_episodes, episode_accuracy, few_shot
+from w2s_pipe.pipeline.evaluation.fewshot import Episode, draw_episodes, episode_accuracy, few_shot
 
 
 def test_episodes_come_from_their_seed_and_keep_support_and_queries_apart():
@@ -83,8 +83,8 @@ def test_eval_episodes_on_a_checkpoint(digits_data, weak_ckpt):
 
 
 def test_digits_fewshot_holds_the_novel_classes_out_of_training(tmp_path, monkeypatch):
-    from w2s_pipe.pipeline.data.datasets import resolve_data
-    from w2s_pipe.pipeline.data.shards import iter_samples, read_manifest
+    from w2s_pipe.pipeline.sources.datasets import resolve_data
+    from w2s_pipe.pipeline.sources.shards import iter_samples, read_manifest
     from w2s_pipe.stages.evaluate import EvalConfig, run_eval
     from w2s_pipe.stages.prepare import prepare_digits
     from w2s_pipe.stages.train import TrainConfig, run_train
@@ -118,7 +118,7 @@ def test_the_few_shot_demo_evaluates_every_model_on_the_novel_classes_and_report
     import json
     import os
 
-    from w2s_pipe.pipeline.fewshot import RECORDS
+    from w2s_pipe.pipeline.evaluation.fewshot import RECORDS
     from w2s_pipe.stages.demo import DemoConfig, run_demo
 
     report = run_demo(DemoConfig.quick(str(tmp_path / "demo"), seeds=1, losses=("hard",), keep_frac=None,
@@ -145,7 +145,7 @@ def test_the_few_shot_demo_evaluates_every_model_on_the_novel_classes_and_report
 def test_report_reads_the_latest_few_shot_record_of_the_final_weights(tmp_path):
     import json
 
-    from w2s_pipe.pipeline.fewshot import RECORDS, recorded
+    from w2s_pipe.pipeline.evaluation.fewshot import RECORDS, recorded
 
     base = {"data": "d", "split": "novel", "ways": 5, "queries": 15, "episodes": 10, "episode_seed": 0, "labels": "cls"}
     lines = [{**base, "pick": "last", "step": 4, "few_shot": {"1": {"accuracy": 0.1}}},   # earlier weights
@@ -158,7 +158,7 @@ def test_report_reads_the_latest_few_shot_record_of_the_final_weights(tmp_path):
     got = recorded(str(tmp_path), step=8)
     assert sorted((r["episodes"], r["few_shot"][1]["accuracy"]) for r in got) == [(10, 0.3), (50, 0.4)]
     assert recorded(str(tmp_path / "none"), step=8) == []
-    from w2s_pipe.pipeline.fewshot import record
+    from w2s_pipe.pipeline.evaluation.fewshot import record
 
     (tmp_path / "blocked" / RECORDS).mkdir(parents=True)  # cannot be appended to: one line, with the figures
     with pytest.raises(W2SError, match=r"cannot record the few-shot figures in .*few-shot.jsonl \(.*\); they were: "

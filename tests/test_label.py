@@ -9,9 +9,10 @@ import torch
 
 from conftest import make_checkpoint
 from w2s_pipe.errors import W2SError
-from w2s_pipe.pipeline.models import load_model
-from w2s_pipe.pipeline.data.shards import iter_samples
-from w2s_pipe.pipeline.data.transforms import decode_image, eval_transform
+from w2s_pipe.pipeline.models.build import load_model
+from w2s_pipe.pipeline.sources.shards import iter_samples
+from w2s_pipe.pipeline.image.decode import decode_image
+from w2s_pipe.pipeline.image.preprocess import eval_transform
 from w2s_pipe.stages.label import LabelConfig, run_label
 from w2s_pipe.storage import open_store
 
@@ -172,7 +173,7 @@ def test_gpu_decoding_needs_a_cuda_device(tmp_path, digits_data, weak_ckpt):
 def test_gpu_decoding_matches_cpu_decoding_and_skips_bad_jpegs(tmp_path, weak_ckpt):
     from test_decode import encode, picture
 
-    from w2s_pipe.pipeline.data.shards import write_shard
+    from w2s_pipe.pipeline.sources.shards import write_shard
 
     (tmp_path / "j").mkdir()
     shard = [{"__key__": f"k{i:03d}", "jpg": encode(picture(i, (60, 45)), "JPEG", quality=90), "cls": i % 10}
@@ -239,7 +240,7 @@ def test_a_store_begun_on_a_gpu_asks_for_one(tmp_path, digits_data, weak_ckpt):
 def test_default_loading_processes_share_the_cores_between_ranks(monkeypatch):
     import os
 
-    from w2s_pipe.pipeline.data.workers import default_workers
+    from w2s_pipe.pipeline.loaders.workers import default_workers
 
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)

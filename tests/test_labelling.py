@@ -11,8 +11,8 @@ import timm
 import torch
 
 from w2s_pipe.errors import W2SError
-from w2s_pipe.pipeline import distributed
-from w2s_pipe.pipeline.labelling import Gathered, HostCopy, ShardWrites, weak_outputs
+from w2s_pipe.pipeline.runtime import distributed
+from w2s_pipe.pipeline.weak.labelling import Gathered, HostCopy, ShardWrites, weak_outputs
 from w2s_pipe.storage import open_store, schema
 from w2s_pipe.storage.claims import ShardClaims
 from w2s_pipe.storage.writer import StoreWriter

@@ -6,7 +6,7 @@ import dask.array as da
 import numpy as np
 import pytest
 
-from w2s_pipe.pipeline.metrics import mean_std, pgr, reliability
+from w2s_pipe.pipeline.report.measures import mean_std, pgr, reliability
 
 
 def test_pgr():

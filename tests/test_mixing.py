@@ -9,7 +9,7 @@ import torch
 
 from w2s_pipe.errors import W2SError
 from w2s_pipe.pipeline.train import losses as L
-from w2s_pipe.pipeline.train.mixing import BatchMix, mix_weak
+from w2s_pipe.pipeline.views.mixing import BatchMix, mix_weak
 
 
 def test_mixed_weak_labels_by_hand():

@@ -1,4 +1,4 @@
-"""Replayable mixing (mixviews.py): each sample's mix a function of (seed, shard, key, pass, position)
+"""Replayable mixing (views/mixing.py): each sample's mix a function of (seed, shard, key, pass, position)
 with timm's distributions, applied by one function at any size; checked against timm's own box
 and target code and against hand computations. CPU, float32."""
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from w2s_pipe.pipeline.data.mixviews import MixPlan, MixRecipe, mix_pixels, plan, soft_targets
+from w2s_pipe.pipeline.views.mixing import MixPlan, MixRecipe, mix_pixels, plan, soft_targets
 
 
 def test_a_plan_depends_on_seed_shard_key_and_pass_only_and_pairs_within_the_shard():

@@ -1,4 +1,4 @@
-"""pipeline/models.py: names, aliases, checkpoints and their errors, with real timm models."""
+"""pipeline/models/build.py: names, aliases, checkpoints and their errors, with real timm models."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 
 from conftest import TINY_MODEL, make_checkpoint
 from w2s_pipe.errors import W2SError
-from w2s_pipe.pipeline.models import ALIASES, load_model, resolve_model_name
+from w2s_pipe.pipeline.models.build import ALIASES, load_model, resolve_model_name
 
 
 @pytest.mark.parametrize("alias", sorted(ALIASES))
@@ -66,7 +66,7 @@ def test_pretrained_unreachable_suggests_checkpoint(monkeypatch):
 
 
 def test_img_size_the_model_cannot_take():
-    from w2s_pipe.pipeline.models import create_model
+    from w2s_pipe.pipeline.models.build import create_model
 
     with pytest.raises(W2SError, match="test_vit cannot take --img-size 24: .*divisible by patch size"):
         create_model("test_vit", 10, 24)
@@ -76,7 +76,7 @@ def test_img_size_the_model_cannot_take():
 def test_strong_model_options_drop_path_and_head_init():
     """--drop-path reaches timm's stochastic depth (or is one line for a model without it);
     --head-init-std re-initialises the classifier, as MAE's fine-tuning does."""
-    from w2s_pipe.pipeline.models import build_strong
+    from w2s_pipe.pipeline.models.build import build_strong
 
     torch.manual_seed(0)
     model, _ = build_strong("test_vit", 10, drop_path=0.1, head_init_std=2e-5)

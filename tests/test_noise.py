@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 
 from w2s_pipe.errors import W2SError
-from w2s_pipe.pipeline.data.noise import (CIFAR10_MAP, CLEAN_FIELD, DIGITS_MAP, LabelNoise, flip_rates,
-                                          superclass_map)
-from w2s_pipe.pipeline.data.shards import iter_samples, read_manifest
+from w2s_pipe.pipeline.sources.noise import CIFAR10_MAP, CLEAN_FIELD, DIGITS_MAP, LabelNoise, flip_rates, superclass_map
+from w2s_pipe.pipeline.sources.shards import iter_samples, read_manifest
 from w2s_pipe.stages.prepare import prepare_cifar, prepare_digits, prepare_folder
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -179,7 +178,7 @@ def test_inspect_gives_the_weak_labels_accuracy_against_both(tmp_path, monkeypat
     assert stats["accuracy_clean"] != stats["accuracy"]
     assert "against the clean labels (the shards' labels carry symmetric noise at 0.6 (seed 0, " in format_text(stats)
     # Evaluating the noised split scores the same predictions against the clean labels, and says so.
-    from w2s_pipe.pipeline.evaluation import evaluate_checkpoint
+    from w2s_pipe.pipeline.evaluation.accuracy import evaluate_checkpoint
 
     scored = evaluate_checkpoint(weak_ckpt, data="digits", split="transfer", workers=0, device="cpu", precision="fp32")
     assert scored["labels"] == CLEAN_FIELD and scored["label_noise"].startswith("symmetric noise at 0.6 (seed 0, ")
@@ -189,8 +188,8 @@ def test_inspect_gives_the_weak_labels_accuracy_against_both(tmp_path, monkeypat
 
 
 def test_noise_is_scored_per_shard_and_a_mix_is_refused(tmp_path):
-    from w2s_pipe.pipeline.data.datasets import resolve_data
-    from w2s_pipe.pipeline.data.noise import noise_of, scored_on_clean
+    from w2s_pipe.pipeline.sources.datasets import resolve_data
+    from w2s_pipe.pipeline.sources.noise import noise_of, scored_on_clean
 
     prepare_digits(str(tmp_path / "digits"), noise=LabelNoise.parse("symmetric:0.3"))
     weak, val = (resolve_data(str(tmp_path / "digits" / f"digits-{s}-*.tar")) for s in ("weak", "val"))

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from w2s_pipe.errors import W2SError
-from w2s_pipe.pipeline.data.shards import count_samples, iter_samples, read_manifest
+from w2s_pipe.pipeline.sources.shards import count_samples, iter_samples, read_manifest
 from w2s_pipe.stages.prepare import prepare_digits, prepare_folder
 
 

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from w2s_pipe.cli import cli
 from w2s_pipe.errors import W2SError
-from w2s_pipe.pipeline.metrics import pgr
+from w2s_pipe.pipeline.report.measures import pgr
 from w2s_pipe.stages.demo import DemoConfig, run_demo
 from w2s_pipe.stages.inspect import InspectConfig, run_inspect
 from w2s_pipe.stages.report import ReportConfig, run_report
@@ -223,7 +223,7 @@ def test_pgr_uses_the_checkpoint_that_labelled_the_store(quick_demo, tmp_path, w
 
 
 def test_identical_curves_are_one_line():
-    from w2s_pipe.pipeline.plots import merge_identical
+    from w2s_pipe.pipeline.report.plots import merge_identical
 
     alpha = [(1, 0.0), (2, 0.5)]
     merged = merge_identical({"augconf (alpha)": alpha, "augconf + gt (alpha)": list(alpha), "adaptconf (beta)": [(1, 0.3)],

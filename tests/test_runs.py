@@ -40,7 +40,7 @@ def test_a_decision_made_once_returns_or_raises_as_the_main_process_did():
     import pytest
 
     from w2s_pipe.errors import W2SError
-    from w2s_pipe.pipeline.distributed import on_main
+    from w2s_pipe.pipeline.runtime.distributed import on_main
 
     assert on_main(lambda: ("run", 3)) == ("run", 3)
 

@@ -17,7 +17,7 @@ import pytest
 
 from launch import torchrun
 from w2s_pipe.errors import W2SError
-from w2s_pipe.pipeline.selection import choose, most_trusted, selected
+from w2s_pipe.pipeline.weak.selection import choose, most_trusted, selected
 from w2s_pipe.stages.train import TrainConfig, run_train
 from w2s_pipe.storage import open_store
 
@@ -86,7 +86,7 @@ def test_keep_frac_keeps_the_most_trusted_with_ties_to_the_earlier_row(rank_by, 
         for c in range(4):
             assert got[pred == c].sum() == math.ceil(0.3 * (candidates & (pred == c)).sum())
     # One ranking serves every fraction (inspect's curve): each the same as ranked afresh by hand.
-    from w2s_pipe.pipeline.selection import Ranking
+    from w2s_pipe.pipeline.weak.selection import Ranking
 
     ranking = Ranking(table, candidates, rank_by, per_class)
     for frac in (0.05, 0.5, 0.71, 1.0):
@@ -131,10 +131,10 @@ def test_selection_options_are_checked_at_once(options, match):
 def test_a_selected_run_trains_on_the_kept_samples_only(workspace_store, tmp_path):
     """The training stream yields exactly the kept keys (each pass); steps per epoch follow the kept
     count; config.json records the choice."""
-    from w2s_pipe.pipeline.data.augment import TrainAugment
-    from w2s_pipe.pipeline.data.join import StoreJoin
-    from w2s_pipe.pipeline.data.train_loader import TrainStream
-    from w2s_pipe.pipeline.data.views import TrainViews
+    from w2s_pipe.pipeline.views.pixels import TrainAugment
+    from w2s_pipe.pipeline.loaders.join import StoreJoin
+    from w2s_pipe.pipeline.loaders.train_stream import TrainStream
+    from w2s_pipe.pipeline.views.params import TrainViews
 
     store = open_store(workspace_store)
     index = store.index()
@@ -187,9 +187,9 @@ def test_weights_follow_the_formula_and_weigh_the_weak_label_loss_alone(name):
 def test_a_mixed_batch_mixes_its_samples_trust_by_lambda():
     import torch
 
-    from w2s_pipe.pipeline.data.step_inputs import StepInputs
-    from w2s_pipe.pipeline.data.views import View
-    from w2s_pipe.pipeline.train.mixing import BatchMix
+    from w2s_pipe.pipeline.train.batch import StepInputs
+    from w2s_pipe.pipeline.views.params import View
+    from w2s_pipe.pipeline.views.mixing import BatchMix
 
     config = {"input_size": [3, 8, 8], "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bilinear"}
     mixer = BatchMix(mixup=0.8, cutmix=0.0, prob=1.0, switch_prob=0.5, smoothing=0.0, num_classes=3, seed=0)
@@ -205,10 +205,10 @@ def test_a_mixed_batch_mixes_its_samples_trust_by_lambda():
 
 
 def test_a_weighted_run_reads_each_samples_stored_statistic(workspace_store, tmp_path):
-    from w2s_pipe.pipeline.data.augment import TrainAugment
-    from w2s_pipe.pipeline.data.join import StoreJoin
-    from w2s_pipe.pipeline.data.train_loader import TrainStream, collate
-    from w2s_pipe.pipeline.data.views import TrainViews
+    from w2s_pipe.pipeline.views.pixels import TrainAugment
+    from w2s_pipe.pipeline.loaders.join import StoreJoin
+    from w2s_pipe.pipeline.loaders.train_stream import TrainStream, collate
+    from w2s_pipe.pipeline.views.params import TrainViews
 
     store = open_store(workspace_store)
     index = store.index()
@@ -233,7 +233,7 @@ def test_a_weighted_run_reads_each_samples_stored_statistic(workspace_store, tmp
 
 # ensembles --------------------------------------------------------------------------------------
 def test_ensemble_targets_match_a_hand_computation():
-    from w2s_pipe.pipeline.ensemble import agreement, combine
+    from w2s_pipe.pipeline.weak.ensemble import agreement, combine
 
     a = np.array([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
     b = np.array([[0.0, 2.0, 0.0], [0.0, 3.0, 0.0]])
@@ -268,13 +268,13 @@ def three_stores(digits_data, tmp_path):
 
 
 def test_an_ensemble_run_learns_the_combined_targets_and_selects_by_agreement(three_stores, tmp_path):
-    from w2s_pipe.pipeline.data.join import StoreJoin
-    from w2s_pipe.pipeline.ensemble import ensemble_index
+    from w2s_pipe.pipeline.loaders.join import StoreJoin
+    from w2s_pipe.pipeline.weak.ensemble import ensemble_index
 
     members = [open_store(s) for s in three_stores]
     join = StoreJoin(three_stores[0], members=tuple(three_stores), ensemble="vote", trust="confidence")
     shard = members[0].shards[1]
-    from w2s_pipe.pipeline.data.shards import iter_samples
+    from w2s_pipe.pipeline.sources.shards import iter_samples
 
     joined = list(join(iter_samples(shard["url"])))
     rows = [m.shard_rows(1) for m in members]
@@ -331,7 +331,7 @@ def test_inspect_gives_the_coverage_accuracy_curve_of_what_keep_frac_keeps(works
 
 
 def test_inspect_of_several_stores_compares_the_ensemble_with_each_member(three_stores, tmp_path):
-    from w2s_pipe.pipeline.ensemble import combine
+    from w2s_pipe.pipeline.weak.ensemble import combine
     from w2s_pipe.stages.inspect import InspectConfig, format_text, run_inspect
 
     stats = run_inspect(InspectConfig(store=",".join(three_stores), out=str(tmp_path / "ens")))
@@ -378,9 +378,9 @@ def test_report_shows_selection_and_ensemble_runs_as_their_own_rows(digits_data,
 
 
 def test_a_top_k_member_joins_an_ensemble_rebuilt_dense(digits_data, workspace_store, weak_ckpt, tmp_path):
-    from w2s_pipe.pipeline.data.join import StoreJoin
-    from w2s_pipe.pipeline.data.shards import iter_samples
-    from w2s_pipe.pipeline.ensemble import combine
+    from w2s_pipe.pipeline.loaders.join import StoreJoin
+    from w2s_pipe.pipeline.sources.shards import iter_samples
+    from w2s_pipe.pipeline.weak.ensemble import combine
     from w2s_pipe.stages.label import LabelConfig, run_label
 
     topk = run_label(LabelConfig(weak=None, weak_checkpoint=weak_ckpt, data="digits", labels=str(tmp_path / "top3"),
@@ -398,7 +398,7 @@ def test_an_ensemble_selection_under_torchrun_is_ranked_once_and_ends_with_equal
     """Two ranks (gloo on the CPU): the main process ranks the ensemble and shares what it keeps,
     which is what one process keeps; both ranks end with the same weights."""
 
-    from w2s_pipe.pipeline.ensemble import ensemble_index
+    from w2s_pipe.pipeline.weak.ensemble import ensemble_index
 
     cmd = ["train", "--strong", "test_resnet", "--img-size", "32", "--batch-size", "16", "--epochs", "1",
            "--steps-per-epoch", "2", "--workers", "0", "--precision", "fp32", "--quiet", "--device", "cpu",

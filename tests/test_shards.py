@@ -9,7 +9,7 @@ import pytest
 import webdataset as wds
 
 from w2s_pipe.errors import W2SError
-from w2s_pipe.pipeline.data import shards as sh
+from w2s_pipe.pipeline.sources import shards as sh
 
 
 def tar_with(path, members):

@@ -1,11 +1,11 @@
-"""pipeline/stats.py against the formulas, computed independently in numpy float64."""
+"""pipeline/weak/statistics.py against the formulas, computed independently in numpy float64."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from w2s_pipe.pipeline.stats import softmax_stats, unstorable_rows, stored_outputs
+from w2s_pipe.pipeline.weak.statistics import softmax_stats, unstorable_rows, stored_outputs
 
 
 def test_softmax_stats_match_formulas():

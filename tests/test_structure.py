@@ -1,6 +1,8 @@
 """The shape the code keeps (DESIGN.md, STYLE.md), checked from its source with `ast`: dependencies
-run one way, no module reaches into another's privates, each user choice is defined once, and the
-stages stay short enough to read top to bottom."""
+run one way (cli -> stages -> pipeline, storage; inside pipeline/, its packages in the order of
+PIPELINE_ORDER), no two modules import each other, imports sit at the top of a module unless a
+comment says why, no module reaches into another's privates, each user choice is defined once, and
+the stages stay short enough to read top to bottom."""
 
 from __future__ import annotations
 
@@ -8,9 +10,10 @@ import ast
 from pathlib import Path
 
 import click
+import pytest
 
 from w2s_pipe.cli import cli
-from w2s_pipe.pipeline import choices
+from w2s_pipe.pipeline.config import choices
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("pipeline", "stages", "storage")
@@ -26,6 +29,12 @@ def tree(path: Path) -> ast.Module:
     return ast.parse(path.read_text(), filename=str(path))
 
 
+# pipeline/'s packages, each importing only those before it (and storage): where a thing is made
+# tells what it may use (pipeline/__init__.py says what each holds).
+PIPELINE_ORDER = ("config", "runtime", "sources", "image", "views", "models", "weak", "loaders", "evaluation", "train",
+                  "report")
+
+
 def project_imports(path: Path):
     """(module path relative to the package root, imported names) of each project import in `path`."""
     package = path.relative_to(ROOT).parent.parts
@@ -39,6 +48,80 @@ def project_imports(path: Path):
             else:
                 continue
             yield module, [a.name for a in node.names]
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported_modules(path: Path) -> set[str]:
+    """The project modules `path` imports (a name that is itself a module counts as that module)."""
+    found = set()
+    for module, names in project_imports(path):
+        for name in names:
+            sub = f"{module}.{name}" if module else name
+            is_module = (ROOT / sub.replace(".", "/")).with_suffix(".py").exists() or (ROOT / sub.replace(".", "/")).is_dir()
+            found.add(sub if is_module else module)
+    return {m for m in found if m and m != "errors"} - {""}
+
+
+def test_no_two_modules_import_each_other():
+    """No import cycle of any length between the project's modules, lazy imports included."""
+    graph = {module_name(p): imported_modules(p) for p in SOURCES}
+    seen, on_path, cycles = set(), [], []
+
+    def visit(node):
+        if node in on_path:
+            cycles.append(on_path[on_path.index(node):] + [node])
+            return
+        if node in seen:
+            return
+        seen.add(node)
+        on_path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            visit(nxt)
+        on_path.pop()
+
+    for node in sorted(graph):
+        visit(node)
+    assert not cycles, [" -> ".join(c) for c in cycles]
+
+
+def test_pipeline_packages_import_only_those_before_them():
+    found = []
+    for path in SOURCES:
+        parts = path.relative_to(ROOT).parts
+        if parts[0] != "pipeline" or len(parts) < 3:
+            continue
+        rank = PIPELINE_ORDER.index(parts[1])
+        for module in imported_modules(path):
+            target = module.split(".")
+            if target[0] == "pipeline" and len(target) > 1 and PIPELINE_ORDER.index(target[1]) > rank:
+                found.append(f"{path.relative_to(ROOT)} ({parts[1]}) imports {module}")
+    assert not found, found
+    assert sorted(p.name for p in (ROOT / "pipeline").iterdir() if p.is_dir() and p.name != "__pycache__") == \
+        sorted(PIPELINE_ORDER)
+
+
+def test_imports_sit_at_the_top_unless_a_comment_says_why():
+    """An import inside a function (a heavy library loaded only when chosen, or a module --help must
+    not load) carries a comment on its line or the line above saying so; cli.py imports each stage
+    when its command runs, by design."""
+    found = []
+    for path in SOURCES:
+        if path.name == "cli.py":
+            continue
+        lines = path.read_text().splitlines()
+        module = tree(path)
+        for node in ast.walk(module):
+            if isinstance(node, (ast.Import, ast.ImportFrom)) and node not in module.body and not (
+                    isinstance(node, ast.ImportFrom) and node.module == "__future__"):
+                said = "#" in lines[node.lineno - 1] or "#" in lines[node.lineno - 2]
+                guarded = any(isinstance(n, ast.Try) and node in ast.walk(n) for n in ast.walk(module))
+                if not (said or guarded):
+                    found.append(f"{path.relative_to(ROOT)}:{node.lineno} {ast.unparse(node)}")
+    assert not found, found
 
 
 def test_nothing_imports_another_modules_private_names():
@@ -83,7 +166,7 @@ def test_stages_read_top_to_bottom():
 
 
 def test_each_choice_on_the_command_line_is_the_one_definition():
-    """Every click.Choice of a stage option is a tuple of pipeline/choices.py (report's and inspect's
+    """Every click.Choice of a stage option is a tuple of pipeline/config/choices.py (report's and inspect's
     output formats are their own)."""
     defined = {tuple(v) for v in vars(choices).values() if isinstance(v, tuple)} | {tuple(choices.LOSSES)}
     seen = 0
@@ -104,17 +187,19 @@ def test_each_choice_on_the_command_line_is_the_one_definition():
 
 
 def test_every_loader_starts_its_workers_from_the_fork_server():
-    """A DataLoader is made in data/workers.py alone, whose loaders never fork from the stage (a
+    """A DataLoader is made in loaders/workers.py alone, whose loaders never fork from the stage (a
     fork from a threaded process can hang: issue 29)."""
     found = [f"{path.relative_to(ROOT)}:{node.lineno}" for path in SOURCES for node in ast.walk(tree(path))
              if isinstance(node, ast.Call) and ast.unparse(node.func).split(".")[-1] == "DataLoader"
-             and path != ROOT / "pipeline" / "data" / "workers.py"]
+             and path != ROOT / "pipeline" / "loaders" / "workers.py"]
     assert not found, found
 
 
-def test_choices_import_nothing_heavy():
-    imported = {alias.name.split(".")[0] for node in ast.walk(tree(ROOT / "pipeline" / "choices.py"))
-                if isinstance(node, ast.Import) for alias in node.names}
-    imported |= {node.module.split(".")[0] for node in ast.walk(tree(ROOT / "pipeline" / "choices.py"))
+@pytest.mark.parametrize("path", sorted((ROOT / "pipeline" / "config").glob("*.py")), ids=lambda p: p.name)
+def test_config_imports_nothing_heavy(path):
+    """pipeline/config is what `w2s-pipe --help` reads: the standard library and itself only."""
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree(path)) if isinstance(node, ast.Import)
+                for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree(path))
                  if isinstance(node, ast.ImportFrom) and node.module and not node.level}
-    assert imported <= {"__future__", "dataclasses"}, imported
+    assert imported <= {"__future__", "dataclasses", "math", "typing"}, imported

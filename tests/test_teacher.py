@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from launch import torchrun
 from conftest import make_checkpoint, resume_against_whole, same_weights
 from w2s_pipe.errors import W2SError
-from w2s_pipe.pipeline.models import load_model
-from w2s_pipe.pipeline.train.teacher import OnlineTeacher
+from w2s_pipe.pipeline.models.build import load_model
+from w2s_pipe.pipeline.weak.teacher import OnlineTeacher
 from w2s_pipe.stages.train import TrainConfig, run_train
 
 CPU = torch.device("cpu")
@@ -52,9 +52,9 @@ def test_the_teacher_sees_the_students_pixels_in_its_own_size_and_normalisation(
 def test_an_online_batch_carries_the_teachers_output_on_its_final_mixed_pixels(weak_ckpt):
     """StepInputs with erasing and mixing: the weak logits are the teacher's forward on the very
     images the student gets, not the stored kind mixed linearly."""
-    from w2s_pipe.pipeline.data.step_inputs import StepInputs
-    from w2s_pipe.pipeline.data.views import View
-    from w2s_pipe.pipeline.train.mixing import BatchMix
+    from w2s_pipe.pipeline.train.batch import StepInputs
+    from w2s_pipe.pipeline.views.params import View
+    from w2s_pipe.pipeline.views.mixing import BatchMix
 
     loaded = load_model(None, checkpoint=weak_ckpt, num_classes=10)
     teacher = OnlineTeacher(loaded, STUDENT, CPU)

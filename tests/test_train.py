@@ -231,7 +231,7 @@ def test_bad_inputs(tmp_path, digits_data, store, weak_ckpt):
     with pytest.raises(W2SError, match="--loss 'ce' is invalid"):
         TrainConfig.tiny(loss="ce")
     # Shards without ground truth: a store of them cannot serve --gt-weight.
-    from w2s_pipe.pipeline.data.shards import iter_samples, write_shard
+    from w2s_pipe.pipeline.sources.shards import iter_samples, write_shard
 
     os.makedirs(tmp_path / "nolabel")
     src = sorted((digits_data).glob("digits-val-*.tar"))[0]
@@ -321,7 +321,7 @@ def records_so_far(run_dir, kind):
 
 
 def test_more_ranks_than_gpus_is_one_line():
-    from w2s_pipe.pipeline.distributed import check_gpu_count
+    from w2s_pipe.pipeline.runtime.distributed import check_gpu_count
 
     check_gpu_count(0, 1)
     with pytest.raises(W2SError, match="local rank 1 has no GPU: this machine has 1 GPU .* use --nproc-per-node 1"):
@@ -358,7 +358,7 @@ def test_same_seed_on_a_gpu(digits_data):
 
 
 def test_deterministic_mode_is_scoped():
-    from w2s_pipe.pipeline.distributed import deterministic_mode
+    from w2s_pipe.pipeline.runtime.distributed import deterministic_mode
 
     before = torch.are_deterministic_algorithms_enabled()
     with deterministic_mode(True):
@@ -379,7 +379,7 @@ def own_digits(tmp_path, monkeypatch, weak_ckpt):
 
 
 def rewrite_first_transfer_shard(data, change):
-    from w2s_pipe.pipeline.data.shards import iter_samples, write_shard
+    from w2s_pipe.pipeline.sources.shards import iter_samples, write_shard
 
     path = str(sorted(data.glob("digits-transfer-*.tar"))[0])
     samples = [{k: v for k, v in s.items() if k != "__url__"} for s in iter_samples(path)]

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from w2s_pipe.pipeline.data.augment import TrainAugment
-from w2s_pipe.pipeline.data.train_loader import TrainStream, batches_before, train_loader
-from w2s_pipe.pipeline.data.views import TrainViews, seeded, view_seed
+from w2s_pipe.pipeline.views.pixels import TrainAugment
+from w2s_pipe.pipeline.loaders.train_stream import TrainStream, batches_before, train_loader
+from w2s_pipe.pipeline.views.params import TrainViews, seeded, view_seed
 
 pytestmark = pytest.mark.filterwarnings("ignore:This DataLoader will create")
 
@@ -91,7 +91,7 @@ def test_crop_box_is_timms_random_resized_crop_for_the_same_draws(monkeypatch):
     from PIL import Image
     from timm.data import transforms as timm_transforms
 
-    from w2s_pipe.pipeline.data.views import DRAWS, crop_box
+    from w2s_pipe.pipeline.views.params import DRAWS, crop_box
 
     rng = np.random.default_rng(0)
     for height, width, scale in [(375, 500, (0.08, 1.0)), (60, 400, (0.9, 1.0)), (100, 100, (0.5, 1.0))]:

@@ -12,7 +12,7 @@ import zarr
 from click.testing import CliRunner
 
 from w2s_pipe.cli import cli
-from w2s_pipe.pipeline.data.shards import iter_samples, write_shard
+from w2s_pipe.pipeline.sources.shards import iter_samples, write_shard
 from w2s_pipe.stages.label import LabelConfig, run_label
 from w2s_pipe.stages.verify import VerifyConfig, run_verify
 

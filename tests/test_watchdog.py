@@ -68,8 +68,8 @@ def test_every_rank_dumps_its_stacks_and_none_outlives_its_launcher(workspace_st
 
 STUCK = """
 import sys, time
-from w2s_pipe.pipeline import watchdog
-from w2s_pipe.pipeline.watchdog import Watchdog
+from w2s_pipe.pipeline.runtime import watchdog
+from w2s_pipe.pipeline.runtime.watchdog import Watchdog
 
 with Watchdog(rank=1, world_size=2, stall_timeout=float(sys.argv[1])):
     watchdog.beat("the next batch from the loading processes", "step 7, epoch 1")
@@ -109,7 +109,7 @@ def test_sigterm_ends_a_blocked_process_with_its_place():
 
 
 def test_the_watchdog_leaves_the_process_as_it_found_it():
-    from w2s_pipe.pipeline.watchdog import Watchdog, describe
+    from w2s_pipe.pipeline.runtime.watchdog import Watchdog, describe
 
     before = signal.getsignal(signal.SIGTERM)
     with Watchdog(stall_timeout=5) as dog:

@@ -9,7 +9,7 @@ import threading
 import pytest
 from torch.utils.data import DataLoader, IterableDataset
 
-from w2s_pipe.pipeline.data.workers import worker_loader
+from w2s_pipe.pipeline.loaders.workers import worker_loader
 
 HELD = threading.Lock()  # held by a thread of the test process while a loader starts
 
@@ -75,7 +75,7 @@ class Endless(IterableDataset):
 STAGE = """
 import sys, time
 from test_workers import Endless
-from w2s_pipe.pipeline.data.workers import worker_loader
+from w2s_pipe.pipeline.loaders.workers import worker_loader
 it = iter(worker_loader(Endless(), 2, pin_memory=False, batch_size=None))
 print(sorted({int(next(it)) for _ in range(64)}), flush=True)
 time.sleep(600)

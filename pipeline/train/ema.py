@@ -7,13 +7,13 @@ last.pt for --resume, and written as its own checkpoint, ema.pt, that `eval`, `l
 
 from __future__ import annotations
 
+from timm.utils import ModelEmaV3
+
 from ...errors import W2SError
 
 
 def build_ema(model, decay: float):
     """The average, starting from the model's weights, on the model's device."""
-    from timm.utils import ModelEmaV3
-
     if not 0 < decay < 1:
         raise W2SError(f"--model-ema-decay {decay} must be between 0 and 1")
     return ModelEmaV3(model, decay=decay)

@@ -13,8 +13,9 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
-from ..choices import LOSSES, RAMPS
+from ..config.choices import LOSSES, RAMPS
 
 LossOut = tuple[torch.Tensor, dict[str, torch.Tensor]]
 
@@ -93,8 +94,6 @@ def gt(student: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0) -> L
     added to the other losses. As timm's training criterion: labels (B,) with `smoothing`
     (timm's LabelSmoothingCrossEntropy), or soft targets (B, C) from mixup, already smoothed
     (timm's SoftTargetCrossEntropy)."""
-    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-
     s = student.float()
     if labels.ndim == 2:
         loss = SoftTargetCrossEntropy()(s, labels.float())

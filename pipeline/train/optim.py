@@ -9,19 +9,19 @@ step. The step schedule multiplies the rate by `decay_rate` every `decay_steps`.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 
+import timm.optim
+from timm.scheduler import CosineLRScheduler, StepLRScheduler
+
 from ...errors import W2SError
-from ..choices import SCHEDULES, check_choice
+from ..config.choices import SCHEDULES, check_choice
 
 
 def check_optimizer(opt: str) -> None:
     """Any of timm's optimizer names (`timm.optim.list_optimizers()`: sgd is SGD with Nesterov
     momentum, momentum without Nesterov, adamw, lamb, lion, ...)."""
-    import difflib
-
-    import timm.optim
-
     names = timm.optim.list_optimizers()
     if opt.lower() not in names:
         close = difflib.get_close_matches(opt.lower(), names, n=3)
@@ -36,8 +36,6 @@ def build_optimizer(model, *, opt: str, lr: float, weight_decay: float, momentum
     cls_token through the model's `no_weight_decay()`) in a group without weight decay, and with
     `layer_decay` gives each layer group (the model's `group_matcher`) its `lr_scale`:
     layer_decay ** (layers - depth), so the head trains at the full rate and the stem at the least."""
-    import timm.optim
-
     if not any(p.requires_grad for p in model.parameters()):
         raise W2SError("the model has no trainable parameters")
     check_optimizer(opt)
@@ -72,8 +70,6 @@ class Schedule:
     scales it by a group's `lr_scale` where there is one) and returns the base group's rate."""
 
     def __init__(self, optimizer, spec: ScheduleSpec):
-        from timm.scheduler import CosineLRScheduler, StepLRScheduler
-
         self.spec, self.optimizer = spec, optimizer
         warmup = {"warmup_t": spec.warmup_steps, "warmup_lr_init": spec.warmup_lr, "warmup_prefix": False,
                   "t_in_epochs": False}

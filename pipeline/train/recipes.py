@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from ...errors import W2SError
 
 SHIPPED = Path(__file__).with_name("recipes")
@@ -100,8 +102,6 @@ def load_recipe(name: str, options: dict[str, str]) -> dict:
     """{option: value} from a recipe; `options` maps the option names it may set (underscored) to
     their config field's type annotation (`train_config.recipe_options()`), which each value is
     converted to."""
-    import yaml
-
     path = recipe_path(name)
     try:
         doc = yaml.safe_load(path.read_text())

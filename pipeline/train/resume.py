@@ -3,15 +3,21 @@ own state (random generators, normalisation buffers, the epoch's running sums) s
 
 A resumed run must end where the uninterrupted one would have: the weights, the optimizer, the
 schedule (a function of the step), the samples and their views (a function of the step and the
-seed, see train_loader.py) and every rank's generators. Any setting that would change the result
+seed, see loaders/train_stream.py) and every rank's generators. Any setting that would change the result
 is compared with the one the run was started with, and a difference is refused by name.
 """
 
 from __future__ import annotations
 
 import random
+from dataclasses import asdict
+
+import numpy as np
+import torch
+import torch.distributed as dist
 
 from ...errors import W2SError
+from ..models.checkpoint import load_run_checkpoint
 
 # TrainConfig fields that only steer this invocation, never what is computed.
 INVOCATION_ONLY = frozenset({"resume", "max_steps", "progress", "log_every", "run", "workspace", "skip_shard_check",
@@ -25,8 +31,6 @@ def run_settings(cfg, **resolved) -> dict:
     """Everything that decides what a run computes: its config less the invocation-only fields,
     plus what the others resolved to on this machine (`resolved`: the model's full name, the
     precision, the decoder, ...). --resume refuses any difference by name."""
-    from dataclasses import asdict
-
     return {**{k: v for k, v in asdict(cfg).items() if k not in INVOCATION_ONLY}, **resolved}
 
 
@@ -55,8 +59,6 @@ def resume(path: str, settings: dict, run_dir: str, *, model, optimizer, scaler=
     module), optimizer, loss scaler and this rank's own state. Returns (step, best top-1 so far,
     the epoch's running sums). A last.pt that is not this run's, or was written with other
     settings, is a one-line error."""
-    from .checkpoint import load_run_checkpoint
-
     ckpt = load_run_checkpoint(path)
     check_resumable(ckpt.get("settings"), settings, run_dir)
     try:
@@ -75,9 +77,6 @@ def resume(path: str, settings: dict, run_dir: str, *, model, optimizer, scaler=
 
 
 def seed_everything(seed: int) -> None:
-    import numpy as np
-    import torch
-
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -85,9 +84,6 @@ def seed_everything(seed: int) -> None:
 
 def rng_state(device) -> dict:
     """This process's generators, in types `torch.load(weights_only=True)` reads back."""
-    import numpy as np
-    import torch
-
     version, internal, gauss = random.getstate()
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     state = {"python": [version, list(internal), gauss], "torch": torch.get_rng_state(),
@@ -98,9 +94,6 @@ def rng_state(device) -> dict:
 
 
 def set_rng_state(state: dict, device) -> None:
-    import numpy as np
-    import torch
-
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     kind, keys, pos, has_gauss, cached = state["numpy"]
@@ -125,7 +118,6 @@ def gather_rank_states(state: dict, world_size: int) -> list[dict]:
     """Every rank's state on every rank (a collective: all ranks call it)."""
     if world_size == 1:
         return [state]
-    import torch.distributed as dist
 
     states = [None] * world_size
     dist.all_gather_object(states, state)
@@ -134,8 +126,6 @@ def gather_rank_states(state: dict, world_size: int) -> list[dict]:
 
 def restore_rank_state(model, state: dict, device, ema=None) -> dict:
     """Put a rank's saved state back; returns its epoch sums."""
-    import torch
-
     with torch.no_grad():
         for module, saved in ((model, state["buffers"]), (ema, state.get("ema_buffers", {}))):
             if module is None:

@@ -15,9 +15,11 @@ import math
 import os
 import time
 
-from ...errors import W2SError
-from ..workspace import workspace_dir
+import torch
+import torch.distributed as dist
 
+from ...errors import W2SError
+from ..runtime.workspace import workspace_dir
 
 CONFIG_FILE = "config.json"
 
@@ -82,7 +84,7 @@ class MetricsLog:
     def open_board(self, resume_step: int = 0) -> None:
         """From a run resumed at step s, TensorBoard drops events after s, as `truncate_after` does."""
         if self.enabled:
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter  # lazy: tensorboard takes a second, the main rank alone writes
 
             self.board = SummaryWriter(os.path.join(os.path.dirname(self.path), "tensorboard"),
                                        purge_step=resume_step + 1 if resume_step else None)
@@ -170,8 +172,6 @@ class MetricWindow:
         self.first_step, self.images, self.started = None, 0, time.perf_counter()
 
     def add(self, step: int, parts: dict, images: int, dropped: int = 0) -> None:
-        import torch
-
         if self.names is None:
             self.names, self.first_step = list(parts), step  # the objective ("loss") first
         self.rows.append(torch.stack([v.detach().float().reshape(()) for v in parts.values()]))
@@ -184,13 +184,9 @@ class MetricWindow:
 
     def flush(self, world_size: int = 1) -> dict:
         """{"means": {name: mean over steps (and ranks)}, "sums", "steps", "images", "seconds", "dropped"}."""
-        import torch
-
         stacked = torch.stack(self.rows)  # (steps, parts)
         packed = torch.cat([stacked.flatten(), stacked.new_tensor([float(self.dropped)])])
         if world_size > 1:
-            import torch.distributed as dist
-
             dist.all_reduce(packed)
         host = packed.tolist()  # the one host copy
         n, k = stacked.shape

@@ -1,1 +1,0 @@
-"""Data: shards, datasets, decoding, views and augmentation, the loaders and the store join."""

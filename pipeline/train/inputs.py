@@ -1,0 +1,244 @@
+"""What a training run reads: the label store, the training shards and the validation shards."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+from ...errors import W2SError
+from ...storage.fsutil import absolute
+from ...storage.reader import open_store, pick_store
+from ...storage.schema import VIEW_RECIPE, views_meta
+from ..config.choices import LOSSES
+from ..runtime import distributed
+from ..runtime.workspace import workspace_dir
+from ..sources.datasets import resolve_data
+from ..sources.noise import noise_of, scored_on_clean
+from ..sources.shards import changed_shards
+from ..views.mixing import MixRecipe
+from ..views.params import TrainViews
+from ..weak.ensemble import check_members, ensemble_index
+from ..weak.selection import choose
+from ..weak.teacher import load_teacher
+
+
+@dataclass
+class Inputs:
+    urls: list[str]
+    image_fields: tuple[str, ...]
+    label_field: str | None
+    num_classes: int
+    class_names: list | None
+    store_url: str | None
+    record: dict  # what config.json says about the data (and the teacher's identity, for an online run)
+    val: object | None  # DataSource
+    store_chosen: str = ""  # how the store was chosen: "--labels", or why it was the one
+    teacher: object | None = None  # models.LoadedModel of --teacher: weak labels computed online
+    view_passes: int = 0  # a per-view store's K views, replayed (pass p trains on view p mod K); 0: centre view
+    mix: object | None = None  # mixing.MixRecipe of a replayed store whose views are mixed
+    kept: object | None = None  # selection.Kept: the store's samples --select / --keep-frac keep (None: all)
+    members: tuple = ()  # an ensemble's stores (the first is store_url); () for one store
+    ensemble: str | None = None  # how the members combine (ensemble.py)
+
+
+def resolve_inputs(cfg) -> Inputs:
+    """The store (unless --loss gt without one, or --teacher), the training shards, the validation
+    shards, and the online teacher (--teacher).
+
+    `cfg` is a stages.train.TrainConfig.
+    """
+    from_store = LOSSES[cfg.loss].needs_weak and not cfg.teacher
+    members = cfg.label_stores if len(cfg.label_stores) > 1 else []
+    if members and not from_store:
+        raise W2SError(f"--labels {cfg.labels}: an ensemble of weak labels, which --loss {cfg.loss} does not read")
+    store_url, chosen = (members[0] if members else cfg.labels), "--labels"
+    if not store_url and (from_store or not cfg.data) and not cfg.teacher:
+        store_url, chosen = pick_store(str(workspace_dir(cfg.workspace) / "stores"), cfg.data, cfg.split)
+    if from_store and not store_url:
+        raise W2SError(f"{chosen}; run `w2s-pipe label` first or pass --labels PATH")
+    store_url = absolute(store_url) if store_url else None
+    store = open_store(store_url) if store_url else None
+    if store is not None:
+        store.require_complete()
+        a = store.attrs["data"]
+        if cfg.data and (cfg.data != a["name"] or (cfg.split and cfg.split != a["split"])) and from_store:
+            raise W2SError(f"store {store_url} labelled {a['name']} split {a['split']}, not --data {cfg.data}"
+                           + (f" --split {cfg.split}" if cfg.split else "") + "; label that data first or pick its store")
+    if from_store or (store is not None and not cfg.data):
+        a = store.attrs["data"]
+        # Shards with no labelled row (unreadable or empty, skipped at labelling) are not read.
+        read = [s for s, n in zip(a["shards"], store.labelled_counts) if n > 0]
+        urls = [s["url"] for s in read]
+        if not cfg.skip_shard_check:
+            _check_unchanged(read, store_url)
+        # Trust nothing unchecked: the index is its parts, and every shard this run reads holds the
+        # rows its marker's sha256 describes, all finite (each rank checks its share).
+        from ..runtime import distributed
+
+        info = distributed.dist_info()
+        store.check_rows([s["name"] for s in read][info.rank::info.world_size])
+        store.check_index()
+        members = _members(store, members, cfg, read, info)
+        image_fields = tuple(a["image_field"].split(";"))
+        label_field = a.get("label_field")
+        num_classes, class_names = store.num_classes, store.attrs.get("class_names")
+        data_name, split, pattern = a["name"], a["split"], a["pattern"]
+        if cfg.loss == "gt" or cfg.gt_weight:
+            if "label" not in store.index().column_names:
+                raise W2SError(f"--{'loss gt' if cfg.loss == 'gt' else 'gt-weight'} needs ground-truth labels, but the "
+                               f"shards of store {store_url} carry none (field {label_field!r})")
+        view_passes = replayed_views(store, cfg) if from_store and not members else 0
+        mix = _store_mix(store) if view_passes and store.views_mixed else None
+        how = (cfg.ensemble or "mean-prob") if members else None
+        kept = _kept(store, cfg, mix, members, how)
+        record = {"name": data_name, "split": split, "pattern": pattern, "store": store_url,
+                  "store_id": store_identity(store.attrs), "weak": store.attrs["weak"]["model"],
+                  **({"views": view_passes} if view_passes else {}), **({"selection": kept.record()} if kept else {})}
+        if members:
+            record.update(weak=f"{how} of " + " + ".join(m.attrs["weak"]["model"] for m in members),
+                          ensemble={"how": how, "members": [{"store": m.url, "store_id": store_identity(m.attrs),
+                                                             "weak": m.attrs["weak"]["model"]} for m in members]})
+        entry_source = resolve_data(data_name, split, workspace=cfg.workspace) if data_name != "shards" else None
+        source_for_val = entry_source
+    else:
+        if not cfg.data:
+            raise W2SError("--loss gt needs --data (and --split), or a label store whose shards carry labels")
+        source = resolve_data(cfg.data, cfg.split, workspace=cfg.workspace)
+        if source.num_classes is None and not cfg.teacher:  # with a teacher, its head says
+            raise W2SError(f"cannot tell the number of classes of {cfg.data}; use a registry dataset or a manifest")
+        urls, image_fields, label_field = list(source.urls), source.image_fields, source.label_field
+        num_classes, class_names = source.num_classes, list(source.class_names or []) or None
+        record = {"name": source.name, "split": source.split, "pattern": source.pattern, "store": None}
+        source_for_val = source
+        store_url, view_passes, mix, kept, how = None, 0, None, None, None
+    teacher = None
+    if cfg.teacher:
+        teacher = load_teacher(cfg.teacher, cfg.teacher_model, num_classes)
+        num_classes = teacher.num_classes
+        record.update(weak=teacher.name, teacher={"model": teacher.name, "checkpoint": teacher.checkpoint,
+                                                  "checkpoint_sha256": teacher.checkpoint_sha256,
+                                                  "data_config": teacher.data_config})
+    val = None
+    if not cfg.no_eval:
+        if cfg.val_data:
+            val = resolve_data(cfg.val_data, cfg.val_split, workspace=cfg.workspace)
+            if val.num_classes is not None and val.num_classes != num_classes:
+                raise W2SError(f"--val-data {cfg.val_data} has {val.num_classes} classes but the training data "
+                               f"({record['name']} {record['split']}) has {num_classes}")
+        elif source_for_val is not None and (cfg.val_split or source_for_val.val_split):
+            val = resolve_data(source_for_val.name, cfg.val_split or source_for_val.val_split, workspace=cfg.workspace)
+        else:
+            raise W2SError(f"no validation split known for {record['name']} {record['split']} ({record['pattern']}): "
+                           "pass --val-data PATTERN or --no-eval")
+        if val.label_field is None:
+            raise W2SError(f"validation data {val.pattern} carries no labels")
+        val = scored_on_clean(val)  # a noised split is validated against its clean labels
+        if val.label_noise:
+            record["val_labels"] = val.label_field
+    noise = noise_of(urls, mixed=True)  # what the training labels carry, for report
+    if noise:
+        record["label_noise"] = {k: noise[k] for k in ("kind", "rate", "seed", "flip_rate", "noised_shards", "shards")
+                                 if k in noise}
+    return Inputs(urls, image_fields, label_field, num_classes, class_names, store_url, record, val,
+                  chosen if store_url else "", teacher, view_passes, mix, kept,
+                  tuple(m.url for m in members), how)
+
+
+def _members(store, urls: list[str], cfg, read: list[dict], info) -> list:
+    """An ensemble's stores, opened and checked as the first is (complete, the same shards, every
+    row this rank reads under its sha256, the index its parts); [] for one store."""
+    if not urls:
+        return []
+
+    if cfg.store_view == "replay":
+        raise W2SError("--store-view replay: an ensemble combines the members' centre views; drop it")
+    members = [store] + [open_store(absolute(url)) for url in urls[1:]]
+    for member in members[1:]:
+        member.require_complete()
+    check_members(members)
+    for member in members[1:]:
+        member.check_rows([s["name"] for s in read][info.rank::info.world_size])
+        member.check_index()
+    return members
+
+
+def _kept(store, cfg, mix, members=(), how=None):
+    """selection.Kept of --select / --keep-frac over the store's index (an ensemble's: its combined
+    output's statistics and the members' agreement), or None."""
+    if mix is not None and cfg.weight_by:
+        raise W2SError(f"--weight-by: store {store.url}'s views are mixed with partners whose statistics this run "
+                       "does not read; read the centre view (--store-view center)")
+    if not cfg.select and cfg.keep_frac is None:
+        return None
+    if mix is not None:
+        raise W2SError(f"--select / --keep-frac: store {store.url}'s views are mixed with partners found by their "
+                       "position in the shard, which leaving samples out would move; read the centre view "
+                       "(--store-view center)")
+
+    if members:  # ranking an ensemble reads every member's logits: the main process does it for all ranks
+
+        return distributed.on_main(lambda: choose(ensemble_index(members, how), cfg.select, cfg.keep_frac, cfg.rank_by,
+                                                  cfg.per_class))
+    return choose(store.index(), cfg.select, cfg.keep_frac, cfg.rank_by, cfg.per_class)
+
+
+def replayed_views(store, cfg) -> int:
+    """How many of a store's views `train` replays (0: it reads the centre view). A per-view store
+    is replayed (--store-view auto or replay) only with the very views its weak model saw: the
+    run's --seed, --crop-scale, --hflip, --aa, --color-jitter, --reprob and mixing (--mixup,
+    --cutmix, --mixup-prob, --mixup-switch-prob) must be the store's; each difference is refused by
+    name."""
+    if cfg.store_view == "center" or (cfg.store_view == "auto" and not store.views):
+        return 0
+    if not store.views:
+        raise W2SError(f"--store-view replay: store {store.url} holds the centre view only; label it with --views K, "
+                       "or drop --store-view replay")
+
+    meta = views_meta(store.attrs)  # recipe options a store predates at their defaults
+    run = {"seed": cfg.seed, **{k: getattr(cfg, k) for k in VIEW_RECIPE if k != "ratio"}}
+    if not cfg.mixes:
+        run.update(mixup=0.0, cutmix=0.0)
+    if not store.views_mixed:  # the mixing chances matter only where there is mixing
+        run.pop("mixup_prob"), run.pop("mixup_switch_prob")
+    stored = {"seed": meta["seed"], **{k: meta["recipe"][k] for k in run if k != "seed"}}
+    for name in run:
+        if not _same(run[name], stored[name]):
+            raise W2SError(f"--{name.replace('_', '-')} {run[name]}: store {store.url} holds the weak model's output on "
+                           f"views drawn with --{name.replace('_', '-')} {stored[name]}; train with that, label the views "
+                           "again with this, or read its centre view (--store-view center)")
+
+    if list(meta["recipe"]["ratio"]) != list(TrainViews(0).ratio):
+        raise W2SError(f"store {store.url}'s views were drawn with aspect ratios {meta['recipe']['ratio']}, this tool "
+                       f"draws {list(TrainViews(0).ratio)}; label the views again")
+    if cfg.skip_missing and store.views_mixed:
+        raise W2SError(f"--skip-missing: store {store.url}'s views are mixed with partners found by their position in "
+                       "the shard, which a left-out sample would move; label the shards again, or read the centre view "
+                       "(--store-view center)")
+    return int(store.views)
+
+
+def _store_mix(store):
+    return MixRecipe.from_recipe(views_meta(store.attrs)["recipe"])
+
+
+def _same(a, b) -> bool:
+    """Equal as numbers (2 and 2.0) or as anything else."""
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b))
+    return float(a) == float(b) if numbers else a == b
+
+
+def _check_unchanged(shards: list[dict], store_url: str) -> None:
+    """Weak labels joined by key to other images are silently wrong labels: refuse shards that
+    changed since the store was made (size and the first and last 64 KiB, as recorded)."""
+    changed = changed_shards(shards)
+    if changed:
+        more = f" (and {len(changed) - 1} more shards)" if len(changed) > 1 else ""
+        raise W2SError(f"{changed[0]}{more}: the store {store_url} labelled other data. Re-label the shards, or pass "
+                       "--skip-shard-check to train on them anyway")
+
+
+def store_identity(attrs: dict) -> str:
+    keep = {k: attrs.get(k) for k in ("weak", "num_classes", "preprocessing", "precision", "layout", "created")}
+    keep["data"] = attrs["data"]["fingerprint"]
+    return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
