@@ -22,7 +22,7 @@ import time
 import _util
 
 
-def main():
+def _args():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="resnet18")
     ap.add_argument("--samples", type=int, default=512)
@@ -32,7 +32,11 @@ def main():
     ap.add_argument("--decode", default="cpu,pil", help="comma-separated decoders to measure: cpu, pil, gpu")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--data", default=os.path.join(tempfile.gettempdir(), "w2s-bench-jpeg"))
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def main():
+    args = _args()
 
     import torch
 
@@ -107,6 +111,10 @@ def main():
         for decode in decoders:
             _util.taken(rounds, f"label {decode}", label(decode), r)
         _util.save("label_throughput", {"args": vars(args), "workers": workers, "rounds": rounds, "partial": True})
+    _summarise(args, rounds, decoders, workers, precision, device)
+
+def _summarise(args, rounds: dict, decoders: list[str], workers: int, precision: str, device) -> None:
+    """Each figure's best round, the ratios, and the results file."""
     best = {k: max(v) for k, v in rounds.items()}
     model_ips = best["model"]
     loader_ips = {d: best[f"loader {d}"] for d in decoders}

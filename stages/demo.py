@@ -20,13 +20,15 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 from ..errors import W2SError
+from ..pipeline.config.choices import NOISY_SCENARIO, SCENARIOS, check_choice
+from ..pipeline.runtime.workspace import workspace_dir
 from ..pipeline.sources.noise import LabelNoise
 from ..pipeline.sources.shards import read_manifest
 from ..pipeline.train.recipes import load_recipe
 from .evaluate import EvalConfig, run_eval
 from .label import LabelConfig, run_label
 from .prepare import prepare_digits
-from .report import ReportConfig, run_report
+from .report import ReportConfig, few_shot_markdown, markdown_table, run_report
 from .train import TrainConfig, run_train
 from .train_config import recipe_options
 
@@ -56,11 +58,23 @@ class DemoConfig:
 
     def __post_init__(self):
         if self.seeds < 1:
-            raise W2SError(f"--seeds {self.seeds} is invalid: must be at least 1")
+            raise W2SError(f"--seeds {self.seeds} is invalid: must be at least 1", option="--seeds")
         if self.label_noise:  # checked before an earlier demo's workspace is replaced
-            from ..pipeline.sources.noise import LabelNoise
-
             LabelNoise.parse(self.label_noise, self.noise_seed)
+
+    @classmethod
+    def for_scenario(cls, scenario: str, *, out: str | None, seeds: int, quick: bool, label_noise: str | None,
+                     workspace=None) -> "DemoConfig":
+        """The demo of `scenario` (choices.SCENARIOS): standard, the paper's weak-to-strong setting;
+        noisy, its noisy-label one (--label-noise, default choices.NOISY_SCENARIO); few-shot, trained
+        on digits 0-4 and evaluated on 5-9. Its workspace defaults to <workspace>/demo[-<scenario>]."""
+        check_choice("--scenario", scenario, SCENARIOS)
+        if label_noise and scenario != "noisy":
+            raise W2SError("--label-noise is the noisy scenario's: add --scenario noisy", option="--label-noise")
+        out = out or str(workspace_dir(workspace) / ("demo" if scenario == "standard" else f"demo-{scenario}"))
+        chosen = {"label_noise": (label_noise or NOISY_SCENARIO) if scenario == "noisy" else None,
+                  "few_shot": scenario == "few-shot", "seeds": seeds}
+        return cls.quick(out, **chosen) if quick else cls(out=out, **chosen)
 
     @classmethod
     def quick(cls, out: str, **overrides) -> "DemoConfig":
@@ -81,7 +95,7 @@ def _prepare_workspace(cfg: DemoConfig) -> None:
         json.dump({k: v for k, v in asdict(cfg).items()}, f, indent=1)
 
 
-def run_demo(cfg: DemoConfig, echo=print) -> dict:
+def run_demo(cfg: DemoConfig, echo=print) -> "DemoResult":
     _prepare_workspace(cfg)
     ws = cfg.out
     started = time.perf_counter()
@@ -129,9 +143,19 @@ def run_demo(cfg: DemoConfig, echo=print) -> dict:
                       rank_by="margin", per_class=True, **strong)
         if cfg.few_shot:
             few_shot_evals(ws, cfg.episodes, echo)
-    report = run_report(ReportConfig(workspace=ws))
+    report = DemoResult(run_report(ReportConfig(workspace=ws)))
     report["seconds"] = time.perf_counter() - started
     return report
+
+
+class DemoResult(dict):
+    """The demo's report (`report`'s), with the demo's summary: the table, then where it is."""
+
+    def summary(self) -> list[str]:
+        lines = ["", markdown_table(self)]
+        for table in self["few_shot"]:
+            lines += ["", few_shot_markdown(table)]
+        return [*lines, "", f"demo finished in {self['seconds'] / 60:.1f} min; report {self['markdown']}"]
 
 
 def few_shot_evals(ws: str, episodes: int, echo=print) -> None:

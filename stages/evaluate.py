@@ -10,13 +10,12 @@ figure is for (the checkpoint, its step, how it was picked, the precision, the d
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 from ..errors import W2SError
-from ..pipeline.config.choices import DECODERS, EVAL_PICKS, PRECISION_OPTIONS, check_choice
 from ..pipeline.evaluation.accuracy import evaluate_checkpoint
 from ..pipeline.evaluation.fewshot import few_shot_checkpoint
 from ..pipeline.train.runs import find_run, read_config
+from .eval_config import EvalConfig
 
 PICKED = {"last": "the final weights", "ema": "the moving average of the weights (--model-ema)",
           "best": "the epoch with the best val top-1: selected on validation, an optimistic figure"}
@@ -24,47 +23,32 @@ MISSING = {"best": "it ran without validation", "ema": "it ran without --model-e
            "last": "it has not finished an epoch or a --max-steps stop"}
 
 
-@dataclass(frozen=True)
-class EvalConfig:
-    run: str | None = None  # run directory or name in the workspace
-    pick: str = "last"  # with --run: last.pt (the final weights), best.pt (picked on validation) or ema.pt
-    checkpoint: str | None = None
-    data: str | None = None  # default: the data the run trained on
-    split: str | None = None  # default: that data set's validation split
-    batch_size: int = 256
-    workers: int | None = None
-    device: str = "auto"
-    precision: str | None = None  # default: the precision the checkpoint was trained in, else fp32
-    decode: str | None = None  # default: the decoder the run trained with where this device can, else cpu
-    episodes: int = 0  # few-shot: this many seeded episodes (fewshot.py) instead of top-1/top-5
-    ways: int = 5
-    shots: tuple[int, ...] = (1, 5)
-    queries: int = 15
-    episode_seed: int = 0
-    workspace: str | None = None
+class EvalResult(dict):
+    """`run_eval`'s figures and what they are for (a dict, as scripts read it), with its summary."""
 
-    def __post_init__(self):
-        if bool(self.run) == bool(self.checkpoint):
-            raise W2SError("give exactly one of --run RUN or --checkpoint PATH")
-        check_choice("--pick", self.pick, EVAL_PICKS)
-        if self.pick != "last" and not self.run:
-            raise W2SError("--pick chooses among a run's checkpoints: give --run RUN")
-        check_choice("--precision", self.precision, PRECISION_OPTIONS, allow_none=True)
-        check_choice("--decode", self.decode, DECODERS, allow_none=True)
-        if self.batch_size < 1:
-            raise W2SError(f"--batch-size {self.batch_size!r} is invalid: must be at least 1")
-        if self.workers is not None and self.workers < 0:
-            raise W2SError(f"--workers {self.workers!r} is invalid: must be 0 or more")
-        for option, value, low in (("--episodes", self.episodes, 0), ("--ways", self.ways, 2),
-                                   ("--queries", self.queries, 1)):
-            if value < low:
-                raise W2SError(f"{option} {value!r} is invalid: must be at least {low}")
-        if not self.shots or min(self.shots) < 1:
-            raise W2SError(f"--shots {','.join(map(str, self.shots))} is invalid: give shot counts of 1 or more, "
-                           "comma-separated")
+    def summary(self) -> list[str]:
+        r = self
+        at = f"step {r['step']}, epoch {r['epoch']}, " if r["step"] is not None else ""
+        lines = []
+        if "few_shot" in r:
+            for k, f in r["few_shot"].items():
+                lines.append(f"{r['data']} {r['split']}: {r['ways']}-way {k}-shot {f['accuracy']:.4f} ± "
+                             f"{f['ci95']:.4f} (95% interval, {f['episodes']} episodes of {r['queries']} queries per "
+                             f"class, seed {r['episode_seed']}; {r['samples']} samples, {r['feature_dim']}-d features)")
+        else:
+            lines.append(f"{r['data']} {r['split']}: top-1 {r['top1']:.4f}  top-5 {r['top5']:.4f}  "
+                         f"({r['samples']} samples)")
+        lines.append(f"checkpoint {r['checkpoint']} ({at}{r['picked']}), {r['precision']}, --decode {r['decode']}")
+        lines.append(f"evaluated on {r['pattern']}" + (f"; trained from the {r['trained_on']}" if r["trained_on"] else ""))
+        if r.get("recorded"):
+            lines.append(f"recorded in {r['recorded']} (report shows it)")
+        if r.get("label_noise"):
+            lines.append(f"scored against the clean labels ({r['labels']}): the shards' own labels carry "
+                         f"{r['label_noise']}")
+        return lines
 
 
-def run_eval(cfg: EvalConfig) -> dict:
+def run_eval(cfg: EvalConfig) -> EvalResult:
     """Top-1 and top-5, with what they were measured on: checkpoint, its step and epoch, how it was
     picked, the precision, the data and split, and what the run trained from."""
     checkpoint, trained_on = cfg.checkpoint, {}
@@ -88,7 +72,8 @@ def run_eval(cfg: EvalConfig) -> dict:
             result["recorded"] = record(run_dir, result, cfg.pick)
     else:
         result = evaluate_checkpoint(checkpoint, **common)
-    return {**result, "picked": PICKED[cfg.pick] if cfg.run else "as given", "trained_on": _trained_on(trained_on)}
+    return EvalResult({**result, "picked": PICKED[cfg.pick] if cfg.run else "as given",
+                       "trained_on": _trained_on(trained_on)})
 
 
 def _trained_on(source: dict) -> str | None:

@@ -151,18 +151,25 @@ def ensemble_statistics(urls: list[str]) -> dict:
     return out
 
 
-def run_inspect(cfg: InspectConfig) -> dict:
+class InspectResult(dict):
+    """`run_inspect`'s statistics (a dict, as `--format json` prints them), with their summary."""
+
+    def summary(self) -> list[str]:
+        return format_text(self).splitlines()
+
+
+def run_inspect(cfg: InspectConfig) -> InspectResult:
     urls = [u.strip() for u in cfg.store.split(",") if u.strip()]
     name = slug("+".join(os.path.basename(u.rstrip("/")) for u in urls))
     out = cfg.out or str(workspace_dir(cfg.workspace) / "inspect" / name)
     if len(urls) > 1:
-        stats = ensemble_statistics(urls)
+        stats = InspectResult(ensemble_statistics(urls))
         if cfg.plots and "coverage" in stats:
             os.makedirs(out, exist_ok=True)
             stats["files"] = [_coverage_plot(stats["coverage"], os.path.join(out, "coverage-accuracy.png"),
                                              f"mean-prob ensemble of {len(urls)} stores")]
         return stats
-    stats = store_statistics(cfg.store)
+    stats = InspectResult(store_statistics(cfg.store))
     if stats["has_labels"]:
         stats["coverage"] = coverage_accuracy(open_store(cfg.store).index())
     if cfg.plots:

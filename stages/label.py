@@ -12,6 +12,7 @@ command labels only the shards that have no completion marker.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.metadata as md
 import os
@@ -40,6 +41,7 @@ from ..pipeline.runtime import distributed, watchdog
 from ..pipeline.runtime.workspace import default_store_path
 from ..pipeline.sources.datasets import resolve_data
 from ..pipeline.sources.shards import describe_shards, fingerprint, shards_as_dicts
+from ..pipeline.views.params import TrainViews
 from ..pipeline.views.pixels import LabelViews
 from ..pipeline.weak.labelling import Gathered, HostCopy, ShardWrites, view_inputs, weak_outputs
 from ..storage import existing_store, open_store, schema
@@ -62,6 +64,28 @@ class LabelResult:
     claimed_elsewhere: list = None  # live claims of other processes on unfinished shards
     skipped: int = 0  # bad samples (or unreadable shards) recorded and left out in this run
     already_complete: bool = False  # the store was finished before this run, which checked it and wrote nothing
+    size_bytes: int | None = None  # the complete store's size
+
+    def summary(self) -> list[str]:
+        if self.already_complete:
+            return [f"store {self.store}: already complete ({self.samples_total} samples in {self.shards_total} shards; "
+                    "its index and rows checked against what label wrote); nothing to do"]
+        lines = [f"labelled {self.samples} samples in {self.shards} shards at {self.images_per_s:.0f} img/s "
+                 f"({self.seconds:.1f} s)"]
+        if self.skipped:
+            lines.append(f"skipped {self.skipped} bad samples or shards; see skipped.parquet in the store for keys and "
+                         "reasons")
+        if self.complete:
+            size = self.size_bytes or 0
+            lines.append(f"store {self.store}: complete, {self.samples_total} samples, {self.shards_total} shards, "
+                         f"{size / 1024:.0f} KiB ({size / max(1, self.samples_total):.0f} B/sample)")
+        elif self.claimed_elsewhere:
+            holders = sorted({f"pid {c['pid']} on {c['host']}" for c in self.claimed_elsewhere})
+            lines.append(f"store {self.store}: {len(self.claimed_elsewhere)} shards are being labelled by another "
+                         f"process ({', '.join(holders)}); it will finish the store")
+        else:
+            lines.append(f"store {self.store}: incomplete; re-run the same command to finish it")
+        return lines
 
 
 def run_label(cfg: LabelConfig) -> LabelResult:
@@ -93,11 +117,7 @@ def run_label(cfg: LabelConfig) -> LabelResult:
         todo = [i for i in range(info.rank, len(shards), info.world_size) if i not in done][: cfg.max_shards]
 
         # -- the model and the loader --------------------------------------------------------------
-        model = loaded.model.to(device).eval()
-        if device.type == "cuda":
-            model = model.to(memory_format=torch.channels_last)
-        if cfg.compile:
-            model = torch.compile(model)
+        labelling = Labelling.of(cfg, loaded, device, decoder, precision, names)
         claims = ShardClaims(url, os.getpid())
         dataset = ShardBatches([(i, shards[i]["url"]) for i in todo if shards[i]["count"] > 0],
                                prepare=Preprocess(loaded.data_config, decoder), batch_size=cfg.batch_size,
@@ -107,9 +127,6 @@ def run_label(cfg: LabelConfig) -> LabelResult:
         workers = loading_processes(cfg.workers)
         loader = label_loader(dataset, min(workers, max(1, len(dataset.shards))) if workers else 0,
                               device.type == "cuda")
-        normalize = DeviceNormalize(loaded.data_config, device)
-        geometry = TensorGeometry(loaded.data_config) if decoder == "gpu" else None
-        autocast = distributed.autocast(precision, device)
 
         # -- the loop: label each batch, write each shard as it ends -------------------------------
         samples_todo = sum(shards[i]["count"] for i in todo)
@@ -117,7 +134,7 @@ def run_label(cfg: LabelConfig) -> LabelResult:
                    desc=f"label {loaded.name}", dynamic_ncols=True)
         gathered = Gathered()  # each shard's landed rows, until it ends
         lost: dict[int, list] = {}  # shard -> samples the device decoder could not read (gpu, skip)
-        copy = HostCopy(device, names)
+        copy = HostCopy(device, names)  # the outputs landing on the host, one batch late
         start, written, taken, skipped = None, 0, 0, 0
         with ShardWrites(writer, claims) as writes, torch.inference_mode():
             skipped += _record_unreadable(writes, claims, [i for i in todo if shards[i]["count"] == 0])
@@ -136,14 +153,7 @@ def run_label(cfg: LabelConfig) -> LabelResult:
                     bar.update(len(event.skipped) + len(unread))
                 elif isinstance(event, ImageBatch):
                     start = start or time.perf_counter()
-                    images, keys, labels, unread = batch_images(event, geometry, device, names[event.shard],
-                                                                skip_bad=cfg.skip_bad,
-                                                                hint=" (or pass --on-bad-sample skip)")
-                    lost.setdefault(event.shard, []).extend(unread)
-                    if images is not None:
-                        views, records = view_inputs(event, normalize)
-                        outputs = weak_outputs(model, normalize(images), topk=cfg.topk, autocast=autocast, views=views)
-                        bar.update(gathered.add(copy.push(event.shard, keys, labels, {**outputs, **records})))
+                    bar.update(gathered.add(labelling(event, copy, lost)))
                 watchdog.beat("the next batch from the loading processes", f"shard {names[event.shard]}")
             watchdog.beat("the store's last writes")
             bar.update(gathered.add(copy.drain()))
@@ -152,23 +162,69 @@ def run_label(cfg: LabelConfig) -> LabelResult:
 
         # -- finish: the index, once every shard is done ---------------------------------------------
         seconds = time.perf_counter() - start if start is not None else 0.0
-        watchdog.beat("every rank to finish its shards")
+        return _finish(writer, claims, info, LabelResult(
+            store=url, complete=False, samples=gathered.rows, shards=written, shards_total=len(shards),
+            samples_total=sum(s["count"] for s in shards), seconds=seconds, skipped=skipped,
+            images_per_s=gathered.rows / seconds if seconds > 0 else 0.0))
+
+
+@dataclass
+class Labelling:
+    """The labelling step of one batch: its images (decoded on the device under --decode gpu),
+    normalised, through the weak model (and its views, with --views), pushed to the host copy."""
+
+    model: torch.nn.Module
+    normalize: DeviceNormalize
+    geometry: TensorGeometry | None  # the eval crop's geometry, for --decode gpu
+    autocast: object
+    device: object
+    names: list[str]  # the shards' names
+    topk: int | None
+    skip_bad: bool
+
+    @classmethod
+    def of(cls, cfg: LabelConfig, loaded, device, decoder: str, precision: str, names: list[str]) -> "Labelling":
+        model = loaded.model.to(device).eval()
+        if device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        if cfg.compile:
+            model = torch.compile(model)
+        return cls(model, DeviceNormalize(loaded.data_config, device),
+                   TensorGeometry(loaded.data_config) if decoder == "gpu" else None,
+                   distributed.autocast(precision, device), device, names, cfg.topk, cfg.skip_bad)
+
+    def __call__(self, batch: ImageBatch, copy: HostCopy, lost: dict):
+        """The rows that landed on the host (the batch before this one's); `lost` collects, per shard,
+        the samples the device decoder could not read (skipped under --on-bad-sample skip)."""
+        images, keys, labels, unread = batch_images(batch, self.geometry, self.device, self.names[batch.shard],
+                                                    skip_bad=self.skip_bad, hint=" (or pass --on-bad-sample skip)")
+        lost.setdefault(batch.shard, []).extend(unread)
+        if images is None:
+            return None
+        views, records = view_inputs(batch, self.normalize)
+        outputs = weak_outputs(self.model, self.normalize(images), topk=self.topk, autocast=self.autocast, views=views)
+        return copy.push(batch.shard, keys, labels, {**outputs, **records})
+
+
+def _finish(writer: StoreWriter, claims: ShardClaims, info, result: LabelResult) -> LabelResult:
+    """The store's index, written by the first process that finds every shard done (the main
+    process after every rank is through); the result says whether the store is complete, and if not,
+    which other processes still hold claims on its shards."""
+    watchdog.beat("every rank to finish its shards")
+    complete = writer.finalize()
+    distributed.barrier()
+    if info.is_main and not complete:
         complete = writer.finalize()
-        distributed.barrier()
-        if info.is_main and not complete:
-            complete = writer.finalize()
-        labelled = gathered.rows
-        return LabelResult(store=url, complete=complete, samples=labelled, shards=written, shards_total=len(shards),
-                           samples_total=sum(s["count"] for s in shards), seconds=seconds,
-                           images_per_s=labelled / seconds if seconds > 0 else 0.0, skipped=skipped,
-                           claimed_elsewhere=[] if complete else claims.held_by_others(writer.done_shards()))
+    return dataclasses.replace(
+        result, complete=complete, claimed_elsewhere=[] if complete else claims.held_by_others(writer.done_shards()),
+        size_bytes=open_store(result.store).size_bytes() if complete and info.is_main else None)
 
 
 def _check_classes(num_classes: int, topk: int | None) -> int:
     if num_classes < 2:
         raise W2SError(f"the weak model has {num_classes} output; labelling needs at least 2 classes")
     if topk is not None and topk >= num_classes:
-        raise W2SError(f"--topk {topk} must be smaller than the number of classes ({num_classes})")
+        raise W2SError(f"--topk {topk} must be smaller than the number of classes ({num_classes})", option="--topk")
     return num_classes
 
 
@@ -212,8 +268,8 @@ def _store_attrs(cfg: LabelConfig, source, loaded, num_classes: int, decoder: st
         data={"name": source.name, "split": source.split, "pattern": source.pattern,
               "image_field": ";".join(source.image_fields), "label_field": source.label_field},
         shards=shards_as_dicts(shards), fingerprint=fingerprint(shards), topk=cfg.topk, tool_version=__version__,
-        config={k: v for k, v in asdict(cfg).items() if k not in ("progress",)},
-        views=None if not cfg.views else {"k": cfg.views, "seed": cfg.seed, "recipe": cfg.view_recipe,
+        config={k: v for k, v in asdict(cfg).items() if k not in ("progress", "stall_timeout")},  # what was computed
+        views=None if not cfg.views else {"k": cfg.views, "seed": cfg.seed, "recipe": cfg.recipe(TrainViews(0).ratio),
                                           "fingerprint": view_fingerprint(loaded.data_config, decoder)})
 
 
@@ -230,8 +286,7 @@ def _label_views(cfg: LabelConfig, data_config: dict, decoder: str):
     teacher's input size (None without --views)."""
     if not cfg.views:
         return None
-
-    return LabelViews.from_recipe(cfg.view_recipe, cfg.seed, cfg.views, data_config, decoder)
+    return LabelViews.from_recipe(cfg.recipe(TrainViews(0).ratio), cfg.seed, cfg.views, data_config, decoder)
 
 
 def view_fingerprint(data_config: dict, decoder: str) -> dict:

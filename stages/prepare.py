@@ -26,10 +26,12 @@ from ..pipeline.sources.noise import (
     CLEAN_FIELD,
     DIGITS_MAP,
     EVALUATION_SPLITS,
+    LabelNoise,
     read_noise_map,
     superclass_map,
 )
 from ..pipeline.sources.shards import Shard, write_manifest, write_shard
+from .prepare_config import PrepareCifarConfig, PrepareDigitsConfig
 
 # Fixed, seeded split of the 1797 digits: the weak model's ground truth, what it labels, validation.
 DIGITS_SPLITS = (("weak", 600), ("transfer", 897), ("val", 300))
@@ -41,10 +43,34 @@ IMAGE_EXTS = {".jpg": "jpg", ".jpeg": "jpg", ".png": "png", ".webp": "webp"}
 class PrepareResult:
     out: str
     splits: dict[str, list[Shard]]
+    data: str | None = None  # how `--data` names it, said in the summary: a registry name, "patterns" (each
+    # split's shard pattern), or None (nothing said: digits' own default place)
 
     @property
     def samples(self) -> int:
         return sum(s.count for shards in self.splits.values() for s in shards)
+
+    def summary(self) -> list[str]:
+        lines = []
+        for split, shards in self.splits.items():
+            use = f"; use --data '{self.out}/{shards[0].name.rsplit('-', 1)[0]}-*.tar'" if self.data == "patterns" else ""
+            lines.append(f"{split}: {sum(s.count for s in shards)} samples in {len(shards)} shards{use}")
+        named = self.data and self.data != "patterns"
+        return [*lines, f"wrote {self.samples} samples to {self.out}" + (f"; use --data {self.data}" if named else "")]
+
+
+def run_prepare(cfg) -> PrepareResult:
+    """`prepare digits|cifar10|cifar100|folder` from its config (stages/prepare_config.py)."""
+    noise = LabelNoise.parse(cfg.label_noise, cfg.noise_seed) if cfg.label_noise else None
+    if isinstance(cfg, PrepareDigitsConfig):
+        name = "digits-fewshot" if cfg.few_shot else "digits"
+        return prepare_digits(cfg.out or default_data_dir(name, cfg.workspace), shard_size=cfg.shard_size,
+                              noise=noise, few_shot=cfg.few_shot)
+    if isinstance(cfg, PrepareCifarConfig):
+        return prepare_cifar(cfg.name, cfg.archive, cfg.out or default_data_dir(cfg.name, cfg.workspace),
+                             shard_size=cfg.shard_size, weak_split=cfg.weak_split, noise=noise)
+    return prepare_folder(cfg.src, cfg.out, split=cfg.split, shard_size=cfg.shard_size, seed=cfg.seed,
+                          prefix=cfg.prefix, noise=noise, noise_map=cfg.noise_map, noise_splits=cfg.noise_splits)
 
 
 def _png(pixels: np.ndarray) -> bytes:
@@ -79,9 +105,10 @@ def prepare_digits(out: str, shard_size: int = 256, noise=None, few_shot: bool =
     classes) and a fourth, `novel`, holds every image of digits 5-9, labelled 0-4 in that order.
     """
     if shard_size < 1:
-        raise W2SError(f"--shard-size {shard_size} is invalid: must be at least 1")
+        raise W2SError(f"--shard-size {shard_size} is invalid: must be at least 1", option="--shard-size")
     if noise is not None and few_shot:  # the noise would move base digits to novel ones (4→9), outside 0-4
-        raise W2SError("--label-noise and --few-shot are separate scenarios of the paper: prepare one of them")
+        raise W2SError("--label-noise and --few-shot are separate scenarios of the paper: prepare one of them",
+                       option="--label-noise")
     digits = load_digits()
     # 0..16 gray levels -> 0..255, exactly invertible.
     pixels = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
@@ -137,7 +164,7 @@ def prepare_folder(src: str, out: str, split: str = "train", shard_size: int = 1
     if not root.is_dir():
         raise W2SError(f"prepare folder: {src} is not a directory")
     if shard_size < 1:
-        raise W2SError(f"--shard-size {shard_size} is invalid: must be at least 1")
+        raise W2SError(f"--shard-size {shard_size} is invalid: must be at least 1", option="--shard-size")
     if (root / "train").is_dir() and _subdirs(root / "train"):
         split_dirs = {d: root / d for d in _subdirs(root)}
         prefix = prefix or root.resolve().name
@@ -173,7 +200,7 @@ def prepare_folder(src: str, out: str, split: str = "train", shard_size: int = 1
 
         splits[name] = _write_split(out_dir, f"{prefix}-{name}", samples(), shard_size)
     write_manifest(str(out_dir), splits, dataset=prefix, num_classes=len(classes), class_names=classes, **extra)
-    return PrepareResult(str(out_dir), splits)
+    return PrepareResult(str(out_dir), splits, data="patterns")
 
 
 def _folder_noise(listed: dict[str, list], classes: list[str], noise, noise_map: str | None,
@@ -185,17 +212,19 @@ def _folder_noise(listed: dict[str, list], classes: list[str], noise, noise_map:
             raise W2SError(f"--{'noise-map' if noise_map else 'noise-splits'} is only for --label-noise")
         return {}, {}
     if noise_map and noise.kind != "asymmetric":
-        raise W2SError("--noise-map is the asymmetric noise's map: use it with --label-noise asymmetric:R")
+        raise W2SError("--noise-map is the asymmetric noise's map: use it with --label-noise asymmetric:R",
+                       option="--noise-map")
     if noise.kind == "asymmetric" and not noise_map:
         raise W2SError("--label-noise asymmetric on a folder needs --noise-map FILE: a JSON object of class folder name "
-                       'to the class it is mistaken for, e.g. {"cat": "dog", "dog": "cat"}')
+                       'to the class it is mistaken for, e.g. {"cat": "dog", "dog": "cat"}', option="--label-noise")
     chosen = list(noise_splits) if noise_splits else [n for n in listed if n not in EVALUATION_SPLITS]
     unknown = [n for n in chosen if n not in listed]
     if unknown or not chosen:
         raise W2SError(f"--noise-splits: {'split ' + repr(unknown[0]) + ' is not' if unknown else 'no split is'} one "
                        f"to noise; the splits are {', '.join(listed)}" + ("" if unknown else
                                                                           " (val, valid, validation and test are "
-                                                                          "noised only when named)"))
+                                                                          "noised only when named)"),
+                                                                          option="--noise-splits")
     mapping = read_noise_map(noise_map, classes) if noise_map else None
     clean = np.concatenate([np.array([label for _, label in listed[n]], dtype=np.int64) for n in chosen])
     noisy, record = noise.corrupt(clean, len(classes), chosen, mapping)
@@ -228,12 +257,12 @@ def prepare_cifar(name: str, archive: str, out: str, shard_size: int = 1000, wea
     code does (CIFAR-10's map, CIFAR-100's superclass shift), before the weak split is carved out;
     test stays clean."""
     if shard_size < 1:
-        raise W2SError(f"--shard-size {shard_size} is invalid: must be at least 1")
+        raise W2SError(f"--shard-size {shard_size} is invalid: must be at least 1", option="--shard-size")
     splits_in, class_names = read_cifar(archive, name)
     train = splits_in["train"]
     if not 0 <= weak_split < len(train.labels):
         raise W2SError(f"--weak-split {weak_split} is invalid: between 0 and {len(train.labels) - 1} of the "
-                       f"{len(train.labels)} training images")
+                       f"{len(train.labels)} training images", option="--weak-split")
     chosen = np.sort(np.random.default_rng(CIFAR_SEED).permutation(len(train.labels))[:weak_split])
     rest = np.setdiff1d(np.arange(len(train.labels)), chosen)
     plan = {"train": ("train", rest), "test": ("test", np.arange(len(splits_in["test"].labels)))}
@@ -264,4 +293,4 @@ def prepare_cifar(name: str, archive: str, out: str, shard_size: int = 1000, wea
                    for i in indices)
         splits[split] = _write_split(out_dir, f"{name}-{split}", samples, shard_size)
     write_manifest(str(out_dir), splits, dataset=name, num_classes=len(class_names), class_names=class_names, **extra)
-    return PrepareResult(str(out_dir), splits)
+    return PrepareResult(str(out_dir), splits, data=name)

@@ -39,6 +39,20 @@ class ReportConfig:
 
 def build_report(workspace) -> dict:
     ws = report_workspace(workspace)
+    runs, stores, unreadable, unfinished = _read_workspace(ws)
+    if not runs and not stores and not unreadable and not unfinished:
+        raise W2SError(f"nothing to report in {ws}: no runs/ and no stores/ (run `w2s-pipe demo`, or pass the workspace)")
+    _assign_roles(runs, stores, ws)
+    _against_ceilings(runs)
+    rows = _rows(runs)
+    return {"workspace": str(ws), "rows": rows, "runs": runs, "stores": stores, "unreadable": unreadable,
+            "unfinished": [{"name": r["name"], "epochs_done": len(r["curve"])} for r in unfinished],
+            "few_shot": few_shot_tables(rows, runs)}
+
+
+def _read_workspace(ws) -> tuple[list, list, list, list]:
+    """(finished runs, stores with their weak model's accuracy, what could not be read and why,
+    unfinished runs) of a workspace. Unfinished or crashed runs (no end record) are listed, never averaged."""
     runs_dir, stores_dir = ws / "runs", ws / "stores"
     defaults = option_defaults()
     runs = [r for r in (load_run(str(p), defaults) for p in sorted(runs_dir.glob("*")) if p.is_dir()) if r] \
@@ -48,14 +62,16 @@ def build_report(workspace) -> dict:
     unreadable += [{"what": "store", "name": x["name"], "why": x["error"]} for x in stores if "error" in x]
     runs = [r for r in runs if "error" not in r]
     stores = [s for s in stores if "error" not in s]
-    # Unfinished or crashed runs (no end record) are listed, never averaged.
     unfinished = [r for r in runs if not r["finished"]]
     runs = [r for r in runs if r["finished"]]
     for s in stores:
         s["weak_top1"], s["weak_top1_from"] = weak_accuracy(s, str(ws / "report" / "weak-accuracy"), str(ws))
-    if not runs and not stores and not unreadable and not unfinished:
-        raise W2SError(f"nothing to report in {ws}: no runs/ and no stores/ (run `w2s-pipe demo`, or pass the workspace)")
-    _assign_roles(runs, stores, ws)
+    return runs, stores, unreadable, unfinished
+
+
+def _against_ceilings(runs: list[dict]) -> None:
+    """Each weak-to-strong run's ceiling (its seed's, else the mean of the matching ones), and its
+    PGR (without ground truth) or its difference to the ceiling (+gt), or why there is none."""
     ceilings = [r for r in runs if r["role"] == "ceiling" and r["top1"] is not None]
     for r in runs:
         if r["role"] != "w2s" or r["top1"] is None:
@@ -78,6 +94,10 @@ def build_report(workspace) -> dict:
                                 f"no weak accuracy: {r.get('weak_top1_from')}" if r.get("weak_top1") is None
                                 else f"the ceiling ({ceiling:.4f}) does not beat the weak model ({r['weak_top1']:.4f})")
 
+
+def _rows(runs: list[dict]) -> list[dict]:
+    """The table: one row per role, models, loss and resolved settings (all but the seed, the name
+    and the store's path), with top-1 mean ± std over seeds and PGR (or the difference to the ceiling)."""
     groups = defaultdict(list)
     for r in runs:
         if r["role"] == "weak":
@@ -125,9 +145,7 @@ def build_report(workspace) -> dict:
         if role == "w2s" and gt:
             row["delta_mean"], row["delta_std"], row["delta_n"] = mean_std(r.get("delta_vs_ceiling") for r in members)
         rows.append(row)
-    return {"workspace": str(ws), "rows": rows, "runs": runs, "stores": stores, "unreadable": unreadable,
-            "unfinished": [{"name": r["name"], "epochs_done": len(r["curve"])} for r in unfinished],
-            "few_shot": few_shot_tables(rows, runs)}
+    return rows
 
 
 def few_shot_tables(rows: list[dict], runs: list[dict]) -> list[dict]:
@@ -387,8 +405,18 @@ def _mean_series(series: list[list]) -> list[tuple[float, float]]:
     return [(x, sum(ys) / len(ys)) for x, ys in sorted(acc.items())]
 
 
-def run_report(cfg: ReportConfig) -> dict:
-    report = build_report(cfg.workspace)
+class ReportResult(dict):
+    """`run_report`'s report (a dict, as report.json holds it), with its summary."""
+
+    def summary(self) -> list[str]:
+        lines = [f"workspace {self['workspace']}", "", markdown_table(self), *notes(self)]
+        for table in self["few_shot"]:
+            lines += ["", few_shot_markdown(table)]
+        return [*lines, "", f"report {self['markdown']}"]
+
+
+def run_report(cfg: ReportConfig) -> ReportResult:
+    report = ReportResult(build_report(cfg.workspace))
     out = cfg.out or os.path.join(report["workspace"], "report")
     os.makedirs(out, exist_ok=True)
     files = write_plots(report, out) if cfg.plots else []

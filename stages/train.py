@@ -68,6 +68,13 @@ class TrainResult:
     best_top1: float | None
     seconds: float
 
+    def summary(self) -> list[str]:
+        val = f", val top-1 {self.val_top1:.4f} top-5 {self.val_top5:.4f}" if self.val_top1 is not None else ""
+        best = f" (best {self.best_top1:.4f})" if self.best_top1 is not None else ""
+        state = "finished" if self.finished else "stopped (continue with --resume)"
+        return [f"{state} at step {self.step}, epoch {self.epoch}{val}{best} in {self.seconds:.0f} s",
+                f"run {self.run_dir}"]
+
 
 # ---------------------------------------------------------------------------------------------
 def train_step(model, batches: list[dict], optimizer, objective, *, progress: float, epoch: int = 0, scaler=None,
@@ -112,15 +119,13 @@ def run_train(cfg: TrainConfig) -> TrainResult:
                              stall_timeout=cfg.stall_timeout) as (info, device):
         # -- the inputs and the run --------------------------------------------------------------
         inputs = resolve_inputs(cfg)
-        if info.is_main and (inputs.store_url or inputs.teacher is not None):
-            print(f"weak labels: {_weak_labels(inputs)}", file=sys.stderr)
+        _say_weak_labels(inputs, info)
         strong = resolve_model_name(cfg.strong)
         precision = distributed.resolve_precision(cfg.precision, device)
         decoder = resolve_decoder(cfg.decode, device, loading_only=cfg.loading_only + (
             ("--mixup (replayed from a per-view store)",) if inputs.mix else ()))
         workers = loading_processes(cfg.workers)
-        name = cfg.run or f"{slug(strong)}-{cfg.loss}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
-        run_dir = distributed.on_main(lambda: open_run(name, cfg.workspace, resume=cfg.resume))  # the main's name
+        run_dir = distributed.on_main(lambda: open_run(_run_name(cfg, strong), cfg.workspace, resume=cfg.resume))
         log = MetricsLog(os.path.join(run_dir, "metrics.jsonl"), info.is_main)  # and TensorBoard events
 
         # -- model, optimizer, schedule -------------------------------------------------------------
@@ -128,102 +133,168 @@ def run_train(cfg: TrainConfig) -> TrainResult:
         model, data_config = _student(cfg, strong, inputs.num_classes, device)
         optimizer = build_optimizer(model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                     momentum=cfg.momentum, layer_decay=cfg.layer_decay)
-        ema = build_ema(model, cfg.model_ema_decay) if cfg.model_ema else None
-        averaged = ema.module if ema is not None else None
         accum = cfg.grad_accum  # batches per optimizer step; a step is one optimizer step
         steps_per_epoch = cfg.steps_per_epoch or max(1, _count(inputs) // (cfg.batch_size * accum * info.world_size))
         total_steps = steps_per_epoch * cfg.epochs
         schedule = Schedule(optimizer, _schedule_spec(cfg, steps_per_epoch))
-        scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
         settings = run_settings(cfg, strong=strong, data_source=inputs.record, precision_resolved=precision,
                                 device_type=device.type, decode_resolved=decoder, workers_resolved=workers,
                                 world_size=info.world_size, steps_per_epoch=steps_per_epoch)
+        state = RunState(model, build_ema(model, cfg.model_ema_decay) if cfg.model_ema else None, optimizer,
+                         torch.amp.GradScaler(device.type) if precision == "fp16" else None, log, device, info,
+                         Checkpoints(run_dir, info.is_main, ema_decay=cfg.model_ema_decay, common=dict(
+                             model_name=strong, data_config={**data_config}, precision=precision, settings=settings,
+                             **_described(cfg, inputs))))
         # From here each rank draws from its own generators (dropout masks, say); the data's
         # augmentation draws from none of them (views/params.py).
         seed_everything(view_seed(cfg.seed, "train", str(info.rank), 0))
 
         # -- start, or resume exactly where last.pt left off ----------------------------------------
-        step, best_top1, sums = 0, None, {}
-        if cfg.resume:
-            step, best_top1, sums = resume(os.path.join(run_dir, "last.pt"), settings, run_dir, model=model,
-                                           optimizer=optimizer, scaler=scaler, ema=averaged, rank=info.rank,
-                                           device=device)
-            log.truncate_after(step)
-        elif info.is_main:
-            write_config(run_dir, {**asdict(cfg), **settings, "num_classes": inputs.num_classes,
-                                   "data_config": data_config, "tool_version": __version__})
-        totals = EpochTotals(sums)
-        log.open_board(step)
+        step = state.start(cfg, run_dir, settings, {"num_classes": inputs.num_classes, "data_config": data_config})
         net, no_sync = distributed.wrap_model(model, device, info, compile=cfg.compile)
-        checkpoints = Checkpoints(run_dir, info.is_main, ema_decay=cfg.model_ema_decay, common=dict(
-            model_name=strong, num_classes=inputs.num_classes, data_config={**data_config},
-            class_names=inputs.class_names, precision=precision, config=asdict(cfg), settings=settings,
-            data=inputs.record, tool_version=__version__))
-        save = dict(optimizer=optimizer, scaler=scaler)
 
         # -- data, objective, validation ------------------------------------------------------------
         autocast = distributed.autocast(precision, device)
         batches, step_inputs = _data(cfg, inputs, data_config, decoder, workers, device, info, start_step=step * accum,
                                      autocast=autocast)
-        objective = make_objective(cfg.loss, temperature=cfg.kd_temperature, threshold=cfg.threshold,
-                                   warmup_frac=cfg.warmup_frac, ramp=cfg.ramp, epochs=cfg.epochs,
-                                   beta_warmup_frac=cfg.beta_warmup_frac, gt_weight=cfg.gt_weight,
-                                   kd_weight=cfg.kd_weight, smoothing=cfg.smoothing)
+        objective = _objective(cfg)
         validate = _validator(inputs.val, data_config, batch_size=cfg.batch_size, workers=workers, device=device,
                               precision=precision, decoder=decoder)
 
         # -- the loop ------------------------------------------------------------------------------
         net.train(not cfg.linear_probe)  # a linear probe's frozen backbone keeps its normalisation statistics
-        bar = tqdm(total=total_steps, initial=step, unit="step", disable=not (cfg.progress and info.is_main),
-                   desc=f"train {strong} ({cfg.loss})", dynamic_ncols=True)
+        bar = _progress_bar(cfg, info, strong, total_steps, step)
         stop_at = min(total_steps, step + cfg.max_steps) if cfg.max_steps else total_steps
-        window, started, val = MetricWindow(), time.perf_counter(), None
+        window, started = MetricWindow(), time.perf_counter()
         while step < stop_at:
             watchdog.beat("the next batch from the loading processes", f"step {step + 1}, epoch {step // steps_per_epoch + 1}")
             micro = [step_inputs(next(batches), step=step, micro=i) for i in range(accum)]
             lr = schedule.apply(step)  # the rate this step trains with, and the one logged for it
             parts = train_step(net, micro, optimizer, objective, progress=step / total_steps,
-                               epoch=step // steps_per_epoch, scaler=scaler, clip_grad=cfg.clip_grad,
+                               epoch=step // steps_per_epoch, scaler=state.scaler, clip_grad=cfg.clip_grad,
                                autocast=autocast, no_sync=no_sync)
             step += 1
-            if ema is not None:
-                ema.update(model, step=step)
+            state.stepped(step)
             window.add(step, parts, sum(len(b["image"]) for b in micro) * info.world_size,
                        sum(b["dropped"] for b in micro))
             bar.update(1)
             epoch, epoch_end = step // steps_per_epoch, step % steps_per_epoch == 0
             if step % cfg.log_every == 0 or step == stop_at or epoch_end:
-                bar.set_postfix(loss=f"{_log_window(window, totals, log, step, lr, info, steps_per_epoch):.3f}")
+                bar.set_postfix(loss=f"{_log_window(window, state.totals, log, step, lr, info, steps_per_epoch):.3f}")
             if epoch_end:  # the epoch's evaluation, its record and its checkpoints
-                distributed.sync_norm_stats((model, averaged), info.world_size)
-                val, record = _validation(validate, model, averaged, step, epoch)
-                if val and (best_top1 is None or val["top1"] > best_top1):
-                    best_top1 = val["top1"]
-                    checkpoints.save_best(model, step=step, epoch=epoch, best_top1=best_top1)
-                log.write({**record, **(totals.epoch_figures(cfg.skip_missing) if LOSSES[cfg.loss].needs_weak else {})})
-                totals.next_epoch()
-                checkpoints.save_last(model, step=step, epoch=epoch, best_top1=best_top1, ema=averaged,
-                                      ranks=_rank_states(model, device, totals, averaged), **save)
+                state.end_epoch(step, epoch, validate, weak=LOSSES[cfg.loss].needs_weak, skip_missing=cfg.skip_missing)
         bar.close()
 
         # -- finish ----------------------------------------------------------------------------------
-        if step % steps_per_epoch:  # stopped mid-epoch by --max-steps
-            ranks = _rank_states(model, device, totals, averaged)  # before the averaging
-            distributed.sync_norm_stats((model, averaged), info.world_size)
-            checkpoints.save_last(model, step=step, epoch=step // steps_per_epoch, best_top1=best_top1, ema=averaged,
-                                  ranks=ranks, **save)
-        finished = step >= total_steps
-        if finished:
-            log.write({"kind": "end", "step": step, "epoch": cfg.epochs, "weights_sha256": _equal_weights(model),
-                       "best_val_top1": best_top1, "seconds": time.perf_counter() - started,
-                       **({"dropped_missing": totals.dropped_total} if cfg.skip_missing else {})})
+        if step % steps_per_epoch:  # stopped mid-epoch by --max-steps: the state resumes from here
+            state.save_last(step, step // steps_per_epoch)
+        if finished := step >= total_steps:
+            state.end_record(step, cfg, seconds=time.perf_counter() - started)
         log.close()
         distributed.barrier()
-        return TrainResult(run_dir, step, step // steps_per_epoch, finished, val["top1"] if val else None,
-                           val["top5"] if val else None, best_top1, time.perf_counter() - started)
+        return state.result(run_dir, step, step // steps_per_epoch, finished, time.perf_counter() - started)
+
+
+@dataclass
+class RunState:
+    """What a run carries from step to step besides the batches: the model and its weight average,
+    the optimizer and loss scaler, the epoch's running figures, the best validation top-1, and where
+    they are written (metrics.jsonl, last.pt, best.pt, ema.pt)."""
+
+    model: torch.nn.Module
+    ema: object | None  # the weight average (--model-ema): timm's ModelEmaV3
+    optimizer: object
+    scaler: object | None  # fp16's loss scaler
+    log: MetricsLog
+    device: object
+    info: object  # distributed.DistInfo
+    checkpoints: Checkpoints
+    totals: EpochTotals | None = None
+    best_top1: float | None = None
+    val: dict | None = None  # the last evaluation's figures
+
+    @property
+    def averaged(self) -> torch.nn.Module | None:
+        """The weight average's module (--model-ema), or None."""
+        return self.ema.module if self.ema is not None else None
+
+    def stepped(self, step: int) -> None:
+        """After optimizer step `step`: the weight average follows the weights."""
+        if self.ema is not None:
+            self.ema.update(self.model, step=step)
+
+    def start(self, cfg: TrainConfig, run_dir: str, settings: dict, described: dict) -> int:
+        """The step the run starts at: 0 (config.json written), or where last.pt left off (--resume:
+        the weights, optimizer, generators and the epoch's figures restored)."""
+        step, sums = 0, {}
+        if cfg.resume:
+            step, self.best_top1, sums = resume(os.path.join(run_dir, "last.pt"), settings, run_dir, model=self.model,
+                                                optimizer=self.optimizer, scaler=self.scaler, ema=self.averaged,
+                                                rank=self.info.rank, device=self.device)
+            self.log.truncate_after(step)
+        elif self.info.is_main:
+            write_config(run_dir, {**asdict(cfg), **settings, **described, "tool_version": __version__})
+        self.totals = EpochTotals(sums)
+        self.log.open_board(step)
+        return step
+
+    def end_epoch(self, step: int, epoch: int, validate, *, weak: bool, skip_missing: bool) -> None:
+        """The epoch's evaluation (every rank's normalisation statistics averaged first), its record,
+        best.pt where it is the best so far, and last.pt."""
+        distributed.sync_norm_stats((self.model, self.averaged), self.info.world_size)
+        self.val, record = _validation(validate, self.model, self.averaged, step, epoch)
+        if self.val and (self.best_top1 is None or self.val["top1"] > self.best_top1):
+            self.best_top1 = self.val["top1"]
+            self.checkpoints.save_best(self.model, step=step, epoch=epoch, best_top1=self.best_top1)
+        self.log.write({**record, **(self.totals.epoch_figures(skip_missing) if weak else {})})
+        self.totals.next_epoch()
+        self.save_last(step, epoch, averaged_already=True)
+
+    def result(self, run_dir: str, step: int, epoch: int, finished: bool, seconds: float) -> TrainResult:
+        val = self.val or {}
+        return TrainResult(run_dir, step, epoch, finished, val.get("top1"), val.get("top5"), self.best_top1, seconds)
+
+    def end_record(self, step: int, cfg: TrainConfig, seconds: float) -> None:
+        """The run's last metrics record, with every rank's weights digest, checked equal."""
+        self.log.write({"kind": "end", "step": step, "epoch": cfg.epochs, "weights_sha256": _equal_weights(self.model),
+                        "best_val_top1": self.best_top1, "seconds": seconds,
+                        **({"dropped_missing": self.totals.dropped_total} if cfg.skip_missing else {})})
+
+    def save_last(self, step: int, epoch: int, averaged_already: bool = False) -> None:
+        """last.pt, with every rank's own state (taken before the ranks' statistics are averaged)."""
+        ranks = _rank_states(self.model, self.device, self.totals, self.averaged)
+        if not averaged_already:
+            distributed.sync_norm_stats((self.model, self.averaged), self.info.world_size)
+        self.checkpoints.save_last(self.model, step=step, epoch=epoch, best_top1=self.best_top1, ema=self.averaged,
+                                   ranks=ranks, optimizer=self.optimizer, scaler=self.scaler)
 
 
 # ---------------------------------------------------------------------------------------------
+def _described(cfg: TrainConfig, inputs: Inputs) -> dict:
+    """What every checkpoint of the run says of it besides the weights and the model."""
+    return dict(num_classes=inputs.num_classes, class_names=inputs.class_names, config=asdict(cfg), data=inputs.record,
+                tool_version=__version__)
+
+
+def _progress_bar(cfg: TrainConfig, info, strong: str, total_steps: int, step: int):
+    return tqdm(total=total_steps, initial=step, unit="step", disable=not (cfg.progress and info.is_main),
+                desc=f"train {strong} ({cfg.loss})", dynamic_ncols=True)
+
+
+def _run_name(cfg: TrainConfig, strong: str) -> str:
+    """--run-name, or <model>-<loss>-<time> (the main process's, shared with every rank)."""
+    return cfg.run or f"{slug(strong)}-{cfg.loss}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def _objective(cfg: TrainConfig):
+    """The run's objective (train/losses.py): its loss from the table, with its schedule, and the
+    --gt-weight term."""
+    return make_objective(cfg.loss, temperature=cfg.kd_temperature, threshold=cfg.threshold,
+                          warmup_frac=cfg.warmup_frac, ramp=cfg.ramp, epochs=cfg.epochs,
+                          beta_warmup_frac=cfg.beta_warmup_frac, gt_weight=cfg.gt_weight, kd_weight=cfg.kd_weight,
+                          smoothing=cfg.smoothing)
+
+
 def _student(cfg: TrainConfig, strong: str, num_classes: int, device):
     """The strong model on `device`, and its evaluation data config (with --crop-pct: evaluation's
     geometry, saved with every checkpoint for `eval` and `label`). Under --linear-probe only the
@@ -244,12 +315,16 @@ def _student(cfg: TrainConfig, strong: str, num_classes: int, device):
     return model, data_config
 
 
-def _weak_labels(inputs: Inputs) -> str:
-    """Where the weak labels come from, said once when a run starts."""
+def _say_weak_labels(inputs: Inputs, info) -> None:
+    """Where the weak labels come from, said once (by the main process) when a run starts."""
+    if not info.is_main or not (inputs.store_url or inputs.teacher is not None):
+        return
     if inputs.teacher is not None:
-        return f"online teacher {inputs.teacher.name} ({inputs.teacher.checkpoint})"
-    views = f"; its {inputs.view_passes} views replayed" if inputs.view_passes else ""
-    return f"store {inputs.store_url} ({inputs.store_chosen}{views})"
+        said = f"online teacher {inputs.teacher.name} ({inputs.teacher.checkpoint})"
+    else:
+        views = f"; its {inputs.view_passes} views replayed" if inputs.view_passes else ""
+        said = f"store {inputs.store_url} ({inputs.store_chosen}{views})"
+    print(f"weak labels: {said}", file=sys.stderr)
 
 
 def _schedule_spec(cfg: TrainConfig, steps_per_epoch: int) -> ScheduleSpec:
@@ -271,7 +346,7 @@ def _data(cfg: TrainConfig, inputs: Inputs, data_config: dict, decoder: str, wor
                      views=inputs.view_passes > 0, trust=cfg.weight_by, members=inputs.members,
                      ensemble=inputs.ensemble) if cfg.weak_from == "store" else None
     teacher = OnlineTeacher(inputs.teacher, data_config, device, autocast) if inputs.teacher is not None else None
-    need_labels = cfg.loss == "gt" or cfg.gt_weight > 0
+    need_labels = cfg.needs_labels
     stream = TrainStream(inputs.urls, augment=augment, image_fields=inputs.image_fields,
                          label_field=inputs.label_field, need_labels=need_labels, join=join, seed=cfg.seed,
                          rank=info.rank, world_size=info.world_size, shuffle_buffer=cfg.shuffle_buffer,

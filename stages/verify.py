@@ -50,7 +50,7 @@ class VerifyConfig:
 
     def __post_init__(self):
         if self.recompute < 0:
-            raise W2SError(f"--recompute {self.recompute} is invalid: must be 0 or more")
+            raise W2SError(f"--recompute {self.recompute} is invalid: must be 0 or more", option="--recompute")
 
 
 @dataclass
@@ -68,6 +68,12 @@ class VerifyReport:
     @property
     def ok(self) -> bool:
         return all(n == 0 for _, n in self.checks)
+
+    def summary(self) -> list[str]:
+        lines = [f"{'ok' if not found else 'FAIL'}  {check}" + (f": {found} problems" if found else "")
+                 for check, found in self.checks]
+        lines += [f"  {problem}" for problem in self.problems]
+        return lines + ([f"store {self.store}: no problems found"] if self.ok else [])
 
 
 def _softmax_stats64(logits: np.ndarray) -> dict[str, np.ndarray]:
@@ -108,70 +114,17 @@ def run_verify(cfg: VerifyConfig) -> VerifyReport:
             report.add("index rows", [f"index.parquet has {index.num_rows} rows, the shards {position} samples"])
             index = None
     marker_problems, value_problems, index_problems, data_problems = [], [], [], []
-    arrays_spec = schema.store_arrays(store.attrs)
     done = store.done_shards()
     for i, s in enumerate(store.shards):
         if i not in done:
             continue
-        name = s["name"]
-        done_file = schema.shard_file(schema.DONE_DIR, i, ".json")
-        try:
-            rows = store.shard_rows(i)
-            with store.fs.open(join(store.path, done_file), "rb") as f:
-                marker = json.load(f)
-            count, skipped = int(marker.get("count", -1)), list(marker.get("skipped", []))
-        except W2SError as exc:
-            marker_problems.append(str(exc))
+        read = _shard_and_marker(store, i, marker_problems)
+        if read is None:
             continue
-        except (ValueError, TypeError, AttributeError) as exc:
-            marker_problems.append(f"shard {name}: {done_file} is not a completion marker ({exc})")
-            continue
-        whole = any(k["key"] is None for k in skipped)
-        if (not whole and count + len(skipped) != int(s["count"])) or marker.get("start") != i * store.capacity:
-            marker_problems.append(f"shard {name}: {done_file} says {count} rows and {len(skipped)} skipped from "
-                                   f"{marker.get('start')}, the data source {s['count']} samples from {i * store.capacity}")
-        if len(rows.keys) != count:
-            marker_problems.append(f"shard {name}: {len(rows.keys)} rows in its index part, {count} in {done_file}")
-            continue
-        if marker.get("sha256") != schema.shard_digest(rows.keys, {k: rows.arrays[k] for k in arrays_spec}):
-            marker_problems.append(f"shard {name}: rows differ from what label wrote (their sha256 is not {done_file}'s)")
-        # Values: finite, statistics consistent with the stored logits.
-        tensor = rows.arrays["logits"] if "logits" in rows.arrays else rows.arrays["topk_values"]
-        bad = ~np.isfinite(tensor.astype(np.float32)).all(axis=1)
-        value_problems += [f"shard {name}, key {rows.keys[j]!r}: non-finite logits" for j in np.nonzero(bad)[0]]
-        pred = rows.arrays["pred"]
-        if "logits" in rows.arrays:
-            logits = rows.arrays["logits"].astype(np.float32)
-            best = logits.max(axis=1)
-            wrong_pred = logits[np.arange(count), np.clip(pred, 0, store.num_classes - 1)] != best
-            value_problems += [f"shard {name}, key {rows.keys[j]!r}: pred {pred[j]} is not the argmax of the logits"
-                               for j in np.nonzero(wrong_pred & ~bad)[0]]
-            expected = _softmax_stats64(np.where(bad[:, None], 0, logits))
-            for stat, values in expected.items():
-                off = np.abs(rows.arrays[stat].astype(np.float64) - values) > 1e-5
-                value_problems += [f"shard {name}, key {rows.keys[j]!r}: {stat} {rows.arrays[stat][j]:.6g} disagrees "
-                                   f"with the logits ({values[j]:.6g})" for j in np.nonzero(off & ~bad)[0]]
-        else:
-            off = pred != rows.arrays["topk_indices"][:, 0]
-            value_problems += [f"shard {name}, key {rows.keys[j]!r}: pred is not the top-1 index" for j in np.nonzero(off)[0]]
-        value_problems += _view_problems(rows, name)
-        padding = store.group["pred"][i * store.capacity + count : (i + 1) * store.capacity]
-        if (padding != -1).any():
-            value_problems.append(f"shard {name}: padding rows after row {count} hold values")
-        # The index agrees with the arrays.
-        if index is not None:
-            part = index.slice(offsets[name], count)
-            if part.column("key").to_pylist() != rows.keys or set(part.column("shard").to_pylist()) - {name}:
-                index_problems.append(f"shard {name}: index.parquet keys differ from the shard's rows")
-            expected_rows = np.arange(i * store.capacity, i * store.capacity + count)
-            if not np.array_equal(part.column("row").to_numpy(), expected_rows):
-                index_problems.append(f"shard {name}: index.parquet row numbers are not its row range")
-            for stat in schema.STAT_ARRAYS:
-                if not np.array_equal(part.column(stat).to_numpy(), rows.arrays[stat], equal_nan=True):
-                    index_problems.append(f"shard {name}: index.parquet column {stat} differs from the {stat} array")
-            if cfg.check_data and "label" in part.column_names and store.attrs["data"].get("label_field"):
-                index_problems += _check_labels(s, rows.keys, part.column("label").to_pylist(),
-                                                store.attrs["data"]["label_field"])
+        rows, count, skipped, whole = read
+        value_problems += _value_problems(store, i, rows, count)
+        if index is not None:  # the index agrees with the arrays
+            index_problems += _index_problems(store, i, rows, index.slice(offsets[s["name"]], count), cfg.check_data)
         # The data: exactly one row per sample, in order, and the same files.
         if cfg.check_data and not whole:
             data_problems += _check_shard_data(s, rows.keys, {k["key"] for k in skipped})
@@ -187,6 +140,79 @@ def run_verify(cfg: VerifyConfig) -> VerifyReport:
                     f"largest logit difference {views['diff']:.3g}") if views["views"] else ""
         report.add(f"recomputed {cfg.recompute} samples with the weak model{replayed}", problems)
     return report
+
+
+def _shard_and_marker(store, i: int, problems: list):
+    """(rows, count, skipped, whole: the shard skipped whole) of done shard `i`, its marker checked
+    against its rows; None (its problems added to `problems`) where they cannot be read or disagree."""
+    s, arrays_spec = store.shards[i], schema.store_arrays(store.attrs)
+    name, done_file = s["name"], schema.shard_file(schema.DONE_DIR, i, ".json")
+    try:
+        rows = store.shard_rows(i)
+        with store.fs.open(join(store.path, done_file), "rb") as f:
+            marker = json.load(f)
+        count, skipped = int(marker.get("count", -1)), list(marker.get("skipped", []))
+    except W2SError as exc:
+        problems.append(str(exc))
+        return None
+    except (ValueError, TypeError, AttributeError) as exc:
+        problems.append(f"shard {name}: {done_file} is not a completion marker ({exc})")
+        return None
+    whole = any(k["key"] is None for k in skipped)
+    if (not whole and count + len(skipped) != int(s["count"])) or marker.get("start") != i * store.capacity:
+        problems.append(f"shard {name}: {done_file} says {count} rows and {len(skipped)} skipped from "
+                        f"{marker.get('start')}, the data source {s['count']} samples from {i * store.capacity}")
+    if len(rows.keys) != count:
+        problems.append(f"shard {name}: {len(rows.keys)} rows in its index part, {count} in {done_file}")
+        return None
+    if marker.get("sha256") != schema.shard_digest(rows.keys, {k: rows.arrays[k] for k in arrays_spec}):
+        problems.append(f"shard {name}: rows differ from what label wrote (their sha256 is not {done_file}'s)")
+    return rows, count, skipped, whole
+
+
+def _value_problems(store, i: int, rows, count: int) -> list[str]:
+    """Shard `i`'s values: finite, statistics consistent with the stored logits, padding empty."""
+    name, problems = store.shards[i]["name"], []
+    tensor = rows.arrays["logits"] if "logits" in rows.arrays else rows.arrays["topk_values"]
+    bad = ~np.isfinite(tensor.astype(np.float32)).all(axis=1)
+    problems += [f"shard {name}, key {rows.keys[j]!r}: non-finite logits" for j in np.nonzero(bad)[0]]
+    pred = rows.arrays["pred"]
+    if "logits" in rows.arrays:
+        logits = rows.arrays["logits"].astype(np.float32)
+        best = logits.max(axis=1)
+        wrong_pred = logits[np.arange(count), np.clip(pred, 0, store.num_classes - 1)] != best
+        problems += [f"shard {name}, key {rows.keys[j]!r}: pred {pred[j]} is not the argmax of the logits"
+                     for j in np.nonzero(wrong_pred & ~bad)[0]]
+        expected = _softmax_stats64(np.where(bad[:, None], 0, logits))
+        for stat, values in expected.items():
+            off = np.abs(rows.arrays[stat].astype(np.float64) - values) > 1e-5
+            problems += [f"shard {name}, key {rows.keys[j]!r}: {stat} {rows.arrays[stat][j]:.6g} disagrees "
+                         f"with the logits ({values[j]:.6g})" for j in np.nonzero(off & ~bad)[0]]
+    else:
+        off = pred != rows.arrays["topk_indices"][:, 0]
+        problems += [f"shard {name}, key {rows.keys[j]!r}: pred is not the top-1 index" for j in np.nonzero(off)[0]]
+    problems += _view_problems(rows, name)
+    padding = store.group["pred"][i * store.capacity + count : (i + 1) * store.capacity]
+    if (padding != -1).any():
+        problems.append(f"shard {name}: padding rows after row {count} hold values")
+    return problems
+
+
+def _index_problems(store, i: int, rows, part, check_data: bool) -> list[str]:
+    """index.parquet's part of shard `i` against its arrays (and its labels against the shard's own)."""
+    s, problems = store.shards[i], []
+    name, count = s["name"], len(rows.keys)
+    if part.column("key").to_pylist() != rows.keys or set(part.column("shard").to_pylist()) - {name}:
+        problems.append(f"shard {name}: index.parquet keys differ from the shard's rows")
+    expected_rows = np.arange(i * store.capacity, i * store.capacity + count)
+    if not np.array_equal(part.column("row").to_numpy(), expected_rows):
+        problems.append(f"shard {name}: index.parquet row numbers are not its row range")
+    for stat in schema.STAT_ARRAYS:
+        if not np.array_equal(part.column(stat).to_numpy(), rows.arrays[stat], equal_nan=True):
+            problems.append(f"shard {name}: index.parquet column {stat} differs from the {stat} array")
+    if check_data and "label" in part.column_names and store.attrs["data"].get("label_field"):
+        problems += _check_labels(s, rows.keys, part.column("label").to_pylist(), store.attrs["data"]["label_field"])
+    return problems
 
 
 def _check_labels(shard: dict, keys: list[str], stored: list, label_field: str) -> list[str]:

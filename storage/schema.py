@@ -24,6 +24,8 @@ import hashlib
 import numpy as np
 import pyarrow as pa
 
+from ..pipeline.config.groups import RECIPE_DEFAULTS  # the options' one definition (config imports nothing heavy)
+
 FORMAT = "w2s-pipe-store"
 SCHEMA_VERSION = 2  # 2: per-view arrays under views/ (absent from centre-only stores), the `views` attribute
 READABLE_VERSIONS = (1, 2)  # version 1 stores are centre-only; they read as version 2 without views
@@ -162,7 +164,7 @@ def store_attrs(*, weak: dict, num_classes: int, class_names, preprocessing: dic
     config plus "decode"; `data`: {name, split, pattern, image_field, label_field} of the source,
     completed here with its `shards` ({name, url, count, bytes, ...}) and their `fingerprint`. The
     layout gives every shard the rows of the largest (`capacity`), one chunk each. `views`, for a
-    per-view store: {k, seed, recipe, fingerprint} (`VIEW_RECIPE` fields in the recipe)."""
+    per-view store: {k, seed, recipe, fingerprint} (the recipe: config.groups.ViewRecipe.recipe)."""
     capacity = max(int(s["count"]) for s in shards)
     extra = {"views": dict(views)} if views else {}
     layout_extra = {"views": int(views["k"])} if views else {}
@@ -181,27 +183,14 @@ def store_attrs(*, weak: dict, num_classes: int, class_names, preprocessing: dic
     }
 
 
-# What a per-view store's views were drawn with: `train` must draw with the same to replay them
-# (`params.TrainViews`: the crop's smallest area fraction and its aspect ratios, the flip chance;
-# `pixels.TrainAugment`: the auto-augment policy and colour jitter, drawn per view; the random
-# erasing chance, each view's box and noise drawn with it: `erasing.erase_where`).
-# `mixing.MixRecipe`: mixup and cutmix drawn per view, the partner from the sample's shard.
-VIEW_RECIPE = ("crop_scale", "ratio", "hflip", "aa", "color_jitter", "reprob", "mixup", "cutmix", "mixup_prob",
-               "mixup_switch_prob")
-
-
-# A view recipe's defaults: what a store recorded before the recipe named an option meant.
-VIEW_RECIPE_DEFAULTS = {"aa": None, "color_jitter": 0.0, "reprob": 0.0, "mixup": 0.0, "cutmix": 0.0, "mixup_prob": 1.0,
-                        "mixup_switch_prob": 0.5}
-
-
 def views_meta(attrs: dict) -> dict | None:
-    """A per-view store's `views` attribute with its recipe's unnamed options at their defaults
-    (None for a centre store)."""
+    """A per-view store's `views` attribute with the view recipe's options it predates (recorded
+    before the option existed) at their defaults (None for a centre store). What a recipe records
+    and means is config.groups.ViewRecipe's: `train` must draw with the same to replay its views."""
     meta = attrs.get("views")
     if not meta:
         return None
-    return {**meta, "recipe": {**VIEW_RECIPE_DEFAULTS, **(meta.get("recipe") or {})}}
+    return {**meta, "recipe": {**RECIPE_DEFAULTS, **(meta.get("recipe") or {})}}
 
 
 def preprocessing(attrs: dict) -> dict:

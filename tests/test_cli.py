@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from conftest import make_checkpoint
 from w2s_pipe.cli import cli
+from w2s_pipe.errors import W2SError
 
 
 def run(*args):
@@ -160,3 +161,14 @@ def test_ctrl_c_exits_130(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err[-500:]
     assert "interrupted" in err
+
+
+def test_an_error_carries_the_option_it_is_about_as_data():
+    """cli.py says which recipe set a bad value from the error's option, never from its wording."""
+    from w2s_pipe.stages.train_config import TrainConfig
+
+    for options, flag in (({"lr": -1}, "--lr"), ({"loss": "nope"}, "--loss"), ({"hflip": 2.0}, "--hflip"),
+                          ({"keep_frac": 0.5, "loss": "gt"}, "--select"), ({"resume": True}, "--resume")):
+        with pytest.raises(W2SError) as caught:
+            TrainConfig(strong="x", **options)
+        assert caught.value.option == flag, (options, str(caught.value))

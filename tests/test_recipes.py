@@ -19,7 +19,7 @@ OPTIONS = recipe_options()
 
 
 def test_recipe_keys_are_the_train_commands_options():
-    assert set(OPTIONS) == {p.name for p in cli.commands["train"].params} - {"config", "quiet"}
+    assert set(OPTIONS) == {p.name for p in cli.commands["train"].params} - {"config", "progress"}
 
 
 def test_every_shipped_recipe_opens_with_its_command_and_sets_only_options():

@@ -365,10 +365,11 @@ def test_mixed_views_are_labelled_only_without_skipping():
 
 
 def test_a_recipe_recorded_before_an_option_existed_is_the_same_job_at_its_default():
+    from w2s_pipe.pipeline.config.groups import RECIPE_DEFAULTS
     from w2s_pipe.storage.writer import identity_mismatch
 
     old = {"views": {"k": 2, "seed": 0, "recipe": {"crop_scale": 0.6, "ratio": [0.75, 4 / 3], "hflip": 0.0}}}
-    same = {"views": {"k": 2, "seed": 0, "recipe": {**old["views"]["recipe"], **schema.VIEW_RECIPE_DEFAULTS}}}
+    same = {"views": {"k": 2, "seed": 0, "recipe": {**RECIPE_DEFAULTS, **old["views"]["recipe"]}}}
     assert identity_mismatch(old, same) is None
     mixed = {"views": {"k": 2, "seed": 0, "recipe": {**same["views"]["recipe"], "mixup": 0.8}}}
     assert "views is" in identity_mismatch(old, mixed)

@@ -21,17 +21,21 @@ PRECISION_OPTIONS = ("auto", *PRECISIONS)
 
 @dataclass(frozen=True)
 class Loss:
-    needs_weak: bool  # reads the weak labels (a store); "gt" reads only the ground truth
-    summary: str
+    summary: str  # for --help
+    needs_weak: bool  # reads the weak labels (a store, or the online teacher)
+    needs_gt: bool  # reads the ground truth (any loss does with --gt-weight)
+    term: str  # the function of pipeline/train/losses.py that computes it (found there by this name)
 
 
-# The training losses, in the order the command line lists them (losses.py implements each).
+# The one table of the training losses, in the order the command line lists them; a name not in it
+# is refused, never defaulted (losses.objective).
 LOSSES = {
-    "adaptconf": Loss(True, "adaptive confidence loss (Guo et al. 2024), per-sample beta"),
-    "augconf": Loss(True, "(1-alpha) KD + alpha CE(s, argmax s), alpha ramped over --warmup-frac of the run"),
-    "kd": Loss(True, "T^2-scaled KL to the weak soft labels"),
-    "hard": Loss(True, "cross-entropy on the weak argmax"),
-    "gt": Loss(False, "ground-truth cross-entropy (weak model, strong ceiling)"),
+    "adaptconf": Loss("adaptive confidence loss (Guo et al. 2024), per-sample beta", True, False, "adaptconf_term"),
+    "augconf": Loss("(1-alpha) KD + alpha CE(s, argmax s), alpha ramped over --warmup-frac of the run", True, False,
+                    "augconf_term"),
+    "kd": Loss("T^2-scaled KL to the weak soft labels", True, False, "kd_term"),
+    "hard": Loss("cross-entropy on the weak argmax", True, False, "hard_term"),
+    "gt": Loss("ground-truth cross-entropy (weak model, strong ceiling)", False, True, "gt_term"),
 }
 LOSS_NAMES = tuple(LOSSES)
 
@@ -64,4 +68,4 @@ def check_choice(option: str, value, choices, *, allow_none: bool = False) -> No
     if value is None and allow_none:
         return
     if value not in choices:
-        raise W2SError(f"{option} {value!r} is invalid: choose one of {', '.join(choices)}")
+        raise W2SError(f"{option} {value!r} is invalid: choose one of {', '.join(choices)}", option=option)

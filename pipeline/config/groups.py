@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from ...errors import W2SError
-from .choices import ENSEMBLES, LOSSES, PRECISION_OPTIONS, RAMPS, RANK_BY, SCHEDULES, WEIGHT_BY
+from .choices import DECODE_OPTIONS, ENSEMBLES, LOSSES, PRECISION_OPTIONS, RAMPS, RANK_BY, SCHEDULES, WEIGHT_BY
 from .options import bad, option
 
 KW = dict(frozen=True, kw_only=True)
@@ -17,19 +17,34 @@ KW = dict(frozen=True, kw_only=True)
 
 @dataclass(**KW)
 class Loading:
-    """How a stage reads its data and computes: the loading processes, the device and precision."""
+    """How a stage reads its data and computes: the loading processes, the decoder, the device and
+    the precision."""
 
     batch_size: int = option(256, "Images per forward pass (train: per step and rank).", at_least=1)
     workers: int | None = option(None, "Data-loading processes [default: this rank's share of the CPU cores, less "
                                        "one]; 0 loads in the main process.", at_least=0)
-    precision: str = option("auto", "Autocast precision; auto is bf16 on GPU and on CPUs with native bf16, else fp32.",
-                            choices=PRECISION_OPTIONS)
+    decode: str = option("auto", "Where images are decoded and resized. gpu: the loading processes only read bytes; "
+                                 "each batch's JPEGs are decoded in one nvJPEG call and cropped in a few batched "
+                                 "launches on the device. cpu: libjpeg-turbo/libpng and uint8 tensor resizing in the "
+                                 "loading processes (2.7x less CPU than pil). pil: PIL, timm's reference transforms to "
+                                 "the pixel. All three draw the same view of a sample. auto: gpu where there is a CUDA "
+                                 "device and nothing needs the loading processes (--aa, --color-jitter, label --views), "
+                                 "else cpu; label: the decoder an existing store began with, which it finishes with.",
+                         choices=DECODE_OPTIONS)
     device: str = option("auto", "auto, cpu, cuda or cuda:N; under torchrun each process takes the GPU of its local "
                                  "rank.")
+    precision: str = option("auto", "Autocast precision; auto is bf16 on GPU and on CPUs with native bf16, else fp32 "
+                                    "(a store's statistics are computed in float64).", choices=PRECISION_OPTIONS)
+
+
+@dataclass(**KW)
+class Watched:
+    """A long stage's watchdog and progress bar (runtime/watchdog.py)."""
+
     stall_timeout: float = option(600.0, "Seconds a rank may wait for a batch, a step or the other ranks before it ends "
                                          "the run with one line naming the rank, where it was and what it waited for, "
                                          "then every thread's stack (exit 124); also the process group's collective "
-                                         "timeout under torchrun. 0: wait for ever.", at_least=0, recipe=False)
+                                         "timeout under torchrun. 0: wait for ever.", at_least=0)
     progress: bool = option(True, "No progress bar.", flag="--quiet", negate=True, recipe=False)
 
 
@@ -85,17 +100,10 @@ class ViewRecipe:
         return {"crop_scale": out.pop("crop_scale"), "ratio": list(ratio), **out}
 
 
+# A store's recorded view recipe: its keys (but the crop's aspect ratios, the tool's) and defaults,
+# the values of options a store predates (storage.schema.views_meta).
 RECIPE_KEYS = tuple(f.name for f in fields(ViewRecipe) if f.name != "seed")
 RECIPE_DEFAULTS = {f.name: f.default for f in fields(ViewRecipe) if f.name != "seed"}
-
-
-def recorded_views(attrs: dict) -> dict | None:
-    """A per-view store's `views` attribute with the recipe options it predates at their defaults
-    (None for a centre store)."""
-    meta = attrs.get("views")
-    if not meta:
-        return None
-    return {**meta, "recipe": {**RECIPE_DEFAULTS, **(meta.get("recipe") or {})}}
 
 
 @dataclass(**KW)

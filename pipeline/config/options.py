@@ -40,6 +40,7 @@ class Option:
     recipe: bool = True  # a recipe may set it (train --config)
     negate: bool = False  # a flag that sets the field False (--quiet: progress)
     argument: bool = False  # positional (prepare folder SRC), not --name
+    unit: str | None = None  # of the range ("must be at least 8 pixels")
 
     def problem(self, value) -> str | None:
         """Why `value` is invalid for this option, or None."""
@@ -53,7 +54,7 @@ class Option:
             return "is not a number"
         too_low = self.low is not None and (value <= self.low if self.low_open else value < self.low)
         too_high = self.high is not None and (value >= self.high if self.high_open else value > self.high)
-        return self.range_text() if too_low or too_high else None
+        return self.range_text() + (f" {self.unit}" if self.unit else "") if too_low or too_high else None
 
     def range_text(self) -> str | None:
         """The range in words, as the errors and --help say it."""
@@ -127,3 +128,20 @@ def check(config) -> None:
 def defaults(config) -> dict:
     """{field: default} of a config class's fields that have one."""
     return {f.name: f.default for f in dataclasses.fields(config) if f.default is not NO_DEFAULT}
+
+
+def field_of(config, name: str) -> dataclasses.Field:
+    """The field `name` of a config class (to reuse its option with `like`)."""
+    return {f.name: f for f in dataclasses.fields(config)}[name]
+
+
+def ordered(config) -> list[tuple[dataclasses.Field, Option]]:
+    """A config class's options in the order --help lists them: the class's own, then each group's
+    in the order the class names its groups."""
+    by_name = dict((f.name, (f, s)) for f, s in options_of(config))
+    order = []
+    for owner in [config, *config.__mro__[1:]]:
+        for name in owner.__dict__.get("__annotations__", {}):
+            if name in by_name and name not in order:
+                order.append(name)
+    return [by_name[name] for name in order]

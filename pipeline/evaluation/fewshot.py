@@ -40,7 +40,7 @@ def draw_episodes(labels: np.ndarray, *, ways: int, shots: int, queries: int, co
     usable = classes[sizes >= shots + queries]
     if len(usable) < ways:
         raise W2SError(f"--ways {ways}: only {len(usable)} classes have --shots {shots} + --queries {queries} samples "
-                       f"(of {len(classes)} classes in the split)")
+                       f"(of {len(classes)} classes in the split)", option="--ways")
     members = {c: np.flatnonzero(labels == c) for c in usable}
     rng = np.random.default_rng(seed)
     out = []

@@ -103,7 +103,8 @@ def decode_images(blobs: list[bytes], device, where: Callable[[int], str]) -> tu
     try:
         from torchvision.io import ImageReadMode, decode_jpeg
     except ImportError:
-        raise W2SError("--decode gpu needs torchvision's decode_jpeg, which this torchvision lacks; use --decode cpu") from None
+        raise W2SError("--decode gpu needs torchvision's decode_jpeg, which this torchvision lacks; use --decode cpu",
+                       option="--decode") from None
     quiet_torchvision()
     images: list = [None] * len(blobs)
     bad: dict[int, str] = {}
@@ -165,9 +166,11 @@ def resolve_decoder(requested: str, device, *, loading_only: tuple[str, ...] = (
         return "gpu" if device.type == "cuda" and not loading_only and not border_crop else "cpu"
     if requested == "gpu":
         if device.type != "cuda":
-            raise W2SError(f"--decode gpu needs a CUDA device, and this run is on {device}; use --decode cpu")
+            raise W2SError(f"--decode gpu needs a CUDA device, and this run is on {device}; use --decode cpu",
+                           option="--decode")
         if loading_only:
             raise W2SError(f"{loading_only[0]} is applied in the loading processes: use --decode cpu or pil with it")
         if border_crop:
-            raise W2SError("--decode gpu cannot apply crop_mode 'border' (padding); use --decode cpu")
+            raise W2SError("--decode gpu cannot apply crop_mode 'border' (padding); use --decode cpu",
+                           option="--decode")
     return requested

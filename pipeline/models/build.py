@@ -64,7 +64,8 @@ def create_model(name: str, num_classes: int, img_size: int | None = None, pretr
             model = timm.create_model(name, pretrained=pretrained, **kwargs)
         except TypeError as exc:
             if drop_path and "drop_path_rate" in str(exc):
-                raise W2SError(f"--drop-path: {name} has no stochastic depth (timm's drop_path_rate)") from None
+                raise W2SError(f"--drop-path: {name} has no stochastic depth (timm's drop_path_rate)",
+                               option="--drop-path") from None
             raise
     if img_size:
         was_training = model.training
@@ -208,7 +209,8 @@ def build_strong(name: str, num_classes: int, *, img_size: int | None = None, pr
         missing = [k for k in own if k not in fitting and k not in head]
         if missing:
             raise W2SError(f"--strong-checkpoint {checkpoint} does not fit {name}: no weights for {missing[0]}"
-                           + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
+                           + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""),
+                           option="--strong-checkpoint")
         model.load_state_dict(fitting, strict=False)
     elif pretrained:
         try:

@@ -142,11 +142,11 @@ def load_run_checkpoint(path: str) -> dict:
     ckpt = read_file(path, advice="the run cannot be continued from it: start a new run (--run-name)")
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise W2SError(f"--resume: {path} is not a checkpoint `w2s-pipe train` wrote; the run cannot be continued: "
-                       "start a new run (--run-name)")
+                       "start a new run (--run-name)", option="--resume")
     missing = [k for k in (*TOOL_KEYS, *RESUME_KEYS) if k not in ckpt]
     if missing:
         raise W2SError(f"--resume: {path} lacks {', '.join(missing)} (damaged, or not a run's last.pt); the run cannot "
-                       "be continued exactly: start a new run (--run-name)")
+                       "be continued exactly: start a new run (--run-name)", option="--resume")
     return ckpt
 
 

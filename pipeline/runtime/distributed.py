@@ -52,16 +52,17 @@ def pick_device(requested: str, local_rank: int = 0):
     try:
         device = torch.device(requested)
     except RuntimeError:
-        raise W2SError(f"--device {requested!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+        raise W2SError(f"--device {requested!r} is not a device; use auto, cpu, cuda or cuda:N",
+                       option="--device") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise W2SError(f"--device {requested} asked for, but no CUDA GPU is available")
+            raise W2SError(f"--device {requested} asked for, but no CUDA GPU is available", option="--device")
         if device.index is None:
             check_gpu_count(local_rank, torch.cuda.device_count())
             device = torch.device(f"cuda:{local_rank}")
         elif device.index >= torch.cuda.device_count():
             raise W2SError(f"--device {requested}: this machine has {torch.cuda.device_count()} GPUs (cuda:0 .. "
-                           f"cuda:{torch.cuda.device_count() - 1})")
+                           f"cuda:{torch.cuda.device_count() - 1})", option="--device")
     return device
 
 
@@ -145,7 +146,8 @@ def session(requested_device: str = "auto", *, deterministic: bool = False, stal
             if deterministic and "does not have a deterministic implementation" in str(exc):
                 op = str(exc).split(" does not have", 1)[0].strip()
                 raise W2SError(f"--deterministic: {op} has no deterministic kernel on {device}, so this model cannot "
-                               "train deterministically there; drop --deterministic (runs then differ slightly)") from None
+                               "train deterministically there; drop --deterministic (runs then differ slightly)",
+                               option="--deterministic") from None
             if info.world_size > 1 and _lost_peer(exc):
                 raise W2SError(f"{watchdog.describe()}: a collective with the other ranks failed, so one of them is "
                                f"gone or stuck ({_first_line(exc)}); look above for its own error; what was finished "

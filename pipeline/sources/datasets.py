@@ -99,6 +99,15 @@ class DataSource:
     label_noise: dict | None = None  # set by noise.scored_on_clean: label_field is then the clean labels
 
 
+def describe_registry(workspace=None) -> list[str]:
+    """`w2s-pipe datasets`: each data set the registry knows, with its classes and splits."""
+    lines = []
+    for name, entry in sorted(load_registry(workspace).items()):
+        splits = ", ".join(f"{s}{'*' if s == entry.label_split else ''}" for s in entry.splits)
+        lines.append(f"{name}: {entry.num_classes} classes; splits {splits}")
+    return [*lines, f"(* the split `label` uses by default; user entries: {user_registry_path(workspace)})"]
+
+
 def user_registry_path(workspace=None) -> Path:
     return Path(os.environ.get("W2S_DATASETS") or workspace_dir(workspace) / "datasets.toml")
 
@@ -200,7 +209,8 @@ def resolve_data(
         except W2SError as exc:
             raise W2SError(f"{exc}; {entry.hint}" if entry.hint else str(exc)) from None
         if num_classes is not None and num_classes != entry.num_classes:
-            raise W2SError(f"--num-classes {num_classes} contradicts dataset {data!r}, which has {entry.num_classes}")
+            raise W2SError(f"--num-classes {num_classes} contradicts dataset {data!r}, which has {entry.num_classes}",
+                           option="--num-classes")
         return DataSource(
             name=data,
             split=split,
@@ -222,14 +232,15 @@ def resolve_data(
             "or pass a shard pattern such as /data/train-{000000..000127}.tar"
         )
     if num_classes is not None and num_classes < 2:
-        raise W2SError(f"--num-classes must be at least 2, got {num_classes}")
+        raise W2SError(f"--num-classes must be at least 2, got {num_classes}", option="--num-classes")
     pattern = expand_vars(data, workspace)
     urls = expand_pattern(pattern, storage_options, where="--data")
     # Shards made by `prepare` carry a manifest with the classes.
     manifest = read_manifest(urls[0].rsplit("/", 1)[0] if "/" in urls[0] else ".", storage_options) or {}
     listed = manifest.get("num_classes")
     if num_classes is not None and listed is not None and num_classes != listed:
-        raise W2SError(f"--num-classes {num_classes} contradicts the shards' manifest, which lists {listed} classes")
+        raise W2SError(f"--num-classes {num_classes} contradicts the shards' manifest, which lists {listed} classes",
+                       option="--num-classes")
     names = manifest.get("class_names")
     return DataSource(
         name="shards",

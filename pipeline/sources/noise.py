@@ -54,7 +54,7 @@ class LabelNoise:
             value = None
         if kind not in NOISE_KINDS or value is None or not 0 <= value <= 1:
             raise W2SError(f"--label-noise {spec!r} is invalid: give symmetric:R or asymmetric:R with R between 0 and 1 "
-                           "(e.g. symmetric:0.2)")
+                           "(e.g. symmetric:0.2)", option="--label-noise")
         return cls(kind, value, seed)
 
     def apply(self, labels: np.ndarray, num_classes: int, mapping: dict[int, int] | None = None) -> np.ndarray:
@@ -67,7 +67,8 @@ class LabelNoise:
             noisy[chosen] = rng.integers(0, num_classes, size=len(chosen))
             return noisy
         if not mapping:
-            raise W2SError("--label-noise asymmetric needs a class map (this data set has none)")
+            raise W2SError("--label-noise asymmetric needs a class map (this data set has none)",
+                           option="--label-noise")
         draws = rng.random(len(labels))
         for source, target in mapping.items():
             move = (labels == source) & (draws < self.rate)
@@ -92,19 +93,20 @@ def read_noise_map(path: str, class_names: list[str]) -> dict[int, int]:
         with open(path) as f:
             doc = json.load(f)
     except (OSError, ValueError) as exc:
-        raise W2SError(f"--noise-map {path}: cannot read it as JSON ({exc})") from None
+        raise W2SError(f"--noise-map {path}: cannot read it as JSON ({exc})", option="--noise-map") from None
     if not isinstance(doc, dict) or not doc:
         raise W2SError(f"--noise-map {path}: must be a JSON object of class name to the class it is mistaken for, "
-                       'e.g. {"cat": "dog", "dog": "cat"}')
+                       'e.g. {"cat": "dog", "dog": "cat"}', option="--noise-map")
     index = {name: i for i, name in enumerate(class_names)}
     mapping = {}
     for source, target in doc.items():
         for name in (source, target):
             if not isinstance(name, str) or name not in index:
                 raise W2SError(f"--noise-map {path}: {name!r} (in {source!r}: {target!r}) is not a class; the classes "
-                               f"are {', '.join(class_names[:10])}{', ...' if len(class_names) > 10 else ''}")
+                               f"are {', '.join(class_names[:10])}{', ...' if len(class_names) > 10 else ''}",
+                               option="--noise-map")
         if source == target:
-            raise W2SError(f"--noise-map {path}: {source!r} maps to itself")
+            raise W2SError(f"--noise-map {path}: {source!r} maps to itself", option="--noise-map")
         mapping[index[source]] = index[target]
     return mapping
 

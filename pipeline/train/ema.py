@@ -15,6 +15,6 @@ from ...errors import W2SError
 def build_ema(model, decay: float):
     """The average, starting from the model's weights, on the model's device."""
     if not 0 < decay < 1:
-        raise W2SError(f"--model-ema-decay {decay} must be between 0 and 1")
+        raise W2SError(f"--model-ema-decay {decay} must be between 0 and 1", option="--model-ema-decay")
     return ModelEmaV3(model, decay=decay)
 

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from ...errors import W2SError
 from ...storage.fsutil import absolute
 from ...storage.reader import open_store, pick_store
-from ...storage.schema import VIEW_RECIPE, views_meta
+from ...storage.schema import views_meta
 from ..config.choices import LOSSES
+from ..config.groups import RECIPE_KEYS
 from ..runtime import distributed
 from ..runtime.workspace import workspace_dir
 from ..sources.datasets import resolve_data
@@ -49,100 +50,116 @@ def resolve_inputs(cfg) -> Inputs:
     `cfg` is a stages.train.TrainConfig.
     """
     from_store = LOSSES[cfg.loss].needs_weak and not cfg.teacher
+    store, chosen, members = _store(cfg, from_store)
+    if from_store or (store is not None and not cfg.data):
+        inputs, source_for_val = _from_store(cfg, store, members, from_store)
+        inputs.store_chosen = chosen
+    else:
+        inputs, source_for_val = _from_data(cfg)
+    if cfg.teacher:
+        teacher = inputs.teacher = load_teacher(cfg.teacher, cfg.teacher_model, inputs.num_classes)
+        inputs.num_classes = teacher.num_classes
+        inputs.record.update(weak=teacher.name, teacher={"model": teacher.name, "checkpoint": teacher.checkpoint,
+                                                         "checkpoint_sha256": teacher.checkpoint_sha256,
+                                                         "data_config": teacher.data_config})
+    inputs.val = None if cfg.no_eval else _validation(cfg, source_for_val, inputs.num_classes, inputs.record)
+    noise = noise_of(inputs.urls, mixed=True)  # what the training labels carry, for report
+    if noise:
+        inputs.record["label_noise"] = {k: noise[k] for k in ("kind", "rate", "seed", "flip_rate", "noised_shards",
+                                                              "shards") if k in noise}
+    return inputs
+
+
+def _store(cfg, from_store: bool) -> tuple:
+    """(the store a run reads, opened and complete, or None; how it was chosen; an ensemble's other
+    --labels, [] for one store)."""
     members = cfg.label_stores if len(cfg.label_stores) > 1 else []
     if members and not from_store:
-        raise W2SError(f"--labels {cfg.labels}: an ensemble of weak labels, which --loss {cfg.loss} does not read")
+        raise W2SError(f"--labels {cfg.labels}: an ensemble of weak labels, which --loss {cfg.loss} does not read",
+                       option="--labels")
     store_url, chosen = (members[0] if members else cfg.labels), "--labels"
     if not store_url and (from_store or not cfg.data) and not cfg.teacher:
         store_url, chosen = pick_store(str(workspace_dir(cfg.workspace) / "stores"), cfg.data, cfg.split)
     if from_store and not store_url:
         raise W2SError(f"{chosen}; run `w2s-pipe label` first or pass --labels PATH")
-    store_url = absolute(store_url) if store_url else None
-    store = open_store(store_url) if store_url else None
+    store = open_store(absolute(store_url)) if store_url else None
     if store is not None:
         store.require_complete()
         a = store.attrs["data"]
         if cfg.data and (cfg.data != a["name"] or (cfg.split and cfg.split != a["split"])) and from_store:
-            raise W2SError(f"store {store_url} labelled {a['name']} split {a['split']}, not --data {cfg.data}"
+            raise W2SError(f"store {store.url} labelled {a['name']} split {a['split']}, not --data {cfg.data}"
                            + (f" --split {cfg.split}" if cfg.split else "") + "; label that data first or pick its store")
-    if from_store or (store is not None and not cfg.data):
-        a = store.attrs["data"]
-        # Shards with no labelled row (unreadable or empty, skipped at labelling) are not read.
-        read = [s for s, n in zip(a["shards"], store.labelled_counts) if n > 0]
-        urls = [s["url"] for s in read]
-        if not cfg.skip_shard_check:
-            _check_unchanged(read, store_url)
-        # Trust nothing unchecked: the index is its parts, and every shard this run reads holds the
-        # rows its marker's sha256 describes, all finite (each rank checks its share).
-        from ..runtime import distributed
+    return store, chosen, members
 
-        info = distributed.dist_info()
-        store.check_rows([s["name"] for s in read][info.rank::info.world_size])
-        store.check_index()
-        members = _members(store, members, cfg, read, info)
-        image_fields = tuple(a["image_field"].split(";"))
-        label_field = a.get("label_field")
-        num_classes, class_names = store.num_classes, store.attrs.get("class_names")
-        data_name, split, pattern = a["name"], a["split"], a["pattern"]
-        if cfg.loss == "gt" or cfg.gt_weight:
-            if "label" not in store.index().column_names:
-                raise W2SError(f"--{'loss gt' if cfg.loss == 'gt' else 'gt-weight'} needs ground-truth labels, but the "
-                               f"shards of store {store_url} carry none (field {label_field!r})")
-        view_passes = replayed_views(store, cfg) if from_store and not members else 0
-        mix = _store_mix(store) if view_passes and store.views_mixed else None
-        how = (cfg.ensemble or "mean-prob") if members else None
-        kept = _kept(store, cfg, mix, members, how)
-        record = {"name": data_name, "split": split, "pattern": pattern, "store": store_url,
-                  "store_id": store_identity(store.attrs), "weak": store.attrs["weak"]["model"],
-                  **({"views": view_passes} if view_passes else {}), **({"selection": kept.record()} if kept else {})}
-        if members:
-            record.update(weak=f"{how} of " + " + ".join(m.attrs["weak"]["model"] for m in members),
-                          ensemble={"how": how, "members": [{"store": m.url, "store_id": store_identity(m.attrs),
-                                                             "weak": m.attrs["weak"]["model"]} for m in members]})
-        entry_source = resolve_data(data_name, split, workspace=cfg.workspace) if data_name != "shards" else None
-        source_for_val = entry_source
+
+def _from_store(cfg, store, members: list, from_store: bool) -> tuple:
+    """(the inputs of a run that reads `store`: its shards, classes, views, selection and ensemble;
+    the data set its validation split comes from, or None)."""
+    a, store_url = store.attrs["data"], store.url
+    # Shards with no labelled row (unreadable or empty, skipped at labelling) are not read.
+    read = [s for s, n in zip(a["shards"], store.labelled_counts) if n > 0]
+    if not cfg.skip_shard_check:
+        _check_unchanged(read, store_url)
+    # Trust nothing unchecked: the index is its parts, and every shard this run reads holds the
+    # rows its marker's sha256 describes, all finite (each rank checks its share).
+    info = distributed.dist_info()
+    store.check_rows([s["name"] for s in read][info.rank::info.world_size])
+    store.check_index()
+    members = _members(store, members, cfg, read, info)
+    label_field = a.get("label_field")
+    if cfg.needs_labels and "label" not in store.index().column_names:
+        raise W2SError(f"--{'loss gt' if cfg.loss == 'gt' else 'gt-weight'} needs ground-truth labels, but the "
+                       f"shards of store {store_url} carry none (field {label_field!r})")
+    view_passes = replayed_views(store, cfg) if from_store and not members else 0
+    mix = _store_mix(store) if view_passes and store.views_mixed else None
+    how = (cfg.ensemble or "mean-prob") if members else None
+    kept = _kept(store, cfg, mix, members, how)
+    record = {"name": a["name"], "split": a["split"], "pattern": a["pattern"], "store": store_url,
+              "store_id": store_identity(store.attrs), "weak": store.attrs["weak"]["model"],
+              **({"views": view_passes} if view_passes else {}), **({"selection": kept.record()} if kept else {})}
+    if members:
+        record.update(weak=f"{how} of " + " + ".join(m.attrs["weak"]["model"] for m in members),
+                      ensemble={"how": how, "members": [{"store": m.url, "store_id": store_identity(m.attrs),
+                                                         "weak": m.attrs["weak"]["model"]} for m in members]})
+    inputs = Inputs([s["url"] for s in read], tuple(a["image_field"].split(";")), label_field, store.num_classes,
+                    store.attrs.get("class_names"), store_url, record, None, view_passes=view_passes, mix=mix,
+                    kept=kept, members=tuple(m.url for m in members), ensemble=how)
+    source = resolve_data(a["name"], a["split"], workspace=cfg.workspace) if a["name"] != "shards" else None
+    return inputs, source
+
+
+def _from_data(cfg) -> tuple:
+    """(the inputs of a run that reads no store: --loss gt, or --teacher, on --data; that data set)."""
+    if not cfg.data:
+        raise W2SError("--loss gt needs --data (and --split), or a label store whose shards carry labels",
+                       option="--loss")
+    source = resolve_data(cfg.data, cfg.split, workspace=cfg.workspace)
+    if source.num_classes is None and not cfg.teacher:  # with a teacher, its head says
+        raise W2SError(f"cannot tell the number of classes of {cfg.data}; use a registry dataset or a manifest")
+    record = {"name": source.name, "split": source.split, "pattern": source.pattern, "store": None}
+    return Inputs(list(source.urls), source.image_fields, source.label_field, source.num_classes,
+                  list(source.class_names or []) or None, None, record, None), source
+
+
+def _validation(cfg, source, num_classes: int, record: dict):
+    """The validation data (a DataSource scored on its clean labels): --val-data, or the training data
+    set's validation split."""
+    if cfg.val_data:
+        val = resolve_data(cfg.val_data, cfg.val_split, workspace=cfg.workspace)
+        if val.num_classes is not None and val.num_classes != num_classes:
+            raise W2SError(f"--val-data {cfg.val_data} has {val.num_classes} classes but the training data "
+                           f"({record['name']} {record['split']}) has {num_classes}", option="--val-data")
+    elif source is not None and (cfg.val_split or source.val_split):
+        val = resolve_data(source.name, cfg.val_split or source.val_split, workspace=cfg.workspace)
     else:
-        if not cfg.data:
-            raise W2SError("--loss gt needs --data (and --split), or a label store whose shards carry labels")
-        source = resolve_data(cfg.data, cfg.split, workspace=cfg.workspace)
-        if source.num_classes is None and not cfg.teacher:  # with a teacher, its head says
-            raise W2SError(f"cannot tell the number of classes of {cfg.data}; use a registry dataset or a manifest")
-        urls, image_fields, label_field = list(source.urls), source.image_fields, source.label_field
-        num_classes, class_names = source.num_classes, list(source.class_names or []) or None
-        record = {"name": source.name, "split": source.split, "pattern": source.pattern, "store": None}
-        source_for_val = source
-        store_url, view_passes, mix, kept, how = None, 0, None, None, None
-    teacher = None
-    if cfg.teacher:
-        teacher = load_teacher(cfg.teacher, cfg.teacher_model, num_classes)
-        num_classes = teacher.num_classes
-        record.update(weak=teacher.name, teacher={"model": teacher.name, "checkpoint": teacher.checkpoint,
-                                                  "checkpoint_sha256": teacher.checkpoint_sha256,
-                                                  "data_config": teacher.data_config})
-    val = None
-    if not cfg.no_eval:
-        if cfg.val_data:
-            val = resolve_data(cfg.val_data, cfg.val_split, workspace=cfg.workspace)
-            if val.num_classes is not None and val.num_classes != num_classes:
-                raise W2SError(f"--val-data {cfg.val_data} has {val.num_classes} classes but the training data "
-                               f"({record['name']} {record['split']}) has {num_classes}")
-        elif source_for_val is not None and (cfg.val_split or source_for_val.val_split):
-            val = resolve_data(source_for_val.name, cfg.val_split or source_for_val.val_split, workspace=cfg.workspace)
-        else:
-            raise W2SError(f"no validation split known for {record['name']} {record['split']} ({record['pattern']}): "
-                           "pass --val-data PATTERN or --no-eval")
-        if val.label_field is None:
-            raise W2SError(f"validation data {val.pattern} carries no labels")
-        val = scored_on_clean(val)  # a noised split is validated against its clean labels
-        if val.label_noise:
-            record["val_labels"] = val.label_field
-    noise = noise_of(urls, mixed=True)  # what the training labels carry, for report
-    if noise:
-        record["label_noise"] = {k: noise[k] for k in ("kind", "rate", "seed", "flip_rate", "noised_shards", "shards")
-                                 if k in noise}
-    return Inputs(urls, image_fields, label_field, num_classes, class_names, store_url, record, val,
-                  chosen if store_url else "", teacher, view_passes, mix, kept,
-                  tuple(m.url for m in members), how)
+        raise W2SError(f"no validation split known for {record['name']} {record['split']} ({record['pattern']}): "
+                       "pass --val-data PATTERN or --no-eval")
+    if val.label_field is None:
+        raise W2SError(f"validation data {val.pattern} carries no labels")
+    val = scored_on_clean(val)  # a noised split is validated against its clean labels
+    if val.label_noise:
+        record["val_labels"] = val.label_field
+    return val
 
 
 def _members(store, urls: list[str], cfg, read: list[dict], info) -> list:
@@ -152,7 +169,8 @@ def _members(store, urls: list[str], cfg, read: list[dict], info) -> list:
         return []
 
     if cfg.store_view == "replay":
-        raise W2SError("--store-view replay: an ensemble combines the members' centre views; drop it")
+        raise W2SError("--store-view replay: an ensemble combines the members' centre views; drop it",
+                       option="--store-view")
     members = [store] + [open_store(absolute(url)) for url in urls[1:]]
     for member in members[1:]:
         member.require_complete()
@@ -168,13 +186,13 @@ def _kept(store, cfg, mix, members=(), how=None):
     output's statistics and the members' agreement), or None."""
     if mix is not None and cfg.weight_by:
         raise W2SError(f"--weight-by: store {store.url}'s views are mixed with partners whose statistics this run "
-                       "does not read; read the centre view (--store-view center)")
+                       "does not read; read the centre view (--store-view center)", option="--weight-by")
     if not cfg.select and cfg.keep_frac is None:
         return None
     if mix is not None:
         raise W2SError(f"--select / --keep-frac: store {store.url}'s views are mixed with partners found by their "
                        "position in the shard, which leaving samples out would move; read the centre view "
-                       "(--store-view center)")
+                       "(--store-view center)", option="--select")
 
     if members:  # ranking an ensemble reads every member's logits: the main process does it for all ranks
 
@@ -193,10 +211,10 @@ def replayed_views(store, cfg) -> int:
         return 0
     if not store.views:
         raise W2SError(f"--store-view replay: store {store.url} holds the centre view only; label it with --views K, "
-                       "or drop --store-view replay")
+                       "or drop --store-view replay", option="--store-view")
 
     meta = views_meta(store.attrs)  # recipe options a store predates at their defaults
-    run = {"seed": cfg.seed, **{k: getattr(cfg, k) for k in VIEW_RECIPE if k != "ratio"}}
+    run = {"seed": cfg.seed, **{k: getattr(cfg, k) for k in RECIPE_KEYS}}
     if not cfg.mixes:
         run.update(mixup=0.0, cutmix=0.0)
     if not store.views_mixed:  # the mixing chances matter only where there is mixing
@@ -214,7 +232,7 @@ def replayed_views(store, cfg) -> int:
     if cfg.skip_missing and store.views_mixed:
         raise W2SError(f"--skip-missing: store {store.url}'s views are mixed with partners found by their position in "
                        "the shard, which a left-out sample would move; label the shards again, or read the centre view "
-                       "(--store-view center)")
+                       "(--store-view center)", option="--skip-missing")
     return int(store.views)
 
 

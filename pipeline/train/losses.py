@@ -1,4 +1,6 @@
-"""The weak-to-strong losses: small pure functions of logits, registered by name.
+"""The weak-to-strong losses: small pure functions of logits, and the objective of a run, which
+picks its loss from the one table of losses (config/choices.py `LOSSES`: name, summary, what it
+reads, its term here).
 
 Shapes: student and weak logits (B, C), any float dtype (computed in float32); labels (B,) int.
 Each returns (loss, parts): a scalar to minimise and a dict of detached scalars to log. The
@@ -9,13 +11,14 @@ means.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
-from ..config.choices import LOSSES, RAMPS
+from ..config.choices import LOSS_NAMES, LOSSES, RAMPS, check_choice
 
 LossOut = tuple[torch.Tensor, dict[str, torch.Tensor]]
 
@@ -104,12 +107,49 @@ def gt(student: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0) -> L
     return loss, {"ce_gt": loss.detach()}
 
 
+@dataclass(frozen=True)
+class Knobs:
+    """What a loss term is computed with at one step (its schedule already applied)."""
+
+    temperature: float = 1.0  # T of the KD terms
+    threshold: float = 0.5  # adaptconf's tau
+    alpha: float = 0.0  # augconf's weight of the self term at this step (threshold x its ramp)
+    beta_scale: float = 1.0  # adaptconf's beta warm-up factor at this step
+    smoothing: float = 0.0  # of the ground-truth criterion
+
+
+# Each loss of the table (choices.LOSSES) as f(student, weak, labels, knobs, weights) -> (loss, parts);
+# `weights` (B,) or None weighs the weak-label loss per sample (--weight-by).
+def hard_term(student, weak, labels, knobs: Knobs, weights) -> LossOut:
+    return hard(student, weak, weights)
+
+
+def kd_term(student, weak, labels, knobs: Knobs, weights) -> LossOut:
+    return kd(student, weak, knobs.temperature, weights)
+
+
+def augconf_term(student, weak, labels, knobs: Knobs, weights) -> LossOut:
+    return augconf(student, weak, knobs.alpha, knobs.temperature, weights)
+
+
+def adaptconf_term(student, weak, labels, knobs: Knobs, weights) -> LossOut:
+    return adaptconf(student, weak, knobs.threshold, knobs.temperature, knobs.beta_scale, weights)
+
+
+def gt_term(student, weak, labels, knobs: Knobs, weights) -> LossOut:
+    return gt(student, labels, knobs.smoothing)
+
+
+TERMS = {name: globals()[loss.term] for name, loss in LOSSES.items()}  # a missing term fails here, at import
+
+
 def objective(name: str, *, temperature: float = 1.0, threshold: float = 0.5, warmup_frac: float = 0.3,
               ramp: str = "epoch", epochs: int = 1, beta_warmup_frac: float = 0.0, gt_weight: float = 0.0,
               kd_weight: float = 1.0, smoothing: float = 0.0) -> Callable[..., LossOut]:
-    """The training objective: kd_weight * loss `name` (with its schedule), plus gt_weight * the
-    ground-truth criterion (`gt`: smoothed, or soft targets under mixup), as the official code's
-    kd_loss_weight and gt_loss_weight. With `name` "gt" the objective is the criterion alone.
+    """The training objective: kd_weight * loss `name` (its term in the table, with its schedule),
+    plus gt_weight * the ground-truth criterion (`gt`: smoothed, or soft targets under mixup), as
+    the official code's kd_loss_weight and gt_loss_weight. With a loss that reads only the ground
+    truth ("gt") the objective is the criterion alone.
 
     Returns f(student, weak, labels, progress, epoch, trust): progress is the fraction of training
     done (0..1), epoch the 0-based epoch, trust (B,) the samples' stored statistic under
@@ -119,10 +159,9 @@ def objective(name: str, *, temperature: float = 1.0, threshold: float = 0.5, wa
     warmup_frac)), or by step (`ramp="step"`: threshold * progress / warmup_frac). adaptconf's
     optional beta warm-up is by step.
     """
-    if name not in LOSSES:
-        raise KeyError(name)
-    if ramp not in RAMPS:
-        raise ValueError(f"ramp {ramp!r}: {' or '.join(RAMPS)}")
+    check_choice("--loss", name, LOSS_NAMES)
+    check_choice("--ramp", ramp, RAMPS)
+    term, weak_loss = TERMS[name], LOSSES[name].needs_weak
 
     def by_step(progress: float, frac: float) -> float:
         return 1.0 if frac <= 0 else min(1.0, max(0.0, progress / frac))
@@ -132,20 +171,12 @@ def objective(name: str, *, temperature: float = 1.0, threshold: float = 0.5, wa
         return epoch / ramp_epochs if epoch < int(ramp_epochs) else 1.0
 
     def f(student, weak, labels, progress: float, epoch: int = 0, trust=None) -> LossOut:
-        if name == "gt":
-            loss, parts = gt(student, labels, smoothing)
+        alpha = by_epoch(epoch) if ramp == "epoch" else by_step(progress, warmup_frac)
+        knobs = Knobs(temperature, threshold, threshold * alpha, by_step(progress, beta_warmup_frac), smoothing)
+        weights = None if trust is None or not weak_loss else trust_weights(trust)
+        loss, parts = term(student, weak, labels, knobs, weights)
+        if not weak_loss:
             return loss, {"loss": loss.detach(), **parts}
-        weights = None if trust is None else trust_weights(trust)
-        if name == "hard":
-            loss, parts = hard(student, weak, weights)
-        elif name == "kd":
-            loss, parts = kd(student, weak, temperature, weights)
-        elif name == "augconf":
-            alpha = by_epoch(epoch) if ramp == "epoch" else by_step(progress, warmup_frac)
-            loss, parts = augconf(student, weak, threshold * alpha, temperature, weights)
-        else:
-            loss, parts = adaptconf(student, weak, threshold, temperature, by_step(progress, beta_warmup_frac),
-                                    weights)
         if kd_weight != 1.0:
             loss = kd_weight * loss
         if gt_weight:

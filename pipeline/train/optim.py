@@ -26,7 +26,7 @@ def check_optimizer(opt: str) -> None:
     if opt.lower() not in names:
         close = difflib.get_close_matches(opt.lower(), names, n=3)
         raise W2SError(f"--opt {opt!r} is not a timm optimizer" + (f"; did you mean {', '.join(close)}?" if close else "")
-                       + " (timm.optim.list_optimizers() lists them)")
+                       + " (timm.optim.list_optimizers() lists them)", option="--opt")
 
 
 def build_optimizer(model, *, opt: str, lr: float, weight_decay: float, momentum: float = 0.9,

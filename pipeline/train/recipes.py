@@ -35,6 +35,11 @@ def shipped() -> list[Recipe]:
     return [_describe(p) for p in sorted(SHIPPED.glob("*.yaml"))]
 
 
+def describe_recipes() -> list[str]:
+    """`w2s-pipe recipes`: each shipped recipe's name, the command that runs it, and what it is."""
+    return [line for r in shipped() for line in (r.name, f"  {r.command}", f"  {r.about}", "")]
+
+
 def _describe(path: Path) -> Recipe:
     comments = []
     for line in path.read_text().splitlines():
@@ -52,7 +57,7 @@ def recipe_path(name: str) -> Path:
     if path.is_file():
         return path
     names = ", ".join(r.name for r in shipped())
-    raise W2SError(f"--config {name!r}: no such recipe ({names}) or file")
+    raise W2SError(f"--config {name!r}: no such recipe ({names}) or file", option="--config")
 
 
 NEEDS = {"bool": "true or false", "int": "a whole number", "float": "a number", "str": "a string"}

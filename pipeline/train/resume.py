@@ -46,11 +46,12 @@ def differences(saved: dict, current: dict) -> list[str]:
 def check_resumable(saved: dict | None, current: dict, run_dir: str) -> None:
     if saved is None:
         raise W2SError(f"--resume: run {run_dir} was written by an older w2s-pipe that did not record its settings; "
-                       "it cannot be continued exactly: start a new run")
+                       "it cannot be continued exactly: start a new run", option="--resume")
     diff = differences(saved, current)
     if diff:
         raise W2SError(f"--resume: run {run_dir} cannot continue with other settings: {'; '.join(diff)}. "
-                       "Resume with the settings it was started with, or start a new run (--run-name)")
+                       "Resume with the settings it was started with, or start a new run (--run-name)",
+                       option="--resume")
 
 
 def resume(path: str, settings: dict, run_dir: str, *, model, optimizer, scaler=None, ema=None, rank: int = 0,
@@ -72,7 +73,7 @@ def resume(path: str, settings: dict, run_dir: str, *, model, optimizer, scaler=
     except (RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
         why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
         raise W2SError(f"--resume: {path} does not fit this run ({why}); it is damaged: start a new run "
-                       "(--run-name)") from None
+                       "(--run-name)", option="--resume") from None
     return int(ckpt["step"]), ckpt.get("best_top1"), sums
 
 

@@ -34,7 +34,7 @@ def open_run(name: str, workspace=None, *, resume: bool = False) -> str:
     have its last.pt."""
     path = run_path(name, workspace)
     if resume and not os.path.exists(os.path.join(path, "last.pt")):
-        raise W2SError(f"--resume: run {path} has no last.pt to continue from")
+        raise W2SError(f"--resume: run {path} has no last.pt to continue from", option="--resume")
     if not resume and os.path.exists(os.path.join(path, CONFIG_FILE)):
         raise W2SError(f"run {path} exists; pass --resume to continue it, or choose another --run-name")
     return path
@@ -84,7 +84,8 @@ class MetricsLog:
     def open_board(self, resume_step: int = 0) -> None:
         """From a run resumed at step s, TensorBoard drops events after s, as `truncate_after` does."""
         if self.enabled:
-            from torch.utils.tensorboard import SummaryWriter  # lazy: tensorboard takes a second, the main rank alone writes
+            # lazy: tensorboard takes a second to import, and the main rank alone writes
+            from torch.utils.tensorboard import SummaryWriter
 
             self.board = SummaryWriter(os.path.join(os.path.dirname(self.path), "tensorboard"),
                                        purge_step=resume_step + 1 if resume_step else None)

@@ -107,7 +107,7 @@ class LabelViews:
     @classmethod
     def from_recipe(cls, recipe: dict, seed: int, k: int, data_config: dict, decoder: str) -> "LabelViews":
         """The views `train --seed seed` draws in passes 0..k-1 with a store's view recipe
-        (storage.schema.VIEW_RECIPE, as `views_meta` completes it), at `data_config`'s input size."""
+        (config.groups.ViewRecipe.recipe, as storage.schema.views_meta completes it), at `data_config`'s input size."""
         size = tuple(int(v) for v in data_config["input_size"][1:])
         views = TrainViews(seed, scale=(recipe["crop_scale"], 1.0), ratio=tuple(recipe["ratio"]), hflip=recipe["hflip"],
                            reprob=recipe["reprob"], size=size)
@@ -165,7 +165,7 @@ def auto_augment_policy(spec: str, data_config: dict):
             policy = auto_augment_transform(spec, params)
     except (AssertionError, KeyError, ValueError, IndexError) as exc:
         raise W2SError(f"--aa {spec!r} is not one of timm's auto-augment strings (rand-m9-mstd0.5-inc1, "
-                       f"original-mstd0.5, augmix-m5-w4-d2, ...): {exc or type(exc).__name__}") from None
+                       f"original-mstd0.5, augmix-m5-w4-d2, ...): {exc or type(exc).__name__}", option="--aa") from None
     for op in _ops(policy):
         if op.aug_fn is _timm_posterize():
             op.aug_fn = posterize

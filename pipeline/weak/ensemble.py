@@ -57,7 +57,7 @@ def check_members(stores: list) -> None:
     for other in stores[1:]:
         if other.num_classes != first.num_classes:
             raise W2SError(f"--labels: store {other.url} has {other.num_classes} classes, store {first.url} "
-                           f"{first.num_classes}")
+                           f"{first.num_classes}", option="--labels")
         a, b = first.attrs["data"], other.attrs["data"]
         if a.get("fingerprint") == b.get("fingerprint"):
             continue
@@ -66,12 +66,12 @@ def check_members(stores: list) -> None:
             if any(mine.get(k) != theirs.get(k) for k in keys):
                 raise W2SError(f"--labels: stores {first.url} and {other.url} labelled other shards: shard "
                                f"{mine.get('name')} ({mine.get('count')} samples) against {theirs.get('name')} "
-                               f"({theirs.get('count')} samples)")
+                               f"({theirs.get('count')} samples)", option="--labels")
         if len(a["shards"]) != len(b["shards"]):
             raise W2SError(f"--labels: store {first.url} labelled {len(a['shards'])} shards, store {other.url} "
-                           f"{len(b['shards'])}")
+                           f"{len(b['shards'])}", option="--labels")
         raise W2SError(f"--labels: stores {first.url} and {other.url} labelled shards whose contents differ "
-                       f"(data fingerprints {a.get('fingerprint')} and {b.get('fingerprint')})")
+                       f"(data fingerprints {a.get('fingerprint')} and {b.get('fingerprint')})", option="--labels")
 
 
 def member_logits(stores: list, name: str) -> tuple[list[str], list[np.ndarray]]:
@@ -82,7 +82,8 @@ def member_logits(stores: list, name: str) -> tuple[list[str], list[np.ndarray]]
         rows = store.shard_rows(name, arrays=ShardRows.weak_arrays(store.topk))
         if keys is not None and rows.keys != keys:
             raise W2SError(f"--labels: shard {name} holds other samples in store {store.url} than in {stores[0].url} "
-                           "(a sample skipped in one labelling?); label the members with the same --on-bad-sample")
+                           "(a sample skipped in one labelling?); label the members with the same --on-bad-sample",
+                           option="--labels")
         keys = rows.keys
         members.append(rows.dense_logits(store.num_classes))
     return keys, members
@@ -115,7 +116,8 @@ def _index_of(base: pa.Table, parts: list[dict], url: str) -> pa.Table:
     joined = {k: np.concatenate([p[k] for p in parts]) for k in ("pred", "confidence", "margin", "entropy", "agreement")}
     order = [k for p in parts for k in p["key"]]
     if order != base.column("key").to_pylist():
-        raise W2SError(f"--labels: store {url}'s index is not in its shards' order; run `w2s-pipe verify` on it")
+        raise W2SError(f"--labels: store {url}'s index is not in its shards' order; run `w2s-pipe verify` on it",
+                       option="--labels")
     columns = {"key": base["key"], "shard": base["shard"], "row": base["row"],
                **{k: pa.array(joined[k]) for k in ("pred", "confidence", "margin", "entropy")}}
     if "label" in base.column_names:

@@ -2,7 +2,7 @@
 
     weak_outputs    the step: the weak model on a batch -> what the store keeps, on the device
     HostCopy        each batch's outputs copied to the host one batch late (no wait per batch)
-    Gathered        each shard's rows (ShardRows) gathered as its batches land, until it ends
+    Gathered        each shard's rows (LandedRows) gathered as its batches land, until it ends
     ShardWrites     finished shards written on a background thread while the device labels on
 
 The store's layout and writing rules are storage's (`storage/writer.py`); these only feed it.
@@ -119,7 +119,7 @@ class HostCopy:
 
 
 @dataclass
-class ShardRows:
+class LandedRows:
     """One shard's landed rows, in the shard's order."""
 
     keys: list[str] = field(default_factory=list)
@@ -144,19 +144,19 @@ class Gathered:
     """The landed rows of every shard not yet ended, and how many rows landed in all."""
 
     def __init__(self):
-        self.shards: dict[int, ShardRows] = {}
+        self.shards: dict[int, LandedRows] = {}
         self.rows = 0
 
     def add(self, landed: Landed | None) -> int:
         """Keep a landed batch (None: nothing landed yet); returns its row count."""
         if landed is None:
             return 0
-        self.shards.setdefault(landed.shard, ShardRows()).add(landed)
+        self.shards.setdefault(landed.shard, LandedRows()).add(landed)
         self.rows += len(landed.keys)
         return len(landed.keys)
 
-    def pop(self, shard: int) -> ShardRows:
-        return self.shards.pop(shard, None) or ShardRows()
+    def pop(self, shard: int) -> LandedRows:
+        return self.shards.pop(shard, None) or LandedRows()
 
 
 def empty_outputs(arrays: dict) -> dict[str, np.ndarray]:
@@ -180,7 +180,7 @@ class ShardWrites:
     def __exit__(self, *exc) -> None:
         self.pool.shutdown(wait=True)
 
-    def submit(self, index: int, rows: ShardRows, count: int, skipped: list[dict]) -> None:
+    def submit(self, index: int, rows: LandedRows, count: int, skipped: list[dict]) -> None:
         """Write shard `index`: `count` samples read and decoded, which must be the rows landed."""
         self.futures.append(self.pool.submit(self._write, index, rows, count, skipped))
         for f in self.futures:
@@ -198,7 +198,7 @@ class ShardWrites:
         for f in self.futures:
             f.result()
 
-    def _write(self, index: int, rows: ShardRows, count: int, skipped: list[dict]) -> None:
+    def _write(self, index: int, rows: LandedRows, count: int, skipped: list[dict]) -> None:
         if len(rows.keys) != count:
             raise RuntimeError(f"shard {index}: {len(rows.keys)} rows landed, {count} read")
         labels, arrays = rows.arrays(empty_outputs(self.writer.arrays))

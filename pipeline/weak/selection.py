@@ -47,7 +47,7 @@ def parse_select(text: str, columns: list[str]):
             break
         m = _TOKEN.match(text, at)
         if not m:
-            raise W2SError(f"--select {text!r}: cannot read it from {text[at:].strip()!r} on")
+            raise W2SError(f"--select {text!r}: cannot read it from {text[at:].strip()!r} on", option="--select")
         kind = m.lastgroup
         tokens.append((kind, m.group(kind)))
         at = m.end()
@@ -61,7 +61,7 @@ def parse_select(text: str, columns: list[str]):
     def take():
         nonlocal pos
         if pos >= len(tokens):
-            raise W2SError(f"--select {text!r}: it ends too soon")
+            raise W2SError(f"--select {text!r}: it ends too soon", option="--select")
         pos += 1
         return tokens[pos - 1]
 
@@ -73,9 +73,10 @@ def parse_select(text: str, columns: list[str]):
             return pc.scalar(value[1:-1])
         if kind == "word" and value.upper() not in ("AND", "OR", "NOT"):
             if value not in columns:
-                raise W2SError(f"--select {text!r}: no column {value!r}; the columns are {', '.join(columns)}")
+                raise W2SError(f"--select {text!r}: no column {value!r}; the columns are {', '.join(columns)}",
+                               option="--select")
             return pc.field(value)
-        raise W2SError(f"--select {text!r}: expected a column, number or 'string', found {value!r}")
+        raise W2SError(f"--select {text!r}: expected a column, number or 'string', found {value!r}", option="--select")
 
     def negation():
         if peek("NOT"):
@@ -85,7 +86,7 @@ def parse_select(text: str, columns: list[str]):
             take()
             inner = disjunction()
             if take() != ("paren", ")"):
-                raise W2SError(f"--select {text!r}: a '(' is not closed")
+                raise W2SError(f"--select {text!r}: a '(' is not closed", option="--select")
             return inner
         left = operand()
         if peek() and tokens[pos][0] == "op":
@@ -107,10 +108,10 @@ def parse_select(text: str, columns: list[str]):
         return out
 
     if not tokens:
-        raise W2SError("--select is empty")
+        raise W2SError("--select is empty", option="--select")
     expression = disjunction()
     if pos != len(tokens):
-        raise W2SError(f"--select {text!r}: unexpected {tokens[pos][1]!r}")
+        raise W2SError(f"--select {text!r}: unexpected {tokens[pos][1]!r}", option="--select")
     return expression
 
 
@@ -121,7 +122,7 @@ def selected(table, text: str) -> np.ndarray:
     try:
         kept = numbered.filter(expression).column("__row__").to_numpy()
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, TypeError) as exc:
-        raise W2SError(f"--select {text!r}: {str(exc).splitlines()[0]}") from None
+        raise W2SError(f"--select {text!r}: {str(exc).splitlines()[0]}", option="--select") from None
     mask = np.zeros(table.num_rows, dtype=bool)
     mask[kept] = True
     return mask
@@ -183,7 +184,7 @@ def choose(index, select: str | None, keep_frac: float | None, rank_by: str, per
     mask = selected(index, select) if select else np.ones(index.num_rows, dtype=bool)
     if keep_frac is not None and rank_by not in index.column_names:
         raise W2SError(f"--rank-by {rank_by}: the index has no such column (agreement is an ensemble's: "
-                       "--labels A,B,...)")
+                       "--labels A,B,...)", option="--rank-by")
     if keep_frac is not None:
         mask = most_trusted(index, mask, keep_frac, rank_by, per_class)
     if not mask.any():

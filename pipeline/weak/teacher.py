@@ -71,5 +71,6 @@ def load_teacher(checkpoint: str, model_name: str | None, num_classes: int | Non
     whose classes are the teacher's)."""
     loaded = load_model(model_name, checkpoint=checkpoint, num_classes=num_classes, option="--teacher-model")
     if num_classes is not None and loaded.num_classes != num_classes:
-        raise W2SError(f"--teacher {checkpoint} predicts {loaded.num_classes} classes but the data has {num_classes}")
+        raise W2SError(f"--teacher {checkpoint} predicts {loaded.num_classes} classes but the data has {num_classes}",
+                       option="--teacher")
     return loaded
