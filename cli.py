@@ -15,7 +15,7 @@ import click
 
 from . import __version__
 from .errors import W2SError
-from .pipeline.config.choices import SCENARIOS
+from .pipeline.config.choices import CLUSTERS, SCENARIOS
 from .pipeline.config.options import NO_DEFAULT, field_of, flag_of, ordered, spec_of
 from .stages.eval_config import EvalConfig
 from .stages.label_config import LabelConfig
@@ -256,7 +256,8 @@ def eval_cmd(ctx, **values):
 @cli.command()
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="The demo's own workspace [default: <workspace>/demo]; an earlier demo there is replaced.")
-@click.option("--seeds", type=int, default=3, show_default=True, help="Seeds per configuration; tables show mean ± std.")
+@click.option("--seeds", type=int, default=None, help="Seeds per configuration [default: the study's, 3]; tables show "
+                                                    "mean ± std.")
 @click.option("--quick", is_flag=True,
               help="A smoke-sized version (tiny models, a few steps): 21 s on a 2-core CPU; its accuracies are those of "
                    "barely trained models, so PGR is often undefined there (the report says why).")
@@ -281,6 +282,43 @@ def demo(ctx, out, seeds, quick, scenario, label_noise):
     cfg = DemoConfig.for_scenario(scenario, out=out, seeds=seeds, quick=quick, label_noise=label_noise,
                                   workspace=ctx.obj["workspace"])
     _echo(run_demo(cfg, echo=click.echo))
+
+
+@cli.command()
+@click.argument("study")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="The study's workspace [default: <workspace>/studies/<name>]; run again, it skips what is done "
+                   "there and resumes what was cut short.")
+@click.option("--jobs", type=int, default=1, show_default=True,
+              help="Steps run side by side, each in its own process, the cores shared between them.")
+@click.option("--cluster", type=click.Choice(CLUSTERS), default=None,
+              help="Each step a job through submitit: slurm, with the study's cluster: parameters (partition, time, "
+                   "GPUs); local, submitit's local executor (processes on this machine).")
+@click.option("--dry-run", is_flag=True, help="Say what would run and what is done already; run nothing.")
+@click.option("--quick", is_flag=True, help="The study's quick: section over it: a smoke-sized version.")
+@click.option("--no-plots", is_flag=True, help="Skip the figures.")
+@click.pass_context
+def study(ctx, study, out, jobs, cluster, dry_run, quick, no_plots):
+    """A grid of runs from one file (STUDY: a shipped study's name, see `w2s-pipe studies`, or a YAML
+    file): its data, weak models, stores, ceilings and a grid over train's options times seeds, each
+    made once, in dependency order; hyperparameters under `select:` chosen per loss on one split and
+    the table scored on another. Then the study's report: the grid with mean ± std over seeds and
+    PGR, the chosen values, accuracy against each swept value."""
+    from .stages.study import run_study
+    from .stages.study_config import load_study
+
+    cfg = load_study(study, quick=quick)
+    _echo(run_study(cfg, out=out, jobs=jobs, cluster=cluster, dry_run=dry_run, workspace=ctx.obj["workspace"],
+                    echo=click.echo, plots=not no_plots))
+
+
+@cli.command()
+def studies():
+    """The shipped studies (`w2s-pipe study NAME`), each with what it asks."""
+    from .stages.study_config import describe_studies
+
+    for line in describe_studies():
+        click.echo(line)
 
 
 @cli.command()

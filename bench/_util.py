@@ -66,8 +66,8 @@ def checkpoint(path: str, model: str, num_classes: int, img_size: int | None = N
     import timm
     import torch
 
-    from w2s_pipe.pipeline.models.checkpoint import save_checkpoint
     from w2s_pipe.pipeline.image.preprocess import data_config_for
+    from w2s_pipe.pipeline.models.checkpoint import save_checkpoint
 
     if not os.path.exists(path):
         torch.manual_seed(0)

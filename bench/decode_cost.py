@@ -27,9 +27,9 @@ def main():
 
     import torch
 
+    from w2s_pipe.pipeline.image.preprocess import Preprocess
     from w2s_pipe.pipeline.models.build import load_model
     from w2s_pipe.pipeline.sources.shards import expand_pattern, iter_samples
-    from w2s_pipe.pipeline.image.preprocess import Preprocess
 
     torch.set_num_threads(1)  # one loading process does one image at a time
     pattern = _util.jpeg_shards(args.data, args.samples)

@@ -42,16 +42,17 @@ def main():
     import timm.data
 
     from w2s_pipe.pipeline.loaders.join import StoreJoin
+    from w2s_pipe.pipeline.loaders.train_stream import TrainStream
     from w2s_pipe.pipeline.loaders.workers import default_workers
     from w2s_pipe.pipeline.sources.shards import describe_shards, expand_pattern, write_shard
-    from w2s_pipe.pipeline.loaders.train_stream import TrainStream
     from w2s_pipe.storage.writer import StoreWriter
 
     workers = args.workers if args.workers is not None else default_workers()
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
-        from PIL import Image
         import io
+
+        from PIL import Image
 
         per = 512
         for s in range(0, args.samples, per):

@@ -40,12 +40,12 @@ def main():
 
     import torch
 
-    from w2s_pipe.pipeline.runtime import distributed
+    from w2s_pipe.pipeline.image.preprocess import DeviceNormalize, Preprocess, TensorGeometry
     from w2s_pipe.pipeline.loaders.shard_batches import ImageBatch, ShardBatches, batch_images, events, label_loader
     from w2s_pipe.pipeline.loaders.workers import default_workers
     from w2s_pipe.pipeline.models.build import load_model
+    from w2s_pipe.pipeline.runtime import distributed
     from w2s_pipe.pipeline.sources.shards import expand_pattern
-    from w2s_pipe.pipeline.image.preprocess import DeviceNormalize, Preprocess, TensorGeometry
     from w2s_pipe.stages.label import LabelConfig, run_label
 
     pattern = _util.jpeg_shards(args.data, args.samples)

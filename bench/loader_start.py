@@ -33,10 +33,10 @@ def one(method: str, workers: int, data: str) -> dict:
 
     from torch.utils.data import DataLoader
 
+    from w2s_pipe.pipeline.image.preprocess import Preprocess
     from w2s_pipe.pipeline.loaders import workers as worker_starts
     from w2s_pipe.pipeline.loaders.shard_batches import ShardBatches, label_loader
     from w2s_pipe.pipeline.sources.shards import expand_pattern
-    from w2s_pipe.pipeline.image.preprocess import Preprocess
 
     stop = threading.Event()
     threading.Thread(target=stop.wait, daemon=True).start()  # a stage runs threads when its loaders start

@@ -45,8 +45,8 @@ def main():
     ap.add_argument("--data", default=os.path.join(tempfile.gettempdir(), "w2s-bench-jpeg"))
     args = ap.parse_args()
 
-    from w2s_pipe.pipeline.runtime import distributed
     from w2s_pipe.pipeline.loaders.workers import default_workers
+    from w2s_pipe.pipeline.runtime import distributed
     from w2s_pipe.stages.label import LabelConfig, run_label
     from w2s_pipe.stages.train import TrainConfig, run_train
 

@@ -18,9 +18,8 @@ from __future__ import annotations
 import argparse
 import statistics
 
-import numpy as np
-
 import _util
+import numpy as np
 from teacher_study import _ms, study_run, study_workspace, weak_model
 
 LOSSES = ("hard", "kd", "adaptconf")

@@ -144,14 +144,14 @@ def weak_model(ws: str, seed: int) -> dict:
 def fidelity(ws: str, seed: int, weak: dict, passes: int) -> dict:
     import torch
 
-    from w2s_pipe.pipeline.views.pixels import TrainAugment
-    from w2s_pipe.pipeline.loaders.join import StoreJoin
-    from w2s_pipe.pipeline.train.batch import StepInputs
-    from w2s_pipe.pipeline.loaders.train_stream import TrainStream, train_loader
     from w2s_pipe.pipeline.image.preprocess import data_config_for
-    from w2s_pipe.pipeline.views.params import TrainViews
+    from w2s_pipe.pipeline.loaders.join import StoreJoin
+    from w2s_pipe.pipeline.loaders.train_stream import TrainStream, train_loader
     from w2s_pipe.pipeline.models.build import create_model, load_model
+    from w2s_pipe.pipeline.train.batch import StepInputs
     from w2s_pipe.pipeline.views.mixing import BatchMix, mix_weak
+    from w2s_pipe.pipeline.views.params import TrainViews
+    from w2s_pipe.pipeline.views.pixels import TrainAugment
     from w2s_pipe.pipeline.weak.teacher import OnlineTeacher
     from w2s_pipe.storage import open_store
 

@@ -29,11 +29,11 @@ def measure(args) -> dict:
 
     import torch
 
-    from w2s_pipe.pipeline.runtime import distributed
-    from w2s_pipe.pipeline.views.pixels import DeviceAugment, TrainAugment
-    from w2s_pipe.pipeline.sources.shards import expand_pattern
     from w2s_pipe.pipeline.loaders.train_stream import TrainStream, train_loader
+    from w2s_pipe.pipeline.runtime import distributed
+    from w2s_pipe.pipeline.sources.shards import expand_pattern
     from w2s_pipe.pipeline.views.params import TrainViews
+    from w2s_pipe.pipeline.views.pixels import DeviceAugment, TrainAugment
 
     device = distributed.pick_device("auto")
     pattern = _util.jpeg_shards(args.data, args.samples)

@@ -44,9 +44,9 @@ def main():
     ap.add_argument("--data", default=os.path.join(tempfile.gettempdir(), "w2s-bench-jpeg"))
     args = ap.parse_args()
 
-    from w2s_pipe.pipeline.runtime import distributed
     from w2s_pipe.pipeline.image.decode import resolve_decoder
     from w2s_pipe.pipeline.loaders.workers import default_workers
+    from w2s_pipe.pipeline.runtime import distributed
     from w2s_pipe.stages.label import LabelConfig, run_label
 
     device = distributed.pick_device("auto")
@@ -85,8 +85,8 @@ class Arms:
     def __init__(self, args, store, ckpt, device, precision, decoder, workers):
         import torch
 
-        from w2s_pipe.pipeline.runtime import distributed
         from w2s_pipe.pipeline.models.build import load_model
+        from w2s_pipe.pipeline.runtime import distributed
 
         self.args, self.store, self.device, self.precision = args, store, device, precision
         self.decoder, self.workers = decoder, workers
@@ -116,13 +116,13 @@ class Arms:
 
     def batches(self):
         """Batches on the device, as the trainer makes them: (images, weak logits, labels)."""
-        from w2s_pipe.pipeline.views.pixels import DeviceAugment, TrainAugment
+        from w2s_pipe.pipeline.image.preprocess import DeviceNormalize
         from w2s_pipe.pipeline.loaders.join import StoreJoin
         from w2s_pipe.pipeline.loaders.shard_batches import LoadFailed
-        from w2s_pipe.pipeline.sources.shards import expand_pattern
         from w2s_pipe.pipeline.loaders.train_stream import TrainStream, train_loader
-        from w2s_pipe.pipeline.image.preprocess import DeviceNormalize
+        from w2s_pipe.pipeline.sources.shards import expand_pattern
         from w2s_pipe.pipeline.views.params import TrainViews
+        from w2s_pipe.pipeline.views.pixels import DeviceAugment, TrainAugment
         from w2s_pipe.storage import open_store
 
         a = open_store(self.store).attrs

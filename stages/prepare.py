@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +33,8 @@ from ..pipeline.sources.noise import (
 from ..pipeline.sources.shards import Shard, write_manifest, write_shard
 from .prepare_config import PrepareCifarConfig, PrepareDigitsConfig
 
-# Fixed, seeded split of the 1797 digits: the weak model's ground truth, what it labels, validation.
+# Fixed, seeded split of the 1797 digits: the weak model's ground truth, what it labels, validation
+# (whose two fixed halves are also written as `select` and `test`).
 DIGITS_SPLITS = (("weak", 600), ("transfer", 897), ("val", 300))
 DIGITS_SEED = 0
 IMAGE_EXTS = {".jpg": "jpg", ".jpeg": "jpg", ".png": "png", ".webp": "webp"}
@@ -45,16 +46,19 @@ class PrepareResult:
     splits: dict[str, list[Shard]]
     data: str | None = None  # how `--data` names it, said in the summary: a registry name, "patterns" (each
     # split's shard pattern), or None (nothing said: digits' own default place)
+    parts: dict = field(default_factory=dict)  # split -> the split it is a part of (digits' select and test: val)
 
     @property
     def samples(self) -> int:
-        return sum(s.count for shards in self.splits.values() for s in shards)
+        """Distinct samples: a split that is a part of another is not counted twice."""
+        return sum(s.count for split, shards in self.splits.items() if split not in self.parts for s in shards)
 
     def summary(self) -> list[str]:
         lines = []
         for split, shards in self.splits.items():
             use = f"; use --data '{self.out}/{shards[0].name.rsplit('-', 1)[0]}-*.tar'" if self.data == "patterns" else ""
-            lines.append(f"{split}: {sum(s.count for s in shards)} samples in {len(shards)} shards{use}")
+            part = f" (a part of {self.parts[split]})" if split in self.parts else ""
+            lines.append(f"{split}: {sum(s.count for s in shards)} samples in {len(shards)} shards{part}{use}")
         named = self.data and self.data != "patterns"
         return [*lines, f"wrote {self.samples} samples to {self.out}" + (f"; use --data {self.data}" if named else "")]
 
@@ -124,12 +128,18 @@ def prepare_digits(out: str, shard_size: int = 256, noise=None, few_shot: bool =
         training = order[:DIGITS_SPLITS[0][1] + DIGITS_SPLITS[1][1]]  # the weak and transfer splits, in split order
         labels = clean.copy()
         labels[training], extra["label_noise"] = noise.corrupt(clean[training], 10, list(noised), DIGITS_MAP)
-    splits, first = {}, 0
+    splits, first, chosen_in = {}, 0, {}
     for split, size in DIGITS_SPLITS:
         chosen = order[first : first + size]
         first += size
         if few_shot:
             chosen = chosen[clean[chosen] < FEW_SHOT_BASE]
+        chosen_in[split] = chosen
+    # select and test: the two fixed halves of val, for a study that chooses a hyperparameter on one
+    # and reports on the other (val itself stays whole: what every run validates on).
+    half = len(chosen_in["val"]) // 2
+    chosen_in.update(select=chosen_in["val"][:half], test=chosen_in["val"][half:])
+    for split, chosen in chosen_in.items():
         samples = [{"__key__": f"digits_{i:04d}", "png": _png(pixels[i]), "cls": int(labels[i]),
                     **({CLEAN_FIELD: int(clean[i])} if noise is not None and split in noised else {})} for i in chosen]
         splits[split] = _write_split(out_dir, f"{prefix}-{split}", samples, shard_size)
@@ -143,7 +153,7 @@ def prepare_digits(out: str, shard_size: int = 256, noise=None, few_shot: bool =
                           "note": "classes never trained on, labelled 0.. in this order: eval --episodes"}
         names = names[:FEW_SHOT_BASE]
     write_manifest(str(out_dir), splits, dataset=prefix, num_classes=len(names), class_names=names, **extra)
-    return PrepareResult(str(out_dir), splits)
+    return PrepareResult(str(out_dir), splits, parts={"select": "val", "test": "val"})
 
 
 def prepare_folder(src: str, out: str, split: str = "train", shard_size: int = 1000, seed: int = 0,

@@ -51,8 +51,8 @@ def make_checkpoint(path, *, num_classes=10, model=TINY_MODEL, img_size=TINY_SIZ
     import timm
     import torch
 
-    from w2s_pipe.pipeline.models.checkpoint import save_checkpoint
     from w2s_pipe.pipeline.image.preprocess import data_config_for
+    from w2s_pipe.pipeline.models.checkpoint import save_checkpoint
 
     torch.manual_seed(seed)
     net = timm.create_model(model, num_classes=num_classes)

@@ -6,12 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from test_decode import encode, picture
+
 from w2s_pipe.errors import W2SError
-from w2s_pipe.pipeline.views.pixels import DeviceAugment, TrainAugment, header_size
 from w2s_pipe.pipeline.image.decode import resolve_decoder
 from w2s_pipe.pipeline.views.params import TrainViews, View
+from w2s_pipe.pipeline.views.pixels import DeviceAugment, TrainAugment, header_size
 from w2s_pipe.stages.train_config import TrainConfig
 
 CONFIG = {"input_size": [3, 40, 40], "interpolation": "bicubic", "mean": [0.5] * 3, "std": [0.5] * 3}
@@ -119,7 +119,7 @@ def test_auto_augment_policies_run_on_this_pillow():
 
     from PIL import Image
 
-    from w2s_pipe.pipeline.views.pixels import posterize, auto_augment_policy
+    from w2s_pipe.pipeline.views.pixels import auto_augment_policy, posterize
 
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8))
     for spec in ("rand-m9-mstd0.5-inc1", "original-mstd0.5"):

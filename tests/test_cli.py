@@ -9,8 +9,8 @@ import sys
 import click
 import pytest
 from click.testing import CliRunner
-
 from conftest import make_checkpoint
+
 from w2s_pipe.cli import cli
 from w2s_pipe.errors import W2SError
 

@@ -35,8 +35,8 @@ def test_imagenet_resolves_when_shards_exist(tmp_path, monkeypatch):
 def test_digits_default_split_and_hint(digits_data):
     source = resolve_data("digits")
     assert source.split == "transfer" and len(source.urls) == 4 and source.num_classes == 10
-    with pytest.raises(W2SError, match="has no split 'test'; its splits are weak, transfer, val"):
-        resolve_data("digits", "test")
+    with pytest.raises(W2SError, match="has no split 'novel'; its splits are weak, transfer, val, select, test"):
+        resolve_data("digits", "novel")
 
 
 def test_digits_missing_suggests_prepare():

@@ -11,10 +11,10 @@ import torch
 from PIL import Image
 
 from w2s_pipe.errors import W2SError
+from w2s_pipe.pipeline.image.decode import decode_batch, decode_image, decode_tensor
+from w2s_pipe.pipeline.image.preprocess import DeviceNormalize, Preprocess, TensorGeometry, eval_transform
 from w2s_pipe.pipeline.loaders.shard_batches import ImageBatch, ShardBatches, ShardEnd, batch_images
 from w2s_pipe.pipeline.sources.shards import write_shard
-from w2s_pipe.pipeline.image.preprocess import DeviceNormalize, Preprocess, TensorGeometry, eval_transform
-from w2s_pipe.pipeline.image.decode import decode_batch, decode_image, decode_tensor
 
 CPU = torch.device("cpu")
 CONFIGS = {

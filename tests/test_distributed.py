@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-
 from launch import torchrun
 
 from w2s_pipe.storage import open_store

@@ -121,10 +121,11 @@ def test_the_few_shot_demo_evaluates_every_model_on_the_novel_classes_and_report
     from w2s_pipe.pipeline.evaluation.fewshot import RECORDS
     from w2s_pipe.stages.demo import DemoConfig, run_demo
 
-    report = run_demo(DemoConfig.quick(str(tmp_path / "demo"), seeds=1, losses=("hard",), keep_frac=None,
-                                       few_shot=True, episodes=20), echo=lambda *_: None)
+    report = run_demo(DemoConfig.quick_demo(str(tmp_path / "demo"), seeds=1, scenario="few-shot", overrides=dict(
+        grid=[{"loss": "hard", "gt_weight": [0.0, 1.0]}], few_shot={"episodes": 20, "split": "novel"})),
+        echo=lambda *_: None)
     runs = {r["name"]: r for r in report["runs"]}
-    assert set(runs) == {"s0-weak", "s0-ceiling", "s0-hard", "s0-hard-gt"}
+    assert set(runs) == {"s0-weak", "s0-ceiling", "s0-hard", "s0-hard-gt1.0"}
     for r in runs.values():  # each run's record is the one eval --run --episodes wrote there
         lines = [json.loads(line) for line in open(os.path.join(r["dir"], RECORDS))]
         assert len(lines) == 1 and lines[0]["episodes"] == 20 and lines[0]["split"] == "novel"

@@ -11,8 +11,8 @@ import torch
 
 from w2s_pipe.errors import W2SError
 from w2s_pipe.pipeline.loaders.join import StoreJoin
-from w2s_pipe.pipeline.sources.shards import iter_samples, write_shard
 from w2s_pipe.pipeline.loaders.train_stream import TrainStream, train_loader
+from w2s_pipe.pipeline.sources.shards import iter_samples, write_shard
 from w2s_pipe.stages.label import LabelConfig, run_label
 from w2s_pipe.storage import open_store
 
@@ -37,8 +37,8 @@ def stored_rows(store):
 @pytest.mark.filterwarnings("ignore:This DataLoader will create")
 @pytest.mark.parametrize("workers", [0, 2, 5])
 def test_every_sample_gets_its_own_row(store, workers):
-    from w2s_pipe.pipeline.views.pixels import TrainAugment
     from w2s_pipe.pipeline.views.params import TrainViews
+    from w2s_pipe.pipeline.views.pixels import TrainAugment
 
     augment = TrainAugment({"input_size": [3, 8, 8], "interpolation": "bilinear"}, TrainViews(1), "cpu")
     stream = TrainStream([s["url"] for s in store.shards], augment=augment,

@@ -6,13 +6,13 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
-
 from conftest import make_checkpoint
+
 from w2s_pipe.errors import W2SError
-from w2s_pipe.pipeline.models.build import load_model
-from w2s_pipe.pipeline.sources.shards import iter_samples
 from w2s_pipe.pipeline.image.decode import decode_image
 from w2s_pipe.pipeline.image.preprocess import eval_transform
+from w2s_pipe.pipeline.models.build import load_model
+from w2s_pipe.pipeline.sources.shards import iter_samples
 from w2s_pipe.stages.label import LabelConfig, run_label
 from w2s_pipe.storage import open_store
 

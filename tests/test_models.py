@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import TINY_MODEL, make_checkpoint
+
 from w2s_pipe.errors import W2SError
 from w2s_pipe.pipeline.models.build import ALIASES, load_model, resolve_model_name
 

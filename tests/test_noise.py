@@ -224,12 +224,14 @@ def test_the_noisy_demo_learns_from_noisy_labels_and_evaluates_on_clean_ones(tmp
     from w2s_pipe.stages.demo import DemoConfig, run_demo
 
     lines = []
-    report = run_demo(DemoConfig.quick(str(tmp_path / "demo"), seeds=1, label_noise="symmetric:0.2", losses=("hard",),
-                              keep_frac=None), echo=lines.append)
+    report = run_demo(DemoConfig.quick_demo(str(tmp_path / "demo"), seeds=1, scenario="noisy", label_noise="symmetric:0.2",
+                                            overrides={"grid": [{"loss": "hard", "gt_weight": [0.0, 1.0]}]}),
+                      echo=lines.append)
     record = read_manifest(str(tmp_path / "demo" / "data" / "digits"))["label_noise"]
     assert record["rate"] == 0.2 and record["seed"] == 42 and record["splits"] == ["weak", "transfer"]
-    assert lines[0].startswith(f"noisy labels: symmetric 0.2 (seed 42) on the weak and transfer splits, "
-                               f"{record['flip_rate']:.1%} flipped; val stays clean")
+    assert lines[0].startswith("[1/") and lines[0].split(": ", 1)[1].startswith(
+        f"prepared; noisy labels: symmetric 0.2 (seed 42) on the weak and transfer splits, {record['flip_rate']:.1%} "
+        "flipped; the other splits stay clean")
     from w2s_pipe.stages.report import notes
 
     assert [line for line in notes(report) if "noisy labels" in line][0].endswith(

@@ -9,8 +9,8 @@ import socket
 
 import fsspec
 import pytest
-
 from launch import torchrun
+
 from w2s_pipe.stages.inspect import InspectConfig, run_inspect
 from w2s_pipe.stages.label import LabelConfig, run_label
 from w2s_pipe.stages.train import TrainConfig, run_train

@@ -18,10 +18,14 @@ def test_digits_split_is_fixed_disjoint_and_faithful(digits_dir, tmp_path):
 
     manifest = read_manifest(str(digits_dir))
     sizes = {split: sum(s["count"] for s in shards) for split, shards in manifest["splits"].items()}
-    assert sizes == {"weak": 600, "transfer": 897, "val": 300}
+    assert sizes == {"weak": 600, "transfer": 897, "val": 300, "select": 150, "test": 150}
     digits = load_digits()
-    seen = {}
-    for split in sizes:
+    seen, held_out = {}, {}
+    for split in ("select", "test"):  # val's two fixed halves, together val itself
+        held_out[split] = [s["__key__"] for entry in manifest["splits"][split] for s in iter_samples(str(digits_dir / entry["name"]))]
+    val = [s["__key__"] for entry in manifest["splits"]["val"] for s in iter_samples(str(digits_dir / entry["name"]))]
+    assert held_out["select"] + held_out["test"] == val
+    for split in ("weak", "transfer", "val"):
         for entry in manifest["splits"][split]:
             url = str(digits_dir / entry["name"])
             assert count_samples(url) == entry["count"]

@@ -74,7 +74,7 @@ def test_label_killed_at_random_points_then_rerun_equals_uninterrupted(tmp_path,
     reference = reference_store(tmp_path, weak_ckpt)
     rng = random.Random(0)
     outcomes = []
-    for trial in range(5):
+    for trial in range(3):  # three points: the suite's time is shared (each trial is a label process)
         store = str(tmp_path / f"killed{trial}")
         # Kill after a random number of finished shards (or, for trial 0, before any).
         target = 0 if trial == 0 else rng.randint(1, 27)

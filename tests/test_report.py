@@ -29,7 +29,7 @@ def final_top1(run_dir):
 def quick_demo(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("demo") / "ws")
     lines = []
-    report = run_demo(DemoConfig.quick(out), echo=lines.append)
+    report = run_demo(DemoConfig.quick_demo(out), echo=lines.append)
     return out, report, lines
 
 
@@ -37,14 +37,14 @@ def test_demo_quick_runs_everything(quick_demo):
     out, report, lines = quick_demo
     runs = sorted(os.listdir(os.path.join(out, "runs")))
     assert len(runs) == 2 * (2 + 8 + 1) and len(os.listdir(os.path.join(out, "stores"))) == 2  # + hard on 70% kept
-    assert lines[-1].startswith("[24/24]")
+    assert lines[-1].startswith("[25/25]")  # data, 2 x (weak, store, ceiling, 9 runs)
     roles = {r["name"]: r["role"] for r in report["runs"]}
-    assert roles["s0-weak"] == "weak" and roles["s1-ceiling"] == "ceiling" and roles["s0-adaptconf-gt"] == "w2s"
+    assert roles["s0-weak"] == "weak" and roles["s1-ceiling"] == "ceiling" and roles["s0-adaptconf-gt1.0"] == "w2s"
     labels = [row["label"] for row in report["rows"]]
     assert labels[:2] == ["weak test_vit", "ceiling test_resnet (ground truth)"]
     assert len(labels) == 11 and all(row["n"] == 2 for row in report["rows"])
     kept = [row for row in report["rows"] if "70% by margin per class" in row["label"]]
-    assert len(kept) == 1 and kept[0]["runs"] == ["s0-hard-keep0.7", "s1-hard-keep0.7"], labels
+    assert len(kept) == 1 and kept[0]["runs"] == ["s0-hard-keep0.7-per_class", "s1-hard-keep0.7-per_class"], labels
     for f in ("report.md", "report.json", "accuracy.png", "curves.png", "beta-alpha.png"):
         assert os.path.exists(os.path.join(out, "report", f)), f
 
@@ -71,7 +71,7 @@ def test_report_numbers_are_the_runs_numbers(quick_demo):
         assert store["weak_top1"] == top1[run], store["name"]
     assert len(os.listdir(os.path.join(out, "report", "weak-accuracy"))) == 2
     gt_row = rows["test_resnet from test_vit: kd + gt"]
-    deltas = [top1[f"s{s}-kd-gt"] - top1[f"s{s}-ceiling"] for s in (0, 1)]
+    deltas = [top1[f"s{s}-kd-gt1.0"] - top1[f"s{s}-ceiling"] for s in (0, 1)]
     assert gt_row["delta_mean"] == pytest.approx(np.mean(deltas))
 
 
@@ -85,7 +85,7 @@ def test_report_cli_json_and_demo_never_deletes_other_data(quick_demo):
     os.makedirs(other)
     open(os.path.join(other, "notes.txt"), "w").close()
     with pytest.raises(W2SError, match="precious exists and is not a demo workspace"):
-        run_demo(DemoConfig.quick(other))
+        run_demo(DemoConfig.quick_demo(other))
     assert os.path.exists(os.path.join(other, "notes.txt"))
 
 

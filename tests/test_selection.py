@@ -14,8 +14,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
-
 from launch import torchrun
+
 from w2s_pipe.errors import W2SError
 from w2s_pipe.pipeline.weak.selection import choose, most_trusted, selected
 from w2s_pipe.stages.train import TrainConfig, run_train
@@ -131,10 +131,10 @@ def test_selection_options_are_checked_at_once(options, match):
 def test_a_selected_run_trains_on_the_kept_samples_only(workspace_store, tmp_path):
     """The training stream yields exactly the kept keys (each pass); steps per epoch follow the kept
     count; config.json records the choice."""
-    from w2s_pipe.pipeline.views.pixels import TrainAugment
     from w2s_pipe.pipeline.loaders.join import StoreJoin
     from w2s_pipe.pipeline.loaders.train_stream import TrainStream
     from w2s_pipe.pipeline.views.params import TrainViews
+    from w2s_pipe.pipeline.views.pixels import TrainAugment
 
     store = open_store(workspace_store)
     index = store.index()
@@ -188,8 +188,8 @@ def test_a_mixed_batch_mixes_its_samples_trust_by_lambda():
     import torch
 
     from w2s_pipe.pipeline.train.batch import StepInputs
-    from w2s_pipe.pipeline.views.params import View
     from w2s_pipe.pipeline.views.mixing import BatchMix
+    from w2s_pipe.pipeline.views.params import View
 
     config = {"input_size": [3, 8, 8], "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bilinear"}
     mixer = BatchMix(mixup=0.8, cutmix=0.0, prob=1.0, switch_prob=0.5, smoothing=0.0, num_classes=3, seed=0)
@@ -205,10 +205,10 @@ def test_a_mixed_batch_mixes_its_samples_trust_by_lambda():
 
 
 def test_a_weighted_run_reads_each_samples_stored_statistic(workspace_store, tmp_path):
-    from w2s_pipe.pipeline.views.pixels import TrainAugment
     from w2s_pipe.pipeline.loaders.join import StoreJoin
     from w2s_pipe.pipeline.loaders.train_stream import TrainStream, collate
     from w2s_pipe.pipeline.views.params import TrainViews
+    from w2s_pipe.pipeline.views.pixels import TrainAugment
 
     store = open_store(workspace_store)
     index = store.index()
@@ -257,6 +257,7 @@ def test_ensemble_targets_match_a_hand_computation():
 def three_stores(digits_data, tmp_path):
     """The digits transfer split labelled by three tiny weak models of other seeds."""
     from conftest import make_checkpoint
+
     from w2s_pipe.stages.label import LabelConfig, run_label
 
     stores = []
@@ -353,6 +354,7 @@ def test_report_shows_selection_and_ensemble_runs_as_their_own_rows(digits_data,
     """Plain, selected and ensemble runs from the same store: three rows; the ensemble's PGR is not
     taken from its first member's accuracy (another teacher)."""
     from conftest import make_checkpoint
+
     from w2s_pipe.stages.label import LabelConfig, run_label
     from w2s_pipe.stages.report import ReportConfig, run_report
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from w2s_pipe.pipeline.weak.statistics import softmax_stats, unstorable_rows, stored_outputs
+from w2s_pipe.pipeline.weak.statistics import softmax_stats, stored_outputs, unstorable_rows
 
 
 def test_softmax_stats_match_formulas():

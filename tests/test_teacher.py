@@ -11,9 +11,9 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-
-from launch import torchrun
 from conftest import make_checkpoint, resume_against_whole, same_weights
+from launch import torchrun
+
 from w2s_pipe.errors import W2SError
 from w2s_pipe.pipeline.models.build import load_model
 from w2s_pipe.pipeline.weak.teacher import OnlineTeacher
@@ -53,8 +53,8 @@ def test_an_online_batch_carries_the_teachers_output_on_its_final_mixed_pixels(w
     """StepInputs with erasing and mixing: the weak logits are the teacher's forward on the very
     images the student gets, not the stored kind mixed linearly."""
     from w2s_pipe.pipeline.train.batch import StepInputs
-    from w2s_pipe.pipeline.views.params import View
     from w2s_pipe.pipeline.views.mixing import BatchMix
+    from w2s_pipe.pipeline.views.params import View
 
     loaded = load_model(None, checkpoint=weak_ckpt, num_classes=10)
     teacher = OnlineTeacher(loaded, STUDENT, CPU)

@@ -13,8 +13,8 @@ import time
 
 import pytest
 import torch
-
 from launch import end_run, rank_pids, start_run, torchrun, torchrun_cmd
+
 from w2s_pipe.errors import W2SError
 from w2s_pipe.stages.label import LabelConfig, run_label
 from w2s_pipe.stages.train import TrainConfig, run_train
@@ -267,8 +267,8 @@ def test_torchrun_two_ranks_stop_lose_a_rank_and_resume_to_the_uninterrupted_wei
     naming itself, the step and what it waited for; it refuses to resume on one rank, and resumed on
     two (from the stop's last.pt) ends with the uninterrupted run's weights."""
     cmd = ["train", "--strong", "test_resnet", "--img-size", "32", "--batch-size", "16", "--epochs", "2",
-           "--steps-per-epoch", "20", "--workers", "1", "--precision", "fp32", "--quiet", "--log-every", "1",
-           "--device", "cpu"]  # gloo on the CPU, on a GPU machine too
+           "--steps-per-epoch", "20", "--workers", "0", "--precision", "fp32", "--quiet", "--log-every", "20",
+           "--device", "cpu"]  # gloo on the CPU, on a GPU machine too; loading in each rank (other tests fork)
     runs = tmp_path / "ws" / "runs"
     out = torchrun([*cmd, "--run-name", "ddp"])
     assert out.returncode == 0, out.stderr[-3000:]
@@ -279,11 +279,13 @@ def test_torchrun_two_ranks_stop_lose_a_rank_and_resume_to_the_uninterrupted_wei
 
     stop = torchrun([*cmd, "--run-name", "split", "--max-steps", "24"])
     assert stop.returncode == 0 and "stopped (continue with --resume) at step 24" in stop.stdout, stop.stderr[-3000:]
-    line, seconds = lose_rank_1(torchrun_cmd([*cmd, "--run-name", "split", "--resume"]), str(runs / "split"), 26)
+    # each step logged (--log-every may change on resume), to see when to kill
+    line, seconds = lose_rank_1(torchrun_cmd([*cmd, "--run-name", "split", "--resume", "--log-every", "1"]),
+                                str(runs / "split"), 26)
     assert seconds < 30, f"the run took {seconds:.1f} s to end after rank 1 was lost"
     assert re.fullmatch(r"Error: rank 0 of 2 at step (2[6-9]|3\d|40), epoch 2, waiting for [^:]+: .*--resume\)", line), line
     with pytest.raises(W2SError, match=r"world_size \(started with 2, now 1\)"):
-        run_train(TrainConfig.tiny(strong="test_resnet", batch_size=16, epochs=2, steps_per_epoch=20, workers=1,
+        run_train(TrainConfig.tiny(strong="test_resnet", batch_size=16, epochs=2, steps_per_epoch=20, workers=0,
                                    hflip=0.5, log_every=20, device="cpu", run="split", resume=True))
     resumed = torchrun([*cmd, "--run-name", "split", "--resume"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]

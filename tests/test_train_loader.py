@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from w2s_pipe.pipeline.views.pixels import TrainAugment
 from w2s_pipe.pipeline.loaders.train_stream import TrainStream, batches_before, train_loader
 from w2s_pipe.pipeline.views.params import TrainViews, seeded, view_seed
+from w2s_pipe.pipeline.views.pixels import TrainAugment
 
 pytestmark = pytest.mark.filterwarnings("ignore:This DataLoader will create")
 

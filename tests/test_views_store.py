@@ -10,9 +10,9 @@ import os
 import numpy as np
 import pytest
 import torch
-
-from launch import torchrun
 from conftest import resume_against_whole, same_weights
+from launch import torchrun
+
 from w2s_pipe.errors import W2SError
 from w2s_pipe.pipeline.views.params import TrainViews
 from w2s_pipe.stages.label import LabelConfig, run_label
@@ -30,11 +30,11 @@ def views_store(tmp_path, digits_data, weak_ckpt):
 
 
 def test_a_per_view_store_holds_the_views_train_draws_and_the_weak_models_output_on_them(views_store, weak_ckpt):
-    from w2s_pipe.pipeline.views.pixels import LabelViews, TrainAugment
-    from w2s_pipe.pipeline.sources.shards import iter_samples
-    from w2s_pipe.pipeline.image.preprocess import DeviceNormalize
     from w2s_pipe.pipeline.image.decode import decode_tensor
+    from w2s_pipe.pipeline.image.preprocess import DeviceNormalize
     from w2s_pipe.pipeline.models.build import load_model
+    from w2s_pipe.pipeline.sources.shards import iter_samples
+    from w2s_pipe.pipeline.views.pixels import LabelViews, TrainAugment
 
     store = open_store(views_store)
     assert store.views == K and store.attrs["schema_version"] == schema.SCHEMA_VERSION
@@ -100,9 +100,9 @@ def test_verify_replays_the_views_and_inspect_reports_them(views_store):
 def test_train_replays_view_p_mod_k(views_store):
     """Over 4 passes of 2 shards' samples the stream trains pass p on stored view p mod K: the same
     box and flip, and that view's stored logits."""
-    from w2s_pipe.pipeline.views.pixels import TrainAugment
     from w2s_pipe.pipeline.loaders.join import StoreJoin
     from w2s_pipe.pipeline.loaders.train_stream import TrainStream
+    from w2s_pipe.pipeline.views.pixels import TrainAugment
 
     store = open_store(views_store)
     config = {"input_size": [3, 24, 24], "interpolation": "bilinear", "mean": [0.5] * 3, "std": [0.5] * 3}
@@ -248,12 +248,12 @@ def mixed_store(tmp_path, digits_data, weak_ckpt):
 def test_mixed_views_hold_the_weak_models_output_on_the_mixed_image(mixed_store, weak_ckpt):
     """Each stored mixed view is the teacher on the very mix train replays: the sample's view and its
     partner's (both of that pass), mixed by the plan drawn from (seed, shard, key, pass, position)."""
-    from w2s_pipe.pipeline.views.pixels import TrainAugment
-    from w2s_pipe.pipeline.views.mixing import MixRecipe, mix_pixels, plan
-    from w2s_pipe.pipeline.sources.shards import iter_samples
-    from w2s_pipe.pipeline.image.preprocess import DeviceNormalize
     from w2s_pipe.pipeline.image.decode import decode_tensor
+    from w2s_pipe.pipeline.image.preprocess import DeviceNormalize
     from w2s_pipe.pipeline.models.build import load_model
+    from w2s_pipe.pipeline.sources.shards import iter_samples
+    from w2s_pipe.pipeline.views.mixing import MixRecipe, mix_pixels, plan
+    from w2s_pipe.pipeline.views.pixels import TrainAugment
     from w2s_pipe.stages.verify import VerifyConfig, run_verify
 
     store = open_store(mixed_store)
@@ -284,10 +284,10 @@ def test_mixed_views_hold_the_weak_models_output_on_the_mixed_image(mixed_store,
 
 
 def test_train_replays_each_views_mix_and_resumes_exactly(mixed_store):
-    from w2s_pipe.pipeline.views.pixels import TrainAugment
     from w2s_pipe.pipeline.loaders.join import StoreJoin
-    from w2s_pipe.pipeline.views.mixing import MixRecipe, plan
     from w2s_pipe.pipeline.loaders.train_stream import TrainStream
+    from w2s_pipe.pipeline.views.mixing import MixRecipe, plan
+    from w2s_pipe.pipeline.views.pixels import TrainAugment
 
     store = open_store(mixed_store)
     config = {"input_size": [3, 24, 24], "interpolation": "bilinear", "mean": [0.5] * 3, "std": [0.5] * 3}
@@ -324,12 +324,12 @@ def test_erased_views_are_the_pixels_train_replays(tmp_path, digits_data, weak_c
     """--reprob in the view recipe: train's replayed batch (the view's erasing box and noise, and a
     mixed view's partner erased in its own view) is the very pixels the weak model was run on, so
     the stored logits are the weak model's on train's pixels; verify --recompute replays them."""
-    from w2s_pipe.pipeline.views.pixels import TrainAugment
     from w2s_pipe.pipeline.loaders.join import StoreJoin
-    from w2s_pipe.pipeline.views.mixing import MixRecipe
-    from w2s_pipe.pipeline.train.batch import StepInputs
     from w2s_pipe.pipeline.loaders.train_stream import TrainStream, collate
     from w2s_pipe.pipeline.models.build import load_model
+    from w2s_pipe.pipeline.train.batch import StepInputs
+    from w2s_pipe.pipeline.views.mixing import MixRecipe
+    from w2s_pipe.pipeline.views.pixels import TrainAugment
     from w2s_pipe.stages.verify import VerifyConfig, run_verify
 
     store = run_label(LabelConfig.tiny(weak_checkpoint=weak_ckpt, labels=str(tmp_path / "erased"), views=2, reprob=1.0,

@@ -13,7 +13,6 @@ import sys
 import time
 
 import pytest
-
 from launch import alive, catches, descendants, dump_stacks, end_run, rank_pids, start_run, torchrun_cmd
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads processes from Linux's /proc")

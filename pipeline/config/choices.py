@@ -25,15 +25,17 @@ class Loss:
     needs_weak: bool  # reads the weak labels (a store, or the online teacher)
     needs_gt: bool  # reads the ground truth (any loss does with --gt-weight)
     term: str  # the function of pipeline/train/losses.py that computes it (found there by this name)
+    knobs: tuple[str, ...] = ()  # the options of its own it reads (a study sweeps only these for it)
 
 
 # The one table of the training losses, in the order the command line lists them; a name not in it
 # is refused, never defaulted (losses.objective).
 LOSSES = {
-    "adaptconf": Loss("adaptive confidence loss (Guo et al. 2024), per-sample beta", True, False, "adaptconf_term"),
+    "adaptconf": Loss("adaptive confidence loss (Guo et al. 2024), per-sample beta", True, False, "adaptconf_term",
+                      ("threshold", "kd_temperature", "beta_warmup_frac")),
     "augconf": Loss("(1-alpha) KD + alpha CE(s, argmax s), alpha ramped over --warmup-frac of the run", True, False,
-                    "augconf_term"),
-    "kd": Loss("T^2-scaled KL to the weak soft labels", True, False, "kd_term"),
+                    "augconf_term", ("threshold", "kd_temperature", "warmup_frac", "ramp")),
+    "kd": Loss("T^2-scaled KL to the weak soft labels", True, False, "kd_term", ("kd_temperature",)),
     "hard": Loss("cross-entropy on the weak argmax", True, False, "hard_term"),
     "gt": Loss("ground-truth cross-entropy (weak model, strong ceiling)", False, True, "gt_term"),
 }
@@ -61,6 +63,7 @@ SCHEDULES = ("cosine", "step", "const")  # optim.Schedule
 RAMPS = ("epoch", "step")  # how augconf's alpha ramps: per epoch (official) or per step
 BAD_SAMPLE_POLICIES = ("fail", "skip")  # label --on-bad-sample
 EVAL_PICKS = ("last", "best", "ema")  # eval --pick: a run's checkpoints
+CLUSTERS = ("slurm", "local")  # study --cluster: submitit's executors (local: its local one)
 
 
 def check_choice(option: str, value, choices, *, allow_none: bool = False) -> None:

@@ -61,10 +61,12 @@ BUILTIN = {
         label_field="cls",
         hint="set W2S_DATA to the directory holding imagenet/",
     ),
-    "digits": _digits("digits", ("weak", "transfer", "val"), 10, "run `w2s-pipe prepare digits` first"),
+    # select and test are the two fixed halves of val: a study chooses on one and reports on the other.
+    "digits": _digits("digits", ("weak", "transfer", "val", "select", "test"), 10,
+                      "run `w2s-pipe prepare digits` first"),
     # The few-shot scenario: digits 0-4 are the base classes (weak, transfer, val), digits 5-9 the novel
     # classes (split `novel`, labelled 0-4 in that order), never trained on (prepare digits --few-shot).
-    "digits-fewshot": _digits("digits-fewshot", ("weak", "transfer", "val", "novel"), 5,
+    "digits-fewshot": _digits("digits-fewshot", ("weak", "transfer", "val", "select", "test", "novel"), 5,
                               "run `w2s-pipe prepare digits --few-shot` first"),
     **{name: DatasetEntry(
         name=name,

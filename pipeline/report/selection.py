@@ -1,0 +1,80 @@
+"""A study's honest choice of hyperparameters: each value chosen per loss (per grid cell) on one
+split, and the table scored on another (`study`'s `select:`), from the study's step markers.
+
+A marker is what stages/study.py writes when a step ends: {"kind", "meta", "result"}, its meta
+naming its role (weak, ceiling, grid), seed and cell, and an evaluation's meta the run it is of.
+"""
+
+from __future__ import annotations
+
+import json
+
+from .measures import mean_std, pgr
+
+
+def accuracies(markers: list[dict]) -> dict[str, dict[str, float]]:
+    """{train step id: {split: top-1}} from the evaluation markers."""
+    out: dict[str, dict[str, float]] = {}
+    for m in markers:
+        if m["kind"] == "eval" and "top1" in m["result"]:
+            out.setdefault(m["meta"]["of"], {})[m["meta"]["split"]] = m["result"]["top1"]
+    return out
+
+
+def choose(markers: list[dict], values: dict[str, list], choose_on: str, score_on: str, defaults: dict) -> list[dict]:
+    """One row per grid cell (its settings but the selected options): the value chosen on
+    `choose_on` (the best mean top-1 over seeds; ties to the earlier value in `values`' order), its
+    top-1 on `score_on` (mean ± std over seeds) and PGR there (per seed against that seed's weak
+    model and ceiling, both scored on `score_on`), and the top-1 on `score_on` at `defaults`' value
+    (what the run would use without `select:`), for comparison."""
+    acc = accuracies(markers)
+    by_role: dict[str, dict] = {"weak": {}, "ceiling": {}}
+    groups: dict[str, dict] = {}
+    for m in markers:
+        meta = m["meta"]
+        if m["kind"] != "train" or m["id"] not in acc:
+            continue
+        if meta["role"] in by_role:
+            by_role[meta["role"]].setdefault(meta["seed"], acc[m["id"]].get(score_on))
+            continue
+        chosen_by = tuple((k, meta["cell"][k]) for k in values if k in meta["cell"])  # what its loss reads of them
+        rest = {k: v for k, v in meta["cell"].items() if k not in values}
+        key = json.dumps(rest, sort_keys=True, default=str)
+        groups.setdefault(key, {"cell": rest, "values": {}})["values"].setdefault(chosen_by, []).append(
+            (meta["seed"], acc[m["id"]]))
+    return [_row(g, values, choose_on, score_on, defaults, by_role) for g in groups.values()]
+
+
+def _row(group: dict, values: dict, choose_on: str, score_on: str, defaults: dict, by_role: dict) -> dict:
+    def rank(combo):  # a combination's place in `values`' order
+        return [values[k].index(v) if v in values[k] else len(values[k]) for k, v in combo]
+
+    tried = sorted(group["values"], key=rank)
+    means = {combo: mean_std(a.get(choose_on) for _, a in group["values"][combo])[0] for combo in tried}
+    best = max((c for c in tried if means[c] is not None), key=lambda c: means[c], default=None)
+    row = {"cell": group["cell"], "chosen_on": choose_on, "scored_on": score_on,
+           "by_value": [{"value": dict(c), "choose_mean": means[c],
+                         "score_mean": mean_std(a.get(score_on) for _, a in group["values"][c])[0]} for c in tried]}
+    if best is None:
+        return row
+    runs = group["values"][best]
+    row["selected"] = dict(best)  # {} where its loss reads none of the options: nothing to choose
+    row["score_mean"], row["score_std"], row["n"] = mean_std(a.get(score_on) for _, a in runs)
+    gains = [pgr(by_role["weak"].get(seed), by_role["ceiling"].get(seed), a.get(score_on)) for seed, a in runs
+             if None not in (by_role["weak"].get(seed), by_role["ceiling"].get(seed), a.get(score_on))]
+    row["pgr_mean"], row["pgr_std"], _ = mean_std(gains)
+    default = tuple((k, defaults.get(k)) for k, _ in best)
+    if best and default in group["values"]:
+        row["default"] = dict(default)
+        row["default_mean"], row["default_std"], _ = mean_std(a.get(score_on) for _, a in group["values"][default])
+    return row
+
+
+def baselines(markers: list[dict], score_on: str) -> dict[str, tuple]:
+    """The weak models' and the ceilings' top-1 on `score_on`: {role: (mean, std, n)}."""
+    acc = accuracies(markers)
+    out = {}
+    for role in ("weak", "ceiling"):
+        out[role] = mean_std(acc[m["id"]].get(score_on) for m in markers
+                             if m["kind"] == "train" and m["meta"]["role"] == role and m["id"] in acc)
+    return out

@@ -1,0 +1,505 @@
+"""`w2s-pipe study FILE`: a grid of runs from one file (stages/study_config.py), every artefact
+made once, on one machine or a cluster.
+
+    w2s-pipe study demo                  # the shipped demo study, in <workspace>/studies/demo
+    w2s-pipe study mine.yaml --jobs 2    # two runs side by side, each in its own process
+    w2s-pipe study mine.yaml --cluster slurm    # each step a SLURM job, through submitit
+    w2s-pipe study mine.yaml --dry-run   # what would run, and what is already done
+
+The file becomes steps (`plan`), each identified by its resolved settings and those of the steps
+it needs (a sha256): prepare -> each seed's weak models -> their stores -> the ceilings and the
+grid's runs -> the evaluations that choose and score (`select:`) and the few-shot ones. A step's
+marker (<out>/study/steps/<id>.json) is written when it ends: a finished step is skipped, a run
+killed mid-way resumes from its last.pt, a changed cell is a new step. The steps of a layer run in
+parallel (`--jobs N`: a process pool, one process per step; `--cluster`: submitit's executor, its
+local one in the tests); a failed step is reported and its dependents skipped, never the others.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import hashlib
+import json
+import multiprocessing
+import os
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+
+from ..errors import W2SError
+from ..pipeline.report import selection
+from ..pipeline.runtime.workspace import workspace_dir
+from ..pipeline.sources.datasets import load_registry
+from ..pipeline.sources.shards import read_manifest
+from .eval_config import EvalConfig
+from .evaluate import run_eval
+from .label import run_label
+from .label_config import LabelConfig
+from .prepare import run_prepare
+from .prepare_config import PrepareDigitsConfig
+from .report import ReportConfig, markdown_table, notes, run_report
+from .study_config import StudyConfig
+from .train import run_train
+from .train_config import TrainConfig, option_defaults
+
+STEPS_DIR = os.path.join("study", "steps")
+LAYERS = ("prepare", "weak", "label", "train", "eval")  # each layer needs only those before it
+
+
+@dataclass(frozen=True)
+class Step:
+    kind: str  # prepare, train, label, eval, fewshot
+    layer: str  # one of LAYERS
+    name: str  # the run's, store's or evaluation's name
+    options: dict  # the stage's config, as keyword arguments
+    deps: tuple[str, ...] = ()  # the ids of the steps it needs
+    meta: dict = field(default_factory=dict)  # what the study's report reads: role, seed, cell, store, ...
+    id: str = ""
+
+    def done_in(self, ws: str) -> bool:
+        return os.path.exists(marker_path(ws, self.id))
+
+
+def marker_path(ws: str, step_id: str) -> str:
+    return os.path.join(ws, STEPS_DIR, f"{step_id}.json")
+
+
+def _identity(kind: str, options: dict, deps) -> str:
+    text = json.dumps({"kind": kind, "options": options, "deps": sorted(deps)}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _step(kind: str, layer: str, label: str, options: dict, deps=(), where: str | None = None, *, names: dict,
+          **meta) -> Step:
+    """A step named `label`, or `label`-<its id's first 6 digits> where another step of the study
+    (now or in an earlier plan: `names`, kept in study/names.json) holds that name; `where` (a
+    directory) gets the name appended as the option `meta["option"]` (the run's or store's path),
+    after the identity is taken."""
+    deps = tuple(d for d in deps if d)
+    step_id = _identity(kind, options, deps)
+    name = label if names.get(label, step_id) == step_id else f"{label}-{step_id[:6]}"
+    names[name] = step_id
+    if where:
+        options = {**options, meta.pop("option"): os.path.join(where, name)}
+    return Step(kind, layer, name, options, deps, meta, step_id)
+
+
+def _names(ws: str) -> dict:
+    path = os.path.join(ws, "study", "names.json")
+    return json.load(open(path)) if os.path.exists(path) else {}
+
+
+def plan(cfg: StudyConfig, ws: str) -> list[Step]:
+    """Every step of the study, in layer order (see the module's docstring)."""
+    steps, runs, stores, names = [], os.path.join(ws, "runs"), os.path.join(ws, "stores"), _names(ws)
+    prepare = None
+    if cfg.prepare:
+        options = {k: v for k, v in cfg.prepare.items() if k != "kind"}
+        out = os.path.join(ws, "data", "digits-fewshot" if options.get("few_shot") else "digits")
+        prepare = _step("prepare", "prepare", "prepare-digits", {**options, "out": out}, names=names)
+        steps.append(prepare)
+    base = {"data": cfg.data}
+    for seed in cfg.seeds:
+        weak = {}
+        for name, spec in cfg.weak.items():
+            if "checkpoint" in spec:
+                paths = spec["checkpoint"]
+                weak[name] = (None, paths if isinstance(paths, str) else paths[cfg.seeds.index(seed)])
+                continue
+            label = f"s{seed}-weak" + (f"-{name}" if len(cfg.weak) > 1 else "")
+            step = _step("train", "weak", label, {**base, **cfg.train, **spec, "seed": seed}, [prepare and prepare.id],
+                         runs, names=names, option="run", role="weak", seed=seed, weak=name)
+            steps.append(step)
+            weak[name] = (step, os.path.join(step.options["run"], "last.pt"))
+        store_paths = {}
+        for name, spec in cfg.stores.items():
+            made_by, checkpoint = weak[spec["weak"]]
+            options = {**base, **{k: v for k, v in spec.items() if k != "weak"}, "weak": None,
+                       "weak_checkpoint": checkpoint}
+            step = _step("label", "label", f"{name}-s{seed}", options, [made_by and made_by.id, prepare and prepare.id],
+                         stores, names=names, option="labels", role="store", seed=seed, store=name)
+            steps.append(step)
+            store_paths[name] = step
+        strong = {**base, **cfg.train, **cfg.strong, "seed": seed}
+        if cfg.ceiling is not None:
+            split = next(iter(cfg.stores.values())).get("split")
+            steps.append(_step("train", "train", f"s{seed}-ceiling", {**strong, **cfg.ceiling, "loss": "gt", "split": split},
+                               [prepare and prepare.id], runs, names=names, option="run", role="ceiling", seed=seed))
+        usual = {**read_defaults(), **strong, "store": next(iter(cfg.stores)) if len(cfg.stores) == 1 else None}
+        for cell in cfg.grid:
+            steps.append(_grid_step(cell, strong, store_paths, weak, prepare, runs, seed, usual, names))
+    steps += _evaluations(cfg, steps, names)
+    return steps
+
+
+def _grid_step(cell: dict, strong: dict, stores: dict, weak: dict, prepare, runs: str, seed: int, usual: dict,
+               names: dict) -> Step:
+    """A grid cell's run for `seed`, named by the values it sets other than `usual` ones."""
+    options = {k: v for k, v in cell.items() if k not in ("store", "online")}
+    if cell.get("online"):
+        made_by, checkpoint = weak[cell["online"]]
+        source, deps = {"teacher": checkpoint}, [made_by and made_by.id]
+    else:
+        members = [stores[m] for m in str(cell["store"]).split("+")]
+        source, deps = {"labels": ",".join(m.options["labels"] for m in members)}, [m.id for m in members]
+        if len(members) > 1:
+            source.setdefault("ensemble", options.pop("ensemble", None))
+    options = {**strong, **options, **source}
+    loss = options.get("loss", TrainConfig.__dataclass_fields__["loss"].default)
+    label = f"s{seed}-" + "-".join([loss, *(_short(k, v) for k, v in cell.items()
+                                            if k not in ("loss", "online") and v != usual.get(k))])
+    return _step("train", "train", label, options, [*deps, prepare and prepare.id], runs, names=names, option="run",
+                 role="grid", seed=seed, cell=cell)
+
+
+ABBREVIATED = {"gt_weight": "gt", "keep_frac": "keep", "rank_by": "by", "threshold": "thr", "store": ""}
+
+
+def _short(key: str, value) -> str:
+    key = ABBREVIATED.get(key, key)
+    return key if value is True else f"{key}{value}".replace("/", "_").replace(" ", "")
+
+
+def _evaluations(cfg: StudyConfig, steps: list[Step], names: dict) -> list[Step]:
+    """The evaluations every trained model gets: on `select:`'s two splits, and few-shot."""
+    out = []
+    trained = [s for s in steps if s.kind == "train"]
+    splits = [cfg.select["choose_on"], cfg.select["score_on"]] if cfg.select else []
+    for step in trained:
+        for split in splits:
+            out.append(_step("eval", "eval", f"{step.name}-{split}", {"run": step.options["run"], "split": split,
+                             "data": cfg.data, "workers": 0}, [step.id], names=names, split=split, of=step.id))
+        if cfg.few_shot:
+            options = {"run": step.options["run"], "data": cfg.data, "workers": 0, "split": cfg.few_shot.get("split"),
+                       "episodes": int(cfg.few_shot.get("episodes", 600))}
+            out.append(_step("fewshot", "eval", f"{step.name}-fewshot", options, [step.id], names=names, of=step.id))
+    return out
+
+
+def check_plan(cfg: StudyConfig, steps: list[Step], ws: str) -> None:
+    """Every step's config built before anything runs (a bad value is one line, naming the step), and
+    `select:`'s splits in the data set."""
+    for step in steps:
+        try:
+            _config(step, ws)
+        except W2SError as exc:
+            raise W2SError(f"{cfg.path}: step {step.name}: {exc}", option=exc.option) from None
+    entry = load_registry(ws).get(cfg.data)  # a shard pattern has no splits to check
+    for key in ("choose_on", "score_on") if cfg.select and entry else ():
+        if cfg.select[key] not in entry.splits:
+            raise W2SError(f"{cfg.path}: key 'select.{key}' {cfg.select[key]!r} is not a split of {cfg.data} "
+                           f"({', '.join(entry.splits)})", option="--select")
+
+
+def _config(step: Step, ws: str):
+    """The stage config of `step` (its own checks run here)."""
+    common = {"workspace": ws}
+    if step.kind == "prepare":
+        return PrepareDigitsConfig(**step.options, **common)
+    if step.kind == "label":
+        return LabelConfig(**step.options, progress=False, **common)
+    if step.kind == "train":
+        return TrainConfig(**step.options, progress=False, **common)
+    return EvalConfig(**step.options, **common)
+
+
+@contextlib.contextmanager
+def data_in(ws: str, cfg: StudyConfig):
+    """W2S_DATA set to the study's data (where it prepares its own) for the block, then as it was."""
+    if not cfg.prepare:
+        yield
+        return
+    old = os.environ.get("W2S_DATA")
+    os.environ["W2S_DATA"] = os.path.join(ws, "data")
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("W2S_DATA", None)
+        else:
+            os.environ["W2S_DATA"] = old
+
+
+# -- running the steps --------------------------------------------------------------------------
+def execute(step: Step, ws: str) -> dict:
+    """Run one step (in this process, or a worker's) and write its marker; returns the marker."""
+    started = time.perf_counter()
+    if step.kind == "prepare":
+        out = run_prepare(_config(step, ws)).out
+        result = {"out": out, "label_noise": read_manifest(out).get("label_noise")}
+    elif step.kind == "label":
+        label = run_label(_config(step, ws))
+        result = {"store": label.store, "samples": label.samples_total, "complete": label.complete}
+    elif step.kind == "train":
+        result = _train(step, ws, run_train)
+    else:
+        figures = run_eval(_config(step, ws))
+        result = {"split": figures["split"], "samples": figures["samples"]}
+        result.update({"few_shot": figures["few_shot"]} if "few_shot" in figures else {"top1": figures["top1"]})
+    marker = {"id": step.id, "kind": step.kind, "name": step.name, "meta": step.meta, "options": step.options,
+              "result": result, "seconds": time.perf_counter() - started}
+    path = marker_path(ws, step.id)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(marker, f, indent=1, default=str)
+    os.replace(path + ".tmp", path)  # a marker is whole or absent
+    return marker
+
+
+def _train(step: Step, ws: str, run_train) -> dict:
+    """A training step: started, or resumed from its last.pt where a killed study left one (a run
+    killed before its first checkpoint starts again)."""
+    run_dir = step.options["run"]
+    resume = os.path.exists(os.path.join(run_dir, "last.pt"))
+    if not resume and os.path.isdir(run_dir):
+        shutil.rmtree(run_dir)
+    cfg = _config(step, ws)
+    if resume:
+        cfg = TrainConfig(**{**asdict(cfg), "resume": True})
+    result = run_train(cfg)
+    if not result.finished:
+        raise W2SError(f"run {run_dir} stopped at step {result.step} before its end")
+    return {"run_dir": run_dir, "top1": result.val_top1, "best_top1": result.best_top1, "resumed": resume}
+
+
+class _InProcess:
+    """`--jobs 1`: each step in this process, one after the other (the demo's way)."""
+
+    def submit(self, fn, *args):
+        future = concurrent.futures.Future()
+        try:
+            future.set_result(fn(*args))
+        except Exception as exc:  # reported with the step, as a pool's would be
+            future.set_exception(exc)
+        return future
+
+    def close(self):
+        pass
+
+
+def _threads(count: int) -> None:
+    """A pool worker's torch threads: the cores shared between the jobs."""
+    import torch  # lazy: the worker's first act, before its step imports the rest
+
+    torch.set_num_threads(count)
+
+
+def engine(jobs: int, cluster: str | None, folder: str, parameters: dict):
+    """Where a layer's steps run: this process (jobs 1), a pool of `jobs` processes (each step its
+    own process), or submitit's executor for `cluster` ("slurm", or "local": its local executor)."""
+    if cluster:
+        try:
+            import submitit  # lazy: an optional dependency, for clusters (pip install w2s-pipe[cluster])
+        except ImportError:
+            raise W2SError("--cluster needs submitit: pip install 'w2s-pipe[cluster]'", option="--cluster") from None
+        executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
+        if parameters:
+            executor.update_parameters(**parameters)
+        executor.close = lambda: None
+        return executor
+    if jobs <= 1:
+        return _InProcess()
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    return concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                                                  initializer=_threads, initargs=(threads,), max_tasks_per_child=1)
+
+
+@dataclass
+class Progress:
+    """Runs done / running / left, and the time so far, said as each step ends."""
+
+    total: int
+    echo: object
+    done: int = 0
+    started: float = field(default_factory=time.perf_counter)
+
+    def ended(self, step: Step, marker: dict | None, error: str | None, running: int) -> None:
+        self.done += 1
+        what = error or _said(marker)
+        self.echo(f"[{self.done}/{self.total}] {step.name}: {what} ({(marker or {}).get('seconds', 0):.0f} s; "
+                  f"{running} running, {self.total - self.done - running} left, "
+                  f"{(time.perf_counter() - self.started) / 60:.1f} min so far)")
+
+
+def _said(marker: dict) -> str:
+    r = marker["result"]
+    if "top1" in r:
+        return f"top-1 {r['top1']:.4f}" + (f" on {r['split']}" if "split" in r else "") + (" (resumed)" if r.get("resumed") else "")
+    if "few_shot" in r:
+        return ", ".join(f"{k}-shot {f['accuracy']:.4f}" for k, f in r["few_shot"].items())
+    if "store" in r:
+        return f"labelled {r['samples']} samples"
+    noise = r.get("label_noise")
+    return "prepared" + (f"; noisy labels: {noise['kind']} {noise['rate']} (seed {noise['seed']}) on the "
+                         f"{' and '.join(noise['splits'])} splits, {noise['flip_rate']:.1%} flipped; the other splits "
+                         "stay clean, so every top-1 is against clean labels" if noise else "")
+
+
+def run_layers(steps: list[Step], ws: str, pool, echo) -> dict:
+    """Every step not done yet, layer by layer, each layer's steps side by side; {step id: error} of
+    those that failed or were skipped because a step they need did."""
+    failed: dict[str, str] = {}
+    todo = [s for s in steps if not s.done_in(ws)]
+    progress = Progress(len(todo), echo)
+    for layer in LAYERS:
+        ready = []
+        for step in (s for s in todo if s.layer == layer):
+            lost = next((d for d in step.deps if d in failed), None)
+            if lost:
+                failed[step.id] = f"skipped: a step it needs failed ({lost[:6]})"
+                progress.ended(step, None, failed[step.id], 0)
+            else:
+                ready.append(step)
+        pending = {}
+        for step in ready:
+            pending[step.id] = (step, pool.submit(execute, step, ws))
+            if isinstance(pool, _InProcess):  # done already: say so before the next one starts
+                _settle(pending, failed, progress)
+        while pending:
+            _settle(pending, failed, progress)
+            if pending:
+                time.sleep(0.2)
+    return failed
+
+
+def _reason(exc: Exception) -> str:
+    """A failed step's error on one line: a job's traceback (submitit's) reduced to its last line."""
+    text = str(exc)
+    if "Traceback (most recent call last)" in text:
+        raised = [line for line in text.splitlines() if re.match(r"^[\w.]*(Error|Exception)\b[^ ]*: ", line)]
+        text = raised[-1].split(": ", 1)[1] if raised else text.strip().splitlines()[-1]
+    return " ".join(text.split())[:300]
+
+
+def _settle(pending: dict, failed: dict, progress: Progress) -> None:
+    for step_id, (step, future) in list(pending.items()):
+        if not future.done():
+            continue
+        del pending[step_id]
+        try:
+            marker, error = future.result(), None
+        except Exception as exc:  # a failed step: reported, its dependents skipped, the others go on
+            marker, error = None, "failed: " + _reason(exc)
+            failed[step_id] = error
+        progress.ended(step, marker, error, len(pending))
+
+
+# -- the study, and its report ------------------------------------------------------------------
+class StudyResult(dict):
+    """What a study did and found: the workspace's report (report.py's: the grid as rows, mean ± std
+    over seeds, PGR), the chosen values (`select:`), the sweep plots, the time; with its summary."""
+
+    def summary(self) -> list[str]:
+        if self.get("dry_run"):
+            return [f"{'done ' if s['done'] else 'to run'}  {s['kind']:<7} {s['name']}" for s in self["steps"]] + [
+                f"{sum(s['done'] for s in self['steps'])} of {len(self['steps'])} steps done; study {self['workspace']}"]
+        lines = ["", markdown_table(self["report"]), *notes(self["report"])]
+        if self.get("selection"):
+            lines += ["", *selection_markdown(self["selection"], self["baselines"])]
+        lines += ["", *(f"failed: {name}: {why}" for name, why in self["failed"])]
+        t = self["time"]
+        lines.append(f"study {self['workspace']}: {t['steps_run']} steps run, {t['steps_done_before']} done before, "
+                     f"{len(self['failed'])} failed or skipped, in {t['wall_s'] / 60:.1f} min ({t['jobs']} jobs; "
+                     f"planning {t['plan_s']:.1f} s, report {t['report_s']:.1f} s); report {self['markdown']}")
+        return lines
+
+
+def run_study(cfg: StudyConfig, *, out: str | None = None, jobs: int = 1, cluster: str | None = None,
+              dry_run: bool = False, workspace=None, echo=print, plots: bool = True) -> StudyResult:
+    ws = os.path.abspath(out or str(workspace_dir(workspace) / "studies" / cfg.name))
+    started = time.perf_counter()
+    steps = plan(cfg, ws)
+    check_plan(cfg, steps, ws)
+    if dry_run:
+        return StudyResult(dry_run=True, workspace=ws,
+                           steps=[{"name": s.name, "kind": s.kind, "done": s.done_in(ws)} for s in steps])
+    if jobs < 1:
+        raise W2SError(f"--jobs {jobs} is invalid: must be at least 1", option="--jobs")
+    before = sum(s.done_in(ws) for s in steps)
+    planned = time.perf_counter() - started
+    os.makedirs(os.path.join(ws, STEPS_DIR), exist_ok=True)
+    names = {**_names(ws), **{s.name: s.id for s in steps}}  # a changed step later gets another name
+    with open(os.path.join(ws, "study", "names.json"), "w") as f:
+        json.dump(names, f, indent=1)
+    with data_in(ws, cfg):
+        pool = engine(jobs, cluster, os.path.join(ws, "study", "submitit"), cfg.cluster)
+        try:
+            failed = run_layers(steps, ws, pool, echo)
+        finally:
+            getattr(pool, "shutdown", lambda: None)()
+        t = time.perf_counter()
+        result = _report(cfg, steps, ws, plots)
+    result["failed"] = [(s.name, failed[s.id]) for s in steps if s.id in failed]
+    result["time"] = {"wall_s": time.perf_counter() - started, "plan_s": planned, "report_s": time.perf_counter() - t,
+                      "jobs": jobs, "steps_run": len(steps) - before - len(failed), "steps_done_before": before}
+    with open(os.path.join(ws, "study", "study.json"), "w") as f:
+        json.dump(result, f, indent=1, default=str)
+    return result
+
+
+def _report(cfg: StudyConfig, steps: list[Step], ws: str, plots: bool) -> StudyResult:
+    markers = [json.load(open(marker_path(ws, s.id))) for s in steps if s.done_in(ws)]
+    report = run_report(ReportConfig(workspace=ws, out=os.path.join(ws, "report"), plots=plots))
+    result = StudyResult(workspace=ws, report=report, markdown=report["markdown"], study=cfg.name, selection=[])
+    if cfg.select:
+        defaults = {**read_defaults(), **cfg.train, **cfg.strong}
+        result["selection"] = selection.choose(markers, cfg.select["values"], cfg.select["choose_on"],
+                                               cfg.select["score_on"], defaults)
+        result["baselines"] = selection.baselines(markers, cfg.select["score_on"])
+        with open(report["markdown"], "a") as f:
+            f.write("\n" + "\n".join(selection_markdown(result["selection"], result["baselines"])) + "\n")
+    if plots:
+        result["sweeps"] = sweep_plots(markers, cfg, os.path.join(ws, "report"))
+    return result
+
+
+def read_defaults() -> dict:
+    return option_defaults()
+
+
+def selection_markdown(rows: list[dict], baselines: dict) -> list[str]:
+    """The chosen values as a table: what chose, what scored, each loss's choice and its figures."""
+    if not rows:
+        return []
+    on, scored = rows[0]["chosen_on"], rows[0]["scored_on"]
+    fmt = (lambda m, s=None: "n/a" if m is None else f"{100 * m:.2f}" + (f" ± {100 * s:.2f}" if s is not None else ""))
+    lines = [f"Chosen on the `{on}` split (best mean top-1 over seeds), scored on `{scored}`: weak model "
+             f"{fmt(*baselines['weak'][:2])}, ceiling {fmt(*baselines['ceiling'][:2])}.", "",
+             f"| run | chosen | top-1 on {scored} (%) | PGR on {scored} | at the default | default's top-1 (%) |",
+             "|---|---|---|---|---|---|"]
+    for row in rows:
+        cell = ", ".join(f"{k}={v}" for k, v in row["cell"].items() if v is not None)
+        chosen = ", ".join(f"{k}={v}" for k, v in (row.get("selected") or {}).items()) or "n/a"
+        gain = "n/a" if row.get("pgr_mean") is None else f"{row['pgr_mean']:.3f}" + (
+            f" ± {row['pgr_std']:.3f}" if row.get("pgr_std") is not None else "")
+        default = ", ".join(f"{k}={v}" for k, v in (row.get("default") or {}).items()) or "not swept"
+        lines.append(f"| {cell} | {chosen} | {fmt(row.get('score_mean'), row.get('score_std'))} | {gain} | {default} "
+                     f"| {fmt(row.get('default_mean'), row.get('default_std'))} |")
+    return lines
+
+
+def sweep_plots(markers: list[dict], cfg: StudyConfig, out: str) -> list[str]:
+    """One figure per numeric option the grid (or `select:`) sweeps: the runs' validation top-1
+    (mean over seeds) against its value, a line per setting of the other options (the loss first)."""
+    from ..pipeline.report import plots  # lazy: matplotlib, for a study that draws
+
+    grid = [m for m in markers if m["kind"] == "train" and m["meta"]["role"] == "grid" and m["result"].get("top1")]
+    options = sorted({k for m in grid for k, v in m["meta"]["cell"].items()
+                      if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    files = []
+    for option in options:
+        series: dict[str, dict] = {}
+        for m in grid:
+            cell = m["meta"]["cell"]
+            if option not in cell:
+                continue
+            name = ", ".join(f"{k}={v}" for k, v in cell.items() if k != option and v is not None)
+            series.setdefault(name, {}).setdefault(cell[option], []).append(m["result"]["top1"])
+        lines = {k: sorted((x, sum(ys) / len(ys)) for x, ys in v.items()) for k, v in series.items() if len(v) > 1}
+        if lines:
+            os.makedirs(out, exist_ok=True)
+            files.append(plots.curves(lines, os.path.join(out, f"sweep-{option}.png"), xlabel=option,
+                                      ylabel="validation top-1 (mean over seeds)", title=f"{cfg.name}: top-1 against {option}"))
+    return files

@@ -1,0 +1,319 @@
+"""A study file: one YAML file declaring a grid of runs and everything they need, read into a
+validated `StudyConfig` (stages/study.py plans and runs it).
+
+    prepare: digits                      # what `prepare` makes in the study's workspace (optional)
+    data: digits                         # the data set (registry name or shard pattern)
+    seeds: 3                             # 0, 1, 2 (or a list)
+    train: {config: demo}                # train options every run shares (a recipe, options)
+    weak:                                # weak models, each trained once per seed on a split's ground truth
+      test_vit: {strong: test_vit, img_size: 32, epochs: 10, split: weak}
+    stores:                              # stores, each labelled once per seed by a weak model
+      centre: {weak: test_vit, workers: 0}
+    strong: {strong: resnet10t, img_size: 24, epochs: 8}   # the strong runs' options (ceiling and grid)
+    ceiling: {}                          # the strong model on the stores' split's ground truth ({} : defaults)
+    grid:                                # cells of train options; a list sweeps (the product of a cell's lists)
+      - {loss: [hard, kd, augconf, adaptconf], gt_weight: [0.0, 1.0]}
+      - {loss: hard, keep_frac: 0.7, rank_by: margin, per_class: true}
+    select:                              # chosen per loss on one split, reported on another
+      threshold: [0.25, 0.5, 1, 2, 4]
+      choose_on: select
+      score_on: test
+    few_shot: {episodes: 600, split: novel}   # every run also evaluated few-shot (optional)
+    quick: {seeds: 2, strong: {epochs: 1}}    # `--quick`: a smoke-sized version, merged over the rest
+    cluster: {slurm_partition: gpu, timeout_min: 600}   # submitit's parameters for `--cluster slurm`
+
+A grid cell's keys are `train`'s options (the same names as the command line and the recipes),
+plus `store: NAME` (the store it learns from; a list sweeps stores; "A+B+C" trains from their
+ensemble) or `online: NAME` (the study's weak model NAME as the online teacher). Each option of a
+loss's own (the loss table's knobs: adaptconf's threshold, ...) is swept by `select:` only for the
+losses that read it. Every mistake is one line naming the key and the file.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from ..errors import W2SError
+from ..pipeline.config.choices import LOSSES
+from ..pipeline.train.recipes import convert, load_recipe
+from .label_config import LabelConfig
+from .train_config import option_defaults, recipe_options
+
+SHIPPED = Path(__file__).with_name("studies")
+SECTIONS = ("about", "prepare", "data", "seeds", "train", "weak", "stores", "strong", "ceiling", "grid", "select",
+            "few_shot", "quick", "cluster")
+CELL_KEYS = ("store", "online")  # a grid cell's keys that are the study's, not train's
+LABEL_OWN = ("weak", "split", "views", "topk", "batch_size", "workers", "precision", "device", "decode")
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    path: str  # the file
+    name: str
+    data: str
+    seeds: tuple[int, ...]
+    weak: dict  # name -> {train options} or {"checkpoint": path or [path per seed]}
+    stores: dict  # name -> {"weak": name, label options}
+    strong: dict  # train options of the strong runs
+    grid: tuple  # cells: {train options, "store" or "online"}, every value single
+    train: dict = field(default_factory=dict)  # train options every run shares
+    prepare: dict | None = None  # {"kind": "digits", options}
+    ceiling: dict | None = None  # train options of the ceiling (None: no ceiling)
+    select: dict | None = None  # {"values": {option: [values]}, "choose_on": split, "score_on": split}
+    few_shot: dict | None = None  # {"episodes": N, "split": split}
+    cluster: dict = field(default_factory=dict)  # submitit's parameters
+    about: str = ""
+
+
+def study_path(name: str) -> Path:
+    """A shipped study's name (`w2s-pipe study demo`), or the path of a study file."""
+    for candidate in (SHIPPED / f"{name}.yaml", Path(name).expanduser()):
+        if candidate.is_file():
+            return candidate
+    names = ", ".join(p.stem for p in sorted(SHIPPED.glob("*.yaml")))
+    raise W2SError(f"no study {name!r}: not a shipped one ({names}) nor a file")
+
+
+def describe_studies() -> list[str]:
+    """`w2s-pipe studies`: each shipped study's name, the command that runs it, and what it asks."""
+    lines = []
+    for path in sorted(SHIPPED.glob("*.yaml")):
+        doc = yaml.safe_load(path.read_text())
+        lines += [path.stem, "  " + path.read_text().splitlines()[0].lstrip("# "), f"  {doc.get('about', '')}", ""]
+    return lines
+
+
+def load_study(name: str, *, quick: bool = False, overrides: dict | None = None) -> StudyConfig:
+    """The study `name` (shipped, or a file), with its `quick` section merged over it where asked and
+    `overrides` (section -> value) last; every key and value checked."""
+    path = study_path(name)
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise W2SError(f"{path}: not a YAML study ({first})") from None
+    if not isinstance(doc, dict):
+        raise W2SError(f"{path}: a study is a mapping of sections ({', '.join(SECTIONS)})")
+    for key in doc:
+        if key not in SECTIONS:
+            raise W2SError(f"{path}: unknown key {key!r}; a study's sections are {', '.join(SECTIONS)}")
+    if quick:
+        doc = _merged(doc, _mapping(doc.get("quick") or {}, f"{path}: key 'quick'"))
+    doc = _merged(doc, overrides or {})
+    return _study(path, doc)
+
+
+def _merged(doc: dict, over: dict) -> dict:
+    """`over`'s sections over `doc`'s: mappings merged a level down (weak: {test_vit: {epochs: 1}}),
+    anything else replaced."""
+    out = dict(doc)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = {**out[key], **{k: ({**out[key][k], **v} if isinstance(v, dict) and isinstance(out[key].get(k), dict)
+                                           else v) for k, v in value.items()}}
+        else:
+            out[key] = value
+    return out
+
+
+def _study(path: Path, doc: dict) -> StudyConfig:
+    where = f"{path}: key"
+    options = recipe_options()
+    train = _options(doc.get("train") or {}, options, f"{where} 'train'")
+    weak = {name: _weak(spec, options, f"{where} 'weak.{name}'") for name, spec in
+            _mapping(doc.get("weak"), f"{where} 'weak'", required=True).items()}
+    stores = {name: _store(spec, weak, f"{where} 'stores.{name}'") for name, spec in
+              _mapping(doc.get("stores"), f"{where} 'stores'", required=True).items()}
+    strong = _options(doc.get("strong") or {}, options, f"{where} 'strong'")
+    ceiling = None if doc.get("ceiling") is False else _options(doc.get("ceiling") or {}, options, f"{where} 'ceiling'")
+    select = _select(doc.get("select"), options, f"{where} 'select'")
+    loss = {**option_defaults(), **train, **strong}["loss"]  # a cell's loss where it names none
+    grid = tuple(cell for i, spec in enumerate(_cells(doc.get("grid"), f"{where} 'grid'"))
+                 for cell in _expand(spec, options, stores, weak, select, loss, f"{where} 'grid[{i}]'"))
+    if not grid:
+        raise W2SError(f"{where} 'grid' holds no run: give at least one cell of train options")
+    few_shot = doc.get("few_shot")
+    if few_shot is not None:
+        few_shot = _mapping(few_shot, f"{where} 'few_shot'")
+        unknown = set(few_shot) - {"episodes", "split"}
+        if unknown:
+            raise W2SError(f"{where} 'few_shot.{sorted(unknown)[0]}' is unknown: give episodes and split")
+    prepare = _prepare(doc.get("prepare"), f"{where} 'prepare'")
+    data = doc.get("data")
+    if not isinstance(data, str) or not data:
+        raise W2SError(f"{where} 'data' is missing: the data set (a registry name or a shard pattern)")
+    return StudyConfig(path=str(path), name=path.stem, data=data, seeds=_seeds(doc.get("seeds", 1), f"{where} 'seeds'"),
+                       weak=weak, stores=stores, strong=strong, grid=grid, train=train, prepare=prepare,
+                       ceiling=ceiling, select=select, few_shot=few_shot, about=str(doc.get("about") or ""),
+                       cluster=_mapping(doc.get("cluster") or {}, f"{where} 'cluster'"))
+
+
+def _mapping(value, where: str, required: bool = False) -> dict:
+    if value is None and required:
+        raise W2SError(f"{where} is missing")
+    if not isinstance(value, dict):
+        raise W2SError(f"{where} must be a mapping, not {_kind(value)}")
+    return value
+
+
+def _kind(value) -> str:
+    return {list: "a list", str: "a string", bool: "true/false", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _options(spec, options: dict, where: str, *, lists: bool = False) -> dict:
+    """A mapping of train options, each value converted as the command line converts it; a list is
+    a sweep where `lists`, else an error."""
+    spec, out = dict(_mapping(spec, where)), {}
+    if "config" in spec:  # a recipe: its options beneath the section's own, its name kept for the record
+        name = spec.pop("config")
+        if not isinstance(name, str):
+            raise W2SError(f"{where}.config must be a recipe's name or file, not {_kind(name)}")
+        out.update(load_recipe(name, options), config=name)
+    for key, value in spec.items():
+        option = str(key).replace("-", "_")
+        if option not in options:
+            raise W2SError(f"{where}.{key}: unknown option; a study's keys are train's options (w2s-pipe train --help)")
+        if isinstance(value, list):
+            if not lists:
+                raise W2SError(f"{where}.{key} is a list; a single value is needed here (a list sweeps in grid cells)")
+            if not value:
+                raise W2SError(f"{where}.{key} is an empty list: nothing to sweep")
+            out[option] = [convert(v, options[option], f"{where}.{key}[{i}]") for i, v in enumerate(value)]
+        else:
+            out[option] = convert(value, options[option], f"{where}.{key}")
+    return out
+
+
+def _weak(spec, options: dict, where: str) -> dict:
+    spec = _mapping(spec, where)
+    if "checkpoint" in spec:
+        if set(spec) != {"checkpoint"}:
+            raise W2SError(f"{where}: a weak model given as a checkpoint takes nothing else")
+        paths = spec["checkpoint"]
+        if not (isinstance(paths, str) or (isinstance(paths, list) and all(isinstance(p, str) for p in paths))):
+            raise W2SError(f"{where}.checkpoint must be a path, or a list of paths (one per seed)")
+        return {"checkpoint": paths}
+    out = _options(spec, options, where)
+    if "split" not in out:
+        raise W2SError(f"{where}.split is missing: the split whose ground truth the weak model learns")
+    return {"loss": "gt", **out}
+
+
+def _store(spec, weak: dict, where: str) -> dict:
+    spec = _mapping(spec, where)
+    fields = set(LabelConfig.__dataclass_fields__)
+    for key in spec:
+        if key not in fields and key != "weak":
+            raise W2SError(f"{where}.{key}: unknown; a store's keys are label's options ({', '.join(LABEL_OWN)}, "
+                           "the view recipe's ...) and weak")
+        if isinstance(spec[key], (list, dict)):
+            raise W2SError(f"{where}.{key} is {_kind(spec[key])}; a single value is needed")
+    if spec.get("weak") not in weak:
+        raise W2SError(f"{where}.weak {spec.get('weak')!r} is not one of the study's weak models ({', '.join(weak)})")
+    return dict(spec)
+
+
+def _cells(spec, where: str) -> list:
+    if spec is None:
+        raise W2SError(f"{where} is missing: the runs of the study")
+    if isinstance(spec, dict):
+        spec = [spec]
+    if not isinstance(spec, list):
+        raise W2SError(f"{where} must be a list of cells (mappings of train options), not {_kind(spec)}")
+    return spec
+
+
+def _expand(spec, options: dict, stores: dict, weak: dict, select: dict | None, loss: str, where: str) -> list[dict]:
+    """A cell's runs: the product of its lists, each with its store (or online teacher), and the
+    selected options swept for the losses that read them."""
+    spec = _mapping(spec, where)
+    own = {k: spec[k] for k in CELL_KEYS if k in spec}
+    train = _options({k: v for k, v in spec.items() if k not in CELL_KEYS}, options, where, lists=True)
+    if "store" in own and "online" in own:
+        raise W2SError(f"{where}: give store or online, not both")
+    for name in (own.get("online"),) if "online" in own else ():
+        if name not in weak:
+            raise W2SError(f"{where}.online {name!r} is not one of the study's weak models ({', '.join(weak)})")
+    sweep_stores = own.get("store", next(iter(stores)) if "online" not in own else None)
+    for store in (sweep_stores if isinstance(sweep_stores, list) else [sweep_stores]):
+        for member in ([] if store is None else str(store).split("+")):
+            if member not in stores:
+                raise W2SError(f"{where}.store {member!r} is not one of the study's stores ({', '.join(stores)})")
+    lists = {k: v for k, v in train.items() if isinstance(v, list)}
+    if "store" in own and isinstance(own["store"], list):
+        lists["store"] = own["store"]
+    cells = []
+    for values in itertools.product(*lists.values()) if lists else [()]:
+        cell = {**train, **dict(zip(lists, values))}
+        cell.setdefault("store", None if "online" in own else own.get("store", next(iter(stores))))
+        if "online" in own:
+            cell["online"] = own["online"]
+        cells += _selected(cell, select, cell.get("loss", loss), where)
+    return cells
+
+
+def _selected(cell: dict, select: dict | None, loss: str, where: str) -> list[dict]:
+    """The cell once per combination of the selected options its loss reads."""
+    if not select:
+        return [cell]
+    if loss not in LOSSES:
+        raise W2SError(f"{where}.loss {loss!r} is invalid: choose one of {', '.join(LOSSES)}")
+    knobs = LOSSES[loss].knobs
+    swept = {k: v for k, v in select["values"].items() if k in knobs}
+    for option in swept:
+        if option in cell:
+            raise W2SError(f"{where}.{option}: also under select; a selected option is swept by select alone")
+    return [{**cell, **dict(zip(swept, values))} for values in itertools.product(*swept.values())] if swept else [cell]
+
+
+def _select(spec, options: dict, where: str) -> dict | None:
+    if spec is None:
+        return None
+    spec = dict(_mapping(spec, where))
+    splits = {k: spec.pop(k, None) for k in ("choose_on", "score_on")}
+    for key, split in splits.items():
+        if not isinstance(split, str):
+            raise W2SError(f"{where}.{key} is missing: the split that {'chooses' if key == 'choose_on' else 'scores'}")
+    if splits["choose_on"] == splits["score_on"]:
+        raise W2SError(f"{where}: choose_on and score_on are both {splits['choose_on']!r}; a value chosen on a split "
+                       "and scored on it flatters itself")
+    values = _options(spec, options, where, lists=True)
+    if not values:
+        raise W2SError(f"{where}: no option to choose (e.g. threshold: [0.25, 0.5, 1, 2, 4])")
+    for key, value in values.items():
+        if not isinstance(value, list) or len(value) < 2:
+            raise W2SError(f"{where}.{key} needs a list of at least two values to choose from")
+        if not any(key in loss.knobs for loss in LOSSES.values()):
+            raise W2SError(f"{where}.{key}: no loss reads it (select chooses a loss's own options: "
+                           f"{', '.join(sorted({k for loss in LOSSES.values() for k in loss.knobs}))})")
+    return {"values": values, **splits}
+
+
+def _prepare(spec, where: str) -> dict | None:
+    if spec is None:
+        return None
+    if spec == "digits":
+        return {"kind": "digits"}
+    spec = _mapping(spec, where)
+    if set(spec) != {"digits"}:
+        raise W2SError(f"{where}: the study prepares digits (prepare: digits, or prepare: {{digits: {{label_noise: "
+                       "...}}}); prepare other data with `w2s-pipe prepare` and give data")
+    options = _mapping(spec["digits"] or {}, f"{where}.digits")
+    unknown = set(options) - {"label_noise", "noise_seed", "few_shot", "shard_size"}
+    if unknown:
+        raise W2SError(f"{where}.digits.{sorted(unknown)[0]}: unknown; give label_noise, noise_seed, few_shot, shard_size")
+    return {"kind": "digits", **options}
+
+
+def _seeds(value, where: str) -> tuple[int, ...]:
+    if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, list) and value and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value))):
+        raise W2SError(f"{where} must be a count (3: seeds 0, 1, 2) or a list of seeds, not {value!r}")
+    seeds = tuple(range(value)) if isinstance(value, int) else tuple(value)
+    if not seeds or len(set(seeds)) < len(seeds):
+        raise W2SError(f"{where} {value!r}: give at least one seed, each once")
+    return seeds

@@ -1,0 +1,141 @@
+"""`w2s-pipe study`: a grid of runs from one file, every artefact made once, the threshold chosen on
+one split and scored on another, resumed after a kill, run side by side and through submitit."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from w2s_pipe.cli import cli
+from w2s_pipe.errors import W2SError
+from w2s_pipe.stages.study import marker_path, plan, run_study
+from w2s_pipe.stages.study_config import load_study
+
+TINY = {  # digits as the session prepared it (the fixture digits_data), a tiny weak model trained once
+    "data": "digits", "seeds": 1,
+    "train": {"batch_size": 16, "steps_per_epoch": 2, "epochs": 1, "workers": 0, "precision": "fp32", "log_every": 1,
+              "hflip": 0.0, "device": "cpu"},
+    "weak": {"w": {"strong": "test_resnet", "img_size": 32, "split": "weak"}},
+    "stores": {"s": {"weak": "w", "workers": 0, "precision": "fp32", "device": "cpu"}},
+    "strong": {"strong": "test_resnet", "img_size": 32},
+    "grid": [{"loss": ["hard", "adaptconf"]}],
+}
+
+
+def study_file(tmp_path, **changes) -> str:
+    path = tmp_path / "tiny.yaml"
+    path.write_text("# w2s-pipe study tiny.yaml\n" + yaml.safe_dump({**TINY, **changes}))
+    return str(path)
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"grid": []}, "key 'grid' holds no run"),
+    ({"gird": [{"loss": "hard"}]}, "unknown key 'gird'"),
+    ({"grid": [{"los": "hard"}]}, "key 'grid[0]'.los: unknown option"),
+    ({"grid": [{"lr": "fast"}]}, "key 'grid[0]'.lr is 'fast' (a string); it needs a number"),
+    ({"strong": {"strong": "test_resnet", "lr": [0.1, 0.2]}}, "key 'strong'.lr is a list; a single value is needed"),
+    ({"select": {"threshold": [0.5, 4], "choose_on": "val2", "score_on": "test"}},
+     "key 'select.choose_on' 'val2' is not a split of digits (weak, transfer, val, select, test)"),
+    ({"select": {"threshold": [0.5, 4], "choose_on": "test", "score_on": "test"}}, "flatters itself"),
+    ({"select": {"lr": [0.1, 0.2], "choose_on": "select", "score_on": "test"}}, "select'.lr: no loss reads it"),
+    ({"grid": [{"loss": "adaptconf", "threshold": 2}], "select": {"threshold": [0.5, 4], "choose_on": "select",
+                                                                  "score_on": "test"}}, "also under select"),
+    ({"grid": [{"loss": "hard", "store": "nope"}]}, "key 'grid[0]'.store 'nope' is not one of the study's stores"),
+    ({"grid": [{"loss": "hard", "lr": -1}]}, "--lr -1.0 is invalid: must be positive"),
+])
+def test_bad_study_files_are_one_line_naming_the_key(tmp_path, changes, message, digits_data):
+    path = study_file(tmp_path, **changes)
+    with pytest.raises(W2SError) as caught:
+        run_study(load_study(path), out=str(tmp_path / "ws"), dry_run=True)
+    assert message in str(caught.value) and path in str(caught.value)
+    result = CliRunner().invoke(cli, ["study", path, "--out", str(tmp_path / "ws"), "--dry-run"])
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_a_study_chooses_on_one_split_reports_another_and_skips_what_is_done(tmp_path, digits_data):
+    select = {"threshold": [0.5, 4.0], "choose_on": "select", "score_on": "test"}
+    path = study_file(tmp_path, select=select)
+    ws = str(tmp_path / "ws")
+    cfg = load_study(path)
+    steps = plan(cfg, ws)
+    # one weak model, its store, a ceiling; hard once (it reads no threshold), adaptconf at both values; each
+    # trained model evaluated on both splits
+    run_of = {0.5: "s0-adaptconf", 4.0: "s0-adaptconf-thr4.0"}  # a name says what differs from the train options
+    assert [s.name for s in steps if s.kind == "train"] == ["s0-weak", "s0-ceiling", "s0-hard", *run_of.values()]
+    assert sum(s.kind == "eval" for s in steps) == 10
+    lines = []
+    result = run_study(cfg, out=ws, echo=lines.append, plots=True)
+    assert not result["failed"] and result["time"]["steps_run"] == len(steps) == 16
+    assert lines[-1].startswith(f"[{len(steps)}/{len(steps)}]") and "0 left" in lines[-1]
+    markers = {s.name: json.load(open(marker_path(ws, s.id))) for s in steps}
+    on = {t: markers[f"{name}-select"]["result"]["top1"] for t, name in run_of.items()}
+    best = max(on, key=lambda t: (on[t], -t))  # ties to the earlier value in the list
+    (row,) = [r for r in result["selection"] if r["cell"]["loss"] == "adaptconf"]
+    assert row["selected"] == {"threshold": best} and row["chosen_on"] == "select" and row["scored_on"] == "test"
+    assert row["score_mean"] == markers[f"{run_of[best]}-test"]["result"]["top1"]
+    assert row["default"] == {"threshold": 0.5}  # the train options' own value, for comparison
+    (hard,) = [r for r in result["selection"] if r["cell"]["loss"] == "hard"]
+    assert hard["selected"] == {} and hard["score_mean"] == markers["s0-hard-test"]["result"]["top1"]
+    text = "\n".join(result.summary())
+    assert "Chosen on the `select` split" in text and "scored on `test`" in text and "threshold=" in text
+    assert os.path.exists(os.path.join(ws, "report", "sweep-threshold.png"))
+    report = open(result["markdown"]).read()
+    assert "Chosen on the `select` split" in report
+    # run again: nothing to do; a changed cell is a new run, and only it (and its evaluations) runs
+    again = run_study(load_study(path), out=ws, echo=lines.append)
+    assert again["time"]["steps_run"] == 0 and again["time"]["steps_done_before"] == 16
+    changed = study_file(tmp_path, select=select, grid=[{"loss": ["hard", "adaptconf"]}, {"loss": "hard", "lr": 0.01}])
+    third = run_study(load_study(changed), out=ws, echo=lines.append)
+    assert third["time"]["steps_run"] == 3 and third["time"]["steps_done_before"] == 16
+    dry = CliRunner().invoke(cli, ["study", changed, "--out", ws, "--dry-run"])
+    assert dry.exit_code == 0 and "19 of 19 steps done" in dry.output
+
+
+def test_a_killed_study_redoes_only_the_run_it_cut_short(tmp_path, digits_data, weak_ckpt):
+    path = study_file(tmp_path, grid=[{"loss": "hard", "epochs": 4, "steps_per_epoch": 40}], ceiling=False,
+                      weak={"w": {"checkpoint": weak_ckpt}})
+    ws = tmp_path / "ws"
+    exe = os.path.join(os.path.dirname(sys.executable), "w2s-pipe")
+    proc = subprocess.Popen([exe, "study", path, "--out", str(ws)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(ws.glob("runs/s0-hard*/last.pt")):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-2000:]
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    result = run_study(load_study(path), out=str(ws), echo=lambda *_: None)
+    assert result["time"]["steps_run"] == 1 and result["time"]["steps_done_before"] == 1  # the store
+    (step,) = [s for s in plan(load_study(path), str(ws)) if s.name.startswith("s0-hard")]
+    marker = json.load(open(marker_path(str(ws), step.id)))
+    assert marker["result"]["resumed"] is True
+    ends = [json.loads(line) for line in open(os.path.join(step.options["run"], "metrics.jsonl")) if '"end"' in line]
+    assert len(ends) == 1 and ends[0]["step"] == 160
+
+
+@pytest.mark.parametrize("how", [{"jobs": 2}, {"cluster": "local"}], ids=["jobs2", "submitit-local"])
+def test_steps_run_side_by_side_and_a_failed_step_stops_only_its_dependents(tmp_path, how, digits_data, weak_ckpt):
+    """Each step in its own process (a pool, or submitit's local executor); a store of a split the
+    data lacks fails when it runs: the run that needs it is skipped, the other store's run is not."""
+    stores = {"s": TINY["stores"]["s"], "bad": {**TINY["stores"]["s"], "split": "nosuch"}}
+    path = study_file(tmp_path, stores=stores, grid=[{"loss": "hard", "store": ["s", "bad"]}], ceiling=False,
+                      weak={"w": {"checkpoint": weak_ckpt}})
+    lines = []
+    result = run_study(load_study(path), out=str(tmp_path / "ws"), echo=lines.append, plots=False, **how)
+    failed = dict(result["failed"])
+    assert set(failed) == {"bad-s0", "s0-hard-bad"}, failed
+    assert "has no split 'nosuch'" in failed["bad-s0"] and failed["s0-hard-bad"].startswith("skipped")
+    assert result["time"]["steps_run"] == 2  # the good store, and its run
+    assert any("1 running" in line for line in lines)  # the two stores side by side
+    if "cluster" in how:
+        assert os.listdir(tmp_path / "ws" / "study" / "submitit")  # submitit's own logs of each job
