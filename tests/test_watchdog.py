@@ -117,3 +117,39 @@ def test_the_watchdog_leaves_the_process_as_it_found_it():
         assert signal.getsignal(signal.SIGTERM) is not before
     assert signal.getsignal(signal.SIGTERM) is before and describe() is None
     assert signal.set_wakeup_fd(-1) == -1  # no wakeup fd left behind
+
+
+FAILING = """
+import os, signal, sys, time
+from w2s_pipe.errors import W2SError
+from w2s_pipe.pipeline.runtime import watchdog
+from w2s_pipe.pipeline.runtime.watchdog import Watchdog
+
+try:
+    with Watchdog(rank=0, world_size=2) as dog:
+        watchdog.beat("a collective", "step 3, epoch 1")
+        try:
+            raise W2SError(watchdog.describe() + ": the other rank is gone")
+        except W2SError:
+            dog.failing()
+            if sys.argv[1] == "inside":  # torchrun's SIGTERM while the stage unwinds (a process group's shutdown)
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.5)
+            raise
+except W2SError as exc:
+    if sys.argv[1] == "after":  # or once it left the watched stage, before its error is printed
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.5)
+    print(f"Error: {exc}", file=sys.stderr)
+    sys.exit(1)
+"""
+
+
+@pytest.mark.parametrize("when", ["inside", "after"])
+def test_a_failing_rank_says_its_own_error_though_torchrun_stops_it_meanwhile(when):
+    """torchrun sends SIGTERM to every rank the moment one fails; a rank already ending with its own
+    error (the lost rank's, seen by its collective at the same moment) prints that error, not the
+    stop, and is not cut short before it does (a CI run's rank 0 ended silently with -15)."""
+    out = subprocess.run([sys.executable, "-c", FAILING, when], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert out.stderr == "Error: rank 0 of 2 at step 3, epoch 1, waiting for a collective: the other rank is gone\n"

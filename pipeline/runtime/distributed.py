@@ -138,23 +138,31 @@ def session(requested_device: str = "auto", *, deterministic: bool = False, stal
     device = pick_device(requested_device, info.local_rank)
     if launched_by_torchrun():
         end_with(os.getppid())  # no orphan rank: it ends with its launcher, however that ended
-    with deterministic_mode(deterministic), Watchdog(info.rank, info.world_size, stall_timeout):
+    with deterministic_mode(deterministic), Watchdog(info.rank, info.world_size, stall_timeout) as dog:
         info = init_distributed(device, stall_timeout)
         try:
             yield info, device
-        except RuntimeError as exc:
-            if deterministic and "does not have a deterministic implementation" in str(exc):
-                op = str(exc).split(" does not have", 1)[0].strip()
-                raise W2SError(f"--deterministic: {op} has no deterministic kernel on {device}, so this model cannot "
-                               "train deterministically there; drop --deterministic (runs then differ slightly)",
-                               option="--deterministic") from None
-            if info.world_size > 1 and _lost_peer(exc):
-                raise W2SError(f"{watchdog.describe()}: a collective with the other ranks failed, so one of them is "
-                               f"gone or stuck ({_first_line(exc)}); look above for its own error; what was finished "
-                               "is kept, continue with the same command (train: --resume)") from None
+        except BaseException as exc:
+            dog.failing()
+            if isinstance(exc, RuntimeError):
+                _raise_as_w2s(exc, deterministic, device, info)
             raise
         finally:
             shutdown()
+
+
+def _raise_as_w2s(exc: RuntimeError, deterministic: bool, device, info) -> None:
+    """The one-line error of a kernel with no deterministic implementation or of a lost rank, or
+    nothing (the caller re-raises `exc`)."""
+    if deterministic and "does not have a deterministic implementation" in str(exc):
+        op = str(exc).split(" does not have", 1)[0].strip()
+        raise W2SError(f"--deterministic: {op} has no deterministic kernel on {device}, so this model cannot "
+                       "train deterministically there; drop --deterministic (runs then differ slightly)",
+                       option="--deterministic") from None
+    if info.world_size > 1 and _lost_peer(exc):
+        raise W2SError(f"{watchdog.describe()}: a collective with the other ranks failed, so one of them is "
+                       f"gone or stuck ({_first_line(exc)}); look above for its own error; what was finished "
+                       "is kept, continue with the same command (train: --resume)") from None
 
 
 def launched_by_torchrun() -> bool:

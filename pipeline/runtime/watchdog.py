@@ -101,6 +101,7 @@ class Watchdog:
         self._stop = threading.Event()
         self._pipe = None
         self._restore = None
+        self._failing = False
 
     def beat(self, waiting_for: str, at: str | None = None) -> None:
         self.waiting_for, self.since = waiting_for, time.monotonic()
@@ -110,6 +111,13 @@ class Watchdog:
     def describe(self) -> str:
         who = f"rank {self.rank} of {self.world_size}" if self.world_size > 1 else "the process"
         return f"{who} at {self.at}, waiting for {self.waiting_for}"
+
+    def failing(self) -> None:
+        """The stage is ending with an error: a stop signal from now on is ignored, so that the
+        error's own line is what this rank says (torchrun stops every other rank the moment one
+        fails, often while this one is still unwinding from the same loss; it kills a rank that
+        does not end within its grace period)."""
+        self._failing = True
 
     def __enter__(self) -> "Watchdog":
         self._pipe = os.pipe()
@@ -123,14 +131,17 @@ class Watchdog:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
         _active.remove(self)
         self._stop.set()
         if self._restore is not None:
             handlers, wakeup = self._restore
             signal.set_wakeup_fd(wakeup)
             for sig, handler in handlers.items():
-                signal.signal(sig, handler)
+                # a rank leaving with an error says so before it ends: torchrun's SIGTERM, sent once
+                # another rank failed, would otherwise cut it short on its way to printing the line
+                ranked_failure = exc_type is not None and self.world_size > 1
+                signal.signal(sig, signal.SIG_IGN if ranked_failure else handler)
         os.write(self._pipe[1], b"\0")  # wakes the thread, which sees _stop
         self._thread.join()
         for fd in self._pipe:
@@ -143,7 +154,7 @@ class Watchdog:
                 return
             if ready:
                 for number in os.read(self._pipe[0], 64):
-                    if number in [int(s) for s in STOP_SIGNALS]:
+                    if number in [int(s) for s in STOP_SIGNALS] and not self._failing:
                         name = signal.Signals(number).name
                         self._end(f"stopped by {name}{_WHO_SENDS.get(name, '')}", 128 + number)
             stalled = time.monotonic() - self.since
