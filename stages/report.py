@@ -235,7 +235,7 @@ def _assign_roles(runs: list[dict], stores: list[dict], ws) -> None:
                 r["weak_model"] = r["data"].get("weak")
                 r["weak_top1"], r["weak_top1_from"] = None, (
                     f"an ensemble of {len(r['data']['ensemble']['members'])} stores, whose own validation top-1 "
-                    "report does not measure (bench/selection_study.py does)")
+                    "report does not measure")
         elif r["loss"] == "gt" and (r["data"].get("name"), r["data"].get("split")) in labelled:
             r["role"] = "ceiling"
         else:

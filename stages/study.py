@@ -29,6 +29,8 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from ..errors import W2SError
+from ..pipeline.config.choices import LOSSES
+from ..pipeline.config.groups import RECIPE_KEYS
 from ..pipeline.report import selection
 from ..pipeline.runtime.workspace import workspace_dir
 from ..pipeline.sources.datasets import load_registry
@@ -109,14 +111,20 @@ def plan(cfg: StudyConfig, ws: str) -> list[Step]:
                 weak[name] = (None, paths if isinstance(paths, str) else paths[cfg.seeds.index(seed)])
                 continue
             label = f"s{seed}-weak" + (f"-{name}" if len(cfg.weak) > 1 else "")
-            step = _step("train", "weak", label, {**base, **cfg.train, **spec, "seed": seed}, [prepare and prepare.id],
-                         runs, names=names, option="run", role="weak", seed=seed, weak=name)
+            options = {**base, **cfg.train, **{k: v for k, v in spec.items() if k != "seed_offset"},
+                       "seed": seed + spec.get("seed_offset", 0)}
+            step = _step("train", "weak", label, options, [prepare and prepare.id], runs, names=names, option="run",
+                         role="weak", seed=seed, weak=name)
             steps.append(step)
             weak[name] = (step, os.path.join(step.options["run"], "last.pt"))
         store_paths = {}
         for name, spec in cfg.stores.items():
             made_by, checkpoint = weak[spec["weak"]]
-            options = {**base, **{k: v for k, v in spec.items() if k != "weak"}, "weak": None,
+            views = {}
+            if spec.get("views"):  # the views the strong runs of this seed draw, unless the store says otherwise
+                drawn = {**cfg.train, **cfg.strong}
+                views = {"seed": seed, **{k: drawn[k] for k in RECIPE_KEYS if k in drawn}}
+            options = {**base, **views, **{k: v for k, v in spec.items() if k != "weak"}, "weak": None,
                        "weak_checkpoint": checkpoint}
             step = _step("label", "label", f"{name}-s{seed}", options, [made_by and made_by.id, prepare and prepare.id],
                          stores, names=names, option="labels", role="store", seed=seed, store=name)
@@ -138,7 +146,11 @@ def _grid_step(cell: dict, strong: dict, stores: dict, weak: dict, prepare, runs
                names: dict) -> Step:
     """A grid cell's run for `seed`, named by the values it sets other than `usual` ones."""
     options = {k: v for k, v in cell.items() if k not in ("store", "online")}
-    if cell.get("online"):
+    loss = options.get("loss", strong.get("loss", TrainConfig.__dataclass_fields__["loss"].default))
+    if not LOSSES[loss].needs_weak:  # a ceiling in the grid: the ground truth, no weak labels
+        cell = {k: v for k, v in cell.items() if k not in ("store", "online")}
+        source, deps = {}, []
+    elif cell.get("online"):
         made_by, checkpoint = weak[cell["online"]]
         source, deps = {"teacher": checkpoint}, [made_by and made_by.id]
     else:
@@ -147,14 +159,14 @@ def _grid_step(cell: dict, strong: dict, stores: dict, weak: dict, prepare, runs
         if len(members) > 1:
             source.setdefault("ensemble", options.pop("ensemble", None))
     options = {**strong, **options, **source}
-    loss = options.get("loss", TrainConfig.__dataclass_fields__["loss"].default)
     label = f"s{seed}-" + "-".join([loss, *(_short(k, v) for k, v in cell.items()
-                                            if k not in ("loss", "online") and v != usual.get(k))])
+                                            if k != "loss" and v is not None and v != usual.get(k))])
     return _step("train", "train", label, options, [*deps, prepare and prepare.id], runs, names=names, option="run",
                  role="grid", seed=seed, cell=cell)
 
 
-ABBREVIATED = {"gt_weight": "gt", "keep_frac": "keep", "rank_by": "by", "threshold": "thr", "store": ""}
+ABBREVIATED = {"gt_weight": "gt", "keep_frac": "keep", "rank_by": "by", "threshold": "thr", "store": "",
+               "online": "online-"}
 
 
 def _short(key: str, value) -> str:
@@ -226,6 +238,7 @@ def data_in(ws: str, cfg: StudyConfig):
 def execute(step: Step, ws: str) -> dict:
     """Run one step (in this process, or a worker's) and write its marker; returns the marker."""
     started = time.perf_counter()
+    _cluster_ranks()
     if step.kind == "prepare":
         out = run_prepare(_config(step, ws)).out
         result = {"out": out, "label_noise": read_manifest(out).get("label_noise")}
@@ -246,6 +259,18 @@ def execute(step: Step, ws: str) -> dict:
         json.dump(marker, f, indent=1, default=str)
     os.replace(path + ".tmp", path)  # a marker is whole or absent
     return marker
+
+
+def _cluster_ranks() -> None:
+    """In a submitit job of several tasks (the study's cluster: tasks_per_node, nodes), each task
+    is a rank: submitit's TorchDistributedEnvironment exports what torchrun would (RANK, WORLD_SIZE,
+    LOCAL_RANK, MASTER_ADDR, MASTER_PORT), as the MAE, DINO and DeiT codebases do."""
+    if "SUBMITIT_FOLDER" not in os.environ:
+        return
+    import submitit  # lazy: only in a submitit job, where it is installed
+
+    if submitit.JobEnvironment().num_tasks > 1:
+        submitit.helpers.TorchDistributedEnvironment().export()
 
 
 def _train(step: Step, ws: str, run_train) -> dict:
@@ -275,9 +300,6 @@ class _InProcess:
             future.set_exception(exc)
         return future
 
-    def close(self):
-        pass
-
 
 def _threads(count: int) -> None:
     """A pool worker's torch threads: the cores shared between the jobs."""
@@ -297,7 +319,6 @@ def engine(jobs: int, cluster: str | None, folder: str, parameters: dict):
         executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
         if parameters:
             executor.update_parameters(**parameters)
-        executor.close = lambda: None
         return executor
     if jobs <= 1:
         return _InProcess()
@@ -401,7 +422,7 @@ class StudyResult(dict):
         lines += ["", *(f"failed: {name}: {why}" for name, why in self["failed"])]
         t = self["time"]
         lines.append(f"study {self['workspace']}: {t['steps_run']} steps run, {t['steps_done_before']} done before, "
-                     f"{len(self['failed'])} failed or skipped, in {t['wall_s'] / 60:.1f} min ({t['jobs']} jobs; "
+                     f"{len(self['failed'])} failed or skipped, in {t['wall_s'] / 60:.1f} min ({t['jobs']} job{'s' * (t['jobs'] > 1)}; "
                      f"planning {t['plan_s']:.1f} s, report {t['report_s']:.1f} s); report {self['markdown']}")
         return lines
 

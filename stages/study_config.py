@@ -6,7 +6,7 @@ validated `StudyConfig` (stages/study.py plans and runs it).
     seeds: 3                             # 0, 1, 2 (or a list)
     train: {config: demo}                # train options every run shares (a recipe, options)
     weak:                                # weak models, each trained once per seed on a split's ground truth
-      test_vit: {strong: test_vit, img_size: 32, epochs: 10, split: weak}
+      test_vit: {strong: test_vit, img_size: 32, epochs: 10, split: weak}   # seed_offset: 3 -> seed s + 3
     stores:                              # stores, each labelled once per seed by a weak model
       centre: {weak: test_vit, workers: 0}
     strong: {strong: resnet10t, img_size: 24, epochs: 8}   # the strong runs' options (ceiling and grid)
@@ -197,10 +197,14 @@ def _weak(spec, options: dict, where: str) -> dict:
         if not (isinstance(paths, str) or (isinstance(paths, list) and all(isinstance(p, str) for p in paths))):
             raise W2SError(f"{where}.checkpoint must be a path, or a list of paths (one per seed)")
         return {"checkpoint": paths}
+    spec = dict(spec)
+    offset = spec.pop("seed_offset", 0)
+    if isinstance(offset, bool) or not isinstance(offset, int):
+        raise W2SError(f"{where}.seed_offset must be a whole number (the weak model of seed s trains with s + it)")
     out = _options(spec, options, where)
     if "split" not in out:
         raise W2SError(f"{where}.split is missing: the split whose ground truth the weak model learns")
-    return {"loss": "gt", **out}
+    return {"loss": "gt", **out, **({"seed_offset": offset} if offset else {})}
 
 
 def _store(spec, weak: dict, where: str) -> dict:

@@ -139,3 +139,12 @@ def test_steps_run_side_by_side_and_a_failed_step_stops_only_its_dependents(tmp_
     assert any("1 running" in line for line in lines)  # the two stores side by side
     if "cluster" in how:
         assert os.listdir(tmp_path / "ws" / "study" / "submitit")  # submitit's own logs of each job
+
+
+@pytest.mark.parametrize("name", ["demo", "demo-noisy", "demo-few-shot", "threshold", "selection", "teacher"])
+def test_every_shipped_study_plans_whole_and_quick(name, tmp_path):
+    """Each shipped study file is valid as a whole and in its quick form: every step's config builds."""
+    for quick in (False, True):
+        result = run_study(load_study(name, quick=quick), out=str(tmp_path / name), dry_run=True)
+        assert result["steps"] and not any(s["done"] for s in result["steps"])
+        assert result.summary()[-1].startswith(f"0 of {len(result['steps'])} steps done")
