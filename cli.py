@@ -18,6 +18,7 @@ from .errors import W2SError
 from .pipeline.config.choices import CLUSTERS, SCENARIOS
 from .pipeline.config.options import NO_DEFAULT, field_of, flag_of, ordered, spec_of
 from .stages.eval_config import EvalConfig
+from .stages.features_config import FeaturesConfig
 from .stages.label_config import LabelConfig
 from .stages.prepare_config import PrepareCifarConfig, PrepareDigitsConfig, PrepareFolderConfig
 from .stages.train_config import TrainConfig
@@ -190,6 +191,24 @@ def label(ctx, **values):
     from .stages.label import run_label
 
     _echo(run_label(_config(ctx, LabelConfig, values)))
+
+
+@cli.command()
+@options_from(FeaturesConfig)
+@click.pass_context
+def features(ctx, **values):
+    """A model's frozen pooled features (the classifier's input, fp16) for every sample of a split,
+    into a feature store: the label store's layout (Zarr + index.parquet, shard-aligned, resumable,
+    `verify`, `inspect`), written once by `label`'s machinery. `train --features STORE` then trains
+    a probe from stores alone, decoding no image.
+
+    \b
+      w2s-pipe features --model dinov2_vits14 --data imagenet              # the training split
+      w2s-pipe features --model dinov2_vits14 --data imagenet --split val  # the probe's validation
+    """
+    from .stages.label import run_label
+
+    _echo(run_label(_config(ctx, FeaturesConfig, values).label_config()))
 
 
 def _load_config(ctx, param, value):

@@ -49,6 +49,8 @@ def store_statistics(url: str, storage_options: dict | None = None) -> dict:
     store.require_complete()
     store.check_rows()  # every shard's rows against its marker: statistics of damaged rows are wrong
     store.check_index()
+    if store.features:
+        return feature_statistics(store)
     index = dd.read_parquet(join(url.rstrip("/"), schema.INDEX_FILE), storage_options=storage_options or None)
     columns = {c: index[c].to_dask_array(lengths=True) for c in ("pred", "confidence", "margin", "entropy")}
     has_label = "label" in index.columns
@@ -106,6 +108,28 @@ def store_statistics(url: str, storage_options: dict | None = None) -> dict:
     else:
         stats["reliability"] = reliability(columns["confidence"], da.zeros_like(columns["confidence"]))
         stats["reliability"]["accuracy"] = None
+    return stats
+
+
+def feature_statistics(store) -> dict:
+    """A feature store's figures (its rows checked already): samples, width, the features' L2 norm
+    (mean, quantiles), the share of exactly zero entries, and the ground truth's per-class counts."""
+    import dask.array as da  # lazy, as above
+
+    features = store.dask_arrays()[schema.FEATURES].astype("float32")
+    norms = da.sqrt((features ** 2).sum(axis=1))
+    index = store.index()
+    lazy = {"norm_mean": norms.mean(), "norm_q": da.percentile(norms, QUANTILES), "zero": (features == 0).mean()}
+    (result,) = dask.compute(lazy)
+    stats = {"store": store.url, "kind": "features", "model": store.attrs["weak"]["model"],
+             "data": store.attrs["data"]["name"], "split": store.attrs["data"]["split"], "samples": index.num_rows,
+             "shards": len(store.shards), "width": store.features, "classes": store.num_classes,
+             "precision": store.attrs["precision"],
+             "norm": {"mean": float(result["norm_mean"]),
+                      "quantiles": dict(zip(map(str, QUANTILES), map(float, result["norm_q"])))},
+             "zero_fraction": float(result["zero"]), "has_labels": "label" in index.column_names}
+    if stats["has_labels"]:
+        stats["label_counts"] = [int(c) for c in np.bincount(index["label"].to_numpy(), minlength=store.num_classes)]
     return stats
 
 
@@ -170,6 +194,8 @@ def run_inspect(cfg: InspectConfig) -> InspectResult:
                                              f"mean-prob ensemble of {len(urls)} stores")]
         return stats
     stats = InspectResult(store_statistics(cfg.store))
+    if stats.get("kind") == "features":
+        return stats
     if stats["has_labels"]:
         stats["coverage"] = coverage_accuracy(open_store(cfg.store).index())
     if cfg.plots:
@@ -220,9 +246,25 @@ def format_ensemble(stats: dict) -> str:
     return "\n".join(lines)
 
 
+def format_features(stats: dict) -> str:
+    n = stats["norm"]
+    lines = [f"feature store {stats['store']}",
+             f"model {stats['model']} on {stats['data']} {stats['split']} ({stats['precision']}): {stats['width']}-d "
+             "pooled features",
+             f"samples {stats['samples']} in {stats['shards']} shards, {stats['classes']} classes",
+             f"L2 norm mean {n['mean']:.4f}; " + ", ".join(f"p{k} {v:.3f}" for k, v in n["quantiles"].items()),
+             f"exactly zero: {stats['zero_fraction']:.4f} of the entries"]
+    if stats["has_labels"]:
+        counts = stats["label_counts"]
+        lines.append(f"ground truth per class: {min(counts)} to {max(counts)} samples")
+    return "\n".join(lines)
+
+
 def format_text(stats: dict) -> str:
     if "ensembles" in stats:
         return format_ensemble(stats)
+    if stats.get("kind") == "features":
+        return format_features(stats)
     c, m = stats["confidence"], stats["margin"]
 
     def q(d):

@@ -37,6 +37,7 @@ from ..pipeline.loaders.shard_batches import (
 )
 from ..pipeline.loaders.workers import loading_processes
 from ..pipeline.models.build import load_model
+from ..pipeline.models.features import feature_width, pooled_features
 from ..pipeline.runtime import distributed, watchdog
 from ..pipeline.runtime.workspace import default_store_path
 from ..pipeline.sources.datasets import resolve_data
@@ -65,26 +66,27 @@ class LabelResult:
     skipped: int = 0  # bad samples (or unreadable shards) recorded and left out in this run
     already_complete: bool = False  # the store was finished before this run, which checked it and wrote nothing
     size_bytes: int | None = None  # the complete store's size
+    kind: str = "store"  # or "feature store"
 
     def summary(self) -> list[str]:
         if self.already_complete:
-            return [f"store {self.store}: already complete ({self.samples_total} samples in {self.shards_total} shards; "
+            return [f"{self.kind} {self.store}: already complete ({self.samples_total} samples in {self.shards_total} shards; "
                     "its index and rows checked against what label wrote); nothing to do"]
-        lines = [f"labelled {self.samples} samples in {self.shards} shards at {self.images_per_s:.0f} img/s "
+        lines = [f"{'embedded' if self.kind != 'store' else 'labelled'} {self.samples} samples in {self.shards} shards at {self.images_per_s:.0f} img/s "
                  f"({self.seconds:.1f} s)"]
         if self.skipped:
             lines.append(f"skipped {self.skipped} bad samples or shards; see skipped.parquet in the store for keys and "
                          "reasons")
         if self.complete:
             size = self.size_bytes or 0
-            lines.append(f"store {self.store}: complete, {self.samples_total} samples, {self.shards_total} shards, "
+            lines.append(f"{self.kind} {self.store}: complete, {self.samples_total} samples, {self.shards_total} shards, "
                          f"{size / 1024:.0f} KiB ({size / max(1, self.samples_total):.0f} B/sample)")
         elif self.claimed_elsewhere:
             holders = sorted({f"pid {c['pid']} on {c['host']}" for c in self.claimed_elsewhere})
-            lines.append(f"store {self.store}: {len(self.claimed_elsewhere)} shards are being labelled by another "
+            lines.append(f"{self.kind} {self.store}: {len(self.claimed_elsewhere)} shards are being labelled by another "
                          f"process ({', '.join(holders)}); it will finish the store")
         else:
-            lines.append(f"store {self.store}: incomplete; re-run the same command to finish it")
+            lines.append(f"{self.kind} {self.store}: incomplete; re-run the same command to finish it")
         return lines
 
 
@@ -94,7 +96,7 @@ def run_label(cfg: LabelConfig) -> LabelResult:
         source = resolve_data(cfg.data, cfg.split, workspace=cfg.workspace, num_classes=cfg.num_classes)
         loaded = load_model(cfg.weak, checkpoint=cfg.weak_checkpoint, num_classes=source.num_classes,
                             img_size=cfg.img_size)
-        num_classes = _check_classes(source.num_classes or loaded.num_classes, cfg.topk)
+        num_classes = _check_classes(source.num_classes or loaded.num_classes, cfg.topk, cfg.features)
         precision = distributed.resolve_precision(cfg.precision, device)
         url = store_url(cfg, source, loaded.name)
         # What is at `url` is looked at by the main process alone: another rank would race its creation.
@@ -110,7 +112,8 @@ def run_label(cfg: LabelConfig) -> LabelResult:
         if distributed.broadcast(info.is_main and writer is None):
             finished = existing if info.is_main else open_store(url)
             return LabelResult(store=url, complete=True, samples=0, shards=0, shards_total=len(finished.shards),
-                               samples_total=finished.num_samples, seconds=0.0, images_per_s=0.0, already_complete=True)
+                               samples_total=finished.num_samples, seconds=0.0, images_per_s=0.0, already_complete=True,
+                               kind=finished.kind)
         writer = writer or StoreWriter(url)
         shards, names = writer.shards, [s["name"] for s in writer.shards]
         done = writer.done_shards()
@@ -134,7 +137,7 @@ def run_label(cfg: LabelConfig) -> LabelResult:
                    desc=f"label {loaded.name}", dynamic_ncols=True)
         gathered = Gathered()  # each shard's landed rows, until it ends
         lost: dict[int, list] = {}  # shard -> samples the device decoder could not read (gpu, skip)
-        copy = HostCopy(device, names)  # the outputs landing on the host, one batch late
+        copy = HostCopy(device, names, "the model's features" if cfg.features else None)  # landing one batch late
         start, written, taken, skipped = None, 0, 0, 0
         with ShardWrites(writer, claims) as writes, torch.inference_mode():
             skipped += _record_unreadable(writes, claims, [i for i in todo if shards[i]["count"] == 0])
@@ -165,7 +168,7 @@ def run_label(cfg: LabelConfig) -> LabelResult:
         return _finish(writer, claims, info, LabelResult(
             store=url, complete=False, samples=gathered.rows, shards=written, shards_total=len(shards),
             samples_total=sum(s["count"] for s in shards), seconds=seconds, skipped=skipped,
-            images_per_s=gathered.rows / seconds if seconds > 0 else 0.0))
+            images_per_s=gathered.rows / seconds if seconds > 0 else 0.0, kind="feature store" if cfg.features else "store"))
 
 
 @dataclass
@@ -181,6 +184,7 @@ class Labelling:
     names: list[str]  # the shards' names
     topk: int | None
     skip_bad: bool
+    features: bool = False  # the model's pooled features, not its outputs (a feature store)
 
     @classmethod
     def of(cls, cfg: LabelConfig, loaded, device, decoder: str, precision: str, names: list[str]) -> "Labelling":
@@ -191,7 +195,7 @@ class Labelling:
             model = torch.compile(model)
         return cls(model, DeviceNormalize(loaded.data_config, device),
                    TensorGeometry(loaded.data_config) if decoder == "gpu" else None,
-                   distributed.autocast(precision, device), device, names, cfg.topk, cfg.skip_bad)
+                   distributed.autocast(precision, device), device, names, cfg.topk, cfg.skip_bad, cfg.features)
 
     def __call__(self, batch: ImageBatch, copy: HostCopy, lost: dict):
         """The rows that landed on the host (the batch before this one's); `lost` collects, per shard,
@@ -201,6 +205,9 @@ class Labelling:
         lost.setdefault(batch.shard, []).extend(unread)
         if images is None:
             return None
+        if self.features:
+            return copy.push(batch.shard, keys, labels, pooled_features(self.model, self.normalize(images),
+                                                                        autocast=self.autocast))
         views, records = view_inputs(batch, self.normalize)
         outputs = weak_outputs(self.model, self.normalize(images), topk=self.topk, autocast=self.autocast, views=views)
         return copy.push(batch.shard, keys, labels, {**outputs, **records})
@@ -220,7 +227,9 @@ def _finish(writer: StoreWriter, claims: ShardClaims, info, result: LabelResult)
         size_bytes=open_store(result.store).size_bytes() if complete and info.is_main else None)
 
 
-def _check_classes(num_classes: int, topk: int | None) -> int:
+def _check_classes(num_classes: int, topk: int | None, features: bool = False) -> int:
+    if features:  # a feature store keeps no outputs: the data set's classes are only recorded
+        return num_classes
     if num_classes < 2:
         raise W2SError(f"the weak model has {num_classes} output; labelling needs at least 2 classes")
     if topk is not None and topk >= num_classes:
@@ -235,7 +244,7 @@ def store_url(cfg: LabelConfig, source, weak_name: str) -> str:
     data_name = source.name if source.name != "shards" else \
         f"{source.dataset or 'shards'}-{hashlib.sha1(source.pattern.encode()).hexdigest()[:8]}"
     return absolute(cfg.labels or default_store_path(cfg.workspace, data_name, source.split, weak_name, cfg.topk,
-                                                     cfg.views))
+                                                     cfg.views, features=cfg.features))
 
 
 def label_decoder(requested: str, device, data_config: dict, existing, url: str, views: int = 0) -> str:
@@ -269,6 +278,7 @@ def _store_attrs(cfg: LabelConfig, source, loaded, num_classes: int, decoder: st
               "image_field": ";".join(source.image_fields), "label_field": source.label_field},
         shards=shards_as_dicts(shards), fingerprint=fingerprint(shards), topk=cfg.topk, tool_version=__version__,
         config={k: v for k, v in asdict(cfg).items() if k not in ("progress", "stall_timeout")},  # what was computed
+        features=feature_width(loaded.model) if cfg.features else 0,
         views=None if not cfg.views else {"k": cfg.views, "seed": cfg.seed, "recipe": cfg.recipe(TrainViews(0).ratio),
                                           "fingerprint": view_fingerprint(loaded.data_config, decoder)})
 

@@ -45,12 +45,16 @@ class LabelConfig(Loading, Watched, ViewRecipe):
                                         "skipped.parquet and go on (an unreadable or empty shard is recorded whole).",
                                 choices=BAD_SAMPLE_POLICIES)
     workspace: str | None = None
+    features: bool = False  # store the model's pooled features, not its outputs (`w2s-pipe features`)
 
     def __post_init__(self):
         if not self.weak and not self.weak_checkpoint:
             raise W2SError("give --weak MODEL (a timm name or alias) or --weak-checkpoint PATH", option="--weak")
         options.check(self)
         self.check_recipe()
+        if self.features and (self.topk or self.views):
+            raise W2SError("a feature store holds the centre view's features: no --topk or --views with it",
+                           option="--topk" if self.topk else "--views")
         if (self.aa or self.color_jitter or self.reprob) and not self.views:
             raise W2SError("--aa, --color-jitter and --reprob shape the training views: give --views K with them",
                            option="--views")

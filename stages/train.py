@@ -39,6 +39,16 @@ from ..pipeline.train.ema import build_ema
 from ..pipeline.train.inputs import Inputs, resolve_inputs
 from ..pipeline.train.losses import objective as make_objective
 from ..pipeline.train.optim import Schedule, ScheduleSpec, build_optimizer
+from ..pipeline.train.probe import (
+    ProbeBatches,
+    ProbeInputs,
+    default_val_features,
+    feature_store,
+    probe_validator,
+    run_weights,
+    training_rows,
+    validation_rows,
+)
 from ..pipeline.train.resume import rank_state, resume, run_settings, seed_everything
 from ..pipeline.train.runs import (
     EpochTotals,
@@ -131,10 +141,12 @@ def run_train(cfg: TrainConfig) -> TrainResult:
         # -- model, optimizer, schedule -------------------------------------------------------------
         seed_everything(cfg.seed)  # the same initial weights on every rank
         model, data_config = _student(cfg, strong, inputs.num_classes, device)
+        probe = _probe(cfg, inputs, strong, model, device) if cfg.features else None  # rows of the feature stores
         optimizer = build_optimizer(model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                     momentum=cfg.momentum, layer_decay=cfg.layer_decay)
         accum = cfg.grad_accum  # batches per optimizer step; a step is one optimizer step
-        steps_per_epoch = cfg.steps_per_epoch or max(1, _count(inputs) // (cfg.batch_size * accum * info.world_size))
+        steps_per_epoch = cfg.steps_per_epoch or max(1, (len(probe.rows) if probe else _count(inputs)) // (
+            cfg.batch_size * accum * info.world_size))
         total_steps = steps_per_epoch * cfg.epochs
         schedule = Schedule(optimizer, _schedule_spec(cfg, steps_per_epoch))
         settings = run_settings(cfg, strong=strong, data_source=inputs.record, precision_resolved=precision,
@@ -151,18 +163,17 @@ def run_train(cfg: TrainConfig) -> TrainResult:
 
         # -- start, or resume exactly where last.pt left off ----------------------------------------
         step = state.start(cfg, run_dir, settings, {"num_classes": inputs.num_classes, "data_config": data_config})
-        net, no_sync = distributed.wrap_model(model, device, info, compile=cfg.compile)
+        net, no_sync = distributed.wrap_model(model.get_classifier() if probe else model, device, info,
+                                              compile=cfg.compile)  # a probe's step: features -> its head
 
         # -- data, objective, validation ------------------------------------------------------------
         autocast = distributed.autocast(precision, device)
-        batches, step_inputs = _data(cfg, inputs, data_config, decoder, workers, device, info, start_step=step * accum,
-                                     autocast=autocast)
+        batches, step_inputs, validate = _feed(cfg, inputs, probe, data_config, decoder, workers, device, info,
+                                               (steps_per_epoch * accum, step * accum), autocast, precision)
         objective = _objective(cfg)
-        validate = _validator(inputs.val, data_config, batch_size=cfg.batch_size, workers=workers, device=device,
-                              precision=precision, decoder=decoder)
 
         # -- the loop ------------------------------------------------------------------------------
-        net.train(not cfg.linear_probe)  # a linear probe's frozen backbone keeps its normalisation statistics
+        net.train(not cfg.head_only)  # a linear probe's frozen backbone keeps its normalisation statistics
         bar = _progress_bar(cfg, info, strong, total_steps, step)
         stop_at = min(total_steps, step + cfg.max_steps) if cfg.max_steps else total_steps
         window, started = MetricWindow(), time.perf_counter()
@@ -308,7 +319,7 @@ def _student(cfg: TrainConfig, strong: str, num_classes: int, device):
     channels_last = device.type == "cuda" if cfg.channels_last is None else cfg.channels_last
     if channels_last:
         model.to(memory_format=torch.channels_last)  # before DDP, which keeps the layout it is given
-    if cfg.linear_probe:
+    if cfg.head_only:
         head = set(head_parameters(model))
         for p in model.parameters():
             p.requires_grad_(p in head)
@@ -342,9 +353,7 @@ def _data(cfg: TrainConfig, inputs: Inputs, data_config: dict, decoder: str, wor
     size = tuple(int(v) for v in data_config["input_size"][1:])
     views = TrainViews(cfg.seed, scale=(cfg.crop_scale, 1.0), hflip=cfg.hflip, reprob=cfg.reprob, size=size)
     augment = TrainAugment(data_config, views, decoder, color_jitter=cfg.color_jitter, auto_augment=cfg.aa)
-    join = StoreJoin(inputs.store_url, skip_missing=cfg.skip_missing, keep=inputs.kept.masks if inputs.kept else None,
-                     views=inputs.view_passes > 0, trust=cfg.weight_by, members=inputs.members,
-                     ensemble=inputs.ensemble) if cfg.weak_from == "store" else None
+    join = _join(cfg, inputs)
     teacher = OnlineTeacher(inputs.teacher, data_config, device, autocast) if inputs.teacher is not None else None
     need_labels = cfg.needs_labels
     stream = TrainStream(inputs.urls, augment=augment, image_fields=inputs.image_fields,
@@ -360,6 +369,59 @@ def _data(cfg: TrainConfig, inputs: Inputs, data_config: dict, decoder: str, wor
     return batches, StepInputs(data_config, device, decoder=decoder, rank=info.rank,
                                need_labels=need_labels, reprob=cfg.reprob, mixer=mixer, teacher=teacher,
                                num_classes=inputs.num_classes, smoothing=cfg.smoothing)
+
+
+def _feed(cfg: TrainConfig, inputs: Inputs, probe, data_config: dict, decoder: str, workers: int, device, info,
+          batches: tuple[int, int], autocast, precision: str):
+    """(this rank's endless batches from the (micro-)batch `batches[1]` on, of `batches[0]` an epoch;
+    the callable that makes one a step's inputs; the validation, or None): from the shards, or a
+    --features probe's from its stores."""
+    per_epoch, start = batches
+    if probe:
+        return (*probe.batches(cfg, info, per_epoch, start), probe.validate)
+    return (*_data(cfg, inputs, data_config, decoder, workers, device, info, start_step=start, autocast=autocast),
+            _validator(inputs.val, data_config, batch_size=cfg.batch_size, workers=workers, device=device,
+                       precision=precision, decoder=decoder))
+
+
+def _join(cfg: TrainConfig, inputs: Inputs) -> StoreJoin | None:
+    """The samples' weak labels from the store(s): a store's (or its views', replayed), or an
+    ensemble's; with --select's masks and --weight-by's statistic. None without a store."""
+    if cfg.weak_from != "store":
+        return None
+    return StoreJoin(inputs.store_url, skip_missing=cfg.skip_missing, keep=inputs.kept.masks if inputs.kept else None,
+                     views=inputs.view_passes > 0, trust=cfg.weight_by, members=inputs.members, ensemble=inputs.ensemble)
+
+
+@dataclass
+class Probe:
+    """A --features run's data: its training rows (features joined with weak labels) and its
+    validation (the validation split's feature store), in memory."""
+
+    rows: object  # probe.ProbeRows
+    validate: object | None
+    device: object
+
+    def batches(self, cfg: TrainConfig, info, per_epoch: int, start: int):
+        rows = ProbeBatches(self.rows, batch_size=cfg.batch_size, per_epoch=per_epoch, seed=cfg.seed, rank=info.rank,
+                            world_size=info.world_size, start=start)
+        return iter(rows), ProbeInputs(self.device)
+
+
+def _probe(cfg: TrainConfig, inputs: Inputs, strong: str, model, device) -> Probe:
+    """The feature stores of a --features run, checked against the model and the label store, and
+    their rows (recorded in the run's data record)."""
+    weights = run_weights(cfg)
+    train = feature_store(cfg.features, "--features", strong, model, weights)
+    rows = training_rows(train, _join(cfg, inputs), inputs.store_url if cfg.weak_from == "store" else None,
+                         cfg.needs_labels, trust=bool(cfg.weight_by))
+    inputs.record["features"] = train.url
+    validate = None
+    if not cfg.no_eval:
+        val = feature_store(default_val_features(cfg, inputs.val, strong), "--val-features", strong, model, weights)
+        inputs.record["val_features"] = val.url
+        validate = probe_validator(validation_rows(val), device)
+    return Probe(rows, validate, device)
 
 
 def _log_window(window, totals, log, step: int, lr: float, info, steps_per_epoch: int) -> float:

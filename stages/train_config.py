@@ -56,6 +56,15 @@ class TrainConfig(Objective, Selection, ViewRecipe, Optimisation, Schedule, Load
     strong_checkpoint: str | None = option(None, "Start from a local checkpoint or state dict (e.g. an MAE ViT-B); its "
                                                  "head is replaced.")
     linear_probe: bool = option(False, "Freeze the backbone and train only the classifier head.")
+    features: str | None = option(None, "A probe from stores alone: the feature store (`w2s-pipe features`) of --strong "
+                                        "on the training split; the classifier head trains on its stored features "
+                                        "joined with the label store(s) by shard and key, and no image is decoded. "
+                                        "Every loss, selection, weighting and ensemble option works; the view and "
+                                        "mixing options and --teacher do not apply. The checkpoints hold the whole "
+                                        "model (the store's backbone: give --pretrained or the --strong-checkpoint it "
+                                        "was embedded with).")
+    val_features: str | None = option(None, "The validation split's feature store of a --features run [default: "
+                                            "<workspace>/features/<data>-<val split>-<model>].")
     drop_path: float | None = option(None, "Stochastic depth rate (timm's drop_path_rate), for models that have it.",
                                      at_least=0, below=1)
     head_init_std: float | None = option(None, "Re-initialise the classifier: truncated-normal weights with this std, "
@@ -124,6 +133,16 @@ class TrainConfig(Objective, Selection, ViewRecipe, Optimisation, Schedule, Load
                    "--store-view")
         if self.teacher_model and not self.teacher:
             refuse("--teacher-model names the model of a --teacher checkpoint: give --teacher too", "--teacher-model")
+        if self.features:
+            image_only = [(self.teacher, "--teacher"), (self.mixes, "--mixup/--cutmix"), (self.aa, "--aa"),
+                          (self.color_jitter, "--color-jitter"), (self.reprob, "--reprob"),
+                          (self.store_view == "replay", "--store-view replay")]
+            for given, name in image_only:
+                if given:
+                    refuse(f"{name} acts on images; a --features probe reads stored features of the centre view",
+                           name.split("/")[0].split(" ")[0])
+        if self.val_features and not self.features:
+            refuse("--val-features is the validation of a --features probe: give --features too", "--val-features")
         if self.pretrained and self.strong_checkpoint:
             refuse("give --pretrained or --strong-checkpoint, not both", "--pretrained")
         if self.resume and not self.run:
@@ -133,6 +152,11 @@ class TrainConfig(Objective, Selection, ViewRecipe, Optimisation, Schedule, Load
     def label_stores(self) -> list[str]:
         """The --labels stores: one, or the members of an ensemble (comma-separated)."""
         return [s.strip() for s in (self.labels or "").split(",") if s.strip()]
+
+    @property
+    def head_only(self) -> bool:
+        """Whether only the classifier trains: --linear-probe, or a probe from stored --features."""
+        return self.linear_probe or bool(self.features)
 
     @property
     def needs_labels(self) -> bool:

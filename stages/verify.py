@@ -134,7 +134,10 @@ def run_verify(cfg: VerifyConfig) -> VerifyReport:
         report.add("index agrees with arrays", index_problems)
     if cfg.check_data:
         report.add("one row per sample of the data", data_problems)
-    if cfg.recompute and not missing:
+    if cfg.recompute and store.features:
+        report.add("--recompute", ["recomputing is for label stores; a feature store's rows are checked against their "
+                                   "markers above"])
+    elif cfg.recompute and not missing:
         problems, views = _recompute(store, cfg)
         replayed = (f"; their {views['views']} views replayed: top-1 agreement {views['agree'] / views['views']:.3f}, "
                     f"largest logit difference {views['diff']:.3g}") if views["views"] else ""
@@ -173,6 +176,8 @@ def _shard_and_marker(store, i: int, problems: list):
 def _value_problems(store, i: int, rows, count: int) -> list[str]:
     """Shard `i`'s values: finite, statistics consistent with the stored logits, padding empty."""
     name, problems = store.shards[i]["name"], []
+    if store.features:
+        return _feature_problems(store, i, rows, count)
     tensor = rows.arrays["logits"] if "logits" in rows.arrays else rows.arrays["topk_values"]
     bad = ~np.isfinite(tensor.astype(np.float32)).all(axis=1)
     problems += [f"shard {name}, key {rows.keys[j]!r}: non-finite logits" for j in np.nonzero(bad)[0]]
@@ -198,6 +203,17 @@ def _value_problems(store, i: int, rows, count: int) -> list[str]:
     return problems
 
 
+def _feature_problems(store, i: int, rows, count: int) -> list[str]:
+    """A feature store's shard `i`: finite features, padding empty."""
+    name, features = store.shards[i]["name"], rows.arrays[schema.FEATURES]
+    bad = ~np.isfinite(features.astype(np.float32)).all(axis=1)
+    problems = [f"shard {name}, key {rows.keys[j]!r}: non-finite features" for j in np.nonzero(bad)[0]]
+    padding = store.group[schema.FEATURES][i * store.capacity + count: (i + 1) * store.capacity]
+    if padding.size and (padding != 0).any():
+        problems.append(f"shard {name}: padding rows after row {count} hold values")
+    return problems
+
+
 def _index_problems(store, i: int, rows, part, check_data: bool) -> list[str]:
     """index.parquet's part of shard `i` against its arrays (and its labels against the shard's own)."""
     s, problems = store.shards[i], []
@@ -207,7 +223,7 @@ def _index_problems(store, i: int, rows, part, check_data: bool) -> list[str]:
     expected_rows = np.arange(i * store.capacity, i * store.capacity + count)
     if not np.array_equal(part.column("row").to_numpy(), expected_rows):
         problems.append(f"shard {name}: index.parquet row numbers are not its row range")
-    for stat in schema.STAT_ARRAYS:
+    for stat in () if store.features else schema.STAT_ARRAYS:
         if not np.array_equal(part.column(stat).to_numpy(), rows.arrays[stat], equal_nan=True):
             problems.append(f"shard {name}: index.parquet column {stat} differs from the {stat} array")
     if check_data and "label" in part.column_names and store.attrs["data"].get("label_field"):

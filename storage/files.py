@@ -68,9 +68,10 @@ def read_markers(fs, path: str, n_shards: int) -> list[dict]:
     return out
 
 
-def index_from_parts(fs, path: str, n_shards: int) -> pa.Table:
-    """index.parquet as it should be: the shards' index parts, concatenated in shard order. A part
-    that cannot be read is a one-line error naming it."""
+def index_from_parts(fs, path: str, n_shards: int, stats: bool = True) -> pa.Table:
+    """index.parquet as it should be: the shards' index parts, concatenated in shard order (with
+    the statistics' columns but in a feature store: `stats` False). A part that cannot be read is a
+    one-line error naming it."""
     parts_dir = join(path, schema.PARTS_DIR)
     paths = [schema.shard_file(parts_dir, i, ".parquet") for i in range(n_shards)]
     blobs = fs.cat(paths, on_error="return")
@@ -85,7 +86,7 @@ def index_from_parts(fs, path: str, n_shards: int) -> pa.Table:
             raise W2SError(f"store {path}: {schema.shard_file(schema.PARTS_DIR, i, '.parquet')} is damaged or "
                            f"unreadable ({why}); `label --overwrite` makes the store again") from None
     with_label = all("label" in t.column_names for t in tables if t.num_rows) and any(t.num_rows for t in tables)
-    target = schema.index_schema(with_label)
+    target = schema.index_schema(with_label, stats)
     try:
         tables = [t.select(target.names).cast(target) if t.num_rows else target.empty_table() for t in tables]
     except (KeyError, ValueError, pa.ArrowInvalid) as exc:

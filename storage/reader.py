@@ -82,6 +82,7 @@ class LabelStore:
         self.topk = self.attrs["layout"].get("topk")
         self.views = schema.layout_views(self.attrs)  # views per sample (0: centre only)
         self.views_mixed = schema.views_mixed(self.attrs)  # the views are mixed with partners of their shard
+        self.features = schema.feature_width(self.attrs)  # a feature store's width D (0: a label store)
         self.capacity = int(self.attrs["layout"]["capacity"])
         self.shards = self.attrs["data"]["shards"]
         self._shard_pos = {s["name"]: i for i, s in enumerate(self.shards)}
@@ -152,6 +153,10 @@ class LabelStore:
     def complete(self) -> bool:
         return self.fs.exists(join(self.path, schema.INDEX_FILE)) and not self.missing_shards()
 
+    @property
+    def kind(self) -> str:
+        return "feature store" if self.features else "label store"
+
     def require_complete(self):
         missing = self.missing_shards()
         if missing or not self.fs.exists(join(self.path, schema.INDEX_FILE)):
@@ -202,7 +207,8 @@ class LabelStore:
             index = self._parquet(schema.INDEX_FILE)
             if index.num_rows != self.num_samples:
                 self._count_mismatch()  # a marker that disagrees with its shard's part, named
-            if index.num_rows != self.num_samples or not {"key", "shard", "row", "pred"} <= set(index.column_names):
+            needed = {"key", "shard", "row"} | (set() if self.features else {"pred"})
+            if index.num_rows != self.num_samples or not needed <= set(index.column_names):
                 raise self.damaged(schema.INDEX_FILE, ValueError(
                     f"{index.num_rows} rows with columns {', '.join(index.column_names)}; the markers (done/*.json) "
                     f"count {self.num_samples} samples"))
@@ -260,7 +266,7 @@ class LabelStore:
     def check_index(self) -> None:
         """index.parquet is the concatenation of the shards' index parts, as `label` wrote it."""
         index = self.index()
-        expected = index_from_parts(self.fs, self.path, len(self.shards))
+        expected = index_from_parts(self.fs, self.path, len(self.shards), stats=not self.features)
         if not index.equals(expected):
             differ = [c for c in expected.column_names if c not in index.column_names
                       or not index.column(c).equals(expected.column(c))]
@@ -284,11 +290,14 @@ class LabelStore:
                            f"sha256 differs from {done}'s); `w2s-pipe verify {self.url}` lists every problem, and "
                            "`label --overwrite` makes the store again")
         for prefix in ("", schema.VIEWS) if self.views else ("",):
-            weak = rows.arrays[prefix + ("logits" if "logits" in rows.arrays else "topk_values")]
-            bad = ~np.isfinite(weak.astype(np.float32)).reshape(len(weak), -1).all(axis=1)
+            array = schema.FEATURES if self.features else prefix + (
+                "logits" if "logits" in rows.arrays else "topk_values")
+            values = rows.arrays[array]
+            bad = ~np.isfinite(values.astype(np.float32)).reshape(len(values), -1).all(axis=1)
             if bad.any():
-                raise W2SError(f"store {self.url}, shard {name}, key {rows.keys[int(np.argmax(bad))]!r}: the weak logits "
-                               f"{'of a view ' if prefix else ''}are not finite")
+                what = "features" if self.features else "weak logits" + (" of a view" if prefix else "")
+                raise W2SError(f"store {self.url}, shard {name}, key {rows.keys[int(np.argmax(bad))]!r}: the {what} "
+                               "are not finite")
         return rows
 
     def check_rows(self, shards=None, threads: int = 8) -> None:
@@ -362,9 +371,12 @@ def pick_store(stores_dir: str, data: str | None = None, split: str | None = Non
         if entry.get("type") != "directory" or not fs.exists(join(entry["name"], schema.INDEX_FILE)):
             continue
         try:
-            attrs = LabelStore(entry["name"]).attrs["data"]
+            found = LabelStore(entry["name"])
         except W2SError:
             continue  # a damaged store is not a candidate; `verify` says what is wrong with it
+        if found.features:
+            continue  # a feature store holds no weak labels
+        attrs = found.attrs["data"]
         if (data is None or attrs["name"] == data) and (split is None or attrs["split"] == split):
             fitting.append(entry["name"])
     if not fitting:

@@ -3,6 +3,8 @@
 Layout of a store (a directory or fsspec URL):
 
     zarr.json, <array>/...      Zarr v3 group; every array has R = n_shards * capacity rows
+                                (a feature store, `w2s-pipe features`: one array, `features` (R, D) fp16,
+                                a model's frozen pooled features; its index has no statistics)
     views/<array>/...           with `label --views K`: the weak model's output on K training views
                                 of every sample (crop box, flip, logits or top-k, statistics), (R, K, ...)
     parts/<shard:06d>.parquet   one shard's index rows, written before its marker
@@ -86,9 +88,19 @@ def all_arrays(num_classes: int, topk: int | None, views: int = 0, mixed: bool =
     return arrays
 
 
+FEATURES, FEATURES_DTYPE = "features", "float16"
+
+
+def feature_width(attrs: dict) -> int:
+    """The feature width D of a feature store (0: a label store)."""
+    return int((attrs.get("layout") or {}).get("features") or 0)
+
+
 def store_arrays(attrs: dict) -> dict[str, tuple[str, tuple[int, ...]]]:
-    """`all_arrays` of the store these attributes describe."""
+    """`all_arrays` of the store these attributes describe (a feature store: its features alone)."""
     layout = attrs["layout"]
+    if feature_width(attrs):
+        return {FEATURES: (FEATURES_DTYPE, (feature_width(attrs),))}
     return all_arrays(int(attrs["num_classes"]), layout.get("topk"), layout_views(attrs), views_mixed(attrs))
 
 
@@ -111,16 +123,12 @@ def layout_views(attrs: dict) -> int:
 SKIPPED_SCHEMA = pa.schema([pa.field("key", pa.string()), pa.field("shard", pa.string()), pa.field("reason", pa.string())])
 
 
-def index_schema(with_label: bool) -> pa.Schema:
-    fields = [
-        pa.field("key", pa.string()),
-        pa.field("shard", pa.string()),
-        pa.field("row", pa.int64()),
-        pa.field("pred", pa.int32()),
-        pa.field("confidence", pa.float32()),
-        pa.field("margin", pa.float32()),
-        pa.field("entropy", pa.float32()),
-    ]
+def index_schema(with_label: bool, stats: bool = True) -> pa.Schema:
+    """The index's columns: key, shard, row, the weak output's statistics (not in a feature store's),
+    and the ground-truth label where the shards carry one."""
+    fields = [pa.field("key", pa.string()), pa.field("shard", pa.string()), pa.field("row", pa.int64())]
+    if stats:
+        fields += [pa.field(name, pa.from_numpy_dtype(np.dtype(dtype))) for name, dtype in STAT_ARRAYS.items()]
     if with_label:
         fields.append(pa.field("label", pa.int32()))
     return pa.schema(fields)
@@ -136,7 +144,7 @@ REQUIRED_ATTRS = (
     "preprocessing",  # timm data config (input_size, interpolation, mean, std, crop_pct, crop_mode) and decode
     "precision",
     "data",  # {name, split, pattern, image_field, label_field, fingerprint, shards: [{name, url, count, bytes}]}
-    "layout",  # {capacity, rows, topk, views (per-view stores only)}
+    "layout",  # {capacity, rows, topk, views (per-view stores only), features (feature stores only: D)}
     "tool_version",
     "created",
 )
@@ -152,22 +160,26 @@ IDENTITY_FIELDS = (
     "data.fingerprint",
     "layout.topk",
     "layout.views",
+    "layout.features",
     "views",  # {k, seed, recipe, fingerprint} of a per-view store
 )
 
 
 def store_attrs(*, weak: dict, num_classes: int, class_names, preprocessing: dict, precision: str, data: dict,
                 shards: list[dict], fingerprint: str, topk: int | None, tool_version: str, config: dict,
-                views: dict | None = None) -> dict:
+                views: dict | None = None, features: int = 0) -> dict:
     """A new store's attributes (all of REQUIRED_ATTRS but format, schema_version and created, which
     the writer adds). `weak`: {model, checkpoint, checkpoint_sha256}; `preprocessing`: the timm data
     config plus "decode"; `data`: {name, split, pattern, image_field, label_field} of the source,
     completed here with its `shards` ({name, url, count, bytes, ...}) and their `fingerprint`. The
     layout gives every shard the rows of the largest (`capacity`), one chunk each. `views`, for a
-    per-view store: {k, seed, recipe, fingerprint} (the recipe: config.groups.ViewRecipe.recipe)."""
+    per-view store: {k, seed, recipe, fingerprint} (the recipe: config.groups.ViewRecipe.recipe).
+    `features`: a feature store's width D (its `weak` is then the model whose features it holds)."""
     capacity = max(int(s["count"]) for s in shards)
     extra = {"views": dict(views)} if views else {}
     layout_extra = {"views": int(views["k"])} if views else {}
+    if features:
+        layout_extra["features"] = int(features)
     return {
         "weak": {k: weak.get(k) for k in ("model", "checkpoint", "checkpoint_sha256")},
         "num_classes": int(num_classes),

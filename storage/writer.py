@@ -42,6 +42,13 @@ def identity_mismatch(existing: dict, wanted: dict) -> str | None:
     return None
 
 
+def another_job(url: str, problem: str, attrs: dict) -> W2SError:
+    """The error for a store at `url` made by another job than the one about to write it."""
+    kind, path = ("feature store", "--out") if schema.feature_width(attrs) else ("store", "--labels")
+    return W2SError(f"{kind} {url} was made by another job: {problem}; give another {path} PATH to keep both, or "
+                    "--overwrite to replace it", option=path)
+
+
 @contextlib.contextmanager
 def creation_lock(path: str, wait_s: float = 600.0):
     """Exclusive creation of a local store: `<store>.creating`, created exclusively beside it (with its
@@ -89,8 +96,7 @@ def begin_store(url: str, attrs: dict, existing=None, *, overwrite: bool = False
     if existing is not None and existing.complete:
         problem = identity_mismatch(existing.attrs, {"format": existing.attrs.get("format"), **attrs})
         if problem:
-            raise W2SError(f"store {url} was made by another job: {problem}; give another --labels PATH to keep both, "
-                           "or --overwrite to replace it")
+            raise another_job(url, problem, attrs)
         existing.check_rows()
         existing.check_index()
         return None
@@ -142,8 +148,7 @@ class StoreWriter:
                     raise W2SError(f"{url} is a Zarr group but not a w2s-pipe store; choose another --labels")
                 problem = identity_mismatch(existing, attrs)
                 if problem:
-                    raise W2SError(f"store {url} was made by another job: {problem}; give another --labels PATH to keep "
-                                   "both, or --overwrite to replace it")
+                    raise another_job(url, problem, attrs)
                 return cls(url, storage_options)
             if overwrite:
                 fs.rm(path, recursive=True)
@@ -219,12 +224,13 @@ class StoreWriter:
             "key": pa.array(keys, pa.string()),
             "shard": pa.array([shard["name"]] * n, pa.string()),
             "row": pa.array(np.arange(start, start + n, dtype=np.int64)),
-            **{name: pa.array(np.asarray(arrays[name], dtype=dt_)) for name, dt_ in schema.STAT_ARRAYS.items()},
+            **{name: pa.array(np.asarray(arrays[name], dtype=dt_)) for name, dt_ in schema.STAT_ARRAYS.items()
+               if name in self.arrays},  # a feature store's index has no statistics
         }
         with_label = labels is not None
         if with_label:
             columns["label"] = pa.array(np.asarray(labels, dtype=np.int32))
-        table = pa.table(columns, schema=schema.index_schema(with_label))
+        table = pa.table(columns, schema=schema.index_schema(with_label, stats="pred" in self.arrays))
         atomic_write(self.fs, schema.shard_file(join(self.path, schema.PARTS_DIR), index, ".parquet"), table_bytes(table))
         marker = {"shard": shard["name"], "start": start, "count": n, "sha256": schema.shard_digest(keys, rows),
                   "skipped": skipped}
@@ -238,7 +244,7 @@ class StoreWriter:
         """Write index.parquet and consolidate metadata if every shard is done; True if complete."""
         if len(self.done_shards()) < len(self.shards):
             return False
-        index = index_from_parts(self.fs, self.path, len(self.shards))
+        index = index_from_parts(self.fs, self.path, len(self.shards), stats="pred" in self.arrays)
         try:
             markers = self.markers()
         except MarkerError as exc:

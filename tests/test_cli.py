@@ -125,6 +125,8 @@ def test_train_options_are_frozen():
         "--select", "--keep-frac", "--rank-by", "--per-class", "--weight-by", "--ensemble",
         # no run hangs (issue 29)
         "--stall-timeout",
+        # probes from stores alone (issue 28)
+        "--features", "--val-features",
     ])
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 
+from ..config.choices import LOSSES
 from .measures import mean_std, pgr
 
 
@@ -37,7 +38,10 @@ def choose(markers: list[dict], values: dict[str, list], choose_on: str, score_o
         if meta["role"] in by_role:
             by_role[meta["role"]].setdefault(meta["seed"], acc[m["id"]].get(score_on))
             continue
-        chosen_by = tuple((k, meta["cell"][k]) for k in values if k in meta["cell"])  # what its loss reads of them
+        # what its loss reads of them; a value equal to the option's default is not in a cell (a study
+        # names a run by what differs from the defaults, so the demo's own runs are reused)
+        reads = LOSSES[meta["cell"]["loss"]].knobs if meta["cell"].get("loss") in LOSSES else ()
+        chosen_by = tuple((k, meta["cell"].get(k, defaults.get(k))) for k in values if k in meta["cell"] or k in reads)
         rest = {k: v for k, v in meta["cell"].items() if k not in values}
         key = json.dumps(rest, sort_keys=True, default=str)
         groups.setdefault(key, {"cell": rest, "values": {}})["values"].setdefault(chosen_by, []).append(

@@ -24,7 +24,10 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "x"
 
 
-def default_store_path(workspace, data_name: str, split: str, weak: str, topk: int | None, views: int = 0) -> str:
+def default_store_path(workspace, data_name: str, split: str, weak: str, topk: int | None, views: int = 0, *,
+                       features: bool = False) -> str:
+    """<workspace>/stores/<data>-<split>-<weak>[-topK][-viewsK], or a feature store's
+    <workspace>/features/<data>-<split>-<model>."""
     name = f"{slug(data_name)}-{slug(split)}-{slug(weak)}" + (f"-top{topk}" if topk else "") + \
         (f"-views{views}" if views else "")
-    return str(workspace_dir(workspace) / "stores" / name)
+    return str(workspace_dir(workspace) / ("features" if features else "stores") / name)

@@ -98,7 +98,7 @@ def _from_store(cfg, store, members: list, from_store: bool) -> tuple:
     a, store_url = store.attrs["data"], store.url
     # Shards with no labelled row (unreadable or empty, skipped at labelling) are not read.
     read = [s for s, n in zip(a["shards"], store.labelled_counts) if n > 0]
-    if not cfg.skip_shard_check:
+    if not cfg.skip_shard_check and not cfg.features:  # a probe reads no shard: the stores' fingerprints are checked
         _check_unchanged(read, store_url)
     # Trust nothing unchecked: the index is its parts, and every shard this run reads holds the
     # rows its marker's sha256 describes, all finite (each rank checks its share).
@@ -110,7 +110,7 @@ def _from_store(cfg, store, members: list, from_store: bool) -> tuple:
     if cfg.needs_labels and "label" not in store.index().column_names:
         raise W2SError(f"--{'loss gt' if cfg.loss == 'gt' else 'gt-weight'} needs ground-truth labels, but the "
                        f"shards of store {store_url} carry none (field {label_field!r})")
-    view_passes = replayed_views(store, cfg) if from_store and not members else 0
+    view_passes = replayed_views(store, cfg) if from_store and not members and not cfg.features else 0
     mix = _store_mix(store) if view_passes and store.views_mixed else None
     how = (cfg.ensemble or "mean-prob") if members else None
     kept = _kept(store, cfg, mix, members, how)

@@ -88,8 +88,9 @@ class HostCopy:
     Landing checks the rows: a non-finite logit stops the run naming shard and key (nothing of
     that shard is stored)."""
 
-    def __init__(self, device, shard_names: list[str]):
+    def __init__(self, device, shard_names: list[str], what: str | None = None):
         self.device, self.shard_names = device, shard_names
+        self.what = what or "the weak model's logits"  # what the rows hold, for the error
         self.inflight = None
 
     def push(self, shard: int, keys: list[str], labels, outputs: dict) -> Landed | None:
@@ -113,7 +114,7 @@ class HostCopy:
         if bool(bad.any()):
             key = keys[int(bad.nonzero()[0, 0])]
             raise W2SError(
-                f"shard {self.shard_names[shard]}, key {key!r}: the weak model's logits are not finite or exceed "
+                f"shard {self.shard_names[shard]}, key {key!r}: {self.what} are not finite or exceed "
                 "float16's range; nothing was stored for this shard (try --precision fp32, or check the checkpoint)")
         return Landed(shard, keys, labels, {k: v.numpy() for k, v in on_host.items()})
 

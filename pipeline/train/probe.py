@@ -1,0 +1,221 @@
+"""A probe from stores alone (`train --features STORE`): the strong model's frozen pooled features,
+stored once (`w2s-pipe features`), joined with the weak labels by (shard, key), train its classifier.
+
+    feature store rows  +  label store rows (StoreJoin.shard: an ensemble combined, --select's
+    masks, --weight-by's statistic)  ->  in memory, in shard order  ->  each epoch a seeded
+    permutation, cut into every rank's batches  ->  {"image": features, "weak", "target", "trust"}
+
+The head is the model's own classifier (`get_classifier()`), which reads exactly what the store
+holds (models/features.py), so `train_step`, the objective, the checkpoints (the whole model, its
+head trained) and the report are a fine-tuning run's. No image is decoded: a grid of losses x
+thresholds x seeds costs a head's steps. The batch of a step is a function of (seed, epoch, step),
+so `--resume` continues exactly.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ...errors import W2SError
+from ...storage import open_store
+from ...storage.fsutil import absolute
+from ..loaders.join import StoreJoin
+from ..models.checkpoint import file_sha256
+from ..models.features import feature_width
+from ..runtime.workspace import default_store_path
+from ..views.params import view_seed
+
+
+@dataclass
+class ProbeRows:
+    """A split's rows in shard order: features (n, D) as stored (float16: half the memory; a batch is
+    made float32 on its device), weak logits (n, C) as stored, targets (n,), --weight-by's statistic
+    (n,), each None where the run does not read it. ImageNet's 1.28 M rows of 768-d features and
+    1,000 logits take 4.5 GB so."""
+
+    features: torch.Tensor
+    weak: torch.Tensor | None = None
+    target: torch.Tensor | None = None
+    trust: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def take(self, index: torch.Tensor) -> dict:
+        return {name: getattr(self, name)[index] for name in ("features", "weak", "target", "trust")
+                if getattr(self, name) is not None}
+
+
+def feature_store(url: str, option: str, strong: str, model, checkpoint_sha256: str | None):
+    """The feature store at `url`, complete and checked (rows against markers, index against parts),
+    of the model this run builds: its name, its weights (the checkpoint's sha256; None: timm's
+    pretrained weights) and its feature width. Each difference is one line naming the store."""
+    store = open_store(absolute(url))
+    if not store.features:
+        raise W2SError(f"{option} {url} is a label store, not a feature store (`w2s-pipe features` makes one)",
+                       option=option)
+    store.require_complete()
+    store.check_rows()
+    store.check_index()
+    made_by = store.attrs["weak"]
+    if made_by["model"] != strong:
+        raise W2SError(f"{option} {url} holds {made_by['model']}'s features, not --strong {strong}'s", option=option)
+    if made_by.get("checkpoint_sha256") != checkpoint_sha256:
+        stored = made_by.get("checkpoint") or "timm's pretrained weights"
+        raise W2SError(f"{option} {url} was embedded with {stored}, not this run's weights; give --strong-checkpoint "
+                       "with the file it was embedded with (or --pretrained for timm's weights), so the checkpoints "
+                       "hold the backbone its head was trained on", option=option)
+    if store.features != feature_width(model):
+        raise W2SError(f"{option} {url} holds {store.features}-d features; {strong}'s classifier reads "
+                       f"{feature_width(model)}", option=option)
+    return store
+
+
+def training_rows(features, join: StoreJoin | None, label_url: str | None, need_labels: bool,
+                  trust: bool) -> ProbeRows:
+    """The training rows: every labelled row of the label store (kept by --select / --keep-frac)
+    with its features, or every row of the feature store where the run reads no weak labels (--loss
+    gt). A sample of the label store the feature store lacks is an error naming both stores."""
+    if label_url is not None:
+        label_store = open_store(label_url)
+        if label_store.attrs["data"]["fingerprint"] != features.attrs["data"]["fingerprint"]:
+            a, b = label_store.attrs["data"], features.attrs["data"]
+            raise W2SError(f"label store {label_url} ({a['name']} {a['split']}) and feature store {features.url} "
+                           f"({b['name']} {b['split']}) are of different samples (their data fingerprints differ); "
+                           "embed the label store's split", option="--features")
+    columns = {"features": [], "weak": [], "target": [], "trust": []}
+    for shard in features.shards:
+        rows = features.shard_rows(shard["name"], arrays=("features",))
+        position = np.arange(len(rows.keys))
+        if join is not None:
+            keys, weak, _, _, stat = join.shard(shard["name"])
+            where = {k: i for i, k in enumerate(rows.keys)}
+            missing = [k for k in keys if k not in where]
+            if missing:
+                raise W2SError(f"shard {shard['name']}, key {missing[0]!r} has a row in label store {label_url} but "
+                               f"none in feature store {features.url}", option="--features")
+            kept = np.ones(len(keys), bool) if join.keep is None else _mask(join.keep.get(shard["name"]), len(keys))
+            position = np.array([where[k] for k in keys], dtype=np.int64)[kept]
+            columns["weak"].append(np.asarray(weak)[kept])
+            if trust:
+                columns["trust"].append(np.asarray(stat, np.float32)[kept])
+        columns["features"].append(rows.arrays["features"][position])
+        if need_labels:
+            if rows.labels is None:
+                raise W2SError(f"feature store {features.url}: its shards carry no ground-truth labels, which this "
+                               "run reads", option="--features")
+            columns["target"].append(rows.labels[position].astype(np.int64))
+    tensors = {name: torch.from_numpy(np.concatenate(parts)) if parts else None for name, parts in columns.items()}
+    if not len(tensors["features"]):
+        raise W2SError(f"no training rows: feature store {features.url} and the label store share no kept sample",
+                       option="--features")
+    return ProbeRows(**tensors)
+
+
+def _mask(mask, n: int) -> np.ndarray:
+    out = np.zeros(n, bool)
+    if mask is not None:
+        out[: min(n, len(mask))] = np.asarray(mask[:n], bool)
+    return out
+
+
+def validation_rows(store) -> ProbeRows:
+    """A validation feature store's rows with their ground truth."""
+    parts = [store.shard_rows(s["name"], arrays=("features",)) for s in store.shards]
+    if any(p.labels is None for p in parts if p.keys):
+        raise W2SError(f"validation feature store {store.url} carries no labels", option="--val-features")
+    return ProbeRows(torch.from_numpy(np.concatenate([p.arrays["features"] for p in parts])),
+                     target=torch.from_numpy(np.concatenate([p.labels for p in parts if p.keys]).astype(np.int64)))
+
+
+def default_val_features(cfg, val, strong: str) -> str:
+    """--val-features, or the workspace's feature store of the validation split (`val`, a DataSource)."""
+    if cfg.val_features:
+        return cfg.val_features
+    if val is None:
+        raise W2SError("a --features probe evaluates on a feature store of the validation split: give --val-features "
+                       "STORE, or --no-eval", option="--val-features")
+    path = default_store_path(cfg.workspace, val.name, val.split, strong, None, features=True)
+    if not os.path.exists(os.path.join(path, "zarr.json")):
+        raise W2SError(f"no feature store of the validation split at {path}: run `w2s-pipe features --model {strong} "
+                       f"--data {val.name} --split {val.split}` (with the same weights), or give --val-features",
+                       option="--val-features")
+    return path
+
+
+class ProbeBatches:
+    """This rank's endless batches from the `batch`-th (micro-)batch on: batch b is the slice of
+    epoch b // per_epoch's permutation (seeded by the run's seed and the epoch) at position
+    b % per_epoch, rank r's share of it."""
+
+    def __init__(self, rows: ProbeRows, *, batch_size: int, per_epoch: int, seed: int, rank: int, world_size: int,
+                 start: int = 0):
+        self.rows, self.batch_size, self.per_epoch = rows, batch_size, per_epoch
+        self.seed, self.rank, self.world_size, self.start = seed, rank, world_size, start
+
+    def order(self, epoch: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(view_seed(self.seed, "probe", "order", epoch))
+        return torch.randperm(len(self.rows), generator=generator)
+
+    def __iter__(self):
+        b, epoch, order = self.start, None, None
+        while True:
+            if b // self.per_epoch != epoch:
+                epoch = b // self.per_epoch
+                order = self.order(epoch)
+            first = ((b % self.per_epoch) * self.world_size + self.rank) * self.batch_size
+            index = order[first: first + self.batch_size]
+            if len(index) < self.batch_size:  # a short epoch (more steps than rows): wrap within it
+                index = order[(first + torch.arange(self.batch_size)) % len(order)]
+            yield self.rows.take(index)
+            b += 1
+
+
+class ProbeInputs:
+    """A probe batch -> a training step's inputs on the device (as train/batch.StepInputs)."""
+
+    def __init__(self, device):
+        self.device = device
+
+    def __call__(self, raw: dict, *, step: int, micro: int = 0) -> dict:
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in raw.items()}
+        weak = batch.get("weak")
+        return {"image": batch["features"].float(), "target": batch.get("target"),
+                "weak": None if weak is None else weak.float(),
+                "trust": batch.get("trust"), "dropped": 0}
+
+
+def probe_validator(rows: ProbeRows, device, batch_size: int = 4096):
+    """model -> {"top1", "top5", "samples"} of its classifier on the validation features."""
+    def validate(model) -> dict:
+        head = model.get_classifier()
+        was_training = head.training
+        head.eval()
+        top1 = top5 = 0
+        with torch.inference_mode():
+            for start in range(0, len(rows), batch_size):
+                logits = head(rows.features[start: start + batch_size].to(device).float()).float()
+                y = rows.target[start: start + batch_size].to(device)
+                top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+                top1 += int((top[:, 0] == y).sum())
+                top5 += int((top == y[:, None]).any(1).sum())
+        head.train(was_training)
+        n = max(1, len(rows))
+        return {"top1": top1 / n, "top5": top5 / n, "samples": len(rows)}
+    return validate
+
+
+def run_weights(cfg) -> str | None:
+    """The sha256 of the run's --strong-checkpoint, or None for timm's pretrained weights (as a
+    store records them); a probe from scratch is refused: its checkpoints would hold a backbone
+    other than the one whose features trained the head."""
+    if cfg.strong_checkpoint:
+        return file_sha256(cfg.strong_checkpoint)
+    if cfg.pretrained:
+        return None
+    raise W2SError("a --features probe's backbone is the feature store's: give the --strong-checkpoint it was "
+                   "embedded with, or --pretrained for timm's weights", option="--features")
