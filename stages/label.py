@@ -168,7 +168,8 @@ def run_label(cfg: LabelConfig) -> LabelResult:
         return _finish(writer, claims, info, LabelResult(
             store=url, complete=False, samples=gathered.rows, shards=written, shards_total=len(shards),
             samples_total=sum(s["count"] for s in shards), seconds=seconds, skipped=skipped,
-            images_per_s=gathered.rows / seconds if seconds > 0 else 0.0, kind="feature store" if cfg.features else "store"))
+            images_per_s=gathered.rows / seconds if seconds > 0 else 0.0,
+            kind="feature store" if cfg.features else "store"))
 
 
 @dataclass

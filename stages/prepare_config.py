@@ -27,7 +27,8 @@ class PrepareDigitsConfig(Shards, Noise):
 class PrepareCifarConfig(Shards, Noise):
     archive: str = option(help="The python archive, as downloaded.", argument=True, path="file!")
     weak_split: int = option(0, "Carve this many training images (a fixed seeded choice) into a `weak` split for the "
-                                "weak model's ground truth; the rest stay in `train`, which `label` labels.", at_least=0)
+                                "weak model's ground truth; the rest stay in `train`, which `label` labels. 0: no "
+                                "`weak` split.", at_least=0)
     name: str = "cifar10"  # cifar10 or cifar100: the command, not an option
     workspace: str | None = None
 

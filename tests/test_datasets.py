@@ -68,3 +68,10 @@ def test_literal_pattern_takes_classes_from_manifest(digits_dir):
     assert source.num_classes == 10 and len(source.urls) == 2
     with pytest.raises(W2SError, match="--num-classes 7 contradicts"):
         resolve_data(str(digits_dir / "digits-val-*.tar"), num_classes=7)
+
+
+def test_a_directory_as_data_is_one_line_naming_a_pattern(digits_dir):
+    with pytest.raises(W2SError, match=r"--data .*digits is a directory: give a pattern of its shards \(such as "
+                                       r".*digits/digits-[a-z]+-\*\.tar\)") as caught:
+        resolve_data(str(digits_dir))
+    assert caught.value.option == "--data"

@@ -81,7 +81,7 @@ def test_bad_recipes_are_one_line(tmp_path):
         load_recipe(str(tmp_path / "l.yaml"), OPTIONS)
     result = CliRunner().invoke(cli, ["train", "--config", "no_such_recipe", "--strong", "x"])
     assert result.exit_code != 0 and result.output.strip().splitlines() == [
-        "Error: --config 'no_such_recipe': no such recipe (cifar_v0, cifar_v1, demo, fewshot_classifier, imagenet_mae, imagenet_v0, noisy_cifar) or file"]
+        "Error: --config 'no_such_recipe': no such recipe (cifar_v0, cifar_v1, demo, fewshot_classifier, imagenet_mae, imagenet_v0, noisy_cifar, openai_probe) or file"]
 
 
 @pytest.mark.parametrize("name", [r.name for r in shipped()])

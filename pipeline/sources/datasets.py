@@ -236,6 +236,11 @@ def resolve_data(
     if num_classes is not None and num_classes < 2:
         raise W2SError(f"--num-classes must be at least 2, got {num_classes}", option="--num-classes")
     pattern = expand_vars(data, workspace)
+    if os.path.isdir(pattern):
+        shards = sorted(f for f in os.listdir(pattern) if f.endswith(".tar"))
+        example = os.path.join(pattern, shards[0].rsplit("-", 1)[0] + "-*.tar") if shards else pattern + "/*.tar"
+        raise W2SError(f"--data {data} is a directory: give a pattern of its shards (such as {example}) or a registry "
+                       "name (`w2s-pipe datasets`)", option="--data")
     urls = expand_pattern(pattern, storage_options, where="--data")
     # Shards made by `prepare` carry a manifest with the classes.
     manifest = read_manifest(urls[0].rsplit("/", 1)[0] if "/" in urls[0] else ".", storage_options) or {}
