@@ -39,7 +39,7 @@ import yaml
 
 from ..errors import W2SError
 from ..pipeline.config.choices import LOSSES
-from ..pipeline.train.recipes import convert, load_recipe
+from ..pipeline.train.recipes import convert, load_recipe, read_yaml
 from .label_config import LabelConfig
 from .train_config import option_defaults, recipe_options
 
@@ -91,11 +91,7 @@ def load_study(name: str, *, quick: bool = False, overrides: dict | None = None)
     """The study `name` (shipped, or a file), with its `quick` section merged over it where asked and
     `overrides` (section -> value) last; every key and value checked."""
     path = study_path(name)
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise W2SError(f"{path}: not a YAML study ({first})") from None
+    doc = read_yaml(path, "study")
     if not isinstance(doc, dict):
         raise W2SError(f"{path}: a study is a mapping of sections ({', '.join(SECTIONS)})")
     for key in doc:

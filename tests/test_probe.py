@@ -73,6 +73,10 @@ def test_a_feature_store_is_a_store_of_pooled_features(stores):
     out = subprocess.run([*cli, "inspect", train, "--format", "json"], capture_output=True, text=True)
     stats = json.loads(out.stdout)
     assert stats["kind"] == "features" and stats["width"] == 96 and stats["samples"] == store.num_samples
+    from w2s_pipe.stages.verify import VerifyConfig, run_verify
+
+    refused = run_verify(VerifyConfig(store=train, recompute=2, check_data=False))
+    assert not refused.ok and "recomputing is for label stores" in "\n".join(refused.summary())
     again = run_label(FeaturesConfig.tiny(checkpoint=ckpt).label_config())
     assert again.already_complete and "feature store" in again.summary()[0]
 

@@ -137,10 +137,10 @@ class Watchdog:
         if self._restore is not None:
             handlers, wakeup = self._restore
             signal.set_wakeup_fd(wakeup)
+            # a rank leaving with an error says so before it ends: torchrun's SIGTERM, sent once
+            # another rank failed, would otherwise cut it short on its way to printing the line
+            ranked_failure = exc_type is not None and self.world_size > 1
             for sig, handler in handlers.items():
-                # a rank leaving with an error says so before it ends: torchrun's SIGTERM, sent once
-                # another rank failed, would otherwise cut it short on its way to printing the line
-                ranked_failure = exc_type is not None and self.world_size > 1
                 signal.signal(sig, signal.SIG_IGN if ranked_failure else handler)
         os.write(self._pipe[1], b"\0")  # wakes the thread, which sees _stop
         self._thread.join()

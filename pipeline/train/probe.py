@@ -93,13 +93,8 @@ def training_rows(features, join: StoreJoin | None, label_url: str | None, need_
         position = np.arange(len(rows.keys))
         if join is not None:
             keys, weak, _, _, stat = join.shard(shard["name"])
-            where = {k: i for i, k in enumerate(rows.keys)}
-            missing = [k for k in keys if k not in where]
-            if missing:
-                raise W2SError(f"shard {shard['name']}, key {missing[0]!r} has a row in label store {label_url} but "
-                               f"none in feature store {features.url}", option="--features")
             kept = np.ones(len(keys), bool) if join.keep is None else _mask(join.keep.get(shard["name"]), len(keys))
-            position = np.array([where[k] for k in keys], dtype=np.int64)[kept]
+            position = _positions(keys, rows.keys, shard["name"], label_url, features.url)[kept]
             columns["weak"].append(np.asarray(weak)[kept])
             if trust:
                 columns["trust"].append(np.asarray(stat, np.float32)[kept])
@@ -114,6 +109,20 @@ def training_rows(features, join: StoreJoin | None, label_url: str | None, need_
         raise W2SError(f"no training rows: feature store {features.url} and the label store share no kept sample",
                        option="--features")
     return ProbeRows(**tensors)
+
+
+def _positions(keys: list[str], stored: list[str], shard: str, label_url: str, features_url: str) -> np.ndarray:
+    """Where each of the label store's `keys` sits among the feature store's rows of the shard: by
+    position where both stores hold the shard's samples in the same order (label's machinery wrote
+    both), else by key; a key the feature store lacks is an error naming both stores."""
+    if keys == stored:
+        return np.arange(len(keys))
+    where = {k: i for i, k in enumerate(stored)}
+    missing = [k for k in keys if k not in where]
+    if missing:
+        raise W2SError(f"shard {shard}, key {missing[0]!r} has a row in label store {label_url} but none in feature "
+                       f"store {features_url}", option="--features")
+    return np.array([where[k] for k in keys], dtype=np.int64)
 
 
 def _mask(mask, n: int) -> np.ndarray:

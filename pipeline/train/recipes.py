@@ -103,16 +103,22 @@ def _raise(exc: Exception):
     raise exc
 
 
+def read_yaml(path, what: str):
+    """The YAML document at `path` (a recipe, a study), or a one-line error naming the file and the
+    parser's first complaint."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise W2SError(f"{path}: not a YAML {what} ({first})") from None
+
+
 def load_recipe(name: str, options: dict[str, str]) -> dict:
     """{option: value} from a recipe; `options` maps the option names it may set (underscored) to
     their config field's type annotation (`train_config.recipe_options()`), which each value is
     converted to."""
     path = recipe_path(name)
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise W2SError(f"{path}: not a YAML recipe ({first})") from None
+    doc = read_yaml(path, "recipe")
     if doc is None:
         return {}
     if not isinstance(doc, dict):
