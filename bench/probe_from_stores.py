@@ -67,7 +67,7 @@ def digits(tmp: str) -> dict:
 def synthetic(tmp: str, rows: int, width: int, classes: int, shard: int = 1000) -> dict:
     from w2s_pipe import __version__
     from w2s_pipe.pipeline.weak.statistics import stored_outputs
-    from w2s_pipe.stages.train import TrainConfig, run_train
+    from w2s_pipe.stages.train import TrainConfig
     from w2s_pipe.storage import open_store, schema
     from w2s_pipe.storage.writer import StoreWriter
 

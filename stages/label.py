@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..errors import W2SError
+from ..pipeline.config.options import parse_classes
 from ..pipeline.image.decode import resolve_decoder
 from ..pipeline.image.preprocess import DeviceNormalize, Preprocess, TensorGeometry
 from ..pipeline.loaders.shard_batches import (
@@ -262,6 +263,12 @@ def label_decoder(requested: str, device, data_config: dict, existing, url: str,
                            border_crop=data_config.get("crop_mode") == "border")
 
 
+def _specialist(loaded) -> dict:
+    """{"classes": [...]} of a weak model trained on some classes only (`train --classes`), else {}."""
+    classes = ((loaded.trained or {}).get("config") or {}).get("classes")
+    return {"classes": list(parse_classes(classes))} if classes else {}
+
+
 def _store_attrs(cfg: LabelConfig, source, loaded, num_classes: int, decoder: str, precision: str) -> dict:
     """The new store's attributes (storage.schema.store_attrs), with its shards described and
     checked: an empty shard is an error unless bad input is skipped."""
@@ -272,7 +279,8 @@ def _store_attrs(cfg: LabelConfig, source, loaded, num_classes: int, decoder: st
     if not any(s.count for s in shards):
         raise W2SError(f"no readable samples in {source.pattern}")
     return schema.store_attrs(
-        weak={"model": loaded.name, "checkpoint": loaded.checkpoint, "checkpoint_sha256": loaded.checkpoint_sha256},
+        weak={"model": loaded.name, "checkpoint": loaded.checkpoint, "checkpoint_sha256": loaded.checkpoint_sha256,
+              **_specialist(loaded)},
         num_classes=num_classes, class_names=source.class_names or loaded.class_names,
         preprocessing={**loaded.data_config, "decode": decoder}, precision=precision,
         data={"name": source.name, "split": source.split, "pattern": source.pattern,

@@ -267,8 +267,9 @@ def ceiling_key(run: dict, without: tuple = ()) -> tuple:
             "hflip", "aa", "mixup", "cutmix", "pretrained", "linear_probe")
     recipe = {k: settings.get(k) for k in keys if k not in without}
     data = settings.get("data_source") or {}
+    probe = bool(data.get("features"))  # a probe from stored features has a probe for its ceiling
     return (run["strong"], data.get("name"), data.get("split"), json.dumps(data.get("label_noise"), sort_keys=True),
-            json.dumps(recipe, sort_keys=True, default=str))
+            json.dumps(recipe, sort_keys=True, default=str), probe)
 
 
 def _differing_settings(groups: dict) -> dict:

@@ -7,10 +7,11 @@ made once, on one machine or a cluster.
     w2s-pipe study mine.yaml --dry-run   # what would run, and what is already done
 
 The file becomes steps (`plan`), each identified by its resolved settings and those of the steps
-it needs (a sha256): prepare -> each seed's weak models -> their stores -> the ceilings and the
-grid's runs -> the evaluations that choose and score (`select:`) and the few-shot ones. A step's
-marker (<out>/study/steps/<id>.json) is written when it ends: a finished step is skipped, a run
-killed mid-way resumes from its last.pt, a changed cell is a new step. The steps of a layer run in
+it needs (a sha256): prepare -> each seed's weak models -> their stores (and the feature stores of
+a `features:` section) -> the ceilings and the grid's runs (and probes) -> the evaluations that
+choose and score (`select:`) and the few-shot ones. A step's marker (<out>/study/steps/<id>.json)
+is written when it ends: a finished step is skipped, a run killed mid-way resumes from its last.pt,
+a changed cell is a new step. The steps of a layer run in
 parallel (`--jobs N`: a process pool, one process per step; `--cluster`: submitit's executor, its
 local one in the tests); a failed step is reported and its dependents skipped, never the others.
 """
@@ -42,7 +43,7 @@ from .label_config import LabelConfig
 from .prepare import run_prepare
 from .prepare_config import PrepareDigitsConfig
 from .report import ReportConfig, markdown_table, notes, run_report
-from .study_config import StudyConfig
+from .study_config import CELL_KEYS, LABEL_OWN, StudyConfig
 from .train import run_train
 from .train_config import TrainConfig, option_defaults
 
@@ -131,21 +132,54 @@ def plan(cfg: StudyConfig, ws: str) -> list[Step]:
             steps.append(step)
             store_paths[name] = step
         strong = {**base, **cfg.train, **cfg.strong, "seed": seed}
+        probe = _probes(cfg, seed, weak, stores, prepare, names) if cfg.features else None
+        if probe:
+            steps += probe["steps"]
         if cfg.ceiling is not None:
             split = next(iter(cfg.stores.values())).get("split")
             steps.append(_step("train", "train", f"s{seed}-ceiling", {**strong, **cfg.ceiling, "loss": "gt", "split": split},
                                [prepare and prepare.id], runs, names=names, option="run", role="ceiling", seed=seed))
         usual = {**read_defaults(), **strong, "store": next(iter(cfg.stores)) if len(cfg.stores) == 1 else None}
         for cell in cfg.grid:
-            steps.append(_grid_step(cell, strong, store_paths, weak, prepare, runs, seed, usual, names))
+            steps.append(_grid_step(cell, probe["options"] if cell.get("probe") else strong, store_paths, weak,
+                                    prepare, runs, seed, usual, names, probe["deps"] if cell.get("probe") else ()))
     steps += _evaluations(cfg, steps, names)
     return steps
 
 
+def _probes(cfg: StudyConfig, seed: int, weak: dict, stores: str, prepare, names: dict) -> dict:
+    """The feature stores of `seed`'s backbone (the stores' split and the validation split), the
+    train options of its probes, and its probe ceiling where the study has a ceiling:
+    {"steps", "options", "deps"}."""
+    name = cfg.features["backbone"]
+    made_by, checkpoint = weak[name]
+    first = next(iter(cfg.stores.values()))
+    label = {k: first[k] for k in LABEL_OWN if k in first and k not in ("weak", "split", "views")}
+    made = {}
+    for role, split in (("train", first.get("split")), ("val", cfg.features["val_split"])):
+        options = {"data": cfg.data, **label, "features": True, "weak": None, "weak_checkpoint": checkpoint,
+                   **({"split": split} if split else {})}
+        made[role] = _step("label", "label", f"features-{name}-{split or 'train'}-s{seed}", options,
+                           [made_by and made_by.id, prepare and prepare.id], stores, names=names, option="labels",
+                           role="features", seed=seed, store=f"features-{name}")
+    spec = cfg.weak[name]
+    options = {"data": cfg.data, **cfg.features["probe"], "strong": spec["strong"], "seed": seed,
+               **({"img_size": spec["img_size"]} if spec.get("img_size") else {}), "strong_checkpoint": checkpoint,
+               "features": made["train"].options["labels"], "val_features": made["val"].options["labels"]}
+    deps = [made["train"].id, made["val"].id]
+    steps = [made["train"], made["val"]]
+    if cfg.ceiling is not None:
+        steps.append(_step("train", "train", f"s{seed}-probe-ceiling", {**options, **cfg.ceiling, "loss": "gt"},
+                           deps, os.path.join(os.path.dirname(stores), "runs"), names=names, option="run",
+                           role="ceiling", seed=seed))
+    return {"steps": steps, "options": options, "deps": deps}
+
+
 def _grid_step(cell: dict, strong: dict, stores: dict, weak: dict, prepare, runs: str, seed: int, usual: dict,
-               names: dict) -> Step:
-    """A grid cell's run for `seed`, named by the values it sets other than `usual` ones."""
-    options = {k: v for k, v in cell.items() if k not in ("store", "online")}
+               names: dict, deps_too=()) -> Step:
+    """A grid cell's run for `seed`, named by the values it sets other than `usual` ones; `strong`
+    its run's options (a probe's, for a cell with probe: true, whose feature stores are `deps_too`)."""
+    options = {k: v for k, v in cell.items() if k not in CELL_KEYS}
     loss = options.get("loss", strong.get("loss", TrainConfig.__dataclass_fields__["loss"].default))
     if not LOSSES[loss].needs_weak:  # a ceiling in the grid: the ground truth, no weak labels
         cell = {k: v for k, v in cell.items() if k not in ("store", "online")}
@@ -161,11 +195,11 @@ def _grid_step(cell: dict, strong: dict, stores: dict, weak: dict, prepare, runs
     options = {**strong, **options, **source}
     label = f"s{seed}-" + "-".join([loss, *(_short(k, v) for k, v in cell.items()
                                             if k != "loss" and v is not None and v != usual.get(k))])
-    return _step("train", "train", label, options, [*deps, prepare and prepare.id], runs, names=names, option="run",
-                 role="grid", seed=seed, cell=cell)
+    return _step("train", "train", label, options, [*deps, *deps_too, prepare and prepare.id], runs, names=names,
+                 option="run", role="grid", seed=seed, cell=cell)
 
 
-ABBREVIATED = {"gt_weight": "gt", "keep_frac": "keep", "rank_by": "by", "threshold": "thr", "store": "",
+ABBREVIATED = {"gt_weight": "gt", "keep_frac": "keep", "rank_by": "by", "threshold": "thr", "store": "", "easy_epochs": "easy",
                "online": "online-"}
 
 

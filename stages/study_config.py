@@ -9,6 +9,10 @@ validated `StudyConfig` (stages/study.py plans and runs it).
       test_vit: {strong: test_vit, img_size: 32, epochs: 10, split: weak}   # seed_offset: 3 -> seed s + 3
     stores:                              # stores, each labelled once per seed by a weak model
       centre: {weak: test_vit, workers: 0}
+    features:                            # probes from stores alone (optional): a weak-section model's pooled
+      backbone: base                     # features stored per seed (the stores' split and val_split), and
+      probe: {config: openai_probe}      # the train options of grid cells with `probe: true`
+      val_split: val
     strong: {strong: resnet10t, img_size: 24, epochs: 8}   # the strong runs' options (ceiling and grid)
     ceiling: {}                          # the strong model on the stores' split's ground truth ({} : defaults)
     grid:                                # cells of train options; a list sweeps (the product of a cell's lists)
@@ -24,7 +28,9 @@ validated `StudyConfig` (stages/study.py plans and runs it).
 
 A grid cell's keys are `train`'s options (the same names as the command line and the recipes),
 plus `store: NAME` (the store it learns from; a list sweeps stores; "A+B+C" trains from their
-ensemble) or `online: NAME` (the study's weak model NAME as the online teacher). Each option of a
+ensemble) or `online: NAME` (the study's weak model NAME as the online teacher), and `probe: true`
+(the run is a probe of the features' backbone; [false, true] sweeps both, trained from the feature store: `features`'s
+probe options instead of `strong`'s; with a ceiling, each seed has a probe ceiling too). Each option of a
 loss's own (the loss table's knobs: adaptconf's threshold, ...) is swept by `select:` only for the
 losses that read it. Every mistake is one line naming the key and the file.
 """
@@ -44,9 +50,9 @@ from .label_config import LabelConfig
 from .train_config import option_defaults, recipe_options
 
 SHIPPED = Path(__file__).with_name("studies")
-SECTIONS = ("about", "prepare", "data", "seeds", "train", "weak", "stores", "strong", "ceiling", "grid", "select",
-            "few_shot", "quick", "cluster")
-CELL_KEYS = ("store", "online")  # a grid cell's keys that are the study's, not train's
+SECTIONS = ("about", "prepare", "data", "seeds", "train", "weak", "stores", "features", "strong", "ceiling", "grid",
+            "select", "few_shot", "quick", "cluster")
+CELL_KEYS = ("store", "online", "probe")  # a grid cell's keys that are the study's, not train's
 LABEL_OWN = ("weak", "split", "views", "topk", "batch_size", "workers", "precision", "device", "decode")
 
 
@@ -65,6 +71,7 @@ class StudyConfig:
     ceiling: dict | None = None  # train options of the ceiling (None: no ceiling)
     select: dict | None = None  # {"values": {option: [values]}, "choose_on": split, "score_on": split}
     few_shot: dict | None = None  # {"episodes": N, "split": split}
+    features: dict | None = None  # {"backbone": weak model name, "probe": {train options}, "val_split": split}
     cluster: dict = field(default_factory=dict)  # submitit's parameters
     about: str = ""
 
@@ -125,6 +132,7 @@ def _study(path: Path, doc: dict) -> StudyConfig:
     stores = {name: _store(spec, weak, f"{where} 'stores.{name}'") for name, spec in
               _mapping(doc.get("stores"), f"{where} 'stores'", required=True).items()}
     strong = _options(doc.get("strong") or {}, options, f"{where} 'strong'")
+    features = _features(doc.get("features"), weak, options, f"{where} 'features'")
     ceiling = None if doc.get("ceiling") is False else _options(doc.get("ceiling") or {}, options, f"{where} 'ceiling'")
     select = _select(doc.get("select"), options, f"{where} 'select'")
     loss = {**option_defaults(), **train, **strong}["loss"]  # a cell's loss where it names none
@@ -132,6 +140,9 @@ def _study(path: Path, doc: dict) -> StudyConfig:
                  for cell in _expand(spec, options, stores, weak, select, loss, f"{where} 'grid[{i}]'"))
     if not grid:
         raise W2SError(f"{where} 'grid' holds no run: give at least one cell of train options")
+    if features is None and any(cell.get("probe") for cell in grid):
+        raise W2SError(f"{where} 'grid': a cell with probe: true needs the section features (the backbone whose "
+                       "features the probes read)")
     few_shot = doc.get("few_shot")
     if few_shot is not None:
         few_shot = _mapping(few_shot, f"{where} 'few_shot'")
@@ -145,6 +156,7 @@ def _study(path: Path, doc: dict) -> StudyConfig:
     return StudyConfig(path=str(path), name=path.stem, data=data, seeds=_seeds(doc.get("seeds", 1), f"{where} 'seeds'"),
                        weak=weak, stores=stores, strong=strong, grid=grid, train=train, prepare=prepare,
                        ceiling=ceiling, select=select, few_shot=few_shot, about=str(doc.get("about") or ""),
+                       features=features,
                        cluster=_mapping(doc.get("cluster") or {}, f"{where} 'cluster'"))
 
 
@@ -217,6 +229,25 @@ def _store(spec, weak: dict, where: str) -> dict:
     return dict(spec)
 
 
+def _features(spec, weak: dict, options: dict, where: str) -> dict | None:
+    if spec is None:
+        return None
+    spec = dict(_mapping(spec, where))
+    unknown = set(spec) - {"backbone", "probe", "val_split"}
+    if unknown:
+        raise W2SError(f"{where}.{sorted(unknown)[0]}: unknown; give backbone, probe and val_split")
+    if spec.get("backbone") not in weak:
+        raise W2SError(f"{where}.backbone {spec.get('backbone')!r} is not one of the study's weak models "
+                       f"({', '.join(weak)}): the model whose pooled features the probes read")
+    if "checkpoint" in weak[spec["backbone"]]:
+        raise W2SError(f"{where}.backbone: a model given as a checkpoint has no model name here; train it in the study")
+    val_split = spec.get("val_split", "val")
+    if not isinstance(val_split, str):
+        raise W2SError(f"{where}.val_split must be a split's name, not {_kind(val_split)}")
+    return {"backbone": spec["backbone"], "probe": _options(spec.get("probe") or {}, options, f"{where}.probe"),
+            "val_split": val_split}
+
+
 def _cells(spec, where: str) -> list:
     if spec is None:
         raise W2SError(f"{where} is missing: the runs of the study")
@@ -235,6 +266,11 @@ def _expand(spec, options: dict, stores: dict, weak: dict, select: dict | None, 
     train = _options({k: v for k, v in spec.items() if k not in CELL_KEYS}, options, where, lists=True)
     if "store" in own and "online" in own:
         raise W2SError(f"{where}: give store or online, not both")
+    probes = own.get("probe", False)
+    probes = probes if isinstance(probes, list) else [probes]
+    if not probes or any(not isinstance(p, bool) for p in probes) or (any(probes) and "online" in own):
+        raise W2SError(f"{where}.probe: give true, false or [false, true] (a probe reads stores, never an online "
+                       "teacher)")
     for name in (own.get("online"),) if "online" in own else ():
         if name not in weak:
             raise W2SError(f"{where}.online {name!r} is not one of the study's weak models ({', '.join(weak)})")
@@ -246,12 +282,16 @@ def _expand(spec, options: dict, stores: dict, weak: dict, select: dict | None, 
     lists = {k: v for k, v in train.items() if isinstance(v, list)}
     if "store" in own and isinstance(own["store"], list):
         lists["store"] = own["store"]
+    if len(probes) > 1:
+        lists["probe"] = probes
     cells = []
     for values in itertools.product(*lists.values()) if lists else [()]:
         cell = {**train, **dict(zip(lists, values))}
         cell.setdefault("store", None if "online" in own else own.get("store", next(iter(stores))))
         if "online" in own:
             cell["online"] = own["online"]
+        if cell.pop("probe", probes[0]):
+            cell["probe"] = True
         cells += _selected(cell, select, cell.get("loss", loss), where)
     return cells
 

@@ -33,7 +33,7 @@ from ..pipeline.models.build import build_strong, head_parameters, resolve_model
 from ..pipeline.models.checkpoint import Checkpoints
 from ..pipeline.runtime import distributed, watchdog
 from ..pipeline.runtime.workspace import slug
-from ..pipeline.sources.shards import describe_shards
+from ..pipeline.sources.shards import describe_shards, shard_labels
 from ..pipeline.train.batch import StepInputs
 from ..pipeline.train.ema import build_ema
 from ..pipeline.train.inputs import Inputs, resolve_inputs
@@ -62,6 +62,7 @@ from ..pipeline.train.runs import (
 from ..pipeline.views.mixing import BatchMix
 from ..pipeline.views.params import TrainViews, view_seed
 from ..pipeline.views.pixels import TrainAugment
+from ..pipeline.weak.members import Members
 from ..pipeline.weak.teacher import OnlineTeacher
 from ..storage import open_store
 from .train_config import TrainConfig
@@ -102,11 +103,10 @@ def train_step(model, batches: list[dict], optimizer, objective, *, progress: fl
         with contextlib.nullcontext() if last or no_sync is None else no_sync():
             with autocast or contextlib.nullcontext():
                 logits = model(batch["image"])
-            loss, parts = objective(logits, batch.get("weak"), batch.get("target"), progress, epoch, batch.get("trust"))
+            loss, parts = objective(logits, batch.get("weak"), batch.get("target"), progress, epoch, batch.get("trust"),
+                                    batch.get("ids"))
             loss = loss / len(batches) if len(batches) > 1 else loss
             (scaler.scale(loss) if scaler is not None else loss).backward()
-        if batch.get("weak") is not None:
-            parts["agree"] = (logits.detach().argmax(1) == batch["weak"].argmax(1)).float().mean()
         per_batch.append(parts)
     if scaler is not None:
         if clip_grad:
@@ -145,7 +145,7 @@ def run_train(cfg: TrainConfig) -> TrainResult:
         optimizer = build_optimizer(model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                     momentum=cfg.momentum, layer_decay=cfg.layer_decay)
         accum = cfg.grad_accum  # batches per optimizer step; a step is one optimizer step
-        steps_per_epoch = cfg.steps_per_epoch or max(1, (len(probe.rows) if probe else _count(inputs)) // (
+        steps_per_epoch = cfg.steps_per_epoch or max(1, (len(probe.rows) if probe else _count(cfg, inputs)) // (
             cfg.batch_size * accum * info.world_size))
         total_steps = steps_per_epoch * cfg.epochs
         schedule = Schedule(optimizer, _schedule_spec(cfg, steps_per_epoch))
@@ -156,7 +156,7 @@ def run_train(cfg: TrainConfig) -> TrainResult:
                          torch.amp.GradScaler(device.type) if precision == "fp16" else None, log, device, info,
                          Checkpoints(run_dir, info.is_main, ema_decay=cfg.model_ema_decay, common=dict(
                              model_name=strong, data_config={**data_config}, precision=precision, settings=settings,
-                             **_described(cfg, inputs))))
+                             **_described(cfg, inputs))), members=_members(cfg, inputs, info))
         # From here each rank draws from its own generators (dropout masks, say); the data's
         # augmentation draws from none of them (views/params.py).
         seed_everything(view_seed(cfg.seed, "train", str(info.rank), 0))
@@ -170,7 +170,7 @@ def run_train(cfg: TrainConfig) -> TrainResult:
         autocast = distributed.autocast(precision, device)
         batches, step_inputs, validate = _feed(cfg, inputs, probe, data_config, decoder, workers, device, info,
                                                (steps_per_epoch * accum, step * accum), autocast, precision)
-        objective = _objective(cfg)
+        objective = _objective(cfg, state.members)
 
         # -- the loop ------------------------------------------------------------------------------
         net.train(not cfg.head_only)  # a linear probe's frozen backbone keeps its normalisation statistics
@@ -220,6 +220,7 @@ class RunState:
     device: object
     info: object  # distributed.DistInfo
     checkpoints: Checkpoints
+    members: object | None = None  # weak/members.Members: an ensemble combined at each step (learned weights)
     totals: EpochTotals | None = None
     best_top1: float | None = None
     val: dict | None = None  # the last evaluation's figures
@@ -241,7 +242,7 @@ class RunState:
         if cfg.resume:
             step, self.best_top1, sums = resume(os.path.join(run_dir, "last.pt"), settings, run_dir, model=self.model,
                                                 optimizer=self.optimizer, scaler=self.scaler, ema=self.averaged,
-                                                rank=self.info.rank, device=self.device)
+                                                rank=self.info.rank, device=self.device, members=self.members)
             self.log.truncate_after(step)
         elif self.info.is_main:
             write_config(run_dir, {**asdict(cfg), **settings, **described, "tool_version": __version__})
@@ -268,8 +269,13 @@ class RunState:
     def end_record(self, step: int, cfg: TrainConfig, seconds: float) -> None:
         """The run's last metrics record, with every rank's weights digest, checked equal."""
         self.log.write({"kind": "end", "step": step, "epoch": cfg.epochs, "weights_sha256": _equal_weights(self.model),
-                        "best_val_top1": self.best_top1, "seconds": seconds,
+                        "best_val_top1": self.best_top1, "seconds": seconds, **self._learned(),
                         **({"dropped_missing": self.totals.dropped_total} if cfg.skip_missing else {})})
+
+    def _learned(self) -> dict:
+        """The end record's learned ensemble weights (--ensemble learned; learned-sample: their mean)."""
+        weights = getattr(self.members, "weights", None)
+        return {} if weights is None else {"ensemble_weights": [round(float(w), 6) for w in weights.mean(0)]}
 
     def save_last(self, step: int, epoch: int, averaged_already: bool = False) -> None:
         """last.pt, with every rank's own state (taken before the ranks' statistics are averaged)."""
@@ -277,7 +283,8 @@ class RunState:
         if not averaged_already:
             distributed.sync_norm_stats((self.model, self.averaged), self.info.world_size)
         self.checkpoints.save_last(self.model, step=step, epoch=epoch, best_top1=self.best_top1, ema=self.averaged,
-                                   ranks=ranks, optimizer=self.optimizer, scaler=self.scaler)
+                                   ranks=ranks, optimizer=self.optimizer, scaler=self.scaler,
+                                   members=self.members.state_dict() if self.members is not None else None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -297,13 +304,23 @@ def _run_name(cfg: TrainConfig, strong: str) -> str:
     return cfg.run or f"{slug(strong)}-{cfg.loss}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
-def _objective(cfg: TrainConfig):
+def _objective(cfg: TrainConfig, members=None):
     """The run's objective (train/losses.py): its loss from the table, with its schedule, and the
-    --gt-weight term."""
+    --gt-weight term; `members` combines an ensemble at each step."""
     return make_objective(cfg.loss, temperature=cfg.kd_temperature, threshold=cfg.threshold,
                           warmup_frac=cfg.warmup_frac, ramp=cfg.ramp, epochs=cfg.epochs,
                           beta_warmup_frac=cfg.beta_warmup_frac, gt_weight=cfg.gt_weight, kd_weight=cfg.kd_weight,
-                          smoothing=cfg.smoothing)
+                          smoothing=cfg.smoothing, evidential_gamma=cfg.evidential_gamma, members=members)
+
+
+def _members(cfg: TrainConfig, inputs: Inputs, info) -> Members | None:
+    """weak/members.Members where the batches carry every member's logits (cfg.stacked), else None."""
+    if not cfg.stacked:
+        return None
+    rows = sum(int(s["count"]) for s in open_store(inputs.store_url).shards)  # the join's ids run 0..rows-1
+    return Members(inputs.ensemble, len(inputs.members), lr=cfg.ensemble_lr, rows=rows, easy_epochs=cfg.easy_epochs,
+                   classes=[list(c) for c in inputs.member_classes], num_classes=inputs.num_classes,
+                   topk=cfg.specialist_topk, world_size=info.world_size)
 
 
 def _student(cfg: TrainConfig, strong: str, num_classes: int, device):
@@ -360,7 +377,7 @@ def _data(cfg: TrainConfig, inputs: Inputs, data_config: dict, decoder: str, wor
                          label_field=inputs.label_field, need_labels=need_labels, join=join, seed=cfg.seed,
                          rank=info.rank, world_size=info.world_size, shuffle_buffer=cfg.shuffle_buffer,
                          batch_size=cfg.batch_size, start_step=start_step, view_passes=inputs.view_passes,
-                         mix=inputs.mix)
+                         mix=inputs.mix, classes=cfg.class_subset)
     batches = iter(train_loader(stream, workers, device.type == "cuda"))
     # timm's batch mixing, unless a per-view store's mixes are replayed, sample by sample (views/mixing.py)
     mixer = BatchMix(mixup=cfg.mixup, cutmix=cfg.cutmix, prob=cfg.mixup_prob, switch_prob=cfg.mixup_switch_prob,
@@ -390,7 +407,8 @@ def _join(cfg: TrainConfig, inputs: Inputs) -> StoreJoin | None:
     if cfg.weak_from != "store":
         return None
     return StoreJoin(inputs.store_url, skip_missing=cfg.skip_missing, keep=inputs.kept.masks if inputs.kept else None,
-                     views=inputs.view_passes > 0, trust=cfg.weight_by, members=inputs.members, ensemble=inputs.ensemble)
+                     views=inputs.view_passes > 0, trust=cfg.weight_by, members=inputs.members, ensemble=inputs.ensemble,
+                     stacked=cfg.stacked, ids=cfg.ensemble == "learned-sample")
 
 
 @dataclass
@@ -474,14 +492,32 @@ def _equal_weights(model) -> list[str]:
     return digests
 
 
-def _count(inputs: Inputs) -> int:
+def _count(cfg: TrainConfig, inputs: Inputs) -> int:
     """Training samples: those --select / --keep-frac keep, else the store's records, else the
-    shards' manifest or headers."""
+    shards' manifest or headers; under --classes, the shards' samples of those classes (their
+    labels read once)."""
     if inputs.kept is not None:
         return inputs.kept.count
     if inputs.store_url:
         return open_store(inputs.store_url).num_samples
+    if cfg.class_subset is not None:
+        return _count_classes(cfg.class_subset, inputs)
     return sum(s.count for s in describe_shards(inputs.urls))
+
+
+def _count_classes(classes: tuple[int, ...], inputs: Inputs) -> int:
+    """How many of the shards' samples --classes keeps; a class outside the data set's, or none
+    kept, is one line."""
+    outside = [c for c in classes if c >= inputs.num_classes]
+    if outside:
+        raise W2SError(f"--classes {outside[0]} is outside the data's {inputs.num_classes} classes (0..."
+                       f"{inputs.num_classes - 1})", option="--classes")
+    wanted = set(classes)
+    count = sum(sum(1 for v in shard_labels(url, inputs.label_field).values() if v in wanted) for url in inputs.urls)
+    if not count:
+        raise W2SError(f"--classes {','.join(map(str, classes))}: no sample of {inputs.record['pattern']} is of these "
+                       "classes", option="--classes")
+    return count
 
 
 __all__ = ["TrainConfig", "TrainResult", "run_train", "train_step"]

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 from ..errors import W2SError
 from ..pipeline.config import options
-from ..pipeline.config.choices import LOSSES, STORE_VIEWS
+from ..pipeline.config.choices import LOSSES, STEP_ENSEMBLES, STORE_VIEWS
 from ..pipeline.config.groups import Loading, Objective, Optimisation, Schedule, Selection, ViewRecipe, Watched
-from ..pipeline.config.options import bad, field_of, like, option
+from ..pipeline.config.options import bad, field_of, like, option, parse_classes
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,6 +69,11 @@ class TrainConfig(Objective, Selection, ViewRecipe, Optimisation, Schedule, Load
                                      at_least=0, below=1)
     head_init_std: float | None = option(None, "Re-initialise the classifier: truncated-normal weights with this std, "
                                                "zero biases (MAE fine-tuning: 2e-5).", above=0)
+    classes: str | None = option(None, "Train only on the samples whose ground truth is one of these classes (0-4, or "
+                                       "0,2,7-9), with --loss gt: a specialist weak teacher for co-supervision. The "
+                                       "head keeps every class; the checkpoints record the classes, and a store "
+                                       "`label` makes with one records them (train --ensemble specialist reads them). "
+                                       "An epoch is the kept samples (their labels read once, at the start).")
     skip_missing: bool = option(False, "Train without samples that have no row in the store instead of stopping; each "
                                        "epoch's count is logged.")
     skip_shard_check: bool = option(False, "Train even on shards whose size or contents (first and last 64 KiB) changed "
@@ -133,6 +138,7 @@ class TrainConfig(Objective, Selection, ViewRecipe, Optimisation, Schedule, Load
                    "--store-view")
         if self.teacher_model and not self.teacher:
             refuse("--teacher-model names the model of a --teacher checkpoint: give --teacher too", "--teacher-model")
+        self._check_members()
         if self.features:
             image_only = [(self.teacher, "--teacher"), (self.mixes, "--mixup/--cutmix"), (self.aa, "--aa"),
                           (self.color_jitter, "--color-jitter"), (self.reprob, "--reprob"),
@@ -147,6 +153,35 @@ class TrainConfig(Objective, Selection, ViewRecipe, Optimisation, Schedule, Load
             refuse("give --pretrained or --strong-checkpoint, not both", "--pretrained")
         if self.resume and not self.run:
             refuse("--resume needs --run-name NAME: the run to continue", "--resume")
+
+    def _check_members(self) -> None:
+        """The methods that read each member of an ensemble, and --classes."""
+        if LOSSES[self.loss].members and self.ensemble:
+            raise W2SError(f"--loss {self.loss} reads each --labels store on its own; drop --ensemble {self.ensemble}",
+                           option="--ensemble")
+        if self.stacked and self.mixes:
+            raise W2SError("--mixup/--cutmix mix one weak output per sample; --ensemble learned/specialist, "
+                           "--easy-epochs and --loss evidential read every member's", option="--mixup")
+        if self.classes is not None:
+            if self.loss != "gt":
+                raise W2SError("--classes trains a specialist weak teacher on the ground truth of those classes: "
+                               f"give --loss gt (not {self.loss})", option="--classes")
+            if self.features:
+                raise W2SError("--classes filters the shards' samples by their labels; a --features probe reads stores",
+                               option="--classes")
+            self.class_subset  # parsed now: a bad list is refused before any work
+
+    @property
+    def class_subset(self) -> tuple[int, ...] | None:
+        """--classes as sorted class indices, or None."""
+        return None if self.classes is None else parse_classes(self.classes)
+
+    @property
+    def stacked(self) -> bool:
+        """Whether the batches carry every --labels member's logits (B, M, C), for a method that combines
+        them with the student at each step or reads them one by one."""
+        return len(self.label_stores) > 1 and (self.ensemble in STEP_ENSEMBLES or self.easy_epochs > 0
+                                               or LOSSES[self.loss].members)
 
     @property
     def label_stores(self) -> list[str]:
@@ -171,7 +206,7 @@ class TrainConfig(Objective, Selection, ViewRecipe, Optimisation, Schedule, Load
         return "online" if self.teacher else "store"
 
     @classmethod
-    def tiny(cls, **overrides) -> "TrainConfig":
+    def tiny(cls, **overrides) -> TrainConfig:
         """A seconds-long preset for tests and smoke runs: 32 px, small batches, two epochs."""
         base = dict(strong="test_resnet", img_size=32, batch_size=32, epochs=2, workers=0, log_every=2,
                     precision="fp32", shuffle_buffer=64, hflip=0.0, progress=False)

@@ -138,7 +138,7 @@ def index_schema(with_label: bool, stats: bool = True) -> pa.Schema:
 REQUIRED_ATTRS = (
     "format",
     "schema_version",
-    "weak",  # {model, checkpoint, checkpoint_sha256}
+    "weak",  # {model, checkpoint, checkpoint_sha256, and classes where it was trained on some only}
     "num_classes",
     "class_names",
     "preprocessing",  # timm data config (input_size, interpolation, mean, std, crop_pct, crop_mode) and decode
@@ -181,7 +181,8 @@ def store_attrs(*, weak: dict, num_classes: int, class_names, preprocessing: dic
     if features:
         layout_extra["features"] = int(features)
     return {
-        "weak": {k: weak.get(k) for k in ("model", "checkpoint", "checkpoint_sha256")},
+        "weak": {**{k: weak.get(k) for k in ("model", "checkpoint", "checkpoint_sha256")},
+                 **({"classes": list(weak["classes"])} if weak.get("classes") else {})},
         "num_classes": int(num_classes),
         "class_names": list(class_names or []) or None,
         "preprocessing": dict(preprocessing),

@@ -127,6 +127,8 @@ def test_train_options_are_frozen():
         "--stall-timeout",
         # probes from stores alone (issue 28)
         "--features", "--val-features",
+        # the methods after the paper (issue 28)
+        "--ensemble-lr", "--easy-epochs", "--specialist-topk", "--evidential-gamma", "--classes",
     ])
 
 

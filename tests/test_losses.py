@@ -144,7 +144,7 @@ def test_objective_adds_ground_truth_and_beta_warmup():
     full = L.objective("adaptconf")(torch.tensor(s), torch.tensor(w), None, 0.1)[1]["beta"].item()
     half = L.objective("adaptconf", beta_warmup_frac=0.2)(torch.tensor(s), torch.tensor(w), None, 0.1)[1]["beta"].item()
     assert half == pytest.approx(full / 2)
-    assert set(L.LOSSES) == {"hard", "kd", "augconf", "adaptconf", "gt"}
+    assert set(L.LOSSES) == {"hard", "kd", "augconf", "adaptconf", "evidential", "gt"}
 
 
 DEVICES = ["cpu", "meta"] + (["cuda"] if torch.cuda.is_available() else [])

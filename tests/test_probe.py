@@ -116,6 +116,14 @@ def test_probe_options_work_as_on_images(stores):
     assert kept.step == 2 * (open_store(labels).num_samples // 2 // 64)
     run_train(TrainConfig.tiny(**base, labels=labels, weight_by="confidence", run="weighted"))
     run_train(TrainConfig.tiny(**base, labels=f"{labels},{other}", ensemble="mean-prob", run="ensemble"))
+    # the methods that read each member (tests/test_methods.py has their formulas) run as probes
+    learned = run_train(TrainConfig.tiny(**base, labels=f"{labels},{other}", ensemble="learned-sample",
+                                         easy_epochs=1, run="learned"))
+    table = torch.load(os.path.join(learned.run_dir, "last.pt"), weights_only=True)["members"]["weights"]
+    assert table.shape == (sum(s["count"] for s in open_store(labels).shards), 2) and (table != 0.5).any()
+    records = [json.loads(line) for line in open(os.path.join(learned.run_dir, "metrics.jsonl"))]
+    assert {r["epoch"] for r in records if r.get("kind") == "step" and "easy_kept" in r} == {1}
+    run_train(TrainConfig.tiny(**base, labels=f"{labels},{other}", loss="evidential", run="evidential"))
     ceiling = run_train(TrainConfig.tiny(**base, loss="gt", data="digits", run="ceiling"))
     assert ceiling.finished
     whole = run_train(TrainConfig.tiny(**base, labels=labels, run="whole"))

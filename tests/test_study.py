@@ -50,6 +50,9 @@ def study_file(tmp_path, **changes) -> str:
                                                                   "score_on": "test"}}, "also under select"),
     ({"grid": [{"loss": "hard", "store": "nope"}]}, "key 'grid[0]'.store 'nope' is not one of the study's stores"),
     ({"grid": [{"loss": "hard", "lr": -1}]}, "--lr -1.0 is invalid: must be positive"),
+    ({"grid": [{"loss": "hard", "probe": True}]}, "a cell with probe: true needs the section features"),
+    ({"features": {"backbone": "nope"}}, "'features'.backbone 'nope' is not one of the study's weak models"),
+    ({"grid": [{"loss": "hard", "probe": "yes"}]}, "'grid[0]'.probe: give true, false or [false, true]"),
 ])
 def test_bad_study_files_are_one_line_naming_the_key(tmp_path, changes, message, digits_data):
     path = study_file(tmp_path, **changes)
@@ -141,7 +144,26 @@ def test_steps_run_side_by_side_and_a_failed_step_stops_only_its_dependents(tmp_
         assert os.listdir(tmp_path / "ws" / "study" / "submitit")  # submitit's own logs of each job
 
 
-@pytest.mark.parametrize("name", ["demo", "demo-noisy", "demo-few-shot", "threshold", "selection", "teacher"])
+def test_a_study_probes_from_feature_stores_beside_fine_tuning(tmp_path, digits_data):
+    """`features:` stores the backbone's pooled features of the stores' split and of val once per seed;
+    a cell with probe: [false, true] runs fine-tuned and as a probe, each against its own ceiling."""
+    path = study_file(tmp_path, weak={**TINY["weak"], "base": {"strong": "test_resnet", "img_size": 32,
+                                                               "split": "weak"}},
+                      features={"backbone": "base", "probe": {"epochs": 2, "opt": "adam", "lr": 0.01}},
+                      ceiling={}, grid=[{"loss": "hard", "probe": [False, True]}])
+    result = run_study(load_study(path), out=str(tmp_path / "ws"))
+    assert not result["failed"], result["failed"]
+    names = set(os.listdir(tmp_path / "ws" / "runs")) | set(os.listdir(tmp_path / "ws" / "stores"))
+    assert {"features-base-train-s0", "features-base-val-s0", "s0-probe-ceiling", "s0-hard-probe"} <= names
+    probe = json.load(open(tmp_path / "ws" / "runs" / "s0-hard-probe" / "config.json"))
+    assert probe["features"].endswith("features-base-train-s0") and probe["strong_checkpoint"].endswith("last.pt")
+    rows = {r["name"]: r for r in result["report"]["runs"]}
+    assert rows["s0-hard-probe"]["ceiling_runs"] == ["s0-probe-ceiling"]  # a probe's ceiling is a probe
+    assert rows["s0-hard"]["ceiling_runs"] == ["s0-ceiling"]
+
+
+@pytest.mark.parametrize("name", ["demo", "demo-noisy", "demo-few-shot", "threshold", "selection", "teacher",
+                                  "methods"])
 def test_every_shipped_study_plans_whole_and_quick(name, tmp_path):
     """Each shipped study file is valid as a whole and in its quick form: every step's config builds."""
     for quick in (False, True):

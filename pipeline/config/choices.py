@@ -26,6 +26,7 @@ class Loss:
     needs_gt: bool  # reads the ground truth (any loss does with --gt-weight)
     term: str  # the function of pipeline/train/losses.py that computes it (found there by this name)
     knobs: tuple[str, ...] = ()  # the options of its own it reads (a study sweeps only these for it)
+    members: bool = False  # reads each weak teacher of an ensemble on its own (B, M, C), not their combination
 
 
 # The one table of the training losses, in the order the command line lists them; a name not in it
@@ -37,6 +38,9 @@ LOSSES = {
                     "augconf_term", ("threshold", "kd_temperature", "warmup_frac", "ramp")),
     "kd": Loss("T^2-scaled KL to the weak soft labels", True, False, "kd_term", ("kd_temperature",)),
     "hard": Loss("cross-entropy on the weak argmax", True, False, "hard_term"),
+    "evidential": Loss("evidential (Dirichlet) loss over each weak teacher, Bayesian WeakS-to-Strong (Cui et al. "
+                       "2024): (1-gamma) sum_m EDL(s, argmax w_m) + gamma EDL(s, argmax s), its KL annealed over the run",
+                       True, False, "evidential_term", ("evidential_gamma",), members=True),
     "gt": Loss("ground-truth cross-entropy (weak model, strong ceiling)", False, True, "gt_term"),
 }
 LOSS_NAMES = tuple(LOSSES)
@@ -49,8 +53,11 @@ RANK_BY = ("margin", "confidence", "entropy", "agreement")  # agreement: an ense
 SCENARIOS = ("standard", "noisy", "few-shot")
 NOISY_SCENARIO = "symmetric:0.2"  # the noisy scenario's --label-noise (the official CIFAR-100 rate)
 
-# How `train --labels A,B,...` combines several stores' weak outputs (ensemble.py).
-ENSEMBLES = ("mean-prob", "mean-logit", "vote")
+# How `train --labels A,B,...` combines several stores' weak outputs: fixed (weak/ensemble.py), or with
+# the student at each step (weak/members.py: learned weights, specialists).
+FIXED_ENSEMBLES = ("mean-prob", "mean-logit", "vote")
+STEP_ENSEMBLES = ("learned", "learned-sample", "specialist")
+ENSEMBLES = FIXED_ENSEMBLES + STEP_ENSEMBLES
 
 # The stored statistics `--weight-by` weighs each sample's weak-label loss by (losses.trust_weights).
 WEIGHT_BY = ("confidence", "margin")

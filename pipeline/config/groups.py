@@ -122,6 +122,8 @@ class Objective:
                                 "--warmup-frac)), or at every step.", choices=RAMPS)
     beta_warmup_frac: float = option(0.0, "adaptconf: fraction of training over which beta is scaled up from 0 "
                                           "(0: off).", at_least=0, at_most=1)
+    evidential_gamma: float = option(0.5, "evidential: the weight of the student's own term, (1-gamma) on the "
+                                          "teachers' (RAVEN's default 0.5).", at_least=0, at_most=1)
     kd_weight: float = option(1.0, "Weight of the weak-label loss (its KD and self-confidence terms; the official "
                                    "kd_loss_weight).", at_least=0)
     gt_weight: float = option(0.0, "Add this weight times the ground-truth criterion to any loss (the official "
@@ -140,8 +142,24 @@ class Selection:
     ensemble: str | None = option(None, "How several --labels stores combine, per sample [default: mean-prob]: "
                                         "mean-prob, the log of the members' mean softmax; mean-logit, their mean "
                                         "logits; vote, the log of the share of members whose argmax is each class "
-                                        "(ties to the lower class). --select can use the column agreement: how many "
-                                        "members' argmax is the ensemble's.", choices=ENSEMBLES)
+                                        "(ties to the lower class); learned, weights on the members' probabilities "
+                                        "learned with the student (RAVEN: each step a projected gradient step on the "
+                                        "student's cross-entropy under the combination, --ensemble-lr); learned-sample, "
+                                        "such weights per sample; specialist, co-supervision: members trained on "
+                                        "disjoint classes (train --classes), the one holding the student's argmax "
+                                        "labels the sample, kept where its argmax is in the student's top "
+                                        "--specialist-topk. --select can use the column agreement: how many members' "
+                                        "argmax is the (mean-prob, for the learned and specialist ones) ensemble's.",
+                                  choices=ENSEMBLES)
+    ensemble_lr: float = option(0.1, "--ensemble learned / learned-sample: the weights' step size (global: on the "
+                                     "batch's mean cross-entropy of each member; per sample: on the sample's own).",
+                                above=0)
+    easy_epochs: int = option(0, "The easy-sample start (RAVEN): for the first N epochs a sample counts only where "
+                                 "every --labels member's argmax is the same, and learned ensemble weights stay at "
+                                 "their start. 0: off.", at_least=0)
+    specialist_topk: int = option(3, "--ensemble specialist: a sample counts only where its specialist's argmax is "
+                                     "among the student's top K (CSL's teacher-student agreement; 3 as CSL).",
+                                  at_least=1)
     select: str | None = option(None, "Train only on the store's samples for which this is true: an expression over "
                                       "its index columns (key, shard, row, pred, confidence, margin, entropy, and "
                                       "label where the shards carry one), e.g. \"confidence >= 0.6\" or \"margin > "
@@ -165,6 +183,15 @@ class Selection:
         if self.ensemble is not None and stores < 2:
             raise W2SError(f"--ensemble {self.ensemble} combines several stores: give --labels A,B,...",
                            option="--ensemble")
+        if self.easy_epochs and stores < 2:
+            raise W2SError("--easy-epochs trains first on the samples several teachers agree on: give --labels A,B,...",
+                           option="--easy-epochs")
+        if self.ensemble_lr != 0.1 and self.ensemble not in ("learned", "learned-sample"):
+            raise W2SError("--ensemble-lr is the step size of learned ensemble weights: give --ensemble learned or "
+                           "learned-sample", option="--ensemble-lr")
+        if self.specialist_topk != 3 and self.ensemble != "specialist":
+            raise W2SError("--specialist-topk is co-supervision's agreement: give --ensemble specialist",
+                           option="--specialist-topk")
         if (self.per_class or self.rank_by != "margin") and self.keep_frac is None:
             raise W2SError("--rank-by and --per-class say how --keep-frac ranks: give --keep-frac F with them",
                            option="--rank-by")

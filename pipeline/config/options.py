@@ -145,3 +145,14 @@ def ordered(config) -> list[tuple[dataclasses.Field, Option]]:
             if name in by_name and name not in order:
                 order.append(name)
     return [by_name[name] for name in order]
+
+
+def parse_classes(text: str) -> tuple[int, ...]:
+    """"0-4" or "0,2,7-9" -> (0, 1, 2, 3, 4) or (0, 2, 7, 8, 9); one line naming the bad part."""
+    out = set()
+    for part in (p.strip() for p in str(text).split(",")):
+        lo, dash, hi = part.partition("-")
+        if not (lo.isdigit() and (not dash or hi.isdigit())) or (dash and int(hi) < int(lo)):
+            raise bad("--classes", text, f"{part!r} is not a class index or a range a-b (a <= b); e.g. 0-4 or 0,2,7-9")
+        out.update(range(int(lo), int(hi if dash else lo) + 1))
+    return tuple(sorted(out))

@@ -20,6 +20,7 @@ import torch
 from ...errors import W2SError
 from ...storage.reader import LabelStore, ShardRows
 from ...storage.schema import VIEWS
+from ..config.choices import FIXED_ENSEMBLES
 from ..sources.shards import url_name
 from ..weak.ensemble import combine, member_logits
 from ..weak.statistics import softmax_stats
@@ -34,20 +35,30 @@ class StoreJoin:
 
     def __init__(self, store_url: str, *, skip_missing: bool = False, storage_options: dict | None = None,
                  views: bool = False, keep: dict | None = None, trust: str | None = None,
-                 members: tuple = (), ensemble: str | None = None):
+                 members: tuple = (), ensemble: str | None = None, stacked: bool = False, ids: bool = False):
         self.store_url = store_url
         self.skip_missing = skip_missing
         self.keep = keep  # selection.Kept.masks: per shard, which rows the run trains on (None: all)
         self.trust = trust  # --weight-by: the stored statistic each sample carries as "trust" (None: none)
         self.members, self.ensemble = tuple(members), ensemble  # an ensemble's stores and how they combine
-        self._members = None
+        self.stacked = stacked  # every member's logits (n, M, C), for weak/members.py, not their combination
+        self.ids = ids  # each sample's id: its shard's first row in the store's order, plus its row
+        self._members, self._offsets = None, None
         self.views = views  # replay a per-view store's views instead of its centre view
         self.storage_options = storage_options
         self._store: LabelStore | None = None
         self.skipped = 0
 
     def __getstate__(self):
-        return {**self.__dict__, "_store": None, "_members": None}
+        return {**self.__dict__, "_store": None, "_members": None, "_offsets": None}
+
+    def offset(self, name: str) -> int:
+        """The id of shard `name`'s first row: the shards' recorded counts before it, in the store's order."""
+        if self._offsets is None:
+            counts = [int(s["count"]) for s in self.store.shards]
+            starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(int)
+            self._offsets = {s["name"]: int(o) for s, o in zip(self.store.shards, starts)}
+        return self._offsets[name]
 
     @property
     def store(self) -> LabelStore:
@@ -85,11 +96,13 @@ class StoreJoin:
         if self._members is None:
             self._members = [self.store] + [LabelStore(url, self.storage_options) for url in self.members[1:]]
         keys, members = member_logits(self._members, name)
-        combined = combine(members, self.ensemble)
+        fixed = self.ensemble if self.ensemble in FIXED_ENSEMBLES else "mean-prob"  # the statistic's, if learned
+        combined = combine(members, fixed)
         trust = None
         if self.trust:
             trust = softmax_stats(torch.from_numpy(combined))[self.trust].numpy()
-        return keys, combined, self.store.skipped_keys(name), None, trust
+        weak = np.stack(members, axis=1) if self.stacked else combined
+        return keys, weak, self.store.skipped_keys(name), None, trust
 
     def __call__(self, samples: Iterable[dict]) -> Iterator[dict]:
         current, keys, weak, absent, boxes, trust, lookup, pos, used = None, [], None, set(), None, None, None, 0, set()
@@ -128,4 +141,6 @@ class StoreJoin:
                 sample["view_boxes"] = boxes[row]
             if trust is not None:
                 sample["trust"] = trust[row]
+            if self.ids:
+                sample["id"] = self.offset(name) + row
             yield sample

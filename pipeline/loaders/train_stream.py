@@ -40,8 +40,9 @@ class TrainStream(IterableDataset):
     def __init__(self, urls: list[str], *, augment, image_fields, label_field, need_labels: bool,
                  join: StoreJoin | None, seed: int, rank: int = 0, world_size: int = 1, shuffle_buffer: int = 1000,
                  batch_size: int = 1, start_step: int = 0, storage_options: dict | None = None,
-                 view_passes: int = 0, mix=None):
+                 view_passes: int = 0, mix=None, classes: tuple[int, ...] | None = None):
         self.urls = list(urls)
+        self.classes = None if classes is None else frozenset(classes)  # --classes: only samples of these
         self.augment = augment  # (sample, image fields, shard, pass) -> (uint8 image or bytes, View)
         self.image_fields = tuple(image_fields)
         self.label_field = label_field
@@ -88,6 +89,8 @@ class TrainStream(IterableDataset):
             mine, stride = (order[me::everyone], None) if len(order) >= everyone else (order, everyone)
             for url in mine:
                 stream = iter_samples(url, self.storage_options)
+                if self.classes is not None:  # before the shuffle buffer: the others are never held or decoded
+                    stream = (x for x in stream if decode_label(x, self.label_field, url_name(url), True) in self.classes)
                 if self.join is not None:
                     stream = self.join(stream)
                 if self.mix is not None:  # a sample's partner may be anywhere in its shard
@@ -120,6 +123,8 @@ class TrainStream(IterableDataset):
             # A numpy row in the stored precision (float16 logits): stacked once per batch in
             # `collate`, half the bytes between processes; the losses compute in float32.
             out["weak"] = sample["weak"]
+            if "id" in sample:  # --ensemble learned-sample: the sample's row of the weights
+                out["id"] = sample["id"]
             if "trust" in sample:  # --weight-by: the sample's (view's) stored statistic
                 out["trust"] = float(sample["trust"][drawn] if self.view_passes else sample["trust"])
             if self.view_passes:
@@ -159,7 +164,8 @@ def check_replayed(stored, view, shard: str, key: str, number: int, mix=None) ->
 
 def collate(samples: list[dict]) -> dict:
     """A batch: "image" uint8 (N, 3, H, W) or "blobs" (N encoded images, for the device to decode),
-    "view" (N, 12), "label" (N,), "weak" (N, C) in the stored dtype, "trust" (N,) under --weight-by,
+    "view" (N, 12), "label" (N,), "weak" (N, C) in the stored dtype (N, M, C: an ensemble's members), "ids" (N,) under
+    --ensemble learned-sample, "trust" (N,) under --weight-by,
     "dropped", "key"; or the
     `loader.LoadFailed` of a loading process that stopped at bad input."""
     for s in samples:
@@ -180,6 +186,8 @@ def collate(samples: list[dict]) -> dict:
         batch["image"] = torch.stack([s["image"] for s in samples])
     if "weak" in samples[0]:
         batch["weak"] = torch.from_numpy(np.stack([s["weak"] for s in samples]))
+    if "id" in samples[0]:
+        batch["ids"] = torch.tensor([s["id"] for s in samples], dtype=torch.long)
     if "trust" in samples[0]:
         batch["trust"] = torch.tensor([s["trust"] for s in samples], dtype=torch.float32)
     return batch

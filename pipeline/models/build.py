@@ -103,7 +103,7 @@ class LoadedModel:
     checkpoint: str | None
     checkpoint_sha256: str  # of the checkpoint file, or "timm-pretrained:<hub id>"
     class_names: list[str] | None = None
-    trained: dict | None = None  # a `train` checkpoint's step, epoch, precision and settings
+    trained: dict | None = None  # a `train` checkpoint's step, epoch, precision, settings and config
 
 
 def load_model(
@@ -154,7 +154,7 @@ def load_model(
                 config["input_size"] = [3, int(user_img_size), int(user_img_size)]
         else:
             config = data_config_for(model, img_size)
-        trained = {k: ckpt.get(k) for k in ("step", "epoch", "precision", "settings")} if tool else None
+        trained = {k: ckpt.get(k) for k in ("step", "epoch", "precision", "settings", "config")} if tool else None
         return LoadedModel(model, name, classes, config, checkpoint, file_sha256(checkpoint),
                            ckpt.get("class_names") if tool else None, trained)
 

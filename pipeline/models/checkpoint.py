@@ -167,11 +167,11 @@ class Checkpoints:
             save_checkpoint(self.best, model.state_dict(), step=step, epoch=epoch, best_top1=best_top1, **self.common)
 
     def save_last(self, model, *, step: int, epoch: int, best_top1, optimizer, ranks: list, scaler=None,
-                  ema=None) -> None:
+                  ema=None, members: dict | None = None) -> None:
         if not self.enabled:
             return
         meta = self._meta(step, epoch, best_top1, optimizer, scaler)
-        save_checkpoint(self.last, model.state_dict(), ranks=ranks,
+        save_checkpoint(self.last, model.state_dict(), ranks=ranks, members=members,
                         ema=ema.state_dict() if ema is not None else None, **meta)
         if ema is not None:
             save_checkpoint(self.ema, ema.state_dict(), averaged=self.ema_decay, step=step, epoch=epoch, **self.common)

@@ -83,8 +83,12 @@ def load_run(run_dir: str, defaults: dict | None = None) -> dict | None:
 
 
 def load_store(url: str) -> dict | None:
+    """A label store's row of the report: its weak model's accuracy and calibration; None for a
+    feature store (it holds no weak model's outputs)."""
     try:
         store = open_store(url)
+        if store.features:
+            return None
         index = store.index()
         store.check_index()  # the index is its parts (the arrays' rows are checked where they are read)
     except Exception as exc:  # listed with why, never the end of the whole report

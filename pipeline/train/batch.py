@@ -27,7 +27,8 @@ class StepInputs:
     else None; "weak" the stored weak logits (float32 log-probabilities under mixing: the stored
     distributions mixed linearly, an approximation), or the online `teacher`'s logits on the final
     (erased, mixed) images, or None without either; "trust" the samples' stored --weight-by
-    statistic (mixed by λ with their partners' under batch mixing), or None; "dropped" how many
+    statistic (mixed by λ with their partners' under batch mixing), or None; "ids" the samples' ids
+    (--ensemble learned-sample), or None; "dropped" how many
     samples --skip-missing left out since the last batch."""
 
     def __init__(self, data_config: dict, device, *, decoder: str, rank: int, need_labels: bool,
@@ -58,7 +59,7 @@ class StepInputs:
             target = soft_targets(batch["label"], batch["partner_label"], batch["mix"][:, 2], self.num_classes,
                                   self.smoothing) if self.need_labels else None
             return {"image": image, "target": target, "weak": batch.get("weak"), "trust": batch.get("trust"),
-                    "dropped": dropped}
+                    "ids": batch.get("ids"), "dropped": dropped}
         target, weak, trust = (batch["label"] if self.need_labels else None), batch.get("weak"), batch.get("trust")
         if self.mixer is not None:
             image, target, weak, lam = self.mixer(image, target, weak, rank=self.rank, step=step, micro=micro)
@@ -66,4 +67,5 @@ class StepInputs:
                 trust = lam * trust + (1 - lam) * trust.flip(0)
         if self.teacher is not None:  # the weak model on the very pixels the student sees
             weak = self.teacher(image)
-        return {"image": image, "target": target, "weak": weak, "trust": trust, "dropped": dropped}
+        return {"image": image, "target": target, "weak": weak, "trust": trust, "ids": batch.get("ids"),
+                "dropped": dropped}

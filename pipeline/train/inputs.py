@@ -10,7 +10,7 @@ from ...errors import W2SError
 from ...storage.fsutil import absolute
 from ...storage.reader import open_store, pick_store
 from ...storage.schema import views_meta
-from ..config.choices import LOSSES
+from ..config.choices import FIXED_ENSEMBLES, LOSSES
 from ..config.groups import RECIPE_KEYS
 from ..runtime import distributed
 from ..runtime.workspace import workspace_dir
@@ -40,7 +40,8 @@ class Inputs:
     mix: object | None = None  # mixing.MixRecipe of a replayed store whose views are mixed
     kept: object | None = None  # selection.Kept: the store's samples --select / --keep-frac keep (None: all)
     members: tuple = ()  # an ensemble's stores (the first is store_url); () for one store
-    ensemble: str | None = None  # how the members combine (ensemble.py)
+    ensemble: str | None = None  # how the members combine (ensemble.py, members.py)
+    member_classes: tuple = ()  # --ensemble specialist: each member's classes (its teacher's train --classes)
 
 
 def resolve_inputs(cfg) -> Inputs:
@@ -113,7 +114,7 @@ def _from_store(cfg, store, members: list, from_store: bool) -> tuple:
     view_passes = replayed_views(store, cfg) if from_store and not members and not cfg.features else 0
     mix = _store_mix(store) if view_passes and store.views_mixed else None
     how = (cfg.ensemble or "mean-prob") if members else None
-    kept = _kept(store, cfg, mix, members, how)
+    kept = _kept(store, cfg, mix, members, how if how in FIXED_ENSEMBLES else "mean-prob")
     record = {"name": a["name"], "split": a["split"], "pattern": a["pattern"], "store": store_url,
               "store_id": store_identity(store.attrs), "weak": store.attrs["weak"]["model"],
               **({"views": view_passes} if view_passes else {}), **({"selection": kept.record()} if kept else {})}
@@ -123,7 +124,8 @@ def _from_store(cfg, store, members: list, from_store: bool) -> tuple:
                                                          "weak": m.attrs["weak"]["model"]} for m in members]})
     inputs = Inputs([s["url"] for s in read], tuple(a["image_field"].split(";")), label_field, store.num_classes,
                     store.attrs.get("class_names"), store_url, record, None, view_passes=view_passes, mix=mix,
-                    kept=kept, members=tuple(m.url for m in members), ensemble=how)
+                    kept=kept, members=tuple(m.url for m in members), ensemble=how,
+                    member_classes=_specialists(members) if how == "specialist" else ())
     source = resolve_data(a["name"], a["split"], workspace=cfg.workspace) if a["name"] != "shards" else None
     return inputs, source
 
@@ -179,6 +181,19 @@ def _members(store, urls: list[str], cfg, read: list[dict], info) -> list:
         member.check_rows([s["name"] for s in read][info.rank::info.world_size])
         member.check_index()
     return members
+
+
+def _specialists(members: list) -> tuple:
+    """Each member's classes, as its store records them (label with a `train --classes` checkpoint);
+    a member without them is one line naming its store."""
+    out = []
+    for member in members:
+        classes = member.attrs["weak"].get("classes")
+        if not classes:
+            raise W2SError(f"--ensemble specialist: store {member.url}'s teacher was trained on every class; label with "
+                           "specialists (weak checkpoints of `train --loss gt --classes ...`)", option="--ensemble")
+        out.append(tuple(int(c) for c in classes))
+    return tuple(out)
 
 
 def _kept(store, cfg, mix, members=(), how=None):

@@ -11,6 +11,7 @@ means.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -92,6 +93,38 @@ def adaptconf(student: torch.Tensor, weak: torch.Tensor, threshold: float, tempe
     return loss, {"kd": kd_term.mean().detach(), "self": ce_self.mean().detach(), "beta": beta.mean()}
 
 
+def _dirichlet_kl_to_uniform(alpha: torch.Tensor) -> torch.Tensor:
+    """(B,) KL(Dir(alpha) || Dir(1, ..., 1))."""
+    total = alpha.sum(-1)
+    c = alpha.shape[-1]
+    return (torch.lgamma(total) - torch.lgamma(alpha).sum(-1) - math.lgamma(c)
+            + ((alpha - 1) * (torch.digamma(alpha) - torch.digamma(total)[:, None])).sum(-1))
+
+
+def edl(student: torch.Tensor, target: torch.Tensor, anneal: float) -> torch.Tensor:
+    """(B,) the evidential (Dirichlet) log loss of Sensoy et al. (2018) with one-hot `target` (B, C):
+    evidence relu(s), alpha = evidence + 1, S = sum(alpha); sum_c y_c (log S - log alpha_c) + anneal *
+    KL(Dir(y + (1 - y) alpha) || Dir(1)), the KL over the evidence left on the wrong classes."""
+    alpha = F.relu(student.float()) + 1
+    nll = (target * (torch.log(alpha.sum(-1, keepdim=True)) - torch.log(alpha))).sum(-1)
+    return nll + anneal * _dirichlet_kl_to_uniform((alpha - 1) * (1 - target) + 1)
+
+
+def evidential(student: torch.Tensor, members: torch.Tensor, gamma: float, progress: float,
+               weights: torch.Tensor | None = None) -> LossOut:
+    """The evidential loss over an ensemble of weak teachers (Bayesian WeakS-to-Strong, Cui et al.
+    2024, as RAVEN ports it to vision): members (B, M, C) logits,
+    loss = (1 - gamma) * sum_m EDL(s, onehot(argmax w_m)) + gamma * EDL(s, onehot(argmax s)),
+    the KL regulariser annealed with the fraction of training done (`progress`). (RAVEN multiplies
+    each teacher's term by its soft labels summed over the classes: 1, so omitted.)"""
+    s = student.float()
+    c = s.shape[-1]
+    own = edl(s, F.one_hot(s.argmax(-1), c).float(), progress)
+    teachers = sum(edl(s, F.one_hot(members[:, m].argmax(-1), c).float(), progress) for m in range(members.shape[1]))
+    per_sample = (1 - gamma) * teachers + gamma * own
+    return _mean(per_sample, weights), {"edl_weak": teachers.mean().detach(), "edl_self": own.mean().detach()}
+
+
 def gt(student: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0) -> LossOut:
     """Ground-truth cross-entropy: the weak model itself, the strong ceiling, and the optional term
     added to the other losses. As timm's training criterion: labels (B,) with `smoothing`
@@ -116,6 +149,8 @@ class Knobs:
     alpha: float = 0.0  # augconf's weight of the self term at this step (threshold x its ramp)
     beta_scale: float = 1.0  # adaptconf's beta warm-up factor at this step
     smoothing: float = 0.0  # of the ground-truth criterion
+    gamma: float = 0.5  # evidential's weight of the student's own term
+    progress: float = 0.0  # the fraction of training done (evidential's KL annealing)
 
 
 # Each loss of the table (choices.LOSSES) as f(student, weak, labels, knobs, weights) -> (loss, parts);
@@ -136,6 +171,10 @@ def adaptconf_term(student, weak, labels, knobs: Knobs, weights) -> LossOut:
     return adaptconf(student, weak, knobs.threshold, knobs.temperature, knobs.beta_scale, weights)
 
 
+def evidential_term(student, members, labels, knobs: Knobs, weights) -> LossOut:
+    return evidential(student, members, knobs.gamma, knobs.progress, weights)
+
+
 def gt_term(student, weak, labels, knobs: Knobs, weights) -> LossOut:
     return gt(student, labels, knobs.smoothing)
 
@@ -145,23 +184,29 @@ TERMS = {name: globals()[loss.term] for name, loss in LOSSES.items()}  # a missi
 
 def objective(name: str, *, temperature: float = 1.0, threshold: float = 0.5, warmup_frac: float = 0.3,
               ramp: str = "epoch", epochs: int = 1, beta_warmup_frac: float = 0.0, gt_weight: float = 0.0,
-              kd_weight: float = 1.0, smoothing: float = 0.0) -> Callable[..., LossOut]:
+              kd_weight: float = 1.0, smoothing: float = 0.0, evidential_gamma: float = 0.5,
+              members=None) -> Callable[..., LossOut]:
     """The training objective: kd_weight * loss `name` (its term in the table, with its schedule),
     plus gt_weight * the ground-truth criterion (`gt`: smoothed, or soft targets under mixup), as
     the official code's kd_loss_weight and gt_loss_weight. With a loss that reads only the ground
     truth ("gt") the objective is the criterion alone.
 
-    Returns f(student, weak, labels, progress, epoch, trust): progress is the fraction of training
-    done (0..1), epoch the 0-based epoch, trust (B,) the samples' stored statistic under
+    Returns f(student, weak, labels, progress, epoch, trust, ids): progress is the fraction of
+    training done (0..1), epoch the 0-based epoch, trust (B,) the samples' stored statistic under
     `--weight-by` (None: unweighted), which weighs the weak-label loss alone (`trust_weights`).
     augconf's alpha ramps from 0 to `threshold` over `warmup_frac` of the run: by epoch as the
     official code (alpha = threshold * epoch / (epochs * warmup_frac) while epoch < int(epochs *
     warmup_frac)), or by step (`ramp="step"`: threshold * progress / warmup_frac). adaptconf's
     optional beta warm-up is by step.
+
+    `weak` may be every member's logits (B, M, C): `members` (weak/members.py) makes them the weak
+    output (B, C) the loss reads, with a per-sample mask that multiplies the weights, using the
+    samples' `ids` (B,) where it keeps a row per sample; a loss that reads the members themselves
+    (the table's `members`: evidential) gets them, (B, 1, C) from one store.
     """
     check_choice("--loss", name, LOSS_NAMES)
     check_choice("--ramp", ramp, RAMPS)
-    term, weak_loss = TERMS[name], LOSSES[name].needs_weak
+    term, weak_loss, reads_members = TERMS[name], LOSSES[name].needs_weak, LOSSES[name].members
 
     def by_step(progress: float, frac: float) -> float:
         return 1.0 if frac <= 0 else min(1.0, max(0.0, progress / frac))
@@ -170,11 +215,19 @@ def objective(name: str, *, temperature: float = 1.0, threshold: float = 0.5, wa
         ramp_epochs = epochs * warmup_frac
         return epoch / ramp_epochs if epoch < int(ramp_epochs) else 1.0
 
-    def f(student, weak, labels, progress: float, epoch: int = 0, trust=None) -> LossOut:
+    def f(student, weak, labels, progress: float, epoch: int = 0, trust=None, ids=None) -> LossOut:
         alpha = by_epoch(epoch) if ramp == "epoch" else by_step(progress, warmup_frac)
-        knobs = Knobs(temperature, threshold, threshold * alpha, by_step(progress, beta_warmup_frac), smoothing)
+        knobs = Knobs(temperature, threshold, threshold * alpha, by_step(progress, beta_warmup_frac), smoothing,
+                      evidential_gamma, progress)
         weights = None if trust is None or not weak_loss else trust_weights(trust)
-        loss, parts = term(student, weak, labels, knobs, weights)
+        read, extra = weak, {}
+        if weak is not None and weak_loss and (weak.ndim == 3 or reads_members):
+            raw = weak if weak.ndim == 3 else weak[:, None]
+            weak, mask, extra = members(student, raw, epoch, ids) if members is not None else (raw[:, 0], None, {})
+            if mask is not None:
+                weights = mask if weights is None else weights.to(mask.device) * mask
+            read = raw if reads_members else weak
+        loss, parts = term(student, read, labels, knobs, weights)
         if not weak_loss:
             return loss, {"loss": loss.detach(), **parts}
         if kd_weight != 1.0:
@@ -183,6 +236,7 @@ def objective(name: str, *, temperature: float = 1.0, threshold: float = 0.5, wa
             ce, gt_parts = gt(student, labels, smoothing)
             loss = loss + gt_weight * ce
             parts = {**parts, **gt_parts}
-        return loss, {"loss": loss.detach(), **parts}
+        agree = (student.detach().argmax(1) == weak.argmax(1)).float().mean()
+        return loss, {"loss": loss.detach(), **parts, **extra, "agree": agree}
 
     return f

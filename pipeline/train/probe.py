@@ -38,15 +38,16 @@ class ProbeRows:
     1,000 logits take 4.5 GB so."""
 
     features: torch.Tensor
-    weak: torch.Tensor | None = None
+    weak: torch.Tensor | None = None  # (n, C), or (n, M, C): every member's (an ensemble combined at each step)
     target: torch.Tensor | None = None
     trust: torch.Tensor | None = None
+    ids: torch.Tensor | None = None  # the samples' ids in the label store (--ensemble learned-sample)
 
     def __len__(self) -> int:
         return len(self.features)
 
     def take(self, index: torch.Tensor) -> dict:
-        return {name: getattr(self, name)[index] for name in ("features", "weak", "target", "trust")
+        return {name: getattr(self, name)[index] for name in ("features", "weak", "target", "trust", "ids")
                 if getattr(self, name) is not None}
 
 
@@ -87,7 +88,7 @@ def training_rows(features, join: StoreJoin | None, label_url: str | None, need_
             raise W2SError(f"label store {label_url} ({a['name']} {a['split']}) and feature store {features.url} "
                            f"({b['name']} {b['split']}) are of different samples (their data fingerprints differ); "
                            "embed the label store's split", option="--features")
-    columns = {"features": [], "weak": [], "target": [], "trust": []}
+    columns = {"features": [], "weak": [], "target": [], "trust": [], "ids": []}
     for shard in features.shards:
         rows = features.shard_rows(shard["name"], arrays=("features",))
         position = np.arange(len(rows.keys))
@@ -98,6 +99,8 @@ def training_rows(features, join: StoreJoin | None, label_url: str | None, need_
             columns["weak"].append(np.asarray(weak)[kept])
             if trust:
                 columns["trust"].append(np.asarray(stat, np.float32)[kept])
+            if join.ids:  # as the join gives them to a fine-tuning run's samples
+                columns["ids"].append(join.offset(shard["name"]) + np.arange(len(keys))[kept])
         columns["features"].append(rows.arrays["features"][position])
         if need_labels:
             if rows.labels is None:
@@ -195,7 +198,7 @@ class ProbeInputs:
         weak = batch.get("weak")
         return {"image": batch["features"].float(), "target": batch.get("target"),
                 "weak": None if weak is None else weak.float(),
-                "trust": batch.get("trust"), "dropped": 0}
+                "trust": batch.get("trust"), "ids": batch.get("ids"), "dropped": 0}
 
 
 def probe_validator(rows: ProbeRows, device, batch_size: int = 4096):

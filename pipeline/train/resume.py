@@ -55,9 +55,9 @@ def check_resumable(saved: dict | None, current: dict, run_dir: str) -> None:
 
 
 def resume(path: str, settings: dict, run_dir: str, *, model, optimizer, scaler=None, ema=None, rank: int = 0,
-           device=None) -> tuple[int, float | None, dict]:
+           device=None, members=None) -> tuple[int, float | None, dict]:
     """Put a run back where its last.pt left it: weights, weight average (`ema`, the averaged
-    module), optimizer, loss scaler and this rank's own state. Returns (step, best top-1 so far,
+    module), optimizer, loss scaler, learned ensemble weights (`members`) and this rank's own state. Returns (step, best top-1 so far,
     the epoch's running sums). A last.pt that is not this run's, or was written with other
     settings, is a one-line error."""
     ckpt = load_run_checkpoint(path)
@@ -70,6 +70,8 @@ def resume(path: str, settings: dict, run_dir: str, *, model, optimizer, scaler=
         if scaler is not None and ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
         sums = restore_rank_state(model, ckpt["ranks"][rank], device, ema)
+        if members is not None:
+            members.load_state_dict(ckpt["members"])
     except (RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
         why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
         raise W2SError(f"--resume: {path} does not fit this run ({why}); it is damaged: start a new run "

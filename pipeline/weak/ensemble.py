@@ -29,18 +29,20 @@ VOTE_FLOOR = 1e-6
 
 def combine(logits: list[np.ndarray], how: str) -> np.ndarray:
     """The members' (n, C) logits (any float dtype) -> the ensemble's (n, C) float32 logits."""
-    x = np.stack([np.asarray(m, dtype=np.float64) for m in logits])  # (M, n, C)
+    x = torch.from_numpy(np.stack([np.asarray(m, dtype=np.float64) for m in logits]))  # (M, n, C)
+    return combine_tensor(x, how).numpy().astype(np.float32)
+
+
+def combine_tensor(x: torch.Tensor, how: str) -> torch.Tensor:
+    """`combine` of the members' logits as one (M, n, C) tensor (the join's, and a step's under
+    members.Members), in its dtype."""
     if how == "mean-logit":
-        return x.mean(axis=0).astype(np.float32)
+        return x.mean(dim=0)
     if how == "mean-prob":
-        z = x - x.max(axis=-1, keepdims=True)
-        p = np.exp(z) / np.exp(z).sum(axis=-1, keepdims=True)
-        return np.log(np.maximum(p.mean(axis=0), 1e-30)).astype(np.float32)
+        return torch.log(torch.softmax(x, dim=-1).mean(dim=0).clamp(min=1e-30))
     if how == "vote":
-        votes = np.zeros(x.shape[1:], dtype=np.float64)
-        for member in x:
-            votes[np.arange(len(member)), member.argmax(axis=-1)] += 1
-        return np.log(np.maximum(votes / len(x), VOTE_FLOOR)).astype(np.float32)
+        votes = torch.nn.functional.one_hot(x.argmax(dim=-1), x.shape[-1]).to(x.dtype).mean(dim=0)
+        return torch.log(votes.clamp(min=VOTE_FLOOR))
     raise ValueError(how)
 
 
