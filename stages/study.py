@@ -105,32 +105,25 @@ def plan(cfg: StudyConfig, ws: str) -> list[Step]:
         steps.append(prepare)
     base = {"data": cfg.data}
     for seed in cfg.seeds:
-        weak = {}
-        for name, spec in cfg.weak.items():
-            if "checkpoint" in spec:
-                paths = spec["checkpoint"]
-                weak[name] = (None, paths if isinstance(paths, str) else paths[cfg.seeds.index(seed)])
-                continue
-            label = f"s{seed}-weak" + (f"-{name}" if len(cfg.weak) > 1 else "")
-            options = {**base, **cfg.train, **{k: v for k, v in spec.items() if k != "seed_offset"},
-                       "seed": seed + spec.get("seed_offset", 0)}
-            step = _step("train", "weak", label, options, [prepare and prepare.id], runs, names=names, option="run",
-                         role="weak", seed=seed, weak=name)
-            steps.append(step)
-            weak[name] = (step, os.path.join(step.options["run"], "last.pt"))
-        store_paths = {}
-        for name, spec in cfg.stores.items():
-            made_by, checkpoint = weak[spec["weak"]]
-            views = {}
-            if spec.get("views"):  # the views the strong runs of this seed draw, unless the store says otherwise
-                drawn = {**cfg.train, **cfg.strong}
-                views = {"seed": seed, **{k: drawn[k] for k in RECIPE_KEYS if k in drawn}}
-            options = {**base, **views, **{k: v for k, v in spec.items() if k != "weak"}, "weak": None,
-                       "weak_checkpoint": checkpoint}
-            step = _step("label", "label", f"{name}-s{seed}", options, [made_by and made_by.id, prepare and prepare.id],
-                         stores, names=names, option="labels", role="store", seed=seed, store=name)
-            steps.append(step)
-            store_paths[name] = step
+        weak, store_paths = {}, {}
+        waiting_weak, waiting_stores = dict(cfg.weak), dict(cfg.stores)
+        while waiting_weak or waiting_stores:  # a weak model may learn from a store (bootstrapping): in order
+            before = len(waiting_weak) + len(waiting_stores)
+            for name, spec in list(waiting_weak.items()):
+                if spec.get("store") in (None, *store_paths):
+                    weak[name] = _weak_step(name, spec, cfg, seed, base, prepare, store_paths.get(spec.get("store")),
+                                            runs, names)
+                    steps += [weak[name][0]] if weak[name][0] else []
+                    del waiting_weak[name]
+            for name, spec in list(waiting_stores.items()):
+                if spec["weak"] in weak:
+                    store_paths[name] = _store_step(name, spec, cfg, seed, base, prepare, weak[spec["weak"]], stores,
+                                                    names)
+                    steps.append(store_paths[name])
+                    del waiting_stores[name]
+            if len(waiting_weak) + len(waiting_stores) == before:
+                raise W2SError(f"{cfg.path}: weak models and stores learn from each other in a circle: "
+                               f"{', '.join([*waiting_weak, *waiting_stores])}")
         strong = {**base, **cfg.train, **cfg.strong, "seed": seed}
         probe = _probes(cfg, seed, weak, stores, prepare, names) if cfg.features else None
         if probe:
@@ -145,6 +138,37 @@ def plan(cfg: StudyConfig, ws: str) -> list[Step]:
                                     prepare, runs, seed, usual, names, probe["deps"] if cell.get("probe") else ()))
     steps += _evaluations(cfg, steps, names)
     return steps
+
+
+def _weak_step(name: str, spec: dict, cfg: StudyConfig, seed: int, base: dict, prepare, store, runs: str,
+               names: dict) -> tuple:
+    """(the step that trains weak model `name` for `seed`, or None for a given checkpoint; its
+    checkpoint's path): on a split's ground truth, or from `store`'s weak labels (an intermediate
+    student, bootstrapping)."""
+    if "checkpoint" in spec:
+        paths = spec["checkpoint"]
+        return None, paths if isinstance(paths, str) else paths[cfg.seeds.index(seed)]
+    label = f"s{seed}-weak" + (f"-{name}" if len(cfg.weak) > 1 else "")
+    options = {**base, **cfg.train, **{k: v for k, v in spec.items() if k not in ("seed_offset", "store")},
+               "seed": seed + spec.get("seed_offset", 0), **({"labels": store.options["labels"]} if store else {})}
+    step = _step("train", "weak", label, options, [prepare and prepare.id, store and store.id], runs, names=names,
+                 option="run", role="weak", seed=seed, weak=name)
+    return step, os.path.join(step.options["run"], "last.pt")
+
+
+def _store_step(name: str, spec: dict, cfg: StudyConfig, seed: int, base: dict, prepare, weak: tuple, stores: str,
+                names: dict) -> Step:
+    """The step that labels store `name` for `seed` with its weak model (`weak`: its step, its
+    checkpoint); a per-view store draws the strong runs' views unless it says otherwise."""
+    made_by, checkpoint = weak
+    views = {}
+    if spec.get("views"):
+        drawn = {**cfg.train, **cfg.strong}
+        views = {"seed": seed, **{k: drawn[k] for k in RECIPE_KEYS if k in drawn}}
+    options = {**base, **views, **{k: v for k, v in spec.items() if k != "weak"}, "weak": None,
+               "weak_checkpoint": checkpoint}
+    return _step("label", "label", f"{name}-s{seed}", options, [made_by and made_by.id, prepare and prepare.id],
+                 stores, names=names, option="labels", role="store", seed=seed, store=name)
 
 
 def _probes(cfg: StudyConfig, seed: int, weak: dict, stores: str, prepare, names: dict) -> dict:
@@ -393,14 +417,20 @@ def _said(marker: dict) -> str:
 
 
 def run_layers(steps: list[Step], ws: str, pool, echo) -> dict:
-    """Every step not done yet, layer by layer, each layer's steps side by side; {step id: error} of
-    those that failed or were skipped because a step they need did."""
+    """Every step not done yet, in waves (each the steps whose dependencies have all ended: layer by
+    layer, and a bootstrapped weak model after the store it learns from), each wave's steps side by
+    side; {step id: error} of those that failed or were skipped because a step they need did."""
     failed: dict[str, str] = {}
     todo = [s for s in steps if not s.done_in(ws)]
     progress = Progress(len(todo), echo)
-    for layer in LAYERS:
+    while todo:  # in waves: each wave the steps whose every dependency has ended, in layer order
+        waiting = {s.id for s in todo}
+        wave = [s for s in todo if not any(d in waiting for d in s.deps)]
+        if not wave:
+            raise W2SError(f"study steps wait on each other: {', '.join(s.name for s in todo[:3])}")
+        todo = [s for s in todo if s not in wave]
         ready = []
-        for step in (s for s in todo if s.layer == layer):
+        for step in sorted(wave, key=lambda s: LAYERS.index(s.layer)):
             lost = next((d for d in step.deps if d in failed), None)
             if lost:
                 failed[step.id] = f"skipped: a step it needs failed ({lost[:6]})"

@@ -7,6 +7,7 @@ validated `StudyConfig` (stages/study.py plans and runs it).
     train: {config: demo}                # train options every run shares (a recipe, options)
     weak:                                # weak models, each trained once per seed on a split's ground truth
       test_vit: {strong: test_vit, img_size: 32, epochs: 10, split: weak}   # seed_offset: 3 -> seed s + 3
+      medium: {strong: resnet10t, store: centre, loss: hard}   # or from a store's weak labels (bootstrapping)
     stores:                              # stores, each labelled once per seed by a weak model
       centre: {weak: test_vit, workers: 0}
     features:                            # probes from stores alone (optional): a weak-section model's pooled
@@ -131,6 +132,10 @@ def _study(path: Path, doc: dict) -> StudyConfig:
             _mapping(doc.get("weak"), f"{where} 'weak'", required=True).items()}
     stores = {name: _store(spec, weak, f"{where} 'stores.{name}'") for name, spec in
               _mapping(doc.get("stores"), f"{where} 'stores'", required=True).items()}
+    for name, spec in weak.items():
+        if "store" in spec and spec["store"] not in stores:
+            raise W2SError(f"{where} 'weak.{name}'.store {spec['store']!r} is not one of the study's stores "
+                           f"({', '.join(stores)})")
     strong = _options(doc.get("strong") or {}, options, f"{where} 'strong'")
     features = _features(doc.get("features"), weak, options, f"{where} 'features'")
     ceiling = None if doc.get("ceiling") is False else _options(doc.get("ceiling") or {}, options, f"{where} 'ceiling'")
@@ -207,6 +212,13 @@ def _weak(spec, options: dict, where: str) -> dict:
         return {"checkpoint": paths}
     spec = dict(spec)
     offset = spec.pop("seed_offset", 0)
+    store = spec.pop("store", None)
+    if store is not None:  # an intermediate student (bootstrapping): it learns from a store's weak labels
+        out = _options({"loss": "hard", **spec}, options, where)
+        if not LOSSES[out["loss"]].needs_weak:
+            raise W2SError(f"{where}.loss {out['loss']} reads no weak labels; a weak model learning from store "
+                           f"{store!r} needs a loss that does (hard, kd, adaptconf, ...)")
+        return {**out, "store": store, **({"seed_offset": offset} if offset else {})}
     if isinstance(offset, bool) or not isinstance(offset, int):
         raise W2SError(f"{where}.seed_offset must be a whole number (the weak model of seed s trains with s + it)")
     out = _options(spec, options, where)

@@ -162,8 +162,31 @@ def test_a_study_probes_from_feature_stores_beside_fine_tuning(tmp_path, digits_
     assert rows["s0-hard"]["ceiling_runs"] == ["s0-ceiling"]
 
 
+def test_a_study_bootstraps_through_an_intermediate_student(tmp_path, digits_data):
+    """A weak model learning from a store (weak -> medium) labels the split in turn (medium -> strong):
+    planned and run in that order, every store and run kept."""
+    path = study_file(tmp_path, weak={**TINY["weak"], "mid": {"strong": "test_resnet", "img_size": 32, "store": "s"}},
+                      stores={**TINY["stores"], "via_mid": {"weak": "mid", "workers": 0, "precision": "fp32",
+                                                            "device": "cpu"}},
+                      grid=[{"loss": "hard", "store": ["s", "via_mid"]}])
+    result = run_study(load_study(path), out=str(tmp_path / "ws"))
+    assert not result["failed"], result["failed"]
+    mid = json.load(open(tmp_path / "ws" / "runs" / "s0-weak-mid" / "config.json"))
+    assert mid["loss"] == "hard" and mid["labels"].endswith(os.path.join("stores", "s-s0"))
+    from w2s_pipe.storage import open_store
+
+    store = open_store(str(tmp_path / "ws" / "stores" / "via_mid-s0"))
+    assert store.attrs["weak"]["checkpoint"].endswith(os.path.join("s0-weak-mid", "last.pt"))
+    strong = json.load(open(tmp_path / "ws" / "runs" / "s0-hard-via_mid" / "config.json"))
+    assert strong["labels"].endswith("via_mid-s0")
+    circle = study_file(tmp_path, weak={"a": {"strong": "test_resnet", "store": "s"}},
+                        stores={"s": {"weak": "a"}})
+    with pytest.raises(W2SError, match="learn from each other in a circle: a, s"):
+        run_study(load_study(circle), out=str(tmp_path / "ws2"), dry_run=True)
+
+
 @pytest.mark.parametrize("name", ["demo", "demo-noisy", "demo-few-shot", "threshold", "selection", "teacher",
-                                  "methods"])
+                                  "methods", "bootstrap"])
 def test_every_shipped_study_plans_whole_and_quick(name, tmp_path):
     """Each shipped study file is valid as a whole and in its quick form: every step's config builds."""
     for quick in (False, True):
