@@ -30,7 +30,8 @@ from ..pipeline.sources.noise import (
     read_noise_map,
     superclass_map,
 )
-from ..pipeline.sources.shards import Shard, write_manifest, write_shard
+from ..pipeline.sources.planned_shards import PlannedShard, check_plan, finished, stamps, write_planned
+from ..pipeline.sources.shards import Shard, read_manifest, write_manifest, write_shard
 from .prepare_config import PrepareCifarConfig, PrepareDigitsConfig
 
 # Fixed, seeded split of the 1797 digits: the weak model's ground truth, what it labels, validation
@@ -47,6 +48,7 @@ class PrepareResult:
     data: str | None = None  # how `--data` names it, said in the summary: a registry name, "patterns" (each
     # split's shard pattern), or None (nothing said: digits' own default place)
     parts: dict = field(default_factory=dict)  # split -> the split it is a part of (digits' select and test: val)
+    written: int | None = None  # shards written by this call (prepare folder, resumable); None: all of them
 
     @property
     def samples(self) -> int:
@@ -60,7 +62,12 @@ class PrepareResult:
             part = f" (a part of {self.parts[split]})" if split in self.parts else ""
             lines.append(f"{split}: {sum(s.count for s in shards)} samples in {len(shards)} shards{part}{use}")
         named = self.data and self.data != "patterns"
-        return [*lines, f"wrote {self.samples} samples to {self.out}" + (f"; use --data {self.data}" if named else "")]
+        shards = sum(len(v) for v in self.splits.values())
+        if self.written == 0:
+            return [*lines, f"already complete: {self.samples} samples in {shards} shards in {self.out}; nothing written"]
+        resumed = f" ({shards - self.written} of {shards} shards were already there)" if self.written else ""
+        return [*lines, f"wrote {self.samples} samples to {self.out}{resumed}" + (f"; use --data {self.data}" if named
+                                                                                   else "")]
 
 
 def run_prepare(cfg) -> PrepareResult:
@@ -74,7 +81,8 @@ def run_prepare(cfg) -> PrepareResult:
         return prepare_cifar(cfg.name, cfg.archive, cfg.out or default_data_dir(cfg.name, cfg.workspace),
                              shard_size=cfg.shard_size, weak_split=cfg.weak_split, noise=noise)
     return prepare_folder(cfg.src, cfg.out, split=cfg.split, shard_size=cfg.shard_size, seed=cfg.seed,
-                          prefix=cfg.prefix, noise=noise, noise_map=cfg.noise_map, noise_splits=cfg.noise_splits)
+                          prefix=cfg.prefix, noise=noise, noise_map=cfg.noise_map, noise_splits=cfg.noise_splits,
+                          workers=cfg.workers, progress=cfg.progress)
 
 
 def _png(pixels: np.ndarray) -> bytes:
@@ -158,7 +166,8 @@ def prepare_digits(out: str, shard_size: int = 256, noise=None, few_shot: bool =
 
 def prepare_folder(src: str, out: str, split: str = "train", shard_size: int = 1000, seed: int = 0,
                    prefix: str | None = None, noise=None, noise_map: str | None = None,
-                   noise_splits: tuple[str, ...] | None = None) -> PrepareResult:
+                   noise_splits: tuple[str, ...] | None = None, workers: int = 1,
+                   progress: bool = False) -> PrepareResult:
     """An ImageFolder tree (one sub-folder per class, sorted names -> class index) as shuffled shards
     `<prefix>-<split>-NNNNNN.tar`; or, when SRC holds a `train/` folder of class folders (the
     ImageNet layout: `train/` and `val/`, one folder per class in each), every such split folder
@@ -169,6 +178,9 @@ def prepare_folder(src: str, out: str, split: str = "train", shard_size: int = 1
     `noise_map`, a JSON file read by noise.read_noise_map) the labels of `noise_splits` (default:
     every split but val, valid, validation and test) are noised once, in sorted file order, the
     clean label kept beside.
+
+    `workers` processes write shards side by side (pipeline/sources/planned_shards.py); a killed
+    prepare run again writes only the shards it lacks, and a finished one writes nothing.
     """
     root = Path(src)
     if not root.is_dir():
@@ -195,22 +207,39 @@ def prepare_folder(src: str, out: str, split: str = "train", shard_size: int = 1
         if not listed[name]:
             raise W2SError(f"prepare folder: no images ({', '.join(sorted(IMAGE_EXTS))}) under {directory}")
     noisy, extra = _folder_noise(listed, classes, noise, noise_map, noise_splits)
-    out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    splits = {}
+    plan = _folder_plan(listed, noisy, root, prefix, shard_size, seed)
+    split_stamps = stamps(plan, {"classes": classes, "seed": seed, **extra})
+    check_plan(out, plan, split_stamps)
+    manifest = read_manifest(out) or {}
+    if finished(out, plan) == {s.name for s in plan} and set(listed) <= set(manifest.get("splits", {})):
+        splits, _ = write_planned(plan, out, str(root), progress=False, split_stamps=split_stamps)  # nothing to write
+        return PrepareResult(out, splits, data="patterns", written=0)
+    splits, written = write_planned(plan, out, str(root), workers=workers, progress=progress,
+                                    split_stamps=split_stamps)
+    write_manifest(out, splits, dataset=prefix, num_classes=len(classes), class_names=classes, **extra)
+    return PrepareResult(out, splits, data="patterns", written=written)
+
+
+def _folder_plan(listed: dict[str, list], noisy: dict, root: Path, prefix: str, shard_size: int,
+                 seed: int) -> list[PlannedShard]:
+    """Every shard of every split, fixed before anything is written: each split's files shuffled with
+    `seed` (so that every shard mixes classes), cut into shards of `shard_size`; a sample keeps its
+    path relative to the root in `txt`, and under --label-noise its clean label beside the noisy one."""
+    plan = []
     for name, files in listed.items():
         order = np.random.default_rng(seed).permutation(len(files))
-
-        def samples(files=files, order=order, labels=noisy.get(name)):
-            for n, i in enumerate(order):
-                path, label = files[i]
-                noised = {} if labels is None else {"cls": int(labels[i]), CLEAN_FIELD: label}
-                yield {"__key__": f"{n:08d}", IMAGE_EXTS[path.suffix.lower()]: path.read_bytes(), "cls": label,
-                       "txt": str(path.relative_to(root)), **noised}
-
-        splits[name] = _write_split(out_dir, f"{prefix}-{name}", samples(), shard_size)
-    write_manifest(str(out_dir), splits, dataset=prefix, num_classes=len(classes), class_names=classes, **extra)
-    return PrepareResult(str(out_dir), splits, data="patterns")
+        labels = noisy.get(name)
+        samples = []
+        for n, i in enumerate(order):
+            path, label = files[i]
+            rel = str(path.relative_to(root))
+            noised = {} if labels is None else {"cls": int(labels[i]), CLEAN_FIELD: label}
+            samples.append((rel, IMAGE_EXTS[path.suffix.lower()],
+                            {"__key__": f"{n:08d}", "cls": label, "txt": rel, **noised}))
+        for k in range(0, len(samples), shard_size):
+            plan.append(PlannedShard(name, f"{prefix}-{name}-{k // shard_size:06d}.tar",
+                                     tuple(samples[k: k + shard_size])))
+    return plan
 
 
 def _folder_noise(listed: dict[str, list], classes: list[str], noise, noise_map: str | None,

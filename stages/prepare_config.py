@@ -48,6 +48,10 @@ class PrepareFolderConfig(Shards, Noise):
                                          'does not name keep their labels.', path="file!")
     noise_splits: tuple[str, ...] | None = option(None, "--label-noise: the splits to noise, comma-separated [default: "
                                                         "every split but val, valid, validation and test].")
+    workers: int = option(1, "Processes writing shards side by side, each reading its shard's files. A killed prepare "
+                             "run again writes only the shards it lacks (the plan of every shard is fixed first and "
+                             "kept in OUT/.prepare.json); a finished one says so and writes nothing.", at_least=1)
+    progress: bool = option(True, "No progress bar (files per second).", flag="--quiet", negate=True)
     workspace: str | None = None
 
     def __post_init__(self):

@@ -92,3 +92,57 @@ def test_folder_in_the_imagenet_layout(tmp_path):
     val = [s for s in sorted((tmp_path / "out").glob("imagenet-val-*.tar"))]
     labels = {sample["txt"].decode(): int(sample["cls"]) for s in val for sample in iter_samples(str(s))}
     assert labels == {"val/n01/0.jpeg": 0, "val/n01/1.jpeg": 0, "val/n03/0.jpeg": 2, "val/n03/1.jpeg": 2}
+
+
+def _tree(src, classes=("a", "b", "c"), per_class=10, seed=2):
+    rng = np.random.default_rng(seed)
+    for cls in classes:
+        (src / cls).mkdir(parents=True)
+        for j in range(per_class):
+            Image.fromarray(rng.integers(0, 255, (6, 6, 3), dtype=np.uint8)).save(src / cls / f"{j}.png")
+    return src
+
+
+def test_folder_with_workers_writes_the_same_shards_and_a_crashed_prepare_finishes_what_is_missing(tmp_path, monkeypatch):
+    """--workers 2 writes byte-identical shards; a prepare that crashed after 3 shards, run again,
+    writes only the missing ones (the finished ones untouched); a finished one writes nothing; another
+    plan in the same directory is one line."""
+    from w2s_pipe.pipeline.sources import planned_shards
+
+    src = _tree(tmp_path / "src")
+    one = prepare_folder(str(src), str(tmp_path / "one"), shard_size=4)
+    two = prepare_folder(str(src), str(tmp_path / "two"), shard_size=4, workers=2)
+    names = [s.name for s in one.splits["train"]]
+    assert len(names) == 8 and names == [s.name for s in two.splits["train"]]
+    assert all((tmp_path / "one" / n).read_bytes() == (tmp_path / "two" / n).read_bytes() for n in names)
+    assert read_manifest(str(tmp_path / "one"))["splits"] == read_manifest(str(tmp_path / "two"))["splits"]
+
+    real, calls = planned_shards._write_one, []
+
+    def crash_after_three(shard, out, root):
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # as a kill: the three finished shards stay, the rest never started
+        calls.append(shard.name)
+        return real(shard, out, root)
+
+    monkeypatch.setattr(planned_shards, "_write_one", crash_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_folder(str(src), str(tmp_path / "three"), shard_size=4)
+    monkeypatch.setattr(planned_shards, "_write_one", real)
+    assert sorted(p.name for p in (tmp_path / "three").glob("*.tar")) == sorted(calls)
+    assert read_manifest(str(tmp_path / "three")) is None
+    (tmp_path / "three" / f"{names[5]}.tmp-123-abcd").write_bytes(b"half a shard")  # a killed writer's file
+    before = {n: (tmp_path / "three" / n).stat().st_mtime_ns for n in calls}
+    resumed = prepare_folder(str(src), str(tmp_path / "three"), shard_size=4, workers=2)
+    assert resumed.written == 5 and "(3 of 8 shards were already there)" in resumed.summary()[-1]
+    assert {n: (tmp_path / "three" / n).stat().st_mtime_ns for n in calls} == before  # never rewritten
+    assert all((tmp_path / "one" / n).read_bytes() == (tmp_path / "three" / n).read_bytes() for n in names)
+    assert not list((tmp_path / "three").glob("*.tmp-*"))
+    again = prepare_folder(str(src), str(tmp_path / "three"), shard_size=4)
+    assert again.written == 0 and again.summary()[-1].startswith("already complete: 30 samples in 8 shards")
+    with pytest.raises(W2SError, match="holds split 'train' of another prepare"):
+        prepare_folder(str(src), str(tmp_path / "three"), shard_size=5)
+    with pytest.raises(W2SError, match="that no resumable prepare wrote"):
+        (tmp_path / "four").mkdir()
+        (tmp_path / "four" / names[0]).write_bytes((tmp_path / "one" / names[0]).read_bytes())
+        prepare_folder(str(src), str(tmp_path / "four"), shard_size=4)
