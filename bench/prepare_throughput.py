@@ -23,9 +23,8 @@ import sys
 import tempfile
 import time
 
-import numpy as np
-
 import _util
+import numpy as np
 
 
 def _class_folder(job) -> int:

@@ -21,7 +21,9 @@ class EvalConfig(Loading):
                                "moving average of a --model-ema run).", choices=EVAL_PICKS)
     checkpoint: str | None = option(None, "A checkpoint written by `train`.")
     data: str | None = option(None, "Data set or shard pattern [default: what the run trained on].")
-    split: str | None = option(None, "Split [default: the data set's validation split].")
+    split: str | None = option(None, "Split [default: the data set's validation split; with --episodes its novel split "
+                                     "where it has one (digits-fewshot's novel; a folder prepared from train/val/test "
+                                     "of disjoint classes: test), which the output names].")
     precision: str | None = like(field_of(Loading, "precision"), None,
                                  help="Autocast precision [default: the one the checkpoint was trained in, as "
                                       "training's own evaluation used; fp32 for a checkpoint that does not say].")

@@ -14,6 +14,7 @@ import os
 from ..errors import W2SError
 from ..pipeline.evaluation.accuracy import evaluate_checkpoint
 from ..pipeline.evaluation.fewshot import few_shot_checkpoint
+from ..pipeline.sources.datasets import novel_data
 from ..pipeline.train.runs import find_run, read_config
 from .eval_config import EvalConfig
 
@@ -40,6 +41,8 @@ class EvalResult(dict):
                          f"({r['samples']} samples)")
         lines.append(f"checkpoint {r['checkpoint']} ({at}{r['picked']}), {r['precision']}, --decode {r['decode']}")
         lines.append(f"evaluated on {r['pattern']}" + (f"; trained from the {r['trained_on']}" if r["trained_on"] else ""))
+        if r.get("split_chosen") and r["split_chosen"] != "--split":
+            lines.append(f"split {r['split']}: {r['split_chosen']}")
         if r.get("recorded"):
             lines.append(f"recorded in {r['recorded']} (report shows it)")
         if r.get("label_noise"):
@@ -61,7 +64,11 @@ def run_eval(cfg: EvalConfig) -> EvalResult:
     data = cfg.data or trained_on.get("name")
     if not data or data == "shards":
         raise W2SError("give --data (a dataset name or validation shard pattern) to evaluate this checkpoint on")
-    common = dict(data=data, split=cfg.split, batch_size=cfg.batch_size, workers=cfg.workers, device=cfg.device,
+    split, novel = cfg.split, None
+    if cfg.episodes and split is None:  # the few-shot protocol scores classes never trained on, where there are any
+        novel = novel_data(data, cfg.workspace)
+        data, split = novel or (data, None)
+    common = dict(data=data, split=split, batch_size=cfg.batch_size, workers=cfg.workers, device=cfg.device,
                   precision=cfg.precision, decode=cfg.decode, workspace=cfg.workspace)
     if cfg.episodes:
         result = few_shot_checkpoint(checkpoint, ways=cfg.ways, shots=cfg.shots, queries=cfg.queries,
@@ -73,7 +80,18 @@ def run_eval(cfg: EvalConfig) -> EvalResult:
     else:
         result = evaluate_checkpoint(checkpoint, **common)
     return EvalResult({**result, "picked": PICKED[cfg.pick] if cfg.run else "as given",
-                       "trained_on": _trained_on(trained_on)})
+                       "trained_on": _trained_on(trained_on), "split_chosen": _split_chosen(cfg, novel)})
+
+
+def _split_chosen(cfg: EvalConfig, novel) -> str:
+    """Why the split scored is the one: given, the data set's novel split (few-shot's default), or its
+    validation split."""
+    if cfg.split:
+        return "--split"
+    if novel:
+        return "the data set's novel split (classes never trained on; --split scores another)"
+    return "the data set's validation split" + (" (it has no novel split: these classes may have been trained on)"
+                                                  if cfg.episodes else "")
 
 
 def _trained_on(source: dict) -> str | None:

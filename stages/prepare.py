@@ -179,6 +179,10 @@ def prepare_folder(src: str, out: str, split: str = "train", shard_size: int = 1
     every split but val, valid, validation and test) are noised once, in sorted file order, the
     clean label kept beside.
 
+    Splits whose classes the train split never has (train/val/test of disjoint classes, as
+    miniImageNet and CIFAR-FS ship) keep their own classes, numbered 0.. in sorted order, and are
+    marked novel in the manifest (`novel_splits`), which `eval --episodes` scores by default.
+
     `workers` processes write shards side by side (pipeline/sources/planned_shards.py); a killed
     prepare run again writes only the shards it lacks, and a finished one writes nothing.
     """
@@ -196,17 +200,27 @@ def prepare_folder(src: str, out: str, split: str = "train", shard_size: int = 1
     for name in split_dirs:
         if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
             raise W2SError(f"prepare folder: split {name!r} is invalid: use letters, digits, '-' and '_'")
-    classes = sorted({c for d in split_dirs.values() for c in _subdirs(d)})
+    per_split = {name: _subdirs(d) for name, d in split_dirs.items()}
+    # A split whose classes the train split never has (miniImageNet's, CIFAR-FS's val and test) is a
+    # novel split: its classes numbered on their own, never trained on, what few-shot evaluation scores.
+    novel = {n: c for n, c in per_split.items() if "train" in per_split and n != "train" and c
+             and not set(c) & set(per_split["train"])}
+    classes = sorted({c for n, names in per_split.items() if n not in novel for c in names})
     if len(classes) < 2:
         raise W2SError(f"prepare folder: {src} needs at least two class sub-folders, found {len(classes)}")
-    index = {name: i for i, name in enumerate(classes)}
     listed = {}
     for name, directory in split_dirs.items():
+        index = {c: i for i, c in enumerate(novel.get(name, classes))}
         listed[name] = [(path, index[c]) for c in _subdirs(directory) for path in sorted((directory / c).rglob("*"))
                         if path.is_file() and path.suffix.lower() in IMAGE_EXTS]
         if not listed[name]:
             raise W2SError(f"prepare folder: no images ({', '.join(sorted(IMAGE_EXTS))}) under {directory}")
-    noisy, extra = _folder_noise(listed, classes, noise, noise_map, noise_splits)
+    noisy, extra = _folder_noise({n: f for n, f in listed.items() if n not in novel}, classes, noise, noise_map,
+                                 noise_splits)  # a novel split's labels are its own classes': never noised
+    if novel:
+        extra["novel_splits"] = {n: {"class_names": c, "note": "classes the train split never has, numbered 0.. in "
+                                                                "this order: eval --episodes scores them"}
+                                 for n, c in novel.items()}
     plan = _folder_plan(listed, noisy, root, prefix, shard_size, seed)
     split_stamps = stamps(plan, {"classes": classes, "seed": seed, **extra})
     check_plan(out, plan, split_stamps)

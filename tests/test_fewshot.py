@@ -109,9 +109,52 @@ def test_digits_fewshot_holds_the_novel_classes_out_of_training(tmp_path, monkey
     assert read_manifest(str(tmp_path / "data" / "digits-fewshot"))["novel"]["class_names"] == ["5", "6", "7", "8", "9"]
     run = run_train(TrainConfig.tiny(strong="test_resnet", loss="gt", data="digits-fewshot", split="weak", epochs=1,
                                      steps_per_epoch=2, device="cpu", run="base", workspace=str(tmp_path)))
-    r = run_eval(EvalConfig(run=run.run_dir, split="novel", episodes=10, queries=5, device="cpu", workers=0,
-                            workspace=str(tmp_path)))
+    r = run_eval(EvalConfig(run=run.run_dir, episodes=10, queries=5, device="cpu", workers=0,
+                            workspace=str(tmp_path)))  # no --split: the data set's novel split, said
     assert r["split"] == "novel" and set(r["few_shot"]) == {1, 5} and r["samples"] == 896
+    assert "split novel: the data set's novel split (classes never trained on" in "\n".join(r.summary())
+    val = run_eval(EvalConfig(run=run.run_dir, split="val", episodes=10, queries=5, device="cpu", workers=0,
+                              workspace=str(tmp_path)))
+    assert val["split"] == "val" and val["samples"] < 896
+
+
+def test_a_folder_of_disjoint_class_splits_keeps_each_splits_classes_and_few_shot_scores_the_novel_one(tmp_path):
+    """train/ val/ test/ of disjoint classes (miniImageNet's, CIFAR-FS's layout): each split numbered by
+    its own classes, val and test marked novel in the manifest; eval --episodes without --split scores
+    test and says so."""
+    import numpy as np
+    from conftest import make_checkpoint
+    from PIL import Image
+
+    from w2s_pipe.pipeline.sources.shards import iter_samples, read_manifest
+    from w2s_pipe.stages.evaluate import EvalConfig, run_eval
+    from w2s_pipe.stages.prepare import prepare_folder
+
+    rng = np.random.default_rng(0)
+    layout = {"train": ("n01", "n02", "n03"), "val": ("n04", "n05"), "test": ("n06", "n07", "n08")}
+    for split, classes in layout.items():
+        for cls in classes:
+            (tmp_path / "mini" / split / cls).mkdir(parents=True)
+            for j in range(8):
+                Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(
+                    tmp_path / "mini" / split / cls / f"{j}.png")
+    prepare_folder(str(tmp_path / "mini"), str(tmp_path / "out"), shard_size=10)
+    manifest = read_manifest(str(tmp_path / "out"))
+    assert manifest["class_names"] == ["n01", "n02", "n03"] and manifest["num_classes"] == 3
+    assert {k: v["class_names"] for k, v in manifest["novel_splits"].items()} == {"val": ["n04", "n05"],
+                                                                                  "test": ["n06", "n07", "n08"]}
+    labels = {}
+    for split in layout:
+        for url in sorted((tmp_path / "out").glob(f"mini-{split}-*.tar")):
+            for sample in iter_samples(str(url)):
+                labels.setdefault(split, set()).add((sample["txt"].decode().split("/")[1], int(sample["cls"])))
+    assert labels["test"] == {("n06", 0), ("n07", 1), ("n08", 2)} and labels["val"] == {("n04", 0), ("n05", 1)}
+    assert labels["train"] == {("n01", 0), ("n02", 1), ("n03", 2)}
+    r = run_eval(EvalConfig(checkpoint=make_checkpoint(tmp_path / "m.pt", num_classes=3),
+                            data=str(tmp_path / "out" / "mini-train-*.tar"), episodes=5, ways=3, shots=(1,), queries=3,
+                            device="cpu", workers=0, workspace=str(tmp_path)))
+    assert r["split"] == "test" and r["pattern"].endswith("mini-test-*.tar") and r["samples"] == 24
+    assert "split test: the data set's novel split" in "\n".join(r.summary())
 
 
 def test_the_few_shot_demo_evaluates_every_model_on_the_novel_classes_and_report_shows_them(tmp_path):

@@ -37,6 +37,7 @@ class DatasetEntry:
     label_field: str | None = "cls"
     class_names: tuple[str, ...] | None = None
     hint: str = ""  # appended to the error when the shards are missing
+    novel_split: str | None = None  # classes never trained on: what `eval --episodes` scores by default
 
 
 def _digits(name: str, splits: tuple[str, ...], classes: int, hint: str) -> DatasetEntry:
@@ -44,7 +45,8 @@ def _digits(name: str, splits: tuple[str, ...], classes: int, hint: str) -> Data
     ${W2S_DATA}/<name>, labelled by transfer, validated on val, classes named by their digit."""
     return DatasetEntry(name=name, splits={s: "${W2S_DATA}/" + name + "/" + name + "-" + s + "-*.tar" for s in splits},
                         label_split="transfer", val_split="val", num_classes=classes, image_field="png",
-                        label_field="cls", class_names=tuple(str(d) for d in range(classes)), hint=hint)
+                        label_field="cls", class_names=tuple(str(d) for d in range(classes)), hint=hint,
+                        novel_split="novel" if "novel" in splits else None)
 
 
 BUILTIN = {
@@ -138,7 +140,8 @@ def _read_toml(path: Path) -> dict[str, DatasetEntry]:
         where = f"{path}: datasets.{name}"
         if not isinstance(spec, dict):
             raise W2SError(f"{where} must be a table")
-        unknown = set(spec) - {"splits", "label_split", "val_split", "num_classes", "image_field", "label_field", "class_names"}
+        unknown = set(spec) - {"splits", "label_split", "val_split", "num_classes", "image_field", "label_field",
+                               "class_names", "novel_split"}
         if unknown:
             raise W2SError(f"{where}: unknown field {sorted(unknown)[0]!r}")
         splits = spec.get("splits")
@@ -162,8 +165,36 @@ def _read_toml(path: Path) -> dict[str, DatasetEntry]:
             image_field=spec.get("image_field", IMAGE_FIELDS),
             label_field=spec.get("label_field", "cls") or None,
             class_names=tuple(names) if names else None,
+            novel_split=_novel_of(spec, splits, where),
         )
     return entries
+
+
+def _novel_of(spec: dict, splits: dict, where: str) -> str | None:
+    novel = spec.get("novel_split")
+    if novel is not None and novel not in splits:
+        raise W2SError(f"{where}.novel_split {novel!r} is not one of its splits {sorted(splits)}")
+    return novel
+
+
+def novel_data(data: str, workspace=None) -> tuple[str, str] | None:
+    """(data, split) of `data`'s novel split (classes never trained on: the few-shot protocol's), or
+    None: a registry entry's `novel_split`, or for a shard pattern made by `prepare folder` from
+    train/val/test folders of disjoint classes, its manifest's first novel split (test before val)."""
+    registry = load_registry(workspace)
+    if data in registry:
+        novel = registry[data].novel_split
+        return (data, novel) if novel else None
+    if not looks_like_pattern(data):
+        return None
+    urls = expand_pattern(expand_vars(data, workspace), where="--data")
+    directory = urls[0].rsplit("/", 1)[0] if "/" in urls[0] else "."
+    manifest = read_manifest(directory) or {}
+    novel = manifest.get("novel_splits") or {}
+    if not novel or not isinstance(manifest.get("dataset"), str):
+        return None
+    split = "test" if "test" in novel else next(iter(novel))
+    return os.path.join(directory, f"{manifest['dataset']}-{split}-*.tar"), split
 
 
 def expand_vars(pattern: str, workspace=None) -> str:
