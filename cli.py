@@ -20,7 +20,7 @@ from .pipeline.config.options import NO_DEFAULT, field_of, flag_of, ordered, spe
 from .stages.eval_config import EvalConfig
 from .stages.features_config import FeaturesConfig
 from .stages.label_config import LabelConfig
-from .stages.prepare_config import PrepareCifarConfig, PrepareDigitsConfig, PrepareFolderConfig
+from .stages.prepare_config import PrepareCifarConfig, PrepareDigitsConfig, PrepareFolderConfig, PrepareHfConfig
 from .stages.train_config import TrainConfig
 
 
@@ -171,6 +171,19 @@ def prepare_folder_cmd(ctx, **values):
     from .stages.prepare import run_prepare
 
     _echo(run_prepare(_config(ctx, PrepareFolderConfig, values)))
+
+
+@prepare.command("hf")
+@options_from(PrepareHfConfig)
+@click.pass_context
+def prepare_hf_cmd(ctx, **values):
+    """A Hugging Face data set saved to disk, DIR (`save_to_disk`'s Arrow files, or Parquet files
+    as the Hub holds them, with image bytes), as shards `<prefix>-<split>-NNNNNN.tar` with a
+    manifest; read with pyarrow a record batch at a time, never whole; its ClassLabel's names are
+    the classes."""
+    from .stages.prepare import run_prepare
+
+    _echo(run_prepare(_config(ctx, PrepareHfConfig, values)))
 
 
 @cli.command()

@@ -1,9 +1,10 @@
-"""Turn data into WebDataset shards with a manifest: scikit-learn's digits, the CIFAR archives, or
-an ImageFolder tree.
+"""Turn data into WebDataset shards with a manifest: scikit-learn's digits, the CIFAR archives, an
+ImageFolder tree, or a Hugging Face data set saved to disk.
 
     w2s-pipe prepare digits
     w2s-pipe prepare cifar100 ~/Downloads/cifar-100-python.tar.gz --weak-split 10000
     w2s-pipe prepare folder ~/photos --out ~/shards/photos
+    w2s-pipe prepare hf ~/hf/beans --out ~/shards/beans      # a Hugging Face data set saved to disk
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from sklearn.datasets import load_digits
+from tqdm import tqdm
 
 from ..errors import W2SError
 from ..pipeline.runtime.workspace import data_root
+from ..pipeline.sources import huggingface as hf
 from ..pipeline.sources.archives import read_cifar
 from ..pipeline.sources.noise import (
     CIFAR10_MAP,
@@ -32,7 +35,7 @@ from ..pipeline.sources.noise import (
 )
 from ..pipeline.sources.planned_shards import PlannedShard, check_plan, finished, stamps, write_planned
 from ..pipeline.sources.shards import Shard, read_manifest, write_manifest, write_shard
-from .prepare_config import PrepareCifarConfig, PrepareDigitsConfig
+from .prepare_config import PrepareCifarConfig, PrepareDigitsConfig, PrepareHfConfig
 
 # Fixed, seeded split of the 1797 digits: the weak model's ground truth, what it labels, validation
 # (whose two fixed halves are also written as `select` and `test`).
@@ -71,7 +74,10 @@ class PrepareResult:
 
 
 def run_prepare(cfg) -> PrepareResult:
-    """`prepare digits|cifar10|cifar100|folder` from its config (stages/prepare_config.py)."""
+    """`prepare digits|cifar10|cifar100|folder|hf` from its config (stages/prepare_config.py)."""
+    if isinstance(cfg, PrepareHfConfig):
+        return prepare_hf(cfg.src, cfg.out, split=cfg.split, shard_size=cfg.shard_size, prefix=cfg.prefix,
+                          image_column=cfg.image_column, label_column=cfg.label_column, progress=cfg.progress)
     noise = LabelNoise.parse(cfg.label_noise, cfg.noise_seed) if cfg.label_noise else None
     if isinstance(cfg, PrepareDigitsConfig):
         name = "digits-fewshot" if cfg.few_shot else "digits"
@@ -283,6 +289,39 @@ def _folder_noise(listed: dict[str, list], classes: list[str], noise, noise_map:
     noisy, record = noise.corrupt(clean, len(classes), chosen, mapping)
     bounds = np.cumsum([0] + [len(listed[n]) for n in chosen])
     return {n: noisy[bounds[i]:bounds[i + 1]] for i, n in enumerate(chosen)}, {"label_noise": record}
+
+
+def prepare_hf(src: str, out: str, *, split: str = "train", shard_size: int = 1000, prefix: str | None = None,
+               image_column: str | None = None, label_column: str | None = None, progress: bool = False) -> PrepareResult:
+    """A Hugging Face data set saved to disk (save_to_disk's Arrow files, or Parquet as the Hub holds
+    them) as shards `<prefix>-<split>-NNNNNN.tar`, streamed a record batch at a time
+    (pipeline/sources/huggingface.py); the ClassLabel's names are the manifest's classes."""
+    root = Path(src)
+    if shard_size < 1:
+        raise W2SError(f"--shard-size {shard_size} is invalid: must be at least 1", option="--shard-size")
+    found = hf.find_splits(root, split)
+    prefix = prefix or root.resolve().name
+    chosen, names = {}, None
+    for part in found:
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", part.name) or not part.files:
+            raise W2SError(f"prepare hf: split {part.name!r} of {src} is invalid (use letters, digits, '-' and '_') or "
+                           "holds no file")
+        image, label, classes = hf.columns(part.files[0], image_column, label_column)
+        if names is not None and classes and classes != names:
+            raise W2SError(f"prepare hf: split {part.name!r} has other classes than {found[0].name!r}")
+        names = names or classes
+        chosen[part.name] = (image, label)
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    splits = {}
+    with tqdm(unit="image", disable=not progress, desc=f"prepare {prefix}", dynamic_ncols=True) as bar:
+        for part in found:
+            image, label = chosen[part.name]
+            samples = (bar.update(1) or sample for sample in hf.rows(part, root, image, label))
+            splits[part.name] = _write_split(out_dir, f"{prefix}-{part.name}", samples, shard_size)
+    extra = {"num_classes": len(names), "class_names": names} if names else {}
+    write_manifest(str(out_dir), splits, dataset=prefix, **extra)
+    return PrepareResult(str(out_dir), splits, data="patterns")
 
 
 def _subdirs(path: Path) -> list[str]:

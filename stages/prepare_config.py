@@ -56,3 +56,20 @@ class PrepareFolderConfig(Shards, Noise):
 
     def __post_init__(self):
         options.check(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrepareHfConfig(Shards):
+    src: str = option(help="The data set's directory: save_to_disk's, or Parquet files as the Hub holds them.",
+                      argument=True, path="dir!")
+    out: str = like(field_of(Shards, "out"), options.NO_DEFAULT, help="Output directory for the shards.")
+    split: str = option("train", "The split's name where DIR is a single Dataset (save_to_disk of one split).")
+    prefix: str | None = option(None, "Shard name prefix [default: the directory's name].")
+    image_column: str | None = option(None, "The image column [default: the one of type Image in the features].")
+    label_column: str | None = option(None, "The label column [default: the one of type ClassLabel, whose names are "
+                                            "the classes].")
+    progress: bool = option(True, "No progress bar.", flag="--quiet", negate=True)
+    workspace: str | None = None
+
+    def __post_init__(self):
+        options.check(self)

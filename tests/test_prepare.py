@@ -10,7 +10,7 @@ from PIL import Image
 
 from w2s_pipe.errors import W2SError
 from w2s_pipe.pipeline.sources.shards import count_samples, iter_samples, read_manifest
-from w2s_pipe.stages.prepare import prepare_digits, prepare_folder
+from w2s_pipe.stages.prepare import prepare_digits, prepare_folder, prepare_hf
 
 
 def test_digits_split_is_fixed_disjoint_and_faithful(digits_dir, tmp_path):
@@ -146,3 +146,72 @@ def test_folder_with_workers_writes_the_same_shards_and_a_crashed_prepare_finish
         (tmp_path / "four").mkdir()
         (tmp_path / "four" / names[0]).write_bytes((tmp_path / "one" / names[0]).read_bytes())
         prepare_folder(str(src), str(tmp_path / "four"), shard_size=4)
+
+
+def _hf_dataset(n: int = 250):
+    """A real Hugging Face DatasetDict (the `datasets` library's own writer): Image and ClassLabel
+    features, PNG and JPEG images mixed; returns it and each row's (image bytes, label)."""
+    from datasets import ClassLabel, Dataset, DatasetDict, Features
+    from datasets import Image as HfImage
+
+    rng = np.random.default_rng(3)
+    images, labels = [], []
+    for i in range(n):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(buf, format="PNG" if i % 2 else "JPEG")
+        images.append({"bytes": buf.getvalue(), "path": None})
+        labels.append(int(rng.integers(3)))
+    features = Features({"image": HfImage(), "label": ClassLabel(names=["cat", "dog", "emu"])})
+    train = Dataset.from_dict({"image": images, "label": labels}, features=features)
+    return DatasetDict({"train": train, "validation": train.select(range(min(n, 20)))}), list(zip(
+        [im["bytes"] for im in images], labels))
+
+
+@pytest.mark.parametrize("layout", ["save_to_disk", "parquet"])
+def test_prepare_hf_streams_a_hugging_face_data_set_into_shards(tmp_path, monkeypatch, layout):
+    from w2s_pipe.pipeline.sources import huggingface as hf
+
+    data, expected = _hf_dataset()
+    src = tmp_path / "beans"
+    if layout == "save_to_disk":
+        data.save_to_disk(str(src))
+    else:  # as the Hub holds it: data/<split>-NNNNN-of-NNNNN.parquet
+        for split, part in data.items():
+            part.to_parquet(str(src / "data" / f"{split}-00000-of-00001.parquet"))
+    monkeypatch.setattr(hf, "BATCH_ROWS", 16)
+    read = []
+    real = hf._batches
+
+    def counted(path):
+        for batch in real(path):
+            read.append(batch.num_rows)
+            yield batch
+
+    monkeypatch.setattr(hf, "_batches", counted)
+    result = prepare_hf(str(src), str(tmp_path / "out"), shard_size=100)
+    assert max(read) <= 100 and len(read) > 3  # a record batch at a time, never the whole split
+    assert [s.count for s in result.splits["train"]] == [100, 100, 50] and set(result.splits) == {"train", "validation"}
+    got = [(s["png"] if "png" in s else s["jpg"], int(s["cls"]), s["__key__"]) for shard in result.splits["train"]
+           for s in iter_samples(shard.url)]
+    assert [(b, c) for b, c, _ in got] == expected and got[0][2] == "00000000"
+    assert sum("jpg" in s for shard in result.splits["train"] for s in iter_samples(shard.url)) == 125
+    manifest = read_manifest(str(tmp_path / "out"))
+    assert manifest["class_names"] == ["cat", "dog", "emu"] and manifest["num_classes"] == 3
+    assert result.summary()[0].startswith("train: 250 samples in 3 shards")
+
+
+def test_prepare_hf_says_what_is_wrong_in_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from w2s_pipe.cli import cli
+
+    data, _ = _hf_dataset(8)
+    data.save_to_disk(str(tmp_path / "set"))
+    (tmp_path / "empty").mkdir()
+    cases = [(["hf", str(tmp_path / "empty")], "holds no data set"),
+             (["hf", str(tmp_path / "set"), "--label-column", "labels"], "has no label column 'labels'"),
+             (["hf", str(tmp_path / "set"), "--image-column", "img"], "has no image column 'img'")]
+    for args, message in cases:
+        result = CliRunner().invoke(cli, ["prepare", *args, "--out", str(tmp_path / "o"), "--quiet"])
+        assert result.exit_code == 1 and message in result.output and len(result.output.strip().splitlines()) == 1, \
+            result.output
