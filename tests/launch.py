@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -28,6 +29,27 @@ def torchrun_cmd(args, nproc: int = 2, launcher=("--standalone",)) -> list[str]:
 def torchrun(args, *, nproc: int = 2, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     """`torchrun --standalone --nproc-per-node NPROC -m w2s_pipe.cli ARGS`, its output captured."""
     return run_limited(torchrun_cmd(args, nproc), timeout=timeout, env=env)
+
+
+def two_nodes(args, *, timeout: float = 300) -> list[subprocess.CompletedProcess]:
+    """Two node agents (`torchrun --nnodes 2 --nproc-per-node 1`) meeting through the c10d rendezvous
+    on loopback, as two machines would through one's address; each node's output captured. Past
+    `timeout` every process of both is asked for its stacks and killed, and the test fails with them."""
+    with socket.socket() as s:  # a free port for the rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    launcher = ("--nnodes", "2", "--rdzv-backend", "c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id", "w2s-test")
+    cmd = torchrun_cmd(args, 1, launcher)
+    procs = [start_run(cmd) for _ in range(2)]
+    deadline, done = time.monotonic() + timeout, []
+    for proc in procs:
+        try:
+            done.append(proc.communicate(timeout=max(1.0, deadline - time.monotonic())))
+        except subprocess.TimeoutExpired:
+            stacks = [end_run(p)[1] for p in procs if p.poll() is None]
+            pytest.fail(f"two nodes of {' '.join(args[:1])} ran past {timeout:.0f} s; their stacks:\n"
+                        + "\n".join(s[-15000:] for s in stacks))
+    return [subprocess.CompletedProcess(cmd, p.returncode, out, err) for p, (out, err) in zip(procs, done)]
 
 
 def start_run(cmd, env: dict | None = None) -> subprocess.Popen:
