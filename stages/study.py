@@ -90,8 +90,12 @@ def _step(kind: str, layer: str, label: str, options: dict, deps=(), where: str 
 
 
 def _names(ws: str) -> dict:
+    """{name: step id} of the steps earlier plans named, but those that left nothing (no marker, no
+    run or store directory: a step never started, or whose dependency failed), whose names are free."""
     path = os.path.join(ws, "study", "names.json")
-    return json.load(open(path)) if os.path.exists(path) else {}
+    names = json.load(open(path)) if os.path.exists(path) else {}
+    return {name: step_id for name, step_id in names.items() if os.path.exists(marker_path(ws, step_id))
+            or any(os.path.exists(os.path.join(ws, d, name)) for d in ("runs", "stores"))}
 
 
 def plan(cfg: StudyConfig, ws: str) -> list[Step]:
@@ -216,6 +220,9 @@ def _grid_step(cell: dict, strong: dict, stores: dict, weak: dict, prepare, runs
         source, deps = {"labels": ",".join(m.options["labels"] for m in members)}, [m.id for m in members]
         if len(members) > 1:
             source.setdefault("ensemble", options.pop("ensemble", None))
+    if options.get("specialist_by"):  # a store of the study by name (an earlier student's labels)
+        by = stores[options["specialist_by"]]
+        options["specialist_by"], deps = by.options["labels"], [*deps, by.id]
     options = {**strong, **options, **source}
     label = f"s{seed}-" + "-".join([loss, *(_short(k, v) for k, v in cell.items()
                                             if k != "loss" and v is not None and v != usual.get(k))])
@@ -224,6 +231,7 @@ def _grid_step(cell: dict, strong: dict, stores: dict, weak: dict, prepare, runs
 
 
 ABBREVIATED = {"gt_weight": "gt", "keep_frac": "keep", "rank_by": "by", "threshold": "thr", "store": "", "easy_epochs": "easy",
+               "specialist_by": "by-",
                "online": "online-"}
 
 
@@ -249,8 +257,15 @@ def _evaluations(cfg: StudyConfig, steps: list[Step], names: dict) -> list[Step]
 
 
 def check_plan(cfg: StudyConfig, steps: list[Step], ws: str) -> None:
-    """Every step's config built before anything runs (a bad value is one line, naming the step), and
-    `select:`'s splits in the data set."""
+    """Every step's config built before anything runs (a bad value is one line, naming the step), no
+    two steps the same run under two names, and `select:`'s splits in the data set."""
+    seen = {}
+    for step in steps:
+        if step.id in seen and seen[step.id] != step.name:
+            raise W2SError(f"{cfg.path}: steps {seen[step.id]} and {step.name} are the same run (the same options and "
+                           "inputs); make them differ (a weak model's seed_offset, say) or keep one",
+                           option="--study")
+        seen[step.id] = step.name
     for step in steps:
         try:
             _config(step, ws)

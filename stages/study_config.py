@@ -28,7 +28,7 @@ validated `StudyConfig` (stages/study.py plans and runs it).
     cluster: {slurm_partition: gpu, timeout_min: 600}   # submitit's parameters for `--cluster slurm`
 
 A grid cell's keys are `train`'s options (the same names as the command line and the recipes),
-plus `store: NAME` (the store it learns from; a list sweeps stores; "A+B+C" trains from their
+plus `store: NAME` (the store it learns from; `specialist_by: NAME` names a study's store too; a list sweeps stores; "A+B+C" trains from their
 ensemble) or `online: NAME` (the study's weak model NAME as the online teacher), and `probe: true`
 (the run is a probe of the features' backbone; [false, true] sweeps both, trained from the feature store: `features`'s
 probe options instead of `strong`'s; with a ceiling, each seed has a probe ceiling too). Each option of a
@@ -291,6 +291,9 @@ def _expand(spec, options: dict, stores: dict, weak: dict, select: dict | None, 
         for member in ([] if store is None else str(store).split("+")):
             if member not in stores:
                 raise W2SError(f"{where}.store {member!r} is not one of the study's stores ({', '.join(stores)})")
+    for name in (train["specialist_by"] if isinstance(train.get("specialist_by"), list) else [train.get("specialist_by")]):
+        if name is not None and name not in stores:
+            raise W2SError(f"{where}.specialist_by {name!r} is not one of the study's stores ({', '.join(stores)})")
     lists = {k: v for k, v in train.items() if isinstance(v, list)}
     if "store" in own and isinstance(own["store"], list):
         lists["store"] = own["store"]

@@ -320,7 +320,7 @@ def _members(cfg: TrainConfig, inputs: Inputs, info) -> Members | None:
     rows = sum(int(s["count"]) for s in open_store(inputs.store_url).shards)  # the join's ids run 0..rows-1
     return Members(inputs.ensemble, len(inputs.members), lr=cfg.ensemble_lr, rows=rows, easy_epochs=cfg.easy_epochs,
                    classes=[list(c) for c in inputs.member_classes], num_classes=inputs.num_classes,
-                   topk=cfg.specialist_topk, world_size=info.world_size)
+                   topk=cfg.specialist_topk, world_size=info.world_size, assigner=inputs.assigner is not None)
 
 
 def _student(cfg: TrainConfig, strong: str, num_classes: int, device):
@@ -408,7 +408,7 @@ def _join(cfg: TrainConfig, inputs: Inputs) -> StoreJoin | None:
         return None
     return StoreJoin(inputs.store_url, skip_missing=cfg.skip_missing, keep=inputs.kept.masks if inputs.kept else None,
                      views=inputs.view_passes > 0, trust=cfg.weight_by, members=inputs.members, ensemble=inputs.ensemble,
-                     stacked=cfg.stacked, ids=cfg.ensemble == "learned-sample")
+                     stacked=cfg.stacked, ids=cfg.ensemble == "learned-sample", assigner=inputs.assigner)
 
 
 @dataclass

@@ -128,7 +128,7 @@ def test_train_options_are_frozen():
         # probes from stores alone (issue 28)
         "--features", "--val-features",
         # the methods after the paper (issue 28)
-        "--ensemble-lr", "--easy-epochs", "--specialist-topk", "--evidential-gamma", "--classes",
+        "--ensemble-lr", "--easy-epochs", "--specialist-topk", "--specialist-by", "--evidential-gamma", "--classes",
     ])
 
 

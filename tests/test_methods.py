@@ -91,6 +91,11 @@ def test_a_specialist_labels_the_classes_it_holds_and_counts_where_the_student_a
     weak, mask, parts = method(student, members, epoch=0)
     assert torch.equal(weak, torch.stack([members[0, 1], members[1, 0]]))
     assert mask.tolist() == [1.0, 1.0] and parts["agreed"] == 1.0
+    # --specialist-by: an earlier student's stored output, after the members, assigns and agrees instead
+    earlier = torch.tensor([[4.0, 0.0, 0.0, 3.0], [0.0, 0.0, 0.0, 5.0]])  # argmax 0 (member 0), 3 (member 1)
+    by = Members("specialist", 2, classes=[[0, 1], [2, 3]], num_classes=4, topk=1, assigner=True)
+    weak, mask, _ = by(student, torch.cat([members, earlier[:, None]], 1), epoch=0)
+    assert torch.equal(weak, torch.stack([members[0, 0], members[1, 1]])) and mask.tolist() == [1.0, 1.0]
     strict = Members("specialist", 2, classes=[[0, 1], [2, 3]], num_classes=4, topk=1)
     assert strict(student, members, epoch=0)[1].tolist() == [0.0, 0.0]
     with pytest.raises(W2SError, match="class 1 is held by members 1 and 2"):
@@ -133,7 +138,8 @@ def test_bad_pairings_of_methods_are_one_line_each():
         (dict(labels="a,b", loss="evidential", ensemble="vote"), "reads each --labels store on its own"),
         (dict(labels="a,b", ensemble="learned", mixup=0.2), "mix one weak output per sample"),
         (dict(labels="a,b", ensemble="vote", ensemble_lr=0.3), "--ensemble-lr is the step size"),
-        (dict(labels="a,b", specialist_topk=2), "--specialist-topk is co-supervision's agreement"),
+        (dict(labels="a,b", specialist_topk=2), "--specialist-topk and --specialist-by are co-supervision's"),
+        (dict(labels="a,b", specialist_by="s"), "--specialist-topk and --specialist-by are co-supervision's"),
         (dict(loss="hard", classes="0-4"), "give --loss gt"),
         (dict(loss="gt", classes="4-1"), "'4-1' is not a class index or a range"),
     ]
@@ -185,6 +191,13 @@ def test_specialists_trained_on_class_subsets_co_supervise(digits_data, tmp_path
     result = run_train(TrainConfig.tiny(labels=",".join(stores), ensemble="specialist", loss="hard", run="csl"))
     records = [json.loads(line) for line in open(os.path.join(result.run_dir, "metrics.jsonl"))]
     assert result.finished and all(0 <= r["agreed"] <= 1 for r in records if r.get("kind") == "step")
+    # as CSL: assigned by an earlier student's labels of the same shards (this run's, labelled)
+    earlier = run_label(LabelConfig.tiny(weak_checkpoint=os.path.join(result.run_dir, "last.pt"),
+                                         labels=str(tmp_path / "earlier"))).store
+    by = run_train(TrainConfig.tiny(labels=",".join(stores), ensemble="specialist", specialist_by=earlier,
+                                    loss="hard", run="csl-by"))
+    config = json.load(open(os.path.join(by.run_dir, "config.json")))
+    assert by.finished and config["data_source"]["ensemble"]["specialist_by"]["store"] == earlier
     generalist = run_label(LabelConfig.tiny(weak_checkpoint=make_checkpoint(tmp_path / "g.pt"),
                                             labels=str(tmp_path / "g"))).store
     with pytest.raises(W2SError, match="was trained on every class"):

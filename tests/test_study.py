@@ -148,7 +148,7 @@ def test_a_study_probes_from_feature_stores_beside_fine_tuning(tmp_path, digits_
     """`features:` stores the backbone's pooled features of the stores' split and of val once per seed;
     a cell with probe: [false, true] runs fine-tuned and as a probe, each against its own ceiling."""
     path = study_file(tmp_path, weak={**TINY["weak"], "base": {"strong": "test_resnet", "img_size": 32,
-                                                               "split": "weak"}},
+                                                               "split": "weak", "seed_offset": 1}},
                       features={"backbone": "base", "probe": {"epochs": 2, "opt": "adam", "lr": 0.01}},
                       ceiling={}, grid=[{"loss": "hard", "probe": [False, True]}])
     result = run_study(load_study(path), out=str(tmp_path / "ws"))
@@ -165,7 +165,12 @@ def test_a_study_probes_from_feature_stores_beside_fine_tuning(tmp_path, digits_
 def test_a_study_bootstraps_through_an_intermediate_student(tmp_path, digits_data):
     """A weak model learning from a store (weak -> medium) labels the split in turn (medium -> strong):
     planned and run in that order, every store and run kept."""
-    path = study_file(tmp_path, weak={**TINY["weak"], "mid": {"strong": "test_resnet", "img_size": 32, "store": "s"}},
+    same = study_file(tmp_path, weak={**TINY["weak"], "mid": {"strong": "test_resnet", "img_size": 32, "store": "s"}},
+                      grid=[{"loss": "hard", "store": "s"}])
+    with pytest.raises(W2SError, match="steps s0-weak-mid and s0-hard are the same run"):
+        run_study(load_study(same), out=str(tmp_path / "same"), dry_run=True)
+    path = study_file(tmp_path, weak={**TINY["weak"], "mid": {"strong": "test_resnet", "img_size": 32, "store": "s",
+                                                              "seed_offset": 5}},
                       stores={**TINY["stores"], "via_mid": {"weak": "mid", "workers": 0, "precision": "fp32",
                                                             "device": "cpu"}},
                       grid=[{"loss": "hard", "store": ["s", "via_mid"]}])

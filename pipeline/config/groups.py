@@ -157,6 +157,10 @@ class Selection:
     easy_epochs: int = option(0, "The easy-sample start (RAVEN): for the first N epochs a sample counts only where "
                                  "every --labels member's argmax is the same, and learned ensemble weights stay at "
                                  "their start. 0: off.", at_least=0)
+    specialist_by: str | None = option(None, "--ensemble specialist: a label store of an earlier student on the same "
+                                             "shards (label --weak-checkpoint its last.pt), whose argmax picks each "
+                                             "sample's specialist and whose top --specialist-topk it must agree with, as "
+                                             "CSL assigns by the previous student [default: the current student].")
     specialist_topk: int = option(3, "--ensemble specialist: a sample counts only where its specialist's argmax is "
                                      "among the student's top K (CSL's teacher-student agreement; 3 as CSL).",
                                   at_least=1)
@@ -189,8 +193,8 @@ class Selection:
         if self.ensemble_lr != 0.1 and self.ensemble not in ("learned", "learned-sample"):
             raise W2SError("--ensemble-lr is the step size of learned ensemble weights: give --ensemble learned or "
                            "learned-sample", option="--ensemble-lr")
-        if self.specialist_topk != 3 and self.ensemble != "specialist":
-            raise W2SError("--specialist-topk is co-supervision's agreement: give --ensemble specialist",
+        if (self.specialist_topk != 3 or self.specialist_by) and self.ensemble != "specialist":
+            raise W2SError("--specialist-topk and --specialist-by are co-supervision's: give --ensemble specialist",
                            option="--specialist-topk")
         if (self.per_class or self.rank_by != "margin") and self.keep_frac is None:
             raise W2SError("--rank-by and --per-class say how --keep-frac ranks: give --keep-frac F with them",

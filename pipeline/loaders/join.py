@@ -35,12 +35,14 @@ class StoreJoin:
 
     def __init__(self, store_url: str, *, skip_missing: bool = False, storage_options: dict | None = None,
                  views: bool = False, keep: dict | None = None, trust: str | None = None,
-                 members: tuple = (), ensemble: str | None = None, stacked: bool = False, ids: bool = False):
+                 members: tuple = (), ensemble: str | None = None, stacked: bool = False, ids: bool = False,
+                 assigner: str | None = None):
         self.store_url = store_url
         self.skip_missing = skip_missing
         self.keep = keep  # selection.Kept.masks: per shard, which rows the run trains on (None: all)
         self.trust = trust  # --weight-by: the stored statistic each sample carries as "trust" (None: none)
         self.members, self.ensemble = tuple(members), ensemble  # an ensemble's stores and how they combine
+        self.assigner = assigner  # --specialist-by's store: stacked after the members, combined with none
         self.stacked = stacked  # every member's logits (n, M, C), for weak/members.py, not their combination
         self.ids = ids  # each sample's id: its shard's first row in the store's order, plus its row
         self._members, self._offsets = None, None
@@ -94,10 +96,11 @@ class StoreJoin:
         """`shard` of an ensemble: the members' outputs combined (ensemble.combine), its statistic
         for --weight-by computed from the combination."""
         if self._members is None:
-            self._members = [self.store] + [LabelStore(url, self.storage_options) for url in self.members[1:]]
+            urls = [*self.members[1:], *([self.assigner] if self.assigner else [])]
+            self._members = [self.store] + [LabelStore(url, self.storage_options) for url in urls]
         keys, members = member_logits(self._members, name)
         fixed = self.ensemble if self.ensemble in FIXED_ENSEMBLES else "mean-prob"  # the statistic's, if learned
-        combined = combine(members, fixed)
+        combined = combine(members[:len(self.members)], fixed)
         trust = None
         if self.trust:
             trust = softmax_stats(torch.from_numpy(combined))[self.trust].numpy()

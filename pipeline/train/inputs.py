@@ -42,6 +42,7 @@ class Inputs:
     members: tuple = ()  # an ensemble's stores (the first is store_url); () for one store
     ensemble: str | None = None  # how the members combine (ensemble.py, members.py)
     member_classes: tuple = ()  # --ensemble specialist: each member's classes (its teacher's train --classes)
+    assigner: str | None = None  # --specialist-by: the earlier student's store, read after the members
 
 
 def resolve_inputs(cfg) -> Inputs:
@@ -107,6 +108,7 @@ def _from_store(cfg, store, members: list, from_store: bool) -> tuple:
     store.check_rows([s["name"] for s in read][info.rank::info.world_size])
     store.check_index()
     members = _members(store, members, cfg, read, info)
+    assigner = _assigner(cfg, members, read, info)
     label_field = a.get("label_field")
     if cfg.needs_labels and "label" not in store.index().column_names:
         raise W2SError(f"--{'loss gt' if cfg.loss == 'gt' else 'gt-weight'} needs ground-truth labels, but the "
@@ -125,7 +127,11 @@ def _from_store(cfg, store, members: list, from_store: bool) -> tuple:
     inputs = Inputs([s["url"] for s in read], tuple(a["image_field"].split(";")), label_field, store.num_classes,
                     store.attrs.get("class_names"), store_url, record, None, view_passes=view_passes, mix=mix,
                     kept=kept, members=tuple(m.url for m in members), ensemble=how,
-                    member_classes=_specialists(members) if how == "specialist" else ())
+                    member_classes=_specialists(members) if how == "specialist" else (),
+                    assigner=assigner and assigner.url)
+    if assigner is not None:
+        record["ensemble"]["specialist_by"] = {"store": assigner.url, "store_id": store_identity(assigner.attrs),
+                                               "weak": assigner.attrs["weak"]["model"]}
     source = resolve_data(a["name"], a["split"], workspace=cfg.workspace) if a["name"] != "shards" else None
     return inputs, source
 
@@ -181,6 +187,22 @@ def _members(store, urls: list[str], cfg, read: list[dict], info) -> list:
         member.check_rows([s["name"] for s in read][info.rank::info.world_size])
         member.check_index()
     return members
+
+
+def _assigner(cfg, members: list, read: list[dict], info):
+    """--specialist-by's store, opened and checked as a member is (complete, the members' shards, its
+    rows and index), or None."""
+    if not cfg.specialist_by:
+        return None
+    store = open_store(absolute(cfg.specialist_by))
+    store.require_complete()
+    try:
+        check_members([members[0], store])
+    except W2SError as exc:
+        raise W2SError(str(exc).replace("--labels:", "--specialist-by:", 1), option="--specialist-by") from None
+    store.check_rows([s["name"] for s in read][info.rank::info.world_size])
+    store.check_index()
+    return store
 
 
 def _specialists(members: list) -> tuple:

@@ -15,9 +15,10 @@ turns them into the one weak output each loss reads (B, C), and a per-sample mas
   (the global gradient averaged, the per-sample rows gathered).
 - specialist (co-supervision, Liu & Alahi 2024): each member was trained on a subset of the
   classes (`train --classes`), the subsets a partition of all classes; per sample the member whose
-  classes hold the student's current argmax gives the weak output, and the sample counts only
-  where that member's argmax is among the student's top-K (the teacher-student agreement that
-  CSL denoises with).
+  classes hold the student's argmax gives the weak output, and the sample counts only where that
+  member's argmax is among the student's top-K (the teacher-student agreement that CSL denoises
+  with). The student is the current one, or (`--specialist-by STORE`, as CSL) an earlier student
+  whose stored output comes after the members in the batch.
 - mean-prob, mean-logit, vote: the fixed combinations of ensemble.py, here only because the run
   also needs the members (--easy-epochs, --loss evidential's members are read raw).
 
@@ -89,8 +90,10 @@ class Members:
     sample ids run 0..rows-1); `classes`: each member's classes (specialist)."""
 
     def __init__(self, how: str, count: int, *, lr: float = 0.1, rows: int = 0, easy_epochs: int = 0,
-                 classes: list[list[int]] | None = None, num_classes: int = 0, topk: int = 3, world_size: int = 1):
+                 classes: list[list[int]] | None = None, num_classes: int = 0, topk: int = 3, world_size: int = 1,
+                 assigner: bool = False):
         self.how, self.count, self.lr, self.easy_epochs, self.topk = how, count, lr, easy_epochs, topk
+        self.assigner = assigner  # the batch's last "member" is an earlier student's output (--specialist-by)
         self.world_size = world_size
         self.weights = None
         if how in LEARNED:
@@ -106,8 +109,10 @@ class Members:
 
     def __call__(self, student, members, epoch: int, ids=None):
         members = members.float()
-        if members.shape[1] != self.count:
-            raise W2SError(f"a batch holds {members.shape[1]} members' outputs, the run {self.count}")
+        if members.shape[1] != self.count + self.assigner:
+            raise W2SError(f"a batch holds {members.shape[1]} members' outputs, the run {self.count + self.assigner}")
+        assigner = members[:, -1] if self.assigner else None
+        members = members[:, :self.count]
         easy = epoch < self.easy_epochs
         mask = all_agree(members).float() if easy else None
         parts = {} if mask is None else {"easy_kept": mask.mean()}
@@ -115,7 +120,7 @@ class Members:
             weak, learned_parts = self._learned(student, members, ids, update=not easy)
             parts.update(learned_parts)
         elif self.owner is not None:
-            weak, kept = self._specialist(student, members)
+            weak, kept = self._specialist(student if assigner is None else assigner, members)
             mask = kept if mask is None else mask * kept
             parts["agreed"] = kept.mean()
         else:
@@ -151,6 +156,7 @@ class Members:
         return torch.cat([r for r, _ in pairs]), torch.cat([g for _, g in pairs])
 
     def _specialist(self, student, members):
+        """`student`: the current student's logits, or an earlier student's (--specialist-by)."""
         pred = student.detach().argmax(-1)
         chosen = self.owner.to(members.device)[pred]  # (B,) the member whose classes hold the student's argmax
         weak = members[torch.arange(len(members), device=members.device), chosen]
