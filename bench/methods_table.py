@@ -34,6 +34,8 @@ def row_name(cell: dict) -> str:
         what += f" {cell['ensemble']}"
     elif "+" in str(cell.get("store")) and cell.get("loss") != "evidential":
         what += " mean-prob"
+    if cell.get("specialist_by"):
+        what += f" by {cell['specialist_by']}"
     if cell.get("easy_epochs"):
         what += f" easy-start {cell['easy_epochs']} ep"
     return f"{cell.get('loss')}: {what}"

@@ -4,10 +4,10 @@ node's two ranks."""
 
 from __future__ import annotations
 
-import numpy as np
 import json
 import os
 
+import numpy as np
 from launch import torchrun, two_nodes
 
 from w2s_pipe.storage import open_store
