@@ -156,3 +156,28 @@ def test_bad_pairings_of_stores_are_one_line(stores, tmp_path):
         TrainConfig.tiny(**base, mixup=0.8)
     with pytest.raises(W2SError, match=r"no --topk or --views"):
         LabelConfig.tiny(weak_checkpoint=ckpt, features=True, views=2)
+
+
+def test_two_ranks_probe_as_one_process_with_their_global_batch(stores):
+    """Under torchrun each rank takes its slice of every batch: two ranks of batch 32 train the head one
+    process trains with batch 64 (the gradient of the same 64 rows, averaged), to float rounding."""
+    from launch import torchrun
+
+    labels, ckpt, train, _ = stores
+    common = ["--strong", "test_resnet", "--strong-checkpoint", ckpt, "--features", train, "--labels", labels,
+              "--epochs", "2", "--loss", "kd", "--opt", "sgd", "--lr", "0.5", "--weight-decay", "0", "--quiet",
+              "--device", "cpu", "--precision", "fp32", "--no-eval"]
+    out = torchrun(["train", *common, "--batch-size", "32", "--run-name", "ranks"], nproc=2)
+    assert out.returncode == 0, out.stderr[-3000:]
+    one = run_train(TrainConfig.tiny(strong="test_resnet", strong_checkpoint=ckpt, features=train, labels=labels,
+                                     epochs=2, loss="kd", opt="sgd", lr=0.5, weight_decay=0.0, batch_size=64,
+                                     no_eval=True, run="one"))
+    runs = os.path.join(os.environ["W2S_HOME"], "runs")
+    end = [json.loads(line) for line in open(os.path.join(runs, "ranks", "metrics.jsonl"))][-1]
+    assert end["step"] == one.step and len(set(end["weights_sha256"])) == 1  # both ranks hold the same head
+    heads = [torch.load(os.path.join(d, "last.pt"), weights_only=True)["state_dict"]
+             for d in (os.path.join(runs, "ranks"), one.run_dir)]
+    start = torch.load(ckpt, weights_only=True)["state_dict"]
+    assert (heads[1]["fc.weight"] - start["fc.weight"]).abs().max() > 1e-2  # it trained
+    for name in ("fc.weight", "fc.bias"):
+        torch.testing.assert_close(heads[0][name], heads[1][name], rtol=1e-4, atol=1e-5)
