@@ -329,7 +329,7 @@ def _student(cfg: TrainConfig, strong: str, num_classes: int, device):
     classifier trains."""
     model, data_config = build_strong(strong, num_classes, img_size=cfg.img_size, pretrained=cfg.pretrained,
                                       checkpoint=cfg.strong_checkpoint, drop_path=cfg.drop_path,
-                                      head_init_std=cfg.head_init_std)
+                                      head_init_std=cfg.head_init_std, head_hidden=cfg.head_hidden)
     if cfg.crop_pct:
         data_config = {**data_config, "crop_pct": cfg.crop_pct}
     model.to(device)

@@ -67,6 +67,9 @@ class TrainConfig(Objective, Selection, ViewRecipe, Optimisation, Schedule, Load
                                             "<workspace>/features/<data>-<val split>-<model>].")
     drop_path: float | None = option(None, "Stochastic depth rate (timm's drop_path_rate), for models that have it.",
                                      at_least=0, below=1)
+    head_hidden: int | None = option(None, "Replace the classifier with a small MLP, Linear(D, N), GELU, Linear(N, "
+                                           "classes): a probe's MLP head (--features, --linear-probe), or any run's. "
+                                           "The checkpoints record it; eval and label rebuild it.", at_least=1)
     head_init_std: float | None = option(None, "Re-initialise the classifier: truncated-normal weights with this std, "
                                                "zero biases (MAE fine-tuning: 2e-5).", above=0)
     classes: str | None = option(None, "Train only on the samples whose ground truth is one of these classes (0-4, or "

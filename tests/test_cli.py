@@ -129,6 +129,7 @@ def test_train_options_are_frozen():
         "--features", "--val-features",
         # the methods after the paper (issue 28)
         "--ensemble-lr", "--easy-epochs", "--specialist-topk", "--specialist-by", "--evidential-gamma", "--classes",
+        "--head-hidden",
     ])
 
 

@@ -181,3 +181,28 @@ def test_two_ranks_probe_as_one_process_with_their_global_batch(stores):
     assert (heads[1]["fc.weight"] - start["fc.weight"]).abs().max() > 1e-2  # it trained
     for name in ("fc.weight", "fc.bias"):
         torch.testing.assert_close(heads[0][name], heads[1][name], rtol=1e-4, atol=1e-5)
+
+
+def test_an_mlp_head_from_stores_equals_it_on_images_and_its_checkpoints_load_everywhere(stores, tmp_path):
+    """--head-hidden 16: the MLP head trained from the stores equals the one --linear-probe trains on the
+    images (float16's rounding); eval and label rebuild it from the checkpoint."""
+    from w2s_pipe.stages.evaluate import EvalConfig, run_eval
+
+    labels, ckpt, train, val = stores
+    n = open_store(labels).num_samples
+    common = dict(strong="test_resnet", strong_checkpoint=ckpt, labels=labels, batch_size=n, epochs=3, loss="kd",
+                  crop_scale=1.0, hflip=0.0, opt="sgd", lr=0.5, weight_decay=0.0, head_hidden=16)
+    probe = run_train(TrainConfig.tiny(**common, features=train, run="mlp-probe"))
+    images = run_train(TrainConfig.tiny(**common, linear_probe=True, run="mlp-images"))
+    heads = [torch.load(os.path.join(r.run_dir, "last.pt"), weights_only=True)["state_dict"] for r in (probe, images)]
+    names = [k for k in heads[0] if k.startswith("fc.")]
+    assert names == ["fc.0.weight", "fc.0.bias", "fc.2.weight", "fc.2.bias"]
+    for name in names:
+        torch.testing.assert_close(heads[0][name], heads[1][name], rtol=1e-3, atol=1e-4)
+    evaluated = run_eval(EvalConfig(run=probe.run_dir, device="cpu", workers=0))
+    assert abs(evaluated["top1"] - probe.val_top1) <= 0.01  # the same head rebuilt (float32 features, not fp16)
+    relabelled = run_label(LabelConfig.tiny(weak_checkpoint=os.path.join(probe.run_dir, "last.pt"),
+                                            labels=str(tmp_path / "by-mlp")))
+    assert open_store(relabelled.store).complete
+    with pytest.raises(W2SError, match="--head-hidden"):
+        TrainConfig.tiny(head_hidden=0)

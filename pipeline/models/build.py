@@ -146,6 +146,9 @@ def load_model(
         if classes is None:
             raise W2SError(f"cannot tell the number of classes of checkpoint {checkpoint}; pass --num-classes")
         model = create_model(name, classes, img_size)
+        hidden = ((ckpt.get("config") or {}).get("head_hidden") if tool else None)
+        if hidden:  # trained with an MLP head (train --head-hidden)
+            mlp_head(model, int(hidden), name)
         _load_state(model, ckpt["state_dict"], checkpoint)
         if tool and ckpt.get("data_config"):
             # The preprocessing the model was trained with, unless the user resizes it.
@@ -193,7 +196,8 @@ def _load_state(model, state_dict: dict, checkpoint: str) -> None:
 
 
 def build_strong(name: str, num_classes: int, *, img_size: int | None = None, pretrained: bool = False,
-                 checkpoint: str | None = None, drop_path: float | None = None, head_init_std: float | None = None):
+                 checkpoint: str | None = None, drop_path: float | None = None, head_init_std: float | None = None,
+                 head_hidden: int | None = None):
     """The strong model, its head sized for the data set: from scratch, timm pretrained weights,
     or a local checkpoint (a backbone such as an MAE ViT: its own head, if any, is dropped).
     `head_init_std` re-initialises the classifier: weights truncated-normal with that std, biases
@@ -201,6 +205,8 @@ def build_strong(name: str, num_classes: int, *, img_size: int | None = None, pr
     name = resolve_model_name(name)
     if checkpoint:
         model = create_model(name, num_classes, img_size, drop_path=drop_path)
+        if head_hidden:
+            mlp_head(model, head_hidden, name)
         state = load_checkpoint(checkpoint)["state_dict"]
         own = model.state_dict()
         prefixes = tuple(f"{c}." for c in _classifiers(model))
@@ -223,6 +229,8 @@ def build_strong(name: str, num_classes: int, *, img_size: int | None = None, pr
                            "pass --strong-checkpoint PATH, or drop --pretrained to train from scratch") from None
     else:
         model = create_model(name, num_classes, img_size, drop_path=drop_path)
+    if head_hidden and not checkpoint:
+        mlp_head(model, head_hidden, name)
     if head_init_std is not None:
         _init_head(model, head_init_std)
     return model, data_config_for(model, img_size)
@@ -235,6 +243,22 @@ def _init_head(model, std: float) -> None:
                 torch.nn.init.trunc_normal_(module.weight, std=std)
                 if module.bias is not None:
                     module.bias.zero_()
+
+
+def mlp_head(model, hidden: int, name: str = "") -> None:
+    """Replace the model's classifier by Linear(D, hidden), GELU, Linear(hidden, classes): a probe's
+    small MLP head (`train --head-hidden`), rebuilt the same way wherever its checkpoint is loaded."""
+    old, paths = model.get_classifier(), _classifiers(model)
+    if len(paths) != 1 or not isinstance(old, torch.nn.Linear):
+        raise W2SError(f"--head-hidden: {name or type(model).__name__}'s classifier is not one linear layer "
+                       f"({', '.join(paths)}); it keeps its own head", option="--head-hidden")
+    new = torch.nn.Sequential(torch.nn.Linear(old.in_features, hidden), torch.nn.GELU(),
+                              torch.nn.Linear(hidden, old.out_features))
+    parent, _, attr = paths[0].rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attr, new)
+    if model.get_classifier() is not new:
+        raise W2SError(f"--head-hidden: {name or type(model).__name__}'s classifier could not be replaced",
+                       option="--head-hidden")
 
 
 def _classifiers(model) -> list[str]:
