@@ -349,6 +349,9 @@ def _say_weak_labels(inputs: Inputs, info) -> None:
         return
     if inputs.teacher is not None:
         said = f"online teacher {inputs.teacher.name} ({inputs.teacher.checkpoint})"
+    elif inputs.members:
+        by = f", specialists assigned by {inputs.assigner}" if inputs.assigner else ""
+        said = f"{inputs.ensemble} of {len(inputs.members)} stores: {', '.join(inputs.members)}{by}"
     else:
         views = f"; its {inputs.view_passes} views replayed" if inputs.view_passes else ""
         said = f"store {inputs.store_url} ({inputs.store_chosen}{views})"
