@@ -16,8 +16,10 @@ from w2s_pipe.storage import open_store
 def test_two_ranks_equal_one_process(tmp_path, digits_data, weak_ckpt):
     # gloo on the CPU, on a GPU machine too (one GPU cannot hold two ranks)
     base = ["label", "--weak-checkpoint", weak_ckpt, "--quiet", "--workers", "1", "--batch-size", "64", "--device", "cpu"]
-    one = torchrun([*base, "--labels", str(tmp_path / "one")], nproc=1)
-    assert one.returncode == 0, one.stderr[-3000:]
+    from w2s_pipe.stages.label import LabelConfig, run_label
+
+    run_label(LabelConfig(weak=None, weak_checkpoint=weak_ckpt, labels=str(tmp_path / "one"), batch_size=64, workers=1,
+                          device="cpu", progress=False))  # one process (what torchrun --nproc-per-node 1 runs)
     two = torchrun([*base, "--labels", str(tmp_path / "two")], nproc=2)
     assert two.returncode == 0, two.stderr[-3000:]
     # Rank 0 labelled only shards 0 and 2 (256 + 256 samples); rank 1 the rest; one summary printed.
