@@ -545,9 +545,10 @@ def _report(cfg: StudyConfig, steps: list[Step], ws: str, plots: bool) -> StudyR
     result = StudyResult(workspace=ws, report=report, markdown=report["markdown"], study=cfg.name, selection=[])
     if cfg.select:
         defaults = {**read_defaults(), **cfg.train, **cfg.strong}
+        reference = next(iter(cfg.stores.values()))["weak"]  # every PGR's weak model: the first store's
         result["selection"] = selection.choose(markers, cfg.select["values"], cfg.select["choose_on"],
-                                               cfg.select["score_on"], defaults)
-        result["baselines"] = selection.baselines(markers, cfg.select["score_on"])
+                                               cfg.select["score_on"], defaults, reference)
+        result["baselines"] = selection.baselines(markers, cfg.select["score_on"], reference)
         with open(report["markdown"], "a") as f:
             f.write("\n" + "\n".join(selection_markdown(result["selection"], result["baselines"])) + "\n")
     if plots:
@@ -565,8 +566,9 @@ def selection_markdown(rows: list[dict], baselines: dict) -> list[str]:
         return []
     on, scored = rows[0]["chosen_on"], rows[0]["scored_on"]
     fmt = (lambda m, s=None: "n/a" if m is None else f"{100 * m:.2f}" + (f" ± {100 * s:.2f}" if s is not None else ""))
+    probe = f", probe ceiling {fmt(*baselines['probe ceiling'][:2])}" if "probe ceiling" in baselines else ""
     lines = [f"Chosen on the `{on}` split (best mean top-1 over seeds), scored on `{scored}`: weak model "
-             f"{fmt(*baselines['weak'][:2])}, ceiling {fmt(*baselines['ceiling'][:2])}.", "",
+             f"{fmt(*baselines['weak'][:2])}, ceiling {fmt(*baselines['ceiling'][:2])}{probe}.", "",
              f"| run | chosen | top-1 on {scored} (%) | PGR on {scored} | at the default | default's top-1 (%) |",
              "|---|---|---|---|---|---|"]
     for row in rows:

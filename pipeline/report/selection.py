@@ -22,12 +22,25 @@ def accuracies(markers: list[dict]) -> dict[str, dict[str, float]]:
     return out
 
 
-def choose(markers: list[dict], values: dict[str, list], choose_on: str, score_on: str, defaults: dict) -> list[dict]:
+def _probe(marker: dict) -> bool:
+    """Whether a training step is a probe from stored features (its ceiling is a probe too)."""
+    return bool(marker.get("options", {}).get("features"))
+
+
+def _reference(marker: dict, reference: str | None) -> bool:
+    """Whether a weak model's step is the study's reference weak model (every PGR's, where a study has
+    several weak models: the one that labels its first store); any, where none is named."""
+    return reference is None or marker["meta"].get("weak") in (None, reference)
+
+
+def choose(markers: list[dict], values: dict[str, list], choose_on: str, score_on: str, defaults: dict,
+           reference: str | None = None) -> list[dict]:
     """One row per grid cell (its settings but the selected options): the value chosen on
     `choose_on` (the best mean top-1 over seeds; ties to the earlier value in `values`' order), its
     top-1 on `score_on` (mean ± std over seeds) and PGR there (per seed against that seed's weak
-    model and ceiling, both scored on `score_on`), and the top-1 on `score_on` at `defaults`' value
-    (what the run would use without `select:`), for comparison."""
+    model and ceiling, both scored on `score_on`: the `reference` weak model where there are several,
+    the ceiling of the run's protocol, a probe's for a probe), and the top-1 on `score_on` at
+    `defaults`' value (what the run would use without `select:`), for comparison."""
     acc = accuracies(markers)
     by_role: dict[str, dict] = {"weak": {}, "ceiling": {}}
     groups: dict[str, dict] = {}
@@ -35,8 +48,12 @@ def choose(markers: list[dict], values: dict[str, list], choose_on: str, score_o
         meta = m["meta"]
         if m["kind"] != "train" or m["id"] not in acc:
             continue
-        if meta["role"] in by_role:
-            by_role[meta["role"]].setdefault(meta["seed"], acc[m["id"]].get(score_on))
+        if meta["role"] == "weak":
+            if _reference(m, reference):
+                by_role["weak"].setdefault(meta["seed"], acc[m["id"]].get(score_on))
+            continue
+        if meta["role"] == "ceiling":
+            by_role["ceiling"].setdefault((meta["seed"], _probe(m)), acc[m["id"]].get(score_on))
             continue
         # what its loss reads of them; a value equal to the option's default is not in a cell (a study
         # names a run by what differs from the defaults, so the demo's own runs are reused)
@@ -44,8 +61,8 @@ def choose(markers: list[dict], values: dict[str, list], choose_on: str, score_o
         chosen_by = tuple((k, meta["cell"].get(k, defaults.get(k))) for k in values if k in meta["cell"] or k in reads)
         rest = {k: v for k, v in meta["cell"].items() if k not in values}
         key = json.dumps(rest, sort_keys=True, default=str)
-        groups.setdefault(key, {"cell": rest, "values": {}})["values"].setdefault(chosen_by, []).append(
-            (meta["seed"], acc[m["id"]]))
+        groups.setdefault(key, {"cell": rest, "values": {}, "probe": _probe(m)})["values"].setdefault(
+            chosen_by, []).append((meta["seed"], acc[m["id"]]))
     return [_row(g, values, choose_on, score_on, defaults, by_role) for g in groups.values()]
 
 
@@ -64,8 +81,9 @@ def _row(group: dict, values: dict, choose_on: str, score_on: str, defaults: dic
     runs = group["values"][best]
     row["selected"] = dict(best)  # {} where its loss reads none of the options: nothing to choose
     row["score_mean"], row["score_std"], row["n"] = mean_std(a.get(score_on) for _, a in runs)
-    gains = [pgr(by_role["weak"].get(seed), by_role["ceiling"].get(seed), a.get(score_on)) for seed, a in runs
-             if None not in (by_role["weak"].get(seed), by_role["ceiling"].get(seed), a.get(score_on))]
+    ceiling = {seed: c for (seed, probe), c in by_role["ceiling"].items() if probe == group["probe"]}
+    gains = [pgr(by_role["weak"].get(seed), ceiling.get(seed), a.get(score_on)) for seed, a in runs
+             if None not in (by_role["weak"].get(seed), ceiling.get(seed), a.get(score_on))]
     row["pgr_mean"], row["pgr_std"], _ = mean_std(gains)
     default = tuple((k, defaults.get(k)) for k, _ in best)
     if best and default in group["values"]:
@@ -74,11 +92,15 @@ def _row(group: dict, values: dict, choose_on: str, score_on: str, defaults: dic
     return row
 
 
-def baselines(markers: list[dict], score_on: str) -> dict[str, tuple]:
-    """The weak models' and the ceilings' top-1 on `score_on`: {role: (mean, std, n)}."""
+def baselines(markers: list[dict], score_on: str, reference: str | None = None) -> dict[str, tuple]:
+    """The reference weak model's and the ceilings' top-1 on `score_on`: {role: (mean, std, n)},
+    "probe ceiling" too where the study has probes."""
     acc = accuracies(markers)
-    out = {}
-    for role in ("weak", "ceiling"):
-        out[role] = mean_std(acc[m["id"]].get(score_on) for m in markers
-                             if m["kind"] == "train" and m["meta"]["role"] == role and m["id"] in acc)
+    trained = [m for m in markers if m["kind"] == "train" and m["id"] in acc]
+    out = {"weak": mean_std(acc[m["id"]].get(score_on) for m in trained
+                            if m["meta"]["role"] == "weak" and _reference(m, reference))}
+    for name, probe in (("ceiling", False), ("probe ceiling", True)):
+        found = [acc[m["id"]].get(score_on) for m in trained if m["meta"]["role"] == "ceiling" and _probe(m) == probe]
+        if found or not probe:
+            out[name] = mean_std(found)
     return out
