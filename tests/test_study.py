@@ -198,3 +198,25 @@ def test_every_shipped_study_plans_whole_and_quick(name, tmp_path):
         result = run_study(load_study(name, quick=quick), out=str(tmp_path / name), dry_run=True)
         assert result["steps"] and not any(s["done"] for s in result["steps"])
         assert result.summary()[-1].startswith(f"0 of {len(result['steps'])} steps done")
+
+
+def test_selection_measures_each_run_against_the_reference_weak_model_and_its_own_protocols_ceiling():
+    """Several weak models and a probe ceiling beside the fine-tuned one: a run's PGR uses the weak model
+    named as the reference (the first store's) and the ceiling of its protocol."""
+    from w2s_pipe.pipeline.report import selection
+
+    def train(i, role, top1, *, weak=None, probe=False, cell=None):
+        meta = {"role": role, "seed": 0, **({"weak": weak} if weak else {}), **({"cell": cell} if cell else {})}
+        return [{"id": f"t{i}", "kind": "train", "meta": meta, "options": {"features": "f" if probe else None}},
+                *({"id": f"e{i}{split}", "kind": "eval", "meta": {"of": f"t{i}", "split": split},
+                   "result": {"top1": top1}} for split in ("select", "test"))]
+
+    markers = [*train(0, "weak", 0.9, weak="other"), *train(1, "weak", 0.5, weak="ref"),
+               *train(2, "ceiling", 0.9), *train(3, "ceiling", 0.8, probe=True),
+               *train(4, "grid", 0.7, cell={"loss": "hard", "store": "s"}),
+               *train(5, "grid", 0.7, probe=True, cell={"loss": "hard", "store": "s", "probe": True})]
+    rows = selection.choose(markers, {"threshold": [0.5, 1.0]}, "select", "test", {"threshold": 0.5}, "ref")
+    gains = {bool(r["cell"].get("probe")): r["pgr_mean"] for r in rows}
+    assert gains[False] == pytest.approx((0.7 - 0.5) / (0.9 - 0.5)) and gains[True] == pytest.approx(0.2 / 0.3)
+    base = selection.baselines(markers, "test", "ref")
+    assert base["weak"][0] == 0.5 and base["ceiling"][0] == 0.9 and base["probe ceiling"][0] == 0.8
