@@ -33,7 +33,7 @@ from ..pipeline.sources.noise import (
     read_noise_map,
     superclass_map,
 )
-from ..pipeline.sources.planned_shards import PlannedShard, check_plan, finished, stamps, write_planned
+from ..pipeline.sources.planned_shards import PlannedShard, check_plan, described, finished, stamps, write_planned
 from ..pipeline.sources.shards import Shard, read_manifest, write_manifest, write_shard
 from .prepare_config import PrepareCifarConfig, PrepareDigitsConfig, PrepareHfConfig
 
@@ -232,8 +232,7 @@ def prepare_folder(src: str, out: str, split: str = "train", shard_size: int = 1
     check_plan(out, plan, split_stamps)
     manifest = read_manifest(out) or {}
     if finished(out, plan) == {s.name for s in plan} and set(listed) <= set(manifest.get("splits", {})):
-        splits, _ = write_planned(plan, out, str(root), progress=False, split_stamps=split_stamps)  # nothing to write
-        return PrepareResult(out, splits, data="patterns", written=0)
+        return PrepareResult(out, described(out, plan), data="patterns", written=0)  # finished: nothing written
     splits, written = write_planned(plan, out, str(root), workers=workers, progress=progress,
                                     split_stamps=split_stamps)
     write_manifest(out, splits, dataset=prefix, num_classes=len(classes), class_names=classes, **extra)

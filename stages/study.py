@@ -129,7 +129,7 @@ def plan(cfg: StudyConfig, ws: str) -> list[Step]:
                 raise W2SError(f"{cfg.path}: weak models and stores learn from each other in a circle: "
                                f"{', '.join([*waiting_weak, *waiting_stores])}")
         strong = {**base, **cfg.train, **cfg.strong, "seed": seed}
-        probe = _probes(cfg, seed, weak, stores, prepare, names) if cfg.features else None
+        probe = _probes(cfg, seed, weak, stores, runs, prepare, names) if cfg.features else None
         if probe:
             steps += probe["steps"]
         if cfg.ceiling is not None:
@@ -175,7 +175,7 @@ def _store_step(name: str, spec: dict, cfg: StudyConfig, seed: int, base: dict, 
                  stores, names=names, option="labels", role="store", seed=seed, store=name)
 
 
-def _probes(cfg: StudyConfig, seed: int, weak: dict, stores: str, prepare, names: dict) -> dict:
+def _probes(cfg: StudyConfig, seed: int, weak: dict, stores: str, runs: str, prepare, names: dict) -> dict:
     """The feature stores of `seed`'s backbone (the stores' split and the validation split), the
     train options of its probes, and its probe ceiling where the study has a ceiling:
     {"steps", "options", "deps"}."""
@@ -198,7 +198,7 @@ def _probes(cfg: StudyConfig, seed: int, weak: dict, stores: str, prepare, names
     steps = [made["train"], made["val"]]
     if cfg.ceiling is not None:
         steps.append(_step("train", "train", f"s{seed}-probe-ceiling", {**options, **cfg.ceiling, "loss": "gt"},
-                           deps, os.path.join(os.path.dirname(stores), "runs"), names=names, option="run",
+                           deps, runs, names=names, option="run",
                            role="ceiling", seed=seed))
     return {"steps": steps, "options": options, "deps": deps}
 
@@ -263,8 +263,7 @@ def check_plan(cfg: StudyConfig, steps: list[Step], ws: str) -> None:
     for step in steps:
         if step.id in seen and seen[step.id] != step.name:
             raise W2SError(f"{cfg.path}: steps {seen[step.id]} and {step.name} are the same run (the same options and "
-                           "inputs); make them differ (a weak model's seed_offset, say) or keep one",
-                           option="--study")
+                           "inputs); make them differ (a weak model's seed_offset, say) or keep one")
         seen[step.id] = step.name
     for step in steps:
         try:

@@ -26,7 +26,7 @@ from ..errors import W2SError
 from ..pipeline.config.choices import LOSSES
 from ..pipeline.evaluation.accuracy import evaluate
 from ..pipeline.image.decode import resolve_decoder
-from ..pipeline.loaders.join import StoreJoin
+from ..pipeline.loaders.join import StoreJoin, sample_ids
 from ..pipeline.loaders.train_stream import TrainStream, train_loader
 from ..pipeline.loaders.workers import loading_processes
 from ..pipeline.models.build import build_strong, head_parameters, resolve_model_name
@@ -317,7 +317,7 @@ def _members(cfg: TrainConfig, inputs: Inputs, info) -> Members | None:
     """weak/members.Members where the batches carry every member's logits (cfg.stacked), else None."""
     if not cfg.stacked:
         return None
-    rows = sum(int(s["count"]) for s in open_store(inputs.store_url).shards)  # the join's ids run 0..rows-1
+    rows = sample_ids(open_store(inputs.store_url))[1]  # the join's ids run 0..rows-1
     return Members(inputs.ensemble, len(inputs.members), lr=cfg.ensemble_lr, rows=rows, easy_epochs=cfg.easy_epochs,
                    classes=[list(c) for c in inputs.member_classes], num_classes=inputs.num_classes,
                    topk=cfg.specialist_topk, world_size=info.world_size, assigner=inputs.assigner is not None)

@@ -209,7 +209,7 @@ class TrainConfig(Objective, Selection, ViewRecipe, Optimisation, Schedule, Load
         return "online" if self.teacher else "store"
 
     @classmethod
-    def tiny(cls, **overrides) -> TrainConfig:
+    def tiny(cls, **overrides) -> "TrainConfig":
         """A seconds-long preset for tests and smoke runs: 32 px, small batches, two epochs."""
         base = dict(strong="test_resnet", img_size=32, batch_size=32, epochs=2, workers=0, log_every=2,
                     precision="fp32", shuffle_buffer=64, hflip=0.0, progress=False)

@@ -61,6 +61,15 @@ def test_user_toml_entry(tmp_path, monkeypatch, digits_dir):
     toml.write_text("[datasets.bad]\nnum_classes = 1\nsplits = { train = 'x' }\n")
     with pytest.raises(W2SError, match=r"datasets.toml: datasets.bad.num_classes must be an integer >= 2"):
         resolve_data("bad")
+    # a novel split (eval --episodes' default) is one of the entry's splits, or one line
+    from w2s_pipe.pipeline.sources.datasets import novel_data
+
+    toml.write_text("[datasets.fs]\nnum_classes = 10\nnovel_split = 'test'\n"
+                    f"splits = {{ train = '{digits_dir}/digits-weak-*.tar', test = '{digits_dir}/digits-val-*.tar' }}\n")
+    assert novel_data("fs") == ("fs", "test") and novel_data("digits") is None
+    toml.write_text("[datasets.fs]\nnum_classes = 10\nnovel_split = 'novel'\nsplits = { train = 'x' }\n")
+    with pytest.raises(W2SError, match=r"datasets.fs.novel_split 'novel' is not one of its splits"):
+        resolve_data("fs")
 
 
 def test_literal_pattern_takes_classes_from_manifest(digits_dir):

@@ -138,8 +138,11 @@ def test_folder_with_workers_writes_the_same_shards_and_a_crashed_prepare_finish
     assert {n: (tmp_path / "three" / n).stat().st_mtime_ns for n in calls} == before  # never rewritten
     assert all((tmp_path / "one" / n).read_bytes() == (tmp_path / "three" / n).read_bytes() for n in names)
     assert not list((tmp_path / "three").glob("*.tmp-*"))
+    files = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "three").iterdir()}
     again = prepare_folder(str(src), str(tmp_path / "three"), shard_size=4)
     assert again.written == 0 and again.summary()[-1].startswith("already complete: 30 samples in 8 shards")
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "three").iterdir()} == files  # nothing written at all
+    assert [s.digest for s in again.splits["train"]] == [s.digest for s in one.splits["train"]]
     with pytest.raises(W2SError, match="holds split 'train' of another prepare"):
         prepare_folder(str(src), str(tmp_path / "three"), shard_size=5)
     with pytest.raises(W2SError, match="that no resumable prepare wrote"):

@@ -160,16 +160,22 @@ def test_bad_pairings_of_stores_are_one_line(stores, tmp_path):
 
 def test_two_ranks_probe_as_one_process_with_their_global_batch(stores):
     """Under torchrun each rank takes its slice of every batch: two ranks of batch 32 train the head one
-    process trains with batch 64 (the gradient of the same 64 rows, averaged), to float rounding."""
+    process trains with batch 64 (the gradient of the same 64 rows, averaged), to float rounding; with
+    per-sample ensemble weights, every rank's table takes the steps of both ranks' samples (gathered)."""
     from launch import torchrun
 
     labels, ckpt, train, _ = stores
-    common = ["--strong", "test_resnet", "--strong-checkpoint", ckpt, "--features", train, "--labels", labels,
+    other = run_label(LabelConfig.tiny(weak_checkpoint=backbone(os.path.dirname(ckpt) + "/weak2.pt", seed=3),
+                                       labels=os.path.dirname(labels) + "/second")).store
+    both = f"{labels},{other}"
+    common = ["--strong", "test_resnet", "--strong-checkpoint", ckpt, "--features", train, "--labels", both,
+              "--ensemble", "learned-sample", "--ensemble-lr", "0.5",
               "--epochs", "2", "--loss", "kd", "--opt", "sgd", "--lr", "0.5", "--weight-decay", "0", "--quiet",
               "--device", "cpu", "--precision", "fp32", "--no-eval"]
     out = torchrun(["train", *common, "--batch-size", "32", "--run-name", "ranks"], nproc=2)
     assert out.returncode == 0, out.stderr[-3000:]
-    one = run_train(TrainConfig.tiny(strong="test_resnet", strong_checkpoint=ckpt, features=train, labels=labels,
+    one = run_train(TrainConfig.tiny(strong="test_resnet", strong_checkpoint=ckpt, features=train, labels=both,
+                                     ensemble="learned-sample", ensemble_lr=0.5,
                                      epochs=2, loss="kd", opt="sgd", lr=0.5, weight_decay=0.0, batch_size=64,
                                      no_eval=True, run="one"))
     runs = os.path.join(os.environ["W2S_HOME"], "runs")
@@ -181,6 +187,10 @@ def test_two_ranks_probe_as_one_process_with_their_global_batch(stores):
     assert (heads[1]["fc.weight"] - start["fc.weight"]).abs().max() > 1e-2  # it trained
     for name in ("fc.weight", "fc.bias"):
         torch.testing.assert_close(heads[0][name], heads[1][name], rtol=1e-4, atol=1e-5)
+    tables = [torch.load(os.path.join(d, "last.pt"), weights_only=True)["members"]["weights"]
+              for d in (os.path.join(runs, "ranks"), one.run_dir)]
+    assert (tables[1] != 0.5).any(1).sum() > len(tables[1]) // 2  # most samples' weights moved
+    torch.testing.assert_close(tables[0], tables[1], rtol=1e-4, atol=1e-5)
 
 
 def test_an_mlp_head_from_stores_equals_it_on_images_and_its_checkpoints_load_everywhere(stores, tmp_path):

@@ -220,3 +220,14 @@ def test_selection_measures_each_run_against_the_reference_weak_model_and_its_ow
     assert gains[False] == pytest.approx((0.7 - 0.5) / (0.9 - 0.5)) and gains[True] == pytest.approx(0.2 / 0.3)
     base = selection.baselines(markers, "test", "ref")
     assert base["weak"][0] == 0.5 and base["ceiling"][0] == 0.9 and base["probe ceiling"][0] == 0.8
+
+
+def test_a_name_whose_step_never_started_is_free_again(tmp_path, digits_data):
+    """names.json keeps the names of steps that left something (a marker, a run or store directory), so a
+    changed step takes another name; a name whose step left nothing is given again, unsuffixed."""
+    ws = tmp_path / "ws"
+    (ws / "study").mkdir(parents=True)
+    (ws / "runs" / "s0-kd").mkdir(parents=True)  # a run that started: its name stays taken
+    (ws / "study" / "names.json").write_text(json.dumps({"s0-hard": "0" * 12, "s0-kd": "1" * 12}))
+    names = {s.name for s in plan(load_study(study_file(tmp_path, grid=[{"loss": ["hard", "kd"]}])), str(ws))}
+    assert "s0-hard" in names and "s0-kd" not in names and any(n.startswith("s0-kd-") for n in names)

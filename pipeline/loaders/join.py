@@ -26,6 +26,14 @@ from ..weak.ensemble import combine, member_logits
 from ..weak.statistics import softmax_stats
 
 
+def sample_ids(store) -> tuple[dict[str, int], int]:
+    """A store's sample ids (--ensemble learned-sample's rows): ({shard: the id of its first row},
+    how many ids): the shards' recorded counts before it, in the store's order, plus the row."""
+    counts = [int(s["count"]) for s in store.shards]
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(int)
+    return {s["name"]: int(o) for s, o in zip(store.shards, starts)}, int(sum(counts))
+
+
 def _kept(mask, row: int) -> bool:
     return mask is not None and row < len(mask) and bool(mask[row])
 
@@ -55,11 +63,9 @@ class StoreJoin:
         return {**self.__dict__, "_store": None, "_members": None, "_offsets": None}
 
     def offset(self, name: str) -> int:
-        """The id of shard `name`'s first row: the shards' recorded counts before it, in the store's order."""
+        """The id of shard `name`'s first row (`sample_ids`)."""
         if self._offsets is None:
-            counts = [int(s["count"]) for s in self.store.shards]
-            starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(int)
-            self._offsets = {s["name"]: int(o) for s, o in zip(self.store.shards, starts)}
+            self._offsets = sample_ids(self.store)[0]
         return self._offsets[name]
 
     @property
@@ -109,10 +115,12 @@ class StoreJoin:
 
     def __call__(self, samples: Iterable[dict]) -> Iterator[dict]:
         current, keys, weak, absent, boxes, trust, lookup, pos, used = None, [], None, set(), None, None, None, 0, set()
+        first = 0  # the shard's first sample id (--ensemble learned-sample)
         for sample in samples:
             name, key = url_name(sample["__url__"]), sample["__key__"]
             if name != current:
                 current, pos, lookup, used = name, 0, None, set()
+                first = self.offset(name) if self.ids else 0
                 loaded = self.shard(name)
                 keys, weak, absent, boxes, trust = loaded if loaded else ([], None, set(), None, None)
             if pos < len(keys) and keys[pos] == key and pos not in used:
@@ -145,5 +153,5 @@ class StoreJoin:
             if trust is not None:
                 sample["trust"] = trust[row]
             if self.ids:
-                sample["id"] = self.offset(name) + row
+                sample["id"] = first + row
             yield sample

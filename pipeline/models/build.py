@@ -205,8 +205,6 @@ def build_strong(name: str, num_classes: int, *, img_size: int | None = None, pr
     name = resolve_model_name(name)
     if checkpoint:
         model = create_model(name, num_classes, img_size, drop_path=drop_path)
-        if head_hidden:
-            mlp_head(model, head_hidden, name)
         state = load_checkpoint(checkpoint)["state_dict"]
         own = model.state_dict()
         prefixes = tuple(f"{c}." for c in _classifiers(model))
@@ -229,7 +227,7 @@ def build_strong(name: str, num_classes: int, *, img_size: int | None = None, pr
                            "pass --strong-checkpoint PATH, or drop --pretrained to train from scratch") from None
     else:
         model = create_model(name, num_classes, img_size, drop_path=drop_path)
-    if head_hidden and not checkpoint:
+    if head_hidden:  # after the backbone's weights: the MLP replaces whatever head they brought
         mlp_head(model, head_hidden, name)
     if head_init_std is not None:
         _init_head(model, head_init_std)

@@ -76,16 +76,16 @@ def _schema(path: Path) -> pa.Schema:
         raise W2SError(f"prepare hf: {path} cannot be read ({str(exc).splitlines()[0][:160]})") from None
 
 
-def features(path: Path) -> dict:
+def features(schema: pa.Schema) -> dict:
     """The data set's features (name -> {"_type": ...}) from a file's schema metadata ({} if none)."""
-    meta = (_schema(path).metadata or {}).get(b"huggingface")
+    meta = (schema.metadata or {}).get(b"huggingface")
     return (json.loads(meta).get("info") or {}).get("features") or {} if meta else {}
 
 
 def columns(path: Path, image_column: str | None, label_column: str | None) -> tuple[str, str | None, list | None]:
     """(the image column, the label column or None, the class names or None) of a split's file."""
-    names = _schema(path).names
-    feats = features(path)
+    schema = _schema(path)
+    names, feats = schema.names, features(schema)
     image = image_column or next((n for n, f in feats.items() if isinstance(f, dict) and f.get("_type") == "Image"),
                                  None)
     if image is None or image not in names:

@@ -53,9 +53,8 @@ def stamps(plan: list[PlannedShard], extra: dict) -> dict[str, str]:
     return out
 
 
-def _write_one(shard: PlannedShard, out: str, root: str) -> tuple[str, int]:
-    shard.write(out, root)
-    return shard.name, len(shard.samples)
+def _write_one(shard: PlannedShard, out: str, root: str) -> Shard:
+    return shard.write(out, root)
 
 
 def finished(out: str, plan: list[PlannedShard]) -> set[str]:
@@ -95,25 +94,38 @@ def write_planned(plan: list[PlannedShard], out: str, root: str, *, workers: int
     total = sum(len(s.samples) for s in plan)
     bar = tqdm(total=total, initial=total - sum(len(s.samples) for s in todo), unit="file", disable=not progress,
                desc=f"prepare {os.path.basename(out.rstrip('/'))}", dynamic_ncols=True)
+    written: dict[str, Shard] = {}
     try:
         if workers <= 1 or len(todo) <= 1:
             for shard in todo:
-                bar.update(_write_one(shard, out, root)[1])
+                written[shard.name] = _write_one(shard, out, root)
+                bar.update(written[shard.name].count)
         else:
             context = multiprocessing.get_context("forkserver")
             with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
                 futures = [pool.submit(_write_one, shard, out, root) for shard in todo]
                 for future in concurrent.futures.as_completed(futures):
-                    bar.update(future.result()[1])
+                    made = future.result()
+                    written[made.name] = made
+                    bar.update(made.count)
     finally:
         bar.close()
+    return described(out, plan, written), len(todo)
+
+
+def described(out: str, plan: list[PlannedShard], written: dict[str, Shard] | None = None) -> dict[str, list[Shard]]:
+    """{split: its shards in plan order}: those just `written` as their writer described them, the
+    others (finished before) from their files."""
     splits: dict[str, list[Shard]] = {}
     for shard in plan:
-        path = os.path.join(out, shard.name)
-        size = os.path.getsize(path)
-        splits.setdefault(shard.split, []).append(Shard(url=path, name=shard.name, count=len(shard.samples), bytes=size,
-                                                        digest=quick_digest(*get_fs(path), size)))
-    return splits, len(todo)
+        made = (written or {}).get(shard.name)
+        if made is None:
+            path = os.path.join(out, shard.name)
+            size = os.path.getsize(path)
+            made = Shard(url=path, name=shard.name, count=len(shard.samples), bytes=size,
+                         digest=quick_digest(*get_fs(path), size))
+        splits.setdefault(shard.split, []).append(made)
+    return splits
 
 
 def atomic_write_json(path: str, value) -> None:

@@ -46,7 +46,7 @@ def simplex_step(weights: torch.Tensor, grad: torch.Tensor, lr: float) -> torch.
     differences between the members' gradients, whatever their level."""
     v = weights - lr * grad
     u = v.sort(dim=-1, descending=True).values
-    k = torch.arange(1, v.shape[-1] + 1, dtype=v.dtype)
+    k = torch.arange(1, v.shape[-1] + 1, dtype=v.dtype, device=v.device)
     css = u.cumsum(dim=-1) - 1
     rho = ((u - css / k) > 0).sum(dim=-1, keepdim=True)  # how many stay positive (>= 1)
     theta = css.gather(-1, rho - 1) / rho
@@ -101,7 +101,7 @@ class Members:
         self.owner = class_owner(classes, num_classes) if how == "specialist" else None
 
     def state_dict(self) -> dict:
-        return {"weights": None if self.weights is None else self.weights.clone()}
+        return {"weights": None if self.weights is None else self.weights.cpu().clone()}
 
     def load_state_dict(self, state: dict) -> None:
         if self.weights is not None and state.get("weights") is not None:
@@ -131,19 +131,22 @@ class Members:
         per_sample = self.how == "learned-sample"
         if per_sample and ids is None:
             raise W2SError("--ensemble learned-sample needs each sample's id in the batch")
-        rows = ids.cpu().long() if per_sample else torch.zeros(len(members), dtype=torch.long)
-        w = self.weights[rows].to(members.device)  # (B, M)
+        device = members.device
+        if self.weights.device != device:  # kept where the step runs: no copy to the host per step
+            self.weights = self.weights.to(device)
+        rows = ids.to(device).long() if per_sample else torch.zeros(len(members), dtype=torch.long, device=device)
+        w = self.weights[rows]  # (B, M)
         target = (w[..., None] * F.softmax(members, dim=-1)).sum(1)
         weak = torch.log(target.clamp(min=1e-30))
         if update:
-            grad = member_ce(student, members).cpu()  # (B, M), dL/dw of each sample's own loss
+            grad = member_ce(student, members)  # (B, M), dL/dw of each sample's own loss
             if per_sample:
                 rows, grad = self._gathered(rows, grad)
                 self.weights[rows] = simplex_step(self.weights[rows], grad, self.lr)
             else:
                 mean = grad.mean(0, keepdim=True)
                 if self.world_size > 1:
-                    mean = sum(distributed.all_gather(mean)) / self.world_size
+                    mean = sum(t.to(device) for t in distributed.all_gather(mean.cpu())) / self.world_size
                 self.weights = simplex_step(self.weights, mean, self.lr)
         shown = w.mean(0)
         return weak, {f"ens_w{m}": shown[m].detach() for m in range(self.count)}
@@ -152,8 +155,8 @@ class Members:
         """Every rank's (rows, gradients) of this batch, so that every rank's table takes the same step."""
         if self.world_size == 1:
             return rows, grad
-        pairs = distributed.all_gather((rows, grad))
-        return torch.cat([r for r, _ in pairs]), torch.cat([g for _, g in pairs])
+        pairs = distributed.all_gather((rows.cpu(), grad.cpu()))
+        return (torch.cat([r for r, _ in pairs]).to(rows.device), torch.cat([g for _, g in pairs]).to(grad.device))
 
     def _specialist(self, student, members):
         """`student`: the current student's logits, or an earlier student's (--specialist-by)."""
