@@ -136,7 +136,9 @@ def prepare():
 def prepare_digits_cmd(ctx, **values):
     """scikit-learn's handwritten digits (1797 real 8x8 images, shipped with the package) as PNG
     shards, split with a fixed seed into weak (600: the weak model's ground truth), transfer
-    (897: what the weak model labels and the strong model learns from) and val (300)."""
+    (897: what the weak model labels and the strong model learns from) and val (300), whose two
+    fixed halves are also written as select (150: where a study chooses a hyperparameter) and
+    test (150: where it scores)."""
     from .stages.prepare import run_prepare
 
     _echo(run_prepare(_config(ctx, PrepareDigitsConfig, values)))

@@ -220,7 +220,7 @@ def _assign_roles(runs: list[dict], stores: list[dict], ws) -> None:
             t = teachers.get(teacher.get("checkpoint")) or {}
             r["weak_top1"], r["weak_top1_from"] = t.get("weak_top1"), t.get("weak_top1_from", "no teacher checkpoint")
             r["weak_model"] = teacher.get("model")
-        elif r["data"].get("store"):
+        elif r["data"].get("store") and (r["loss"] not in LOSSES or LOSSES[r["loss"]].needs_weak):  # not --loss gt's
             r["role"] = "w2s"
             store = by_url.get(os.path.realpath(r["data"]["store"]))
             r["store"] = store["name"] if store else None
@@ -267,7 +267,7 @@ def ceiling_key(run: dict, without: tuple = ()) -> tuple:
             "hflip", "aa", "mixup", "cutmix", "pretrained", "linear_probe")
     recipe = {k: settings.get(k) for k in keys if k not in without}
     data = settings.get("data_source") or {}
-    probe = bool(data.get("features"))  # a probe from stored features has a probe for its ceiling
+    probe = bool(settings.get("features"))  # a probe from stored features has a probe for its ceiling
     return (run["strong"], data.get("name"), data.get("split"), json.dumps(data.get("label_noise"), sort_keys=True),
             json.dumps(recipe, sort_keys=True, default=str), probe)
 
@@ -290,13 +290,14 @@ def _differing_settings(groups: dict) -> dict:
 
 
 def _label(role, model, weak, loss, gt, members) -> str:
+    probe = " probe" if members[0]["settings"].get("features") else ""  # a head on stored features
     if role == "weak":
         return f"weak {model}"
     if role == "ceiling":
-        return f"ceiling {model} (ground truth)"
+        return f"ceiling {model}{probe} (ground truth)"
     if role == "w2s":
-        return f"{model} from {weak}: {loss}" + (" + gt" if gt else "")
-    return f"{model} {loss} on {members[0]['data'].get('split', '?')}"
+        return f"{model}{probe} from {weak}: {loss}" + (" + gt" if gt else "")
+    return f"{model}{probe} {loss} on {members[0]['data'].get('split', '?')}"
 
 
 def _pct(mean, std, signed=False) -> str:

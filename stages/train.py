@@ -29,7 +29,7 @@ from ..pipeline.image.decode import resolve_decoder
 from ..pipeline.loaders.join import StoreJoin, sample_ids
 from ..pipeline.loaders.train_stream import TrainStream, train_loader
 from ..pipeline.loaders.workers import loading_processes
-from ..pipeline.models.build import build_strong, head_parameters, resolve_model_name
+from ..pipeline.models.build import build_strong, head_parameters, resolve_model_name, seen_labels
 from ..pipeline.models.checkpoint import Checkpoints
 from ..pipeline.runtime import distributed, watchdog
 from ..pipeline.runtime.workspace import slug
@@ -43,7 +43,9 @@ from ..pipeline.train.probe import (
     ProbeBatches,
     ProbeInputs,
     default_val_features,
+    embedded_input,
     feature_store,
+    probe_steps,
     probe_validator,
     run_weights,
     training_rows,
@@ -106,6 +108,8 @@ def train_step(model, batches: list[dict], optimizer, objective, *, progress: fl
             loss, parts = objective(logits, batch.get("weak"), batch.get("target"), progress, epoch, batch.get("trust"),
                                     batch.get("ids"))
             loss = loss / len(batches) if len(batches) > 1 else loss
+            if batch.get("share", 1.0) != 1.0:  # a probe's last partial batch, split over ranks (train/probe.py)
+                loss = loss * batch["share"]
             (scaler.scale(loss) if scaler is not None else loss).backward()
         per_batch.append(parts)
     if scaler is not None:
@@ -140,13 +144,15 @@ def run_train(cfg: TrainConfig) -> TrainResult:
 
         # -- model, optimizer, schedule -------------------------------------------------------------
         seed_everything(cfg.seed)  # the same initial weights on every rank
-        model, data_config = _student(cfg, strong, inputs.num_classes, device)
+        embedded = embedded_input(cfg.features, cfg.img_size) if cfg.features else None  # a probe's backbone input
+        model, data_config = _student(cfg, strong, inputs.num_classes, device, embedded, inputs.record.get("name"))
         probe = _probe(cfg, inputs, strong, model, device) if cfg.features else None  # rows of the feature stores
         optimizer = build_optimizer(model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                     momentum=cfg.momentum, layer_decay=cfg.layer_decay)
         accum = cfg.grad_accum  # batches per optimizer step; a step is one optimizer step
-        steps_per_epoch = cfg.steps_per_epoch or max(1, (len(probe.rows) if probe else _count(cfg, inputs)) // (
-            cfg.batch_size * accum * info.world_size))
+        steps_per_epoch = cfg.steps_per_epoch or (
+            probe_steps(len(probe.rows), cfg.batch_size, accum, info.world_size) if probe else
+            max(1, _count(cfg, inputs) // (cfg.batch_size * accum * info.world_size)))
         total_steps = steps_per_epoch * cfg.epochs
         schedule = Schedule(optimizer, _schedule_spec(cfg, steps_per_epoch))
         settings = run_settings(cfg, strong=strong, data_source=inputs.record, precision_resolved=precision,
@@ -323,15 +329,23 @@ def _members(cfg: TrainConfig, inputs: Inputs, info) -> Members | None:
                    topk=cfg.specialist_topk, world_size=info.world_size, assigner=inputs.assigner is not None)
 
 
-def _student(cfg: TrainConfig, strong: str, num_classes: int, device):
+def _student(cfg: TrainConfig, strong: str, num_classes: int, device, embedded: dict | None = None,
+             data_name: str | None = None):
     """The strong model on `device`, and its evaluation data config (with --crop-pct: evaluation's
-    geometry, saved with every checkpoint for `eval` and `label`). Under --linear-probe only the
+    geometry, saved with every checkpoint for `eval` and `label`); a --features probe's is the
+    feature store's (`embedded`): the input its backbone saw. Under --linear-probe only the
     classifier trains."""
-    model, data_config = build_strong(strong, num_classes, img_size=cfg.img_size, pretrained=cfg.pretrained,
-                                      checkpoint=cfg.strong_checkpoint, drop_path=cfg.drop_path,
-                                      head_init_std=cfg.head_init_std, head_hidden=cfg.head_hidden)
+    model, data_config = build_strong(strong, num_classes, img_size=cfg.img_size or (
+        embedded["input_size"][-1] if embedded else None), pretrained=cfg.pretrained,
+        checkpoint=cfg.strong_checkpoint, drop_path=cfg.drop_path, head_init_std=cfg.head_init_std,
+        head_hidden=cfg.head_hidden, keep_head=cfg.keep_head, head_seed=cfg.seed)
+    if embedded:
+        data_config = dict(embedded)
     if cfg.crop_pct:
         data_config = {**data_config, "crop_pct": cfg.crop_pct}
+    seen = seen_labels(model, data_name) if cfg.pretrained else None
+    if seen and distributed.dist_info().is_main:
+        print(f"warning: {seen}", file=sys.stderr)
     model.to(device)
     channels_last = device.type == "cuda" if cfg.channels_last is None else cfg.channels_last
     if channels_last:
@@ -360,7 +374,7 @@ def _say_weak_labels(inputs: Inputs, info) -> None:
 
 def _schedule_spec(cfg: TrainConfig, steps_per_epoch: int) -> ScheduleSpec:
     return ScheduleSpec(cfg.sched, steps_per_epoch * cfg.epochs, warmup_steps=cfg.warmup_epochs * steps_per_epoch,
-                        warmup_lr=cfg.warmup_lr, min_lr=cfg.min_lr,
+                        warmup_lr=cfg.warmup_lr, min_lr=cfg.min_lr, floor_after=cfg.cosine_floor == "after",
                         decay_steps=(cfg.decay_epochs or max(1, cfg.epochs // 3)) * steps_per_epoch,
                         decay_rate=cfg.decay_rate)
 
@@ -425,7 +439,7 @@ class Probe:
 
     def batches(self, cfg: TrainConfig, info, per_epoch: int, start: int):
         rows = ProbeBatches(self.rows, batch_size=cfg.batch_size, per_epoch=per_epoch, seed=cfg.seed, rank=info.rank,
-                            world_size=info.world_size, start=start)
+                            world_size=info.world_size, start=start, partial=cfg.steps_per_epoch is None)
         return iter(rows), ProbeInputs(self.device)
 
 

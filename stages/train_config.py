@@ -53,8 +53,13 @@ class TrainConfig(Objective, Selection, ViewRecipe, Optimisation, Schedule, Load
                                           "[default: the model's data config]; saved with the checkpoints, so `eval` "
                                           "and `label` use it too.", above=0, at_most=1)
     pretrained: bool = option(False, "Start from timm's pretrained weights (needs the model hub or its cache).")
-    strong_checkpoint: str | None = option(None, "Start from a local checkpoint or state dict (e.g. an MAE ViT-B); its "
-                                                 "head is replaced.")
+    strong_checkpoint: str | None = option(None, "Start from a local checkpoint or state dict (e.g. an MAE ViT-B, or a "
+                                                 "run of `train`, whose input size it takes unless --img-size is "
+                                                 "given). Its classifier is dropped, as timm's --pretrained one is: "
+                                                 "the head starts fresh (nn.Linear's default, drawn from --seed).")
+    keep_head: bool = option(False, "With --strong-checkpoint: start from its classifier too (to continue a run's "
+                                    "head), instead of a fresh one. A backbone trained on this task's ground truth "
+                                    "then hands its labels to the student.")
     linear_probe: bool = option(False, "Freeze the backbone and train only the classifier head.")
     features: str | None = option(None, "A probe from stores alone: the feature store (`w2s-pipe features`) of --strong "
                                         "on the training split; the classifier head trains on its stored features "
@@ -154,6 +159,8 @@ class TrainConfig(Objective, Selection, ViewRecipe, Optimisation, Schedule, Load
             refuse("--val-features is the validation of a --features probe: give --features too", "--val-features")
         if self.pretrained and self.strong_checkpoint:
             refuse("give --pretrained or --strong-checkpoint, not both", "--pretrained")
+        if self.keep_head and not self.strong_checkpoint:
+            refuse("--keep-head keeps a --strong-checkpoint's classifier: give --strong-checkpoint too", "--keep-head")
         if self.resume and not self.run:
             refuse("--resume needs --run-name NAME: the run to continue", "--resume")
 

@@ -113,7 +113,8 @@ def test_probe_options_work_as_on_images(stores):
                                        labels=os.path.dirname(labels) + "/second")).store
     base = dict(strong="test_resnet", strong_checkpoint=ckpt, features=train, epochs=2, batch_size=64)
     kept = run_train(TrainConfig.tiny(**base, labels=labels, keep_frac=0.5, run="kept"))
-    assert kept.step == 2 * (open_store(labels).num_samples // 2 // 64)
+    kept_rows = -(-open_store(labels).num_samples // 2)  # ceil(0.5 x 897) = 449
+    assert kept.step == 2 * -(-kept_rows // 64)  # each epoch keeps its last partial batch (449 = 7 x 64 + 1)
     run_train(TrainConfig.tiny(**base, labels=labels, weight_by="confidence", run="weighted"))
     run_train(TrainConfig.tiny(**base, labels=f"{labels},{other}", ensemble="mean-prob", run="ensemble"))
     # the methods that read each member (tests/test_methods.py has their formulas) run as probes
@@ -159,9 +160,11 @@ def test_bad_pairings_of_stores_are_one_line(stores, tmp_path):
 
 
 def test_two_ranks_probe_as_one_process_with_their_global_batch(stores):
-    """Under torchrun each rank takes its slice of every batch: two ranks of batch 32 train the head one
-    process trains with batch 64 (the gradient of the same 64 rows, averaged), to float rounding; with
-    per-sample ensemble weights, every rank's table takes the steps of both ranks' samples (gathered)."""
+    """Under torchrun each rank takes its slice of every batch: two ranks of batch 30 train the head one
+    process trains with batch 60 (the gradient of the same 60 rows, averaged), to float rounding, the
+    epoch's last partial batch (897 = 14 x 60 + 57) too, split 29 + 28 and weighed by each part's
+    share; with per-sample ensemble weights, every rank's table takes the steps of both ranks'
+    samples (gathered)."""
     from launch import torchrun
 
     labels, ckpt, train, _ = stores
@@ -172,15 +175,15 @@ def test_two_ranks_probe_as_one_process_with_their_global_batch(stores):
               "--ensemble", "learned-sample", "--ensemble-lr", "0.5",
               "--epochs", "2", "--loss", "kd", "--opt", "sgd", "--lr", "0.5", "--weight-decay", "0", "--quiet",
               "--device", "cpu", "--precision", "fp32", "--no-eval"]
-    out = torchrun(["train", *common, "--batch-size", "32", "--run-name", "ranks"], nproc=2)
+    out = torchrun(["train", *common, "--batch-size", "30", "--run-name", "ranks"], nproc=2)
     assert out.returncode == 0, out.stderr[-3000:]
     one = run_train(TrainConfig.tiny(strong="test_resnet", strong_checkpoint=ckpt, features=train, labels=both,
                                      ensemble="learned-sample", ensemble_lr=0.5,
-                                     epochs=2, loss="kd", opt="sgd", lr=0.5, weight_decay=0.0, batch_size=64,
+                                     epochs=2, loss="kd", opt="sgd", lr=0.5, weight_decay=0.0, batch_size=60,
                                      no_eval=True, run="one"))
     runs = os.path.join(os.environ["W2S_HOME"], "runs")
     end = [json.loads(line) for line in open(os.path.join(runs, "ranks", "metrics.jsonl"))][-1]
-    assert end["step"] == one.step and len(set(end["weights_sha256"])) == 1  # both ranks hold the same head
+    assert end["step"] == one.step == 2 * 15 and len(set(end["weights_sha256"])) == 1  # both ranks: the same head
     heads = [torch.load(os.path.join(d, "last.pt"), weights_only=True)["state_dict"]
              for d in (os.path.join(runs, "ranks"), one.run_dir)]
     start = torch.load(ckpt, weights_only=True)["state_dict"]

@@ -227,9 +227,13 @@ class Schedule:
 
     epochs: int = option(10, "Epochs (an epoch is samples / (ranks x batch) steps).", at_least=1)
     steps_per_epoch: int | None = option(None, "Override the steps in an epoch.", at_least=1)
-    sched: str = option("cosine", "Learning-rate schedule: cosine (to --min-lr at the last step), step (x --decay-rate "
+    sched: str = option("cosine", "Learning-rate schedule: cosine (per step, to --min-lr), step (x --decay-rate "
                                   "every --decay-epochs) or const.", choices=SCHEDULES)
-    min_lr: float = option(0.0, "cosine: the rate of the last step.", at_least=0)
+    min_lr: float = option(0.0, "cosine: the rate it decays to (see --cosine-floor).", at_least=0)
+    cosine_floor: str = option("last", "cosine: where the rate reaches --min-lr. last: at the run's last step. after: "
+                                       "one step past the end, as PyTorch's CosineAnnealingLR (T_max = the run's "
+                                       "steps) and timm's train.py decay, and as OpenAI's probe (train_logreg).",
+                               choices=("last", "after"))
     warmup_epochs: int = option(0, "Epochs of linear warm-up from --warmup-lr to --lr, counted inside --epochs.",
                                 at_least=0)
     warmup_lr: float = option(1e-5, "The rate of the first warm-up step.", at_least=0)

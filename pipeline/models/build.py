@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from dataclasses import dataclass
 
 import timm
@@ -197,25 +198,29 @@ def _load_state(model, state_dict: dict, checkpoint: str) -> None:
 
 def build_strong(name: str, num_classes: int, *, img_size: int | None = None, pretrained: bool = False,
                  checkpoint: str | None = None, drop_path: float | None = None, head_init_std: float | None = None,
-                 head_hidden: int | None = None):
-    """The strong model, its head sized for the data set: from scratch, timm pretrained weights,
-    or a local checkpoint (a backbone such as an MAE ViT: its own head, if any, is dropped).
+                 head_hidden: int | None = None, keep_head: bool = False, head_seed: int = 0):
+    """The strong model, its head sized for the data set: from scratch, timm pretrained weights, or a
+    local checkpoint (a backbone such as an MAE ViT, or a run of this tool). Returns (model, eval
+    data config).
+
+    Starting from weights, the classifier is never theirs (`keep_head`: a checkpoint's own head, to
+    continue it): a backbone trained on the task's ground truth would otherwise hand its labels to a
+    "weak-to-strong" student. The fresh head is `nn.Linear`'s default initialisation (PyTorch's:
+    weights and biases uniform in +-1/sqrt(fan_in)), as OpenAI's probe (`train_logreg`) starts,
+    drawn from `torch.manual_seed(head_seed)`: `torch.manual_seed(s); nn.Linear(D, C)` gives the same
+    head. A checkpoint of this tool's `train` also gives the input size it was trained at, unless
+    `img_size` says otherwise (a ViT's position embedding needs it; a CNN's features change with it).
     `head_init_std` re-initialises the classifier: weights truncated-normal with that std, biases
-    zero (MAE's fine-tuning: 2e-5). Returns (model, eval data config)."""
+    zero (MAE's fine-tuning: 2e-5)."""
     name = resolve_model_name(name)
+    recorded = None  # the data config a checkpoint of `train` was trained with
     if checkpoint:
+        ckpt = load_checkpoint(checkpoint)
+        if ckpt.get("format") == FORMAT and ckpt.get("data_config") and not img_size:
+            recorded = dict(ckpt["data_config"])
+            img_size = int(recorded["input_size"][-1])
         model = create_model(name, num_classes, img_size, drop_path=drop_path)
-        state = load_checkpoint(checkpoint)["state_dict"]
-        own = model.state_dict()
-        prefixes = tuple(f"{c}." for c in _classifiers(model))
-        head = {k for k in own if k.startswith(prefixes)}
-        fitting = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
-        missing = [k for k in own if k not in fitting and k not in head]
-        if missing:
-            raise W2SError(f"--strong-checkpoint {checkpoint} does not fit {name}: no weights for {missing[0]}"
-                           + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""),
-                           option="--strong-checkpoint")
-        model.load_state_dict(fitting, strict=False)
+        _load_backbone(model, ckpt["state_dict"], checkpoint, name, keep_head)
     elif pretrained:
         try:
             model = create_model(name, num_classes, img_size, pretrained=True, drop_path=drop_path)
@@ -227,11 +232,61 @@ def build_strong(name: str, num_classes: int, *, img_size: int | None = None, pr
                            "pass --strong-checkpoint PATH, or drop --pretrained to train from scratch") from None
     else:
         model = create_model(name, num_classes, img_size, drop_path=drop_path)
+    if (checkpoint or pretrained) and not keep_head:
+        fresh_head(model, head_seed)  # timm keeps a pretrained head whose classes happen to match the data's
     if head_hidden:  # after the backbone's weights: the MLP replaces whatever head they brought
         mlp_head(model, head_hidden, name)
     if head_init_std is not None:
         _init_head(model, head_init_std)
-    return model, data_config_for(model, img_size)
+    config = data_config_for(model, img_size)
+    return model, ({**config, **recorded} if recorded else config)
+
+
+def _load_backbone(model, state: dict, checkpoint: str, name: str, keep_head: bool) -> None:
+    """A checkpoint's weights into `model`: every tensor of its backbone (each must be there, shaped as
+    the model's), and its classifier only with `keep_head` (then it must fit too)."""
+    own = model.state_dict()
+    prefixes = tuple(f"{c}." for c in _classifiers(model))
+    head = {k for k in own if k.startswith(prefixes)}
+    fitting = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)
+               and (keep_head or k not in head)}
+    missing = [k for k in own if k not in fitting and (keep_head or k not in head)]
+    if missing:
+        if keep_head and set(missing) <= head:
+            stored = state.get(missing[0])
+            raise W2SError(f"--keep-head: the classifier of --strong-checkpoint {checkpoint} does not fit {name} for "
+                           f"the data's classes ({missing[0]} is {'absent' if stored is None else tuple(stored.shape)} "
+                           f"there, the model's is {tuple(own[missing[0]].shape)})", option="--keep-head")
+        raise W2SError(f"--strong-checkpoint {checkpoint} does not fit {name}: no weights for {missing[0]}"
+                       + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""), option="--strong-checkpoint")
+    model.load_state_dict(fitting, strict=False)
+
+
+def fresh_head(model, seed: int = 0) -> None:
+    """Re-draw the classifier's layers with PyTorch's default initialisation (`reset_parameters`),
+    from `torch.manual_seed(seed)`, leaving the global generator as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for module in model.get_classifier().modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+
+
+# timm's weight tags that say which data set's labels trained them, by the registry's data set names
+LABELS_IN_TAG = {"imagenet": re.compile(r"(^|_)in1k($|_)")}  # a1_in1k, augreg_in21k_ft_in1k, fb_in22k_ft_in1k
+
+
+def seen_labels(model, data: str | None) -> str | None:
+    """Why `model`'s timm pretrained weights have seen the ground truth of `data` (their tag says they
+    were trained with its labels: in1k, in21k_ft_in1k, ... on imagenet), or None. A self-supervised
+    tag (dino, mae) names no labels."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    tag, pattern = cfg.get("tag") or "", LABELS_IN_TAG.get((data or "").lower())
+    if pattern is None or not pattern.search(tag):
+        return None
+    return (f"timm's pretrained {cfg.get('architecture') or type(model).__name__}.{tag} was trained with {data}'s "
+            "labels: the student has seen the ground truth that weak-to-strong training withholds from it (its "
+            "PGR is not a weak-to-strong result)")
 
 
 def _init_head(model, std: float) -> None:

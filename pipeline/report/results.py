@@ -10,6 +10,7 @@ import numpy as np
 
 from ...errors import W2SError
 from ...storage import open_store
+from ..config.choices import LOSSES
 from ..evaluation.accuracy import evaluate_checkpoint
 from ..evaluation.fewshot import recorded
 from ..runtime.workspace import slug, workspace_dir
@@ -29,8 +30,14 @@ def comparable(config: dict, defaults: dict | None = None) -> dict:
     A setting the run's config.json lacks (written before the option existed) counts as its
     `defaults` value, which is what the run did."""
     out = {k: v for k, v in {**(defaults or {}), **config}.items() if k not in NOT_COMPARED}
+    # a probe's feature stores are each seed's backbone's (as its store is each seed's weak model's): that it is
+    # a probe is what counts
+    out["features"] = bool(out.get("features"))
+    out.pop("val_features", None)
     source = dict(out.pop("data_source", None) or {})
     out["data_source"] = {k: source.get(k) for k in ("name", "split", "pattern", "weak")}
+    if out.get("loss") in LOSSES and not LOSSES[out["loss"]].needs_weak:  # a ceiling that named a store reads no
+        out["data_source"]["weak"] = None                                 # weak label of it
     if source.get("label_noise"):  # the same data set under other noise is other data
         out["data_source"]["label_noise"] = source["label_noise"]
     if source.get("views"):

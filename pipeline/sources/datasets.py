@@ -38,6 +38,7 @@ class DatasetEntry:
     class_names: tuple[str, ...] | None = None
     hint: str = ""  # appended to the error when the shards are missing
     novel_split: str | None = None  # classes never trained on: what `eval --episodes` scores by default
+    parts: tuple[tuple[str, str], ...] = ()  # (split, the split it is a fixed part of): digits' select and test
 
 
 def _digits(name: str, splits: tuple[str, ...], classes: int, hint: str) -> DatasetEntry:
@@ -46,7 +47,8 @@ def _digits(name: str, splits: tuple[str, ...], classes: int, hint: str) -> Data
     return DatasetEntry(name=name, splits={s: "${W2S_DATA}/" + name + "/" + name + "-" + s + "-*.tar" for s in splits},
                         label_split="transfer", val_split="val", num_classes=classes, image_field="png",
                         label_field="cls", class_names=tuple(str(d) for d in range(classes)), hint=hint,
-                        novel_split="novel" if "novel" in splits else None)
+                        novel_split="novel" if "novel" in splits else None,
+                        parts=(("select", "val"), ("test", "val")))
 
 
 BUILTIN = {
@@ -107,7 +109,11 @@ def describe_registry(workspace=None) -> list[str]:
     """`w2s-pipe datasets`: each data set the registry knows, with its classes and splits."""
     lines = []
     for name, entry in sorted(load_registry(workspace).items()):
-        splits = ", ".join(f"{s}{'*' if s == entry.label_split else ''}" for s in entry.splits)
+        parts = dict(entry.parts)
+        splits = ", ".join(f"{s}{'*' if s == entry.label_split else ''}" for s in entry.splits if s not in parts)
+        halves = sorted({of for of in parts.values()})
+        for of in halves:
+            splits += f" ({' and '.join(s for s, o in entry.parts if o == of)}: fixed parts of {of})"
         lines.append(f"{name}: {entry.num_classes} classes; splits {splits}")
     return [*lines, f"(* the split `label` uses by default; user entries: {user_registry_path(workspace)})"]
 

@@ -52,12 +52,16 @@ def resolve_inputs(cfg) -> Inputs:
     `cfg` is a stages.train.TrainConfig.
     """
     from_store = LOSSES[cfg.loss].needs_weak and not cfg.teacher
-    store, chosen, members = _store(cfg, from_store)
-    if from_store or (store is not None and not cfg.data):
-        inputs, source_for_val = _from_store(cfg, store, members, from_store)
-        inputs.store_chosen = chosen
+    if cfg.features and not from_store and not cfg.labels and not cfg.data:
+        # a probe's ceiling (--loss gt) reads the ground truth the feature store keeps, of the data it embedded
+        inputs, source_for_val = _from_data(cfg, *_embedded_data(cfg.features))
     else:
-        inputs, source_for_val = _from_data(cfg)
+        store, chosen, members = _store(cfg, from_store)
+        if from_store or (store is not None and not cfg.data):
+            inputs, source_for_val = _from_store(cfg, store, members, from_store)
+            inputs.store_chosen = chosen
+        else:
+            inputs, source_for_val = _from_data(cfg, cfg.data, cfg.split)
     if cfg.teacher:
         teacher = inputs.teacher = load_teacher(cfg.teacher, cfg.teacher_model, inputs.num_classes)
         inputs.num_classes = teacher.num_classes
@@ -136,14 +140,23 @@ def _from_store(cfg, store, members: list, from_store: bool) -> tuple:
     return inputs, source
 
 
-def _from_data(cfg) -> tuple:
-    """(the inputs of a run that reads no store: --loss gt, or --teacher, on --data; that data set)."""
-    if not cfg.data:
+def _embedded_data(url: str) -> tuple[str, str]:
+    """(data set, split) that the feature store at `url` embedded."""
+    a = open_store(absolute(url)).attrs["data"]
+    if a["name"] == "shards":
+        raise W2SError(f"--loss gt: feature store {url} embedded a shard pattern ({a['pattern']}), whose classes and "
+                       "validation split are unknown; give --data and --split", option="--data")
+    return a["name"], a["split"]
+
+
+def _from_data(cfg, data: str | None, split: str | None) -> tuple:
+    """(the inputs of a run that reads no store: --loss gt, or --teacher, on `data`; that data set)."""
+    if not data:
         raise W2SError("--loss gt needs --data (and --split), or a label store whose shards carry labels",
                        option="--loss")
-    source = resolve_data(cfg.data, cfg.split, workspace=cfg.workspace)
+    source = resolve_data(data, split, workspace=cfg.workspace)
     if source.num_classes is None and not cfg.teacher:  # with a teacher, its head says
-        raise W2SError(f"cannot tell the number of classes of {cfg.data}; use a registry dataset or a manifest")
+        raise W2SError(f"cannot tell the number of classes of {data}; use a registry dataset or a manifest")
     record = {"name": source.name, "split": source.split, "pattern": source.pattern, "store": None}
     return Inputs(list(source.urls), source.image_fields, source.label_field, source.num_classes,
                   list(source.class_names or []) or None, None, record, None), source

@@ -55,6 +55,7 @@ class ScheduleSpec:
     warmup_steps: int = 0
     warmup_lr: float = 0.0
     min_lr: float = 0.0
+    floor_after: bool = False  # cosine: --min-lr one step past the end (PyTorch's CosineAnnealingLR), not at the last
     decay_steps: int = 1  # step schedule: the rate is multiplied by decay_rate every decay_steps
     decay_rate: float = 0.1
 
@@ -74,9 +75,9 @@ class Schedule:
         warmup = {"warmup_t": spec.warmup_steps, "warmup_lr_init": spec.warmup_lr, "warmup_prefix": False,
                   "t_in_epochs": False}
         if spec.sched == "cosine":
-            # The cosine reaches its floor at t_initial; the last step is total_steps - 1.
-            self.timm = CosineLRScheduler(optimizer, t_initial=max(1, spec.total_steps - 1), lr_min=spec.min_lr,
-                                          **warmup)
+            # The cosine reaches its floor at t_initial: the last step (total_steps - 1), or one past it.
+            floor = spec.total_steps if spec.floor_after else max(1, spec.total_steps - 1)
+            self.timm = CosineLRScheduler(optimizer, t_initial=floor, lr_min=spec.min_lr, **warmup)
         else:
             rate = spec.decay_rate if spec.sched == "step" else 1.0
             self.timm = StepLRScheduler(optimizer, decay_t=max(1, spec.decay_steps), decay_rate=rate, **warmup)

@@ -21,8 +21,9 @@ import numpy as np
 import torch
 
 from ...errors import W2SError
-from ...storage import open_store
+from ...storage import open_store, schema
 from ...storage.fsutil import absolute
+from ..image.preprocess import DATA_CONFIG_KEYS
 from ..loaders.join import StoreJoin
 from ..models.checkpoint import file_sha256
 from ..models.features import feature_width
@@ -74,6 +75,32 @@ def feature_store(url: str, option: str, strong: str, model, checkpoint_sha256: 
         raise W2SError(f"{option} {url} holds {store.features}-d features; {strong}'s classifier reads "
                        f"{feature_width(model)}", option=option)
     return store
+
+
+def embedded_input(url: str, img_size: int | None) -> dict:
+    """The data config a feature store's rows were embedded with (its backbone's input): a probe's
+    model is built for it and its checkpoints record it, so that eval, label and --teacher run the
+    saved model on the images as the features were made. A different --img-size is one line."""
+    store = open_store(absolute(url))
+    if not store.features:
+        raise W2SError(f"--features {url} is a label store, not a feature store (`w2s-pipe features` makes one)",
+                       option="--features")
+    config = {k: v for k, v in schema.preprocessing(store.attrs).items() if k in DATA_CONFIG_KEYS}
+    size = int(config["input_size"][-1])
+    if img_size and int(img_size) != size:
+        raise W2SError(f"--img-size {img_size}: feature store {url} was embedded at {size} px, the input of the "
+                       "backbone whose head a probe trains; drop --img-size", option="--img-size")
+    return config
+
+
+def probe_steps(rows: int, batch_size: int, accum: int, world_size: int) -> int:
+    """Steps in a probe's epoch: every row once, the last partial batch kept (as OpenAI's loader and
+    torch's DataLoader keep it). Two cases drop it: with --grad-accum (its micro-batches would be of
+    unequal sizes, which the accumulation's mean would weigh wrongly), and where it holds fewer rows
+    than there are ranks (one would have none)."""
+    whole, left = divmod(rows, batch_size * accum * world_size)
+    keep = left and accum == 1 and left >= world_size
+    return max(1, whole + (1 if keep else 0))
 
 
 def training_rows(features, join: StoreJoin | None, label_url: str | None, need_labels: bool,
@@ -160,14 +187,18 @@ def default_val_features(cfg, val, strong: str) -> str:
 
 
 class ProbeBatches:
-    """This rank's endless batches from the `batch`-th (micro-)batch on: batch b is the slice of
-    epoch b // per_epoch's permutation (seeded by the run's seed and the epoch) at position
-    b % per_epoch, rank r's share of it."""
+    """This rank's endless batches from the `batch`-th (micro-)batch on: global batch b is the slice
+    of epoch b // per_epoch's permutation (seeded by the run's seed and the epoch) at position
+    b % per_epoch, of up to `batch_size` x ranks rows (the epoch's last one may be shorter), and
+    rank r takes its r-th part (torch.tensor_split: the parts differ by a row at most). Each batch's
+    "share" is its part's size x ranks / the global batch's, the weight that makes DDP's mean of the
+    ranks' mean losses the mean over the global batch."""
 
     def __init__(self, rows: ProbeRows, *, batch_size: int, per_epoch: int, seed: int, rank: int, world_size: int,
-                 start: int = 0):
+                 start: int = 0, partial: bool = True):
         self.rows, self.batch_size, self.per_epoch = rows, batch_size, per_epoch
         self.seed, self.rank, self.world_size, self.start = seed, rank, world_size, start
+        self.partial = partial  # False: every batch full, wrapping within the epoch (--steps-per-epoch)
 
     def order(self, epoch: int) -> torch.Tensor:
         generator = torch.Generator().manual_seed(view_seed(self.seed, "probe", "order", epoch))
@@ -175,15 +206,17 @@ class ProbeBatches:
 
     def __iter__(self):
         b, epoch, order = self.start, None, None
+        width = self.batch_size * self.world_size
         while True:
             if b // self.per_epoch != epoch:
                 epoch = b // self.per_epoch
                 order = self.order(epoch)
-            first = ((b % self.per_epoch) * self.world_size + self.rank) * self.batch_size
-            index = order[first: first + self.batch_size]
-            if len(index) < self.batch_size:  # a short epoch (more steps than rows): wrap within it
-                index = order[(first + torch.arange(self.batch_size)) % len(order)]
-            yield self.rows.take(index)
+            first = (b % self.per_epoch) * width
+            index = order[first: first + width]
+            if len(index) < (self.world_size if self.partial else width):  # --steps-per-epoch: wrap in the epoch
+                index = order[(first + torch.arange(width)) % len(order)]
+            mine = torch.tensor_split(index, self.world_size)[self.rank]
+            yield {**self.rows.take(mine), "share": len(mine) * self.world_size / len(index)}
             b += 1
 
 
@@ -194,11 +227,11 @@ class ProbeInputs:
         self.device = device
 
     def __call__(self, raw: dict, *, step: int, micro: int = 0) -> dict:
-        batch = {k: v.to(self.device, non_blocking=True) for k, v in raw.items()}
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in raw.items() if k != "share"}
         weak = batch.get("weak")
         return {"image": batch["features"].float(), "target": batch.get("target"),
                 "weak": None if weak is None else weak.float(),
-                "trust": batch.get("trust"), "ids": batch.get("ids"), "dropped": 0}
+                "trust": batch.get("trust"), "ids": batch.get("ids"), "dropped": 0, "share": raw.get("share", 1.0)}
 
 
 def probe_validator(rows: ProbeRows, device, batch_size: int = 4096):

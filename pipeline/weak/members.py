@@ -145,8 +145,9 @@ class Members:
                 self.weights[rows] = simplex_step(self.weights[rows], grad, self.lr)
             else:
                 mean = grad.mean(0, keepdim=True)
-                if self.world_size > 1:
-                    mean = sum(t.to(device) for t in distributed.all_gather(mean.cpu())) / self.world_size
+                if self.world_size > 1:  # over every rank's samples (a probe's last batch splits unevenly)
+                    parts = distributed.all_gather((grad.sum(0, keepdim=True).cpu(), len(grad)))
+                    mean = sum(t.to(device) for t, _ in parts) / sum(n for _, n in parts)
                 self.weights = simplex_step(self.weights, mean, self.lr)
         shown = w.mean(0)
         return weak, {f"ens_w{m}": shown[m].detach() for m in range(self.count)}
