@@ -14,6 +14,7 @@ import os
 from ..errors import W2SError
 from ..pipeline.evaluation.accuracy import evaluate_checkpoint
 from ..pipeline.evaluation.fewshot import few_shot_checkpoint
+from ..pipeline.evaluation.predictions import predictions_file, write_predictions
 from ..pipeline.sources.datasets import novel_data
 from ..pipeline.train.runs import find_run, read_config
 from .eval_config import EvalConfig
@@ -43,6 +44,8 @@ class EvalResult(dict):
         lines.append(f"evaluated on {r['pattern']}" + (f"; trained from the {r['trained_on']}" if r["trained_on"] else ""))
         if r.get("split_chosen") and r["split_chosen"] != "--split":
             lines.append(f"split {r['split']}: {r['split_chosen']}")
+        if r.get("predictions"):
+            lines.append(f"per-sample predictions in {r['predictions']} (report --per-class, --pair)")
         if r.get("recorded"):
             lines.append(f"recorded in {r['recorded']} (report shows it)")
         if r.get("label_noise"):
@@ -78,7 +81,10 @@ def run_eval(cfg: EvalConfig) -> EvalResult:
 
             result["recorded"] = record(run_dir, result, cfg.pick)
     else:
-        result = evaluate_checkpoint(checkpoint, **common)
+        result = evaluate_checkpoint(checkpoint, **common, keep=bool(cfg.run))
+        kept = result.pop("predictions", None)
+        if kept is not None and cfg.pick == "last":  # the run's final weights: what report reads per sample
+            result["predictions"] = write_predictions(predictions_file(run_dir, result["split"]), kept)
     return EvalResult({**result, "picked": PICKED[cfg.pick] if cfg.run else "as given",
                        "trained_on": _trained_on(trained_on), "split_chosen": _split_chosen(cfg, novel)})
 

@@ -25,6 +25,7 @@ from .. import __version__
 from ..errors import W2SError
 from ..pipeline.config.choices import LOSSES
 from ..pipeline.evaluation.accuracy import evaluate
+from ..pipeline.evaluation.predictions import predictions_file, write_predictions
 from ..pipeline.image.decode import resolve_decoder
 from ..pipeline.loaders.join import StoreJoin, sample_ids
 from ..pipeline.loaders.train_stream import TrainStream, train_loader
@@ -144,15 +145,12 @@ def run_train(cfg: TrainConfig) -> TrainResult:
 
         # -- model, optimizer, schedule -------------------------------------------------------------
         seed_everything(cfg.seed)  # the same initial weights on every rank
-        embedded = embedded_input(cfg.features, cfg.img_size) if cfg.features else None  # a probe's backbone input
-        model, data_config = _student(cfg, strong, inputs.num_classes, device, embedded, inputs.record.get("name"))
+        model, data_config = _student(cfg, strong, inputs, device)
         probe = _probe(cfg, inputs, strong, model, device) if cfg.features else None  # rows of the feature stores
         optimizer = build_optimizer(model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                     momentum=cfg.momentum, layer_decay=cfg.layer_decay)
         accum = cfg.grad_accum  # batches per optimizer step; a step is one optimizer step
-        steps_per_epoch = cfg.steps_per_epoch or (
-            probe_steps(len(probe.rows), cfg.batch_size, accum, info.world_size) if probe else
-            max(1, _count(cfg, inputs) // (cfg.batch_size * accum * info.world_size)))
+        steps_per_epoch = cfg.steps_per_epoch or _epoch_steps(cfg, inputs, probe, info.world_size)
         total_steps = steps_per_epoch * cfg.epochs
         schedule = Schedule(optimizer, _schedule_spec(cfg, steps_per_epoch))
         settings = run_settings(cfg, strong=strong, data_source=inputs.record, precision_resolved=precision,
@@ -198,8 +196,9 @@ def run_train(cfg: TrainConfig) -> TrainResult:
             epoch, epoch_end = step // steps_per_epoch, step % steps_per_epoch == 0
             if step % cfg.log_every == 0 or step == stop_at or epoch_end:
                 bar.set_postfix(loss=f"{_log_window(window, state.totals, log, step, lr, info, steps_per_epoch):.3f}")
-            if epoch_end:  # the epoch's evaluation, its record and its checkpoints
-                state.end_epoch(step, epoch, validate, weak=LOSSES[cfg.loss].needs_weak, skip_missing=cfg.skip_missing)
+            if epoch_end:  # the epoch's evaluation, its record and its checkpoints (the last: its predictions)
+                state.end_epoch(step, epoch, validate, weak=LOSSES[cfg.loss].needs_weak, skip_missing=cfg.skip_missing,
+                                final=step >= total_steps)
         bar.close()
 
         # -- finish ----------------------------------------------------------------------------------
@@ -230,6 +229,7 @@ class RunState:
     totals: EpochTotals | None = None
     best_top1: float | None = None
     val: dict | None = None  # the last evaluation's figures
+    run_dir: str = ""
 
     @property
     def averaged(self) -> torch.nn.Module | None:
@@ -245,6 +245,7 @@ class RunState:
         """The step the run starts at: 0 (config.json written), or where last.pt left off (--resume:
         the weights, optimizer, generators and the epoch's figures restored)."""
         step, sums = 0, {}
+        self.run_dir = run_dir
         if cfg.resume:
             step, self.best_top1, sums = resume(os.path.join(run_dir, "last.pt"), settings, run_dir, model=self.model,
                                                 optimizer=self.optimizer, scaler=self.scaler, ema=self.averaged,
@@ -256,11 +257,15 @@ class RunState:
         self.log.open_board(step)
         return step
 
-    def end_epoch(self, step: int, epoch: int, validate, *, weak: bool, skip_missing: bool) -> None:
+    def end_epoch(self, step: int, epoch: int, validate, *, weak: bool, skip_missing: bool, final: bool = False) -> None:
         """The epoch's evaluation (every rank's normalisation statistics averaged first), its record,
-        best.pt where it is the best so far, and last.pt."""
+        best.pt where it is the best so far, and last.pt; the last epoch's per-sample predictions
+        (evaluation/predictions.py), for report's per-class tables, paired tests and misfit."""
         distributed.sync_norm_stats((self.model, self.averaged), self.info.world_size)
-        self.val, record = _validation(validate, self.model, self.averaged, step, epoch)
+        self.val, record = _validation(validate, self.model, self.averaged, step, epoch, keep=final)
+        kept = (self.val or {}).pop("predictions", None)
+        if kept is not None and self.info.is_main:
+            write_predictions(predictions_file(self.run_dir, self.val["split"]), kept)
         if self.val and (self.best_top1 is None or self.val["top1"] > self.best_top1):
             self.best_top1 = self.val["top1"]
             self.checkpoints.save_best(self.model, step=step, epoch=epoch, best_top1=self.best_top1)
@@ -329,13 +334,21 @@ def _members(cfg: TrainConfig, inputs: Inputs, info) -> Members | None:
                    topk=cfg.specialist_topk, world_size=info.world_size, assigner=inputs.assigner is not None)
 
 
-def _student(cfg: TrainConfig, strong: str, num_classes: int, device, embedded: dict | None = None,
-             data_name: str | None = None):
+def _epoch_steps(cfg: TrainConfig, inputs: Inputs, probe, world_size: int) -> int:
+    """Optimizer steps in an epoch: a probe's every row once, its last partial batch kept (probe_steps);
+    a run on the shards, whole steps of the samples (the stream is endless: the remainder of one epoch
+    begins the next, so none is dropped between epochs; an epoch is where the evaluation falls)."""
+    if probe:
+        return probe_steps(len(probe.rows), cfg.batch_size, cfg.grad_accum, world_size)
+    return max(1, _count(cfg, inputs) // (cfg.batch_size * cfg.grad_accum * world_size))
+
+
+def _student(cfg: TrainConfig, strong: str, inputs: Inputs, device):
     """The strong model on `device`, and its evaluation data config (with --crop-pct: evaluation's
     geometry, saved with every checkpoint for `eval` and `label`); a --features probe's is the
-    feature store's (`embedded`): the input its backbone saw. Under --linear-probe only the
-    classifier trains."""
-    model, data_config = build_strong(strong, num_classes, img_size=cfg.img_size or (
+    feature store's: the input its backbone saw. Under --linear-probe only the classifier trains."""
+    embedded = embedded_input(cfg.features, cfg.img_size) if cfg.features else None
+    model, data_config = build_strong(strong, inputs.num_classes, img_size=cfg.img_size or (
         embedded["input_size"][-1] if embedded else None), pretrained=cfg.pretrained,
         checkpoint=cfg.strong_checkpoint, drop_path=cfg.drop_path, head_init_std=cfg.head_init_std,
         head_hidden=cfg.head_hidden, keep_head=cfg.keep_head, head_seed=cfg.seed)
@@ -343,7 +356,7 @@ def _student(cfg: TrainConfig, strong: str, num_classes: int, device, embedded: 
         data_config = dict(embedded)
     if cfg.crop_pct:
         data_config = {**data_config, "crop_pct": cfg.crop_pct}
-    seen = seen_labels(model, data_name) if cfg.pretrained else None
+    seen = seen_labels(model, inputs.record.get("name")) if cfg.pretrained else None
     if seen and distributed.dist_info().is_main:
         print(f"warning: {seen}", file=sys.stderr)
     model.to(device)
@@ -455,7 +468,7 @@ def _probe(cfg: TrainConfig, inputs: Inputs, strong: str, model, device) -> Prob
     if not cfg.no_eval:
         val = feature_store(default_val_features(cfg, inputs.val, strong), "--val-features", strong, model, weights)
         inputs.record["val_features"] = val.url
-        validate = probe_validator(validation_rows(val), device)
+        validate = probe_validator(validation_rows(val), device, split=val.attrs["data"]["split"])
     return Probe(rows, validate, device)
 
 
@@ -478,16 +491,16 @@ def _validator(val, data_config: dict, **loading):
     """model -> {"top1", "top5", "samples"} on the validation shards `val`, or None without them."""
     if val is None:
         return None
-    return lambda module: evaluate(module, list(val.urls), data_config, image_fields=val.image_fields,
-                                   label_field=val.label_field, **loading)
+    return lambda module, keep=False: {**evaluate(module, list(val.urls), data_config, image_fields=val.image_fields,
+                                                  label_field=val.label_field, keep=keep, **loading), "split": val.split}
 
 
-def _validation(validate, model, averaged, step: int, epoch: int) -> tuple[dict | None, dict]:
-    """The model's validation figures (None without validation) and the epoch record with them and
-    the weight average's."""
+def _validation(validate, model, averaged, step: int, epoch: int, keep: bool = False) -> tuple[dict | None, dict]:
+    """The model's validation figures (None without validation; with `keep`, its per-sample
+    predictions too) and the epoch record with them and the weight average's."""
     watchdog.beat("the epoch's evaluation, then its checkpoints (under torchrun, with every rank)")
     record = {"kind": "epoch", "step": step, "epoch": epoch}
-    val = validate(model) if validate is not None else None
+    val = validate(model, keep=keep) if validate is not None else None
     if val:
         if averaged is not None:
             ema_val = validate(averaged)

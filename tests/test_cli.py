@@ -130,6 +130,8 @@ def test_train_options_are_frozen():
         # the methods after the paper (issue 28)
         "--ensemble-lr", "--easy-epochs", "--specialist-topk", "--specialist-by", "--evidential-gamma", "--classes",
         "--head-hidden",
+        # probes as OpenAI's protocol (issue 33)
+        "--keep-head", "--cosine-floor",
     ])
 
 

@@ -67,6 +67,7 @@ WEIGHT_BY = ("confidence", "margin")
 STORE_VIEWS = ("auto", "center", "replay")
 
 SCHEDULES = ("cosine", "step", "const")  # optim.Schedule
+COSINE_FLOORS = ("last", "after")  # where a cosine reaches --min-lr: the last step, or one past the end (PyTorch's)
 RAMPS = ("epoch", "step")  # how augconf's alpha ramps: per epoch (official) or per step
 BAD_SAMPLE_POLICIES = ("fail", "skip")  # label --on-bad-sample
 EVAL_PICKS = ("last", "best", "ema")  # eval --pick: a run's checkpoints

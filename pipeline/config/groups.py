@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from ...errors import W2SError
-from .choices import DECODE_OPTIONS, ENSEMBLES, LOSSES, PRECISION_OPTIONS, RAMPS, RANK_BY, SCHEDULES, WEIGHT_BY
+from .choices import COSINE_FLOORS, DECODE_OPTIONS, ENSEMBLES, LOSSES, PRECISION_OPTIONS, RAMPS, RANK_BY, SCHEDULES, WEIGHT_BY
 from .options import bad, option
 
 KW = dict(frozen=True, kw_only=True)
@@ -233,7 +233,7 @@ class Schedule:
     cosine_floor: str = option("last", "cosine: where the rate reaches --min-lr. last: at the run's last step. after: "
                                        "one step past the end, as PyTorch's CosineAnnealingLR (T_max = the run's "
                                        "steps) and timm's train.py decay, and as OpenAI's probe (train_logreg).",
-                               choices=("last", "after"))
+                               choices=COSINE_FLOORS)
     warmup_epochs: int = option(0, "Epochs of linear warm-up from --warmup-lr to --lr, counted inside --epochs.",
                                 at_least=0)
     warmup_lr: float = option(1e-5, "The rate of the first warm-up step.", at_least=0)

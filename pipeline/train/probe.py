@@ -23,6 +23,7 @@ import torch
 from ...errors import W2SError
 from ...storage import open_store, schema
 from ...storage.fsutil import absolute
+from ..evaluation.predictions import Predictions
 from ..image.preprocess import DATA_CONFIG_KEYS
 from ..loaders.join import StoreJoin
 from ..models.checkpoint import file_sha256
@@ -43,6 +44,7 @@ class ProbeRows:
     target: torch.Tensor | None = None
     trust: torch.Tensor | None = None
     ids: torch.Tensor | None = None  # the samples' ids in the label store (--ensemble learned-sample)
+    keys: list[str] | None = None  # the samples' keys (validation rows: its kept predictions name them)
 
     def __len__(self) -> int:
         return len(self.features)
@@ -168,7 +170,8 @@ def validation_rows(store) -> ProbeRows:
     if any(p.labels is None for p in parts if p.keys):
         raise W2SError(f"validation feature store {store.url} carries no labels", option="--val-features")
     return ProbeRows(torch.from_numpy(np.concatenate([p.arrays["features"] for p in parts])),
-                     target=torch.from_numpy(np.concatenate([p.labels for p in parts if p.keys]).astype(np.int64)))
+                     target=torch.from_numpy(np.concatenate([p.labels for p in parts if p.keys]).astype(np.int64)),
+                     keys=[k for p in parts for k in p.keys])
 
 
 def default_val_features(cfg, val, strong: str) -> str:
@@ -234,13 +237,15 @@ class ProbeInputs:
                 "trust": batch.get("trust"), "ids": batch.get("ids"), "dropped": 0, "share": raw.get("share", 1.0)}
 
 
-def probe_validator(rows: ProbeRows, device, batch_size: int = 4096):
-    """model -> {"top1", "top5", "samples"} of its classifier on the validation features."""
-    def validate(model) -> dict:
+def probe_validator(rows: ProbeRows, device, batch_size: int = 4096, split: str = "val"):
+    """(model, keep=False) -> {"top1", "top5", "samples", "split"} of its classifier on the validation
+    features; with `keep`, "predictions" too (evaluation/predictions.Predictions)."""
+    def validate(model, keep: bool = False) -> dict:
         head = model.get_classifier()
         was_training = head.training
         head.eval()
         top1 = top5 = 0
+        kept = []
         with torch.inference_mode():
             for start in range(0, len(rows), batch_size):
                 logits = head(rows.features[start: start + batch_size].to(device).float()).float()
@@ -248,9 +253,14 @@ def probe_validator(rows: ProbeRows, device, batch_size: int = 4096):
                 top = logits.topk(min(5, logits.shape[1]), dim=1).indices
                 top1 += int((top[:, 0] == y).sum())
                 top5 += int((top == y[:, None]).any(1).sum())
+                if keep:
+                    kept.append(logits.cpu().numpy())
         head.train(was_training)
         n = max(1, len(rows))
-        return {"top1": top1 / n, "top5": top5 / n, "samples": len(rows)}
+        out = {"top1": top1 / n, "top5": top5 / n, "samples": len(rows), "split": split}
+        if keep:
+            out["predictions"] = Predictions.from_logits(rows.keys, rows.target.numpy(), np.concatenate(kept))
+        return out
     return validate
 
 
