@@ -362,15 +362,26 @@ def studies():
 @click.option("--format", "fmt", type=click.Choice(["md", "json"]), default="md", show_default=True,
               help="What to print: the Markdown table, or the whole report as JSON for scripts.")
 @click.option("--no-plots", is_flag=True, help="Skip the figures.")
+@click.option("--reference", default=None, metavar="LOSS",
+              help="The loss every weak-to-strong row is paired against, seed by seed on the same store(s): the mean "
+                   "difference with its 95% interval, a verdict only where it excludes 0, and the seeds that would "
+                   "show a difference not yet shown [default: hard].")
+@click.option("--per-class", is_flag=True, help="Per-class top-1 of each row, from the runs' kept predictions.")
+@click.option("--pair", nargs=2, default=None, metavar="RUN_A RUN_B",
+              help="Two runs of the same seed and store(s) compared sample by sample on their kept predictions "
+                   "(McNemar's exact test, and their agreement).")
 @click.pass_context
-def report(ctx, workspace, out, fmt, no_plots):
+def report(ctx, workspace, out, fmt, no_plots, reference, per_class, pair):
     """Weak model, strong ceiling and every weak-to-strong run of a workspace (default: the current
-    one) with validation top-1 and performance gap recovered, PGR = (w2s - weak) / (ceiling - weak);
-    figures: accuracy per method, the weak labels' calibration, beta/alpha over training, curves.
-    Few-shot figures that `eval --run RUN --episodes N` recorded come as their own table."""
+    one) with validation top-1 and performance gap recovered, PGR = (w2s - weak) / (ceiling - weak),
+    each row's paired difference to the reference row, and what predicts the gain (each run's
+    misfit to its weak model beside its gain); figures: accuracy per method, the weak labels'
+    calibration, beta/alpha over training, curves, gain against misfit. Few-shot figures that
+    `eval --run RUN --episodes N` recorded come as their own table."""
     from .stages.report import ReportConfig, run_report
 
-    result = run_report(ReportConfig(workspace=workspace or ctx.obj["workspace"], out=out, plots=not no_plots))
+    result = run_report(ReportConfig(workspace=workspace or ctx.obj["workspace"], out=out, plots=not no_plots,
+                                     reference=reference, per_class=per_class, pair=tuple(pair) if pair else None))
     click.echo(json.dumps(result, default=str)) if fmt == "json" else _echo(result)
 
 

@@ -20,11 +20,19 @@ from dataclasses import dataclass
 from ..errors import W2SError
 from ..pipeline.config.choices import LOSSES
 from ..pipeline.evaluation.fewshot import SETTING
-from ..pipeline.report import plots
+from ..pipeline.report import comparisons, plots
+from ..pipeline.report.markdown import (  # noqa: F401  (re-exported: demo and study print these)
+    few_shot_markdown,
+    markdown_table,
+    misfit_markdown,
+    noise_notes,
+    notes,
+    pair_markdown,
+    per_class_markdown,
+)
 from ..pipeline.report.measures import mean_std, pgr
 from ..pipeline.report.results import load_run, load_store, report_workspace, weak_accuracy
 from ..pipeline.runtime.workspace import slug
-from ..pipeline.sources.noise import described
 from .train_config import option_defaults
 
 LOSS_ORDER = [name for name in LOSSES if name != "gt"][::-1]  # hard, kd, augconf, adaptconf
@@ -35,19 +43,30 @@ class ReportConfig:
     workspace: str | None = None
     out: str | None = None  # default <workspace>/report; report.md and report.json are both written
     plots: bool = True
+    reference: str | None = None  # the loss every weak-to-strong row is paired against [default: hard]
+    per_class: bool = False  # a per-class top-1 table from the runs' kept predictions
+    pair: tuple[str, str] | None = None  # two runs compared sample by sample (McNemar)
 
 
-def build_report(workspace) -> dict:
+def build_report(workspace, reference: str | None = None) -> dict:
     ws = report_workspace(workspace)
     runs, stores, unreadable, unfinished = _read_workspace(ws)
     if not runs and not stores and not unreadable and not unfinished:
         raise W2SError(f"nothing to report in {ws}: no runs/ and no stores/ (run `w2s-pipe demo`, or pass the workspace)")
     _assign_roles(runs, stores, ws)
     _against_ceilings(runs)
+    for r in runs:
+        if r["role"] == "w2s":
+            comparisons.run_misfit(r)
     rows = _rows(runs)
+    by_name = {r["name"]: r for r in runs}
+    comparisons.check_reference(rows, reference or "hard", given=reference is not None)
+    comparisons.against_reference(rows, by_name, reference or "hard")
+    for row in rows:
+        comparisons.row_misfit(row, by_name)
     return {"workspace": str(ws), "rows": rows, "runs": runs, "stores": stores, "unreadable": unreadable,
             "unfinished": [{"name": r["name"], "epochs_done": len(r["curve"])} for r in unfinished],
-            "few_shot": few_shot_tables(rows, runs)}
+            "few_shot": few_shot_tables(rows, runs), "reference": reference or "hard"}
 
 
 def _read_workspace(ws) -> tuple[list, list, list, list]:
@@ -135,6 +154,7 @@ def _rows(runs: list[dict]) -> list[dict]:
             "label": _label(role, model, weak, loss, gt, members)
             + (" (" + ", ".join(f"{k}={v}" for k, v in distinct.items()) + ")" if distinct else ""),
             "runs": [r["name"] for r in members], "seeds": sorted({s for s in seeds if s is not None}, key=str),
+            "settings": members[0]["settings"],
             "top1_mean": top1[0], "top1_std": top1[1], "n": len({s for s in seeds}),
             "repeated_seeds": repeated,
         }
@@ -171,21 +191,6 @@ def few_shot_tables(rows: list[dict], runs: list[dict]) -> list[dict]:
     return out
 
 
-def few_shot_markdown(table: dict) -> str:
-    """A few-shot table: its setting in a heading line, then a row per method."""
-    s = table["setting"]
-    shots = sorted({k for r in table["rows"] for k in r["shots"]})
-    head = (f"Few-shot on {s['data']} {s['split']}: {s['ways']}-way, {s['queries']} queries per class, "
-            f"{s['episodes']} episodes (seed {s['episode_seed']}, the same for every model), scored on {s['labels']}; "
-            "cosine nearest centroid of pooled features, final weights")
-    lines = [head, "", "| method | runs | " + " | ".join(f"{s['ways']}-way {k}-shot (%)" for k in shots) + " |",
-             "|---|---|" + "---|" * len(shots)]
-    for r in table["rows"]:
-        cells = [_pct(*r["shots"][k]) if k in r["shots"] else "" for k in shots]
-        lines.append(f"| {r['label']} | {r['n']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def _assign_roles(runs: list[dict], stores: list[dict], ws) -> None:
     """Each run's role (weak, w2s, ceiling, other), and for a weak-to-strong run its weak model, the
     run that trained it and the weak model's accuracy (PGR's weak figure): from the store it trained
@@ -219,6 +224,7 @@ def _assign_roles(runs: list[dict], stores: list[dict], ws) -> None:
             r["weak_run"] = weak_run["name"] if weak_run else None
             t = teachers.get(teacher.get("checkpoint")) or {}
             r["weak_top1"], r["weak_top1_from"] = t.get("weak_top1"), t.get("weak_top1_from", "no teacher checkpoint")
+            r["weak_predictions"], r["weak_predictions_from"] = t.get("weak_predictions"), r["weak_top1_from"]
             r["weak_model"] = teacher.get("model")
         elif r["data"].get("store") and (r["loss"] not in LOSSES or LOSSES[r["loss"]].needs_weak):  # not --loss gt's
             r["role"] = "w2s"
@@ -230,9 +236,11 @@ def _assign_roles(runs: list[dict], stores: list[dict], ws) -> None:
                 r["weak_run"] = weak_run["name"] if weak_run else None
             if store:
                 r["weak_top1"], r["weak_top1_from"] = store["weak_top1"], store["weak_top1_from"]
+                r["weak_predictions"], r["weak_predictions_from"] = store.get("weak_predictions"), r["weak_top1_from"]
             r["weak_model"] = store["weak_model"] if store else r["data"].get("weak")
             if r["data"].get("ensemble"):  # not the first member's figure: the ensemble is another teacher
                 r["weak_model"] = r["data"].get("weak")
+                r["weak_predictions"], r["weak_predictions_from"] = None, "an ensemble is no one weak model"
                 r["weak_top1"], r["weak_top1_from"] = None, (
                     f"an ensemble of {len(r['data']['ensemble']['members'])} stores, whose own validation top-1 "
                     "report does not measure")
@@ -300,77 +308,6 @@ def _label(role, model, weak, loss, gt, members) -> str:
     return f"{model}{probe} {loss} on {members[0]['data'].get('split', '?')}"
 
 
-def _pct(mean, std, signed=False) -> str:
-    if mean is None:
-        return "n/a"
-    fmt = "{:+.2f}" if signed else "{:.2f}"
-    return fmt.format(100 * mean) + (f" ± {100 * std:.2f}" if std is not None else "")
-
-
-def _num(mean, std) -> str:
-    return "n/a" if mean is None else f"{mean:.3f}" + (f" ± {std:.3f}" if std is not None else "")
-
-
-def markdown_table(report: dict) -> str:
-    lines = ["| method | setting | seeds | top-1 (%) | PGR | vs ceiling (points) |", "|---|---|---|---|---|---|"]
-    def partial(row, key):  # a PGR is undefined for seeds whose ceiling does not beat the weak model
-        n = row.get(f"{key}_n")
-        return f" (n={n})" if n is not None and n < row["n"] else ""
-
-    for row in report["rows"]:
-        pgr_cell = _num(row.get("pgr_mean"), row.get("pgr_std")) + partial(row, "pgr") if "pgr_mean" in row else ""
-        delta_cell = (_pct(row.get("delta_mean"), row.get("delta_std"), signed=True) + partial(row, "delta")
-                      if "delta_mean" in row else "")
-        lines.append(f"| {row['label']} | {row['setting']} | {row['n']} | {_pct(row['top1_mean'], row['top1_std'])} | "
-                     f"{pgr_cell} | {delta_cell} |")
-    return "\n".join(lines)
-
-
-def notes(report: dict) -> list[str]:
-    """What the table leaves out or cannot say, one line each: rows without a ceiling, seeds run
-    twice, unfinished runs, and what could not be read, with why."""
-    lines = []
-    for row in report["rows"]:
-        if row.get("no_ceiling"):
-            lines.append(f"- {row['label']}: no ceiling matches (same data, split, strong model and recipe), so no PGR; "
-                         f"`w2s-pipe train --loss gt` with that model and recipe on the labelled split supplies it")
-        by_name = {r["name"]: r for r in report["runs"]}
-        missing = [(by_name[n]["seed"], by_name[n]["pgr_missing"]) for n in row["runs"]
-                   if n in by_name and by_name[n].get("pgr_missing") and not row.get("no_ceiling")]
-        if missing:
-            lines.append(f"- {row['label']}: PGR undefined for {len(missing)} of {row['n']} seeds: "
-                         + "; ".join(f"seed {seed}: {why}" for seed, why in missing))
-        if row.get("repeated_seeds"):
-            lines.append(f"- {row['label']}: seed {', '.join(map(str, row['repeated_seeds']))} was run more than once "
-                         f"({', '.join(row['runs'])}); the row counts each seed once in n but averages every run")
-    lines += noise_notes(report["runs"])
-    for r in report.get("unfinished", []):
-        lines.append(f"- run {r['name']}: unfinished or crashed ({r['epochs_done']} epochs logged); left out of every mean")
-    for x in report.get("unreadable", []):
-        lines.append(f"- {x['what']} {x['name']}: could not be read, left out: {x['why']}")
-    return lines
-
-
-def noise_notes(runs: list[dict]) -> list[str]:
-    """One line per noise the runs' training labels carried (`prepare --label-noise`), saying that
-    every top-1 is against clean labels: the validation split is not noised, or was scored against
-    the clean field its shards keep."""
-    seen = defaultdict(list)
-    for r in runs:
-        if r["data"].get("label_noise"):
-            seen[(r["data"].get("name"), json.dumps(r["data"]["label_noise"], sort_keys=True))].append(r)
-    lines = []
-    for (name, noise), members in seen.items():
-        record = json.loads(noise)
-        part = (f" in {record['noised_shards']} of its {record['shards']} shards" if "noised_shards" in record else "")
-        fields = sorted({r["data"]["val_labels"] for r in members if r["data"].get("val_labels")})
-        scored = (f"validation scored against the clean labels its shards keep ({', '.join(fields)})" if fields
-                  else "the validation split is not noised")
-        lines.append(f"- noisy labels: {len(members)} runs trained on {name} shards whose ground-truth labels carry "
-                     f"{described(record)}{part}; every top-1 is against clean labels ({scored})")
-    return lines
-
-
 def write_plots(report: dict, out: str) -> list[str]:
     files = []
     palette = {"weak": "#c44e52", "ceiling": "#55a868", "w2s": "#4c72b0", "other": "#8c8c8c"}
@@ -391,6 +328,10 @@ def write_plots(report: dict, out: str) -> list[str]:
     if schedule:
         files.append(plots.curves(schedule, os.path.join(out, "beta-alpha.png"), xlabel="step",
                                   ylabel="mean beta (adaptconf) / alpha (augconf)", title="confidence weight over training"))
+    points = [{"label": row["label"], **by_name[n]["misfit"]} for row in report["rows"] for n in row["runs"]
+              if by_name[n].get("misfit")]
+    if points:
+        files.append(plots.gain_vs_misfit(points, os.path.join(out, "gain-vs-misfit.png")))
     curves = {row["label"]: _mean_series([by_name[n]["curve"] for n in row["runs"]]) for row in report["rows"]}
     curves = {k: v for k, v in curves.items() if v}
     if curves:
@@ -410,22 +351,40 @@ def _mean_series(series: list[list]) -> list[tuple[float, float]]:
 class ReportResult(dict):
     """`run_report`'s report (a dict, as report.json holds it), with its summary."""
 
+    def sections(self) -> list[str]:
+        """The tables after the main one: what predicts the gain, per class, a pair, few-shot."""
+        out = [misfit_markdown(self)]
+        if self.get("per_class"):
+            out.append(per_class_markdown(self["per_class"]))
+        if self.get("pair"):
+            out.append(pair_markdown(self["pair"]))
+        out += [few_shot_markdown(table) for table in self["few_shot"]]
+        return [x for x in out if x]
+
     def summary(self) -> list[str]:
         lines = [f"workspace {self['workspace']}", "", markdown_table(self), *notes(self)]
-        for table in self["few_shot"]:
-            lines += ["", few_shot_markdown(table)]
+        for section in self.sections():
+            lines += ["", section]
         return [*lines, "", f"report {self['markdown']}"]
 
 
 def run_report(cfg: ReportConfig) -> ReportResult:
-    report = ReportResult(build_report(cfg.workspace))
+    report = ReportResult(build_report(cfg.workspace, cfg.reference))
+    by_name = {r["name"]: r for r in report["runs"]}
+    if cfg.per_class:
+        report["per_class"] = comparisons.per_class_table(report["rows"], by_name)
+    if cfg.pair:
+        missing = [n for n in cfg.pair if n not in by_name]
+        if missing:
+            raise W2SError(f"report --pair: no finished run {missing[0]!r} in {report['workspace']}", option="--pair")
+        report["pair"] = comparisons.pair_runs(by_name[cfg.pair[0]], by_name[cfg.pair[1]])
     out = cfg.out or os.path.join(report["workspace"], "report")
     os.makedirs(out, exist_ok=True)
     files = write_plots(report, out) if cfg.plots else []
     report["files"] = files
     md = [f"# w2s-pipe report: {report['workspace']}", "", markdown_table(report), "", *notes(report), ""]
-    for table in report["few_shot"]:
-        md += [few_shot_markdown(table), ""]
+    for section in report.sections():
+        md += [section, ""]
     for s in report["stores"]:
         acc = f", weak-label accuracy {100 * s['weak_label_accuracy']:.2f}%, ECE {s['ece']:.4f}" if "ece" in s else ""
         if "weak_label_accuracy_clean" in s:

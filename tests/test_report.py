@@ -69,7 +69,8 @@ def test_report_numbers_are_the_runs_numbers(quick_demo):
     for store in report["stores"]:
         run = os.path.basename(os.path.dirname(store["weak_checkpoint"]))
         assert store["weak_top1"] == top1[run], store["name"]
-    assert len(os.listdir(os.path.join(out, "report", "weak-accuracy"))) == 2
+    cached = sorted(os.listdir(os.path.join(out, "report", "weak-accuracy")))
+    assert sorted(os.path.splitext(n)[1] for n in cached) == [".json", ".json", ".parquet", ".parquet"]  # + predictions
     gt_row = rows["test_resnet from test_vit: kd + gt"]
     deltas = [top1[f"s{s}-kd-gt1.0"] - top1[f"s{s}-ceiling"] for s in (0, 1)]
     assert gt_row["delta_mean"] == pytest.approx(np.mean(deltas))
@@ -249,3 +250,86 @@ def test_a_run_from_before_an_option_existed_shares_the_row_of_its_default(quick
     rows = [row for row in run_report(ReportConfig(workspace=ws, plots=False))["rows"]
             if row["label"].startswith("test_resnet from test_vit: kd") and not row["gt_weight"]]
     assert len(rows) == 1 and "s1-kd-old" in rows[0]["runs"] and rows[0]["repeated_seeds"] == [1]
+
+
+def test_rows_are_paired_by_seed_against_hard_labels(quick_demo):
+    """Each row's difference to hard labels, seed by seed on the same store, and Student's t interval over
+    the seeds, from the runs' own figures; hard's 70%-kept row against hard on all labels."""
+    from scipy import stats
+
+    out, report, _ = quick_demo
+    top1 = {name: final_top1(os.path.join(out, "runs", name)) for name in os.listdir(os.path.join(out, "runs"))}
+    rows = {row["label"]: row for row in report["rows"]}
+    hard = "test_resnet from test_vit: hard"
+    assert rows[hard]["vs"] == {"reference": "itself", "loss": "hard"}
+    vs = rows["test_resnet from test_vit: adaptconf"]["vs"]
+    d = [top1[f"s{s}-adaptconf"] - top1[f"s{s}-hard"] for s in (0, 1)]
+    assert vs["reference"] == hard and vs["diffs"] == {0: pytest.approx(d[0]), 1: pytest.approx(d[1])}
+    assert vs["mean"] == pytest.approx(np.mean(d))
+    if np.std(d) > 0:
+        half = stats.t.ppf(0.975, 1) * np.std(d, ddof=1) / np.sqrt(2)
+        assert (vs["lo"], vs["hi"]) == (pytest.approx(np.mean(d) - half), pytest.approx(np.mean(d) + half))
+    kept = next(r for label, r in rows.items() if "70% by margin" in label)
+    assert kept["vs"]["reference"] == hard
+    assert rows["test_resnet from test_vit: kd + gt"]["vs"]["reference"] == "test_resnet from test_vit: hard + gt"
+    table = report.summary()
+    assert any("| vs hard: paired Δ, 95% interval (points) |" in line for line in table)
+    with pytest.raises(W2SError, match=r"--reference evidential: no weak-to-strong row trained with --loss evidential; "
+                                       r"the rows' losses: adaptconf, augconf, hard, kd"):
+        run_report(ReportConfig(workspace=out, plots=False, reference="evidential"))
+
+
+def test_misfit_per_class_and_pairs_come_from_the_kept_predictions(quick_demo, tmp_path):
+    """Each run kept its final predictions on val; the misfit to its weak model (here the store's checkpoint is
+    the weak run's last.pt, so the weak run's own kept predictions are the weak model's), per-class top-1 and
+    McNemar's counts, all recomputed here from the Parquet files with numpy alone."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    out, _, _ = quick_demo
+    report = run_report(ReportConfig(workspace=out, plots=True, per_class=True, pair=("s0-hard", "s0-kd")))
+
+    def read(run):
+        t = pq.read_table(os.path.join(out, "runs", run, "predictions-val.parquet")).to_pydict()
+        return np.array(t["label"]), np.array(t["pred"]), np.array(t["logits"], np.float64), t["key"]
+
+    y, student, s_logits, keys = read("s0-kd")
+    _, weak, w_logits, weak_keys = read("s0-weak")
+    assert keys == weak_keys and len(keys) == 300
+    p = np.exp(s_logits - s_logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    q = np.exp(w_logits - w_logits.max(1, keepdims=True))
+    q /= q.sum(1, keepdims=True)
+    run = next(r for r in report["runs"] if r["name"] == "s0-kd")
+    assert run["misfit"]["disagree"] == pytest.approx(np.mean(student != weak))
+    assert run["misfit"]["kl"] == pytest.approx(np.mean(np.sum(p * np.log(p / q), 1)), rel=1e-4)
+    rows_ = np.arange(300)
+    gain = np.mean(-np.log(q[rows_, y])) - np.mean(-np.log(p[rows_, y]))
+    assert run["misfit"]["gain_ce"] == pytest.approx(gain, rel=1e-4)
+    assert run["misfit"]["gain_top1"] == pytest.approx(np.mean(student == y) - np.mean(weak == y))
+    assert os.path.exists(os.path.join(out, "report", "gain-vs-misfit.png"))
+    assert any(section.startswith("What predicts the gain") for section in report.sections())
+    # per class: the kd row's class 3, the mean over its two runs
+    kd_row = next(r for r in report["per_class"]["rows"] if r["label"] == "test_resnet from test_vit: kd")
+    per_run = []
+    for s in (0, 1):
+        y_s, pred_s, _, _ = read(f"s{s}-kd")
+        per_run.append(np.mean(pred_s[y_s == 3] == 3))
+    assert kd_row["top1"][3] == pytest.approx(np.mean(per_run)) and kd_row["runs"] == 2
+    # a pair: the samples only one of them gets right
+    _, hard, _, _ = read("s0-hard")
+    pair = report["pair"]
+    assert (pair["a_only"], pair["b_only"]) == (int(np.sum((hard == y) & (student != y))),
+                                                int(np.sum((hard != y) & (student == y))))
+    with pytest.raises(W2SError, match=r"--pair s0-hard s1-kd: a paired check compares runs that share the seed and "
+                                       r"the store\(s\); these differ in seed 0 against 1; stores"):
+        run_report(ReportConfig(workspace=out, plots=False, pair=("s0-hard", "s1-kd")))
+    with pytest.raises(W2SError, match=r"--pair: no finished run 'nope'"):
+        run_report(ReportConfig(workspace=out, plots=False, pair=("s0-hard", "nope")))
+    # runs from before predictions were kept: --per-class says how to get them
+    old = tmp_path / "old"
+    shutil.copytree(out, old, ignore=shutil.ignore_patterns("predictions-*.parquet"))
+    with pytest.raises(W2SError, match=r"--per-class: no run of this workspace kept its predictions .*"
+                                       r"`w2s-pipe eval --run RUN` keeps a run's"):
+        run_report(ReportConfig(workspace=str(old), plots=False, per_class=True))

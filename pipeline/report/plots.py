@@ -118,3 +118,38 @@ def class_counts(classes: list, series: dict[str, list[int]], path: str, title: 
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def gain_vs_misfit(points: list[dict], path: str, title: str = "gain against misfit, per run") -> str:
+    """points: {"label", "kl", "gain_ce", "disagree", "gain_top1"}, one per run. Left: the gain in
+    cross-entropy over the weak model against the misfit KL(student || weak), with the bound's line
+    gain = misfit (Mulgund & Pabbaraju, ICML 2025: for the cross-entropy, gain >= misfit). Right: the
+    top-1 gain against the argmax disagreement, where no bound holds, for comparison."""
+    plt = _plt()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    labels = sorted({p["label"] for p in points})
+    colors = plt.get_cmap("tab10")
+    for i, label in enumerate(labels):
+        mine = [p for p in points if p["label"] == label]
+        ce = [p for p in mine if p["kl"] is not None]
+        left.scatter([p["kl"] for p in ce], [p["gain_ce"] for p in ce], s=22, color=colors(i % 10), label=label)
+        right.scatter([p["disagree"] for p in mine], [p["gain_top1"] for p in mine], s=22, color=colors(i % 10))
+    kls = [p["kl"] for p in points if p["kl"] is not None]
+    if kls:
+        top = max(kls) * 1.1 or 1.0
+        left.plot([0, top], [0, top], "k--", lw=1, label="gain = misfit (the bound)")
+    left.axhline(0, color="#888", lw=0.5)
+    left.set_xlabel("misfit: KL(student ‖ weak), nats")
+    left.set_ylabel("gain: CE(weak) − CE(student), nats")
+    left.set_title(title)
+    left.legend(fontsize=7, loc="best")
+    right.axhline(0, color="#888", lw=0.5)
+    right.set_xlabel("argmax disagreement with the weak model")
+    right.set_ylabel("top-1 gain over the weak model")
+    right.set_title("top-1 gain against disagreement")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -13,6 +13,7 @@ from ...storage import open_store
 from ..config.choices import LOSSES
 from ..evaluation.accuracy import evaluate_checkpoint
 from ..evaluation.fewshot import recorded
+from ..evaluation.predictions import write_predictions
 from ..runtime.workspace import slug, workspace_dir
 from ..sources.noise import clean_accuracy, described, store_noise
 from .measures import reliability
@@ -130,15 +131,20 @@ def load_store(url: str) -> dict | None:
 def weak_accuracy(store: dict, cache_dir: str, workspace: str) -> tuple[float | None, str]:
     """The validation top-1 of the very checkpoint that labelled `store` (not its run's last epoch,
     which differs when the store was labelled from best.pt or another file), evaluated once and
-    cached by the checkpoint's sha256 under `cache_dir` (a finished store is never written to).
+    cached by the checkpoint's sha256 under `cache_dir` (a finished store is never written to), with
+    its per-sample predictions beside (store["weak_predictions"]: {"path", "split"}, for the misfit).
     Returns (top-1 or None, where it came from or why it is missing)."""
     checkpoint, sha = store["weak_checkpoint"], store.get("weak_checkpoint_sha256") or ""
     if not checkpoint:
         return None, "the store was labelled by timm's pretrained weights, not a checkpoint of this workspace"
     path = os.path.join(cache_dir, f"{sha[:16]}-{slug(store['data'])}.json")
+    kept = path[: -len(".json")] + ".parquet"
     try:
         with open(path) as f:
-            return float(json.load(f)["top1"]), f"{os.path.basename(checkpoint)} evaluated (cached)"
+            cached = json.load(f)
+        if os.path.exists(kept) and cached.get("split"):  # caches from before predictions were kept: again
+            store["weak_predictions"] = {"path": kept, "split": cached["split"]}
+            return float(cached["top1"]), f"{os.path.basename(checkpoint)} evaluated (cached)"
     except (OSError, ValueError, KeyError, TypeError):
         pass
     try:
@@ -149,10 +155,11 @@ def weak_accuracy(store: dict, cache_dir: str, workspace: str) -> tuple[float | 
         if store["data"] == "shards":
             return None, f"{checkpoint} could not be evaluated (its store labelled a shard pattern, whose validation " \
                          "split is unknown)"
-        result = evaluate_checkpoint(checkpoint, data=store["data"], workers=0, workspace=workspace)
+        result = evaluate_checkpoint(checkpoint, data=store["data"], workers=0, workspace=workspace, keep=True)
     except (W2SError, OSError) as exc:
         return None, f"{checkpoint} could not be evaluated ({exc})"
     os.makedirs(cache_dir, exist_ok=True)
+    store["weak_predictions"] = {"path": write_predictions(kept, result.pop("predictions")), "split": result["split"]}
     with open(path, "w") as f:
         json.dump({"checkpoint": checkpoint, "sha256": sha, "data": result["data"], "split": result["split"],
                    "top1": result["top1"], "precision": result["precision"]}, f)
