@@ -33,6 +33,7 @@ from ..errors import W2SError
 from ..pipeline.config.choices import LOSSES
 from ..pipeline.config.groups import RECIPE_KEYS
 from ..pipeline.report import selection
+from ..pipeline.report.paired import cell as paired_cell
 from ..pipeline.runtime.workspace import workspace_dir
 from ..pipeline.sources.datasets import load_registry
 from ..pipeline.sources.shards import read_manifest
@@ -568,16 +569,19 @@ def selection_markdown(rows: list[dict], baselines: dict) -> list[str]:
     probe = f", probe ceiling {fmt(*baselines['probe ceiling'][:2])}" if "probe ceiling" in baselines else ""
     lines = [f"Chosen on the `{on}` split (best mean top-1 over seeds), scored on `{scored}`: weak model "
              f"{fmt(*baselines['weak'][:2])}, ceiling {fmt(*baselines['ceiling'][:2])}{probe}.", "",
-             f"| run | chosen | top-1 on {scored} (%) | PGR on {scored} | at the default | default's top-1 (%) |",
-             "|---|---|---|---|---|---|"]
+             f"| run | chosen | top-1 on {scored} (%) | PGR on {scored} | vs hard on {scored}: paired Δ, 95% interval "
+             "(points) | at the default | default's top-1 (%) |",
+             "|---|---|---|---|---|---|---|"]
     for row in rows:
         cell = ", ".join(f"{k}={v}" for k, v in row["cell"].items() if v is not None)
         chosen = ", ".join(f"{k}={v}" for k, v in (row.get("selected") or {}).items()) or "n/a"
         gain = "n/a" if row.get("pgr_mean") is None else f"{row['pgr_mean']:.3f}" + (
             f" ± {row['pgr_std']:.3f}" if row.get("pgr_std") is not None else "")
         default = ", ".join(f"{k}={v}" for k, v in (row.get("default") or {}).items()) or "not swept"
-        lines.append(f"| {cell} | {chosen} | {fmt(row.get('score_mean'), row.get('score_std'))} | {gain} | {default} "
-                     f"| {fmt(row.get('default_mean'), row.get('default_std'))} |")
+        vs = row.get("vs") or {}
+        vs = "reference" if vs.get("reference") == "itself" else paired_cell(vs) if vs else ""
+        lines.append(f"| {cell} | {chosen} | {fmt(row.get('score_mean'), row.get('score_std'))} | {gain} | {vs} | "
+                     f"{default} | {fmt(row.get('default_mean'), row.get('default_std'))} |")
     return lines
 
 

@@ -52,3 +52,17 @@ def test_mcnemar_is_the_exact_binomial_on_the_discordant_samples():
     assert m["p"] == pytest.approx(2 * sum(math.comb(8, k) for k in range(0, 2)) / 2 ** 8)  # 0.0703
     assert m["verdict"] == "no difference shown"
     assert mcnemar(np.ones(20, bool), np.zeros(20, bool))["verdict"] == "A better"
+
+
+def test_a_studys_chosen_rows_are_paired_with_hard_labels_of_the_same_cell():
+    from w2s_pipe.pipeline.report.selection import against
+
+    rows = [{"cell": {"loss": "hard", "store": "a", "probe": False}, "scores": {0: 0.70, 1: 0.72, 2: 0.71}},
+            {"cell": {"loss": "adaptconf", "store": "a", "probe": False}, "scores": {0: 0.75, 1: 0.78, 2: 0.76}},
+            {"cell": {"loss": "adaptconf", "store": "a", "probe": True}, "scores": {0: 0.9, 1: 0.8}},  # no hard probe
+            {"cell": {"loss": "kd", "store": "a", "probe": False}, "scores": {0: 0.69, 2: 0.70}}]
+    against(rows, "hard")
+    assert rows[0]["vs"]["reference"] == "itself" and "vs" not in rows[2]
+    assert rows[1]["vs"]["diffs"] == {0: pytest.approx(0.05), 1: pytest.approx(0.06), 2: pytest.approx(0.05)}
+    assert rows[1]["vs"]["verdict"] == "better"
+    assert rows[3]["vs"]["n"] == 2 and set(rows[3]["vs"]["diffs"]) == {0, 2}  # only the seeds both have

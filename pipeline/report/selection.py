@@ -11,6 +11,7 @@ import json
 
 from ..config.choices import LOSSES
 from .measures import mean_std, pgr
+from .paired import paired_difference
 
 
 def accuracies(markers: list[dict]) -> dict[str, dict[str, float]]:
@@ -63,7 +64,28 @@ def choose(markers: list[dict], values: dict[str, list], choose_on: str, score_o
         key = json.dumps(rest, sort_keys=True, default=str)
         groups.setdefault(key, {"cell": rest, "values": {}, "probe": _probe(m)})["values"].setdefault(
             chosen_by, []).append((meta["seed"], acc[m["id"]]))
-    return [_row(g, values, choose_on, score_on, defaults, by_role) for g in groups.values()]
+    rows = [_row(g, values, choose_on, score_on, defaults, by_role) for g in groups.values()]
+    against(rows, "hard")
+    return rows
+
+
+def against(rows: list[dict], reference: str) -> None:
+    """Each row's paired difference on the scoring split to the row of the `reference` loss with the
+    same cell otherwise (the same stores, ensemble and protocol), seed by seed (paired.py)."""
+    def rest(row):
+        return json.dumps({k: v for k, v in row["cell"].items() if k != "loss"}, sort_keys=True, default=str)
+
+    refs = {rest(r): r for r in rows if r["cell"].get("loss") == reference and r.get("scores")}
+    for row in rows:
+        ref = refs.get(rest(row))
+        if ref is None or not row.get("scores"):
+            continue
+        if ref is row:
+            row["vs"] = {"reference": "itself", "loss": reference}
+            continue
+        seeds = sorted(set(row["scores"]) & set(ref["scores"]), key=str)
+        diffs = {seed: row["scores"][seed] - ref["scores"][seed] for seed in seeds}
+        row["vs"] = {"loss": reference, **paired_difference(list(diffs.values())), "diffs": diffs}
 
 
 def _row(group: dict, values: dict, choose_on: str, score_on: str, defaults: dict, by_role: dict) -> dict:
@@ -81,6 +103,7 @@ def _row(group: dict, values: dict, choose_on: str, score_on: str, defaults: dic
     runs = group["values"][best]
     row["selected"] = dict(best)  # {} where its loss reads none of the options: nothing to choose
     row["score_mean"], row["score_std"], row["n"] = mean_std(a.get(score_on) for _, a in runs)
+    row["scores"] = {seed: a[score_on] for seed, a in runs if a.get(score_on) is not None}
     ceiling = {seed: c for (seed, probe), c in by_role["ceiling"].items() if probe == group["probe"]}
     gains = [pgr(by_role["weak"].get(seed), ceiling.get(seed), a.get(score_on)) for seed, a in runs
              if None not in (by_role["weak"].get(seed), ceiling.get(seed), a.get(score_on))]
