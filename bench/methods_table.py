@@ -20,6 +20,8 @@ from collections import defaultdict
 
 import _util
 
+from w2s_pipe.pipeline.report.paired import cell as paired_cell, paired_difference
+
 
 def mean_std(values: list[float]) -> str:
     if not values:
@@ -39,6 +41,15 @@ def row_name(cell: dict) -> str:
     if cell.get("easy_epochs"):
         what += f" easy-start {cell['easy_epochs']} ep"
     return f"{cell.get('loss')}: {what}"
+
+
+def reference_row(name: str) -> str | None:
+    """A row's reference: hard labels on the same stores; a hard row's, hard labels from the one teacher
+    (None: the row is that reference)."""
+    loss, what = name.split(": ", 1)
+    if loss != "hard":
+        return f"hard: {what}"
+    return None if what == "centre" else "hard: centre"
 
 
 def main():
@@ -61,16 +72,24 @@ def main():
     lines = ["weak models' val top-1: " + "; ".join(f"{name} {mean_std(list(s.values()))}" for name, s in weak.items()),
              "ceilings: fine-tuned " + mean_std([v for (p, _), v in ceilings.items() if not p]) + ", probe "
              + mean_std([v for (p, _), v in ceilings.items() if p]), "",
-             "| method | fine-tuned top-1 | PGR | probe top-1 | PGR |", "|---|---|---|---|---|"]
+             "Δ: the paired difference (points) to the row's reference, seed by seed, with its 95% t interval; a verdict "
+             "only where it excludes 0. The reference: hard labels on the same stores (hard rows: hard labels from the "
+             "one teacher, `hard: centre`).", "",
+             "| method | fine-tuned top-1 | PGR | Δ | probe top-1 | PGR | Δ |", "|---|---|---|---|---|---|---|"]
     table = {}
     for name in sorted(runs):
         cols = []
+        ref = reference_row(name)
         for probe in (False, True):
             seeds = runs[name].get(probe, {})
             gains = [(v - reference[s]) / (ceilings[(probe, s)] - reference[s]) for s, v in seeds.items()
                      if s in reference and (probe, s) in ceilings and ceilings[(probe, s)] > reference[s]]
-            cols += [mean_std(list(seeds.values())), mean_std(gains)]
-            table[f"{name} ({'probe' if probe else 'fine-tuned'})"] = {"top1": seeds, "pgr": gains}
+            base = runs.get(ref, {}).get(probe, {}) if ref else {}
+            diffs = {s: (v - base[s]) / 100 for s, v in seeds.items() if s in base}
+            vs = paired_difference(list(diffs.values())) if diffs else None
+            cols += [mean_std(list(seeds.values())), mean_std(gains), "reference" if ref is None else paired_cell(vs)]
+            table[f"{name} ({'probe' if probe else 'fine-tuned'})"] = {"top1": seeds, "pgr": gains, "vs": ref,
+                                                                      "paired": vs, "diffs": diffs}
         lines.append(f"| {name} | " + " | ".join(cols) + " |")
     print("\n".join(lines))
     _util.save("methods", {"weak": weak, "ceilings": {f"{'probe' if p else 'fine-tuned'} s{s}": v
