@@ -20,7 +20,13 @@ from .pipeline.config.options import NO_DEFAULT, field_of, flag_of, ordered, spe
 from .stages.eval_config import EvalConfig
 from .stages.features_config import FeaturesConfig
 from .stages.label_config import LabelConfig
-from .stages.prepare_config import PrepareCifarConfig, PrepareDigitsConfig, PrepareFolderConfig, PrepareHfConfig
+from .stages.prepare_config import (
+    PrepareCifarConfig,
+    PrepareDigitsConfig,
+    PrepareFashionConfig,
+    PrepareFolderConfig,
+    PrepareHfConfig,
+)
 from .stages.train_config import TrainConfig
 
 
@@ -81,7 +87,7 @@ def _param(f: dataclasses.Field, spec):
     if spec.path:
         kind_type = click.Path(**PATHS[spec.path])
     if spec.argument:
-        return click.argument(f.name, type=kind_type, required=required)
+        return click.argument(f.name, type=kind_type, required=required, **({} if required else {"default": default}))
     shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
     return click.option(flag_of(f), f.name, type=kind_type, default=shown, required=required,
                         show_default=default is not None, metavar=spec.metavar, help=spec.help)
@@ -159,6 +165,21 @@ def _prepare_cifar_command(name: str, classes: int, archive: str):
 
 for _name, _classes, _archive in (("cifar10", 10, "cifar-10-python.tar.gz"), ("cifar100", 100, "cifar-100-python.tar.gz")):
     _prepare_cifar_command(_name, _classes, _archive)
+
+
+@prepare.command("fashion-mnist")
+@options_from(PrepareFashionConfig)
+@click.pass_context
+def prepare_fashion_cmd(ctx, **values):
+    """Zalando's Fashion-MNIST (70,000 28x28 grey images of 10 kinds of clothing) from its four IDX
+    files in SRC (gzipped or not; default: Debian's dataset-fashion-mnist) as PNG shards, each file
+    checked (magic number, size, counts, labels 0-9) and its sha256 in the manifest: weak (10,000:
+    the weak models' ground truth), transfer (45,000: what the weak model labels and the students
+    learn from) and select (5,000: where hyperparameters are chosen, and what training validates
+    on), fixed parts of the training images, and test, the official 10,000, only ever scored."""
+    from .stages.prepare import run_prepare
+
+    _echo(run_prepare(_config(ctx, PrepareFashionConfig, values)))
 
 
 @prepare.command("folder")

@@ -15,7 +15,7 @@ from ..errors import W2SError
 from ..pipeline.config.choices import NOISY_SCENARIO, SCENARIOS, check_choice
 from ..pipeline.runtime.workspace import workspace_dir
 from ..pipeline.sources.noise import LabelNoise
-from .report import few_shot_markdown, markdown_table
+from .report import few_shot_markdown, markdown_table, misfit_markdown
 from .study import run_study
 from .study_config import load_study
 
@@ -91,6 +91,8 @@ class DemoResult(dict):
 
     def summary(self) -> list[str]:
         lines = ["", markdown_table(self)]
+        if misfit_markdown(self):
+            lines += ["", misfit_markdown(self)]
         for table in self["few_shot"]:
             lines += ["", few_shot_markdown(table)]
         return [*lines, "", f"demo finished in {self['seconds'] / 60:.1f} min; report {self['markdown']}"]

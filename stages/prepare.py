@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from ..errors import W2SError
 from ..pipeline.runtime.workspace import data_root
+from ..pipeline.sources import fashion_mnist
 from ..pipeline.sources import huggingface as hf
 from ..pipeline.sources.archives import read_cifar
 from ..pipeline.sources.noise import (
@@ -35,7 +36,7 @@ from ..pipeline.sources.noise import (
 )
 from ..pipeline.sources.planned_shards import PlannedShard, check_plan, described, finished, stamps, write_planned
 from ..pipeline.sources.shards import Shard, read_manifest, write_manifest, write_shard
-from .prepare_config import PrepareCifarConfig, PrepareDigitsConfig, PrepareHfConfig
+from .prepare_config import PrepareCifarConfig, PrepareDigitsConfig, PrepareFashionConfig, PrepareHfConfig
 
 # Fixed, seeded split of the 1797 digits: the weak model's ground truth, what it labels, validation
 # (whose two fixed halves are also written as `select` and `test`).
@@ -74,10 +75,13 @@ class PrepareResult:
 
 
 def run_prepare(cfg) -> PrepareResult:
-    """`prepare digits|cifar10|cifar100|folder|hf` from its config (stages/prepare_config.py)."""
+    """`prepare digits|fashion-mnist|cifar10|cifar100|folder|hf` from its config (stages/prepare_config.py)."""
     if isinstance(cfg, PrepareHfConfig):
         return prepare_hf(cfg.src, cfg.out, split=cfg.split, shard_size=cfg.shard_size, prefix=cfg.prefix,
                           image_column=cfg.image_column, label_column=cfg.label_column, progress=cfg.progress)
+    if isinstance(cfg, PrepareFashionConfig):
+        return prepare_fashion_mnist(cfg.src, cfg.out or default_data_dir("fashion-mnist", cfg.workspace),
+                                     shard_size=cfg.shard_size)
     noise = LabelNoise.parse(cfg.label_noise, cfg.noise_seed) if cfg.label_noise else None
     if isinstance(cfg, PrepareDigitsConfig):
         name = "digits-fewshot" if cfg.few_shot else "digits"
@@ -89,6 +93,31 @@ def run_prepare(cfg) -> PrepareResult:
     return prepare_folder(cfg.src, cfg.out, split=cfg.split, shard_size=cfg.shard_size, seed=cfg.seed,
                           prefix=cfg.prefix, noise=noise, noise_map=cfg.noise_map, noise_splits=cfg.noise_splits,
                           workers=cfg.workers, progress=cfg.progress)
+
+
+def prepare_fashion_mnist(src: str, out: str, shard_size: int = 1000) -> PrepareResult:
+    """Fashion-MNIST's four IDX files in `src` (checked: sources/fashion_mnist.py) as grey PNG shards:
+    weak, transfer and select, fixed parts of the training images, and test, the official 10,000;
+    keys `fashion_train_NNNNN` and `fashion_test_NNNNN` (the image's index in its file). The
+    manifest records each file's sha256."""
+    data = fashion_mnist.load(src)
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.glob("fashion-mnist-*.tar"):
+        stale.unlink()
+    images, labels = data["train"]
+    chosen = {split: ("train", index) for split, index in fashion_mnist.split_indices(len(images)).items()}
+    chosen["test"] = ("test", np.arange(len(data["test"][0])))
+    splits = {}
+    for split, (part, index) in chosen.items():
+        pixels, classes = data[part]
+        samples = ({"__key__": f"fashion_{part}_{i:05d}", "png": _png(pixels[i]), "cls": int(classes[i])}
+                   for i in index)
+        splits[split] = _write_split(out_dir, f"fashion-mnist-{split}", samples, shard_size)
+    write_manifest(str(out_dir), splits, dataset="fashion-mnist", num_classes=10,
+                   class_names=list(fashion_mnist.CLASS_NAMES),
+                   source={"dir": os.path.abspath(src), "sha256": data["files"], "seed": fashion_mnist.SEED})
+    return PrepareResult(str(out_dir), splits, data="fashion-mnist")
 
 
 def _png(pixels: np.ndarray) -> bytes:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from ..pipeline.config import options
 from ..pipeline.config.groups import Noise, Shards
 from ..pipeline.config.options import field_of, like, option
+from ..pipeline.sources.fashion_mnist import DEBIAN_DIR
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -17,6 +18,16 @@ class PrepareDigitsConfig(Shards, Noise):
                                    "$W2S_DATA/digits-fewshot]: weak, transfer and val keep digits 0-4 (the base "
                                    "classes), and the split novel holds every image of digits 5-9 (labelled 0-4), never "
                                    "trained on, for eval --episodes. Not with --label-noise.")
+    workspace: str | None = None
+
+    def __post_init__(self):
+        options.check(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrepareFashionConfig(Shards):
+    src: str = option(DEBIAN_DIR, "The folder of the four IDX files, gzipped or not "
+                      "[default: where Debian's dataset-fashion-mnist installs them].", argument=True)
     workspace: str | None = None
 
     def __post_init__(self):

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ...errors import W2SError
 from ..runtime.workspace import data_root, workspace_dir
+from . import fashion_mnist
 from .shards import expand_pattern, read_manifest
 
 IMAGE_FIELDS = "jpg;jpeg;png;webp"
@@ -68,6 +69,15 @@ BUILTIN = {
     # select and test are the two fixed halves of val: a study chooses on one and reports on the other.
     "digits": _digits("digits", ("weak", "transfer", "val", "select", "test"), 10,
                       "run `w2s-pipe prepare digits` first"),
+    # Zalando's Fashion-MNIST (prepare fashion-mnist): weak, transfer and select are fixed parts of its 60,000 training
+    # images, test its official 10,000, only ever scored; training validates on select, where choices are made.
+    "fashion-mnist": DatasetEntry(
+        name="fashion-mnist",
+        splits={s: "${W2S_DATA}/fashion-mnist/fashion-mnist-" + s + "-*.tar" for s in ("weak", "transfer", "select",
+                                                                                       "test")},
+        label_split="transfer", val_split="select", num_classes=10, image_field="png", label_field="cls",
+        class_names=fashion_mnist.CLASS_NAMES,
+        hint="run `w2s-pipe prepare fashion-mnist` first (with Debian's dataset-fashion-mnist installed)"),
     # The few-shot scenario: digits 0-4 are the base classes (weak, transfer, val), digits 5-9 the novel
     # classes (split `novel`, labelled 0-4 in that order), never trained on (prepare digits --few-shot).
     "digits-fewshot": _digits("digits-fewshot", ("weak", "transfer", "val", "select", "test", "novel"), 5,
