@@ -283,8 +283,8 @@ def ceiling_key(run: dict, without: tuple = ()) -> tuple:
 def _differing_settings(groups: dict) -> dict:
     """For rows that would read alike (same role, models, loss), the settings whose values tell them apart."""
     alike = defaultdict(list)
-    for key in groups:
-        alike[key[:5]].append(key)
+    for key in groups:  # a probe's rows are named "probe" already: alike only to probes
+        alike[key[:5] + (bool(json.loads(key[5]).get("features")),)].append(key)
     out = {}
     for keys in alike.values():
         if len(keys) < 2:
