@@ -391,8 +391,11 @@ def studies():
 @click.option("--pair", nargs=2, default=None, metavar="RUN_A RUN_B",
               help="Two runs of the same seed and store(s) compared sample by sample on their kept predictions "
                    "(McNemar's exact test, and their agreement).")
+@click.option("--split", default=None, metavar="NAME",
+              help="Whose kept predictions --per-class and --pair read: the validation split a run kept at its end, "
+                   "or one `eval --run RUN --split NAME` scored [default: a run's only ones].")
 @click.pass_context
-def report(ctx, workspace, out, fmt, no_plots, reference, per_class, pair):
+def report(ctx, workspace, out, fmt, no_plots, reference, per_class, pair, split):
     """Weak model, strong ceiling and every weak-to-strong run of a workspace (default: the current
     one) with validation top-1 and performance gap recovered, PGR = (w2s - weak) / (ceiling - weak),
     each row's paired difference to the reference row, and what predicts the gain (each run's
@@ -402,7 +405,8 @@ def report(ctx, workspace, out, fmt, no_plots, reference, per_class, pair):
     from .stages.report import ReportConfig, run_report
 
     result = run_report(ReportConfig(workspace=workspace or ctx.obj["workspace"], out=out, plots=not no_plots,
-                                     reference=reference, per_class=per_class, pair=tuple(pair) if pair else None))
+                                     reference=reference, per_class=per_class, pair=tuple(pair) if pair else None,
+                                     split=split))
     click.echo(json.dumps(result, default=str)) if fmt == "json" else _echo(result)
 
 

@@ -46,6 +46,7 @@ class ReportConfig:
     reference: str | None = None  # the loss every weak-to-strong row is paired against [default: hard]
     per_class: bool = False  # a per-class top-1 table from the runs' kept predictions
     pair: tuple[str, str] | None = None  # two runs compared sample by sample (McNemar)
+    split: str | None = None  # whose kept predictions --per-class and --pair read [default: a run's only ones]
 
 
 def build_report(workspace, reference: str | None = None) -> dict:
@@ -372,12 +373,12 @@ def run_report(cfg: ReportConfig) -> ReportResult:
     report = ReportResult(build_report(cfg.workspace, cfg.reference))
     by_name = {r["name"]: r for r in report["runs"]}
     if cfg.per_class:
-        report["per_class"] = comparisons.per_class_table(report["rows"], by_name)
+        report["per_class"] = comparisons.per_class_table(report["rows"], by_name, cfg.split)
     if cfg.pair:
         missing = [n for n in cfg.pair if n not in by_name]
         if missing:
             raise W2SError(f"report --pair: no finished run {missing[0]!r} in {report['workspace']}", option="--pair")
-        report["pair"] = comparisons.pair_runs(by_name[cfg.pair[0]], by_name[cfg.pair[1]])
+        report["pair"] = comparisons.pair_runs(by_name[cfg.pair[0]], by_name[cfg.pair[1]], cfg.split)
     out = cfg.out or os.path.join(report["workspace"], "report")
     os.makedirs(out, exist_ok=True)
     files = write_plots(report, out) if cfg.plots else []

@@ -333,3 +333,14 @@ def test_misfit_per_class_and_pairs_come_from_the_kept_predictions(quick_demo, t
     with pytest.raises(W2SError, match=r"--per-class: no run of this workspace kept its predictions .*"
                                        r"`w2s-pipe eval --run RUN` keeps a run's"):
         run_report(ReportConfig(workspace=str(old), plots=False, per_class=True))
+    # a run that kept several splits' predictions (eval --run scored test too): --split says whose
+    from w2s_pipe.stages.evaluate import EvalConfig, run_eval
+
+    evaluated = run_eval(EvalConfig(run=os.path.join(out, "runs", "s0-kd"), split="test", workers=0, device="cpu",
+                                    workspace=out))
+    assert evaluated["predictions"].endswith(os.path.join("s0-kd", "predictions-test.parquet"))
+    with pytest.raises(W2SError, match=r"run s0-kd kept predictions of several splits \(test, val\): give report --split"):
+        run_report(ReportConfig(workspace=out, plots=False, per_class=True))
+    on_test = run_report(ReportConfig(workspace=out, plots=False, per_class=True, split="test"))["per_class"]
+    assert [r["runs"] for r in on_test["rows"]] == [1]  # only s0-kd was scored on test
+    os.remove(evaluated["predictions"])  # the module's other tests see the demo as it was

@@ -97,12 +97,18 @@ def _stores(run: dict) -> list[str]:
 
 # -- misfit and gain -------------------------------------------------------------------------------
 def kept_predictions(run_dir: str, split: str | None = None) -> str | None:
-    """The run's kept predictions file (of `split`, else its only one), or None."""
+    """The run's kept predictions file of `split`, else its only one; None where it kept none. A run
+    that kept several (its validation's, and the splits `eval --run` scored) is one line asking
+    which (`report --split`)."""
     if split:
         path = os.path.join(run_dir, f"predictions-{split}.parquet")
         return path if os.path.exists(path) else None
     found = sorted(glob.glob(os.path.join(run_dir, "predictions-*.parquet")))
-    return found[0] if len(found) == 1 else None
+    if len(found) > 1:
+        names = ", ".join(os.path.basename(f)[len("predictions-"):-len(".parquet")] for f in found)
+        raise W2SError(f"run {os.path.basename(run_dir)} kept predictions of several splits ({names}): give report "
+                       "--split NAME", option="--split")
+    return found[0] if found else None
 
 
 def run_misfit(run: dict) -> None:
@@ -134,24 +140,25 @@ def row_misfit(row: dict, by_name: dict) -> None:
 
 
 # -- per class and per pair ----------------------------------------------------------------------------
-def per_class_table(rows: list[dict], by_name: dict, num_classes: int | None = None) -> dict:
+def per_class_table(rows: list[dict], by_name: dict, split: str | None = None) -> dict:
     """{"classes", "rows": [{"label", "runs", "top1": per-class mean over its runs}]} from the kept
     predictions; a workspace whose runs kept none is one line saying how to get them."""
     out = []
     for row in rows:
-        files = [kept_predictions(by_name[n]["dir"]) for n in row["runs"]]
+        files = [kept_predictions(by_name[n]["dir"], split) for n in row["runs"]]
         kept = [read_predictions(f) for f in files if f]
         if kept:
-            classes = num_classes or max(int(max(p.labels.max(), p.pred.max())) + 1 for p in kept)
+            classes = max(int(max(p.labels.max(), p.pred.max())) + 1 for p in kept)
             out.append({"label": row["label"], "runs": len(kept),
                         "top1": np.nanmean([per_class(p, classes) for p in kept], axis=0).tolist()})
     if not out:
-        raise W2SError("report --per-class: no run of this workspace kept its predictions (runs before this version); "
-                       "`w2s-pipe eval --run RUN` keeps a run's, or train it again", option="--per-class")
+        on = f" of {split}" if split else ""
+        raise W2SError(f"report --per-class: no run of this workspace kept its predictions{on} (runs before this "
+                       "version); `w2s-pipe eval --run RUN` keeps a run's, or train it again", option="--per-class")
     return {"classes": max(len(r["top1"]) for r in out), "rows": out}
 
 
-def pair_runs(a: dict, b: dict) -> dict:
+def pair_runs(a: dict, b: dict, split: str | None = None) -> dict:
     """Two runs of the same seed and store(s), compared on the samples both kept: McNemar's exact test
     (paired.mcnemar) and their agreement. Runs of other seeds or stores are one line saying which."""
     differ = []
@@ -162,11 +169,12 @@ def pair_runs(a: dict, b: dict) -> dict:
     if differ:
         raise W2SError(f"report --pair {a['name']} {b['name']}: a paired check compares runs that share the seed and "
                        f"the store(s); these differ in {'; '.join(differ)}", option="--pair")
-    files = [kept_predictions(r["dir"]) for r in (a, b)]
+    files = [kept_predictions(r["dir"], split) for r in (a, b)]
     if not all(files):
         who = a["name"] if not files[0] else b["name"]
-        raise W2SError(f"report --pair: run {who} kept no predictions (runs before this version); `w2s-pipe eval "
-                       f"--run {who}` keeps them", option="--pair")
+        raise W2SError(f"report --pair: run {who} kept no predictions{f' of {split}' if split else ''} (runs before "
+                       f"this version); `w2s-pipe eval --run {who}{f' --split {split}' if split else ''}` keeps them",
+                       option="--pair")
     pa_, pb = read_predictions(files[0]).aligned(read_predictions(files[1]), f"runs {a['name']} and {b['name']}")
     return {"a": a["name"], "b": b["name"], "split": os.path.basename(files[0])[len("predictions-"):-len(".parquet")],
             **mcnemar(pa_.correct, pb.correct), "agreement": float(np.mean(pa_.pred == pb.pred))}
