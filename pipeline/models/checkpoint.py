@@ -7,27 +7,19 @@ naming the file and saying what would work. `Checkpoints` writes a run's files b
 
 from __future__ import annotations
 
-import hashlib
 import os
 import uuid
 
 import torch
 
 from ...errors import W2SError
+from ...storage.fsutil import file_sha256  # noqa: F401  (re-exported: a checkpoint's identity)
 
 FORMAT = "w2s-pipe-checkpoint/1"
 # What a checkpoint from `train` holds besides the weights; one that lacks any is damaged.
 TOOL_KEYS = ("model_name", "num_classes", "data_config", "state_dict")
 # What `train --resume` reads from last.pt besides those.
 RESUME_KEYS = ("optimizer", "step", "ranks", "settings")
-
-
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def save_checkpoint(path: str, state_dict: dict, *, model_name: str, num_classes: int, data_config: dict,

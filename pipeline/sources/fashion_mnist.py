@@ -16,13 +16,13 @@ SPLITS) are a fixed seeded permutation of the 60,000 training images, and the of
 from __future__ import annotations
 
 import gzip
-import hashlib
 import os
 import struct
 
 import numpy as np
 
 from ...errors import W2SError
+from ...storage.fsutil import file_sha256
 
 DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
 FILES = {("train", "images"): "train-images-idx3-ubyte", ("train", "labels"): "train-labels-idx1-ubyte",
@@ -99,7 +99,7 @@ def load(directory: str) -> dict:
                            "0-9")
         out[part] = (images, labels.astype(np.int64))
         for kind in ("images", "labels"):
-            out["files"][os.path.basename(paths[(part, kind)])] = _sha256(paths[(part, kind)])
+            out["files"][os.path.basename(paths[(part, kind)])] = file_sha256(paths[(part, kind)])
     return out
 
 
@@ -114,11 +114,3 @@ def split_indices(n_train: int) -> dict[str, np.ndarray]:
         out[name] = np.sort(order[first: first + size])
         first += size
     return out
-
-
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
