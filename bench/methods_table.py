@@ -65,8 +65,8 @@ def main():
             weak[meta["weak"]][meta["seed"]] = top1
         elif meta.get("role") == "ceiling":
             ceilings[(probe, meta["seed"])] = top1
-        elif meta.get("role") == "grid":
-            cell = {k: v for k, v in meta["cell"].items() if k != "probe"}
+        elif meta.get("role") == "grid" and meta["cell"].get("threshold", 0.5) == 0.5:  # the demo recipe's τ; the
+            cell = {k: v for k, v in meta["cell"].items() if k not in ("probe", "threshold")}  # others: selection's
             runs[row_name(cell)][probe][meta["seed"]] = top1
     reference = weak[next(iter(weak))] if "test_vit" not in weak else weak["test_vit"]
     lines = ["weak models' val top-1: " + "; ".join(f"{name} {mean_std(list(s.values()))}" for name, s in weak.items()),
