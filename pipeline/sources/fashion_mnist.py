@@ -22,7 +22,6 @@ import struct
 import numpy as np
 
 from ...errors import W2SError
-from ...storage.fsutil import file_sha256
 
 DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
 FILES = {("train", "images"): "train-images-idx3-ubyte", ("train", "labels"): "train-labels-idx1-ubyte",
@@ -85,6 +84,8 @@ def load(directory: str) -> dict:
     """{"train": (images, labels), "test": (images, labels), "files": {name: sha256}} from `directory`,
     each file checked: its magic number, its size against its header, images and labels of equal
     counts, labels in 0-9."""
+    from ...storage.fsutil import file_sha256  # here: the storage package imports zarr, and --help must not
+
     paths = find_files(directory)
     out = {"files": {}}
     for part in ("train", "test"):
