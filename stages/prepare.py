@@ -97,9 +97,10 @@ def run_prepare(cfg) -> PrepareResult:
 
 def prepare_fashion_mnist(src: str, out: str, shard_size: int = 1000) -> PrepareResult:
     """Fashion-MNIST's four IDX files in `src` (checked: sources/fashion_mnist.py) as grey PNG shards:
-    weak, transfer and select, fixed parts of the training images, and test, the official 10,000;
-    keys `fashion_train_NNNNN` and `fashion_test_NNNNN` (the image's index in its file). The
-    manifest records each file's sha256."""
+    weak, transfer and select, fixed parts of the training images, test, the official 10,000, and
+    rotation, transfer's images turned and labelled by the turn (a self-supervised pretext task);
+    keys `fashion_train_NNNNN`, `fashion_test_NNNNN` and `fashion_rotated_NNNNN` (the image's index in
+    its file). The manifest records each file's sha256."""
     data = fashion_mnist.load(src)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -114,6 +115,11 @@ def prepare_fashion_mnist(src: str, out: str, shard_size: int = 1000) -> Prepare
         samples = ({"__key__": f"fashion_{part}_{i:05d}", "png": _png(pixels[i]), "cls": int(classes[i])}
                    for i in index)
         splits[split] = _write_split(out_dir, f"fashion-mnist-{split}", samples, shard_size)
+    index = chosen["transfer"][1]
+    turned, turns = fashion_mnist.rotations(images[index])
+    samples = ({"__key__": f"fashion_rotated_{i:05d}", "png": _png(img), "cls": int(k)}
+               for i, img, k in zip(index, turned, turns))
+    splits["rotation"] = _write_split(out_dir, "fashion-mnist-rotation", samples, shard_size)
     write_manifest(str(out_dir), splits, dataset="fashion-mnist", num_classes=10,
                    class_names=list(fashion_mnist.CLASS_NAMES),
                    source={"dir": os.path.abspath(src), "sha256": data["files"], "seed": fashion_mnist.SEED})

@@ -42,7 +42,7 @@ from .evaluate import run_eval
 from .label import run_label
 from .label_config import LabelConfig
 from .prepare import run_prepare
-from .prepare_config import PrepareDigitsConfig
+from .prepare_config import PrepareDigitsConfig, PrepareFashionConfig
 from .report import ReportConfig, markdown_table, notes, run_report
 from .study_config import CELL_KEYS, LABEL_OWN, StudyConfig
 from .train import run_train
@@ -105,8 +105,9 @@ def plan(cfg: StudyConfig, ws: str) -> list[Step]:
     prepare = None
     if cfg.prepare:
         options = {k: v for k, v in cfg.prepare.items() if k != "kind"}
-        out = os.path.join(ws, "data", "digits-fewshot" if options.get("few_shot") else "digits")
-        prepare = _step("prepare", "prepare", "prepare-digits", {**options, "out": out}, names=names)
+        made = cfg.prepare["kind"] + ("-fewshot" if options.get("few_shot") else "")
+        prepare = _step("prepare", "prepare", f"prepare-{cfg.prepare['kind']}",
+                        {**options, "out": os.path.join(ws, "data", made)}, names=names, prepares=cfg.prepare["kind"])
         steps.append(prepare)
     base = {"data": cfg.data}
     for seed in cfg.seeds:
@@ -130,19 +131,25 @@ def plan(cfg: StudyConfig, ws: str) -> list[Step]:
                 raise W2SError(f"{cfg.path}: weak models and stores learn from each other in a circle: "
                                f"{', '.join([*waiting_weak, *waiting_stores])}")
         strong = {**base, **cfg.train, **cfg.strong, "seed": seed}
+        start = weak[cfg.start_from] if cfg.start_from else (None, None)  # a backbone to fine-tune from: its step
+        if cfg.start_from:
+            strong["strong_checkpoint"] = start[1]
         probe = _probes(cfg, seed, weak, stores, runs, prepare, names) if cfg.features else None
         if probe:
             steps += probe["steps"]
-        if cfg.ceiling is not None:
+        if cfg.ceiling is not None and not all(cell.get("probe") for cell in cfg.grid):  # fine-tuned runs' ceiling
             split = next(iter(cfg.stores.values())).get("split")
             steps.append(_step("train", "train", f"s{seed}-ceiling", {**strong, **cfg.ceiling, "loss": "gt", "split": split},
-                               [prepare and prepare.id], runs, names=names, option="run", role="ceiling", seed=seed))
+                               [prepare and prepare.id, start[0] and start[0].id], runs, names=names, option="run",
+                               role="ceiling", seed=seed))
         usual = {**read_defaults(), **strong, "store": next(iter(cfg.stores)) if len(cfg.stores) == 1 else None}
         for cell in cfg.grid:
             steps.append(_grid_step(cell, probe["options"] if cell.get("probe") else strong, store_paths, weak,
-                                    prepare, runs, seed, usual, names, probe["deps"] if cell.get("probe") else ()))
+                                    prepare, runs, seed, usual, names,
+                                    probe["deps"] if cell.get("probe") else [start[0] and start[0].id]))
     steps += _evaluations(cfg, steps, names)
-    return steps
+    once = {}  # a `once` weak model and its feature stores are planned at every seed: kept at the first
+    return [once.setdefault((s.id, s.name), s) for s in steps if (s.id, s.name) not in once]
 
 
 def _weak_step(name: str, spec: dict, cfg: StudyConfig, seed: int, base: dict, prepare, store, runs: str,
@@ -153,11 +160,13 @@ def _weak_step(name: str, spec: dict, cfg: StudyConfig, seed: int, base: dict, p
     if "checkpoint" in spec:
         paths = spec["checkpoint"]
         return None, paths if isinstance(paths, str) else paths[cfg.seeds.index(seed)]
-    label = f"s{seed}-weak" + (f"-{name}" if len(cfg.weak) > 1 else "")
-    options = {**base, **cfg.train, **{k: v for k, v in spec.items() if k not in ("seed_offset", "store")},
-               "seed": seed + spec.get("seed_offset", 0), **({"labels": store.options["labels"]} if store else {})}
+    once = spec.get("once", False)  # one model for every seed: the same step (and id) each time
+    label = ("weak" if once else f"s{seed}-weak") + (f"-{name}" if len(cfg.weak) > 1 else "")
+    options = {**base, **cfg.train, **{k: v for k, v in spec.items() if k not in ("seed_offset", "store", "once")},
+               "seed": (0 if once else seed) + spec.get("seed_offset", 0),
+               **({"labels": store.options["labels"]} if store else {})}
     step = _step("train", "weak", label, options, [prepare and prepare.id, store and store.id], runs, names=names,
-                 option="run", role="weak", seed=seed, weak=name)
+                 option="run", role="weak", seed=None if once else seed, weak=name)  # None: every seed's
     return step, os.path.join(step.options["run"], "last.pt")
 
 
@@ -172,7 +181,8 @@ def _store_step(name: str, spec: dict, cfg: StudyConfig, seed: int, base: dict, 
         views = {"seed": seed, **{k: drawn[k] for k in RECIPE_KEYS if k in drawn}}
     options = {**base, **views, **{k: v for k, v in spec.items() if k != "weak"}, "weak": None,
                "weak_checkpoint": checkpoint}
-    return _step("label", "label", f"{name}-s{seed}", options, [made_by and made_by.id, prepare and prepare.id],
+    once = cfg.weak[spec["weak"]].get("once") and not views  # the same store for every seed
+    return _step("label", "label", name if once else f"{name}-s{seed}", options, [made_by and made_by.id, prepare and prepare.id],
                  stores, names=names, option="labels", role="store", seed=seed, store=name)
 
 
@@ -188,7 +198,8 @@ def _probes(cfg: StudyConfig, seed: int, weak: dict, stores: str, runs: str, pre
     for role, split in (("train", first.get("split")), ("val", cfg.features["val_split"])):
         options = {"data": cfg.data, **label, "features": True, "weak": None, "weak_checkpoint": checkpoint,
                    **({"split": split} if split else {})}
-        made[role] = _step("label", "label", f"features-{name}-{split or 'train'}-s{seed}", options,
+        at = "" if cfg.weak[name].get("once") else f"-s{seed}"  # a backbone for every seed: its features once
+        made[role] = _step("label", "label", f"features-{name}-{split or 'train'}{at}", options,
                            [made_by and made_by.id, prepare and prepare.id], stores, names=names, option="labels",
                            role="features", seed=seed, store=f"features-{name}")
     spec = cfg.weak[name]
@@ -282,7 +293,8 @@ def _config(step: Step, ws: str):
     """The stage config of `step` (its own checks run here)."""
     common = {"workspace": ws}
     if step.kind == "prepare":
-        return PrepareDigitsConfig(**step.options, **common)
+        made = PrepareFashionConfig if step.meta.get("prepares") == "fashion-mnist" else PrepareDigitsConfig
+        return made(**step.options, **common)
     if step.kind == "label":
         return LabelConfig(**step.options, progress=False, **common)
     if step.kind == "train":

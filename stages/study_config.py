@@ -1,26 +1,30 @@
 """A study file: one YAML file declaring a grid of runs and everything they need, read into a
 validated `StudyConfig` (stages/study.py plans and runs it).
 
-    prepare: digits                      # what `prepare` makes in the study's workspace (optional)
+    prepare: digits                      # what `prepare` makes in the study's workspace (optional): digits or
+                                         # fashion-mnist (from Debian's dataset-fashion-mnist, or {fashion-mnist: {src: DIR}})
     data: digits                         # the data set (registry name or shard pattern)
     seeds: 3                             # 0, 1, 2 (or a list)
     train: {config: demo}                # train options every run shares (a recipe, options)
     weak:                                # weak models, each trained once per seed on a split's ground truth
       test_vit: {strong: test_vit, img_size: 32, epochs: 10, split: weak}   # seed_offset: 3 -> seed s + 3
       medium: {strong: resnet10t, store: centre, loss: hard}   # or from a store's weak labels (bootstrapping)
+      base: {strong: resnet10t, split: rotation, once: true}  # once: one model for every seed (a backbone)
     stores:                              # stores, each labelled once per seed by a weak model
       centre: {weak: test_vit, workers: 0}
     features:                            # probes from stores alone (optional): a weak-section model's pooled
       backbone: base                     # features stored per seed (the stores' split and val_split), and
       probe: {config: openai_probe}      # the train options of grid cells with `probe: true`
       val_split: val
-    strong: {strong: resnet10t, img_size: 24, epochs: 8}   # the strong runs' options (ceiling and grid)
+    strong: {strong: resnet10t, img_size: 24, epochs: 8}   # the strong runs' options (ceiling and grid);
+                                         # start_from: NAME, a weak-section model's weights, its head dropped
     ceiling: {}                          # the strong model on the stores' split's ground truth ({} : defaults)
     grid:                                # cells of train options; a list sweeps (the product of a cell's lists)
       - {loss: [hard, kd, augconf, adaptconf], gt_weight: [0.0, 1.0]}
       - {loss: hard, keep_frac: 0.7, rank_by: margin, per_class: true}
     select:                              # chosen per loss on one split, reported on another
-      threshold: [0.25, 0.5, 1, 2, 4]
+      threshold: [0.25, 0.5, 1, 2, 4]    # every loss that reads it; or each loss its own:
+      #  adaptconf: {threshold: [0.5, 2]}, kd: {kd_temperature: [1, 4]}
       choose_on: select
       score_on: test
     few_shot: {episodes: 600, split: novel}   # every run also evaluated few-shot (optional)
@@ -70,7 +74,9 @@ class StudyConfig:
     train: dict = field(default_factory=dict)  # train options every run shares
     prepare: dict | None = None  # {"kind": "digits", options}
     ceiling: dict | None = None  # train options of the ceiling (None: no ceiling)
-    select: dict | None = None  # {"values": {option: [values]}, "choose_on": split, "score_on": split}
+    start_from: str | None = None  # a weak-section model whose weights every fine-tuned strong run starts from
+    select: dict | None = None  # {"values": {option: [values]}, "by_loss": {loss: {option: [values]}} (where
+    #                             the file gives each loss its own), "choose_on": split, "score_on": split}
     few_shot: dict | None = None  # {"episodes": N, "split": split}
     features: dict | None = None  # {"backbone": weak model name, "probe": {train options}, "val_split": split}
     cluster: dict = field(default_factory=dict)  # submitit's parameters
@@ -136,7 +142,12 @@ def _study(path: Path, doc: dict) -> StudyConfig:
         if "store" in spec and spec["store"] not in stores:
             raise W2SError(f"{where} 'weak.{name}'.store {spec['store']!r} is not one of the study's stores "
                            f"({', '.join(stores)})")
-    strong = _options(doc.get("strong") or {}, options, f"{where} 'strong'")
+    strong = dict(_mapping(doc.get("strong") or {}, f"{where} 'strong'"))
+    start_from = strong.pop("start_from", None)
+    if start_from is not None and (start_from not in weak or "store" in weak[start_from]):
+        raise W2SError(f"{where} 'strong'.start_from {start_from!r} is not one of the study's weak models trained on "
+                       f"a split ({', '.join(n for n, w in weak.items() if 'store' not in w)})")
+    strong = _options(strong, options, f"{where} 'strong'")
     features = _features(doc.get("features"), weak, options, f"{where} 'features'")
     ceiling = None if doc.get("ceiling") is False else _options(doc.get("ceiling") or {}, options, f"{where} 'ceiling'")
     select = _select(doc.get("select"), options, f"{where} 'select'")
@@ -161,7 +172,7 @@ def _study(path: Path, doc: dict) -> StudyConfig:
     return StudyConfig(path=str(path), name=path.stem, data=data, seeds=_seeds(doc.get("seeds", 1), f"{where} 'seeds'"),
                        weak=weak, stores=stores, strong=strong, grid=grid, train=train, prepare=prepare,
                        ceiling=ceiling, select=select, few_shot=few_shot, about=str(doc.get("about") or ""),
-                       features=features,
+                       features=features, start_from=start_from,
                        cluster=_mapping(doc.get("cluster") or {}, f"{where} 'cluster'"))
 
 
@@ -213,6 +224,10 @@ def _weak(spec, options: dict, where: str) -> dict:
     spec = dict(spec)
     offset = spec.pop("seed_offset", 0)
     store = spec.pop("store", None)
+    once = spec.pop("once", False)
+    if not isinstance(once, bool) or (once and store is not None):
+        raise W2SError(f"{where}.once must be true or false (true: one model for every seed, trained at seed "
+                       "seed_offset), and a model learning from a seed's store is trained per seed")
     if store is not None:  # an intermediate student (bootstrapping): it learns from a store's weak labels
         out = _options({"loss": "hard", **spec}, options, where)
         if not LOSSES[out["loss"]].needs_weak:
@@ -224,7 +239,7 @@ def _weak(spec, options: dict, where: str) -> dict:
     out = _options(spec, options, where)
     if "split" not in out:
         raise W2SError(f"{where}.split is missing: the split whose ground truth the weak model learns")
-    return {"loss": "gt", **out, **({"seed_offset": offset} if offset else {})}
+    return {"loss": "gt", **out, **({"seed_offset": offset} if offset else {}), **({"once": True} if once else {})}
 
 
 def _store(spec, weak: dict, where: str) -> dict:
@@ -312,13 +327,15 @@ def _expand(spec, options: dict, stores: dict, weak: dict, select: dict | None, 
 
 
 def _selected(cell: dict, select: dict | None, loss: str, where: str) -> list[dict]:
-    """The cell once per combination of the selected options its loss reads."""
+    """The cell once per combination of the selected options its loss reads (its own list where
+    `select:` names the loss)."""
     if not select:
         return [cell]
     if loss not in LOSSES:
         raise W2SError(f"{where}.loss {loss!r} is invalid: choose one of {', '.join(LOSSES)}")
     knobs = LOSSES[loss].knobs
-    swept = {k: v for k, v in select["values"].items() if k in knobs}
+    offered = select["by_loss"].get(loss, {}) if select.get("by_loss") else select["values"]
+    swept = {k: v for k, v in offered.items() if k in knobs}
     for option in swept:
         if option in cell:
             raise W2SError(f"{where}.{option}: also under select; a selected option is swept by select alone")
@@ -326,6 +343,8 @@ def _selected(cell: dict, select: dict | None, loss: str, where: str) -> list[di
 
 
 def _select(spec, options: dict, where: str) -> dict | None:
+    """`select:`'s options to choose, each a list read by every loss with that knob, or per loss
+    ({adaptconf: {threshold: [...]}, kd: {kd_temperature: [...]}}: each loss its own), and its splits."""
     if spec is None:
         return None
     spec = dict(_mapping(spec, where))
@@ -336,32 +355,53 @@ def _select(spec, options: dict, where: str) -> dict | None:
     if splits["choose_on"] == splits["score_on"]:
         raise W2SError(f"{where}: choose_on and score_on are both {splits['choose_on']!r}; a value chosen on a split "
                        "and scored on it flatters itself")
+    per_loss = {k: spec.pop(k) for k in list(spec) if k in LOSSES}
+    if per_loss and spec:
+        raise W2SError(f"{where}: give every option under its loss ({', '.join(per_loss)}: {{option: [...]}}) or none; "
+                       f"{next(iter(spec))} is not under one")
+    by_loss = {loss: _choices(values, options, f"{where}.{loss}", LOSSES[loss].knobs)
+               for loss, values in per_loss.items()}
+    values = _choices(spec, options, where, None) if not per_loss else {}
+    for chosen in by_loss.values():  # the options' values in order, for the report
+        for key, value in chosen.items():
+            values.setdefault(key, []).extend(v for v in value if v not in values[key])
+    return {"values": values, **({"by_loss": by_loss} if by_loss else {}), **splits}
+
+
+def _choices(spec, options: dict, where: str, knobs) -> dict:
+    """{option: [values]} to choose from, each an option of a loss (of `knobs` where given)."""
     values = _options(spec, options, where, lists=True)
     if not values:
         raise W2SError(f"{where}: no option to choose (e.g. threshold: [0.25, 0.5, 1, 2, 4])")
+    every = sorted({k for loss in LOSSES.values() for k in loss.knobs})
     for key, value in values.items():
         if not isinstance(value, list) or len(value) < 2:
             raise W2SError(f"{where}.{key} needs a list of at least two values to choose from")
-        if not any(key in loss.knobs for loss in LOSSES.values()):
-            raise W2SError(f"{where}.{key}: no loss reads it (select chooses a loss's own options: "
-                           f"{', '.join(sorted({k for loss in LOSSES.values() for k in loss.knobs}))})")
-    return {"values": values, **splits}
+        if key not in (knobs if knobs is not None else every):
+            raise W2SError(f"{where}.{key}: not read by " + (f"this loss (it reads {', '.join(knobs) or 'none'})"
+                           if knobs is not None else f"any loss (select chooses a loss's own options: {', '.join(every)})"))
+    return values
+
+
+PREPARES = {"digits": ("label_noise", "noise_seed", "few_shot", "shard_size"), "fashion-mnist": ("src", "shard_size")}
 
 
 def _prepare(spec, where: str) -> dict | None:
+    """`prepare: digits`, `prepare: fashion-mnist`, or {kind: {its options}}: {"kind": ..., options}."""
     if spec is None:
         return None
-    if spec == "digits":
-        return {"kind": "digits"}
+    if isinstance(spec, str) and spec in PREPARES:
+        return {"kind": spec}
     spec = _mapping(spec, where)
-    if set(spec) != {"digits"}:
-        raise W2SError(f"{where}: the study prepares digits (prepare: digits, or prepare: {{digits: {{label_noise: "
-                       "...}}}); prepare other data with `w2s-pipe prepare` and give data")
-    options = _mapping(spec["digits"] or {}, f"{where}.digits")
-    unknown = set(options) - {"label_noise", "noise_seed", "few_shot", "shard_size"}
+    if len(spec) != 1 or next(iter(spec)) not in PREPARES:
+        raise W2SError(f"{where}: the study prepares digits or fashion-mnist (prepare: digits, or prepare: {{digits: "
+                       "{label_noise: ...}}}); prepare other data with `w2s-pipe prepare` and give data")
+    kind = next(iter(spec))
+    options = _mapping(spec[kind] or {}, f"{where}.{kind}")
+    unknown = set(options) - set(PREPARES[kind])
     if unknown:
-        raise W2SError(f"{where}.digits.{sorted(unknown)[0]}: unknown; give label_noise, noise_seed, few_shot, shard_size")
-    return {"kind": "digits", **options}
+        raise W2SError(f"{where}.{kind}.{sorted(unknown)[0]}: unknown; give {', '.join(PREPARES[kind])}")
+    return {"kind": kind, **options}
 
 
 def _seeds(value, where: str) -> tuple[int, ...]:

@@ -52,17 +52,22 @@ def test_prepare_fashion_mnist_writes_its_splits_and_records_the_files(tmp_path,
     labels = fake(src, gz=gz)
     result = prepare_fashion_mnist(str(src), str(tmp_path / "out"), shard_size=16)
     counts = {split: sum(s.count for s in shards) for split, shards in result.splits.items()}
-    assert counts == {"weak": 20, "transfer": 90, "select": 10, "test": 20}  # 10k/45k/5k of 60k, scaled to 120
+    # 10k/45k/5k of 60k, scaled to 120; rotation: transfer's images again
+    assert counts == {"weak": 20, "transfer": 90, "select": 10, "test": 20, "rotation": 90}
     seen = {}
     for split, shards in result.splits.items():
         for shard in shards:
             for sample in iter_samples(str(tmp_path / "out" / shard.name)):
                 part, index = sample["__key__"].split("_")[1:]
+                seen.setdefault(split, set()).add(sample["__key__"])
+                if split == "rotation":  # labelled by the turn, not the class (the turns: the test below)
+                    assert part == "rotated" and f"fashion_train_{index}" in seen["transfer"]
+                    assert 0 <= int(sample["cls"]) <= 3
+                    continue
                 label = int(sample["cls"])
                 assert label == labels[part][int(index)]
                 pixels = np.asarray(Image.open(io.BytesIO(sample["png"])))
                 assert pixels.shape == (28, 28) and (pixels == label * 20).all()
-                seen.setdefault(split, set()).add(sample["__key__"])
     train = set().union(*(seen[s] for s in ("weak", "transfer", "select")))
     assert len(train) == 120 and len(seen["test"]) == 20  # the training splits are disjoint and cover it
     manifest = read_manifest(str(tmp_path / "out"))
@@ -73,6 +78,17 @@ def test_prepare_fashion_mnist_writes_its_splits_and_records_the_files(tmp_path,
     # the same seed, the same splits: a second prepare writes the same shards
     again = prepare_fashion_mnist(str(src), str(tmp_path / "again"), shard_size=16)
     assert [s.digest for v in again.splits.values() for s in v] == [s.digest for v in result.splits.values() for s in v]
+
+
+def test_rotations_turn_each_image_by_its_label():
+    images = np.zeros((200, 28, 28), np.uint8)
+    images[:, 0, 0] = 255  # a mark in the top-left corner: a turn of k quarters counter-clockwise moves it
+    turned, turns = fashion_mnist.rotations(images)
+    corners = {0: (0, 0), 1: (27, 0), 2: (27, 27), 3: (0, 27)}
+    for img, k in zip(turned, turns):
+        assert np.argwhere(img == 255).tolist() == [list(corners[int(k)])]
+    assert sorted(set(turns.tolist())) == [0, 1, 2, 3]  # every turn drawn, ...
+    assert (fashion_mnist.rotations(images)[1] == turns).all()  # ... from a fixed seed
 
 
 def test_bad_fashion_mnist_files_are_one_line(tmp_path):
@@ -115,7 +131,7 @@ def test_the_registry_knows_fashion_mnist(tmp_path, monkeypatch):
     assert (source.split, source.val_split, source.num_classes) == ("transfer", "select", 10)
     assert resolve_data("fashion-mnist", "test").urls
     with pytest.raises(W2SError, match=r"dataset 'fashion-mnist' has no split 'val'; its splits are weak, transfer, "
-                                       r"select, test"):
+                                       r"select, test, rotation"):
         resolve_data("fashion-mnist", "val")
 
 

@@ -45,7 +45,13 @@ def study_file(tmp_path, **changes) -> str:
     ({"select": {"threshold": [0.5, 4], "choose_on": "val2", "score_on": "test"}},
      "key 'select.choose_on' 'val2' is not a split of digits (weak, transfer, val, select, test)"),
     ({"select": {"threshold": [0.5, 4], "choose_on": "test", "score_on": "test"}}, "flatters itself"),
-    ({"select": {"lr": [0.1, 0.2], "choose_on": "select", "score_on": "test"}}, "select'.lr: no loss reads it"),
+    ({"select": {"lr": [0.1, 0.2], "choose_on": "select", "score_on": "test"}}, "select'.lr: not read by any loss"),
+    ({"select": {"kd": {"threshold": [0.5, 4]}, "choose_on": "select", "score_on": "test"}},
+     "select'.kd.threshold: not read by this loss (it reads kd_temperature)"),
+    ({"select": {"kd": {"kd_temperature": [1, 4]}, "threshold": [0.5, 4], "choose_on": "select", "score_on": "test"}},
+     "threshold is not under one"),
+    ({"weak": {"w": {"strong": "test_resnet", "split": "weak", "once": "yes"}}}, "'weak.w'.once must be true or false"),
+    ({"prepare": {"fashion-mnist": {"out": "x"}}}, "'prepare'.fashion-mnist.out: unknown; give src, shard_size"),
     ({"grid": [{"loss": "adaptconf", "threshold": 2}], "select": {"threshold": [0.5, 4], "choose_on": "select",
                                                                   "score_on": "test"}}, "also under select"),
     ({"grid": [{"loss": "hard", "store": "nope"}]}, "key 'grid[0]'.store 'nope' is not one of the study's stores"),
@@ -190,8 +196,29 @@ def test_a_study_bootstraps_through_an_intermediate_student(tmp_path, digits_dat
         run_study(load_study(circle), out=str(tmp_path / "ws2"), dry_run=True)
 
 
+def test_a_weak_model_once_for_every_seed_and_each_loss_its_own_choices(tmp_path, digits_data):
+    """`once: true` plans one weak model (and its store) for all seeds; `select:` per loss sweeps each
+    loss's own list only, and a loss it does not name runs once."""
+    weak = {"w": {**TINY["weak"]["w"], "once": True}}
+    select = {"adaptconf": {"threshold": [0.5, 4]}, "kd": {"kd_temperature": [1, 4]}, "choose_on": "select",
+              "score_on": "test"}
+    path = study_file(tmp_path, seeds=2, weak=weak, select=select, grid=[{"loss": ["hard", "kd", "adaptconf", "augconf"]}])
+    cfg = load_study(path)
+    assert cfg.select["by_loss"] == {"adaptconf": {"threshold": [0.5, 4.0]}, "kd": {"kd_temperature": [1.0, 4.0]}}
+    steps = plan(cfg, str(tmp_path / "ws"))
+    trained = [s.name for s in steps if s.kind == "train"]
+    assert trained[0] == "weak" and trained.count("weak") == 1 and [s.name for s in steps if s.kind == "label"] == ["s"]
+    per_seed = ["hard", "kd", "kd-kd_temperature4.0", "adaptconf", "adaptconf-thr4.0", "augconf"]
+    assert trained[1:] == [f"s{seed}-{n}" for seed in (0, 1) for n in ("ceiling", *per_seed)]
+    weak_step = next(s for s in steps if s.name == "weak")
+    assert weak_step.options["seed"] == 0 and weak_step.meta["seed"] is None
+    assert all(weak_step.id in s.deps for s in steps if s.name == "s")
+    result = run_study(cfg, out=str(tmp_path / "ws"), dry_run=True)
+    assert len(result["steps"]) == len(steps)
+
+
 @pytest.mark.parametrize("name", ["demo", "demo-noisy", "demo-few-shot", "threshold", "selection", "teacher",
-                                  "methods", "bootstrap"])
+                                  "methods", "bootstrap", "fashion", "fashion-probe"])
 def test_every_shipped_study_plans_whole_and_quick(name, tmp_path):
     """Each shipped study file is valid as a whole and in its quick form: every step's config builds."""
     for quick in (False, True):

@@ -105,8 +105,9 @@ def _row(group: dict, values: dict, choose_on: str, score_on: str, defaults: dic
     row["score_mean"], row["score_std"], row["n"] = mean_std(a.get(score_on) for _, a in runs)
     row["scores"] = {seed: a[score_on] for seed, a in runs if a.get(score_on) is not None}
     ceiling = {seed: c for (seed, probe), c in by_role["ceiling"].items() if probe == group["probe"]}
-    gains = [pgr(by_role["weak"].get(seed), ceiling.get(seed), a.get(score_on)) for seed, a in runs
-             if None not in (by_role["weak"].get(seed), ceiling.get(seed), a.get(score_on))]
+    weak = {seed: by_role["weak"].get(seed, by_role["weak"].get(None)) for seed, _ in runs}  # None: one for all
+    gains = [pgr(weak[seed], ceiling.get(seed), a.get(score_on)) for seed, a in runs
+             if None not in (weak[seed], ceiling.get(seed), a.get(score_on))]
     row["pgr_mean"], row["pgr_std"], _ = mean_std(gains)
     default = tuple((k, defaults.get(k)) for k, _ in best)
     if best and default in group["values"]:

@@ -71,10 +71,11 @@ BUILTIN = {
                       "run `w2s-pipe prepare digits` first"),
     # Zalando's Fashion-MNIST (prepare fashion-mnist): weak, transfer and select are fixed parts of its 60,000 training
     # images, test its official 10,000, only ever scored; training validates on select, where choices are made.
+    # rotation: transfer's images labelled by a turn of 0-3 quarters, a self-supervised backbone's pretext task.
     "fashion-mnist": DatasetEntry(
         name="fashion-mnist",
         splits={s: "${W2S_DATA}/fashion-mnist/fashion-mnist-" + s + "-*.tar" for s in ("weak", "transfer", "select",
-                                                                                       "test")},
+                                                                                       "test", "rotation")},
         label_split="transfer", val_split="select", num_classes=10, image_field="png", label_field="cls",
         class_names=fashion_mnist.CLASS_NAMES,
         hint="run `w2s-pipe prepare fashion-mnist` first (with Debian's dataset-fashion-mnist installed)"),

@@ -11,6 +11,9 @@ SPLITS) are a fixed seeded permutation of the 60,000 training images, and the of
     transfer  45,000  what the weak model labels and the students learn from (the bulk, as in the paper)
     select     5,000  held out from training, where hyperparameters are chosen (one image is 0.02 points)
     test      10,000  Zalando's test set: only ever scored, never trained or chosen on (one image is 0.01 points)
+    rotation  45,000  transfer's images, each turned by a seeded multiple of 90 degrees and labelled by the turn
+                      (0-3), not by its class: the self-supervised pretext task of Gidaris et al. (ICLR 2018),
+                      a backbone for the probe study that never sees a label of the task (see `rotations`)
 """
 
 from __future__ import annotations
@@ -102,6 +105,13 @@ def load(directory: str) -> dict:
         for kind in ("images", "labels"):
             out["files"][os.path.basename(paths[(part, kind)])] = file_sha256(paths[(part, kind)])
     return out
+
+
+def rotations(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`images` (N, H, W), each turned counter-clockwise by k x 90 degrees, k drawn per image from a fixed
+    seed, and the k: a pretext task whose labels come from the images alone."""
+    turns = np.random.default_rng(SEED + 1).integers(0, 4, len(images))
+    return np.stack([np.rot90(img, k) for img, k in zip(images, turns)]), turns.astype(np.int64)
 
 
 def split_indices(n_train: int) -> dict[str, np.ndarray]:
