@@ -310,7 +310,9 @@ def eval_cmd(ctx, **values):
 
 @cli.command()
 @click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="The demo's own workspace [default: <workspace>/demo]; an earlier demo there is replaced.")
+              help="The demo's own workspace [default: <workspace>/demo]. The same demo there continues where it "
+                   "was cut short, or prints its report again; one with other options is replaced.")
+@click.option("--fresh", is_flag=True, help="Start the demo over: its workspace's earlier runs are deleted.")
 @click.option("--seeds", type=int, default=None, help="Seeds per configuration [default: the study's, 3]; tables show "
                                                     "mean ± std.")
 @click.option("--quick", is_flag=True,
@@ -326,7 +328,7 @@ def eval_cmd(ctx, **values):
               help="--scenario noisy: the noise, symmetric:R or asymmetric:R (digits' map: 1↔7, 3↔8, 4↔9), seed 42 "
                    "[default: symmetric:0.2].")
 @click.pass_context
-def demo(ctx, out, seeds, quick, scenario, label_noise):
+def demo(ctx, out, fresh, seeds, quick, scenario, label_noise):
     """The whole weak-to-strong study on digits in one command (about eight minutes on two CPU
     cores): a weak model, its labels, the strong ceiling, and a strong model trained from the
     labels with each loss, with and without ground truth, and with hard labels from the 70% of
@@ -335,7 +337,7 @@ def demo(ctx, out, seeds, quick, scenario, label_noise):
     from .stages.demo import DemoConfig, run_demo
 
     cfg = DemoConfig.for_scenario(scenario, out=out, seeds=seeds, quick=quick, label_noise=label_noise,
-                                  workspace=ctx.obj["workspace"])
+                                  workspace=ctx.obj["workspace"], fresh=fresh)
     _echo(run_demo(cfg, echo=click.echo))
 
 

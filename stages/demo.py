@@ -1,7 +1,9 @@
 """`w2s-pipe demo`: the whole weak-to-strong study on digits, on a laptop CPU, in about eight minutes
 on two cores: the shipped study `demo` (stages/studies/demo.yaml: what it runs and why), or one of
 the paper's other scenarios (`demo-noisy`: noisy ground truth; `demo-few-shot`: novel classes), in
-the demo's own workspace, which a new demo replaces; then its report.
+the demo's own workspace; then its report. Run again with the same options, a demo continues where it
+was cut short (its steps are a study's: each done step is kept), and a finished one prints its report
+again; other options, or `fresh`, start it over.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class DemoConfig:
     label_noise: str | None = None  # the noisy scenario's noise [default: choices.NOISY_SCENARIO]
     overrides: dict = field(default_factory=dict)  # study sections over the shipped file's (the tests' smaller grids)
     progress: bool = True
+    fresh: bool = False  # start over even where the same demo was cut short or finished
 
     def __post_init__(self):
         check_choice("--scenario", self.scenario, SCENARIOS)
@@ -44,10 +47,10 @@ class DemoConfig:
 
     @classmethod
     def for_scenario(cls, scenario: str, *, out: str | None, seeds: int | None, quick: bool, label_noise: str | None,
-                     workspace=None) -> "DemoConfig":
+                     workspace=None, fresh: bool = False) -> "DemoConfig":
         """The demo of `scenario`, its workspace defaulting to <workspace>/demo[-<scenario>]."""
         out = out or str(workspace_dir(workspace) / ("demo" if scenario == "standard" else f"demo-{scenario}"))
-        return cls(out=out, scenario=scenario, seeds=seeds, quick=quick, label_noise=label_noise)
+        return cls(out=out, scenario=scenario, seeds=seeds, quick=quick, label_noise=label_noise, fresh=fresh)
 
     @classmethod
     def quick_demo(cls, out: str, **options) -> "DemoConfig":
@@ -64,20 +67,32 @@ class DemoConfig:
         return load_study(STUDIES[self.scenario], quick=self.quick, overrides=overrides)
 
 
-def _prepare_workspace(cfg: DemoConfig) -> None:
+def _prepare_workspace(cfg: DemoConfig, echo=print) -> None:
+    """The demo's workspace: kept where the same demo ran there (it resumes), else made afresh."""
+    marker = os.path.join(cfg.out, DEMO_MARKER)
+    same = {k: v for k, v in asdict(cfg).items() if k not in ("fresh", "progress")}
     if os.path.exists(cfg.out) and os.listdir(cfg.out):
         # Only a directory this command made (it carries the marker) is ever deleted.
-        if not os.path.exists(os.path.join(cfg.out, DEMO_MARKER)):
+        if not os.path.exists(marker):
             raise W2SError(f"{cfg.out} exists and is not a demo workspace; choose another --out")
+        try:
+            before = {k: v for k, v in json.load(open(marker)).items() if k not in ("fresh", "progress")}
+        except (OSError, ValueError):
+            before = None
+        if before == same and not cfg.fresh:
+            echo(f"continuing the demo in {cfg.out} (its finished steps are kept; --fresh starts over)")
+            return
+        echo(f"starting the demo over in {cfg.out}" + ("" if cfg.fresh else " (an earlier demo there had other options)"))
         shutil.rmtree(cfg.out)
     os.makedirs(cfg.out, exist_ok=True)
-    with open(os.path.join(cfg.out, DEMO_MARKER), "w") as f:
-        json.dump(asdict(cfg), f, indent=1)
+    with open(marker + ".tmp", "w") as f:
+        json.dump(same, f, indent=1)
+    os.replace(marker + ".tmp", marker)
 
 
 def run_demo(cfg: DemoConfig, echo=print) -> "DemoResult":
     study = cfg.study()  # a bad study or option is said before an earlier demo is replaced
-    _prepare_workspace(cfg)
+    _prepare_workspace(cfg, echo)
     result = run_study(study, out=cfg.out, echo=echo)
     report = DemoResult(result["report"], seconds=result["time"]["wall_s"], failed=result["failed"])
     if result["failed"]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -88,6 +89,38 @@ def test_report_cli_json_and_demo_never_deletes_other_data(quick_demo):
     with pytest.raises(W2SError, match="precious exists and is not a demo workspace"):
         run_demo(DemoConfig.quick_demo(other))
     assert os.path.exists(os.path.join(other, "notes.txt"))
+
+
+def test_a_demo_run_again_continues_and_fresh_starts_over(quick_demo, monkeypatch):
+    """The same demo in its workspace: a finished one prints its report again, training nothing; one cut
+    short (a step's marker and run gone, as after a kill before the step finished) redoes that step only;
+    --fresh deletes the runs first."""
+    out, report, _ = quick_demo
+    steps = os.path.join(out, "study", "steps")
+    markers = {name: json.load(open(os.path.join(steps, name)))["name"] for name in os.listdir(steps)}
+    marker = next(n for n, step in markers.items() if step == "s1-kd")
+    os.remove(os.path.join(steps, marker))
+    shutil.rmtree(os.path.join(out, "runs", "s1-kd"))
+    before = {n: os.path.getmtime(os.path.join(out, "runs", n, "last.pt")) for n in os.listdir(os.path.join(out, "runs"))}
+    lines = []
+    again = run_demo(DemoConfig.quick_demo(out), echo=lines.append)
+    assert lines[0].startswith(f"continuing the demo in {out}")
+    redone = [line for line in lines if line.startswith("[")]
+    assert len(redone) == 1 and "s1-kd:" in redone[0], lines  # the one step cut short, nothing else
+    assert {n: os.path.getmtime(os.path.join(out, "runs", n, "last.pt")) for n in before} == before
+    assert os.path.exists(os.path.join(steps, marker))
+    assert [row["top1_mean"] for row in again["rows"]] == pytest.approx([row["top1_mean"] for row in report["rows"]])
+    kept = open(os.path.join(out, "demo.json")).read()  # the workspace stays the fixture's for the other tests
+    removed = []
+    monkeypatch.setattr("w2s_pipe.stages.demo.shutil.rmtree", removed.append)
+    monkeypatch.setattr("w2s_pipe.stages.demo.run_study", lambda *a, **k: {"report": {}, "time": {"wall_s": 0},
+                                                                           "failed": []})
+    lines = []
+    run_demo(DemoConfig.quick_demo(out, fresh=True), echo=lines.append)
+    assert removed == [out] and lines[0] == f"starting the demo over in {out}"
+    run_demo(DemoConfig.quick_demo(out, seeds=1), echo=lines.append)
+    assert lines[-1] == f"starting the demo over in {out} (an earlier demo there had other options)"
+    open(os.path.join(out, "demo.json"), "w").write(kept)
 
 
 def test_report_on_an_empty_workspace(tmp_path):
