@@ -432,6 +432,8 @@ class Progress:
 def _said(marker: dict) -> str:
     r = marker["result"]
     if "top1" in r:
+        if r["top1"] is None:  # a run with no_eval (a pretext backbone's): nothing to score
+            return "trained, not evaluated (no_eval)" + (" (resumed)" if r.get("resumed") else "")
         return f"top-1 {r['top1']:.4f}" + (f" on {r['split']}" if "split" in r else "") + (" (resumed)" if r.get("resumed") else "")
     if "few_shot" in r:
         return ", ".join(f"{k}-shot {f['accuracy']:.4f}" for k, f in r["few_shot"].items())

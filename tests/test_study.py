@@ -217,6 +217,14 @@ def test_a_weak_model_once_for_every_seed_and_each_loss_its_own_choices(tmp_path
     assert len(result["steps"]) == len(steps)
 
 
+def test_progress_says_what_each_step_made():
+    from w2s_pipe.stages.study import _said
+
+    assert _said({"result": {"top1": 0.5, "split": "test"}}) == "top-1 0.5000 on test"
+    assert _said({"result": {"top1": None}}) == "trained, not evaluated (no_eval)"  # a backbone trained on a pretext
+    assert _said({"result": {"store": "s", "samples": 3}}) == "labelled 3 samples"
+
+
 @pytest.mark.parametrize("name", ["demo", "demo-noisy", "demo-few-shot", "threshold", "selection", "teacher",
                                   "methods", "bootstrap", "fashion", "fashion-probe"])
 def test_every_shipped_study_plans_whole_and_quick(name, tmp_path):
