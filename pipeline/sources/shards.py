@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import tarfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -17,7 +18,7 @@ from typing import Iterable, Iterator
 
 import braceexpand
 from webdataset import TarWriter
-from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_iterator
+from webdataset.tariterators import base_plus_ext, group_by_keys
 
 from ...errors import W2SError
 from ...storage.fsutil import atomic_write, get_fs, is_local
@@ -107,6 +108,32 @@ def url_name(url: str) -> str:
     return url.rstrip("/").rsplit("/", 1)[-1]
 
 
+def check_member(info: tarfile.TarInfo, url: str) -> bool:
+    """Whether a shard's tar member is a sample's file (a regular file; directories and tar's own
+    metadata are skipped). A member that is a link, or whose name is absolute or climbs out of its
+    folder (`../x`), is refused in one line naming shard and member: a scraped shard can hold one,
+    and a sample's key must never name a place outside it."""
+    name = info.name
+    if info.issym() or info.islnk():
+        raise W2SError(f"shard {url}: member {name!r} is a link (to {info.linkname!r}); a shard holds plain files only")
+    if name.startswith("/") or name.startswith("\\") or ".." in re.split(r"[/\\]", name):
+        raise W2SError(f"shard {url}: member {name!r} names a path outside the shard (absolute or with ..); refused")
+    return info.isreg()
+
+
+def _files(f, url: str) -> Iterator[dict]:
+    """A shard's files as webdataset's tar_file_iterator gives them ({fname, data}), each member checked."""
+    with tarfile.open(fileobj=f, mode="r|*") as stream:
+        for info in stream:
+            if not check_member(info, url) or ("/" not in info.name and info.name.startswith(_META[0])
+                                                and info.name.endswith(_META[1])):
+                continue
+            if re.match(r"__[^/]*__($|/)", info.name):  # webdataset's skip_meta
+                continue
+            yield {"fname": info.name, "data": stream.extractfile(info).read(), "__url__": url}
+            stream.members = []
+
+
 def list_keys(url: str, storage_options: dict | None = None) -> list[str]:
     """The keys of a shard's samples in order, from its tar headers (the data is skipped by seeking).
 
@@ -120,7 +147,7 @@ def list_keys(url: str, storage_options: dict | None = None) -> list[str]:
             with tarfile.open(fileobj=f, mode="r:*") as tar:
                 for info in tar:
                     name = info.name
-                    if not info.isreg() or ("/" not in name and name.startswith(_META[0]) and name.endswith(_META[1])):
+                    if not check_member(info, url) or ("/" not in name and name.startswith(_META[0]) and name.endswith(_META[1])):
                         continue
                     prefix, _ = base_plus_ext(name)
                     if prefix is not None and (not keys or prefix != keys[-1]):
@@ -144,7 +171,7 @@ def shard_labels(url: str, label_field: str, storage_options: dict | None = None
         with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r:*") as tar:
             for info in tar:
                 prefix, ext = base_plus_ext(info.name)
-                if info.isreg() and prefix is not None and ext == label_field:
+                if check_member(info, url) and prefix is not None and ext == label_field:
                     text = tar.extractfile(info).read().decode(errors="replace").strip()
                     labels[prefix] = int(text) if text.lstrip("-").isdigit() else None
     except (tarfile.TarError, EOFError, OSError) as exc:
@@ -245,8 +272,7 @@ def iter_samples(url: str, storage_options: dict | None = None) -> Iterator[dict
     fs, path = get_fs(url, storage_options)
     try:
         with fs.open(path, "rb") as f:
-            files = ({**d, "__url__": url} for d in tar_file_iterator(f))
-            yield from group_by_keys(files)
+            yield from group_by_keys(_files(f, url))
     except (tarfile.TarError, EOFError) as exc:
         raise W2SError(f"shard {url}: broken tar file ({exc})") from None
     except ValueError as exc:
