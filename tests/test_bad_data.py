@@ -4,6 +4,8 @@ recorded in the store, counted, and known to `train`'s join as absent rather tha
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 
 import pytest
 from PIL import Image
@@ -32,7 +34,19 @@ def jpeg():
     return buf.getvalue()
 
 
+def bomb(width=100_000, height=100_000):
+    """A small, valid PNG whose header declares width x height pixels (a decompression bomb: decoded,
+    100,000 x 100,000 RGB is 30 GB)."""
+    data = bytearray(png())
+    ihdr = data.index(b"IHDR")
+    data[ihdr + 4: ihdr + 12] = struct.pack(">II", width, height)
+    data[ihdr + 17: ihdr + 21] = struct.pack(">I", zlib.crc32(bytes(data[ihdr: ihdr + 17])))
+    return bytes(data)
+
+
 BAD = {
+    "zero-byte image": lambda: {"png": b"", "cls": 1},
+    "decompression bomb": lambda: {"png": bomb(), "cls": 1},
     "truncated image": lambda: {"png": png()[:40], "cls": 1},
     "truncated jpeg": lambda: {"jpg": jpeg()[: len(jpeg()) // 2], "cls": 1},
     "non-image payload": lambda: {"png": b"this is not an image at all", "cls": 1},
@@ -83,7 +97,7 @@ def test_skip_records_everything_and_train_knows_it(tmp_path, weak_ckpt):
     raw = open(truncated.url, "rb").read()
     open(truncated.url, "wb").write(raw[: len(raw) // 2])
     result = label(tmp_path, weak_ckpt, str(d / "x-*.tar"), on_bad_sample="skip")
-    assert result.complete and result.skipped == 5 + 1 + 2  # bad samples, a repeat, two whole shards
+    assert result.complete and result.skipped == len(BAD) + 1 + 2  # bad samples, a repeat, two whole shards
     store = open_store(result.store)
     assert store.num_samples == 12 + 10 and store.labelled_counts == [12, 10, 0, 0]
     rows = store.skipped().to_pylist()
@@ -92,6 +106,8 @@ def test_skip_records_everything_and_train_knows_it(tmp_path, weak_ckpt):
     assert "cannot decode" in by_key["bad-non-image-payload"] and "cannot decode" in by_key["bad-truncated-image"]
     assert "cannot decode 'jpg'" in by_key["bad-truncated-jpeg"]
     assert "no image field" in by_key["bad-no-image-field"]
+    assert "(an empty file: 0 bytes)" in by_key["bad-zero-byte-image"]
+    assert "exceeds limit of 178956970 pixels: refused before decoding" in by_key["bad-decompression-bomb"]
     assert "not an integer" in by_key["bad-non-integer-label"]
     assert "more than once" in by_key["b000"]
     assert whole == {"x-000002.tar": "empty shard", "x-000003.tar": whole["x-000003.tar"]}
@@ -110,3 +126,25 @@ def test_skip_records_everything_and_train_knows_it(tmp_path, weak_ckpt):
     rows = store.shard_rows("x-000000.tar")
     for s, logits in zip(joined, rows.arrays["logits"]):
         assert (s["weak"] == logits).all()
+
+
+@pytest.mark.parametrize("decoder", ["cpu", "pil", "gpu"])
+def test_a_declared_size_over_the_limit_is_refused_before_any_decoder(decoder, monkeypatch):
+    """Every decode path reads the image through image_payload, which checks the header: PIL's and
+    torchvision's CPU decoders, and under gpu the bytes the loading processes hand to nvJPEG (the
+    check runs there, in the worker, so it needs no GPU here). A bomb and an image over a lowered
+    limit are refused naming shard and key; one under it decodes."""
+    from w2s_pipe.pipeline.image import decode
+    from w2s_pipe.pipeline.image.preprocess import Preprocess
+
+    prepare = Preprocess({"input_size": (3, 8, 8), "interpolation": "bilinear", "crop_pct": 1.0,
+                          "mean": (0.5,) * 3, "std": (0.5,) * 3}, decoder)
+    with pytest.raises(W2SError, match=r"shard s.tar, key 'k': cannot decode 'png' \(Image size \(10000000000 pixels\) "
+                                       r"exceeds limit of 178956970 pixels: refused before decoding\)"):
+        prepare.decode({"__key__": "k", "png": bomb()}, ("png",), "s.tar")
+    monkeypatch.setattr(decode, "MAX_IMAGE_PIXELS", 60)
+    with pytest.raises(W2SError, match=r"key 'k': cannot decode 'png' \(its header declares 8 x 8 = 64 pixels, over the "
+                                       r"limit of 60 \(W2S_MAX_IMAGE_PIXELS\)"):
+        prepare.decode({"__key__": "k", "png": png()}, ("png",), "s.tar")
+    monkeypatch.setattr(decode, "MAX_IMAGE_PIXELS", 64)
+    assert prepare.decode({"__key__": "k", "png": png()}, ("png",), "s.tar") is not None

@@ -12,6 +12,7 @@ decided and checked once in `resolve_decoder`; everything downstream trusts the 
 from __future__ import annotations
 
 import io
+import os
 import warnings
 from typing import Callable
 
@@ -24,13 +25,41 @@ from ..config.choices import DECODE_OPTIONS, check_choice
 from .crops import resized_crops
 
 JPEG_MAGIC = b"\xff\xd8\xff"
+# The most pixels an image may declare in its header: PIL's own refusal point (twice its warning limit),
+# which ImageNet's and LAION's largest photographs pass; W2S_MAX_IMAGE_PIXELS lowers it. A header over it
+# is refused before any decoder allocates the image (a decompression bomb).
+PIL_REFUSES = 2 * Image.MAX_IMAGE_PIXELS
+MAX_IMAGE_PIXELS = min(int(os.environ.get("W2S_MAX_IMAGE_PIXELS") or PIL_REFUSES), PIL_REFUSES)
+
+
+def check_declared(data: bytes, where: str) -> None:
+    """Refuse, in one line prefixed with `where`, an empty payload or an image whose header declares
+    more than MAX_IMAGE_PIXELS pixels: read from the header alone (PIL's lazy open), before any of the
+    decoders (PIL, torchvision's, nvJPEG) allocates it. A header PIL cannot read is left to the
+    decoders, which name their own failure."""
+    if len(data) == 0:
+        raise W2SError(f"{where} (an empty file: 0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+    except Image.DecompressionBombError as exc:
+        raise W2SError(f"{where} ({exc.args[0].split(',')[0]}: refused before decoding)") from None
+    except Exception:  # PIL raises many types for a header it cannot read
+        return
+    if width * height > MAX_IMAGE_PIXELS:
+        raise W2SError(f"{where} (its header declares {width} x {height} = {width * height:,} pixels, over the limit "
+                       f"of {MAX_IMAGE_PIXELS:,} (W2S_MAX_IMAGE_PIXELS): refused before decoding)")
 
 
 def image_payload(sample: dict, image_fields: tuple[str, ...], shard: str) -> tuple[str, bytes]:
-    """(field, bytes) of the sample's image; the error names shard, key and the fields present."""
+    """(field, bytes) of the sample's image, its declared size checked (`check_declared`: every decode
+    path reads the image through here); the error names shard, key and the fields present."""
     for name in image_fields:
         data = sample.get(name)
         if data is not None:
+            check_declared(data, f"shard {shard}, key {sample.get('__key__')!r}: cannot decode {name!r}")
             return name, data
     present = sorted(k for k in sample if not k.startswith("__"))
     raise W2SError(
