@@ -423,13 +423,14 @@ class Progress:
 
     def ended(self, step: Step, marker: dict | None, error: str | None, running: int) -> None:
         self.done += 1
-        what = error or _said(marker)
+        what = error or said(marker)
         self.echo(f"[{self.done}/{self.total}] {step.name}: {what} ({(marker or {}).get('seconds', 0):.0f} s; "
                   f"{running} running, {self.total - self.done - running} left, "
                   f"{(time.perf_counter() - self.started) / 60:.1f} min so far)")
 
 
-def _said(marker: dict) -> str:
+def said(marker: dict) -> str:
+    """What a finished step made, from its marker: the progress line's words."""
     r = marker["result"]
     if "top1" in r:
         if r["top1"] is None:  # a run with no_eval (a pretext backbone's): nothing to score

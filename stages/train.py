@@ -58,6 +58,7 @@ from ..pipeline.train.runs import (
     MetricsLog,
     MetricWindow,
     NonFiniteLoss,
+    RunClaim,
     open_run,
     weights_digest,
     write_config,
@@ -131,16 +132,16 @@ def train_step(model, batches: list[dict], optimizer, objective, *, progress: fl
 # ---------------------------------------------------------------------------------------------
 def run_train(cfg: TrainConfig) -> TrainResult:
     with distributed.session(cfg.device, deterministic=cfg.deterministic,
-                             stall_timeout=cfg.stall_timeout) as (info, device):
+                             stall_timeout=cfg.stall_timeout) as (info, device), RunClaim() as claim:
         # -- the inputs and the run --------------------------------------------------------------
         inputs = resolve_inputs(cfg)
         _say_weak_labels(inputs, info)
-        strong = resolve_model_name(cfg.strong)
-        precision = distributed.resolve_precision(cfg.precision, device)
+        strong, precision = resolve_model_name(cfg.strong), distributed.resolve_precision(cfg.precision, device)
         decoder = resolve_decoder(cfg.decode, device, loading_only=cfg.loading_only + (
             ("--mixup (replayed from a per-view store)",) if inputs.mix else ()))
         workers = loading_processes(cfg.workers)
-        run_dir = distributed.on_main(lambda: open_run(_run_name(cfg, strong), cfg.workspace, resume=cfg.resume))
+        run_dir = distributed.on_main(lambda: open_run(_run_name(cfg, strong), cfg.workspace, resume=cfg.resume,
+                                                       claim=claim))
         log = MetricsLog(os.path.join(run_dir, "metrics.jsonl"), info.is_main)  # and TensorBoard events
 
         # -- model, optimizer, schedule -------------------------------------------------------------

@@ -218,11 +218,11 @@ def test_a_weak_model_once_for_every_seed_and_each_loss_its_own_choices(tmp_path
 
 
 def test_progress_says_what_each_step_made():
-    from w2s_pipe.stages.study import _said
+    from w2s_pipe.stages.study import said
 
-    assert _said({"result": {"top1": 0.5, "split": "test"}}) == "top-1 0.5000 on test"
-    assert _said({"result": {"top1": None}}) == "trained, not evaluated (no_eval)"  # a backbone trained on a pretext
-    assert _said({"result": {"store": "s", "samples": 3}}) == "labelled 3 samples"
+    assert said({"result": {"top1": 0.5, "split": "test"}}) == "top-1 0.5000 on test"
+    assert said({"result": {"top1": None}}) == "trained, not evaluated (no_eval)"  # a backbone trained on a pretext
+    assert said({"result": {"store": "s", "samples": 3}}) == "labelled 3 samples"
 
 
 @pytest.mark.parametrize("name", ["demo", "demo-noisy", "demo-few-shot", "threshold", "selection", "teacher",

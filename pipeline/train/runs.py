@@ -5,6 +5,7 @@ running totals, and a digest of its weights.
                            metrics.jsonl    one JSON object per logging step, epoch and the end
                            tensorboard/     the same numbers as TensorBoard events
                            last.pt best.pt ema.pt   (checkpoint.Checkpoints)
+                           owner.json       the process training it (RunClaim), while it trains
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ import hashlib
 import json
 import math
 import os
+import socket
 import time
 
 import torch
 import torch.distributed as dist
 
 from ...errors import W2SError
+from ...storage.claims import create_exclusive, pid_alive, read_holder
 from ..runtime.workspace import workspace_dir
 
 CONFIG_FILE = "config.json"
@@ -29,15 +32,74 @@ def run_path(name: str, workspace=None) -> str:
     return name if os.path.sep in name else str(workspace_dir(workspace) / "runs" / name)
 
 
-def open_run(name: str, workspace=None, *, resume: bool = False) -> str:
-    """The directory of run `name` for `train`: a new run must not exist yet, a resumed one must
-    have its last.pt."""
+OWNER_FILE = "owner.json"
+
+
+def open_run(name: str, workspace=None, *, resume: bool = False, claim: "RunClaim | None" = None) -> str:
+    """The directory of run `name` for `train`: held by no other live process (`claim` takes it for
+    this one), a new run must not exist yet, a resumed one must have its last.pt."""
     path = run_path(name, workspace)
-    if resume and not os.path.exists(os.path.join(path, "last.pt")):
-        raise W2SError(f"--resume: run {path} has no last.pt to continue from", option="--resume")
-    if not resume and os.path.exists(os.path.join(path, CONFIG_FILE)):
-        raise W2SError(f"run {path} exists; pass --resume to continue it, or choose another --run-name")
+    if claim is not None:
+        claim.hold(path)
+    try:
+        if resume and not os.path.exists(os.path.join(path, "last.pt")):
+            raise W2SError(f"--resume: run {path} has no last.pt to continue from", option="--resume")
+        if not resume and os.path.exists(os.path.join(path, CONFIG_FILE)):
+            raise W2SError(f"run {path} exists; pass --resume to continue it, or choose another --run-name")
+    except W2SError:
+        if claim is not None:
+            claim.release()
+        raise
     return path
+
+
+class RunClaim:
+    """This process's hold on the run it trains: <run>/owner.json (host, pid, start) created
+    atomically (storage/claims.py's exclusive create), released when the block ends, however it
+    ends. A second `train` of a run a live process holds is refused, naming it; a holder that is
+    gone (same host) is taken over, so a killed run resumes as before. A holder on another host
+    cannot be checked from here: it is refused too, and the message says which file to delete."""
+
+    def __init__(self):
+        self.path = None
+
+    def __enter__(self) -> "RunClaim":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def hold(self, run_dir: str) -> None:
+        me = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        owner = os.path.join(run_dir, OWNER_FILE)
+        os.makedirs(run_dir, exist_ok=True)
+        for _ in range(3):
+            if create_exclusive(owner, me):
+                self.path = owner
+                return
+            holder = read_holder(owner) or {}
+            if (holder.get("host"), holder.get("pid")) == (me["host"], me["pid"]):
+                self.path = owner  # this process's own, left by a run of it that failed
+                return
+            if holder.get("host") not in (None, me["host"]):
+                raise W2SError(f"run {run_dir} is held by process {holder.get('pid')} on {holder['host']} (since "
+                               f"{holder.get('since')}); if it is gone, delete {owner}, else choose another --run-name")
+            if holder.get("pid") is not None and pid_alive(holder["pid"]):
+                raise W2SError(f"run {run_dir} is being trained by process {holder['pid']} (since {holder.get('since')}); "
+                               "wait for it to end, or choose another --run-name")
+            try:  # its process is gone (or the file unreadable): take it over
+                os.unlink(owner)
+            except FileNotFoundError:
+                pass
+        raise W2SError(f"run {run_dir}: could not take {owner} from the processes contending for it")
+
+    def release(self) -> None:
+        if self.path is not None:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+            self.path = None
 
 
 def find_run(run: str, workspace=None) -> str:
