@@ -36,6 +36,7 @@ from ..pipeline.sources.noise import (
 )
 from ..pipeline.sources.planned_shards import PlannedShard, check_plan, described, finished, stamps, write_planned
 from ..pipeline.sources.shards import Shard, read_manifest, write_manifest, write_shard
+from ..storage.fsutil import check_writable
 from .prepare_config import PrepareCifarConfig, PrepareDigitsConfig, PrepareFashionConfig, PrepareHfConfig
 
 # Fixed, seeded split of the 1797 digits: the weak model's ground truth, what it labels, validation
@@ -75,7 +76,11 @@ class PrepareResult:
 
 
 def run_prepare(cfg) -> PrepareResult:
-    """`prepare digits|fashion-mnist|cifar10|cifar100|folder|hf` from its config (stages/prepare_config.py)."""
+    """`prepare digits|fashion-mnist|cifar10|cifar100|folder|hf` from its config (stages/prepare_config.py);
+    an output on a read-only place is one line before any work."""
+    default = {PrepareFashionConfig: "fashion-mnist", PrepareCifarConfig: getattr(cfg, "name", None),
+               PrepareDigitsConfig: "digits-fewshot" if getattr(cfg, "few_shot", False) else "digits"}.get(type(cfg))
+    check_writable(cfg.out or default_data_dir(default, cfg.workspace), "prepare: the output")
     if isinstance(cfg, PrepareHfConfig):
         return prepare_hf(cfg.src, cfg.out, split=cfg.split, shard_size=cfg.shard_size, prefix=cfg.prefix,
                           image_column=cfg.image_column, label_column=cfg.label_column, progress=cfg.progress)

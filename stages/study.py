@@ -37,6 +37,7 @@ from ..pipeline.report.paired import cell as paired_cell
 from ..pipeline.runtime.workspace import workspace_dir
 from ..pipeline.sources.datasets import load_registry
 from ..pipeline.sources.shards import read_manifest
+from ..storage.fsutil import check_writable
 from .eval_config import EvalConfig
 from .evaluate import run_eval
 from .label import run_label
@@ -534,6 +535,7 @@ def run_study(cfg: StudyConfig, *, out: str | None = None, jobs: int = 1, cluste
         raise W2SError(f"--jobs {jobs} is invalid: must be at least 1", option="--jobs")
     before = sum(s.done_in(ws) for s in steps)
     planned = time.perf_counter() - started
+    check_writable(ws, "study: the workspace")
     os.makedirs(os.path.join(ws, STEPS_DIR), exist_ok=True)
     names = {**_names(ws), **{s.name: s.id for s in steps}}  # a changed step later gets another name
     with open(os.path.join(ws, "study", "names.json"), "w") as f:

@@ -8,6 +8,8 @@ import uuid
 
 import fsspec
 
+from ..errors import W2SError
+
 
 def get_fs(url: str, storage_options: dict | None = None):
     """(filesystem, path) for a local path or an fsspec URL such as s3://bucket/store."""
@@ -27,6 +29,23 @@ def is_local(fs) -> bool:
 
 def join(path: str, *parts: str) -> str:
     return "/".join([path.rstrip("/"), *parts])
+
+
+def check_writable(path: str, what: str) -> None:
+    """A one-line error, before any work, where `what` (e.g. "prepare: the output") would be written
+    to `path` on a read-only mount or a folder this process may not write: the nearest existing
+    folder at or above it is asked (a read-only file system refuses root too). URLs are left to the
+    object store."""
+    if "://" in str(path):
+        return
+    place = os.path.abspath(path)
+    while not os.path.exists(place) and os.path.dirname(place) != place:
+        place = os.path.dirname(place)
+    folder = place if os.path.isdir(place) else os.path.dirname(place)
+    if not os.access(folder, os.W_OK):
+        readonly = hasattr(os, "statvfs") and os.statvfs(folder).f_flag & getattr(os, "ST_RDONLY", 1)
+        why = "is on a read-only file system" if readonly else "is not writable by this process"
+        raise W2SError(f"{what} {path}: {folder} {why}; choose a writable place")
 
 
 def atomic_write(fs, path: str, data: bytes) -> None:

@@ -23,7 +23,7 @@ from ..errors import W2SError
 from . import schema
 from .claims import create_exclusive, pid_alive, read_holder
 from .files import MarkerError, cut_short, done_shards, index_from_parts, read_markers, table_bytes, zarr_store
-from .fsutil import atomic_write, get_fs, is_local, join
+from .fsutil import atomic_write, check_writable, get_fs, is_local, join
 
 
 def identity_mismatch(existing: dict, wanted: dict) -> str | None:
@@ -100,6 +100,7 @@ def begin_store(url: str, attrs: dict, existing=None, *, overwrite: bool = False
         existing.check_rows()
         existing.check_index()
         return None
+    check_writable(url, "label: the store")  # a finished store reads from a read-only mount; a new one cannot be written there
     return StoreWriter.create(url, attrs, overwrite=overwrite, storage_options=storage_options)
 
 

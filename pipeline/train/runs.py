@@ -22,6 +22,7 @@ import torch.distributed as dist
 
 from ...errors import W2SError
 from ...storage.claims import create_exclusive, pid_alive, read_holder
+from ...storage.fsutil import check_writable
 from ..runtime.workspace import workspace_dir
 
 CONFIG_FILE = "config.json"
@@ -39,6 +40,7 @@ def open_run(name: str, workspace=None, *, resume: bool = False, claim: "RunClai
     """The directory of run `name` for `train`: held by no other live process (`claim` takes it for
     this one), a new run must not exist yet, a resumed one must have its last.pt."""
     path = run_path(name, workspace)
+    check_writable(path, "train: the run")
     if claim is not None:
         claim.hold(path)
     try:
