@@ -36,6 +36,12 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except W2SError as exc:
             raise click.ClickException(str(exc)) from None
+        except OSError as exc:  # a full disk where no stage names the file: still one line, never a traceback
+            from .storage.fsutil import DISK_FULL, disk_full
+
+            if exc.errno not in DISK_FULL:
+                raise
+            raise click.ClickException(str(disk_full(exc.filename or os.getcwd(), "a file under"))) from None
         except KeyboardInterrupt:
             # 128 + SIGINT, as a shell reports it; what was finished is kept (see docs/guide.md, Reliability).
             click.echo("\ninterrupted", err=True)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import shutil
 import uuid
 
 import fsspec
@@ -48,6 +50,23 @@ def check_writable(path: str, what: str) -> None:
         raise W2SError(f"{what} {path}: {folder} {why}; choose a writable place")
 
 
+DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+
+
+def disk_full(path: str, what: str, need: int | None = None) -> W2SError:
+    """The one line for a write that ran out of space: the path, what was being written, the bytes it
+    needed where known and what is free there; nothing written in part is kept (the caller removed
+    it), so the same command finishes once space is freed."""
+    place = os.path.abspath(path)
+    while not os.path.exists(place) and os.path.dirname(place) != place:
+        place = os.path.dirname(place)
+    free = shutil.disk_usage(place).free if os.path.exists(place) else None
+    needs = f"{need:,} bytes needed, " if need else ""
+    left = f"{free:,} free" if free is not None else "free space unknown"
+    return W2SError(f"no space left on device writing {what} {path} ({needs}{left}); free space and run the same "
+                    "command again: what was finished is kept, the part written is not")
+
+
 def atomic_write(fs, path: str, data: bytes) -> None:
     """Write a whole file so that readers see either nothing or all of it.
 
@@ -57,10 +76,17 @@ def atomic_write(fs, path: str, data: bytes) -> None:
     if is_local(fs):
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            if exc.errno in DISK_FULL:
+                raise disk_full(path, "the file", len(data)) from None
+            raise
         os.replace(tmp, path)
     else:
         fs.pipe_file(path, data)

@@ -4,6 +4,7 @@ writing into one is one line before any work). Mounts are made in a private moun
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -57,3 +58,41 @@ def test_a_store_and_data_on_a_read_only_mount_are_read_and_never_written(tmp_pa
         f"Error: train: the run {runs}/r2: {runs} is on a read-only file system; choose a writable place"], lines
     assert done.stdout.count("rc=1") == 3 and "Traceback" not in done.stderr
     assert not os.path.exists(os.path.join(runs, "r2"))
+
+
+@needs_mounts
+def test_a_full_disk_is_one_line_and_freed_the_same_command_finishes_as_if_never_full(tmp_path, digits_data,
+                                                                                       workspace_store, weak_ckpt):
+    """A 64 KiB tmpfs fills under prepare, label and train: each ends in one line naming the path,
+    what was written and the bytes it needed; nothing written in part is left. The tmpfs then grown
+    (space freed), prepare and label run again finish, their shards and store equal to runs that never
+    met a full disk."""
+    from w2s_pipe.storage import open_store
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    full = tmp_path / "full"
+    full.mkdir()
+    label = f"{EXE} label --weak-checkpoint {weak_ckpt} --workers 0 --precision fp32 --device cpu --quiet"
+    train = (f"{EXE} train --labels {workspace_store} --strong test_resnet --img-size 32 --batch-size 32 --epochs 1 "
+             f"--workers 0 --precision fp32 --device cpu --quiet --max-steps 2 --run-name {full}/run")
+    script = f"""mount -t tmpfs -o size=64k tmpfs {full}
+        left() {{ echo "left: $(find {full} -name '*.tmp-*' | wc -l) partial files"; }}
+        {EXE} prepare digits --out {full}/digits; left; rm -rf {full}/digits; {train}; left; rm -rf {full}/run
+        {label} --labels {full}/store; left
+        mount -o remount,size=16m {full}
+        {EXE} prepare digits --out {full}/digits > /dev/null && {label} --labels {full}/store > /dev/null &&
+        cp -r {full}/digits {full}/store {tmp_path}/ && echo FINISHED"""
+    done = in_namespace(script, env)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 3 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    for error, what in zip(errors, (f"the file {full}/digits/digits-", f"the checkpoint {full}/run/",
+                                    f"the file {full}/store/")):
+        assert error.startswith(f"Error: no space left on device writing {what}"), error
+        assert "bytes needed" in error and "run the same command again" in error
+    assert done.stdout.count("left: 0 partial files") == 3 and "FINISHED" in done.stdout, done.stdout + done.stderr[-2000:]
+    again, whole = json.load(open(tmp_path / "digits" / "manifest.json")), json.load(open(digits_data / "manifest.json"))
+    assert again["splits"] == whole["splits"]  # every shard's name, count, bytes and digest
+    store, reference = open_store(str(tmp_path / "store")), open_store(workspace_store)
+    assert store.complete and store.index().equals(reference.index())
+    for shard in reference.shards:
+        assert (store.shard_rows(shard["name"]).arrays["logits"] == reference.shard_rows(shard["name"]).arrays["logits"]).all()

@@ -8,12 +8,17 @@ naming the file and saying what would work. `Checkpoints` writes a run's files b
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 
 import torch
 
 from ...errors import W2SError
-from ...storage.fsutil import file_sha256  # noqa: F401  (re-exported: a checkpoint's identity)
+from ...storage.fsutil import (
+    DISK_FULL,
+    disk_full,
+    file_sha256,  # noqa: F401  (re-exported: a checkpoint's identity)
+)
 
 FORMAT = "w2s-pipe-checkpoint/1"
 # What a checkpoint from `train` holds besides the weights; one that lacks any is damaged.
@@ -36,8 +41,28 @@ def save_checkpoint(path: str, state_dict: dict, *, model_name: str, num_classes
     }
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    torch.save(payload, tmp)
+    try:
+        torch.save(payload, tmp)
+    except (OSError, RuntimeError) as exc:  # torch's zip writer reports a full disk as a RuntimeError
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
+        need = _tensor_bytes(payload)
+        if getattr(exc, "errno", None) in DISK_FULL or need >= free:
+            raise disk_full(path, "the checkpoint", need) from None
+        raise
     os.replace(tmp, path)
+
+
+def _tensor_bytes(payload) -> int:
+    """The bytes of the tensors in a checkpoint's payload (its size, less a little metadata)."""
+    if isinstance(payload, torch.Tensor):
+        return payload.numel() * payload.element_size()
+    if isinstance(payload, dict):
+        return sum(_tensor_bytes(v) for v in payload.values())
+    if isinstance(payload, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in payload)
+    return 0
 
 
 ADVICE = "give a .pt file from `w2s-pipe train` or a saved state_dict()"

@@ -10,6 +10,7 @@ running totals, and a digest of its weights.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -22,7 +23,7 @@ import torch.distributed as dist
 
 from ...errors import W2SError
 from ...storage.claims import create_exclusive, pid_alive, read_holder
-from ...storage.fsutil import check_writable
+from ...storage.fsutil import DISK_FULL, atomic_write, check_writable, disk_full, get_fs
 from ..runtime.workspace import workspace_dir
 
 CONFIG_FILE = "config.json"
@@ -112,9 +113,9 @@ def find_run(run: str, workspace=None) -> str:
 
 
 def write_config(run_dir: str, config: dict) -> None:
-    os.makedirs(run_dir, exist_ok=True)
-    with open(os.path.join(run_dir, CONFIG_FILE), "w") as f:
-        json.dump(config, f, indent=1)
+    """config.json, whole or not at all (a full disk is one line)."""
+    path = os.path.join(run_dir, CONFIG_FILE)
+    atomic_write(get_fs(path)[0], path, json.dumps(config, indent=1).encode())
 
 
 def read_config(run_dir: str) -> dict:
@@ -158,16 +159,27 @@ class MetricsLog:
         if not self.enabled:
             return
         line = (json.dumps(record) + "\n").encode()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            os.write(fd, line)
-        finally:
-            os.close(fd)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                if os.write(fd, line) < len(line):  # a short write: the disk filled under it
+                    raise OSError(errno.ENOSPC, "short write")
+            finally:
+                os.close(fd)
+        except OSError as exc:  # a cut last line is dropped on resume (truncate_after)
+            if exc.errno in DISK_FULL:
+                raise disk_full(self.path, "the metrics log", len(line)) from None
+            raise
         if self.board is not None:
-            for name, value in record.items():
-                if name not in ("kind", "step") and isinstance(value, (int, float)) and not isinstance(value, bool):
-                    self.board.add_scalar(f"{record.get('kind', 'record')}/{name}", value, record.get("step", 0))
-            self.board.flush()
+            try:
+                for name, value in record.items():
+                    if name not in ("kind", "step") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                        self.board.add_scalar(f"{record.get('kind', 'record')}/{name}", value, record.get("step", 0))
+                self.board.flush()
+            except OSError as exc:
+                if exc.errno in DISK_FULL:
+                    raise disk_full(os.path.join(os.path.dirname(self.path), "tensorboard"), "TensorBoard's events") from None
+                raise
 
     def close(self) -> None:
         if self.board is not None:
