@@ -65,8 +65,8 @@ def test_a_full_disk_is_one_line_and_freed_the_same_command_finishes_as_if_never
                                                                                        workspace_store, weak_ckpt):
     """A 64 KiB tmpfs fills under prepare, label and train: each ends in one line naming the path,
     what was written and the bytes it needed; nothing written in part is left. The tmpfs then grown
-    (space freed), prepare and label run again finish, their shards and store equal to runs that never
-    met a full disk."""
+    (space freed), the same commands finish: train (its run never reached a checkpoint, so it starts
+    again), and prepare and label, whose shards and store equal runs that never met a full disk."""
     from w2s_pipe.storage import open_store
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -77,7 +77,8 @@ def test_a_full_disk_is_one_line_and_freed_the_same_command_finishes_as_if_never
              f"--workers 0 --precision fp32 --device cpu --quiet --max-steps 2 --run-name {full}/run")
     script = f"""mount -t tmpfs -o size=64k tmpfs {full}
         left() {{ echo "left: $(find {full} -name '*.tmp-*' | wc -l) partial files"; }}
-        {EXE} prepare digits --out {full}/digits; left; rm -rf {full}/digits; {train}; left; rm -rf {full}/run
+        {EXE} prepare digits --out {full}/digits; left; rm -rf {full}/digits; {train}; left
+        mount -o remount,size=16m {full}; {train} && echo TRAINED; rm -rf {full}/run; mount -o remount,size=64k {full}
         {label} --labels {full}/store; left
         mount -o remount,size=16m {full}
         {EXE} prepare digits --out {full}/digits > /dev/null && {label} --labels {full}/store > /dev/null &&
@@ -89,6 +90,7 @@ def test_a_full_disk_is_one_line_and_freed_the_same_command_finishes_as_if_never
                                     f"the file {full}/store/")):
         assert error.startswith(f"Error: no space left on device writing {what}"), error
         assert "bytes needed" in error and "run the same command again" in error
+    assert "TRAINED" in done.stdout  # the run that never reached a checkpoint: the same command trains it
     assert done.stdout.count("left: 0 partial files") == 3 and "FINISHED" in done.stdout, done.stdout + done.stderr[-2000:]
     again, whole = json.load(open(tmp_path / "digits" / "manifest.json")), json.load(open(digits_data / "manifest.json"))
     assert again["splits"] == whole["splits"]  # every shard's name, count, bytes and digest

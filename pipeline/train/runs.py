@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import socket
 import time
 
@@ -48,12 +49,23 @@ def open_run(name: str, workspace=None, *, resume: bool = False, claim: "RunClai
         if resume and not os.path.exists(os.path.join(path, "last.pt")):
             raise W2SError(f"--resume: run {path} has no last.pt to continue from", option="--resume")
         if not resume and os.path.exists(os.path.join(path, CONFIG_FILE)):
-            raise W2SError(f"run {path} exists; pass --resume to continue it, or choose another --run-name")
+            if not os.path.exists(os.path.join(path, "last.pt")):  # it ended (a full disk, a kill) before
+                _start_over(path)  # its first checkpoint, and nothing holds it: the same command starts it again
+            else:
+                raise W2SError(f"run {path} exists; pass --resume to continue it, or choose another --run-name")
     except W2SError:
         if claim is not None:
             claim.release()
         raise
     return path
+
+
+def _start_over(path: str) -> None:
+    """A run that never wrote a checkpoint, emptied of what it logged, to be trained from its start."""
+    for name in (CONFIG_FILE, "metrics.jsonl"):
+        if os.path.exists(os.path.join(path, name)):
+            os.unlink(os.path.join(path, name))
+    shutil.rmtree(os.path.join(path, "tensorboard"), ignore_errors=True)
 
 
 class RunClaim:
