@@ -66,3 +66,13 @@ def test_a_studys_chosen_rows_are_paired_with_hard_labels_of_the_same_cell():
     assert rows[1]["vs"]["diffs"] == {0: pytest.approx(0.05), 1: pytest.approx(0.06), 2: pytest.approx(0.05)}
     assert rows[1]["vs"]["verdict"] == "better"
     assert rows[3]["vs"]["n"] == 2 and set(rows[3]["vs"]["diffs"]) == {0, 2}  # only the seeds both have
+    # hard labels with more to them (a kept fraction, an ensemble of stores) against the plainest hard row of
+    # their protocol: one store, the fewest settings, whatever the order
+    more = [{"cell": {"loss": "hard", "store": "a+b+c"}, "probe": False, "scores": {0: 0.74, 1: 0.75}},
+            {"cell": {"loss": "hard", "store": "a", "keep_frac": 0.7}, "probe": False, "scores": {0: 0.71, 1: 0.74}},
+            {"cell": {"loss": "hard", "store": "a"}, "probe": False, "scores": {0: 0.70, 1: 0.72}},
+            {"cell": {"loss": "hard", "store": "a", "probe": True}, "probe": True, "scores": {0: 0.8, 1: 0.8}}]
+    against(more, "hard")
+    assert more[2]["vs"]["reference"] == "itself" and more[3]["vs"]["reference"] == "itself"
+    assert more[0]["vs"]["diffs"] == {0: pytest.approx(0.04), 1: pytest.approx(0.03)}
+    assert more[1]["vs"]["diffs"] == {0: pytest.approx(0.01), 1: pytest.approx(0.02)}

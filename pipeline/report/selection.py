@@ -71,18 +71,25 @@ def choose(markers: list[dict], values: dict[str, list], choose_on: str, score_o
 
 def against(rows: list[dict], reference: str) -> None:
     """Each row's paired difference on the scoring split to the row of the `reference` loss with the
-    same cell otherwise (the same stores, ensemble and protocol), seed by seed (paired.py)."""
+    same cell otherwise (the same stores, ensemble and protocol), seed by seed (paired.py); a row of
+    the reference loss itself with more to it (kept fractions, an ensemble) against the plainest one
+    of its protocol (one store, the fewest settings)."""
     def rest(row):
         return json.dumps({k: v for k, v in row["cell"].items() if k != "loss"}, sort_keys=True, default=str)
 
     refs = {rest(r): r for r in rows if r["cell"].get("loss") == reference and r.get("scores")}
+    plain = {}  # per protocol, the plainest reference row: one store, the fewest settings (then the first)
+    for r in sorted(refs.values(), key=lambda r: ("+" in str(r["cell"].get("store", "")), len(r["cell"]))):
+        plain.setdefault(r.get("probe"), r)
     for row in rows:
         ref = refs.get(rest(row))
         if ref is None or not row.get("scores"):
             continue
-        if ref is row:
+        if ref is row and plain.get(row.get("probe")) in (None, row):
             row["vs"] = {"reference": "itself", "loss": reference}
             continue
+        if ref is row:  # the reference loss with a selection, an ensemble, ...: against the plain one
+            ref = plain[row.get("probe")]
         seeds = sorted(set(row["scores"]) & set(ref["scores"]), key=str)
         diffs = {seed: row["scores"][seed] - ref["scores"][seed] for seed in seeds}
         row["vs"] = {"loss": reference, **paired_difference(list(diffs.values())), "diffs": diffs}
@@ -95,7 +102,7 @@ def _row(group: dict, values: dict, choose_on: str, score_on: str, defaults: dic
     tried = sorted(group["values"], key=rank)
     means = {combo: mean_std(a.get(choose_on) for _, a in group["values"][combo])[0] for combo in tried}
     best = max((c for c in tried if means[c] is not None), key=lambda c: means[c], default=None)
-    row = {"cell": group["cell"], "chosen_on": choose_on, "scored_on": score_on,
+    row = {"cell": group["cell"], "probe": group["probe"], "chosen_on": choose_on, "scored_on": score_on,
            "by_value": [{"value": dict(c), "choose_mean": means[c],
                          "score_mean": mean_std(a.get(score_on) for _, a in group["values"][c])[0]} for c in tried]}
     if best is None:
