@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -275,39 +276,45 @@ def test_store_size_survives_a_file_renamed_under_it(tmp_path, digits_data, weak
     assert opened.size_bytes() == expected
 
 
-def test_a_second_train_of_a_live_run_is_refused_naming_it_and_a_gone_ones_resumes(tmp_path, workspace_store):
+def test_a_second_train_of_a_live_run_is_refused_naming_it_and_a_gone_ones_starts_again(tmp_path, workspace_store):
     """Two processes, one --run-name: a real `train` process holds its run while it trains
-    (<run>/owner.json); a second, even with --resume, is refused naming that process, and trains
-    nothing. Once the holder is gone (killed: its owner.json stays, naming a dead pid) the run
-    resumes as before, and the finished run holds no claim. A holder on another host is refused with
-    the file to delete."""
+    (<run>/owner.json; paused here with SIGSTOP, so that it is alive for as long as the test needs);
+    a second, with --resume or not, is refused naming that process and trains nothing. Killed before
+    its first checkpoint (its owner.json stays, naming a dead pid), the same command trains the run
+    from its start, and the finished run holds no claim. A holder on another host is refused with the
+    file to delete. (A run killed after a checkpoint resumes through the same takeover:
+    test_train_killed_then_resumed.)"""
     from w2s_pipe.errors import W2SError
     from w2s_pipe.stages.train import TrainConfig, run_train
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    args = [EXE, "train", "--strong", "test_resnet", "--img-size", "32", "--batch-size", "16", "--epochs", "3",
-            "--workers", "0", "--precision", "fp32", "--device", "cpu", "--quiet", "--log-every", "1", "--run-name", "r"]
+    args = [EXE, "train", "--strong", "test_resnet", "--img-size", "32", "--batch-size", "64", "--epochs", "1",
+            "--workers", "0", "--precision", "fp32", "--device", "cpu", "--quiet", "--run-name", "r"]
     run_dir = tmp_path / "ws" / "runs" / "r"
     proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 120
-    while time.time() < deadline and not (run_dir / "last.pt").exists() and proc.poll() is None:
-        time.sleep(0.02)
-    assert json.load(open(run_dir / "owner.json"))["pid"] == proc.pid
-    second = TrainConfig(strong="test_resnet", img_size=32, batch_size=16, epochs=3, workers=0, precision="fp32",
-                         device="cpu", log_every=1, progress=False, run="r", resume=True)  # the first's settings
-    with pytest.raises(W2SError, match=rf"run {run_dir} is being trained by process {proc.pid} \(since .*\); wait for "
-                                       "it to end, or choose another --run-name"):
-        run_train(second)
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate()
+    while time.time() < deadline and not (run_dir / "config.json").exists() and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        assert json.load(open(run_dir / "owner.json"))["pid"] == proc.pid and not (run_dir / "last.pt").exists()
+        same = TrainConfig(strong="test_resnet", img_size=32, batch_size=64, epochs=1, workers=0, precision="fp32",
+                           device="cpu", progress=False, run="r")
+        for resume in (False, True):
+            with pytest.raises(W2SError, match=rf"run {run_dir} is being trained by process {proc.pid} \(since .*\); "
+                                               "wait for it to end, or choose another --run-name"):
+                run_train(dataclasses.replace(same, resume=resume))
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
     assert json.load(open(run_dir / "owner.json"))["pid"] == proc.pid  # left by the killed process
-    result = run_train(second)
+    result = run_train(same)  # no checkpoint was written: the same command starts the run again
     assert result.finished and not (run_dir / "owner.json").exists()
     (run_dir / "owner.json").write_text(json.dumps({"host": "elsewhere", "pid": 1, "since": "then"}))
     with pytest.raises(W2SError, match=rf"held by process 1 on elsewhere \(since then\); if it is gone, delete "
                                        rf"{run_dir / 'owner.json'}"):
-        run_train(second)
+        run_train(dataclasses.replace(same, resume=True))
     (run_dir / "owner.json").unlink()
     with pytest.raises(W2SError, match="exists; pass --resume"):  # refused for another reason: no claim kept
-        run_train(TrainConfig.tiny(run="r"))
+        run_train(same)
     assert not (run_dir / "owner.json").exists()
