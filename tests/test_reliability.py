@@ -122,6 +122,24 @@ def test_two_labellers_started_by_hand_share_the_shards(tmp_path, many_shards, w
     assert first.returncode == 0, first.stderr[-2000:]
     procs = [subprocess.Popen(label_cmd(weak_ckpt, store), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for _ in range(2)]
+    # Both must really run at once: the first to claim a shard is paused (its claim held) until the other
+    # has claimed one too, so that a slow start-up cannot leave one process nothing to do.
+    claims, paused, deadline = os.path.join(store, "claims"), None, time.time() + 120
+    while time.time() < deadline and all(p.poll() is None for p in procs):
+        holders = set()
+        for name in os.listdir(claims) if os.path.isdir(claims) else ():
+            try:
+                holders.add(json.load(open(os.path.join(claims, name)))["pid"])
+            except (OSError, ValueError, KeyError):
+                pass
+        if paused is None and holders & {p.pid for p in procs}:
+            paused = next(p for p in procs if p.pid in holders)
+            paused.send_signal(signal.SIGSTOP)
+        if paused is not None and any(p.pid in holders for p in procs if p is not paused):
+            break
+        time.sleep(0.005)
+    if paused is not None:
+        paused.send_signal(signal.SIGCONT)
     outs = [p.communicate(timeout=300) for p in procs]
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err[-2000:]
