@@ -217,6 +217,24 @@ def test_a_weak_model_once_for_every_seed_and_each_loss_its_own_choices(tmp_path
     assert len(result["steps"]) == len(steps)
 
 
+def test_strong_runs_start_from_a_study_backbone_and_a_probe_only_study_has_no_fine_tuned_ceiling(tmp_path, digits_data):
+    weak = {**TINY["weak"], "base": {"strong": "test_resnet", "img_size": 32, "split": "weak", "seed_offset": 7,
+                                     "once": True}}
+    cfg = load_study(study_file(tmp_path, weak=weak, strong={**TINY["strong"], "start_from": "base"}, ceiling={}))
+    steps = {s.name: s for s in plan(cfg, str(tmp_path / "ws"))}
+    base = steps["weak-base"]
+    for name in ("s0-ceiling", "s0-hard", "s0-adaptconf"):  # the fine-tuned runs, the ceiling too
+        assert steps[name].options["strong_checkpoint"] == os.path.join(base.options["run"], "last.pt")
+        assert base.id in steps[name].deps
+    assert "strong_checkpoint" not in steps["s0-weak-w"].options
+    with pytest.raises(W2SError, match="'strong'.start_from 'nope' is not one of the study's weak models"):
+        load_study(study_file(tmp_path, strong={**TINY["strong"], "start_from": "nope"}))
+    probes = load_study(study_file(tmp_path, weak=weak, features={"backbone": "base"}, ceiling={},
+                                   grid=[{"loss": "hard", "probe": True}]))
+    names = [s.name for s in plan(probes, str(tmp_path / "ws2"))]
+    assert "s0-probe-ceiling" in names and "s0-ceiling" not in names
+
+
 def test_progress_says_what_each_step_made():
     from w2s_pipe.stages.study import said
 
