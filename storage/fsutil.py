@@ -33,6 +33,14 @@ def join(path: str, *parts: str) -> str:
     return "/".join([path.rstrip("/"), *parts])
 
 
+def nearest_existing(path: str) -> str:
+    """`path` made absolute, or its nearest existing folder above it (where a file there would go)."""
+    place = os.path.abspath(path)
+    while not os.path.exists(place) and os.path.dirname(place) != place:
+        place = os.path.dirname(place)
+    return place
+
+
 def check_writable(path: str, what: str) -> None:
     """A one-line error, before any work, where `what` (e.g. "prepare: the output") would be written
     to `path` on a read-only mount or a folder this process may not write: the nearest existing
@@ -40,9 +48,7 @@ def check_writable(path: str, what: str) -> None:
     object store."""
     if "://" in str(path):
         return
-    place = os.path.abspath(path)
-    while not os.path.exists(place) and os.path.dirname(place) != place:
-        place = os.path.dirname(place)
+    place = nearest_existing(path)
     folder = place if os.path.isdir(place) else os.path.dirname(place)
     if not os.access(folder, os.W_OK):
         readonly = hasattr(os, "statvfs") and os.statvfs(folder).f_flag & getattr(os, "ST_RDONLY", 1)
@@ -57,9 +63,7 @@ def disk_full(path: str, what: str, need: int | None = None) -> W2SError:
     """The one line for a write that ran out of space: the path, what was being written, the bytes it
     needed where known and what is free there; nothing written in part is kept (the caller removed
     it), so the same command finishes once space is freed."""
-    place = os.path.abspath(path)
-    while not os.path.exists(place) and os.path.dirname(place) != place:
-        place = os.path.dirname(place)
+    place = nearest_existing(path)
     free = shutil.disk_usage(place).free if os.path.exists(place) else None
     needs = f"{need:,} bytes needed, " if need else ""
     left = f"{free:,} free" if free is not None else "free space unknown"

@@ -121,14 +121,14 @@ def check_member(info: tarfile.TarInfo, url: str) -> bool:
     return info.isreg()
 
 
+SKIP_META = re.compile(r"__[^/]*__($|/)")  # webdataset's skip_meta: tar's own metadata members
+
+
 def _files(f, url: str) -> Iterator[dict]:
     """A shard's files as webdataset's tar_file_iterator gives them ({fname, data}), each member checked."""
     with tarfile.open(fileobj=f, mode="r|*") as stream:
         for info in stream:
-            if not check_member(info, url) or ("/" not in info.name and info.name.startswith(_META[0])
-                                                and info.name.endswith(_META[1])):
-                continue
-            if re.match(r"__[^/]*__($|/)", info.name):  # webdataset's skip_meta
+            if not check_member(info, url) or SKIP_META.match(info.name):
                 continue
             yield {"fname": info.name, "data": stream.extractfile(info).read(), "__url__": url}
             stream.members = []
@@ -147,7 +147,8 @@ def list_keys(url: str, storage_options: dict | None = None) -> list[str]:
             with tarfile.open(fileobj=f, mode="r:*") as tar:
                 for info in tar:
                     name = info.name
-                    if not check_member(info, url) or ("/" not in name and name.startswith(_META[0]) and name.endswith(_META[1])):
+                    if not check_member(info, url) or ("/" not in name and name.startswith(_META[0])
+                                                       and name.endswith(_META[1])):
                         continue
                     prefix, _ = base_plus_ext(name)
                     if prefix is not None and (not keys or prefix != keys[-1]):
