@@ -182,7 +182,9 @@ def prepare_fashion_cmd(ctx, **values):
     checked (magic number, size, counts, labels 0-9) and its sha256 in the manifest: weak (10,000:
     the weak models' ground truth), transfer (45,000: what the weak model labels and the students
     learn from) and select (5,000: where hyperparameters are chosen, and what training validates
-    on), fixed parts of the training images, and test, the official 10,000, only ever scored."""
+    on), fixed parts of the training images, test, the official 10,000, only ever scored, and
+    rotation (transfer's images turned by 0-3 quarter turns and labelled by the turn, never the
+    class: a self-supervised backbone's pretext task)."""
     from .stages.prepare import run_prepare
 
     _echo(run_prepare(_config(ctx, PrepareFashionConfig, values)))
