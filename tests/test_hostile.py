@@ -79,8 +79,8 @@ def test_label_refuses_a_hostile_shard_in_one_line(tmp_path, weak_ckpt):
 def test_a_study_file_with_python_tags_is_refused(tmp_path, tag):
     path = tmp_path / "evil.yaml"
     path.write_text(f"data: digits\nseeds: {tag}\n")
-    with pytest.raises(W2SError, match=rf"{path}"):
-        load_study(str(path))
+    with pytest.raises(W2SError, match=rf"{path}: not a YAML study \(could not determine a constructor for the tag"):
+        load_study(str(path))  # refused while parsed: an unsafe loader would have run the tag before any check
 
 
 def test_a_recipe_with_python_tags_is_refused(tmp_path):
