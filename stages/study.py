@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import fcntl
+import graphlib
 import hashlib
 import json
 import multiprocessing
 import os
 import re
 import shutil
+import socket
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -37,7 +40,8 @@ from ..pipeline.report.paired import cell as paired_cell
 from ..pipeline.runtime.workspace import workspace_dir
 from ..pipeline.sources.datasets import load_registry
 from ..pipeline.sources.shards import read_manifest
-from ..storage.fsutil import check_writable
+from ..storage.claims import pid_alive, read_holder, take
+from ..storage.fsutil import atomic_write, check_writable, get_fs
 from .eval_config import EvalConfig
 from .evaluate import run_eval
 from .label import run_label
@@ -51,6 +55,7 @@ from .train_config import TrainConfig, option_defaults
 
 STEPS_DIR = os.path.join("study", "steps")
 LAYERS = ("prepare", "weak", "label", "train", "eval")  # each layer needs only those before it
+POLL_S = 0.5  # how often steps another process holds (or submitit's jobs) are looked at
 
 
 @dataclass(frozen=True)
@@ -422,9 +427,11 @@ class Progress:
     done: int = 0
     started: float = field(default_factory=time.perf_counter)
 
-    def ended(self, step: Step, marker: dict | None, error: str | None, running: int) -> None:
+    def ended(self, step: Step, marker: dict | None, error: str | None, running: int, by=None) -> None:
+        """Say that `step` ended: with its marker, or failed (`error`); `by` the process that ran it,
+        where that was another study's."""
         self.done += 1
-        what = error or said(marker)
+        what = error or said(marker) + (f" (run by {by} on this workspace)" if by else "")
         self.echo(f"[{self.done}/{self.total}] {step.name}: {what} ({(marker or {}).get('seconds', 0):.0f} s; "
                   f"{running} running, {self.total - self.done - running} left, "
                   f"{(time.perf_counter() - self.started) / 60:.1f} min so far)")
@@ -447,37 +454,127 @@ def said(marker: dict) -> str:
                          "stay clean, so every top-1 is against clean labels" if noise else "")
 
 
-def run_layers(steps: list[Step], ws: str, pool, echo) -> dict:
-    """Every step not done yet, in waves (each the steps whose dependencies have all ended: layer by
-    layer, and a bootstrapped weak model after the store it learns from), each wave's steps side by
-    side; {step id: error} of those that failed or were skipped because a step they need did."""
+class StepClaims:
+    """Which process runs which step, when two studies (or one started twice) share a workspace:
+    <ws>/study/claims/<step id>.json, created atomically (storage/claims.py's, as a labeller's
+    shard claims and a run's owner.json) just before the step starts and removed when it ends. A
+    step another live process holds is waited for: its marker is then this study's too, and its
+    dependents go on; a holder that dies leaves the step to be taken over. The step claims are
+    this module's rather than a library's (filelock's) because a waiter must know *who* holds a
+    step, to say so, and whether that process is alive: a claim names its host and pid."""
+
+    def __init__(self, ws: str):
+        self.dir = os.path.join(ws, "study", "claims")
+        self.me = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        self.held: set[str] = set()
+
+    def path(self, step: Step) -> str:
+        return os.path.join(self.dir, f"{step.id}.json")
+
+    def take(self, step: Step) -> dict | None:
+        """None once this process holds `step`, else its live holder."""
+        holder = take(self.path(step), self.me)
+        if holder is None:
+            self.held.add(step.id)
+        return holder
+
+    def free(self, step: Step) -> bool:
+        """Whether no live process holds `step` any more."""
+        holder = read_holder(self.path(step))
+        return holder is None or (holder.get("host") == self.me["host"] and not pid_alive(holder.get("pid")))
+
+    def release(self, step_id: str) -> None:
+        self.held.discard(step_id)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(self.dir, f"{step_id}.json"))
+
+    def release_all(self) -> None:
+        for step_id in list(self.held):
+            self.release(step_id)
+
+
+def run_steps(steps: list[Step], ws: str, pool, echo, capacity: int = 1) -> dict:
+    """Every step not done yet, each as soon as every step it needs has ended (graphlib's order;
+    among the ready ones, earlier layers first), at most `capacity` at once in `pool`; a step that
+    another process holds (StepClaims) is waited for, not run twice. {step id: error} of the steps
+    that failed or were skipped because a step they need did, and how many steps another process ran."""
+    todo = {s.id: s for s in steps if not s.done_in(ws)}
+    graph = graphlib.TopologicalSorter({i: [d for d in s.deps if d in todo] for i, s in todo.items()})
+    try:
+        graph.prepare()
+    except graphlib.CycleError as exc:
+        raise W2SError(f"study steps wait on each other: {', '.join(todo[i].name for i in exc.args[1][:3])}") from None
     failed: dict[str, str] = {}
-    todo = [s for s in steps if not s.done_in(ws)]
-    progress = Progress(len(todo), echo)
-    while todo:  # in waves: each wave the steps whose every dependency has ended, in layer order
-        waiting = {s.id for s in todo}
-        wave = [s for s in todo if not any(d in waiting for d in s.deps)]
-        if not wave:
-            raise W2SError(f"study steps wait on each other: {', '.join(s.name for s in todo[:3])}")
-        todo = [s for s in todo if s not in wave]
-        ready = []
-        for step in sorted(wave, key=lambda s: LAYERS.index(s.layer)):
-            lost = next((d for d in step.deps if d in failed), None)
-            if lost:
-                failed[step.id] = f"skipped: a step it needs failed ({lost[:6]})"
-                progress.ended(step, None, failed[step.id], 0)
-            else:
-                ready.append(step)
-        pending = {}
-        for step in ready:
-            pending[step.id] = (step, pool.submit(execute, step, ws))
-            if isinstance(pool, _InProcess):  # done already: say so before the next one starts
-                _settle(pending, failed, progress)
-        while pending:
-            _settle(pending, failed, progress)
-            if pending:
-                time.sleep(0.2)
-    return failed
+    ready: list[Step] = []
+    running: dict[str, tuple] = {}  # step id: (step, future), in this study's pool
+    elsewhere: dict[str, tuple] = {}  # step id: (step, its holder), held by another process
+    claims, progress, others = StepClaims(ws), Progress(len(todo), echo), 0
+    try:
+        while graph.is_active():
+            ready += sorted((todo[i] for i in graph.get_ready()), key=lambda s: LAYERS.index(s.layer))
+            for step in list(ready):
+                if len(running) >= capacity:
+                    break
+                ready.remove(step)
+                lost = next((d for d in step.deps if d in failed), None)
+                if lost:
+                    failed[step.id] = f"skipped: a step it needs failed ({lost[:6]})"
+                    _ended(step, None, failed[step.id], graph, progress, running)
+                    continue
+                holder = claims.take(step)
+                if holder is not None:
+                    echo(f"{step.name}: held by process {holder.get('pid')} on {holder.get('host')}; waiting for it "
+                         f"(if that process is gone, delete {claims.path(step)})")
+                    elsewhere[step.id] = (step, holder)
+                elif step.done_in(ws):  # ended in another process since this study planned
+                    claims.release(step.id)
+                    others += 1
+                    _ended(step, _read_marker(ws, step), None, graph, progress, running, by="another process")
+                else:
+                    running[step.id] = (step, pool.submit(execute, step, ws))
+            _wait(running, elsewhere)
+            for step_id, (step, future) in list(running.items()):
+                if future.done():
+                    del running[step_id]
+                    try:
+                        marker, error = future.result(), None
+                    except Exception as exc:  # a failed step: reported, its dependents skipped, the others go on
+                        marker, error = None, "failed: " + _reason(exc)
+                        failed[step_id] = error
+                    claims.release(step_id)
+                    _ended(step, marker, error, graph, progress, running)
+            for step_id, (step, holder) in list(elsewhere.items()):
+                if step.done_in(ws):
+                    del elsewhere[step_id]
+                    others += 1
+                    _ended(step, _read_marker(ws, step), None, graph, progress, running, by=f"process {holder.get('pid')}")
+                elif claims.free(step):  # its holder ended without a marker, or died: this study tries it
+                    del elsewhere[step_id]
+                    ready.insert(0, step)
+    finally:
+        claims.release_all()
+    return failed, others
+
+
+def _ended(step: Step, marker: dict | None, error: str | None, graph, progress: Progress, running: dict,
+           by=None) -> None:
+    graph.done(step.id)
+    progress.ended(step, marker, error, len(running), by)
+
+
+def _read_marker(ws: str, step: Step) -> dict:
+    with open(marker_path(ws, step.id)) as f:
+        return json.load(f)
+
+
+def _wait(running: dict, elsewhere: dict) -> None:
+    """Until a step of this pool ends (or, while steps of another process are awaited, POLL_S)."""
+    futures = [future for _, future in running.values()]
+    if futures and all(isinstance(f, concurrent.futures.Future) for f in futures):
+        concurrent.futures.wait(futures, timeout=POLL_S if elsewhere else None,
+                                return_when=concurrent.futures.FIRST_COMPLETED)
+    elif futures or elsewhere:  # submitit's jobs are polled
+        time.sleep(POLL_S)
 
 
 def _reason(exc: Exception) -> str:
@@ -487,19 +584,6 @@ def _reason(exc: Exception) -> str:
         raised = [line for line in text.splitlines() if re.match(r"^[\w.]*(Error|Exception)\b[^ ]*: ", line)]
         text = raised[-1].split(": ", 1)[1] if raised else text.strip().splitlines()[-1]
     return " ".join(text.split())[:300]
-
-
-def _settle(pending: dict, failed: dict, progress: Progress) -> None:
-    for step_id, (step, future) in list(pending.items()):
-        if not future.done():
-            continue
-        del pending[step_id]
-        try:
-            marker, error = future.result(), None
-        except Exception as exc:  # a failed step: reported, its dependents skipped, the others go on
-            marker, error = None, "failed: " + _reason(exc)
-            failed[step_id] = error
-        progress.ended(step, marker, error, len(pending))
 
 
 # -- the study, and its report ------------------------------------------------------------------
@@ -516,8 +600,9 @@ class StudyResult(dict):
             lines += ["", *selection_markdown(self["selection"], self["baselines"])]
         lines += ["", *(f"failed: {name}: {why}" for name, why in self["failed"])]
         t = self["time"]
+        others = f"{t['steps_by_others']} run by another process meanwhile, " if t.get("steps_by_others") else ""
         lines.append(f"study {self['workspace']}: {t['steps_run']} steps run, {t['steps_done_before']} done before, "
-                     f"{len(self['failed'])} failed or skipped, in {t['wall_s'] / 60:.1f} min ({t['jobs']} job{'s' * (t['jobs'] > 1)}; "
+                     f"{others}{len(self['failed'])} failed or skipped, in {t['wall_s'] / 60:.1f} min ({t['jobs']} job{'s' * (t['jobs'] > 1)}; "
                      f"planning {t['plan_s']:.1f} s, report {t['report_s']:.1f} s); report {self['markdown']}")
         return lines
 
@@ -527,33 +612,45 @@ def run_study(cfg: StudyConfig, *, out: str | None = None, jobs: int = 1, cluste
     ws = os.path.abspath(out or str(workspace_dir(workspace) / "studies" / cfg.name))
     started = time.perf_counter()
     steps = plan(cfg, ws)
-    check_plan(cfg, steps, ws)
+    check_plan(cfg, steps, ws)  # before anything is written
     if dry_run:
         return StudyResult(dry_run=True, workspace=ws,
                            steps=[{"name": s.name, "kind": s.kind, "done": s.done_in(ws)} for s in steps])
     if jobs < 1:
         raise W2SError(f"--jobs {jobs} is invalid: must be at least 1", option="--jobs")
-    before = sum(s.done_in(ws) for s in steps)
-    planned = time.perf_counter() - started
     check_writable(ws, "study: the workspace")
     os.makedirs(os.path.join(ws, STEPS_DIR), exist_ok=True)
-    names = {**_names(ws), **{s.name: s.id for s in steps}}  # a changed step later gets another name
-    with open(os.path.join(ws, "study", "names.json"), "w") as f:
-        json.dump(names, f, indent=1)
+    with _planning(ws):  # one study at a time names its steps, so that two never take one name
+        steps = plan(cfg, ws)  # again: another study may have named steps since
+        names = {**_names(ws), **{s.name: s.id for s in steps}}  # a changed step later gets another name
+        path = os.path.join(ws, "study", "names.json")
+        atomic_write(get_fs(path)[0], path, json.dumps(names, indent=1).encode())
+    before = sum(s.done_in(ws) for s in steps)
+    planned = time.perf_counter() - started
     with data_in(ws, cfg):
         pool = engine(jobs, cluster, os.path.join(ws, "study", "submitit"), cfg.cluster)
         try:
-            failed = run_layers(steps, ws, pool, echo)
+            failed, others = run_steps(steps, ws, pool, echo, capacity=10**6 if cluster else jobs)
         finally:
             getattr(pool, "shutdown", lambda: None)()
         t = time.perf_counter()
         result = _report(cfg, steps, ws, plots)
     result["failed"] = [(s.name, failed[s.id]) for s in steps if s.id in failed]
     result["time"] = {"wall_s": time.perf_counter() - started, "plan_s": planned, "report_s": time.perf_counter() - t,
-                      "jobs": jobs, "steps_run": len(steps) - before - len(failed), "steps_done_before": before}
-    with open(os.path.join(ws, "study", "study.json"), "w") as f:
-        json.dump(result, f, indent=1, default=str)
+                      "jobs": jobs, "steps_run": len(steps) - before - len(failed) - others, "steps_done_before": before,
+                      "steps_by_others": others}
+    path = os.path.join(ws, "study", "study.json")
+    atomic_write(get_fs(path)[0], path, json.dumps(result, indent=1, default=str).encode())
     return result
+
+
+@contextlib.contextmanager
+def _planning(ws: str):
+    """The workspace's plan lock (<ws>/study/plan.lock, an flock: released by the kernel however
+    its holder ends), held while a study reads and writes names.json."""
+    with open(os.path.join(ws, "study", "plan.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def _report(cfg: StudyConfig, steps: list[Step], ws: str, plots: bool) -> StudyResult:

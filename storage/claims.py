@@ -120,6 +120,27 @@ class ShardClaims:
         return out
 
 
+def take(path: str, me: dict) -> dict | None:
+    """Hold the claim file `path` for `me` ({"host", "pid", ...}): None once held (created, or this
+    process's own already), else the holder that keeps it: a live process on this host, or any on
+    another (not checkable from here). A claim whose process is gone, or that cannot be read (a
+    writer killed mid-way: create_exclusive makes that rare), is taken over."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    for _ in range(3):
+        if create_exclusive(path, me):
+            return None
+        holder = read_holder(path) or {}
+        if (holder.get("host"), holder.get("pid")) == (me["host"], me["pid"]):
+            return None
+        if holder.get("host") not in (None, me["host"]) or (holder.get("pid") is not None and pid_alive(holder["pid"])):
+            return holder
+        try:  # its process is gone (or the file unreadable): take it over
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+    return read_holder(path) or {"pid": None}
+
+
 def create_exclusive(path: str, content: dict) -> bool:
     """Create `path` holding `content`, or return False if it exists: written to a private file,
     then hard-linked into place (atomic, and fails if the name exists), so that no reader ever

@@ -3,8 +3,10 @@ one split and scored on another, resumed after a kill, run side by side and thro
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -284,3 +286,61 @@ def test_a_name_whose_step_never_started_is_free_again(tmp_path, digits_data):
     (ws / "study" / "names.json").write_text(json.dumps({"s0-hard": "0" * 12, "s0-kd": "1" * 12}))
     names = {s.name for s in plan(load_study(study_file(tmp_path, grid=[{"loss": ["hard", "kd"]}])), str(ws))}
     assert "s0-hard" in names and "s0-kd" not in names and any(n.startswith("s0-kd-") for n in names)
+
+
+def _start(args: list[str], log) -> subprocess.Popen:
+    exe = os.path.join(os.path.dirname(sys.executable), "w2s-pipe")
+    return subprocess.Popen([exe, *args], stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def _until(what, procs, deadline_s=180):
+    deadline = time.monotonic() + deadline_s
+    while not what():
+        assert all(p.poll() is None for p in procs) and time.monotonic() < deadline, "gave up waiting"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("second", ["same", "sharing"])
+def test_two_studies_on_one_workspace_run_each_step_once(tmp_path, second, digits_data, weak_ckpt):
+    """The same study started twice at once (`same`), or two studies that share a store (`sharing`):
+    the first is frozen (SIGSTOP) while it holds a step, so that the second meets the claim for
+    certain; the second waits for it, says whose it is, and takes its marker; no step runs twice."""
+    first = study_file(tmp_path, grid=[{"loss": ["hard", "adaptconf"]}], ceiling=False,
+                       weak={"w": {"checkpoint": weak_ckpt}})
+    other = first
+    if second == "sharing":
+        other = str(tmp_path / "other.yaml")
+        os.rename(study_file(tmp_path, grid=[{"loss": "kd"}], ceiling=False, weak={"w": {"checkpoint": weak_ckpt}}),
+                  other)
+        first = study_file(tmp_path, grid=[{"loss": ["hard", "adaptconf"]}], ceiling=False,
+                           weak={"w": {"checkpoint": weak_ckpt}})
+    ws = tmp_path / "ws"
+    logs = [open(tmp_path / "a.log", "w+"), open(tmp_path / "b.log", "w+")]
+    a = _start(["study", first, "--out", str(ws)], logs[0])
+    procs = [a]
+    try:
+        _until(lambda: list(ws.glob("study/claims/*.json")), procs)
+        os.killpg(a.pid, signal.SIGSTOP)
+        (held,) = [json.load(open(p)) for p in ws.glob("study/claims/*.json")]
+        assert held["pid"] == a.pid
+        b = _start(["study", other, "--out", str(ws)], logs[1])
+        procs.append(b)
+        _until(lambda: "waiting for it" in (tmp_path / "b.log").read_text(), [b])
+        os.killpg(a.pid, signal.SIGCONT)
+        assert a.wait(timeout=300) == 0 and b.wait(timeout=300) == 0
+    finally:
+        for p in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGCONT)
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    out = [(tmp_path / n).read_text() for n in ("a.log", "b.log")]
+    ran = [m.group(1) for text in out for m in re.finditer(r"^\[\d+/\d+\] (\S+): (?!.*run by )", text, re.M)]
+    assert len(ran) == len(set(ran)), out  # no step ran in both
+    assert f"held by process {a.pid}" in out[1] and f"(run by process {a.pid} on this workspace)" in out[1], out[1]
+    store = [line for line in out[1].splitlines() if re.match(r"^\[\d+/\d+\] s-s0: labelled", line)]
+    assert store and "run by process" in store[0], out  # the shared store, labelled once, by the first
+    expected = {"s-s0", "s0-hard", "s0-adaptconf"} | ({"s0-kd"} if second == "sharing" else set())
+    assert set(ran) == expected, (ran, out)
+    assert not list(ws.glob("study/claims/*.json"))  # every claim released

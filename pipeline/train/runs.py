@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 from ...errors import W2SError
-from ...storage.claims import create_exclusive, pid_alive, read_holder
+from ...storage.claims import take
 from ...storage.fsutil import DISK_FULL, atomic_write, check_writable, disk_full, get_fs
 from ..runtime.workspace import workspace_dir
 
@@ -88,25 +88,15 @@ class RunClaim:
         me = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
         owner = os.path.join(run_dir, OWNER_FILE)
         os.makedirs(run_dir, exist_ok=True)
-        for _ in range(3):
-            if create_exclusive(owner, me):
-                self.path = owner
-                return
-            holder = read_holder(owner) or {}
-            if (holder.get("host"), holder.get("pid")) == (me["host"], me["pid"]):
-                self.path = owner  # this process's own, left by a run of it that failed
-                return
-            if holder.get("host") not in (None, me["host"]):
-                raise W2SError(f"run {run_dir} is held by process {holder.get('pid')} on {holder['host']} (since "
-                               f"{holder.get('since')}); if it is gone, delete {owner}, else choose another --run-name")
-            if holder.get("pid") is not None and pid_alive(holder["pid"]):
-                raise W2SError(f"run {run_dir} is being trained by process {holder['pid']} (since {holder.get('since')}); "
-                               "wait for it to end, or choose another --run-name")
-            try:  # its process is gone (or the file unreadable): take it over
-                os.unlink(owner)
-            except FileNotFoundError:
-                pass
-        raise W2SError(f"run {run_dir}: could not take {owner} from the processes contending for it")
+        holder = take(owner, me)
+        if holder is None:
+            self.path = owner
+            return
+        if holder.get("host") not in (None, me["host"]):
+            raise W2SError(f"run {run_dir} is held by process {holder.get('pid')} on {holder['host']} (since "
+                           f"{holder.get('since')}); if it is gone, delete {owner}, else choose another --run-name")
+        raise W2SError(f"run {run_dir} is being trained by process {holder.get('pid')} (since {holder.get('since')}); "
+                       "wait for it to end, or choose another --run-name")
 
     def release(self) -> None:
         if self.path is not None:
