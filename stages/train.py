@@ -26,7 +26,7 @@ from ..errors import W2SError
 from ..pipeline.config.choices import LOSSES
 from ..pipeline.evaluation.accuracy import evaluate
 from ..pipeline.evaluation.predictions import predictions_file, write_predictions
-from ..pipeline.image.decode import resolve_decoder
+from ..pipeline.image.decode import limit_pixels, resolve_decoder
 from ..pipeline.loaders.join import StoreJoin, sample_ids
 from ..pipeline.loaders.train_stream import TrainStream, train_loader
 from ..pipeline.loaders.workers import loading_processes
@@ -131,14 +131,14 @@ def train_step(model, batches: list[dict], optimizer, objective, *, progress: fl
 
 # ---------------------------------------------------------------------------------------------
 def run_train(cfg: TrainConfig) -> TrainResult:
+    limit_pixels(cfg.max_image_pixels)
     with distributed.session(cfg.device, deterministic=cfg.deterministic,
                              stall_timeout=cfg.stall_timeout) as (info, device), RunClaim() as claim:
         # -- the inputs and the run --------------------------------------------------------------
         inputs = resolve_inputs(cfg)
         _say_weak_labels(inputs, info)
         strong, precision = resolve_model_name(cfg.strong), distributed.resolve_precision(cfg.precision, device)
-        decoder = resolve_decoder(cfg.decode, device, loading_only=cfg.loading_only + (
-            ("--mixup (replayed from a per-view store)",) if inputs.mix else ()))
+        decoder = _decoder(cfg, inputs, device)
         workers = loading_processes(cfg.workers)
         run_dir = distributed.on_main(lambda: open_run(_run_name(cfg, strong), cfg.workspace, resume=cfg.resume,
                                                        claim=claim))
@@ -300,6 +300,12 @@ class RunState:
 
 
 # ---------------------------------------------------------------------------------------------
+def _decoder(cfg: TrainConfig, inputs: Inputs, device) -> str:
+    """The run's decoder: --decode resolved, cpu where augmentation runs in the loading processes."""
+    mixup = ("--mixup (replayed from a per-view store)",) if inputs.mix else ()
+    return resolve_decoder(cfg.decode, device, loading_only=cfg.loading_only + mixup)
+
+
 def _described(cfg: TrainConfig, inputs: Inputs) -> dict:
     """What every checkpoint of the run says of it besides the weights and the model."""
     return dict(num_classes=inputs.num_classes, class_names=inputs.class_names, config=asdict(cfg), data=inputs.record,

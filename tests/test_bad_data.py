@@ -61,8 +61,8 @@ def write(directory, name, samples):
 
 
 def label(tmp_path, ckpt, pattern, **kw):
-    return run_label(LabelConfig(weak=None, weak_checkpoint=ckpt, data=pattern, num_classes=10, labels=str(tmp_path / "store"),
-                                 workers=0, precision="fp32", progress=False, **kw))
+    return run_label(LabelConfig(**{**dict(weak=None, weak_checkpoint=ckpt, data=pattern, num_classes=10, workers=0,
+                                           labels=str(tmp_path / "store"), precision="fp32", progress=False), **kw}))
 
 
 @pytest.mark.parametrize("kind", sorted(BAD))
@@ -142,9 +142,30 @@ def test_a_declared_size_over_the_limit_is_refused_before_any_decoder(decoder, m
     with pytest.raises(W2SError, match=r"shard s.tar, key 'k': cannot decode 'png' \(Image size \(10000000000 pixels\) "
                                        r"exceeds limit of 178956970 pixels: refused before decoding\)"):
         prepare.decode({"__key__": "k", "png": bomb()}, ("png",), "s.tar")
-    monkeypatch.setattr(decode, "MAX_IMAGE_PIXELS", 60)
+    monkeypatch.setenv(decode.LIMIT_ENV, "60")
     with pytest.raises(W2SError, match=r"key 'k': cannot decode 'png' \(its header declares 8 x 8 = 64 pixels, over the "
-                                       r"limit of 60 \(W2S_MAX_IMAGE_PIXELS\)"):
+                                       r"limit of 60 \(--max-image-pixels\)"):
         prepare.decode({"__key__": "k", "png": png()}, ("png",), "s.tar")
-    monkeypatch.setattr(decode, "MAX_IMAGE_PIXELS", 64)
+    monkeypatch.setenv(decode.LIMIT_ENV, "64")
     assert prepare.decode({"__key__": "k", "png": png()}, ("png",), "s.tar") is not None
+
+
+def test_max_image_pixels_reaches_the_loading_processes_of_label_and_train(tmp_path, weak_ckpt, monkeypatch):
+    """--max-image-pixels is the limit in a loading process too (workers=1, a process of its own), for
+    label and for train: 8 x 8 images pass 64 and are refused at 63, naming shard, key and the option;
+    the limit of a later job in the same process is that job's, not the last one's."""
+    from w2s_pipe.pipeline.image import decode
+
+    monkeypatch.delenv(decode.LIMIT_ENV, raising=False)  # and the stages' own setting undone after the test
+    write(tmp_path / "d", "x-000000.tar", good(6, "a"))
+    pattern = str(tmp_path / "d" / "x-*.tar")
+    with pytest.raises(W2SError, match=r"shard x-000000.tar, key 'a000': cannot decode 'png' \(its header declares "
+                                       r"8 x 8 = 64 pixels, over the limit of 63 \(--max-image-pixels\)"):
+        label(tmp_path, weak_ckpt, pattern, workers=1, max_image_pixels=63)
+    result = label(tmp_path, weak_ckpt, pattern, workers=1, max_image_pixels=64)
+    assert result.complete and result.samples_total == 6
+    with pytest.raises(W2SError, match=r"key 'a00\d': cannot decode 'png' \(its header declares 8 x 8"):
+        run_train(TrainConfig.tiny(labels=result.store, no_eval=True, run="t", epochs=1, batch_size=2,
+                                   workers=1, max_image_pixels=10))
+    assert run_train(TrainConfig.tiny(labels=result.store, no_eval=True, run="t2", epochs=1,
+                                      batch_size=2, workers=1)).finished  # the default again

@@ -95,7 +95,7 @@ def test_label_options_are_frozen():
     names = sorted(p.opts[0] for p in cli.commands["label"].params if isinstance(p, click.Option))
     assert names == sorted([
         "--weak", "--data", "--split", "--labels", "--weak-checkpoint", "--num-classes", "--img-size", "--batch-size",
-        "--workers", "--precision", "--device", "--topk", "--compile", "--overwrite", "--max-shards", "--quiet",
+        "--workers", "--precision", "--device", "--topk", "--compile", "--overwrite", "--max-shards", "--max-image-pixels", "--quiet",
         "--on-bad-sample", "--decode",
         # per-view stores (issue 19)
         "--views", "--seed", "--crop-scale", "--hflip", "--aa", "--color-jitter", "--reprob", "--mixup", "--cutmix",
@@ -113,7 +113,7 @@ def test_train_options_are_frozen():
         "--beta-warmup-frac", "--gt-weight", "--skip-missing", "--opt", "--lr", "--weight-decay", "--sched",
         "--warmup-epochs", "--epochs", "--steps-per-epoch", "--batch-size", "--workers", "--precision", "--device",
         "--clip-grad", "--seed", "--hflip", "--color-jitter", "--crop-scale", "--shuffle-buffer", "--run-name",
-        "--resume", "--max-steps", "--log-every", "--quiet", "--skip-shard-check", "--min-lr", "--warmup-lr",
+        "--resume", "--max-steps", "--max-image-pixels", "--log-every", "--quiet", "--skip-shard-check", "--min-lr", "--warmup-lr",
         "--decay-epochs", "--decay-rate", "--deterministic", "--decode", "--config",
         # the paper's recipes (issue 13)
         "--crop-pct", "--drop-path", "--head-init-std", "--ramp", "--kd-weight", "--smoothing", "--momentum",
@@ -137,7 +137,7 @@ def test_train_options_are_frozen():
 
 def test_eval_options_are_frozen():
     names = sorted(p.opts[0] for p in cli.commands["eval"].params if isinstance(p, click.Option))
-    assert names == sorted(["--run", "--pick", "--checkpoint", "--data", "--split", "--batch-size", "--workers",
+    assert names == sorted(["--run", "--pick", "--checkpoint", "--data", "--split", "--batch-size", "--workers", "--max-image-pixels",
                             "--device", "--precision", "--decode",
                             # few-shot (issue 21)
                             "--episodes", "--ways", "--shots", "--queries", "--episode-seed"])

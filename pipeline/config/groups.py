@@ -31,6 +31,12 @@ class Loading:
                                  "device and nothing needs the loading processes (--aa, --color-jitter, label --views), "
                                  "else cpu; label: the decoder an existing store began with, which it finishes with.",
                          choices=DECODE_OPTIONS)
+    max_image_pixels: int | None = option(
+        None, "The most pixels (width x height) an image's header may declare: a sample over it (a decompression "
+              "bomb) is refused by the same rule as an undecodable one, naming shard and key, before any decoder "
+              "allocates it; on every decode path. At most PIL's own refusal point, 178,956,970, the default, which "
+              "ImageNet's and LAION's largest photographs pass.", at_least=1, at_most=178_956_970,
+        default_text="178,956,970", recipe=False)
     device: str = option("auto", "auto, cpu, cuda or cuda:N; under torchrun each process takes the GPU of its local "
                                  "rank.")
     precision: str = option("auto", "Autocast precision; auto is bf16 on GPU and on CPUs with native bf16, else fp32 "

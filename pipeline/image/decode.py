@@ -26,15 +26,27 @@ from .crops import resized_crops
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 # The most pixels an image may declare in its header: PIL's own refusal point (twice its warning limit),
-# which ImageNet's and LAION's largest photographs pass; W2S_MAX_IMAGE_PIXELS lowers it. A header over it
-# is refused before any decoder allocates the image (a decompression bomb).
+# which ImageNet's and LAION's largest photographs pass; --max-image-pixels (limit_pixels) lowers it. A
+# header over it is refused before any decoder allocates the image (a decompression bomb).
 PIL_REFUSES = 2 * Image.MAX_IMAGE_PIXELS
-MAX_IMAGE_PIXELS = min(int(os.environ.get("W2S_MAX_IMAGE_PIXELS") or PIL_REFUSES), PIL_REFUSES)
+LIMIT_ENV = "W2S_MAX_IMAGE_PIXELS"  # the limit, where a stage set it: the loading processes take the
+# stage's environment as they start (loaders/workers.py's WorkerStart), whatever the fork server had
+
+
+def limit_pixels(limit: int | None) -> None:
+    """Set the most pixels an image may declare (None: PIL's refusal point) for this stage: in this
+    process and the loading processes it starts from now on."""
+    os.environ[LIMIT_ENV] = str(min(limit or PIL_REFUSES, PIL_REFUSES))
+
+
+def max_image_pixels() -> int:
+    """The most pixels an image may declare here: the stage's --max-image-pixels, or PIL_REFUSES."""
+    return min(int(os.environ.get(LIMIT_ENV) or PIL_REFUSES), PIL_REFUSES)
 
 
 def check_declared(data: bytes, where: str) -> None:
     """Refuse, in one line prefixed with `where`, an empty payload or an image whose header declares
-    more than MAX_IMAGE_PIXELS pixels: read from the header alone (PIL's lazy open), before any of the
+    more than max_image_pixels() pixels: read from the header alone (PIL's lazy open), before any of the
     decoders (PIL, torchvision's, nvJPEG) allocates it. A header PIL cannot read is left to the
     decoders, which name their own failure."""
     if len(data) == 0:
@@ -48,9 +60,9 @@ def check_declared(data: bytes, where: str) -> None:
         raise W2SError(f"{where} ({exc.args[0].split(',')[0]}: refused before decoding)") from None
     except Exception:  # PIL raises many types for a header it cannot read
         return
-    if width * height > MAX_IMAGE_PIXELS:
+    if width * height > (limit := max_image_pixels()):
         raise W2SError(f"{where} (its header declares {width} x {height} = {width * height:,} pixels, over the limit "
-                       f"of {MAX_IMAGE_PIXELS:,} (W2S_MAX_IMAGE_PIXELS): refused before decoding)")
+                       f"of {limit:,} (--max-image-pixels): refused before decoding)")
 
 
 def image_payload(sample: dict, image_fields: tuple[str, ...], shard: str) -> tuple[str, bytes]:
