@@ -17,6 +17,7 @@ from ..errors import W2SError
 from ..pipeline.config.choices import NOISY_SCENARIO, SCENARIOS, check_choice
 from ..pipeline.runtime.workspace import workspace_dir
 from ..pipeline.sources.noise import LabelNoise
+from ..storage.fsutil import write_whole
 from .report import few_shot_markdown, markdown_table, misfit_markdown
 from .study import run_study
 from .study_config import load_study
@@ -85,9 +86,7 @@ def _prepare_workspace(cfg: DemoConfig, echo=print) -> None:
         echo(f"starting the demo over in {cfg.out}" + ("" if cfg.fresh else " (an earlier demo there had other options)"))
         shutil.rmtree(cfg.out)
     os.makedirs(cfg.out, exist_ok=True)
-    with open(marker + ".tmp", "w") as f:
-        json.dump(same, f, indent=1)
-    os.replace(marker + ".tmp", marker)
+    write_whole(marker, json.dumps(same, indent=1))
 
 
 def run_demo(cfg: DemoConfig, echo=print) -> "DemoResult":

@@ -15,7 +15,7 @@ from ..errors import W2SError
 from ..pipeline.evaluation.accuracy import evaluate_checkpoint
 from ..pipeline.evaluation.fewshot import few_shot_checkpoint
 from ..pipeline.evaluation.predictions import predictions_file, write_predictions
-from ..pipeline.image.decode import limit_pixels
+from ..pipeline.image.decode import pixel_limited
 from ..pipeline.sources.datasets import novel_data
 from ..pipeline.train.runs import find_run, read_config
 from .eval_config import EvalConfig
@@ -55,10 +55,10 @@ class EvalResult(dict):
         return lines
 
 
+@pixel_limited
 def run_eval(cfg: EvalConfig) -> EvalResult:
     """Top-1 and top-5, with what they were measured on: checkpoint, its step and epoch, how it was
     picked, the precision, the data and split, and what the run trained from."""
-    limit_pixels(cfg.max_image_pixels)
     checkpoint, trained_on = cfg.checkpoint, {}
     if cfg.run:
         run_dir = find_run(cfg.run, cfg.workspace)

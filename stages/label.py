@@ -25,7 +25,7 @@ from tqdm import tqdm
 from .. import __version__
 from ..errors import W2SError
 from ..pipeline.config.options import parse_classes
-from ..pipeline.image.decode import limit_pixels, resolve_decoder
+from ..pipeline.image.decode import pixel_limited, resolve_decoder
 from ..pipeline.image.preprocess import DeviceNormalize, Preprocess, TensorGeometry
 from ..pipeline.loaders.shard_batches import (
     ImageBatch,
@@ -91,8 +91,8 @@ class LabelResult:
         return lines
 
 
+@pixel_limited
 def run_label(cfg: LabelConfig) -> LabelResult:
-    limit_pixels(cfg.max_image_pixels)
     with distributed.session(cfg.device, stall_timeout=cfg.stall_timeout) as (info, device):
         # -- the data, the weak model and the store ----------------------------------------------
         source = resolve_data(cfg.data, cfg.split, workspace=cfg.workspace, num_classes=cfg.num_classes)

@@ -33,6 +33,7 @@ from ..pipeline.report.markdown import (  # noqa: F401  (re-exported: demo and s
 from ..pipeline.report.measures import mean_std, pgr
 from ..pipeline.report.results import load_run, load_store, report_workspace, weak_accuracy
 from ..pipeline.runtime.workspace import slug
+from ..storage.fsutil import write_whole
 from .train_config import option_defaults
 
 LOSS_ORDER = [name for name in LOSSES if name != "gt"][::-1]  # hard, kd, augconf, adaptconf
@@ -394,9 +395,7 @@ def run_report(cfg: ReportConfig) -> ReportResult:
         md.append(f"- store `{s['name']}`: {s['weak_model']} on {s['data']} {s['split']}, {s['samples']} samples{acc}")
     md += ["", "PGR = (weak-to-strong - weak) / (ceiling - weak), per seed; accuracies are final-epoch validation top-1.", ""]
     md += [f"![{os.path.basename(f)}]({os.path.basename(f)})" for f in files]
-    with open(os.path.join(out, "report.md"), "w") as f:
-        f.write("\n".join(md) + "\n")
-    with open(os.path.join(out, "report.json"), "w") as f:
-        json.dump(report, f, indent=1, default=str)
+    write_whole(os.path.join(out, "report.md"), "\n".join(md) + "\n")
+    write_whole(os.path.join(out, "report.json"), json.dumps(report, indent=1, default=str))
     report["markdown"] = os.path.join(out, "report.md")
     return report

@@ -41,7 +41,7 @@ from ..pipeline.runtime.workspace import workspace_dir
 from ..pipeline.sources.datasets import load_registry
 from ..pipeline.sources.shards import read_manifest
 from ..storage.claims import pid_alive, read_holder, take
-from ..storage.fsutil import atomic_write, check_writable, get_fs
+from ..storage.fsutil import check_writable, write_whole
 from .eval_config import EvalConfig
 from .evaluate import run_eval
 from .label import run_label
@@ -344,11 +344,7 @@ def execute(step: Step, ws: str) -> dict:
         result.update({"few_shot": figures["few_shot"]} if "few_shot" in figures else {"top1": figures["top1"]})
     marker = {"id": step.id, "kind": step.kind, "name": step.name, "meta": step.meta, "options": step.options,
               "result": result, "seconds": time.perf_counter() - started}
-    path = marker_path(ws, step.id)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(marker, f, indent=1, default=str)
-    os.replace(path + ".tmp", path)  # a marker is whole or absent
+    write_whole(marker_path(ws, step.id), json.dumps(marker, indent=1, default=str))  # whole or absent
     return marker
 
 
@@ -624,7 +620,7 @@ def run_study(cfg: StudyConfig, *, out: str | None = None, jobs: int = 1, cluste
         steps = plan(cfg, ws)  # again: another study may have named steps since
         names = {**_names(ws), **{s.name: s.id for s in steps}}  # a changed step later gets another name
         path = os.path.join(ws, "study", "names.json")
-        atomic_write(get_fs(path)[0], path, json.dumps(names, indent=1).encode())
+        write_whole(path, json.dumps(names, indent=1))
     before = sum(s.done_in(ws) for s in steps)
     planned = time.perf_counter() - started
     with data_in(ws, cfg):
@@ -640,7 +636,7 @@ def run_study(cfg: StudyConfig, *, out: str | None = None, jobs: int = 1, cluste
                       "jobs": jobs, "steps_run": len(steps) - before - len(failed) - others, "steps_done_before": before,
                       "steps_by_others": others}
     path = os.path.join(ws, "study", "study.json")
-    atomic_write(get_fs(path)[0], path, json.dumps(result, indent=1, default=str).encode())
+    write_whole(path, json.dumps(result, indent=1, default=str))
     return result
 
 

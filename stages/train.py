@@ -26,7 +26,7 @@ from ..errors import W2SError
 from ..pipeline.config.choices import LOSSES
 from ..pipeline.evaluation.accuracy import evaluate
 from ..pipeline.evaluation.predictions import predictions_file, write_predictions
-from ..pipeline.image.decode import limit_pixels, resolve_decoder
+from ..pipeline.image.decode import pixel_limited, resolve_decoder
 from ..pipeline.loaders.join import StoreJoin, sample_ids
 from ..pipeline.loaders.train_stream import TrainStream, train_loader
 from ..pipeline.loaders.workers import loading_processes
@@ -130,8 +130,8 @@ def train_step(model, batches: list[dict], optimizer, objective, *, progress: fl
 
 
 # ---------------------------------------------------------------------------------------------
+@pixel_limited
 def run_train(cfg: TrainConfig) -> TrainResult:
-    limit_pixels(cfg.max_image_pixels)
     with distributed.session(cfg.device, deterministic=cfg.deterministic,
                              stall_timeout=cfg.stall_timeout) as (info, device), RunClaim() as claim:
         # -- the inputs and the run --------------------------------------------------------------

@@ -96,6 +96,12 @@ def atomic_write(fs, path: str, data: bytes) -> None:
         fs.pipe_file(path, data)
 
 
+def write_whole(path: str, data: bytes | str) -> None:
+    """`atomic_write` of a local path or URL: the one way this tool writes a whole small file (a
+    marker, a config, a report, a plot, a table), so that a crash or a full disk never leaves half."""
+    atomic_write(get_fs(path)[0], path, data.encode() if isinstance(data, str) else data)
+
+
 def file_sha256(path: str) -> str:
     """A local file's sha256, read a MiB at a time."""
     h = hashlib.sha256()

@@ -34,9 +34,10 @@ def read_only(*paths) -> str:
 
 
 @needs_mounts
-def test_a_store_and_data_on_a_read_only_mount_are_read_and_never_written(tmp_path, digits_data, workspace_store):
-    """train, verify, inspect and report work from a store and data on a read-only mount; prepare and
-    label into one, and train into a read-only runs folder, each say so in one line."""
+def test_a_store_and_data_on_a_read_only_mount_are_read_and_never_written(tmp_path, digits_data, workspace_store,
+                                                                          weak_ckpt):
+    """train, verify, inspect and report work from a store and data on a read-only mount; prepare,
+    label and study into one, and train into a read-only runs folder, each say so in one line."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     data, store, runs = str(digits_data.parent), workspace_store, str(tmp_path / "ws" / "runs")
     os.makedirs(runs)
@@ -47,6 +48,7 @@ def test_a_store_and_data_on_a_read_only_mount_are_read_and_never_written(tmp_pa
         echo READ-OK
         {EXE} prepare digits --out {data}/digits-again; echo "rc=$?"
         {EXE} label --weak-checkpoint {tmp_path}/ws/runs/r/last.pt --labels {data}/store --workers 0 --quiet; echo "rc=$?"
+        {EXE} study {tiny_study(tmp_path, weak_ckpt)} --out {data}/study; echo "rc=$?"
         """ + read_only(runs) + f"{train} --run-name r2; echo rc=$?"
     done = in_namespace(script, env)
     lines = done.stdout.splitlines() + done.stderr.splitlines()
@@ -55,8 +57,9 @@ def test_a_store_and_data_on_a_read_only_mount_are_read_and_never_written(tmp_pa
     assert errors == [
         f"Error: prepare: the output {data}/digits-again: {data} is on a read-only file system; choose a writable place",
         f"Error: label: the store {data}/store: {data} is on a read-only file system; choose a writable place",
+        f"Error: study: the workspace {data}/study: {data} is on a read-only file system; choose a writable place",
         f"Error: train: the run {runs}/r2: {runs} is on a read-only file system; choose a writable place"], lines
-    assert done.stdout.count("rc=1") == 3 and "Traceback" not in done.stderr
+    assert done.stdout.count("rc=1") == 4 and "Traceback" not in done.stderr
     assert not os.path.exists(os.path.join(runs, "r2"))
 
 
@@ -98,3 +101,53 @@ def test_a_full_disk_is_one_line_and_freed_the_same_command_finishes_as_if_never
     assert store.complete and store.index().equals(reference.index())
     for shard in reference.shards:
         assert (store.shard_rows(shard["name"]).arrays["logits"] == reference.shard_rows(shard["name"]).arrays["logits"]).all()
+
+
+def tiny_study(tmp_path, weak_ckpt) -> str:
+    """A study of one store and one run (digits, the tiny weak model): seconds."""
+    study = {"data": "digits", "seeds": 1, "ceiling": False, "grid": [{"loss": "hard"}],
+             "train": {"batch_size": 16, "steps_per_epoch": 2, "epochs": 1, "workers": 0, "precision": "fp32",
+                       "hflip": 0.0, "device": "cpu"},
+             "weak": {"w": {"checkpoint": weak_ckpt}},
+             "stores": {"s": {"weak": "w", "workers": 0, "precision": "fp32", "device": "cpu"}},
+             "strong": {"strong": "test_resnet", "img_size": 32}}
+    path = tmp_path / "tiny.yaml"
+    path.write_text(json.dumps(study))  # JSON is YAML
+    return str(path)
+
+
+def end_digest(run_dir) -> str:
+    ends = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl")) if '"end"' in line]
+    return ends[-1]["weights_sha256"]
+
+
+@needs_mounts
+def test_a_study_and_a_report_on_a_full_disk_end_in_one_line_and_finish_once_freed(tmp_path, digits_data, weak_ckpt):
+    """A study whose workspace fills: the step that met it fails in one line (its dependents are
+    skipped), the study ends in one line naming the file, and nothing half-written is left; freed,
+    the same command finishes, and its run's weights equal those of a study that never met a full
+    disk. A report into a full disk: one line; freed, it writes."""
+    study = tiny_study(tmp_path, weak_ckpt)
+    full = tmp_path / "full"
+    full.mkdir()
+    script = f"""mount -t tmpfs -o size=64k tmpfs {full}
+        left() {{ echo "left: $(find {full} -name '*.tmp-*' | wc -l) partial files"; }}
+        {EXE} study {study} --out {full}/ws --no-plots; echo rc=$?; left
+        mount -o remount,size=16m {full}
+        {EXE} study {study} --out {full}/ws --no-plots > /dev/null && echo FINISHED
+        rm -rf {full}/ws/report; dd if=/dev/zero of={full}/filler bs=4k 2> /dev/null
+        {EXE} report {full}/ws --no-plots; echo rc=$?; left
+        rm {full}/filler; {EXE} report {full}/ws --no-plots > /dev/null && echo REPORTED
+        cp -r {full}/ws {tmp_path}/after
+        {EXE} study {study} --out {tmp_path}/reference --no-plots > /dev/null  # the same, never full"""
+    done = in_namespace(script, {**os.environ, "OMP_NUM_THREADS": "1"})
+    out, errors = done.stdout, [line for line in done.stderr.splitlines() if line.startswith("Error:")]
+    assert "Traceback" not in done.stderr and len(errors) == 2, done.stderr[-3000:]
+    assert f"s-s0: failed: no space left on device writing the file {full}/ws/stores/s-s0/" in out, out
+    assert "s0-hard: skipped: a step it needs failed" in out
+    for error in errors:  # the study's report, then report's: each names the file it was writing
+        assert error.startswith(f"Error: no space left on device writing the file {full}/ws/report/"), errors
+    assert out.count("rc=1") == 2 and out.count("left: 0 partial files") == 2, out
+    assert "FINISHED" in out and "REPORTED" in out, out + done.stderr[-2000:]
+    runs = [f"{d}/runs/s0-hard" for d in (tmp_path / "reference", tmp_path / "after")]
+    assert end_digest(runs[0]) == end_digest(runs[1])

@@ -9,7 +9,17 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from ...errors import W2SError
-from .choices import COSINE_FLOORS, DECODE_OPTIONS, ENSEMBLES, LOSSES, PRECISION_OPTIONS, RAMPS, RANK_BY, SCHEDULES, WEIGHT_BY
+from .choices import (
+    COSINE_FLOORS,
+    DECODE_OPTIONS,
+    ENSEMBLES,
+    LOSSES,
+    PRECISION_OPTIONS,
+    RAMPS,
+    RANK_BY,
+    SCHEDULES,
+    WEIGHT_BY,
+)
 from .options import bad, option
 
 KW = dict(frozen=True, kw_only=True)

@@ -15,7 +15,6 @@ squared loss).
 from __future__ import annotations
 
 import os
-import uuid
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +22,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ...errors import W2SError
+from ...storage.files import table_bytes
+from ...storage.fsutil import write_whole
 
 LOGITS_UP_TO = 100  # classes; above, only argmax and confidence are kept (ImageNet's val: 50k x 1000 floats is 200 MB)
 
@@ -86,11 +87,8 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def write_predictions(path: str, predictions: Predictions) -> str:
-    """Atomically (a temporary file, then a rename): a cut write never leaves a file read as whole."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    pq.write_table(predictions.table(), tmp)
-    os.replace(tmp, path)
+    """Whole or not at all (storage's write_whole): a cut write never leaves a file read as whole."""
+    write_whole(path, table_bytes(predictions.table()))
     return path
 
 

@@ -11,6 +11,7 @@ decided and checked once in `resolve_decoder`; everything downstream trusts the 
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import warnings
@@ -37,6 +38,15 @@ def limit_pixels(limit: int | None) -> None:
     """Set the most pixels an image may declare (None: PIL's refusal point) for this stage: in this
     process and the loading processes it starts from now on."""
     os.environ[LIMIT_ENV] = str(min(limit or PIL_REFUSES, PIL_REFUSES))
+
+
+def pixel_limited(stage):
+    """`stage(cfg)` (label, train, eval) run under its cfg.max_image_pixels (`limit_pixels`)."""
+    @functools.wraps(stage)
+    def run(cfg, *args, **kwargs):
+        limit_pixels(cfg.max_image_pixels)
+        return stage(cfg, *args, **kwargs)
+    return run
 
 
 def max_image_pixels() -> int:

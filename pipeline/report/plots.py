@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import math
+
+from ...storage.fsutil import write_whole
+
+
+def _save(fig, path: str, **options) -> None:
+    """The figure as a PNG, whole or not at all (write_whole: a full disk is one line naming it)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, **options)
+    write_whole(path, buffer.getvalue())
 
 
 def _plt():
@@ -31,7 +41,7 @@ def accuracy_bars(rows: list[dict], path: str, title: str = "validation top-1 (m
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save(fig, path)
     plt.close(fig)
     return path
 
@@ -65,7 +75,7 @@ def calibration(rel: dict, path: str, title: str) -> str:
     left.set_ylabel("samples")
     left.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save(fig, path)
     plt.close(fig)
     return path
 
@@ -95,7 +105,7 @@ def curves(series: dict[str, list[tuple[float, float]]], path: str, *, xlabel: s
     ax.grid(alpha=0.3)
     if merged:
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-    fig.savefig(path, dpi=110, bbox_inches="tight")  # the canvas grows to hold the legend
+    _save(fig, path, bbox_inches="tight")  # the canvas grows to hold the legend
     plt.close(fig)
     return path
 
@@ -115,7 +125,7 @@ def class_counts(classes: list, series: dict[str, list[int]], path: str, title: 
     if series:
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save(fig, path)
     plt.close(fig)
     return path
 
@@ -150,6 +160,6 @@ def gain_vs_misfit(points: list[dict], path: str, title: str = "gain against mis
     for ax in (left, right):
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save(fig, path)
     plt.close(fig)
     return path

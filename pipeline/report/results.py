@@ -10,6 +10,7 @@ import numpy as np
 
 from ...errors import W2SError
 from ...storage import open_store
+from ...storage.fsutil import write_whole
 from ..config.choices import LOSSES
 from ..evaluation.accuracy import evaluate_checkpoint
 from ..evaluation.fewshot import recorded
@@ -160,9 +161,8 @@ def weak_accuracy(store: dict, cache_dir: str, workspace: str) -> tuple[float | 
         return None, f"{checkpoint} could not be evaluated ({exc})"
     os.makedirs(cache_dir, exist_ok=True)
     store["weak_predictions"] = {"path": write_predictions(kept, result.pop("predictions")), "split": result["split"]}
-    with open(path, "w") as f:
-        json.dump({"checkpoint": checkpoint, "sha256": sha, "data": result["data"], "split": result["split"],
-                   "top1": result["top1"], "precision": result["precision"]}, f)
+    write_whole(path, json.dumps({"checkpoint": checkpoint, "sha256": sha, "data": result["data"],
+                                  "split": result["split"], "top1": result["top1"], "precision": result["precision"]}))
     return float(result["top1"]), f"{os.path.basename(checkpoint)} evaluated on {result['data']} {result['split']}"
 
 

@@ -24,7 +24,7 @@ import torch.distributed as dist
 
 from ...errors import W2SError
 from ...storage.claims import take
-from ...storage.fsutil import DISK_FULL, atomic_write, check_writable, disk_full, get_fs
+from ...storage.fsutil import DISK_FULL, atomic_write, check_writable, disk_full, get_fs, write_whole
 from ..runtime.workspace import workspace_dir
 
 CONFIG_FILE = "config.json"
@@ -200,10 +200,7 @@ class MetricsLog:
                     break  # a line cut by a crash, and nothing after it counts
                 if record.get("step", 0) <= step:
                     kept.append(line if line.endswith("\n") else line + "\n")
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
-            f.writelines(kept)
-        os.replace(tmp, self.path)
+        write_whole(self.path, "".join(kept))
 
 
 class EpochTotals:
