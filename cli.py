@@ -41,7 +41,10 @@ class _Group(click.Group):
 
             if exc.errno not in DISK_FULL:
                 raise
-            raise click.ClickException(str(disk_full(exc.filename or os.getcwd(), "a file under"))) from None
+            if exc.filename:
+                raise click.ClickException(str(disk_full(exc.filename, "the file"))) from None
+            raise click.ClickException("no space left on device (the system did not say where); free space and run "
+                                       "the same command again: what was finished is kept") from None
         except KeyboardInterrupt:
             # 128 + SIGINT, as a shell reports it; what was finished is kept (see docs/guide.md, Reliability).
             click.echo("\ninterrupted", err=True)
