@@ -92,7 +92,7 @@ def _param(f: dataclasses.Field, spec):
         if spec.secondary:  # --x/--no-x, where None (neither given) is a third state
             return click.option(f"{flag_of(f)}/{spec.secondary}", f.name, default=default, help=spec.help)
         return click.option(flag_of(f), f.name, is_flag=True, default=default, help=spec.help)
-    kind_type = click.Choice(spec.choices) if spec.choices else TYPES.get(kind, click.STRING)
+    kind_type = click.Choice(spec.choices) if spec.choices and not spec.open_choices else TYPES.get(kind, click.STRING)
     if spec.path:
         kind_type = click.Path(**PATHS[spec.path])
     if spec.argument:

@@ -18,8 +18,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from ..errors import W2SError
-from ..pipeline.config.choices import LOSSES
 from ..pipeline.evaluation.fewshot import SETTING
+from ..pipeline.losses.registry import BUILT_IN, is_loss, loss_class
 from ..pipeline.report import comparisons, plots
 from ..pipeline.report.markdown import (  # noqa: F401  (re-exported: demo and study print these)
     few_shot_markdown,
@@ -36,7 +36,7 @@ from ..pipeline.runtime.workspace import slug
 from ..storage.fsutil import write_whole
 from .train_config import option_defaults
 
-LOSS_ORDER = [name for name in LOSSES if name != "gt"][::-1]  # hard, kd, augconf, adaptconf
+LOSS_ORDER = [name for name in BUILT_IN if name != "gt"][::-1]  # hard, kd, augconf, adaptconf
 
 
 @dataclass(frozen=True)
@@ -228,7 +228,7 @@ def _assign_roles(runs: list[dict], stores: list[dict], ws) -> None:
             r["weak_top1"], r["weak_top1_from"] = t.get("weak_top1"), t.get("weak_top1_from", "no teacher checkpoint")
             r["weak_predictions"], r["weak_predictions_from"] = t.get("weak_predictions"), r["weak_top1_from"]
             r["weak_model"] = teacher.get("model")
-        elif r["data"].get("store") and (r["loss"] not in LOSSES or LOSSES[r["loss"]].needs_weak):  # not --loss gt's
+        elif r["data"].get("store") and (not is_loss(r["loss"]) or loss_class(r["loss"]).reads_weak):  # not --loss gt's
             r["role"] = "w2s"
             store = by_url.get(os.path.realpath(r["data"]["store"]))
             r["store"] = store["name"] if store else None

@@ -33,8 +33,8 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from ..errors import W2SError
-from ..pipeline.config.choices import LOSSES
 from ..pipeline.config.groups import RECIPE_KEYS
+from ..pipeline.losses.registry import loss_class
 from ..pipeline.report import selection
 from ..pipeline.report.paired import cell as paired_cell
 from ..pipeline.runtime.workspace import workspace_dir
@@ -227,7 +227,7 @@ def _grid_step(cell: dict, strong: dict, stores: dict, weak: dict, prepare, runs
     its run's options (a probe's, for a cell with probe: true, whose feature stores are `deps_too`)."""
     options = {k: v for k, v in cell.items() if k not in CELL_KEYS}
     loss = options.get("loss", strong.get("loss", TrainConfig.__dataclass_fields__["loss"].default))
-    if not LOSSES[loss].needs_weak:  # a ceiling in the grid: the ground truth, no weak labels
+    if not loss_class(loss).reads_weak:  # a ceiling in the grid: the ground truth, no weak labels
         cell = {k: v for k, v in cell.items() if k not in ("store", "online")}
         source, deps = {}, []
     elif cell.get("online"):

@@ -49,7 +49,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import W2SError
-from ..pipeline.config.choices import LOSSES
+from ..pipeline.losses.registry import BUILT_IN, is_loss, loss_class, loss_names
 from ..pipeline.train.recipes import convert, load_recipe, read_yaml
 from .label_config import LabelConfig
 from .train_config import option_defaults, recipe_options
@@ -230,7 +230,7 @@ def _weak(spec, options: dict, where: str) -> dict:
                        "seed_offset), and a model learning from a seed's store is trained per seed")
     if store is not None:  # an intermediate student (bootstrapping): it learns from a store's weak labels
         out = _options({"loss": "hard", **spec}, options, where)
-        if not LOSSES[out["loss"]].needs_weak:
+        if not loss_class(out["loss"]).reads_weak:
             raise W2SError(f"{where}.loss {out['loss']} reads no weak labels; a weak model learning from store "
                            f"{store!r} needs a loss that does (hard, kd, adaptconf, ...)")
         return {**out, "store": store, **({"seed_offset": offset} if offset else {})}
@@ -331,9 +331,10 @@ def _selected(cell: dict, select: dict | None, loss: str, where: str) -> list[di
     `select:` names the loss)."""
     if not select:
         return [cell]
-    if loss not in LOSSES:
-        raise W2SError(f"{where}.loss {loss!r} is invalid: choose one of {', '.join(LOSSES)}")
-    knobs = LOSSES[loss].knobs
+    if not is_loss(loss):
+        raise W2SError(f"{where}.loss {loss!r} is invalid: choose one of {', '.join(loss_names())}, or name a class as "
+                       "package.module:Name")
+    knobs = loss_class(loss).knobs
     offered = select["by_loss"].get(loss, {}) if select.get("by_loss") else select["values"]
     swept = {k: v for k, v in offered.items() if k in knobs}
     for option in swept:
@@ -355,11 +356,11 @@ def _select(spec, options: dict, where: str) -> dict | None:
     if splits["choose_on"] == splits["score_on"]:
         raise W2SError(f"{where}: choose_on and score_on are both {splits['choose_on']!r}; a value chosen on a split "
                        "and scored on it flatters itself")
-    per_loss = {k: spec.pop(k) for k in list(spec) if k in LOSSES}
+    per_loss = {k: spec.pop(k) for k in list(spec) if is_loss(k)}
     if per_loss and spec:
         raise W2SError(f"{where}: give every option under its loss ({', '.join(per_loss)}: {{option: [...]}}) or none; "
                        f"{next(iter(spec))} is not under one")
-    by_loss = {loss: _choices(values, options, f"{where}.{loss}", LOSSES[loss].knobs)
+    by_loss = {loss: _choices(values, options, f"{where}.{loss}", loss_class(loss).knobs)
                for loss, values in per_loss.items()}
     values = _choices(spec, options, where, None) if not per_loss else {}
     for chosen in by_loss.values():  # the options' values in order, for the report
@@ -373,7 +374,7 @@ def _choices(spec, options: dict, where: str, knobs) -> dict:
     values = _options(spec, options, where, lists=True)
     if not values:
         raise W2SError(f"{where}: no option to choose (e.g. threshold: [0.25, 0.5, 1, 2, 4])")
-    every = sorted({k for loss in LOSSES.values() for k in loss.knobs})
+    every = sorted({k for loss in BUILT_IN.values() for k in loss.knobs})
     for key, value in values.items():
         if not isinstance(value, list) or len(value) < 2:
             raise W2SError(f"{where}.{key} needs a list of at least two values to choose from")

@@ -23,13 +23,13 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..errors import W2SError
-from ..pipeline.config.choices import LOSSES
 from ..pipeline.evaluation.accuracy import evaluate
 from ..pipeline.evaluation.predictions import predictions_file, write_predictions
 from ..pipeline.image.decode import pixel_limited, resolve_decoder
 from ..pipeline.loaders.join import StoreJoin, sample_ids
 from ..pipeline.loaders.train_stream import TrainStream, train_loader
 from ..pipeline.loaders.workers import loading_processes
+from ..pipeline.losses.registry import loss_class
 from ..pipeline.models.build import build_strong, head_parameters, resolve_model_name, seen_labels
 from ..pipeline.models.checkpoint import Checkpoints
 from ..pipeline.runtime import distributed, watchdog
@@ -198,7 +198,7 @@ def run_train(cfg: TrainConfig) -> TrainResult:
             if step % cfg.log_every == 0 or step == stop_at or epoch_end:
                 bar.set_postfix(loss=f"{_log_window(window, state.totals, log, step, lr, info, steps_per_epoch):.3f}")
             if epoch_end:  # the epoch's evaluation, its record and its checkpoints (the last: its predictions)
-                state.end_epoch(step, epoch, validate, weak=LOSSES[cfg.loss].needs_weak, skip_missing=cfg.skip_missing,
+                state.end_epoch(step, epoch, validate, weak=loss_class(cfg.loss).reads_weak, skip_missing=cfg.skip_missing,
                                 final=step >= total_steps)
         bar.close()
 
@@ -323,12 +323,10 @@ def _run_name(cfg: TrainConfig, strong: str) -> str:
 
 
 def _objective(cfg: TrainConfig, members=None):
-    """The run's objective (train/losses.py): its loss from the table, with its schedule, and the
-    --gt-weight term; `members` combines an ensemble at each step."""
-    return make_objective(cfg.loss, temperature=cfg.kd_temperature, threshold=cfg.threshold,
-                          warmup_frac=cfg.warmup_frac, ramp=cfg.ramp, epochs=cfg.epochs,
-                          beta_warmup_frac=cfg.beta_warmup_frac, gt_weight=cfg.gt_weight, kd_weight=cfg.kd_weight,
-                          smoothing=cfg.smoothing, evidential_gamma=cfg.evidential_gamma, members=members)
+    """The run's objective (train/losses.py): its loss built with its own knobs (pipeline/losses/),
+    with --kd-weight and the --gt-weight term; `members` combines an ensemble at each step."""
+    return make_objective(cfg.built_loss(), ramp=cfg.ramp, epochs=cfg.epochs, gt_weight=cfg.gt_weight,
+                          kd_weight=cfg.kd_weight, smoothing=cfg.smoothing, members=members)
 
 
 def _members(cfg: TrainConfig, inputs: Inputs, info) -> Members | None:

@@ -7,13 +7,14 @@ first, so a typo is answered before timm is imported (for the optimizer's name).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from ..errors import W2SError
 from ..pipeline.config import options
-from ..pipeline.config.choices import LOSSES, STEP_ENSEMBLES, STORE_VIEWS
+from ..pipeline.config.choices import STEP_ENSEMBLES, STORE_VIEWS
 from ..pipeline.config.groups import Loading, Objective, Optimisation, Schedule, Selection, ViewRecipe, Watched
 from ..pipeline.config.options import bad, field_of, like, option, parse_classes
+from ..pipeline.losses.registry import build_loss, find_loss, option_pairs
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -112,10 +113,11 @@ class TrainConfig(Objective, Selection, ViewRecipe, Optimisation, Schedule, Load
 
     def __post_init__(self):
         options.check(self)
+        self.built_loss()  # an unknown --loss or --loss-options is one line here
         self.check_recipe()
         self.check_schedule(self.lr)
         self.check_selection(stores=len(self.label_stores), reads_store="--teacher" if self.teacher else (
-            None if LOSSES[self.loss].needs_weak else f"--loss {self.loss}"))
+            None if self.loss_class.reads_weak else f"--loss {self.loss}"))
         if len(self.label_stores) > 1 and len(set(self.label_stores)) < len(self.label_stores):
             raise W2SError(f"--labels {self.labels}: a store is named twice", option="--labels")
         if self.mixes and self.batch_size % 2:
@@ -134,7 +136,7 @@ class TrainConfig(Objective, Selection, ViewRecipe, Optimisation, Schedule, Load
 
         if self.teacher and self.labels:
             refuse("give --labels STORE or --teacher CHECKPOINT, not both: the weak labels come from one", "--teacher")
-        if self.teacher and not LOSSES[self.loss].needs_weak:
+        if self.teacher and not self.loss_class.reads_weak:
             refuse(f"--teacher gives weak labels, which --loss {self.loss} does not read; drop --teacher", "--teacher")
         if self.teacher and not self.data:
             refuse("--teacher needs --data: the data to train on (a store would have named it)", "--teacher")
@@ -166,7 +168,7 @@ class TrainConfig(Objective, Selection, ViewRecipe, Optimisation, Schedule, Load
 
     def _check_members(self) -> None:
         """The methods that read each member of an ensemble, and --classes."""
-        if LOSSES[self.loss].members and self.ensemble:
+        if self.loss_class.reads_members and self.ensemble:
             raise W2SError(f"--loss {self.loss} reads each --labels store on its own; drop --ensemble {self.ensemble}",
                            option="--ensemble")
         if self.stacked and self.mixes:
@@ -182,6 +184,15 @@ class TrainConfig(Objective, Selection, ViewRecipe, Optimisation, Schedule, Load
             self.class_subset  # parsed now: a bad list is refused before any work
 
     @property
+    def loss_class(self):
+        """The class of --loss (pipeline/losses/): a built-in, package.module:Name, or an entry point's."""
+        return find_loss(self.loss)
+
+    def built_loss(self):
+        """--loss built with its knobs' values and --loss-options."""
+        return build_loss(self.loss, {**asdict(self), "loss_options": option_pairs(self.loss_options)})
+
+    @property
     def class_subset(self) -> tuple[int, ...] | None:
         """--classes as sorted class indices, or None."""
         return None if self.classes is None else parse_classes(self.classes)
@@ -191,7 +202,7 @@ class TrainConfig(Objective, Selection, ViewRecipe, Optimisation, Schedule, Load
         """Whether the batches carry every --labels member's logits (B, M, C), for a method that combines
         them with the student at each step or reads them one by one."""
         return len(self.label_stores) > 1 and (self.ensemble in STEP_ENSEMBLES or self.easy_epochs > 0
-                                               or LOSSES[self.loss].members)
+                                               or self.loss_class.reads_members)
 
     @property
     def label_stores(self) -> list[str]:
@@ -206,12 +217,12 @@ class TrainConfig(Objective, Selection, ViewRecipe, Optimisation, Schedule, Load
     @property
     def needs_labels(self) -> bool:
         """Whether the run reads the ground truth: its loss does (the table says), or --gt-weight adds it."""
-        return LOSSES[self.loss].needs_gt or self.gt_weight > 0
+        return self.loss_class.reads_gt or self.gt_weight > 0
 
     @property
     def weak_from(self) -> str | None:
         """Where the weak labels come from: "online" (--teacher), "store", or None (--loss gt)."""
-        if not LOSSES[self.loss].needs_weak:
+        if not self.loss_class.reads_weak:
             return None
         return "online" if self.teacher else "store"
 

@@ -126,7 +126,7 @@ def test_train_options_are_frozen():
         # no run hangs (issue 29)
         "--stall-timeout",
         # probes from stores alone (issue 28)
-        "--features", "--val-features",
+        "--features", "--val-features", "--loss-options",
         # the methods after the paper (issue 28)
         "--ensemble-lr", "--easy-epochs", "--specialist-topk", "--specialist-by", "--evidential-gamma", "--classes",
         "--head-hidden",

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from w2s_pipe.pipeline.train import losses as L
+from w2s_pipe.pipeline.losses import functional as L
+from w2s_pipe.pipeline.losses.registry import BUILT_IN
+from w2s_pipe.pipeline.train.losses import objective
 
 
 def softmax(x, t=1.0):
@@ -96,7 +98,7 @@ def test_augconf_formula_gradient_and_schedule():
     assert loss.item() == pytest.approx(ref(s), rel=1e-6)
     loss.backward()
     np.testing.assert_allclose(st.grad.numpy(), numeric_grad(ref, s), rtol=1e-3, atol=1e-7)
-    f = L.objective("augconf", threshold=0.8, warmup_frac=0.5, ramp="step")
+    f = objective("augconf", threshold=0.8, warmup_frac=0.5, ramp="step")
     alphas = [f(torch.tensor(s), torch.tensor(w), None, p)[1]["alpha"].item() for p in (0.0, 0.25, 0.5, 0.9)]
     assert alphas == pytest.approx([0.0, 0.4, 0.8, 0.8])
 
@@ -105,7 +107,7 @@ def test_augconf_ramps_by_epoch_as_the_official_code():
     """alpha = threshold * epoch / (epochs * rate) while epoch < int(epochs * rate), else threshold
     (the official superalignment_rate, 0.3 by default): 10 epochs ramp over epochs 0, 1, 2."""
     s, w = logits(5)
-    f = L.objective("augconf", threshold=0.9, epochs=10)  # the defaults: by epoch, over 0.3 of the run
+    f = objective("augconf", threshold=0.9, epochs=10)  # the defaults: by epoch, over 0.3 of the run
     alphas = [f(torch.tensor(s), torch.tensor(w), None, e / 10, e)[1]["alpha"].item() for e in range(5)]
     assert alphas == pytest.approx([0.0, 0.9 / 3, 0.9 * 2 / 3, 0.9, 0.9])
     # within an epoch alpha does not move, whatever the step
@@ -117,8 +119,8 @@ def test_kd_weight_scales_the_weak_terms_and_not_the_ground_truth():
     s, w = logits(6)
     y = torch.tensor(np.arange(16) % 7)
     for name in ("adaptconf", "augconf", "kd", "hard"):
-        weak_only = L.objective(name, epochs=4)(torch.tensor(s), torch.tensor(w), y, 0.5, 2)[0].item()
-        both = L.objective(name, epochs=4, kd_weight=0.25, gt_weight=1.5)(torch.tensor(s), torch.tensor(w), y, 0.5, 2)
+        weak_only = objective(name, epochs=4)(torch.tensor(s), torch.tensor(w), y, 0.5, 2)[0].item()
+        both = objective(name, epochs=4, kd_weight=0.25, gt_weight=1.5)(torch.tensor(s), torch.tensor(w), y, 0.5, 2)
         assert both[0].item() == pytest.approx(0.25 * weak_only + 1.5 * ce(s, y.numpy()).mean(), rel=1e-6), name
 
 
@@ -128,30 +130,30 @@ def test_the_ground_truth_criterion_is_timms():
     s, _ = logits(7)
     y = np.arange(16) % 7
     log_p = s - np.log(np.exp(s).sum(1, keepdims=True))
-    smoothed = L.objective("gt", smoothing=0.1)(torch.tensor(s), None, torch.tensor(y), 0.0)[0].item()
+    smoothed = objective("gt", smoothing=0.1)(torch.tensor(s), None, torch.tensor(y), 0.0)[0].item()
     assert smoothed == pytest.approx((0.9 * -log_p[np.arange(16), y] - 0.1 * log_p.mean(1)).mean(), rel=1e-6)
     t = np.random.default_rng(1).dirichlet(np.ones(7), 16).astype(np.float32)
-    soft = L.objective("gt", smoothing=0.1)(torch.tensor(s), None, torch.tensor(t), 0.0)[0].item()
+    soft = objective("gt", smoothing=0.1)(torch.tensor(s), None, torch.tensor(t), 0.0)[0].item()
     assert soft == pytest.approx((-(t * log_p).sum(1)).mean(), rel=1e-6)  # smoothing is already in soft targets
 
 
 def test_objective_adds_ground_truth_and_beta_warmup():
     s, w = logits(4)
     y = torch.tensor(np.arange(16) % 7)
-    base, _ = L.objective("kd")(torch.tensor(s), torch.tensor(w), y, 0.5)
-    with_gt, parts = L.objective("kd", gt_weight=2.0)(torch.tensor(s), torch.tensor(w), y, 0.5)
+    base, _ = objective("kd")(torch.tensor(s), torch.tensor(w), y, 0.5)
+    with_gt, parts = objective("kd", gt_weight=2.0)(torch.tensor(s), torch.tensor(w), y, 0.5)
     assert with_gt.item() == pytest.approx(base.item() + 2.0 * ce(s, y.numpy()).mean(), rel=1e-6)
-    full = L.objective("adaptconf")(torch.tensor(s), torch.tensor(w), None, 0.1)[1]["beta"].item()
-    half = L.objective("adaptconf", beta_warmup_frac=0.2)(torch.tensor(s), torch.tensor(w), None, 0.1)[1]["beta"].item()
+    full = objective("adaptconf")(torch.tensor(s), torch.tensor(w), None, 0.1)[1]["beta"].item()
+    half = objective("adaptconf", beta_warmup_frac=0.2)(torch.tensor(s), torch.tensor(w), None, 0.1)[1]["beta"].item()
     assert half == pytest.approx(full / 2)
-    assert set(L.LOSSES) == {"hard", "kd", "augconf", "adaptconf", "evidential", "gt"}
+    assert set(BUILT_IN) == {"hard", "kd", "augconf", "adaptconf", "evidential", "gt"}
 
 
 DEVICES = ["cpu", "meta"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("name", list(L.LOSSES))
+@pytest.mark.parametrize("name", list(BUILT_IN))
 def test_every_part_lives_on_the_logits_device(name, device):
     """The trainer stacks a step's parts into one tensor: each must be on the logits' device (augconf's
     alpha was a CPU tensor and crashed on CUDA). `meta` shows it on a CPU-only machine."""
@@ -159,7 +161,7 @@ def test_every_part_lives_on_the_logits_device(name, device):
 
     student = torch.randn(4, 5, device=device)
     weak, labels = torch.randn(4, 5, device=device), torch.tensor([0, 1, 2, 3], device=device)
-    loss, parts = L.objective(name, gt_weight=0.5)(student, weak, labels, 0.5)
+    loss, parts = objective(name, gt_weight=0.5)(student, weak, labels, 0.5)
     assert {p.device.type for p in parts.values()} == {torch.device(device).type}
     window = MetricWindow()
     window.add(1, parts, images=4)

@@ -15,7 +15,8 @@ from conftest import make_checkpoint, resume_against_whole, same_weights
 from scipy.special import digamma, gammaln
 
 from w2s_pipe.errors import W2SError
-from w2s_pipe.pipeline.train import losses as L
+from w2s_pipe.pipeline.losses import functional as L
+from w2s_pipe.pipeline.train.losses import objective
 from w2s_pipe.pipeline.weak.members import Members, class_owner, simplex_step
 from w2s_pipe.stages.label import LabelConfig, run_label
 from w2s_pipe.stages.train import TrainConfig, run_train
@@ -76,8 +77,8 @@ def test_the_easy_start_keeps_only_agreeing_samples_and_freezes_the_weights():
     _, mask, _ = method(student, members, epoch=2)
     assert mask is None and not torch.equal(method.weights, torch.full((1, 2), 0.5))
     # in the objective the mask multiplies the per-sample loss (mean over the batch)
-    objective = L.objective("hard", members=Members("mean-prob", 2, easy_epochs=1))
-    loss, _ = objective(student, members, None, 0.0, 0)
+    f = objective("hard", members=Members("mean-prob", 2, easy_epochs=1))
+    loss, _ = f(student, members, None, 0.0, 0)
     ce = torch.nn.functional.cross_entropy(student, torch.tensor([0, 0]), reduction="none")  # mean-prob's argmax
     assert loss.item() == pytest.approx((ce[0] * 1 + ce[1] * 0).item() / 2)
 
@@ -125,8 +126,8 @@ def test_the_evidential_loss_is_its_formula():
     assert loss.item() == pytest.approx(expected, rel=1e-5)
     assert _edl_by_hand(s, 0, 0.0) == pytest.approx(math.log(5.5 / 3))  # alpha (3, 1, 1.5)
     # through the objective: one store is one member, the knob is --evidential-gamma
-    objective = L.objective("evidential", evidential_gamma=gamma)
-    one, _ = objective(torch.tensor(s[None]), torch.tensor(members[:1]), None, progress)
+    f = objective("evidential", evidential_gamma=gamma)
+    one, _ = f(torch.tensor(s[None]), torch.tensor(members[:1]), None, progress)
     assert one.item() == pytest.approx((1 - gamma) * _edl_by_hand(s, 1, progress) + gamma * _edl_by_hand(s, 0, progress),
                                        rel=1e-5)
 

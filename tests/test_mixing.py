@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from w2s_pipe.errors import W2SError
-from w2s_pipe.pipeline.train import losses as L
+from w2s_pipe.pipeline.losses import functional as L
 from w2s_pipe.pipeline.views.mixing import BatchMix, mix_weak
 
 

@@ -166,12 +166,13 @@ def test_weights_follow_the_formula_and_weigh_the_weak_label_loss_alone(name):
     per-sample losses (each recovered as the loss of a batch of one), plus the unweighted gt term."""
     import torch
 
-    from w2s_pipe.pipeline.train import losses as L
+    from w2s_pipe.pipeline.losses import functional as L
+    from w2s_pipe.pipeline.train.losses import objective
 
     torch.manual_seed(0)
     s, w, y = torch.randn(6, 5), torch.randn(6, 5), torch.randint(0, 5, (6,))
     trust = torch.tensor([0.9, 0.1, 0.5, 0.0, 0.7, 0.3])
-    f = L.objective(name, epochs=4, threshold=0.7, temperature=2.0)
+    f = objective(name, epochs=4, threshold=0.7, temperature=2.0)
     per_sample = torch.stack([f(s[i:i + 1], w[i:i + 1], y[i:i + 1], 0.5, 2)[0] for i in range(6)])
     weights = trust / trust.mean()
     torch.testing.assert_close(L.trust_weights(trust), weights)
@@ -180,7 +181,7 @@ def test_weights_follow_the_formula_and_weigh_the_weak_label_loss_alone(name):
     assert not torch.allclose(weighted, per_sample.mean())  # the weights change it
     torch.testing.assert_close(f(s, w, y, 0.5, 2, torch.full((6,), 0.4))[0], per_sample.mean())  # even: unweighted
     torch.testing.assert_close(f(s, w, y, 0.5, 2, torch.zeros(6))[0], per_sample.mean())  # all zero: even
-    with_gt = L.objective(name, epochs=4, threshold=0.7, temperature=2.0, gt_weight=1.5)(s, w, y, 0.5, 2, trust)[0]
+    with_gt = objective(name, epochs=4, threshold=0.7, temperature=2.0, gt_weight=1.5)(s, w, y, 0.5, 2, trust)[0]
     torch.testing.assert_close(with_gt, weighted + 1.5 * torch.nn.functional.cross_entropy(s, y))
 
 

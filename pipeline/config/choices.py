@@ -6,8 +6,6 @@ Imports nothing heavy (no torch, no timm): `w2s-pipe --help` reads it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from ...errors import W2SError
 
 # Where images are decoded and resized (image/decode.py, views/pixels.py); "auto" picks per device.
@@ -19,31 +17,7 @@ PRECISIONS = ("bf16", "fp16", "fp32")
 PRECISION_OPTIONS = ("auto", *PRECISIONS)
 
 
-@dataclass(frozen=True)
-class Loss:
-    summary: str  # for --help
-    needs_weak: bool  # reads the weak labels (a store, or the online teacher)
-    needs_gt: bool  # reads the ground truth (any loss does with --gt-weight)
-    term: str  # the function of pipeline/train/losses.py that computes it (found there by this name)
-    knobs: tuple[str, ...] = ()  # the options of its own it reads (a study sweeps only these for it)
-    members: bool = False  # reads each weak teacher of an ensemble on its own (B, M, C), not their combination
-
-
-# The one table of the training losses, in the order the command line lists them; a name not in it
-# is refused, never defaulted (losses.objective).
-LOSSES = {
-    "adaptconf": Loss("adaptive confidence loss (Guo et al. 2024), per-sample beta", True, False, "adaptconf_term",
-                      ("threshold", "kd_temperature", "beta_warmup_frac")),
-    "augconf": Loss("(1-alpha) KD + alpha CE(s, argmax s), alpha ramped over --warmup-frac of the run", True, False,
-                    "augconf_term", ("threshold", "kd_temperature", "warmup_frac", "ramp")),
-    "kd": Loss("T^2-scaled KL to the weak soft labels", True, False, "kd_term", ("kd_temperature",)),
-    "hard": Loss("cross-entropy on the weak argmax", True, False, "hard_term"),
-    "evidential": Loss("evidential (Dirichlet) loss over each weak teacher, Bayesian WeakS-to-Strong (Cui et al. "
-                       "2024): (1-gamma) sum_m EDL(s, argmax w_m) + gamma EDL(s, argmax s), its KL annealed over the run",
-                       True, False, "evidential_term", ("evidential_gamma",), members=True),
-    "gt": Loss("ground-truth cross-entropy (weak model, strong ceiling)", False, True, "gt_term"),
-}
-LOSS_NAMES = tuple(LOSSES)
+# The training losses are classes, one file each, named in pipeline/losses/registry.py.
 
 # The statistics `--keep-frac` ranks a store's samples by (selection.py: higher confidence and margin,
 # lower entropy, are more trusted).

@@ -9,17 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from ...errors import W2SError
-from .choices import (
-    COSINE_FLOORS,
-    DECODE_OPTIONS,
-    ENSEMBLES,
-    LOSSES,
-    PRECISION_OPTIONS,
-    RAMPS,
-    RANK_BY,
-    SCHEDULES,
-    WEIGHT_BY,
-)
+from ..losses.registry import BUILT_IN
+from .choices import COSINE_FLOORS, DECODE_OPTIONS, ENSEMBLES, PRECISION_OPTIONS, RAMPS, RANK_BY, SCHEDULES, WEIGHT_BY
 from .options import bad, option
 
 KW = dict(frozen=True, kw_only=True)
@@ -127,8 +118,13 @@ class Objective:
     """What a run minimises: the loss on the weak labels (train/losses.py), its schedule, and the
     optional ground-truth term."""
 
-    loss: str = option("adaptconf", "; ".join(f"{name}: {loss.summary}" for name, loss in LOSSES.items()) + ".",
-                       choices=tuple(LOSSES))
+    loss: str = option("adaptconf", "; ".join(f"{name}: {loss.summary}" for name, loss in BUILT_IN.items()) + "; "
+                       "or a loss of your own: package.module:Name (a subclass of w2s_pipe.pipeline.losses.base."
+                       "WeakLoss), or a name a package registers (entry points, group w2s_pipe.losses).",
+                       choices=tuple(BUILT_IN), open_choices=True, metavar="LOSS")
+    loss_options: tuple[str, ...] = option((), "A loss's own options, as comma-separated NAME=VALUE pairs (a plug-in "
+                                               "loss's `options`; each value is cast to its default's type).",
+                                           metavar="NAME=VALUE,...")
     threshold: float = option(0.5, "adaptconf's tau (0.5 in the paper's CIFAR runs, 4.0 in its ImageNet transfer); "
                                    "augconf's final alpha.", above=0)
     kd_temperature: float = option(1.0, "Temperature T of the KD term.", above=0)

@@ -41,12 +41,13 @@ class Option:
     negate: bool = False  # a flag that sets the field False (--quiet: progress)
     argument: bool = False  # positional (prepare folder SRC), not --name
     unit: str | None = None  # of the range ("must be at least 8 pixels")
+    open_choices: bool = False  # the choices are those --help lists; the config's own check accepts others
 
     def problem(self, value) -> str | None:
         """Why `value` is invalid for this option, or None."""
         if value is None:
             return None
-        if self.choices is not None and value not in self.choices:
+        if self.choices is not None and value not in self.choices and not self.open_choices:
             return f"choose one of {', '.join(str(c) for c in self.choices)}"
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return None

@@ -16,12 +16,12 @@ import os
 import numpy as np
 
 from ...errors import W2SError
-from ..config.choices import LOSSES
 from ..evaluation.predictions import misfit, per_class, read_predictions
+from ..losses.registry import BUILT_IN
 from .measures import mean_std
 from .paired import mcnemar, paired_difference
 
-KNOBS = frozenset({"loss"} | {k for loss in LOSSES.values() for k in loss.knobs})
+KNOBS = frozenset({"loss", "loss_options"} | {k for loss in BUILT_IN.values() for k in loss.knobs})
 TRUST = ("select", "keep_frac", "rank_by", "per_class", "weight_by", "steps_per_epoch")
 
 

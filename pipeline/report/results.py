@@ -11,10 +11,10 @@ import numpy as np
 from ...errors import W2SError
 from ...storage import open_store
 from ...storage.fsutil import write_whole
-from ..config.choices import LOSSES
 from ..evaluation.accuracy import evaluate_checkpoint
 from ..evaluation.fewshot import recorded
 from ..evaluation.predictions import write_predictions
+from ..losses.registry import is_loss, loss_class
 from ..runtime.workspace import slug, workspace_dir
 from ..sources.noise import clean_accuracy, described, store_noise
 from .measures import reliability
@@ -38,7 +38,7 @@ def comparable(config: dict, defaults: dict | None = None) -> dict:
     out.pop("val_features", None)
     source = dict(out.pop("data_source", None) or {})
     out["data_source"] = {k: source.get(k) for k in ("name", "split", "pattern", "weak")}
-    if out.get("loss") in LOSSES and not LOSSES[out["loss"]].needs_weak:  # a ceiling that named a store reads no
+    if is_loss(out.get("loss")) and not loss_class(out["loss"]).reads_weak:  # a ceiling that named a store reads no
         out["data_source"]["weak"] = None                                 # weak label of it
     if source.get("label_noise"):  # the same data set under other noise is other data
         out["data_source"]["label_noise"] = source["label_noise"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from ..config.choices import LOSSES
+from ..losses.registry import is_loss, loss_class
 from .measures import mean_std, pgr
 from .paired import paired_difference
 
@@ -58,7 +58,7 @@ def choose(markers: list[dict], values: dict[str, list], choose_on: str, score_o
             continue
         # what its loss reads of them; a value equal to the option's default is not in a cell (a study
         # names a run by what differs from the defaults, so the demo's own runs are reused)
-        reads = LOSSES[meta["cell"]["loss"]].knobs if meta["cell"].get("loss") in LOSSES else ()
+        reads = loss_class(meta["cell"]["loss"]).knobs if is_loss(meta["cell"].get("loss")) else ()
         chosen_by = tuple((k, meta["cell"].get(k, defaults.get(k))) for k in values if k in meta["cell"] or k in reads)
         rest = {k: v for k, v in meta["cell"].items() if k not in values}
         key = json.dumps(rest, sort_keys=True, default=str)

@@ -10,8 +10,9 @@ from ...errors import W2SError
 from ...storage.fsutil import absolute
 from ...storage.reader import open_store, pick_store
 from ...storage.schema import views_meta
-from ..config.choices import FIXED_ENSEMBLES, LOSSES
+from ..config.choices import FIXED_ENSEMBLES
 from ..config.groups import RECIPE_KEYS
+from ..losses.registry import loss_class
 from ..runtime import distributed
 from ..runtime.workspace import workspace_dir
 from ..sources.datasets import resolve_data
@@ -51,7 +52,7 @@ def resolve_inputs(cfg) -> Inputs:
 
     `cfg` is a stages.train.TrainConfig.
     """
-    from_store = LOSSES[cfg.loss].needs_weak and not cfg.teacher
+    from_store = loss_class(cfg.loss).reads_weak and not cfg.teacher
     if cfg.features and not from_store and not cfg.labels and not cfg.data:
         # a probe's ceiling (--loss gt) reads the ground truth the feature store keeps, of the data it embedded
         inputs, source_for_val = _from_data(cfg, *_embedded_data(cfg.features))
