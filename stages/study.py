@@ -241,6 +241,9 @@ def _grid_step(cell: dict, strong: dict, stores: dict, weak: dict, prepare, runs
     if options.get("specialist_by"):  # a store of the study by name (an earlier student's labels)
         by = stores[options["specialist_by"]]
         options["specialist_by"], deps = by.options["labels"], [*deps, by.id]
+    own = {k: options.pop(k) for k in loss_class(loss).options if k in options}  # a plug-in's own: --loss-options
+    if own:
+        options["loss_options"] = tuple(f"{k}={v}" for k, v in sorted(own.items()))
     options = {**strong, **options, **source}
     label = f"s{seed}-" + "-".join([loss, *(_short(k, v) for k, v in cell.items()
                                             if k != "loss" and v is not None and v != usual.get(k))])

@@ -334,7 +334,7 @@ def _selected(cell: dict, select: dict | None, loss: str, where: str) -> list[di
     if not is_loss(loss):
         raise W2SError(f"{where}.loss {loss!r} is invalid: choose one of {', '.join(loss_names())}, or name a class as "
                        "package.module:Name")
-    knobs = loss_class(loss).knobs
+    knobs = loss_class(loss).tunable()
     offered = select["by_loss"].get(loss, {}) if select.get("by_loss") else select["values"]
     swept = {k: v for k, v in offered.items() if k in knobs}
     for option in swept:
@@ -360,7 +360,7 @@ def _select(spec, options: dict, where: str) -> dict | None:
     if per_loss and spec:
         raise W2SError(f"{where}: give every option under its loss ({', '.join(per_loss)}: {{option: [...]}}) or none; "
                        f"{next(iter(spec))} is not under one")
-    by_loss = {loss: _choices(values, options, f"{where}.{loss}", loss_class(loss).knobs)
+    by_loss = {loss: _choices(values, options, f"{where}.{loss}", loss_class(loss).tunable(), loss_class(loss).options)
                for loss, values in per_loss.items()}
     values = _choices(spec, options, where, None) if not per_loss else {}
     for chosen in by_loss.values():  # the options' values in order, for the report
@@ -369,9 +369,12 @@ def _select(spec, options: dict, where: str) -> dict | None:
     return {"values": values, **({"by_loss": by_loss} if by_loss else {}), **splits}
 
 
-def _choices(spec, options: dict, where: str, knobs) -> dict:
-    """{option: [values]} to choose from, each an option of a loss (of `knobs` where given)."""
-    values = _options(spec, options, where, lists=True)
+def _choices(spec, options: dict, where: str, knobs, own: dict | None = None) -> dict:
+    """{option: [values]} to choose from, each an option of a loss (of `knobs` where given; `own`: a
+    plug-in loss's own options, whose values its class casts)."""
+    own = own or {}
+    values = _options({k: v for k, v in _mapping(spec, where).items() if k not in own}, options, where, lists=True)
+    values.update({k: v for k, v in spec.items() if k in own})
     if not values:
         raise W2SError(f"{where}: no option to choose (e.g. threshold: [0.25, 0.5, 1, 2, 4])")
     every = sorted({k for loss in BUILT_IN.values() for k in loss.knobs})

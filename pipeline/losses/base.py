@@ -63,6 +63,11 @@ class WeakLoss:
         for key, default in self.options.items():
             setattr(self, key, cast(own.get(key, default), default, key))
 
+    @classmethod
+    def tunable(cls) -> tuple[str, ...]:
+        """What a study may choose for this loss: its knobs, and its own options."""
+        return (*cls.knobs, *cls.options)
+
     def term(self, student, weak, labels, step: Step, weights):
         raise NotImplementedError(f"loss {self.name!r} defines no term")
 

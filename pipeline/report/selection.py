@@ -58,7 +58,7 @@ def choose(markers: list[dict], values: dict[str, list], choose_on: str, score_o
             continue
         # what its loss reads of them; a value equal to the option's default is not in a cell (a study
         # names a run by what differs from the defaults, so the demo's own runs are reused)
-        reads = loss_class(meta["cell"]["loss"]).knobs if is_loss(meta["cell"].get("loss")) else ()
+        reads = loss_class(meta["cell"]["loss"]).tunable() if is_loss(meta["cell"].get("loss")) else ()
         chosen_by = tuple((k, meta["cell"].get(k, defaults.get(k))) for k in values if k in meta["cell"] or k in reads)
         rest = {k: v for k, v in meta["cell"].items() if k not in values}
         key = json.dumps(rest, sort_keys=True, default=str)
