@@ -11,7 +11,6 @@ when it saw rank 1 fail first), then the median.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import statistics
@@ -24,11 +23,9 @@ import _util
 
 
 def logged_step(run_dir: str) -> int:
-    try:
-        with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-            return max([json.loads(line)["step"] for line in f if '"kind": "step"' in line], default=0)
-    except (OSError, ValueError):
-        return 0
+    from w2s_pipe.pipeline.train.runs import read_metrics  # lazy: torch, after the launcher's own start
+
+    return max([r["step"] for r in read_metrics(run_dir, "step")], default=0)
 
 
 def rank_1(launcher: int) -> int:

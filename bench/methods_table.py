@@ -20,7 +20,8 @@ from collections import defaultdict
 
 import _util
 
-from w2s_pipe.pipeline.report.paired import cell as paired_cell, paired_difference
+from w2s_pipe.pipeline.report.paired import cell as paired_cell
+from w2s_pipe.pipeline.report.paired import paired_difference
 
 
 def mean_std(values: list[float]) -> str:

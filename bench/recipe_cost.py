@@ -14,7 +14,6 @@ run last; results also go to bench/results/recipe_cost.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 
@@ -47,6 +46,7 @@ def main():
 
     from w2s_pipe.pipeline.loaders.workers import default_workers
     from w2s_pipe.pipeline.runtime import distributed
+    from w2s_pipe.pipeline.train.runs import read_metrics
     from w2s_pipe.stages.label import LabelConfig, run_label
     from w2s_pipe.stages.train import TrainConfig, run_train
 
@@ -66,8 +66,7 @@ def main():
                     steps_per_epoch=steps, no_eval=True, log_every=args.warmup, workers=workers, gt_weight=1.0,
                     threshold=4.0, run=os.path.join(tmp, f"{r}-{len(seconds[name])}-{name.split()[0]}"),
                     progress=False, **ARMS[name]))
-                with open(os.path.join(result.run_dir, "metrics.jsonl")) as f:
-                    windows = [rec for rec in map(json.loads, f) if rec["kind"] == "step"][1:]
+                windows = read_metrics(result.run_dir, "step")[1:]
                 per_image = sum(1 / w["img_per_s"] for w in windows) / len(windows)
                 seconds[name].append(per_image * args.batch_size)
     best = {name: min(v) for name, v in seconds.items()}

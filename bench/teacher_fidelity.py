@@ -17,7 +17,6 @@ stored centre labels. Results go to bench/results/teacher_fidelity.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import tempfile
@@ -71,6 +70,7 @@ def open_store(url):
 
 def weak_model(ws: str, seed: int) -> dict:
     """The demo's weak model of `seed` and its centre store, made once per workspace."""
+    from w2s_pipe.pipeline.train.runs import read_metrics
     from w2s_pipe.stages.label import LabelConfig, run_label
     from w2s_pipe.stages.train import TrainConfig, run_train
 
@@ -83,7 +83,7 @@ def weak_model(ws: str, seed: int) -> dict:
                                    labels=store, workers=0, precision="fp32", workspace=ws, progress=False))
     label_s = time.perf_counter() - started
     opened = open_store(store)
-    records = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
+    records = read_metrics(run_dir)
     epochs = [r for r in records if r["kind"] == "epoch"]
     return {"checkpoint": os.path.join(run_dir, "last.pt"), "store": store, "top1": epochs[-1]["val_top1"],
             "label_s": None if result.already_complete else label_s,

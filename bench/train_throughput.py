@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
 import tempfile
 import time
@@ -197,6 +196,7 @@ class Arms:
 
     def train(self, run_dir: str) -> float:
         """`run_train` itself; its windows after the first (the warm-up) give the figure."""
+        from w2s_pipe.pipeline.train.runs import read_metrics
         from w2s_pipe.stages.train import TrainConfig, run_train
 
         steps = self.args.warmup * (1 + -(-self.args.steps // self.args.warmup))
@@ -204,8 +204,7 @@ class Arms:
                                        batch_size=self.args.batch_size, epochs=1, steps_per_epoch=steps, no_eval=True,
                                        log_every=self.args.warmup, workers=self.workers, decode=self.decoder,
                                        run=run_dir, progress=False, threshold=4.0))
-        with open(os.path.join(result.run_dir, "metrics.jsonl")) as f:
-            windows = [r for r in map(json.loads, f) if r["kind"] == "step"][1:]
+        windows = read_metrics(result.run_dir, "step")[1:]
         return sum(r["img_per_s"] for r in windows) / len(windows)
 
 

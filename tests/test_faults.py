@@ -12,6 +12,8 @@ import sys
 
 import pytest
 
+from w2s_pipe.pipeline.train.runs import read_metrics
+
 EXE = os.path.join(os.path.dirname(sys.executable), "w2s-pipe")
 
 
@@ -117,7 +119,7 @@ def tiny_study(tmp_path, weak_ckpt) -> str:
 
 
 def end_digest(run_dir) -> str:
-    ends = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl")) if '"end"' in line]
+    ends = read_metrics(run_dir, "end")
     return ends[-1]["weights_sha256"]
 
 

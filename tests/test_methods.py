@@ -17,6 +17,7 @@ from scipy.special import digamma, gammaln
 from w2s_pipe.errors import W2SError
 from w2s_pipe.pipeline.losses import functional as L
 from w2s_pipe.pipeline.train.losses import objective
+from w2s_pipe.pipeline.train.runs import read_metrics
 from w2s_pipe.pipeline.weak.members import Members, class_owner, simplex_step
 from w2s_pipe.stages.label import LabelConfig, run_label
 from w2s_pipe.stages.train import TrainConfig, run_train
@@ -168,9 +169,9 @@ def test_learned_weights_train_with_the_student_and_resume_exactly(two_stores):
     assert torch.equal(saved[0], saved[1])
     n = sum(s["count"] for s in open_store(a).shards)
     assert saved[0].shape == (n, 2) and (saved[0] != 0.5).any(1).sum() > n // 2  # most rows moved
-    end = [json.loads(line) for line in open(os.path.join(whole.run_dir, "metrics.jsonl"))][-1]
+    end = read_metrics(whole.run_dir)[-1]
     assert end["kind"] == "end" and len(end["ensemble_weights"]) == 2
-    steps = [json.loads(line) for line in open(os.path.join(whole.run_dir, "metrics.jsonl"))]
+    steps = read_metrics(whole.run_dir)
     assert any("ens_w0" in r for r in steps if r.get("kind") == "step")
 
 
@@ -190,7 +191,7 @@ def test_specialists_trained_on_class_subsets_co_supervise(digits_data, tmp_path
         assert open_store(store.store).attrs["weak"]["classes"] == list(range(5 * part, 5 * part + 5))
         stores.append(store.store)
     result = run_train(TrainConfig.tiny(labels=",".join(stores), ensemble="specialist", loss="hard", run="csl"))
-    records = [json.loads(line) for line in open(os.path.join(result.run_dir, "metrics.jsonl"))]
+    records = read_metrics(result.run_dir)
     assert result.finished and all(0 <= r["agreed"] <= 1 for r in records if r.get("kind") == "step")
     # as CSL: assigned by an earlier student's labels of the same shards (this run's, labelled)
     earlier = run_label(LabelConfig.tiny(weak_checkpoint=os.path.join(result.run_dir, "last.pt"),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 
@@ -12,6 +11,7 @@ import torch
 
 from w2s_pipe.errors import W2SError
 from w2s_pipe.pipeline.train.optim import Schedule, ScheduleSpec, build_optimizer
+from w2s_pipe.pipeline.train.runs import read_metrics
 
 
 def decay_groups(optimizer) -> list[tuple[float, int]]:
@@ -85,7 +85,7 @@ def test_a_run_logs_the_rate_each_step_used(digits_data, tmp_path):
     result = run_train(TrainConfig.tiny(strong="test_vit", loss="gt", data="digits", split="weak", epochs=4,
                                         steps_per_epoch=3, warmup_epochs=1, warmup_lr=1e-4, min_lr=1e-5, lr=1e-3,
                                         log_every=1, no_eval=True, run="sched"))
-    records = [json.loads(line) for line in open(os.path.join(result.run_dir, "metrics.jsonl"))]
+    records = read_metrics(result.run_dir)
     lrs = [r["lr"] for r in records if r["kind"] == "step"]
     assert len(lrs) == 12
     assert lrs[0] == pytest.approx(1e-4) and lrs[-1] == pytest.approx(1e-5)

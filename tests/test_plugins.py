@@ -19,6 +19,7 @@ import yaml
 from w2s_pipe.errors import W2SError
 from w2s_pipe.pipeline.losses.registry import loss_class
 from w2s_pipe.pipeline.train.losses import objective
+from w2s_pipe.pipeline.train.runs import read_metrics
 from w2s_pipe.stages.report import ReportConfig, run_report
 from w2s_pipe.stages.study import run_study
 from w2s_pipe.stages.study_config import load_study
@@ -103,7 +104,7 @@ def test_a_plugin_loss_trains_and_is_reported(plugin, tmp_path, workspace_store)
     run = run_train(TrainConfig.tiny(labels=workspace_store, loss="confident", loss_options=("floor=0.3",),
                                      run="mine", epochs=1, workspace=ws))
     assert run.finished and run.val_top1 is not None
-    records = [json.loads(line) for line in open(os.path.join(run.run_dir, "metrics.jsonl"))]
+    records = read_metrics(run.run_dir)
     kept = [r["kept"] for r in records if "kept" in r]
     assert kept and all(0 <= k <= 1 for k in kept)
     done = subprocess.run([EXE, "--workspace", ws, "train", "--labels", workspace_store, "--loss",

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from w2s_pipe.errors import W2SError
+from w2s_pipe.pipeline.train.runs import read_metrics
 from w2s_pipe.stages.features_config import FeaturesConfig
 from w2s_pipe.stages.label import LabelConfig, run_label
 from w2s_pipe.stages.train import TrainConfig, run_train
@@ -122,7 +123,7 @@ def test_probe_options_work_as_on_images(stores):
                                          easy_epochs=1, run="learned"))
     table = torch.load(os.path.join(learned.run_dir, "last.pt"), weights_only=True)["members"]["weights"]
     assert table.shape == (sum(s["count"] for s in open_store(labels).shards), 2) and (table != 0.5).any()
-    records = [json.loads(line) for line in open(os.path.join(learned.run_dir, "metrics.jsonl"))]
+    records = read_metrics(learned.run_dir)
     assert {r["epoch"] for r in records if r.get("kind") == "step" and "easy_kept" in r} == {1}
     run_train(TrainConfig.tiny(**base, labels=f"{labels},{other}", loss="evidential", run="evidential"))
     ceiling = run_train(TrainConfig.tiny(**base, loss="gt", data="digits", run="ceiling"))
@@ -182,7 +183,7 @@ def test_two_ranks_probe_as_one_process_with_their_global_batch(stores):
                                      epochs=2, loss="kd", opt="sgd", lr=0.5, weight_decay=0.0, batch_size=60,
                                      no_eval=True, run="one"))
     runs = os.path.join(os.environ["W2S_HOME"], "runs")
-    end = [json.loads(line) for line in open(os.path.join(runs, "ranks", "metrics.jsonl"))][-1]
+    end = read_metrics(runs, "ranks")[-1]
     assert end["step"] == one.step == 2 * 15 and len(set(end["weights_sha256"])) == 1  # both ranks: the same head
     heads = [torch.load(os.path.join(d, "last.pt"), weights_only=True)["state_dict"]
              for d in (os.path.join(runs, "ranks"), one.run_dir)]

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from w2s_pipe.cli import cli
 from w2s_pipe.errors import W2SError
 from w2s_pipe.pipeline.train.recipes import load_recipe, shipped
+from w2s_pipe.pipeline.train.runs import read_metrics
 from w2s_pipe.stages.train import TrainConfig
 from w2s_pipe.stages.train_config import recipe_options
 
@@ -104,7 +105,7 @@ def test_each_recipe_runs_smoke_sized_and_the_command_line_wins(name, workspace_
             assert config[key] == value, key  # the recipe
     if "crop_pct" in recipe:  # evaluation's crop reaches the data config the checkpoints carry
         assert config["data_config"]["crop_pct"] == recipe["crop_pct"]
-    steps = [json.loads(line) for line in open(os.path.join(run, "metrics.jsonl")) if '"step"' in line]
+    steps = read_metrics(run, "step")
     assert all(math.isfinite(r["loss"]) for r in steps if r["kind"] == "step")
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from w2s_pipe.pipeline.train.runs import read_metrics
 from w2s_pipe.stages.label import LabelConfig, run_label
 from w2s_pipe.stages.prepare import prepare_digits
 from w2s_pipe.storage import open_store
@@ -208,7 +209,7 @@ def test_train_killed_then_resumed(tmp_path, digits_data, weak_ckpt):
     assert whole.returncode == 0, whole.stderr[-2000:]
 
     def end(name):
-        return [json.loads(line) for line in open(tmp_path / "ws" / "runs" / name / "metrics.jsonl")][-1]
+        return read_metrics(tmp_path / "ws" / "runs" / name)[-1]
 
     assert end("k")["weights_sha256"] == end("whole")["weights_sha256"]
 

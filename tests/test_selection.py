@@ -17,6 +17,7 @@ import pytest
 from launch import torchrun
 
 from w2s_pipe.errors import W2SError
+from w2s_pipe.pipeline.train.runs import read_metrics
 from w2s_pipe.pipeline.weak.selection import choose, most_trusted, selected
 from w2s_pipe.stages.train import TrainConfig, run_train
 from w2s_pipe.storage import open_store
@@ -227,8 +228,8 @@ def test_a_weighted_run_reads_each_samples_stored_statistic(workspace_store, tmp
     plain = run_train(TrainConfig.tiny(labels=workspace_store, run="plain", device="cpu", no_eval=True, epochs=1,
                                        steps_per_epoch=3, log_every=1, workspace=str(tmp_path)))
     assert done.finished and json.load(open(os.path.join(done.run_dir, "config.json")))["weight_by"] == "margin"
-    first = [json.loads(line) for line in open(os.path.join(done.run_dir, "metrics.jsonl"))][0]
-    base = [json.loads(line) for line in open(os.path.join(plain.run_dir, "metrics.jsonl"))][0]
+    first = read_metrics(done.run_dir)[0]
+    base = read_metrics(plain.run_dir)[0]
     assert first["kd"] == pytest.approx(base["kd"], rel=1e-5) and first["loss"] != pytest.approx(base["loss"], rel=1e-4)
 
 
@@ -410,7 +411,7 @@ def test_an_ensemble_selection_under_torchrun_is_ranked_once_and_ends_with_equal
     out = torchrun(cmd, env={"W2S_HOME": str(tmp_path / "ws")})
     assert out.returncode == 0, out.stderr[-3000:]
     run = tmp_path / "ws" / "runs" / "ens"
-    end = [json.loads(line) for line in open(run / "metrics.jsonl") if '"end"' in line][0]
+    end = read_metrics(run, "end")[0]
     assert len(end["weights_sha256"]) == 2 and end["weights_sha256"][0] == end["weights_sha256"][1]
     recorded = json.load(open(run / "config.json"))["data_source"]["selection"]
     alone = choose(ensemble_index([open_store(s) for s in three_stores], "mean-prob"), None, 0.5, "agreement", False)

@@ -18,6 +18,7 @@ from click.testing import CliRunner
 
 from w2s_pipe.cli import cli
 from w2s_pipe.errors import W2SError
+from w2s_pipe.pipeline.train.runs import read_metrics
 from w2s_pipe.stages.study import marker_path, plan, run_study
 from w2s_pipe.stages.study_config import load_study
 
@@ -130,7 +131,7 @@ def test_a_killed_study_redoes_only_the_run_it_cut_short(tmp_path, digits_data, 
     (step,) = [s for s in plan(load_study(path), str(ws)) if s.name.startswith("s0-hard")]
     marker = json.load(open(marker_path(str(ws), step.id)))
     assert marker["result"]["resumed"] is True
-    ends = [json.loads(line) for line in open(os.path.join(step.options["run"], "metrics.jsonl")) if '"end"' in line]
+    ends = read_metrics(step.options["run"], "end")
     assert len(ends) == 1 and ends[0]["step"] == 160
 
 

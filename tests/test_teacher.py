@@ -16,6 +16,7 @@ from launch import torchrun
 
 from w2s_pipe.errors import W2SError
 from w2s_pipe.pipeline.models.build import load_model
+from w2s_pipe.pipeline.train.runs import read_metrics
 from w2s_pipe.pipeline.weak.teacher import OnlineTeacher
 from w2s_pipe.stages.train import TrainConfig, run_train
 
@@ -24,8 +25,7 @@ STUDENT = {"input_size": [3, 24, 24], "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25
 
 
 def records(run_dir, kind):
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        return [r for r in map(json.loads, f) if r["kind"] == kind]
+    return read_metrics(run_dir, kind)
 
 
 def test_the_teacher_sees_the_students_pixels_in_its_own_size_and_normalisation(weak_ckpt):

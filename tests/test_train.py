@@ -16,14 +16,13 @@ import torch
 from launch import end_run, rank_pids, start_run, torchrun, torchrun_cmd
 
 from w2s_pipe.errors import W2SError
+from w2s_pipe.pipeline.train.runs import read_metrics
 from w2s_pipe.stages.label import LabelConfig, run_label
 from w2s_pipe.stages.train import TrainConfig, run_train
 
 
 def records(run_dir, kind=None):
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        out = [json.loads(line) for line in f]
-    return [r for r in out if kind is None or r["kind"] == kind]
+    return read_metrics(run_dir, kind)
 
 
 @pytest.fixture

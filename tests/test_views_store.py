@@ -14,6 +14,7 @@ from conftest import resume_against_whole, same_weights
 from launch import torchrun
 
 from w2s_pipe.errors import W2SError
+from w2s_pipe.pipeline.train.runs import read_metrics
 from w2s_pipe.pipeline.views.params import TrainViews
 from w2s_pipe.stages.label import LabelConfig, run_label
 from w2s_pipe.stages.train import TrainConfig, run_train
@@ -229,10 +230,7 @@ def test_replay_under_torchrun_ends_with_equal_weights(views_store, tmp_path):
            "--labels", views_store, "--seed", "7", "--crop-scale", "0.5", "--hflip", "0.5", "--run-name", "ddp"]
     out = torchrun(cmd)
     assert out.returncode == 0, out.stderr[-3000:]
-    import json
-
-    with open(tmp_path / "ws" / "runs" / "ddp" / "metrics.jsonl") as f:
-        end = [r for r in map(json.loads, f) if r["kind"] == "end"][0]
+    end = read_metrics(tmp_path / "ws" / "runs" / "ddp", "end")[0]
     assert len(end["weights_sha256"]) == 2 and end["weights_sha256"][0] == end["weights_sha256"][1]
 
 

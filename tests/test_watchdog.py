@@ -4,7 +4,6 @@ says where it was, a rank ends with its launcher (watchdog.py). A lost rank: tes
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import signal
@@ -15,6 +14,8 @@ import time
 import pytest
 from launch import alive, catches, descendants, dump_stacks, end_run, rank_pids, start_run, torchrun_cmd
 
+from w2s_pipe.pipeline.train.runs import read_metrics
+
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads processes from Linux's /proc")
 
 TRAIN = ["train", "--strong", "test_resnet", "--img-size", "32", "--batch-size", "16", "--workers", "1",
@@ -23,11 +24,7 @@ TRAIN = ["train", "--strong", "test_resnet", "--img-size", "32", "--batch-size",
 
 
 def steps_logged(run_dir: str) -> int:
-    try:
-        with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-            return max([json.loads(line)["step"] for line in f if '"kind": "step"' in line], default=0)
-    except (OSError, ValueError):
-        return 0
+    return max([r["step"] for r in read_metrics(run_dir, "step")], default=0)
 
 
 def wait_for(condition, timeout: float, what: str):

@@ -17,6 +17,7 @@ from ..evaluation.predictions import write_predictions
 from ..losses.registry import is_loss, loss_class
 from ..runtime.workspace import slug, workspace_dir
 from ..sources.noise import clean_accuracy, described, store_noise
+from ..train.runs import read_metrics
 from .measures import reliability
 
 # What does not change what a run computes, or is expected to differ between the runs of one row:
@@ -59,14 +60,7 @@ def load_run(run_dir: str, defaults: dict | None = None) -> dict | None:
     except (OSError, ValueError) as exc:
         return {"dir": os.path.realpath(run_dir), "name": os.path.basename(run_dir.rstrip("/")),
                 "error": f"config.json is unreadable ({exc})"}
-    records = []
-    if os.path.exists(os.path.join(run_dir, "metrics.jsonl")):
-        with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-            for line in f:
-                try:
-                    records.append(json.loads(line))
-                except ValueError:
-                    break
+    records = read_metrics(run_dir)
     epochs = [r for r in records if r.get("kind") == "epoch" and "val_top1" in r]
     steps = [r for r in records if r.get("kind") == "step"]
     end = [r for r in records if r.get("kind") == "end"]

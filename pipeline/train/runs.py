@@ -136,6 +136,21 @@ def read_config(run_dir: str) -> dict:
 
 
 
+def read_metrics(run_dir, kind: str | None = None) -> list[dict]:
+    """The records of a run's metrics.jsonl (MetricsLog's), in order, those of `kind` ("step",
+    "epoch", "end") where given; a line cut by a crash ends them, as it does on resume. No file: []."""
+    path = os.path.join(run_dir, "metrics.jsonl")
+    records = []
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                try:
+                    records.append(json.loads(line))
+                except ValueError:
+                    break
+    return [r for r in records if kind is None or r.get("kind") == kind]
+
+
 class MetricsLog:
     """metrics.jsonl: one JSON object per line, each written with one append, so a crash can cut
     at most the last line, which `truncate_after` drops on resume with any later records.
