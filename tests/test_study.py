@@ -19,7 +19,8 @@ from click.testing import CliRunner
 from w2s_pipe.cli import cli
 from w2s_pipe.errors import W2SError
 from w2s_pipe.pipeline.train.runs import read_metrics
-from w2s_pipe.stages.study import marker_path, plan, run_study
+from w2s_pipe.stages.study import run_study
+from w2s_pipe.stages.study_plan import marker_path, plan
 from w2s_pipe.stages.study_config import load_study
 
 TINY = {  # digits as the session prepared it (the fixture digits_data), a tiny weak model trained once
@@ -239,11 +240,13 @@ def test_strong_runs_start_from_a_study_backbone_and_a_probe_only_study_has_no_f
 
 
 def test_progress_says_what_each_step_made():
-    from w2s_pipe.stages.study import said
+    from w2s_pipe.stages.study_run import said
 
-    assert said({"result": {"top1": 0.5, "split": "test"}}) == "top-1 0.5000 on test"
-    assert said({"result": {"top1": None}}) == "trained, not evaluated (no_eval)"  # a backbone trained on a pretext
-    assert said({"result": {"store": "s", "samples": 3}}) == "labelled 3 samples"
+    assert said({"kind": "eval", "result": {"top1": 0.5, "split": "test"}}) == "top-1 0.5000 on test"
+    assert said({"kind": "train", "result": {"top1": None}}) == "trained, not evaluated (no_eval)"  # a pretext's backbone
+    assert said({"kind": "train", "result": {"top1": 0.25, "resumed": True}}) == "top-1 0.2500 (resumed)"
+    assert said({"kind": "label", "result": {"store": "s", "samples": 3}}) == "labelled 3 samples"
+    assert said({"kind": "fewshot", "result": {"few_shot": {"1": {"accuracy": 0.5}}}}) == "1-shot 0.5000"
 
 
 @pytest.mark.parametrize("name", ["demo", "demo-noisy", "demo-few-shot", "threshold", "selection", "teacher",
