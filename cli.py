@@ -19,6 +19,7 @@ from .pipeline.config.choices import CLUSTERS, SCENARIOS
 from .pipeline.config.options import NO_DEFAULT, field_of, flag_of, ordered, spec_of
 from .stages.eval_config import EvalConfig
 from .stages.features_config import FeaturesConfig
+from .stages.inspect_config import InspectConfig
 from .stages.label_config import LabelConfig
 from .stages.prepare_config import (
     PrepareCifarConfig,
@@ -27,7 +28,9 @@ from .stages.prepare_config import (
     PrepareFolderConfig,
     PrepareHfConfig,
 )
+from .stages.report_config import ReportConfig
 from .stages.train_config import TrainConfig
+from .stages.verify_config import VerifyConfig
 
 
 class _Group(click.Group):
@@ -96,7 +99,11 @@ def _param(f: dataclasses.Field, spec):
     if spec.path:
         kind_type = click.Path(**PATHS[spec.path])
     if spec.argument:
+        if spec.nargs:  # several values, each its own word (inspect STORE STORE)
+            return click.argument(f.name, nargs=spec.nargs, required=required)
         return click.argument(f.name, type=kind_type, required=required, **({} if required else {"default": default}))
+    if spec.nargs:  # an option of several words (report --pair RUN_A RUN_B)
+        return click.option(flag_of(f), f.name, nargs=spec.nargs, default=default, metavar=spec.metavar, help=spec.help)
     shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
     return click.option(flag_of(f), f.name, type=kind_type, default=shown, required=required,
                         show_default=default is not None, metavar=spec.metavar, help=spec.help)
@@ -106,7 +113,8 @@ def _config(ctx, kind, values: dict):
     """A config of `kind` built from the command's values (and the workspace, where it takes one);
     a bad value a recipe gave says so (train --config)."""
     try:
-        return kind(**values, **({"workspace": ctx.obj["workspace"]} if "workspace" in _fields(kind) else {}))
+        given = "workspace" in _fields(kind) and values.get("workspace") is None  # the global --workspace
+        return kind(**{**values, **({"workspace": ctx.obj["workspace"]} if given else {})})
     except W2SError as exc:
         raise _from_recipe(ctx, exc) from None
 
@@ -390,75 +398,49 @@ def studies():
 
 
 @cli.command()
-@click.argument("workspace", required=False, type=click.Path(file_okay=False))
-@click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Where report.md, report.json and the PNGs go [default: <workspace>/report].")
-@click.option("--format", "fmt", type=click.Choice(["md", "json"]), default="md", show_default=True,
-              help="What to print: the Markdown table, or the whole report as JSON for scripts.")
-@click.option("--no-plots", is_flag=True, help="Skip the figures.")
-@click.option("--reference", default=None, metavar="LOSS",
-              help="The loss every weak-to-strong row is paired against, seed by seed on the same store(s): the mean "
-                   "difference with its 95% interval, a verdict only where it excludes 0, and the seeds that would "
-                   "show a difference not yet shown [default: hard].")
-@click.option("--per-class", is_flag=True, help="Per-class top-1 of each row, from the runs' kept predictions.")
-@click.option("--pair", nargs=2, default=None, metavar="RUN_A RUN_B",
-              help="Two runs of the same seed and store(s) compared sample by sample on their kept predictions "
-                   "(McNemar's exact test, and their agreement).")
-@click.option("--split", default=None, metavar="NAME",
-              help="Whose kept predictions --per-class and --pair read: the validation split a run kept at its end, "
-                   "or one `eval --run RUN --split NAME` scored [default: a run's only ones].")
+@options_from(ReportConfig)
 @click.pass_context
-def report(ctx, workspace, out, fmt, no_plots, reference, per_class, pair, split):
+def report(ctx, **values):
     """Weak model, strong ceiling and every weak-to-strong run of a workspace (default: the current
     one) with validation top-1 and performance gap recovered, PGR = (w2s - weak) / (ceiling - weak),
     each row's paired difference to the reference row, and what predicts the gain (each run's
     misfit to its weak model beside its gain); figures: accuracy per method, the weak labels'
     calibration, beta/alpha over training, curves, gain against misfit. Few-shot figures that
     `eval --run RUN --episodes N` recorded come as their own table."""
-    from .stages.report import ReportConfig, run_report
+    from .stages.report import run_report
 
-    result = run_report(ReportConfig(workspace=workspace or ctx.obj["workspace"], out=out, plots=not no_plots,
-                                     reference=reference, per_class=per_class, pair=tuple(pair) if pair else None,
-                                     split=split))
-    click.echo(json.dumps(result, default=str)) if fmt == "json" else _echo(result)
+    cfg = _config(ctx, ReportConfig, values)
+    result = run_report(cfg)
+    click.echo(json.dumps(result, default=str)) if cfg.format == "json" else _echo(result)
 
 
 @cli.command()
-@click.argument("stores", nargs=-1, required=True)
-@click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Where the figures go [default: <workspace>/inspect/<store>].")
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
-              help="Output format.")
-@click.option("--no-plots", is_flag=True, help="Skip the figures.")
+@options_from(InspectConfig)
 @click.pass_context
-def inspect(ctx, stores, out, fmt, no_plots):
+def inspect(ctx, **values):
     """Statistics of a label store of any size, computed with dask: samples, classes, confidence
     and margin distributions, per-class prediction counts, and accuracy and calibration (ECE)
     against ground truth where the shards carry it, with the coverage-accuracy curve (the weak
     labels' accuracy on what train --keep-frac F --rank-by STAT [--per-class] keeps). Several
     STORES (of the same shards): their ensemble, each member's accuracy against each way of
     combining them, and the ensemble's curve."""
-    from .stages.inspect import InspectConfig, run_inspect
+    from .stages.inspect import run_inspect
 
-    stats = run_inspect(InspectConfig(store=",".join(stores), out=out, workspace=ctx.obj["workspace"], plots=not no_plots))
-    click.echo(json.dumps(stats)) if fmt == "json" else _echo(stats)
+    cfg = _config(ctx, InspectConfig, values)
+    stats = run_inspect(cfg)
+    click.echo(json.dumps(stats)) if cfg.format == "json" else _echo(stats)
 
 
 @cli.command()
-@click.argument("store")
-@click.option("--recompute", type=int, default=0, show_default=True,
-              help="Re-run the weak model (recorded checkpoint and preprocessing) on this many random samples and "
-                   "compare.")
-@click.option("--no-data", is_flag=True, help="Skip reading the shards (the one-row-per-sample check).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed choosing the --recompute samples.")
-@click.option("--device", default="auto", show_default=True, help="Device for --recompute: auto, cpu, cuda or cuda:N.")
-def verify(store, recompute, no_data, seed, device):
+@options_from(VerifyConfig)
+@click.pass_context
+def verify(ctx, **values):
     """Check a label store: attributes, completeness, markers against rows, one row per sample of
     the data, finite values, statistics against logits, index against arrays; exit status 1 on
     any problem, each reported with its shard and key."""
-    from .stages.verify import VerifyConfig, run_verify
+    from .stages.verify import run_verify
 
-    result = run_verify(VerifyConfig(store=store, recompute=recompute, check_data=not no_data, seed=seed, device=device))
+    result = run_verify(_config(ctx, VerifyConfig, values))
     _echo(result)
     if not result.ok:
         raise SystemExit(1)

@@ -14,7 +14,6 @@ the ensemble's coverage-accuracy curve.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 import dask
 import dask.dataframe as dd
@@ -29,17 +28,10 @@ from ..pipeline.weak.ensemble import check_members, ensemble_indexes
 from ..pipeline.weak.selection import Ranking
 from ..storage import open_store, schema
 from ..storage.fsutil import join
+from .inspect_config import InspectConfig
 
 QUANTILES = (1, 5, 25, 50, 75, 95, 99)
 COVERAGE = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
-
-
-@dataclass(frozen=True)
-class InspectConfig:
-    store: str  # one store, or several comma-separated (an ensemble's members)
-    out: str | None = None  # figures; default <workspace>/inspect/<store name>
-    workspace: str | None = None
-    plots: bool = True
 
 
 def store_statistics(url: str, storage_options: dict | None = None) -> dict:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 from collections import defaultdict
-from dataclasses import dataclass
 
 from ..errors import W2SError
 from ..pipeline.evaluation.fewshot import SETTING
@@ -34,20 +33,10 @@ from ..pipeline.report.measures import mean_std, pgr
 from ..pipeline.report.results import load_run, load_store, report_workspace, weak_accuracy
 from ..pipeline.runtime.workspace import slug
 from ..storage.fsutil import write_whole
+from .report_config import ReportConfig
 from .train_config import option_defaults
 
 LOSS_ORDER = [name for name in BUILT_IN if name != "gt"][::-1]  # hard, kd, augconf, adaptconf
-
-
-@dataclass(frozen=True)
-class ReportConfig:
-    workspace: str | None = None
-    out: str | None = None  # default <workspace>/report; report.md and report.json are both written
-    plots: bool = True
-    reference: str | None = None  # the loss every weak-to-strong row is paired against [default: hard]
-    per_class: bool = False  # a per-class top-1 table from the runs' kept predictions
-    pair: tuple[str, str] | None = None  # two runs compared sample by sample (McNemar)
-    split: str | None = None  # whose kept predictions --per-class and --pair read [default: a run's only ones]
 
 
 def build_report(workspace, reference: str | None = None) -> dict:

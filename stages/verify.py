@@ -36,21 +36,9 @@ from ..pipeline.views.mixing import finished_views
 from ..pipeline.views.pixels import LabelViews
 from ..storage import open_store, schema
 from ..storage.fsutil import join
+from .verify_config import VerifyConfig
 
 MAX_LISTED = 20  # problems listed per check; the count is always exact
-
-
-@dataclass(frozen=True)
-class VerifyConfig:
-    store: str
-    recompute: int = 0
-    check_data: bool = True
-    seed: int = 0
-    device: str = "auto"
-
-    def __post_init__(self):
-        if self.recompute < 0:
-            raise W2SError(f"--recompute {self.recompute} is invalid: must be 0 or more", option="--recompute")
 
 
 @dataclass

@@ -169,7 +169,7 @@ def test_inspect_gives_the_weak_labels_accuracy_against_both(tmp_path, monkeypat
     monkeypatch.setenv("W2S_DATA", str(tmp_path / "data"))
     store = run_label(LabelConfig(weak=None, weak_checkpoint=weak_ckpt, data="digits", labels=str(tmp_path / "s"),
                                   workers=0, precision="fp32", device="cpu", progress=False)).store
-    stats = run_inspect(InspectConfig(store=store, plots=False))
+    stats = run_inspect(InspectConfig(stores=(store,), plots=False))
     index = open_store(store).index()
     pred = index["pred"].to_numpy()
     clean = {s["__key__"]: int(s[CLEAN_FIELD]) for shard in open_store(store).shards for s in iter_samples(shard["url"])}
@@ -239,7 +239,7 @@ def test_the_noisy_demo_learns_from_noisy_labels_and_evaluates_on_clean_ones(tmp
     from w2s_pipe.stages.inspect import InspectConfig, run_inspect
 
     (store,) = report["stores"]  # the weak labels against the clean labels too, as inspect counts them
-    stats = run_inspect(InspectConfig(store=store["url"], plots=False))
+    stats = run_inspect(InspectConfig(stores=(store["url"],), plots=False))
     assert store["weak_label_accuracy_clean"] == stats["accuracy_clean"] and store["label_noise"].startswith(
         "symmetric noise at 0.2 (seed 42")
     assert store["weak_label_accuracy"] == pytest.approx(stats["accuracy"])

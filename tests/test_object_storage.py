@@ -68,7 +68,7 @@ def test_label_verify_inspect_train_on_s3(s3, tmp_path, weak_ckpt):
 
     report = run_verify(VerifyConfig(store=store_url, recompute=5))
     assert report.ok, report.problems
-    stats = run_inspect(InspectConfig(store=store_url, plots=False))
+    stats = run_inspect(InspectConfig(stores=(store_url,), plots=False))
     assert stats["samples"] == 897 and stats["has_labels"] and 0 <= stats["ece"] <= 1
 
     run = run_train(TrainConfig.tiny(labels=store_url, val_data="s3://data/digits/digits-val-*.tar", run="s3",

@@ -159,7 +159,7 @@ def test_inspect_known_contents(tmp_path):
     conf = np.array([0.9] * 10 + [0.6] * 10)
     correct = np.array([True] * 9 + [False] + [True] * 6 + [False] * 4)
     url, pred, label = known_store(tmp_path / "a", conf, correct)
-    stats = run_inspect(InspectConfig(store=url, out=str(tmp_path / "figs")))
+    stats = run_inspect(InspectConfig(stores=(url,), out=str(tmp_path / "figs")))
     assert stats["samples"] == 20 and stats["classes"] == 4 and stats["shards"] == 2
     assert stats["accuracy"] == pytest.approx(0.75) and stats["ece"] == pytest.approx(0.0, abs=1e-6)
     assert stats["pred_counts"] == np.bincount(pred, minlength=4).tolist()
@@ -169,9 +169,9 @@ def test_inspect_known_contents(tmp_path):
     assert os.path.exists(tmp_path / "figs" / "calibration.png")
     # Over-confident: 0.95 everywhere, half right -> ECE 0.45.
     url, _, _ = known_store(tmp_path / "b", np.full(20, 0.95), np.arange(20) % 2 == 0)
-    assert run_inspect(InspectConfig(store=url, plots=False))["ece"] == pytest.approx(0.45, abs=1e-6)
+    assert run_inspect(InspectConfig(stores=(url,), plots=False))["ece"] == pytest.approx(0.45, abs=1e-6)
     url, _, _ = known_store(tmp_path / "c", conf, correct, labels=False)
-    stats = run_inspect(InspectConfig(store=url, plots=False))
+    stats = run_inspect(InspectConfig(stores=(url,), plots=False))
     assert not stats["has_labels"] and "accuracy" not in stats
 
 

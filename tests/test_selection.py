@@ -320,7 +320,7 @@ def test_an_ensemble_of_other_shards_is_refused_naming_the_shard(three_stores, d
 def test_inspect_gives_the_coverage_accuracy_curve_of_what_keep_frac_keeps(workspace_store, tmp_path):
     from w2s_pipe.stages.inspect import InspectConfig, format_text, run_inspect
 
-    stats = run_inspect(InspectConfig(store=workspace_store, out=str(tmp_path / "fig")))
+    stats = run_inspect(InspectConfig(stores=(workspace_store,), out=str(tmp_path / "fig")))
     index = open_store(workspace_store).index()
     pred, label, margin = index["pred"].to_numpy(), index["label"].to_numpy(), index["margin"].to_numpy()
     curve = stats["coverage"]
@@ -337,7 +337,7 @@ def test_inspect_of_several_stores_compares_the_ensemble_with_each_member(three_
     from w2s_pipe.pipeline.weak.ensemble import combine
     from w2s_pipe.stages.inspect import InspectConfig, format_text, run_inspect
 
-    stats = run_inspect(InspectConfig(store=",".join(three_stores), out=str(tmp_path / "ens")))
+    stats = run_inspect(InspectConfig(stores=tuple(three_stores), out=str(tmp_path / "ens")))
     members = [open_store(s) for s in three_stores]
     label = members[0].index()["label"].to_numpy()
     for m, record in zip(members, stats["members"]):

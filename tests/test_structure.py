@@ -17,9 +17,12 @@ from w2s_pipe.pipeline.config import choices
 from w2s_pipe.pipeline.config.options import NO_DEFAULT, options_of
 from w2s_pipe.pipeline.losses.registry import BUILT_IN
 from w2s_pipe.stages.eval_config import EvalConfig
+from w2s_pipe.stages.inspect_config import InspectConfig
 from w2s_pipe.stages.label_config import LabelConfig
 from w2s_pipe.stages.prepare_config import PrepareCifarConfig, PrepareDigitsConfig, PrepareFolderConfig
+from w2s_pipe.stages.report_config import ReportConfig
 from w2s_pipe.stages.train_config import TrainConfig
+from w2s_pipe.stages.verify_config import VerifyConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("pipeline", "stages", "storage")
@@ -172,7 +175,8 @@ def test_no_function_is_longer_than_a_screen_or_two():
 
 COMMANDS = {"label": LabelConfig, "train": TrainConfig, "eval": EvalConfig, "prepare digits": PrepareDigitsConfig,
             "prepare cifar10": PrepareCifarConfig, "prepare cifar100": PrepareCifarConfig,
-            "prepare folder": PrepareFolderConfig}
+            "prepare folder": PrepareFolderConfig, "report": ReportConfig, "inspect": InspectConfig,
+            "verify": VerifyConfig}
 
 
 def command(name: str) -> click.Command:
@@ -211,8 +215,7 @@ def test_recipe_keys_and_the_stores_view_recipe_come_from_the_configs():
 
 
 def test_each_choice_on_the_command_line_is_the_one_definition():
-    """Every click.Choice of a stage option is a tuple of pipeline/config/choices.py (report's and inspect's
-    output formats are their own)."""
+    """Every click.Choice of a stage option is a tuple of pipeline/config/choices.py."""
     defined = {tuple(v) for v in vars(choices).values() if isinstance(v, tuple)} | {tuple(BUILT_IN)}
     seen = 0
 
@@ -223,7 +226,7 @@ def test_each_choice_on_the_command_line_is_the_one_definition():
                 walk(cmd)
                 continue
             for param in cmd.params:
-                if isinstance(param.type, click.Choice) and param.name != "fmt":
+                if isinstance(param.type, click.Choice):
                     assert tuple(param.type.choices) in defined, f"{cmd.name} {param.opts[0]}: {param.type.choices}"
                     seen += 1
 

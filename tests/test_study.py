@@ -20,8 +20,8 @@ from w2s_pipe.cli import cli
 from w2s_pipe.errors import W2SError
 from w2s_pipe.pipeline.train.runs import read_metrics
 from w2s_pipe.stages.study import run_study
-from w2s_pipe.stages.study_plan import marker_path, plan
 from w2s_pipe.stages.study_config import load_study
+from w2s_pipe.stages.study_plan import marker_path, plan
 
 TINY = {  # digits as the session prepared it (the fixture digits_data), a tiny weak model trained once
     "data": "digits", "seeds": 1,

@@ -45,6 +45,8 @@ COSINE_FLOORS = ("last", "after")  # where a cosine reaches --min-lr: the last s
 RAMPS = ("epoch", "step")  # how augconf's alpha ramps: per epoch (official) or per step
 BAD_SAMPLE_POLICIES = ("fail", "skip")  # label --on-bad-sample
 EVAL_PICKS = ("last", "best", "ema")  # eval --pick: a run's checkpoints
+REPORT_FORMATS = ("md", "json")  # report --format: what it prints
+INSPECT_FORMATS = ("text", "json")  # inspect --format
 CLUSTERS = ("slurm", "local")  # study --cluster: submitit's executors (local: its local one)
 
 

@@ -40,6 +40,7 @@ class Option:
     recipe: bool = True  # a recipe may set it (train --config)
     negate: bool = False  # a flag that sets the field False (--quiet: progress)
     argument: bool = False  # positional (prepare folder SRC), not --name
+    nargs: int | None = None  # several words: a positional's (-1: one or more: inspect STORES...), an option's (2)
     unit: str | None = None  # of the range ("must be at least 8 pixels")
     open_choices: bool = False  # the choices are those --help lists; the config's own check accepts others
 
