@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from w2s_pipe.cli import cli
 from w2s_pipe.errors import W2SError
+from w2s_pipe.pipeline.config.options import options_of
 from w2s_pipe.pipeline.train.recipes import load_recipe, shipped
 from w2s_pipe.pipeline.train.runs import read_metrics
 from w2s_pipe.stages.train import TrainConfig
@@ -20,7 +21,9 @@ OPTIONS = recipe_options()
 
 
 def test_recipe_keys_are_the_train_commands_options():
-    assert set(OPTIONS) == {p.name for p in cli.commands["train"].params} - {"config", "progress"}
+    not_in_recipes = {f.name for f, spec in options_of(TrainConfig) if not spec.recipe}  # --quiet, --max-image-pixels
+    assert {"progress", "max_image_pixels"} <= not_in_recipes
+    assert set(OPTIONS) == {p.name for p in cli.commands["train"].params} - {"config"} - not_in_recipes
 
 
 def test_every_shipped_recipe_opens_with_its_command_and_sets_only_options():
