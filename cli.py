@@ -15,7 +15,7 @@ import click
 
 from . import __version__
 from .errors import W2SError
-from .pipeline.config.choices import CLUSTERS, SCENARIOS
+from .pipeline.config.choices import SCENARIOS
 from .pipeline.config.options import NO_DEFAULT, field_of, flag_of, ordered, spec_of
 from .stages.eval_config import EvalConfig
 from .stages.features_config import FeaturesConfig
@@ -29,6 +29,7 @@ from .stages.prepare_config import (
     PrepareHfConfig,
 )
 from .stages.report_config import ReportConfig
+from .stages.study_options import StudyOptions
 from .stages.train_config import TrainConfig
 from .stages.verify_config import VerifyConfig
 
@@ -361,20 +362,9 @@ def demo(ctx, out, fresh, seeds, quick, scenario, label_noise):
 
 
 @cli.command()
-@click.argument("study")
-@click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="The study's workspace [default: <workspace>/studies/<name>]; run again, it skips what is done "
-                   "there and resumes what was cut short.")
-@click.option("--jobs", type=int, default=1, show_default=True,
-              help="Steps run side by side, each in its own process, the cores shared between them.")
-@click.option("--cluster", type=click.Choice(CLUSTERS), default=None,
-              help="Each step a job through submitit: slurm, with the study's cluster: parameters (partition, time, "
-                   "GPUs); local, submitit's local executor (processes on this machine).")
-@click.option("--dry-run", is_flag=True, help="Say what would run and what is done already; run nothing.")
-@click.option("--quick", is_flag=True, help="The study's quick: section over it: a smoke-sized version.")
-@click.option("--no-plots", is_flag=True, help="Skip the figures.")
+@options_from(StudyOptions)
 @click.pass_context
-def study(ctx, study, out, jobs, cluster, dry_run, quick, no_plots):
+def study(ctx, **values):
     """A grid of runs from one file (STUDY: a shipped study's name, see `w2s-pipe studies`, or a YAML
     file): its data, weak models, stores, ceilings and a grid over train's options times seeds, each
     made once, in dependency order; hyperparameters under `select:` chosen per loss on one split and
@@ -383,9 +373,9 @@ def study(ctx, study, out, jobs, cluster, dry_run, quick, no_plots):
     from .stages.study import run_study
     from .stages.study_config import load_study
 
-    cfg = load_study(study, quick=quick)
-    _echo(run_study(cfg, out=out, jobs=jobs, cluster=cluster, dry_run=dry_run, workspace=ctx.obj["workspace"],
-                    echo=click.echo, plots=not no_plots))
+    opts = _config(ctx, StudyOptions, values)
+    _echo(run_study(load_study(opts.study, quick=opts.quick), out=opts.out, jobs=opts.jobs, cluster=opts.cluster,
+                    dry_run=opts.dry_run, workspace=opts.workspace, echo=click.echo, plots=opts.plots))
 
 
 @cli.command()

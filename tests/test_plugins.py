@@ -18,6 +18,7 @@ import yaml
 
 from w2s_pipe.errors import W2SError
 from w2s_pipe.pipeline.losses.registry import loss_class
+from w2s_pipe.pipeline.report.results import load_run
 from w2s_pipe.pipeline.train.losses import objective
 from w2s_pipe.pipeline.train.runs import read_metrics
 from w2s_pipe.stages.report import ReportConfig, run_report
@@ -38,6 +39,7 @@ class Confident(WeakLoss):
     name = "confident"
     summary = "hard labels where the weak confidence reaches --loss-options floor=F"
     options = {"floor": 0.0}
+    schedule = "kept"  # report plots it per step
 
     def term(self, student, weak, labels, step, weights):
         keep = (weak.float().softmax(1).max(1).values >= self.floor).float()
@@ -107,6 +109,7 @@ def test_a_plugin_loss_trains_and_is_reported(plugin, tmp_path, workspace_store)
     records = read_metrics(run.run_dir)
     kept = [r["kept"] for r in records if "kept" in r]
     assert kept and all(0 <= k <= 1 for k in kept)
+    assert load_run(run.run_dir)["schedule"] == [(r["step"], r["kept"]) for r in records if r.get("kind") == "step"]
     done = subprocess.run([EXE, "--workspace", ws, "train", "--labels", workspace_store, "--loss",
                            "w2s_loss_demo.losses:Confident", "--loss-options", "floor=0.9", "--strong", "test_resnet",
                            "--img-size", "32", "--batch-size", "32", "--epochs", "1", "--workers", "0", "--precision",

@@ -21,6 +21,7 @@ from w2s_pipe.stages.inspect_config import InspectConfig
 from w2s_pipe.stages.label_config import LabelConfig
 from w2s_pipe.stages.prepare_config import PrepareCifarConfig, PrepareDigitsConfig, PrepareFolderConfig
 from w2s_pipe.stages.report_config import ReportConfig
+from w2s_pipe.stages.study_options import StudyOptions
 from w2s_pipe.stages.train_config import TrainConfig
 from w2s_pipe.stages.verify_config import VerifyConfig
 
@@ -176,7 +177,7 @@ def test_no_function_is_longer_than_a_screen_or_two():
 COMMANDS = {"label": LabelConfig, "train": TrainConfig, "eval": EvalConfig, "prepare digits": PrepareDigitsConfig,
             "prepare cifar10": PrepareCifarConfig, "prepare cifar100": PrepareCifarConfig,
             "prepare folder": PrepareFolderConfig, "report": ReportConfig, "inspect": InspectConfig,
-            "verify": VerifyConfig}
+            "verify": VerifyConfig, "study": StudyOptions}
 
 
 def command(name: str) -> click.Command:

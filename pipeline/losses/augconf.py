@@ -10,6 +10,7 @@ class AugConf(WeakLoss):
     name = "augconf"
     summary = "(1-alpha) KD + alpha CE(s, argmax s), alpha ramped over --warmup-frac of the run"
     knobs = ("threshold", "kd_temperature", "warmup_frac", "ramp")
+    schedule = "alpha"
 
     def alpha(self, step) -> float:
         """alpha at `step`: by epoch as the official code (threshold x epoch / (epochs x warmup_frac)

@@ -33,6 +33,7 @@ class WeakLoss:
     - `knobs`: the train options of its own it reads (flat options of `train`: a study sweeps only
       these for it, and `report` tells runs apart by them);
     - `settings`: train options it reads that are not its own knobs (label smoothing, a recipe's);
+    - `schedule`: the name of a part it logs that moves over training, which `report` plots per step;
     - `options`: {name: default} of a plug-in's own knobs, set by `--loss-options NAME=VALUE,...` (the
       value cast to the default's type) and swept by a study like any knob.
 
@@ -50,6 +51,7 @@ class WeakLoss:
     knobs: tuple[str, ...] = ()
     settings: tuple[str, ...] = ()  # train options it reads that are not its own knobs (a recipe's)
     options: dict = {}
+    schedule: str | None = None  # a logged part that changes over training, plotted by `report` (beta, alpha)
 
     def __init__(self, **values):
         own = dict(values.pop("loss_options", None) or {})

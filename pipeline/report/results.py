@@ -64,7 +64,7 @@ def load_run(run_dir: str, defaults: dict | None = None) -> dict | None:
     epochs = [r for r in records if r.get("kind") == "epoch" and "val_top1" in r]
     steps = [r for r in records if r.get("kind") == "step"]
     end = [r for r in records if r.get("kind") == "end"]
-    schedule = "beta" if config.get("loss") == "adaptconf" else "alpha" if config.get("loss") == "augconf" else None
+    schedule = loss_class(config["loss"]).schedule if is_loss(config.get("loss")) else None  # beta, alpha, a plug-in's
     return {
         "dir": os.path.realpath(run_dir),
         "name": os.path.basename(run_dir.rstrip("/")),
