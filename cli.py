@@ -15,8 +15,8 @@ import click
 
 from . import __version__
 from .errors import W2SError
-from .pipeline.config.choices import SCENARIOS
 from .pipeline.config.options import NO_DEFAULT, field_of, flag_of, ordered, spec_of
+from .stages.demo_config import DemoConfig
 from .stages.eval_config import EvalConfig
 from .stages.features_config import FeaturesConfig
 from .stages.inspect_config import InspectConfig
@@ -329,36 +329,17 @@ def eval_cmd(ctx, **values):
 
 
 @cli.command()
-@click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="The demo's own workspace [default: <workspace>/demo]. The same demo there continues where it "
-                   "was cut short, or prints its report again; one with other options is replaced.")
-@click.option("--fresh", is_flag=True, help="Start the demo over: its workspace's earlier runs are deleted.")
-@click.option("--seeds", type=int, default=None, help="Seeds per configuration [default: the study's, 3]; tables show "
-                                                    "mean ± std.")
-@click.option("--quick", is_flag=True,
-              help="A smoke-sized version (tiny models, a few steps): 21 s on a 2-core CPU; its accuracies are those of "
-                   "barely trained models, so PGR is often undefined there (the report says why).")
-@click.option("--scenario", type=click.Choice(SCENARIOS), default="standard", show_default=True,
-              help="standard: the paper's weak-to-strong setting; noisy: its noisy-label one, the weak and transfer "
-                   "splits' labels corrupted once (symmetric 0.2, seed 42: the weak model, the ceiling and the +gt runs "
-                   "learn from noisy labels; val stays clean); few-shot: trained on digits 0-4 (digits-fewshot), every "
-                   "model also evaluated 5-way 1- and 5-shot on digits 5-9, never trained on (600 episodes, the same "
-                   "for all) [default workspace: <workspace>/demo-<scenario>].")
-@click.option("--label-noise", default=None,
-              help="--scenario noisy: the noise, symmetric:R or asymmetric:R (digits' map: 1↔7, 3↔8, 4↔9), seed 42 "
-                   "[default: symmetric:0.2].")
+@options_from(DemoConfig, skip=("overrides", "progress"))
 @click.pass_context
-def demo(ctx, out, fresh, seeds, quick, scenario, label_noise):
+def demo(ctx, **values):
     """The whole weak-to-strong study on digits in one command (about eight minutes on two CPU
     cores): a weak model, its labels, the strong ceiling, and a strong model trained from the
     labels with each loss, with and without ground truth, and with hard labels from the 70% of
     the labels the weak model is surest of (--keep-frac 0.7 --rank-by margin --per-class), over
     several seeds; then `report`."""
-    from .stages.demo import DemoConfig, run_demo
+    from .stages.demo import run_demo
 
-    cfg = DemoConfig.for_scenario(scenario, out=out, seeds=seeds, quick=quick, label_noise=label_noise,
-                                  workspace=ctx.obj["workspace"], fresh=fresh)
-    _echo(run_demo(cfg, echo=click.echo))
+    _echo(run_demo(_config(ctx, DemoConfig, values), echo=click.echo))
 
 
 @cli.command()

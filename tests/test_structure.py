@@ -16,6 +16,7 @@ from w2s_pipe.cli import cli
 from w2s_pipe.pipeline.config import choices
 from w2s_pipe.pipeline.config.options import NO_DEFAULT, options_of
 from w2s_pipe.pipeline.losses.registry import BUILT_IN
+from w2s_pipe.stages.demo_config import DemoConfig
 from w2s_pipe.stages.eval_config import EvalConfig
 from w2s_pipe.stages.inspect_config import InspectConfig
 from w2s_pipe.stages.label_config import LabelConfig
@@ -177,7 +178,7 @@ def test_no_function_is_longer_than_a_screen_or_two():
 COMMANDS = {"label": LabelConfig, "train": TrainConfig, "eval": EvalConfig, "prepare digits": PrepareDigitsConfig,
             "prepare cifar10": PrepareCifarConfig, "prepare cifar100": PrepareCifarConfig,
             "prepare folder": PrepareFolderConfig, "report": ReportConfig, "inspect": InspectConfig,
-            "verify": VerifyConfig, "study": StudyOptions}
+            "verify": VerifyConfig, "study": StudyOptions, "demo": DemoConfig}
 
 
 def command(name: str) -> click.Command:
