@@ -34,6 +34,7 @@ from ..pipeline.runtime import distributed
 from ..pipeline.sources.shards import changed_shards, iter_samples, list_keys, shard_labels
 from ..pipeline.views.mixing import finished_views
 from ..pipeline.views.pixels import LabelViews
+from ..pipeline.weak.labelling import weak_outputs
 from ..storage import open_store, schema
 from ..storage.fsutil import join
 from .verify_config import VerifyConfig
@@ -323,16 +324,18 @@ def _recompute(store, cfg: VerifyConfig) -> tuple[list[str], dict]:
                     continue
             else:
                 x = prepare(sample, image_fields, store.shards[i]["name"])[None]
-            x = normalize(x)
-            with torch.inference_mode(), torch.autocast(device.type, dtype=distributed.autocast_dtype(precision),
-                                                        enabled=precision != "fp32"):
-                fresh = model(x).float().cpu().numpy()[0]
+            with torch.inference_mode():  # the very step that labelled the store (weak/labelling.py)
+                fresh = weak_outputs(model, normalize(x), topk=store.topk, autocast=distributed.autocast(precision, device))
             key = sample["__key__"]
-            if store.topk:
-                top = rows.arrays["topk_indices"][j].astype(np.int64)
-                stored_vals, fresh_vals = rows.arrays["topk_values"][j].astype(np.float32), fresh[top]
+            if bool(fresh["bad"][0]):
+                problems.append(f"shard {rows.name}, key {key!r}: a fresh forward's logits are not storable (not "
+                                "finite, or beyond float16)")
+                continue
+            if store.topk:  # each sorted by value: a near-tie's indices may swap, its values may not move
+                stored_vals = rows.arrays["topk_values"][j].astype(np.float32)
+                fresh_vals = fresh["topk_values"][0].float().cpu().numpy()
             else:
-                stored_vals, fresh_vals = logits[j], fresh
+                stored_vals, fresh_vals = logits[j], fresh["logits"][0].float().cpu().numpy()
             scale = max(1.0, float(np.abs(fresh_vals).max()))
             diff = float(np.abs(stored_vals - fresh_vals).max())
             if diff > tol * scale:

@@ -8,8 +8,8 @@ from ..pipeline.config import options
 from ..pipeline.config.options import option
 
 
-@dataclass(frozen=True, kw_only=True)
-class VerifyConfig:
+@dataclass(frozen=True)
+class VerifyConfig:  # not keyword-only: `VerifyConfig(store)` reads as the command does
     store: str = option(help="The store to check (path or URL).", argument=True)
     recompute: int = option(0, "Re-run the weak model (recorded checkpoint and preprocessing) on this many random "
                                "samples and compare.", at_least=0)

@@ -54,7 +54,7 @@ def test_two_nodes_work_like_one(tmp_path, digits_data, weak_ckpt):
     assert all(n.returncode == 0 for n in nodes), [n.stderr[-2000:] for n in nodes]
     node = torchrun([*train, "--run-name", "node"], nproc=2)
     assert node.returncode == 0, node.stderr[-2000:]
-    ends = [read_metrics(os.environ["W2S_HOME"], "runs", r)[-1]
+    ends = [read_metrics(os.path.join(os.environ["W2S_HOME"], "runs", r))[-1]
             for r in ("nodes", "node")]
     assert ends[0]["kind"] == "end" and ends[0]["step"] == 8
     assert ends[0]["weights_sha256"] == ends[1]["weights_sha256"] and len(set(ends[0]["weights_sha256"])) == 1

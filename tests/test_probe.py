@@ -183,7 +183,7 @@ def test_two_ranks_probe_as_one_process_with_their_global_batch(stores):
                                      epochs=2, loss="kd", opt="sgd", lr=0.5, weight_decay=0.0, batch_size=60,
                                      no_eval=True, run="one"))
     runs = os.path.join(os.environ["W2S_HOME"], "runs")
-    end = read_metrics(runs, "ranks")[-1]
+    end = read_metrics(os.path.join(runs, "ranks"))[-1]
     assert end["step"] == one.step == 2 * 15 and len(set(end["weights_sha256"])) == 1  # both ranks: the same head
     heads = [torch.load(os.path.join(d, "last.pt"), weights_only=True)["state_dict"]
              for d in (os.path.join(runs, "ranks"), one.run_dir)]
