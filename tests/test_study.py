@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -308,8 +309,9 @@ def _until(what, procs, deadline_s=180):
 @pytest.mark.parametrize("second", ["same", "sharing"])
 def test_two_studies_on_one_workspace_run_each_step_once(tmp_path, second, digits_data, weak_ckpt):
     """The same study started twice at once (`same`), or two studies that share a store (`sharing`):
-    the first is frozen (SIGSTOP) while it holds a step, so that the second meets the claim for
-    certain; the second waits for it, says whose it is, and takes its marker; no step runs twice."""
+    the first (a process of its own) is frozen (SIGSTOP) while it holds a step, so that the second
+    (in this process) meets the claim for certain; the second waits for it, says whose it is, and
+    takes its marker; no step runs twice."""
     first = study_file(tmp_path, grid=[{"loss": ["hard", "adaptconf"]}], ceiling=False,
                        weak={"w": {"checkpoint": weak_ckpt}})
     other = first
@@ -320,29 +322,37 @@ def test_two_studies_on_one_workspace_run_each_step_once(tmp_path, second, digit
         first = study_file(tmp_path, grid=[{"loss": ["hard", "adaptconf"]}], ceiling=False,
                            weak={"w": {"checkpoint": weak_ckpt}})
     ws = tmp_path / "ws"
-    logs = [open(tmp_path / "a.log", "w+"), open(tmp_path / "b.log", "w+")]
-    a = _start(["study", first, "--out", str(ws)], logs[0])
-    procs = [a]
+    a = _start(["study", first, "--out", str(ws)], open(tmp_path / "a.log", "w+"))
+    lines, ended = [], {}
+
+    def second_study():  # in this process (a thread), to spare a second interpreter's start
+        try:
+            ended["result"] = run_study(load_study(other), out=str(ws), echo=lines.append, plots=False)
+        except Exception as exc:  # said by the assertion below
+            ended["error"] = exc
+
+    b = threading.Thread(target=second_study)
     try:
-        _until(lambda: list(ws.glob("study/claims/*.json")), procs)
+        _until(lambda: list(ws.glob("study/claims/*.json")), [a])
         os.killpg(a.pid, signal.SIGSTOP)
         (held,) = [json.load(open(p)) for p in ws.glob("study/claims/*.json")]
         assert held["pid"] == a.pid
-        b = _start(["study", other, "--out", str(ws)], logs[1])
-        procs.append(b)
-        _until(lambda: "waiting for it" in (tmp_path / "b.log").read_text(), [b])
+        b.start()
+        _until(lambda: any("waiting for it" in line for line in lines), [a])
         os.killpg(a.pid, signal.SIGCONT)
-        assert a.wait(timeout=300) == 0 and b.wait(timeout=300) == 0
+        b.join(timeout=300)
+        assert a.wait(timeout=300) == 0 and "error" not in ended, ended
     finally:
-        for p in procs:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(p.pid, signal.SIGCONT)
-                os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
-    out = [(tmp_path / n).read_text() for n in ("a.log", "b.log")]
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(a.pid, signal.SIGCONT)
+            os.killpg(a.pid, signal.SIGKILL)
+        a.wait()
+        b.join(timeout=300)
+    out = [(tmp_path / "a.log").read_text(), "\n".join(lines)]
     ran = [m.group(1) for text in out for m in re.finditer(r"^\[\d+/\d+\] (\S+): (?!.*run by )", text, re.M)]
     assert len(ran) == len(set(ran)), out  # no step ran in both
     assert f"held by process {a.pid}" in out[1] and f"(run by process {a.pid} on this workspace)" in out[1], out[1]
+    assert ended["result"]["time"]["steps_by_others"] >= 1
     store = [line for line in out[1].splitlines() if re.match(r"^\[\d+/\d+\] s-s0: labelled", line)]
     assert store and "run by process" in store[0], out  # the shared store, labelled once, by the first
     expected = {"s-s0", "s0-hard", "s0-adaptconf"} | ({"s0-kd"} if second == "sharing" else set())
