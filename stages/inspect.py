@@ -19,7 +19,7 @@ import dask
 import dask.dataframe as dd
 import numpy as np
 
-from ..pipeline.config.choices import FIXED_ENSEMBLES
+from ..pipeline.ensembles.registry import BUILT_IN as FIXED_ENSEMBLES
 from ..pipeline.report import plots
 from ..pipeline.report.measures import reliability
 from ..pipeline.runtime.workspace import slug, workspace_dir
@@ -156,7 +156,7 @@ def ensemble_statistics(urls: list[str]) -> dict:
         if has_label:
             index = m.index()
             record["accuracy"] = float((index["pred"].to_numpy() == index["label"].to_numpy()).mean())
-    for how, index in ensemble_indexes(members, FIXED_ENSEMBLES).items():  # each member's logits read once
+    for how, index in ensemble_indexes(members, tuple(FIXED_ENSEMBLES)).items():  # each member's logits read once
         agree = index["agreement"].to_numpy()
         record = {"agreement": {str(k): round(float((agree == k).mean()), 6) for k in range(len(members) + 1)}}
         if has_label:

@@ -11,9 +11,10 @@ from dataclasses import asdict, dataclass
 
 from ..errors import W2SError
 from ..pipeline.config import options
-from ..pipeline.config.choices import STEP_ENSEMBLES, STORE_VIEWS
+from ..pipeline.config.choices import STORE_VIEWS
 from ..pipeline.config.groups import Loading, Objective, Optimisation, Schedule, Selection, ViewRecipe, Watched
 from ..pipeline.config.options import bad, field_of, like, option, parse_classes
+from ..pipeline.ensembles.registry import STEP_WISE, combination
 from ..pipeline.losses.registry import build_loss, find_loss, option_pairs
 
 
@@ -168,6 +169,8 @@ class TrainConfig(Objective, Selection, ViewRecipe, Optimisation, Schedule, Load
 
     def _check_members(self) -> None:
         """The methods that read each member of an ensemble, and --classes."""
+        if self.ensemble and self.ensemble not in STEP_WISE:
+            combination(self.ensemble)  # a built-in, package.module:Name, or an entry point's; else one line
         if self.loss_class.reads_members and self.ensemble:
             raise W2SError(f"--loss {self.loss} reads each --labels store on its own; drop --ensemble {self.ensemble}",
                            option="--ensemble")
@@ -201,7 +204,7 @@ class TrainConfig(Objective, Selection, ViewRecipe, Optimisation, Schedule, Load
     def stacked(self) -> bool:
         """Whether the batches carry every --labels member's logits (B, M, C), for a method that combines
         them with the student at each step or reads them one by one."""
-        return len(self.label_stores) > 1 and (self.ensemble in STEP_ENSEMBLES or self.easy_epochs > 0
+        return len(self.label_stores) > 1 and (self.ensemble in STEP_WISE or self.easy_epochs > 0
                                                or self.loss_class.reads_members)
 
     @property

@@ -1,6 +1,7 @@
-"""A researcher's own loss without forking: a tiny package, installed by pip (a wheel the test
-writes), registers a loss by entry point (group `w2s_pipe.losses`); it runs through `train` (by
-its name, and as `--loss package.module:Name`), a study's grid and `select:`, and `report`."""
+"""A researcher's own loss and ensemble without forking: a tiny package, installed by pip (a wheel
+the test writes), registers a loss (entry-point group `w2s_pipe.losses`) and a way of combining an
+ensemble (`w2s_pipe.ensembles`). The loss runs through `train` (by its name, and as `--loss
+package.module:Name`), a study's grid and `select:`, and `report`; the ensemble through `train`."""
 
 from __future__ import annotations
 
@@ -15,12 +16,15 @@ import zipfile
 import pytest
 import torch
 import yaml
+from conftest import make_checkpoint
 
 from w2s_pipe.errors import W2SError
 from w2s_pipe.pipeline.losses.registry import loss_class
 from w2s_pipe.pipeline.report.results import load_run
 from w2s_pipe.pipeline.train.losses import objective
 from w2s_pipe.pipeline.train.runs import read_metrics
+from w2s_pipe.pipeline.weak.ensemble import combine_tensor
+from w2s_pipe.stages.label import LabelConfig, run_label
 from w2s_pipe.stages.report import ReportConfig, run_report
 from w2s_pipe.stages.study import run_study
 from w2s_pipe.stages.study_config import load_study
@@ -48,13 +52,28 @@ class Confident(WeakLoss):
 '''
 
 
+ENSEMBLE = """
+from w2s_pipe.pipeline.ensembles.base import Combination
+
+
+class MaxProb(Combination):
+    name = "max-prob"
+    summary = "the log of the members' largest probability per class"
+
+    def combine(self, x):
+        return x.softmax(dim=-1).amax(dim=0).log()
+"""
+
+
 def _wheel(out) -> str:
     """w2s_loss_demo-0.1-py3-none-any.whl: the module, and a dist-info naming the entry point."""
     dist = "w2s_loss_demo-0.1.dist-info"
     files = {"w2s_loss_demo/__init__.py": "", "w2s_loss_demo/losses.py": PLUGIN,
+             "w2s_loss_demo/ensembles.py": ENSEMBLE,
              f"{dist}/METADATA": "Metadata-Version: 2.1\nName: w2s-loss-demo\nVersion: 0.1\n",
              f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: w2s-pipe-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
-             f"{dist}/entry_points.txt": "[w2s_pipe.losses]\nconfident = w2s_loss_demo.losses:Confident\n"}
+             f"{dist}/entry_points.txt": ("[w2s_pipe.losses]\nconfident = w2s_loss_demo.losses:Confident\n\n"
+                                           "[w2s_pipe.ensembles]\nmax-prob = w2s_loss_demo.ensembles:MaxProb\n")}
     record = [f"{name},sha256={base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b'=').decode()},"
               f"{len(text.encode())}" for name, text in files.items()] + [f"{dist}/RECORD,,"]
     path = str(out / "w2s_loss_demo-0.1-py3-none-any.whl")
@@ -84,7 +103,8 @@ def plugin(plugin_site, monkeypatch):
 def test_a_plugin_loss_is_found_by_entry_point_and_by_path_and_computes_its_term(plugin):
     by_entry, by_path = loss_class("confident"), loss_class("w2s_loss_demo.losses:Confident")
     assert by_entry is by_path and by_entry.tunable() == ("floor",)
-    student, weak = torch.randn(6, 4), torch.randn(6, 4) * 3
+    g = torch.Generator().manual_seed(0)
+    student, weak = torch.randn(6, 4, generator=g), torch.randn(6, 4, generator=g)
     weak[0] = torch.tensor([9.0, 0, 0, 0])  # a confident weak row, kept at any floor below 0.99
     floor = 0.9
     loss, parts = objective("confident", loss_options={"floor": str(floor)})(student, weak, None, 0.5)
@@ -143,3 +163,20 @@ def test_a_plugin_loss_in_a_study_grid_and_select(plugin, tmp_path, digits_data)
     assert set(chosen["selected"]) == {"floor"} and [v["value"] for v in chosen["by_value"]] == [{"floor": 0.0},
                                                                                                   {"floor": 0.9}]
     assert chosen["vs"]["loss"] == "hard"  # paired with hard labels on the same store
+
+
+def test_a_plugin_ensemble_combines_the_members_and_trains(plugin, tmp_path, workspace_store):
+    x = torch.randn(3, 5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))  # (members, n, C)
+    by_hand = x.softmax(-1).max(dim=0).values.log()
+    assert torch.allclose(combine_tensor(x, "max-prob"), by_hand)
+    assert torch.allclose(combine_tensor(x, "w2s_loss_demo.ensembles:MaxProb"), by_hand)
+    with pytest.raises(W2SError, match=r"--ensemble 'nosuch' is invalid: no such ensemble; choose one of mean-prob, "
+                                       r".*max-prob"):
+        combine_tensor(x, "nosuch")
+    other = run_label(LabelConfig.tiny(weak_checkpoint=make_checkpoint(tmp_path / "weak2.pt", seed=3),
+                                       labels=str(tmp_path / "second"))).store
+    with pytest.raises(W2SError, match=r"--ensemble 'w2s_loss_demo.ensembles:Nope' is invalid: .* has no Nope"):
+        TrainConfig.tiny(labels=f"{workspace_store},{other}", ensemble="w2s_loss_demo.ensembles:Nope")
+    run = run_train(TrainConfig.tiny(labels=f"{workspace_store},{other}", ensemble="max-prob", loss="kd", run="ens",
+                                     epochs=1, workspace=str(tmp_path / "ws")))
+    assert run.finished and json.load(open(os.path.join(run.run_dir, "config.json")))["ensemble"] == "max-prob"

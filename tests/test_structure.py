@@ -40,7 +40,7 @@ def tree(path: Path) -> ast.Module:
 
 # pipeline/'s packages, each importing only those before it (and storage): where a thing is made
 # tells what it may use (pipeline/__init__.py says what each holds).
-PIPELINE_ORDER = ("losses", "config", "runtime", "sources", "image", "views", "models", "weak", "loaders", "evaluation", "train",
+PIPELINE_ORDER = ("losses", "ensembles", "config", "runtime", "sources", "image", "views", "models", "weak", "loaders", "evaluation", "train",
                   "report")
 
 

@@ -27,11 +27,8 @@ RANK_BY = ("margin", "confidence", "entropy", "agreement")  # agreement: an ense
 SCENARIOS = ("standard", "noisy", "few-shot")
 NOISY_SCENARIO = "symmetric:0.2"  # the noisy scenario's --label-noise (the official CIFAR-100 rate)
 
-# How `train --labels A,B,...` combines several stores' weak outputs: fixed (weak/ensemble.py), or with
-# the student at each step (weak/members.py: learned weights, specialists).
-FIXED_ENSEMBLES = ("mean-prob", "mean-logit", "vote")
-STEP_ENSEMBLES = ("learned", "learned-sample", "specialist")
-ENSEMBLES = FIXED_ENSEMBLES + STEP_ENSEMBLES
+# How `train --labels A,B,...` combines several stores' weak outputs: pipeline/ensembles/registry.py
+# (fixed: a class each; with the student at each step: weak/members.py).
 
 # The stored statistics `--weight-by` weighs each sample's weak-label loss by (losses.trust_weights).
 WEIGHT_BY = ("confidence", "margin")

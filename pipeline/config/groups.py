@@ -9,8 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from ...errors import W2SError
+from ..ensembles.registry import BUILT_IN as ENSEMBLE_BUILT_IN
+from ..ensembles.registry import STEP_WISE
 from ..losses.registry import BUILT_IN
-from .choices import COSINE_FLOORS, DECODE_OPTIONS, ENSEMBLES, PRECISION_OPTIONS, RAMPS, RANK_BY, SCHEDULES, WEIGHT_BY
+from .choices import COSINE_FLOORS, DECODE_OPTIONS, PRECISION_OPTIONS, RAMPS, RANK_BY, SCHEDULES, WEIGHT_BY
 from .options import bad, option
 
 KW = dict(frozen=True, kw_only=True)
@@ -162,7 +164,7 @@ class Selection:
                                         "labels the sample, kept where its argmax is in the student's top "
                                         "--specialist-topk. --select can use the column agreement: how many members' "
                                         "argmax is the (mean-prob, for the learned and specialist ones) ensemble's.",
-                                  choices=ENSEMBLES)
+                                  choices=(*ENSEMBLE_BUILT_IN, *STEP_WISE), open_choices=True, metavar="HOW")
     ensemble_lr: float = option(0.1, "--ensemble learned / learned-sample: the weights' step size (global: on the "
                                      "batch's mean cross-entropy of each member; per sample: on the sample's own).",
                                 above=0)

@@ -20,7 +20,7 @@ import torch
 from ...errors import W2SError
 from ...storage.reader import LabelStore, ShardRows
 from ...storage.schema import VIEWS
-from ..config.choices import FIXED_ENSEMBLES
+from ..ensembles.registry import is_fixed
 from ..sources.shards import url_name
 from ..weak.ensemble import combine, member_logits
 from ..weak.statistics import softmax_stats
@@ -105,7 +105,7 @@ class StoreJoin:
             urls = [*self.members[1:], *([self.assigner] if self.assigner else [])]
             self._members = [self.store] + [LabelStore(url, self.storage_options) for url in urls]
         keys, members = member_logits(self._members, name)
-        fixed = self.ensemble if self.ensemble in FIXED_ENSEMBLES else "mean-prob"  # the statistic's, if learned
+        fixed = self.ensemble if is_fixed(self.ensemble) else "mean-prob"  # the statistic's, if learned
         combined = combine(members[:len(self.members)], fixed)
         trust = None
         if self.trust:

@@ -10,8 +10,8 @@ from ...errors import W2SError
 from ...storage.fsutil import absolute
 from ...storage.reader import open_store, pick_store
 from ...storage.schema import views_meta
-from ..config.choices import FIXED_ENSEMBLES
 from ..config.groups import RECIPE_KEYS
+from ..ensembles.registry import is_fixed
 from ..losses.registry import loss_class
 from ..runtime import distributed
 from ..runtime.workspace import workspace_dir
@@ -121,7 +121,7 @@ def _from_store(cfg, store, members: list, from_store: bool) -> tuple:
     view_passes = replayed_views(store, cfg) if from_store and not members and not cfg.features else 0
     mix = _store_mix(store) if view_passes and store.views_mixed else None
     how = (cfg.ensemble or "mean-prob") if members else None
-    kept = _kept(store, cfg, mix, members, how if how in FIXED_ENSEMBLES else "mean-prob")
+    kept = _kept(store, cfg, mix, members, how if is_fixed(how) else "mean-prob")
     record = {"name": a["name"], "split": a["split"], "pattern": a["pattern"], "store": store_url,
               "store_id": store_identity(store.attrs), "weak": store.attrs["weak"]["model"],
               **({"views": view_passes} if view_passes else {}), **({"selection": kept.record()} if kept else {})}

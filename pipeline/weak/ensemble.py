@@ -7,7 +7,8 @@ differs is named). Per sample, the members' weak outputs (dense logits; a top-k 
 - mean-prob: log of the mean of the members' softmax (the ensemble's predictive distribution);
 - mean-logit: the mean of the members' logits (their softmax's geometric mean, renormalised);
 - vote: log of the share of members whose argmax is each class (a class no member predicts gets
-  log(1e-6) of the share, so every loss stays finite); ties in the argmax go to the lower class.
+  log(1e-6) of the share, so every loss stays finite); ties in the argmax go to the lower class;
+- or a way of your own: each is a class of pipeline/ensembles/ (registry.py).
 
 An ensemble has an index like a store's (pred, confidence, margin and entropy of the combined
 output, the label where the shards carry one), with one more column for `--select`: `agreement`,
@@ -22,9 +23,8 @@ import torch
 
 from ...errors import W2SError
 from ...storage.reader import ShardRows
+from ..ensembles.registry import combination
 from .statistics import softmax_stats
-
-VOTE_FLOOR = 1e-6
 
 
 def combine(logits: list[np.ndarray], how: str) -> np.ndarray:
@@ -35,15 +35,8 @@ def combine(logits: list[np.ndarray], how: str) -> np.ndarray:
 
 def combine_tensor(x: torch.Tensor, how: str) -> torch.Tensor:
     """`combine` of the members' logits as one (M, n, C) tensor (the join's, and a step's under
-    members.Members), in its dtype."""
-    if how == "mean-logit":
-        return x.mean(dim=0)
-    if how == "mean-prob":
-        return torch.log(torch.softmax(x, dim=-1).mean(dim=0).clamp(min=1e-30))
-    if how == "vote":
-        votes = torch.nn.functional.one_hot(x.argmax(dim=-1), x.shape[-1]).to(x.dtype).mean(dim=0)
-        return torch.log(votes.clamp(min=VOTE_FLOOR))
-    raise ValueError(how)
+    members.Members), in its dtype: the combination `how` of pipeline/ensembles/."""
+    return combination(how).combine(x)
 
 
 def agreement(logits: list[np.ndarray], combined: np.ndarray) -> np.ndarray:
