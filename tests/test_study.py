@@ -104,10 +104,10 @@ def test_a_study_chooses_on_one_split_reports_another_and_skips_what_is_done(tmp
     report = open(result["markdown"]).read()
     assert "Chosen on the `select` split" in report
     # run again: nothing to do; a changed cell is a new run, and only it (and its evaluations) runs
-    again = run_study(load_study(path), out=ws, echo=lines.append)
+    again = run_study(load_study(path), out=ws, echo=lines.append, plots=False)
     assert again["time"]["steps_run"] == 0 and again["time"]["steps_done_before"] == 16
     changed = study_file(tmp_path, select=select, grid=[{"loss": ["hard", "adaptconf"]}, {"loss": "hard", "lr": 0.01}])
-    third = run_study(load_study(changed), out=ws, echo=lines.append)
+    third = run_study(load_study(changed), out=ws, echo=lines.append, plots=False)
     assert third["time"]["steps_run"] == 3 and third["time"]["steps_done_before"] == 16
     dry = CliRunner().invoke(cli, ["study", changed, "--out", ws, "--dry-run"])
     assert dry.exit_code == 0 and "19 of 19 steps done" in dry.output
@@ -118,7 +118,7 @@ def test_a_killed_study_redoes_only_the_run_it_cut_short(tmp_path, digits_data, 
                       weak={"w": {"checkpoint": weak_ckpt}})
     ws = tmp_path / "ws"
     exe = os.path.join(os.path.dirname(sys.executable), "w2s-pipe")
-    proc = subprocess.Popen([exe, "study", path, "--out", str(ws)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    proc = subprocess.Popen([exe, "study", path, "--out", str(ws), "--no-plots"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
@@ -128,7 +128,7 @@ def test_a_killed_study_redoes_only_the_run_it_cut_short(tmp_path, digits_data, 
         os.killpg(proc.pid, signal.SIGKILL)  # epochs 2 and 3 (24 steps) still to train: killed mid-run
     finally:
         proc.wait()
-    result = run_study(load_study(path), out=str(ws), echo=lambda *_: None)
+    result = run_study(load_study(path), out=str(ws), echo=lambda *_: None, plots=False)
     assert result["time"]["steps_run"] == 1 and result["time"]["steps_done_before"] == 1  # the store
     (step,) = [s for s in plan(load_study(path), str(ws)) if s.name.startswith("s0-hard")]
     marker = json.load(open(marker_path(str(ws), step.id)))
@@ -162,7 +162,7 @@ def test_a_study_probes_from_feature_stores_beside_fine_tuning(tmp_path, digits_
                                                                "split": "weak", "seed_offset": 1}},
                       features={"backbone": "base", "probe": {"epochs": 2, "opt": "adam", "lr": 0.01}},
                       ceiling={}, grid=[{"loss": "hard", "probe": [False, True]}])
-    result = run_study(load_study(path), out=str(tmp_path / "ws"))
+    result = run_study(load_study(path), out=str(tmp_path / "ws"), plots=False)
     assert not result["failed"], result["failed"]
     names = set(os.listdir(tmp_path / "ws" / "runs")) | set(os.listdir(tmp_path / "ws" / "stores"))
     assert {"features-base-train-s0", "features-base-val-s0", "s0-probe-ceiling", "s0-hard-probe"} <= names
@@ -185,7 +185,7 @@ def test_a_study_bootstraps_through_an_intermediate_student(tmp_path, digits_dat
                       stores={**TINY["stores"], "via_mid": {"weak": "mid", "workers": 0, "precision": "fp32",
                                                             "device": "cpu"}},
                       grid=[{"loss": "hard", "store": ["s", "via_mid"]}])
-    result = run_study(load_study(path), out=str(tmp_path / "ws"))
+    result = run_study(load_study(path), out=str(tmp_path / "ws"), plots=False)
     assert not result["failed"], result["failed"]
     mid = json.load(open(tmp_path / "ws" / "runs" / "s0-weak-mid" / "config.json"))
     assert mid["loss"] == "hard" and mid["labels"].endswith(os.path.join("stores", "s-s0"))
@@ -322,7 +322,7 @@ def test_two_studies_on_one_workspace_run_each_step_once(tmp_path, second, digit
         first = study_file(tmp_path, grid=[{"loss": ["hard", "adaptconf"]}], ceiling=False,
                            weak={"w": {"checkpoint": weak_ckpt}})
     ws = tmp_path / "ws"
-    a = _start(["study", first, "--out", str(ws)], open(tmp_path / "a.log", "w+"))
+    a = _start(["study", first, "--out", str(ws), "--no-plots"], open(tmp_path / "a.log", "w+"))
     lines, ended = [], {}
 
     def second_study():  # in this process (a thread), to spare a second interpreter's start
