@@ -106,7 +106,7 @@ def _param(f: dataclasses.Field, spec):
     if spec.nargs:  # an option of several words (report --pair RUN_A RUN_B)
         return click.option(flag_of(f), f.name, nargs=spec.nargs, default=default, metavar=spec.metavar, help=spec.help)
     shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-    return click.option(flag_of(f), f.name, type=kind_type, default=shown, required=required,
+    return click.option(flag_of(f), *spec.aliases, f.name, type=kind_type, default=shown, required=required,
                         show_default=default is not None, metavar=spec.metavar, help=spec.help)
 
 

@@ -116,7 +116,7 @@ def test_train_options_are_frozen():
         "--resume", "--max-steps", "--max-image-pixels", "--log-every", "--quiet", "--skip-shard-check", "--min-lr", "--warmup-lr",
         "--decay-epochs", "--decay-rate", "--deterministic", "--decode", "--config",
         # the paper's recipes (issue 13)
-        "--crop-pct", "--drop-path", "--head-init-std", "--ramp", "--kd-weight", "--smoothing", "--momentum",
+        "--crop-pct", "--drop-path", "--head-init-std", "--ramp", "--weak-weight", "--smoothing", "--momentum",
         "--layer-decay", "--grad-accum", "--compile", "--channels-last", "--model-ema", "--model-ema-decay", "--aa",
         "--reprob", "--mixup", "--cutmix", "--mixup-prob", "--mixup-switch-prob",
         # the online teacher (issue 19)
@@ -179,3 +179,10 @@ def test_an_error_carries_the_option_it_is_about_as_data():
         with pytest.raises(W2SError) as caught:
             TrainConfig(strong="x", **options)
         assert caught.value.option == flag, (options, str(caught.value))
+
+
+def test_an_option_renamed_keeps_its_old_name():
+    """--weak-weight (it scales every weak-label loss, not only KD) is still taken as --kd-weight."""
+    for flag in ("--weak-weight", "--kd-weight"):
+        ctx = cli.commands["train"].make_context("train", [flag, "0.25"], resilient_parsing=True)
+        assert ctx.params["kd_weight"] == 0.25

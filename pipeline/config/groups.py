@@ -138,8 +138,9 @@ class Objective:
                                           "(0: off).", at_least=0, at_most=1)
     evidential_gamma: float = option(0.5, "evidential: the weight of the student's own term, (1-gamma) on the "
                                           "teachers' (RAVEN's default 0.5).", at_least=0, at_most=1)
-    kd_weight: float = option(1.0, "Weight of the weak-label loss (its KD and self-confidence terms; the official "
-                                   "kd_loss_weight).", at_least=0)
+    kd_weight: float = option(1.0, "Weight of the weak-label loss, whichever --loss (not of --gt-weight's term; the "
+                                   "official kd_loss_weight). --kd-weight is its older name.", at_least=0,
+                              flag="--weak-weight", aliases=("--kd-weight",))
     gt_weight: float = option(0.0, "Add this weight times the ground-truth criterion to any loss (the official "
                                    "gt_loss_weight, 1.0 in every official run; 0 is the paper's weak-to-strong "
                                    "setting).", at_least=0)

@@ -42,6 +42,7 @@ class Option:
     argument: bool = False  # positional (prepare folder SRC), not --name
     nargs: int | None = None  # several words: a positional's (-1: one or more: inspect STORES...), an option's (2)
     unit: str | None = None  # of the range ("must be at least 8 pixels")
+    aliases: tuple[str, ...] = ()  # older names the command line still takes (--kd-weight for --weak-weight)
     open_choices: bool = False  # the choices are those --help lists; the config's own check accepts others
 
     def problem(self, value) -> str | None:
