@@ -12,14 +12,23 @@ from dataclasses import asdict, dataclass
 from ..errors import W2SError
 from ..pipeline.config import options
 from ..pipeline.config.choices import STORE_VIEWS
-from ..pipeline.config.groups import Loading, Objective, Optimisation, Schedule, Selection, ViewRecipe, Watched
+from ..pipeline.config.groups import (
+    Ensemble,
+    Loading,
+    Objective,
+    Optimisation,
+    Schedule,
+    ViewRecipe,
+    Watched,
+    WhichSamples,
+)
 from ..pipeline.config.options import bad, field_of, like, option, parse_classes
 from ..pipeline.ensembles.registry import STEP_WISE, combination
 from ..pipeline.losses.registry import build_loss, find_loss, option_pairs
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrainConfig(Objective, Selection, ViewRecipe, Optimisation, Schedule, Loading, Watched):
+class TrainConfig(Objective, Ensemble, WhichSamples, ViewRecipe, Optimisation, Schedule, Loading, Watched):
     config: str | None = option(None, "A recipe: a shipped name (`w2s-pipe recipes`: cifar_v0, demo, ...) or a YAML "
                                       "file of train options. Options given on the command line win; the resolved "
                                       "settings are saved in the run's config.json.", recipe=False)
@@ -117,7 +126,8 @@ class TrainConfig(Objective, Selection, ViewRecipe, Optimisation, Schedule, Load
         self.built_loss()  # an unknown --loss or --loss-options is one line here
         self.check_recipe()
         self.check_schedule(self.lr)
-        self.check_selection(stores=len(self.label_stores), reads_store="--teacher" if self.teacher else (
+        self.check_ensemble(stores=len(self.label_stores))
+        self.check_samples(reads_store="--teacher" if self.teacher else (
             None if self.loss_class.reads_weak else f"--loss {self.loss}"))
         if len(self.label_stores) > 1 and len(set(self.label_stores)) < len(self.label_stores):
             raise W2SError(f"--labels {self.labels}: a store is named twice", option="--labels")

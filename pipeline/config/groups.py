@@ -1,6 +1,6 @@
 """The groups of options the stages' configs are made of, each option defined once (options.py):
 a stage's config inherits the groups it takes (`LabelConfig(Loading, ViewRecipe)`, `TrainConfig(
-Loading, ViewRecipe, Objective, Selection, Optimisation, Schedule, ...)`), and the command line,
+Loading, ViewRecipe, Objective, Ensemble, WhichSamples, Optimisation, Schedule, ...)`), and the command line,
 the recipes and the store's recorded view recipe are made from these fields.
 """
 
@@ -150,9 +150,9 @@ class Objective:
 
 
 @dataclass(**KW)
-class Selection:
-    """Which weak labels a run trusts: several stores as one (an ensemble), the samples it keeps,
-    and how much each weighs (weak/selection.py, weak/ensemble.py); chosen once, before training."""
+class Ensemble:
+    """Several --labels stores as one weak teacher: combined once (pipeline/ensembles/), or with the
+    student at each step (weak/members.py: learned weights, specialists, the easy start)."""
 
     ensemble: str | None = option(None, "How several --labels stores combine, per sample [default: mean-prob]: "
                                         "mean-prob, the log of the members' mean softmax; mean-logit, their mean "
@@ -179,6 +179,28 @@ class Selection:
     specialist_topk: int = option(3, "--ensemble specialist: a sample counts only where its specialist's argmax is "
                                      "among the student's top K (CSL's teacher-student agreement; 3 as CSL).",
                                   at_least=1)
+    def check_ensemble(self, *, stores: int) -> None:
+        """`stores`: how many --labels."""
+        if self.ensemble is not None and stores < 2:
+            raise W2SError(f"--ensemble {self.ensemble} combines several stores: give --labels A,B,...",
+                           option="--ensemble")
+        if self.easy_epochs and stores < 2:
+            raise W2SError("--easy-epochs trains first on the samples several teachers agree on: give --labels A,B,...",
+                           option="--easy-epochs")
+        if self.ensemble_lr != 0.1 and self.ensemble not in ("learned", "learned-sample"):
+            raise W2SError("--ensemble-lr is the step size of learned ensemble weights: give --ensemble learned or "
+                           "learned-sample", option="--ensemble-lr")
+        if (self.specialist_topk != 3 or self.specialist_by) and self.ensemble != "specialist":
+            raise W2SError("--specialist-topk and --specialist-by are co-supervision's: give --ensemble specialist",
+                           option="--specialist-topk")
+
+
+@dataclass(**KW)
+class WhichSamples:
+    """Which of the weak labels a run trusts: the samples it keeps and how much each weighs
+    (weak/selection.py); chosen once, before training. (Not a study's `select:` section, which
+    chooses hyperparameters.)"""
+
     select: str | None = option(None, "Train only on the store's samples for which this is true: an expression over "
                                       "its index columns (key, shard, row, pred, confidence, margin, entropy, and "
                                       "label where the shards carry one), e.g. \"confidence >= 0.6\" or \"margin > "
@@ -197,20 +219,8 @@ class Selection:
                                          "even), loss = mean(w · weak-label loss) + the unweighted --gt-weight term.",
                                    choices=WEIGHT_BY)
 
-    def check_selection(self, *, stores: int, reads_store: str | None) -> None:
-        """`stores`: how many --labels; `reads_store`: None, or why no store is read (the option)."""
-        if self.ensemble is not None and stores < 2:
-            raise W2SError(f"--ensemble {self.ensemble} combines several stores: give --labels A,B,...",
-                           option="--ensemble")
-        if self.easy_epochs and stores < 2:
-            raise W2SError("--easy-epochs trains first on the samples several teachers agree on: give --labels A,B,...",
-                           option="--easy-epochs")
-        if self.ensemble_lr != 0.1 and self.ensemble not in ("learned", "learned-sample"):
-            raise W2SError("--ensemble-lr is the step size of learned ensemble weights: give --ensemble learned or "
-                           "learned-sample", option="--ensemble-lr")
-        if (self.specialist_topk != 3 or self.specialist_by) and self.ensemble != "specialist":
-            raise W2SError("--specialist-topk and --specialist-by are co-supervision's: give --ensemble specialist",
-                           option="--specialist-topk")
+    def check_samples(self, *, reads_store: str | None) -> None:
+        """`reads_store`: None, or why no store is read (the option)."""
         if (self.per_class or self.rank_by != "margin") and self.keep_frac is None:
             raise W2SError("--rank-by and --per-class say how --keep-frac ranks: give --keep-frac F with them",
                            option="--rank-by")
