@@ -1,8 +1,9 @@
 """A study file: one YAML file declaring a grid of runs and everything they need, read into a
 validated `StudyConfig` (stages/study.py plans and runs it).
 
-    prepare: digits                      # what `prepare` makes in the study's workspace (optional): digits or
-                                         # fashion-mnist (from Debian's dataset-fashion-mnist, or {fashion-mnist: {src: DIR}})
+    prepare: digits                      # what `prepare` makes in the study's workspace (optional): digits,
+                                         # fashion-mnist (from Debian's dataset-fashion-mnist, or {fashion-mnist: {src: DIR}}),
+                                         # cifar10 or cifar100 ({cifar10: {archive: FILE, weak_split: N}})
     data: digits                         # the data set (registry name or shard pattern)
     seeds: 3                             # 0, 1, 2 (or a list)
     train: {config: demo}                # train options every run shares (a recipe, options)
@@ -49,9 +50,11 @@ from pathlib import Path
 import yaml
 
 from ..errors import W2SError
+from ..pipeline.config.options import ordered
 from ..pipeline.losses.registry import BUILT_IN, is_loss, loss_class, loss_names
 from ..pipeline.train.recipes import convert, load_recipe, read_yaml
 from .label_config import LabelConfig
+from .prepare_config import PrepareCifarConfig, PrepareDigitsConfig, PrepareFashionConfig
 from .train_config import option_defaults, recipe_options
 
 SHIPPED = Path(__file__).with_name("studies")
@@ -387,24 +390,32 @@ def _choices(spec, options: dict, where: str, knobs, own: dict | None = None) ->
     return values
 
 
-PREPARES = {"digits": ("label_noise", "noise_seed", "few_shot", "shard_size"), "fashion-mnist": ("src", "shard_size")}
+# What a study may prepare in its own workspace: each registry data set `w2s-pipe prepare NAME` makes under
+# its own name (a folder or Hugging Face set has no registry name: prepare it, and give its shards as data).
+PREPARES = {"digits": PrepareDigitsConfig, "fashion-mnist": PrepareFashionConfig, "cifar10": PrepareCifarConfig,
+            "cifar100": PrepareCifarConfig}
+
+
+def prepare_options(kind: str) -> tuple[str, ...]:
+    """The options `prepare: {KIND: {...}}` takes: the command's own, but where it writes (the study's)."""
+    return tuple(f.name for f, _ in ordered(PREPARES[kind]) if f.name != "out")
 
 
 def _prepare(spec, where: str) -> dict | None:
-    """`prepare: digits`, `prepare: fashion-mnist`, or {kind: {its options}}: {"kind": ..., options}."""
+    """`prepare: digits` (any of PREPARES), or {kind: {its options}}: {"kind": ..., options}."""
     if spec is None:
         return None
     if isinstance(spec, str) and spec in PREPARES:
         return {"kind": spec}
     spec = _mapping(spec, where)
     if len(spec) != 1 or next(iter(spec)) not in PREPARES:
-        raise W2SError(f"{where}: the study prepares digits or fashion-mnist (prepare: digits, or prepare: {{digits: "
-                       "{label_noise: ...}}}); prepare other data with `w2s-pipe prepare` and give data")
+        raise W2SError(f"{where}: the study prepares one of {', '.join(PREPARES)} (prepare: digits, or prepare: "
+                       "{digits: {label_noise: ...}}); prepare other data with `w2s-pipe prepare` and give data")
     kind = next(iter(spec))
     options = _mapping(spec[kind] or {}, f"{where}.{kind}")
-    unknown = set(options) - set(PREPARES[kind])
+    unknown = set(options) - set(prepare_options(kind))
     if unknown:
-        raise W2SError(f"{where}.{kind}.{sorted(unknown)[0]}: unknown; give {', '.join(PREPARES[kind])}")
+        raise W2SError(f"{where}.{kind}.{sorted(unknown)[0]}: unknown; give {', '.join(prepare_options(kind))}")
     return {"kind": kind, **options}
 
 

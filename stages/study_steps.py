@@ -22,11 +22,10 @@ from .evaluate import run_eval
 from .label import run_label
 from .label_config import LabelConfig
 from .prepare import run_prepare
-from .prepare_config import PrepareDigitsConfig, PrepareFashionConfig
+from .prepare_config import PrepareCifarConfig
+from .study_config import PREPARES
 from .train import run_train
 from .train_config import TrainConfig
-
-PREPARE_CONFIGS = {"digits": PrepareDigitsConfig, "fashion-mnist": PrepareFashionConfig}
 
 
 class StepKind:
@@ -50,7 +49,9 @@ class Prepare(StepKind):
     name = "prepare"
 
     def config(self, step, ws):
-        return PREPARE_CONFIGS[step.meta.get("prepares", "digits")](**step.options, workspace=ws)
+        kind = step.meta.get("prepares", "digits")
+        named = {"name": kind} if PREPARES[kind] is PrepareCifarConfig else {}  # cifar10 or cifar100
+        return PREPARES[kind](**step.options, **named, workspace=ws)
 
     def run(self, step, ws):
         out = run_prepare(self.config(step, ws)).out

@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 
+import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -358,3 +359,25 @@ def test_two_studies_on_one_workspace_run_each_step_once(tmp_path, second, digit
     expected = {"s-s0", "s0-hard", "s0-adaptconf"} | ({"s0-kd"} if second == "sharing" else set())
     assert set(ran) == expected, (ran, out)
     assert not list(ws.glob("study/claims/*.json"))  # every claim released
+
+
+def test_a_study_prepares_any_registry_data_set_cifar10_here(tmp_path):
+    """`prepare: {cifar10: {archive: ..., weak_split: N}}`: the study prepares the data set in its own
+    workspace (a small archive in the downloaded format, made here) and runs on it by its registry name."""
+    from test_cifar_archive import batch, make_archive
+
+    rng = np.random.default_rng(0)
+    archive = make_archive(tmp_path / "cifar-10-python.tar.gz", "cifar10", {
+        **{f"data_batch_{i}": batch(rng, 12, b"labels", 10) for i in range(1, 6)},
+        "test_batch": batch(rng, 20, b"labels", 10),
+        "batches.meta": {b"label_names": [f"class{i}".encode() for i in range(10)]}})
+    path = study_file(tmp_path, data="cifar10", prepare={"cifar10": {"archive": archive, "weak_split": 20}},
+                      ceiling=False, grid=[{"loss": "hard"}])
+    result = run_study(load_study(path), out=str(tmp_path / "ws"), echo=lambda *_: None, plots=False)
+    assert not result["failed"], result["failed"]
+    manifest = json.load(open(tmp_path / "ws" / "data" / "cifar10" / "manifest.json"))
+    assert {s: sum(x["count"] for x in v) for s, v in manifest["splits"].items()} == {"weak": 20, "train": 40,
+                                                                                       "test": 20}
+    assert "s0-hard" in os.listdir(tmp_path / "ws" / "runs")
+    with pytest.raises(W2SError, match=r"'prepare'.cifar10.src: unknown; give .*archive.*weak_split"):
+        load_study(study_file(tmp_path, data="cifar10", prepare={"cifar10": {"src": "x"}}))
