@@ -4,10 +4,8 @@
 
 from __future__ import annotations
 
-import importlib
-import importlib.metadata
-
 from ...errors import W2SError
+from ...plugins import Plugins
 from .base import Combination
 from .mean_logit import MeanLogit
 from .mean_prob import MeanProb
@@ -15,7 +13,7 @@ from .vote import Vote
 
 BUILT_IN: dict[str, type[Combination]] = {cls.name: cls for cls in (MeanProb, MeanLogit, Vote)}
 STEP_WISE = ("learned", "learned-sample", "specialist")  # combined with the student at each step (weak/members.py)
-ENTRY_POINTS = "w2s_pipe.ensembles"
+PLUGINS = Plugins("--ensemble", "w2s_pipe.ensembles", Combination, (*BUILT_IN, *STEP_WISE))
 _found: dict[str, type[Combination]] = {}
 
 
@@ -24,8 +22,10 @@ def combination(name: str) -> Combination:
     one-line error naming --ensemble and what it accepts."""
     if name in BUILT_IN:
         return BUILT_IN[name]()
+    if name in STEP_WISE:
+        raise PLUGINS.invalid(name, "combined at each step with the student, not a fixed combination")
     if name not in _found:
-        _found[name] = _load(name)
+        _found[name] = PLUGINS.find(name)
     return _found[name]()
 
 
@@ -38,34 +38,3 @@ def is_fixed(name) -> bool:
     except W2SError:
         return False
     return True
-
-
-def ensemble_names() -> tuple[str, ...]:
-    return (*BUILT_IN, *STEP_WISE, *(ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINTS)))
-
-
-def _invalid(name: str, why: str) -> W2SError:
-    return W2SError(f"--ensemble {name!r} is invalid: {why}; choose one of {', '.join(ensemble_names())}, or name a "
-                    "class as package.module:Name", option="--ensemble")
-
-
-def _load(name: str) -> type[Combination]:
-    if ":" in name:
-        module, _, attr = name.partition(":")
-        try:
-            found = getattr(importlib.import_module(module), attr)
-        except ImportError as exc:
-            raise _invalid(name, f"cannot import {module} ({exc})") from None
-        except AttributeError:
-            raise _invalid(name, f"{module} has no {attr}") from None
-    else:
-        points = [ep for ep in importlib.metadata.entry_points(group=ENTRY_POINTS) if ep.name == name]
-        if not points:
-            raise _invalid(name, "no such ensemble")
-        try:
-            found = points[0].load()
-        except ImportError as exc:
-            raise _invalid(name, f"its entry point {points[0].value} cannot be imported ({exc})") from None
-    if not (isinstance(found, type) and issubclass(found, Combination)):
-        raise _invalid(name, "not a subclass of w2s_pipe.pipeline.ensembles.base.Combination")
-    return found

@@ -4,10 +4,8 @@ named as `package.module:Name`, and those other packages register under the entr
 
 from __future__ import annotations
 
-import importlib
-import importlib.metadata
-
 from ...errors import W2SError
+from ...plugins import Plugins
 from .adaptconf import AdaptConf
 from .augconf import AugConf
 from .base import WeakLoss
@@ -17,7 +15,7 @@ from .hard import Hard
 from .kd import KD
 
 BUILT_IN: dict[str, type[WeakLoss]] = {cls.name: cls for cls in (AdaptConf, AugConf, KD, Hard, Evidential, GroundTruth)}
-ENTRY_POINTS = "w2s_pipe.losses"
+PLUGINS = Plugins("--loss", "w2s_pipe.losses", WeakLoss, tuple(BUILT_IN))
 _found: dict[str, type[WeakLoss]] = {}
 
 
@@ -27,7 +25,7 @@ def loss_class(name: str) -> type[WeakLoss]:
     if name in BUILT_IN:
         return BUILT_IN[name]
     if name not in _found:
-        _found[name] = _from_module(name) if ":" in str(name) else _from_entry_point(name)
+        _found[name] = PLUGINS.find(name)
     return _found[name]
 
 
@@ -59,7 +57,7 @@ def is_loss(name) -> bool:
 
 def loss_names() -> tuple[str, ...]:
     """The built-in losses and the installed plug-ins' names, in --help's order."""
-    return (*BUILT_IN, *(ep.name for ep in _entry_points() if ep.name not in BUILT_IN))
+    return PLUGINS.names()
 
 
 def build_loss(name: str, values: dict) -> WeakLoss:
@@ -67,39 +65,3 @@ def build_loss(name: str, values: dict) -> WeakLoss:
     every train option by name, and `loss_options`)."""
     cls = loss_class(name)
     return cls(**{k: values[k] for k in (*cls.knobs, *cls.settings)}, loss_options=values.get("loss_options"))
-
-
-def _invalid(name: str, why: str) -> W2SError:
-    return W2SError(f"--loss {name!r} is invalid: {why}; choose one of {', '.join(loss_names())}, or name a class "
-                    "as package.module:Name", option="--loss")
-
-
-def _checked(name: str, cls) -> type[WeakLoss]:
-    if not (isinstance(cls, type) and issubclass(cls, WeakLoss)):
-        raise _invalid(name, "not a subclass of w2s_pipe.pipeline.losses.base.WeakLoss")
-    return cls
-
-
-def _from_module(name: str) -> type[WeakLoss]:
-    module, _, attr = name.partition(":")
-    try:
-        found = getattr(importlib.import_module(module), attr)
-    except ImportError as exc:
-        raise _invalid(name, f"cannot import {module} ({exc})") from None
-    except AttributeError:
-        raise _invalid(name, f"{module} has no {attr}") from None
-    return _checked(name, found)
-
-
-def _entry_points():
-    return importlib.metadata.entry_points(group=ENTRY_POINTS)
-
-
-def _from_entry_point(name: str) -> type[WeakLoss]:
-    for ep in _entry_points():
-        if ep.name == name:
-            try:
-                return _checked(name, ep.load())
-            except ImportError as exc:
-                raise _invalid(name, f"its entry point {ep.value} cannot be imported ({exc})") from None
-    raise _invalid(name, "no such loss")
