@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from w2s_pipe.errors import W2SError
 from w2s_pipe.pipeline.losses import functional as L
 from w2s_pipe.pipeline.losses.registry import BUILT_IN
 from w2s_pipe.pipeline.train.losses import objective
@@ -166,3 +167,13 @@ def test_every_part_lives_on_the_logits_device(name, device):
     window = MetricWindow()
     window.add(1, parts, images=4)
     assert window.rows[0].device.type == torch.device(device).type and window.rows[0].shape == (len(parts),)
+
+
+def test_a_loss_options_value_is_cast_to_its_defaults_type_or_refused():
+    from w2s_pipe.pipeline.losses.base import cast
+
+    assert cast("0.5", 0.0, "floor") == 0.5 and isinstance(cast(1, 0.0, "floor"), float)
+    assert cast("3", 1, "k") == 3 and cast("off", True, "flag") is False and cast(True, False, "flag") is True
+    for value, default in (("high", 0.0), (True, 0.0), ("maybe", True), ("2.5", 1)):
+        with pytest.raises(W2SError, match=r"--loss-options x=.* is invalid: must be a (float|bool|int)"):
+            cast(value, default, "x")

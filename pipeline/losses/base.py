@@ -83,9 +83,11 @@ class WeakLoss:
 
 def cast(value, default, key: str):
     """`value` (a string from the command line, or a YAML scalar) as the type of `default`."""
-    if default is None or isinstance(value, type(default)) and not (isinstance(default, float) and isinstance(value, bool)):
+    if default is None or type(value) is type(default):  # exactly: a YAML true is no float, a 1 no bool
         return value
     try:
+        if isinstance(value, bool):  # true/false for a number: a mistake, not 1.0 or 0
+            raise ValueError(value)
         if isinstance(default, bool):
             if str(value).lower() in ("1", "true", "yes", "on"):
                 return True
