@@ -186,3 +186,16 @@ def test_an_option_renamed_keeps_its_old_name():
     for flag in ("--weak-weight", "--kd-weight"):
         ctx = cli.commands["train"].make_context("train", [flag, "0.25"], resilient_parsing=True)
         assert ctx.params["kd_weight"] == 0.25
+
+
+def test_report_inspect_and_demo_read_their_old_command_lines_from_their_configs():
+    """report --pair RUN_A RUN_B (two words), inspect STORE STORE..., demo's options: as before the options
+    moved to the configs' fields."""
+    ctx = cli.commands["report"].make_context("report", ["--pair", "a", "b", "ws", "--no-plots"], resilient_parsing=True)
+    assert ctx.params["pair"] == ("a", "b") and ctx.params["workspace"] == "ws" and ctx.params["plots"] is False
+    ctx = cli.commands["inspect"].make_context("inspect", ["s1", "s2", "--format", "json"], resilient_parsing=True)
+    assert ctx.params["stores"] == ("s1", "s2") and ctx.params["format"] == "json"
+    result = CliRunner().invoke(cli, ["demo", "--seeds", "0"])
+    assert result.exit_code != 0 and "--seeds 0 is invalid: must be at least 1" in result.output
+    result = CliRunner().invoke(cli, ["demo", "--label-noise", "symmetric:0.2"])
+    assert result.exit_code != 0 and "--label-noise is the noisy scenario's: add --scenario noisy" in result.output
